@@ -1,0 +1,3 @@
+module xnat
+
+go 1.26
