@@ -1,0 +1,645 @@
+package flowtable
+
+import (
+	"errors"
+	"sync/atomic"
+)
+
+// Stats are one core's counters, named as `conntrack -S` names them where
+// they apply.
+type Stats struct {
+	Found         uint64 // lookups that found a connection
+	Invalid       uint64 // packets the caller could not track (CountInvalid)
+	Insert        uint64 // connections inserted
+	InsertFailed  uint64 // inserts that lost a race or found no index slot
+	Drop          uint64 // new connections refused: table full and nothing evictable
+	EarlyDrop     uint64 // unassured connections evicted to make room
+	SearchRestart uint64 // lookups redone after a concurrent insert of the same tuple
+	Expired       uint64 // connections that timed out (counted by the owner)
+	Deleted       uint64 // connections killed other than by timeout or eviction
+}
+
+// Indices of the per-core counters, in Stats' field order.
+const (
+	stFound = iota
+	stInvalid
+	stInsert
+	stInsertFailed
+	stDrop
+	stEarlyDrop
+	stSearchRestart
+	stExpired
+	stDeleted
+	numStats
+)
+
+func statsFrom(a *[numStats]uint64) Stats {
+	return Stats{a[stFound], a[stInvalid], a[stInsert], a[stInsertFailed], a[stDrop], a[stEarlyDrop], a[stSearchRestart], a[stExpired], a[stDeleted]}
+}
+
+// Add adds o to s.
+func (s *Stats) Add(o Stats) {
+	s.Found += o.Found
+	s.Invalid += o.Invalid
+	s.Insert += o.Insert
+	s.InsertFailed += o.InsertFailed
+	s.Drop += o.Drop
+	s.EarlyDrop += o.EarlyDrop
+	s.SearchRestart += o.SearchRestart
+	s.Expired += o.Expired
+	s.Deleted += o.Deleted
+}
+
+// pubStats is a core's counters as readers see them: published with
+// atomic stores at the end of each critical section, on lines no other
+// core writes.
+type pubStats struct {
+	v [numStats]atomic.Uint64
+	_ [2*cacheLine - numStats*8]byte
+}
+
+type limboEntry struct {
+	idx   uint32
+	epoch uint32
+}
+
+// Core is one worker core's handle on the table: its share of the
+// records, its free list and limbo, its sweep cursor and its counters.
+// Exactly one goroutine uses a Core; every record access happens between
+// Enter and Exit.
+type Core struct {
+	t      *Table
+	id     int
+	lo, hi uint32        // this core's share of records: [lo, hi)
+	bump   uint32        // records [lo, bump) have been used at least once
+	free   uint32        // head of the free list, idx+1; 0 when empty
+	cursor uint32        // sweep position in [lo, bump)
+	used   atomic.Uint32 // bump, published for the control plane's walks
+
+	limbo      []limboEntry // ring of retired records, oldest first
+	limboHead  int
+	limboCount int
+
+	st  [numStats]uint64 // owner-only, plain
+	pub *pubStats        // published copy
+
+	// scratch for LookupBatch
+	bb [batchMax]struct {
+		b1, b2 uint64
+		tag    uint32
+		idx    uint32
+	}
+	sink uint32
+}
+
+func newCore(t *Table, id int, lo, n uint32, limbo int) *Core {
+	c := &Core{
+		t: t, id: id, lo: lo, hi: lo + n, bump: lo, cursor: lo,
+		limbo: make([]limboEntry, limbo),
+		pub:   new(pubStats),
+	}
+	c.used.Store(lo)
+	return c
+}
+
+// ID returns the core's index.
+func (c *Core) ID() int { return c.id }
+
+// Enter begins a critical section: Refs and *Flow obtained after it stay
+// valid until Exit. A worker enters once per batch.
+func (c *Core) Enter() { c.t.ep.enter(c.id) }
+
+// Exit ends the critical section, publishes this core's counters and
+// frees retired records whose grace period has passed. A worker exits at
+// the end of every batch and before it blocks.
+func (c *Core) Exit() {
+	c.t.ep.exit(c.id)
+	for i, v := range c.st {
+		if c.pub.v[i].Load() != v {
+			c.pub.v[i].Store(v)
+		}
+	}
+	c.reclaim()
+}
+
+// Stats returns the counters this core has published.
+func (c *Core) Stats() Stats {
+	var a [numStats]uint64
+	for i := range a {
+		a[i] = c.pub.v[i].Load()
+	}
+	return statsFrom(&a)
+}
+
+// CountInvalid counts a packet the caller could not track (conntrack's
+// "invalid").
+func (c *Core) CountInvalid() { c.st[stInvalid]++ }
+
+// Lookup finds the live connection a tuple belongs to, in either
+// direction. It returns 0 when there is none.
+func (c *Core) Lookup(k *Tuple, now Time) Ref {
+	r := c.t.lookup(k, now)
+	if r != 0 {
+		c.st[stFound]++
+	}
+	return r
+}
+
+// batchMax is the largest batch LookupBatch resolves in one pass; longer
+// batches are taken batchMax keys at a time.
+const batchMax = 64
+
+// LookupBatch looks up keys[i] into refs[i] (0 when not found). It first
+// computes every key's buckets and touches them, then the candidate
+// records, and only then compares, so the cache misses of the whole batch
+// overlap instead of following one another.
+func (c *Core) LookupBatch(keys []Tuple, refs []Ref, now Time) {
+	refs = refs[:len(keys)]
+	for len(keys) > 0 {
+		n := min(len(keys), batchMax)
+		c.lookupBatch(keys[:n], refs[:n], now)
+		keys, refs = keys[n:], refs[n:]
+	}
+}
+
+func (c *Core) lookupBatch(keys []Tuple, refs []Ref, now Time) {
+	t := c.t
+	bb := c.bb[:len(keys)]
+	var sink uint32
+	// Pass 1: hash, and touch both buckets.
+	for i := range keys {
+		b := &bb[i]
+		b.b1, b.b2, b.tag = t.place(t.h.hash(&keys[i]))
+		sink += t.buckets[b.b1][0].Load() + t.buckets[b.b2][0].Load()
+	}
+	// Pass 2: the first tag match in either bucket; touch its record.
+	for i := range bb {
+		b := &bb[i]
+		b.idx = ^uint32(0)
+		for _, bk := range [2]*bucket{&t.buckets[b.b1], &t.buckets[b.b2]} {
+			for j := range bk {
+				v := bk[j].Load()
+				if v != 0 && v>>t.idxBits == b.tag {
+					b.idx = v&t.idxMask - 1
+					sink += t.recs[b.idx].status.Load()
+					goto next
+				}
+			}
+		}
+	next:
+	}
+	// Pass 3: compare; a miss on the candidate falls back to the full scan
+	// (a tag false positive, or a second record under the same tag).
+	found := uint64(0)
+	for i := range bb {
+		b := &bb[i]
+		var r Ref
+		if b.idx != ^uint32(0) {
+			f := &t.recs[b.idx]
+			if d, ok := match(f, &keys[i]); ok && t.liveAt(f, now) {
+				r = makeRef(b.idx, d)
+			} else if r = t.scan(&t.buckets[b.b1], b.tag, &keys[i], now); r == 0 {
+				r = t.scan(&t.buckets[b.b2], b.tag, &keys[i], now)
+			}
+		}
+		refs[i] = r
+		if r != 0 {
+			found++
+		}
+	}
+	c.st[stFound] += found
+	c.sink += sink
+}
+
+// NewFlow describes a connection to insert.
+type NewFlow struct {
+	Orig, Reply Tuple
+	// Status is the initial state and caller flags (CallerFlags).
+	Status uint32
+	Mark   uint32
+	Aux    uint32
+}
+
+// InsertResult says how an insert ended.
+type InsertResult uint8
+
+const (
+	// Inserted: the connection is in the table.
+	Inserted InsertResult = iota
+	// Exists: a live connection already has the original tuple (in either
+	// direction); its Ref is returned.
+	Exists
+	// ReplyClash: a live connection already has the reply tuple; the
+	// caller (the port allocator) tries another.
+	ReplyClash
+	// Full: the table is at its limit and no unassured connection near the
+	// new one could be evicted. Counted as drop and raised as an event.
+	Full
+	// NoRecord: this core's share of the capacity is used up (records are
+	// waiting to be swept or for their grace period). Counted as drop.
+	NoRecord
+	// IndexFull: both index buckets of a tuple are full. Counted as
+	// insert_failed.
+	IndexFull
+	// BadFlow: the original and reply tuples are equal, or the state is
+	// not a connection state.
+	BadFlow
+)
+
+// Errors matching the insert results, for callers that want errors.
+var (
+	ErrExists     = errors.New("connection exists")
+	ErrReplyClash = errors.New("reply tuple in use")
+	ErrFull       = errors.New("table full, dropping packet")
+	ErrNoRecord   = errors.New("core's share of the table is used up")
+	ErrIndexFull  = errors.New("index buckets full")
+	ErrBadFlow    = errors.New("bad flow: equal tuples or no state")
+)
+
+// Err returns the result as an error; nil for Inserted.
+func (r InsertResult) Err() error {
+	switch r {
+	case Inserted:
+		return nil
+	case Exists:
+		return ErrExists
+	case ReplyClash:
+		return ErrReplyClash
+	case Full:
+		return ErrFull
+	case NoRecord:
+		return ErrNoRecord
+	case IndexFull:
+		return ErrIndexFull
+	}
+	return ErrBadFlow
+}
+
+func (r InsertResult) String() string {
+	if r == Inserted {
+		return "inserted"
+	}
+	return r.Err().Error()
+}
+
+// earlyDropRange is how many buckets past each of the new tuple's two
+// Insert looks in for a connection to evict.
+const earlyDropRange = 2
+
+// Insert adds a connection owned by this core. On Exists it returns the
+// live connection that already has the original tuple.
+func (c *Core) Insert(nf *NewFlow, now Time) (Ref, InsertResult) {
+	t := c.t
+	if st := StatusState(nf.Status); nf.Orig == nf.Reply || st == StateNone || st >= numStates {
+		return 0, BadFlow
+	}
+	// Cheap checks first: almost every clash is caught here, before
+	// anything is published. An expired holder is killed on the way.
+	if r := c.holder(&nf.Orig, now); r != 0 {
+		return r, Exists
+	}
+	if r := c.holder(&nf.Reply, now); r != 0 {
+		return 0, ReplyClash
+	}
+	if !c.admit(&nf.Orig, now) {
+		return 0, Full
+	}
+	idx, ok := c.alloc()
+	if !ok {
+		t.count.Add(-1)
+		c.st[stDrop]++
+		return 0, NoRecord
+	}
+	f := &t.recs[idx]
+	f.orig, f.reply = nf.Orig, nf.Reply
+	f.mark.Store(nf.Mark)
+	f.aux.Store(nf.Aux)
+	f.last.Store(uint32(now))
+	if t.acct != nil {
+		a := &t.acct[idx]
+		for d := range 2 {
+			a.pkts[d].Store(0)
+			a.bytes[d].Store(0)
+		}
+	}
+	f.status.Store(nf.Status & (stateMask | CallerFlags))
+
+	if !t.link(&f.orig, idx) {
+		c.release(idx)
+		t.count.Add(-1)
+		c.st[stInsertFailed]++
+		return 0, IndexFull
+	}
+	if !t.link(&f.reply, idx) {
+		t.unlink(&f.orig, idx)
+		c.withdraw(idx)
+		c.st[stInsertFailed]++
+		return 0, IndexFull
+	}
+	// Another core may have inserted the same tuple at the same time. Each
+	// inserter publishes, then looks: with sequentially consistent atomics
+	// at least one of two racing inserters sees the other, and whoever
+	// sees a rival withdraws, so two never both win.
+	rivalOrig := c.rival(&f.orig, idx, now)
+	rivalReply := !rivalOrig && c.rival(&f.reply, idx, now)
+	if rivalOrig || rivalReply {
+		t.unlink(&f.orig, idx)
+		t.unlink(&f.reply, idx)
+		c.withdraw(idx)
+		c.st[stInsertFailed]++
+		if rivalReply {
+			return 0, ReplyClash
+		}
+		c.st[stSearchRestart]++
+		if r := t.lookup(&nf.Orig, now); r != 0 {
+			c.st[stFound]++
+			return r, Exists
+		}
+		return 0, Exists
+	}
+	f.status.Or(flagConfirmed)
+	c.st[stInsert]++
+	return makeRef(idx, DirOrig), Inserted
+}
+
+// holder returns the live connection holding k, killing an expired one
+// found on the way (it is invisible to lookups already; killing it lets
+// its slot and port go back).
+func (c *Core) holder(k *Tuple, now Time) Ref {
+	t := c.t
+	b1, b2, tag := t.place(t.h.hash(k))
+	for _, b := range [2]*bucket{&t.buckets[b1], &t.buckets[b2]} {
+		for i := range b {
+			v := b[i].Load()
+			if v == 0 || v>>t.idxBits != tag {
+				continue
+			}
+			idx := v&t.idxMask - 1
+			f := &t.recs[idx]
+			d, ok := match(f, k)
+			if !ok {
+				continue
+			}
+			s := f.status.Load()
+			if s&(flagConfirmed|flagDying) != flagConfirmed {
+				continue
+			}
+			if t.expired(s, Time(f.last.Load()), now) {
+				if t.kill(idx) {
+					c.st[stExpired]++
+				}
+				continue
+			}
+			return makeRef(idx, d)
+		}
+	}
+	return 0
+}
+
+// rival reports whether a record other than idx, not dying, holds k.
+func (c *Core) rival(k *Tuple, idx uint32, now Time) bool {
+	t := c.t
+	b1, b2, tag := t.place(t.h.hash(k))
+	for _, b := range [2]*bucket{&t.buckets[b1], &t.buckets[b2]} {
+		for i := range b {
+			v := b[i].Load()
+			if v == 0 || v>>t.idxBits != tag || v&t.idxMask-1 == idx {
+				continue
+			}
+			o := v&t.idxMask - 1
+			f := &t.recs[o]
+			if _, ok := match(f, k); !ok {
+				continue
+			}
+			s := f.status.Load()
+			if s&flagDying != 0 {
+				continue
+			}
+			if s&flagConfirmed != 0 && t.expired(s, Time(f.last.Load()), now) {
+				if t.kill(o) {
+					c.st[stExpired]++
+				}
+				continue
+			}
+			return true
+		}
+	}
+	return false
+}
+
+// admit counts a new connection against the limit. At the limit it makes
+// room near the new tuple: first by killing a connection there that has
+// already expired (only nobody has swept it yet), then by evicting one
+// that is not ASSURED.
+func (c *Core) admit(orig *Tuple, now Time) bool {
+	t := c.t
+	if t.count.Add(1) <= t.max.Load() {
+		return true
+	}
+	switch c.makeRoom(orig, now) {
+	case roomExpired:
+		c.st[stExpired]++
+		return true
+	case roomEvicted:
+		c.st[stEarlyDrop]++
+		return true
+	}
+	t.count.Add(-1)
+	c.st[stDrop]++
+	t.raiseFull(now)
+	return false
+}
+
+type room uint8
+
+const (
+	roomNone room = iota
+	roomExpired
+	roomEvicted
+)
+
+// makeRoom kills one connection in the buckets around the new tuple's, as
+// Linux's early_drop looks near the new connection's hash: an expired one
+// if there is any, else one that is not ASSURED. ASSURED connections are
+// never evicted.
+func (c *Core) makeRoom(orig *Tuple, now Time) room {
+	t := c.t
+	b1, b2, _ := t.place(t.h.hash(orig))
+	victim := ^uint32(0)
+	for _, start := range [2]uint64{b1, b2} {
+		for j := uint64(0); j <= earlyDropRange; j++ {
+			b := &t.buckets[(start+j)%t.nb]
+			for i := range b {
+				v := b[i].Load()
+				if v == 0 {
+					continue
+				}
+				idx := v&t.idxMask - 1
+				f := &t.recs[idx]
+				s := f.status.Load()
+				if s&(flagConfirmed|flagDying) != flagConfirmed {
+					continue
+				}
+				if t.expired(s, Time(f.last.Load()), now) {
+					if t.kill(idx) {
+						return roomExpired
+					}
+					continue
+				}
+				if s&FlagAssured == 0 && victim == ^uint32(0) {
+					victim = idx
+				}
+			}
+		}
+	}
+	if victim != ^uint32(0) && t.kill(victim) {
+		return roomEvicted
+	}
+	return roomNone
+}
+
+// alloc takes a record from this core's share.
+func (c *Core) alloc() (uint32, bool) {
+	if c.free != 0 {
+		idx := c.free - 1
+		c.free = c.t.recs[idx].aux.Load()
+		return idx, true
+	}
+	if c.bump < c.hi {
+		idx := c.bump
+		c.bump++
+		c.used.Store(c.bump)
+		return idx, true
+	}
+	return 0, false
+}
+
+// release puts a record that no other core can have seen (never
+// published, or past its grace period) on the free list.
+func (c *Core) release(idx uint32) {
+	f := &c.t.recs[idx]
+	f.status.Store(0)
+	f.aux.Store(c.free)
+	c.free = idx + 1
+}
+
+// withdraw abandons a record that was published but never confirmed:
+// other cores may have read it, so it goes through limbo.
+func (c *Core) withdraw(idx uint32) {
+	f := &c.t.recs[idx]
+	f.status.Or(flagDying)
+	c.t.count.Add(-1)
+	if c.retire(idx) {
+		f.status.Or(flagRetired)
+	}
+}
+
+// retire puts a dying, unlinked record in limbo. It reports false when
+// limbo is full; the sweep retries later.
+func (c *Core) retire(idx uint32) bool {
+	if c.limboCount == len(c.limbo) {
+		c.reclaim()
+		if c.limboCount == len(c.limbo) {
+			return false
+		}
+	}
+	i := (c.limboHead + c.limboCount) % len(c.limbo)
+	c.limbo[i] = limboEntry{idx: idx, epoch: uint32(c.t.ep.global.Load())}
+	c.limboCount++
+	return true
+}
+
+// reclaim frees the records in limbo whose grace period has passed: two
+// epoch advances after their retirement, every participant has been
+// outside a critical section at least once, so none can still hold them.
+func (c *Core) reclaim() {
+	if c.limboCount == 0 {
+		return
+	}
+	g := uint32(c.t.ep.global.Load())
+	if int32(g-c.limbo[c.limboHead].epoch) < 2 {
+		g = uint32(c.t.ep.tryAdvance())
+	}
+	for c.limboCount > 0 {
+		e := c.limbo[c.limboHead]
+		if int32(g-e.epoch) < 2 {
+			return
+		}
+		c.release(e.idx)
+		c.limboHead = (c.limboHead + 1) % len(c.limbo)
+		c.limboCount--
+	}
+}
+
+// Kill ends a connection now: it disappears from lookups at once, and its
+// owner's sweep reports it and frees its record. It returns false if the
+// connection was already gone.
+func (c *Core) Kill(r Ref) bool {
+	if c.t.kill(r.idx()) {
+		c.st[stDeleted]++
+		return true
+	}
+	return false
+}
+
+// Reason says why a connection left the table.
+type Reason uint8
+
+const (
+	ReasonTimeout Reason = iota // expired
+	ReasonKilled                // deleted, evicted, or flushed
+)
+
+// Gone describes a connection that has left the table, as the owner's
+// sweep reports it: enough to give back its NAT port.
+type Gone struct {
+	Orig, Reply Tuple
+	Status      uint32
+	Mark, Aux   uint32
+	Reason      Reason
+}
+
+// Sweep examines up to budget of this core's records from where the last
+// sweep stopped: it expires connections past their timeout, retires
+// killed ones, and reports each connection that left into out. It returns
+// how many it reported; it stops early when out is full. Call it between
+// Enter and Exit.
+func (c *Core) Sweep(now Time, budget int, out []Gone) int {
+	t := c.t
+	c.reclaim()
+	n := 0
+	for ; budget > 0 && n < len(out) && c.bump > c.lo; budget-- {
+		if c.cursor >= c.bump {
+			c.cursor = c.lo
+		}
+		idx := c.cursor
+		f := &t.recs[idx]
+		s := f.status.Load()
+		if s == 0 || s&flagRetired != 0 {
+			c.cursor++
+			continue
+		}
+		reason := ReasonKilled
+		if s&flagDying == 0 {
+			if s&flagConfirmed == 0 || !t.expired(s, Time(f.last.Load()), now) {
+				c.cursor++
+				continue
+			}
+			if t.kill(idx) {
+				c.st[stExpired]++
+				reason = ReasonTimeout
+			}
+			s = f.status.Load()
+		}
+		if !c.retire(idx) {
+			return n // limbo full: try again after the next grace period
+		}
+		f.status.Or(flagRetired)
+		c.cursor++
+		if s&flagConfirmed != 0 {
+			out[n] = Gone{Orig: f.orig, Reply: f.reply, Status: s, Mark: f.mark.Load(), Aux: f.aux.Load(), Reason: reason}
+			n++
+		}
+	}
+	return n
+}

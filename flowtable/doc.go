@@ -1,0 +1,137 @@
+// Package flowtable is xnat's connection table: one fixed-capacity table
+// shared by every worker core, indexed under both directions of every
+// connection, read without locks and changed with compare-and-swap.
+//
+// # What a connection is
+//
+// A connection is one 48-byte record (Flow) holding its original tuple
+// (the direction of its first packet) and its reply tuple (the reverse,
+// after NAT), a status word (the protocol State in the low four bits, the
+// flags SEEN_REPLY, ASSURED, SRC_NAT, DST_NAT, three internal bits, and
+// sixteen bits for the caller), the time of its last packet, a 32-bit mark
+// and a 32-bit word for the caller. Tuples (Tuple) are 16 bytes, packed and
+// pointer-free. With Config.Acct, a parallel array keeps per-direction
+// packet and byte counters. Timeouts are per state, named and defaulted as
+// Linux's nf_conntrack sysctls, and read at every expiry check, so a change
+// applies to existing connections at once.
+//
+// # Memory layout
+//
+// Records live in one array, split into equal shares, one per core: core
+// i creates connections only in its share and is their owner — it alone
+// expires, retires and frees them, and gives back their NAT ports. Each
+// share has Config.Limbo records more than Capacity/Cores, for records
+// waiting out their grace period.
+//
+// The index is an array of 64-byte buckets of sixteen 32-bit slots. A
+// slot holds a record number (plus one; 0 is empty) in its low bits and a
+// tag from the tuple's hash in the rest. Each tuple hashes (a keyed
+// wyhash-style mix, the key drawn from crypto/rand) to two buckets and is
+// stored in the emptier one; a lookup reads at most those two cache lines
+// and then one record. The index has 2·Capacity/0.8 slots: at full
+// capacity 80% are in use, where a 2-choice insert into 16-slot buckets
+// practically never finds both full (and if it does, the insert fails and
+// counts insert_failed). A connection thus costs 48 bytes of record and
+// 10 bytes of index: 58 bytes, against about 320 for Linux's nf_conn with
+// its NAT extension.
+//
+// # Who writes what
+//
+//   - Index slots: any core, by CAS only: 0 → value to publish (insert), value
+//     → 0 to unlink (whoever killed the record, or an inserter withdrawing).
+//   - Tuples: the owner, only while the record is free; they never change while
+//     it can be reached.
+//   - Status: the owner when it allocates a record (plain atomic store before
+//     publication); then any core by CAS: a packet path changing the state
+//     (Flow.UpdateStatus, which cannot touch the internal bits), a killer
+//     setting dying; the owner sets retired with an atomic OR.
+//   - Last-seen, mark, caller word: any core, atomic stores. The caller word is
+//     the free-list link while the record is free.
+//   - Count of live connections: one atomic counter on its own cache line,
+//     incremented before an insert publishes, decremented by the single core
+//     whose CAS set dying. The limit (Max) is checked against it exactly.
+//   - Per-core statistics: plain counters written only by their core,
+//     published with atomic stores at every Exit on cache lines no one else
+//     writes; readers sum what was published.
+//
+// # Life of a record
+//
+// An insert takes a record from its core's free list (or the never-used
+// tail of its share), writes it, then publishes its original and reply
+// tuples by CAS into empty slots. It then looks for a rival: another
+// record, not dying, holding either tuple. All Go atomics are sequentially
+// consistent, so of two cores inserting the same tuple at once at least
+// one sees the other; whoever sees a rival withdraws (unlinks and retires
+// its record) and reports Exists or ReplyClash. Two can both withdraw —
+// then both count insert_failed and the next packet retries — but two can
+// never both win. Only then does the insert set the confirmed bit; a
+// lookup ignores records without it.
+//
+// A record leaves in one of three ways — it expires, it is deleted (by the
+// control plane or a packet path), or it is evicted to make room — and each
+// is the same kill: a CAS that sets the dying bit. The core whose CAS
+// succeeds unlinks both slots and decrements the count; a lookup ignores a
+// dying record from the moment the bit is set. Expiry needs no kill to take
+// effect: a lookup compares the last-seen time with the state's timeout
+// and treats an expired record as absent even before anyone sweeps it.
+//
+// The owner's sweep (Core.Sweep, a bounded number of records per call, so
+// no core ever stalls) walks its share from where it last stopped: it kills
+// what has expired, and retires what is dying — puts it in limbo, tagged
+// with the global epoch — and reports it (Gone) so the caller can give back
+// its NAT port. Every confirmed connection is reported exactly once, by its
+// owner, whoever killed it.
+//
+// # Reclamation: epochs
+//
+// A record in limbo has been unlinked, but a core that loaded its slot a
+// moment earlier may still be reading it. It may be reused only after
+// every such reader is done. xnat uses epochs (after Fraser's epoch-based
+// reclamation, in the quiescent-state style of RCU): every participant —
+// each worker core, and one more for the control plane — brackets its
+// table accesses with Enter and Exit. Enter reads the global epoch and
+// announces it in the participant's own cache line; Exit announces "none".
+// Workers enter once per batch, so announcements cost two stores a batch,
+// nothing per packet.
+//
+// The global epoch advances from g to g+1 only when every participant
+// inside a critical section has announced g (Core.Exit tries, whenever its
+// limbo has records waiting). A record retired at epoch r is freed once the
+// global epoch reaches r+2. Why that is enough: a reader can reach the
+// record only through a slot it loaded before the unlink, so inside a
+// critical section it entered before the unlink, announcing an epoch e ≤ r.
+// While it stays inside, the epoch cannot pass e+1 ≤ r+1; so by the time it
+// reaches r+2 the reader has left. The announcement is stored before the
+// reader loads any slot and the retirement epoch is read after the unlink;
+// with sequentially consistent atomics that ordering is all the argument
+// needs. The same chain of atomics gives the race detector its
+// happens-before edges: the reader's plain reads of the tuples precede its
+// Exit store, which the advancing core loads, before the owner rewrites
+// the record.
+//
+// A participant must not block inside a critical section: while it is
+// there, no record retired after it entered can be freed. If that happens
+// anyway (a preempted goroutine, a stalled control-plane walk), limbo fills,
+// the owner's sweep pauses, and new connections on that core are refused
+// and counted as drop (result NoRecord) until the participant exits;
+// nothing is lost and nothing is reused early. The control plane's walks
+// (List, DeleteMatching, Flush) therefore work in short critical sections
+// of a few hundred records.
+//
+// # When the table is full
+//
+// At Max live connections, an insert first kills a connection near the new
+// one (in the two buckets of its original tuple and the two after each)
+// that has expired but was not yet swept; failing that, one that is not
+// ASSURED (counted early_drop, like Linux's early_drop); failing that, it
+// refuses (counted drop) and raises a "table full, dropping packet" event,
+// at most one a second, which the control plane reads with FullEvents.
+// ASSURED connections are never evicted.
+//
+// # Statistics
+//
+// Stats names its counters as conntrack -S does: found, invalid, insert,
+// insert_failed, drop, early_drop, search_restart (here: an insert that
+// lost a race and looked up the winner), plus expired and deleted.
+// Entries is Table.Count.
+package flowtable

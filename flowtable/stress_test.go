@@ -1,0 +1,368 @@
+package flowtable
+
+import (
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Keys for the stress tests: key k's connection goes from 10.0.x.y:1000
+// to 198.51.100.1:53 and is translated to 203.0.113.1:10000+k, so every
+// key has its own reply tuple and a record can be checked for integrity
+// from its two tuples alone.
+func stressFlow(k int) NewFlow {
+	o := MakeTuple(ProtoUDP, ip(10, 0, byte(k>>8), byte(k)), 1000, ip(198, 51, 100, 1), 53)
+	r := MakeTuple(ProtoUDP, ip(198, 51, 100, 1), 53, external, uint16(10000+k))
+	return NewFlow{Orig: o, Reply: r, Status: uint32(UDP)}
+}
+
+func stressKey(f *Flow) (int, bool) {
+	o, r := f.Orig(), f.Reply()
+	k := int(o.Src & 0xffff)
+	want := stressFlow(k)
+	return k, o == want.Orig && r == want.Reply
+}
+
+// checkIntegrity fails if a lookup returned a record that does not hold
+// the key in the direction it claims.
+func checkIntegrity(t *testing.T, tab *Table, key *Tuple, r Ref) {
+	if r == 0 {
+		return
+	}
+	f := tab.Flow(r)
+	if f.Tuple(r.Dir()) != *key {
+		t.Errorf("lookup of %v returned %v in direction %v", key, f.Tuple(r.Dir()), r.Dir())
+	}
+	if _, ok := stressKey(f); !ok {
+		t.Errorf("torn record: %v / %v", f.Orig(), f.Reply())
+	}
+}
+
+// model is the reference: for each key, successful inserts minus the
+// owner sweeps' reports of the connection leaving. It may only ever be 0
+// or 1, and it is 1 exactly while the table holds the connection.
+type model struct {
+	mu sync.Mutex
+	n  map[int]int
+}
+
+func (m *model) add(t *testing.T, k, d int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.n[k] += d
+	// A killed connection is reported gone only when its owner sweeps it,
+	// so a new one with the same key may be counted before the old one is
+	// uncounted: above 1 is legitimate here, below 0 never is. The strict
+	// "at most one" is checked on the table itself once it is quiescent.
+	if v := m.n[k]; v < 0 {
+		t.Errorf("key %d: reported gone more often than inserted", k)
+	}
+}
+
+// TestStressAgainstModel runs cores that insert, look up, kill, expire and
+// evict overlapping keys at the same time, and checks the table against
+// the model throughout and at the end.
+func TestStressAgainstModel(t *testing.T) {
+	const (
+		cores = 4
+		keys  = 600
+	)
+	iters := 40000
+	if raceEnabled {
+		iters = 12000
+	}
+	// Each core's share (capacity/cores) exceeds the limit, so the limit
+	// binds and early drop runs; the clock runs fast (a tick a batch, 5
+	// ticks to expire), so sweeps and expiry run all the time.
+	tab := newTable(t, Config{Capacity: 1600, Max: 300, Cores: cores, Limbo: 256})
+	if err := tab.SetTimeout("nf_conntrack_udp_timeout", 50*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	m := &model{n: map[int]int{}}
+	var clock atomic.Uint32
+	var wg sync.WaitGroup
+	for id := range cores {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := tab.Core(id)
+			rng := rand.New(rand.NewPCG(uint64(id), 7))
+			var gone [32]Gone
+			var batch [16]Tuple
+			var refs [16]Ref
+			for i := 0; i < iters; i += 16 {
+				c.Enter()
+				now := Time(clock.Load())
+				for j := range 16 {
+					k := rng.IntN(keys)
+					nf := stressFlow(k)
+					switch op := rng.IntN(10); {
+					case op < 4:
+						key := nf.Orig
+						if op&1 == 1 {
+							key = nf.Reply
+						}
+						checkIntegrity(t, tab, &key, c.Lookup(&key, now))
+					case op < 7:
+						r, res := c.Insert(&nf, now)
+						switch res {
+						case Inserted:
+							m.add(t, k, +1)
+						case Exists:
+							checkIntegrity(t, tab, &nf.Orig, r)
+						case ReplyClash, Full, NoRecord:
+						default:
+							t.Errorf("insert: %v", res)
+						}
+					case op < 8:
+						if r := c.Lookup(&nf.Orig, now); r != 0 {
+							c.Kill(r)
+						}
+					default:
+						if r := c.Lookup(&nf.Reply, now); r != 0 {
+							tab.Flow(r).Touch(now)
+						}
+					}
+					batch[j] = nf.Reply
+				}
+				c.LookupBatch(batch[:], refs[:], now)
+				for j := range batch {
+					checkIntegrity(t, tab, &batch[j], refs[j])
+				}
+				n := c.Sweep(now, 32, gone[:])
+				for _, g := range gone[:n] {
+					f := Flow{orig: g.Orig, reply: g.Reply}
+					k, ok := stressKey(&f)
+					if !ok {
+						t.Errorf("sweep reported a torn record")
+					}
+					m.add(t, k, -1)
+				}
+				c.Exit()
+				if id == 0 {
+					clock.Add(1)
+				}
+			}
+		}()
+	}
+	// A control-plane reader walks the table meanwhile.
+	stop := make(chan struct{})
+	var rd sync.WaitGroup
+	rd.Add(1)
+	go func() {
+		defer rd.Done()
+		var buf [64]FlowInfo
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for cur := 0; cur >= 0; {
+				var n int
+				n, cur = tab.List(cur, buf[:])
+				for i := range buf[:n] {
+					f := Flow{orig: buf[i].Orig, reply: buf[i].Reply}
+					if _, ok := stressKey(&f); !ok {
+						t.Errorf("List returned a torn record")
+					}
+				}
+			}
+			k := rand.IntN(keys)
+			if rand.IntN(4) == 0 {
+				tab.Delete(stressFlow(k).Orig)
+			}
+		}
+	}()
+	wg.Wait()
+	close(stop)
+	rd.Wait()
+	if t.Failed() {
+		return
+	}
+
+	// Quiesce: every core sweeps its whole share twice at the final time,
+	// so every dead connection is reported and every expired one killed.
+	now := Time(clock.Load())
+	drain := func(now Time) {
+		for id := range cores {
+			c := tab.Core(id)
+			var gone [64]Gone
+			for range 3 {
+				c.Enter()
+				for range 2 * int(tab.perCore) {
+					n := c.Sweep(now, 64, gone[:])
+					for _, g := range gone[:n] {
+						f := Flow{orig: g.Orig, reply: g.Reply}
+						k, _ := stressKey(&f)
+						m.add(t, k, -1)
+					}
+				}
+				c.Exit()
+			}
+		}
+	}
+	drain(now)
+	live := map[int]bool{}
+	var buf [64]FlowInfo
+	for cur := 0; cur >= 0; {
+		var n int
+		n, cur = tab.List(cur, buf[:])
+		for i := range buf[:n] {
+			f := Flow{orig: buf[i].Orig, reply: buf[i].Reply}
+			k, _ := stressKey(&f)
+			if live[k] {
+				t.Errorf("key %d live twice", k)
+			}
+			live[k] = true
+		}
+	}
+	for k := range keys {
+		if (m.n[k] == 1) != live[k] {
+			t.Errorf("key %d: model %d, live in table %v", k, m.n[k], live[k])
+		}
+	}
+	if tab.Count() != len(live) {
+		t.Errorf("count %d, live %d", tab.Count(), len(live))
+	}
+	// Everything expires eventually, and every record comes back.
+	drain(now + Ticks(time.Hour))
+	for k, v := range m.n {
+		if v != 0 {
+			t.Errorf("key %d never reported gone", k)
+		}
+	}
+	if tab.Count() != 0 {
+		t.Errorf("count %d after expiring everything", tab.Count())
+	}
+	checkRecords(t, tab)
+	var total Stats
+	for _, s := range tab.Stats() {
+		total.Add(s)
+	}
+	t.Logf("stats: %+v", total)
+	if total.Insert == 0 || total.EarlyDrop == 0 || total.Expired == 0 || total.Deleted == 0 {
+		t.Errorf("the stress did not exercise every path: %+v", total)
+	}
+}
+
+// checkRecords verifies each core's record accounting after quiescence:
+// every used record is exactly one of free, in limbo, or live, and no
+// record is on the free list twice.
+func checkRecords(t *testing.T, tab *Table) {
+	t.Helper()
+	for _, c := range tab.cores {
+		onFree := map[uint32]bool{}
+		for f := c.free; f != 0; f = tab.recs[f-1].aux.Load() {
+			idx := f - 1
+			if onFree[idx] {
+				t.Fatalf("core %d: record %d on the free list twice", c.id, idx)
+			}
+			if idx < c.lo || idx >= c.bump {
+				t.Fatalf("core %d: free record %d outside its share", c.id, idx)
+			}
+			if tab.recs[idx].status.Load() != 0 {
+				t.Fatalf("core %d: free record %d has status %#x", c.id, idx, tab.recs[idx].status.Load())
+			}
+			onFree[idx] = true
+		}
+		inUse := 0
+		for i := c.lo; i < c.bump; i++ {
+			if s := tab.recs[i].status.Load(); s != 0 && s&flagRetired == 0 {
+				inUse++
+			}
+		}
+		if got, want := len(onFree)+c.limboCount+inUse, int(c.bump-c.lo); got != want {
+			t.Errorf("core %d: free %d + limbo %d + in use %d != used %d", c.id, len(onFree), c.limboCount, inUse, want)
+		}
+	}
+}
+
+// TestStressExactPerKey serialises the mutations of each key with a
+// striped lock, so the model predicts every insert's and kill's result
+// exactly, while lookups, batches and the other keys run concurrently.
+func TestStressExactPerKey(t *testing.T) {
+	const (
+		cores   = 4
+		keys    = 256
+		stripes = 16
+	)
+	iters := 30000
+	if raceEnabled {
+		iters = 8000
+	}
+	// Four goroutines share two CPUs here, so one is often preempted
+	// inside its critical section and holds the epoch back; a limbo of
+	// 1024 rides that out (pinned workers rarely need more than a batch).
+	tab := newTable(t, Config{Capacity: keys * cores, Cores: cores, Limbo: 1024})
+	var locks [stripes]sync.Mutex
+	present := make([]bool, keys) // guarded by locks[k%stripes]
+	var wg sync.WaitGroup
+	for id := range cores {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := tab.Core(id)
+			rng := rand.New(rand.NewPCG(uint64(id), 99))
+			var gone [16]Gone
+			for i := 0; i < iters; i += 8 {
+				for range 8 {
+					k := rng.IntN(keys)
+					nf := stressFlow(k)
+					mu := &locks[k%stripes]
+					op := rng.IntN(3)
+					// A participant never blocks inside its critical
+					// section, so the key's lock is taken outside it.
+					if op != 0 {
+						mu.Lock()
+					}
+					c.Enter()
+					switch op {
+					case 0:
+						checkIntegrity(t, tab, &nf.Reply, c.Lookup(&nf.Reply, 0))
+					case 1:
+						_, res := c.Insert(&nf, 0)
+						if want := map[bool]InsertResult{false: Inserted, true: Exists}[present[k]]; res != want {
+							t.Errorf("insert key %d (present %v): %v", k, present[k], res)
+						}
+						if res == Inserted || res == Exists {
+							present[k] = true
+						}
+					case 2:
+						r := c.Lookup(&nf.Orig, 0)
+						if (r != 0) != present[k] {
+							t.Errorf("lookup key %d: found %v, model %v", k, r != 0, present[k])
+						}
+						if r != 0 && !c.Kill(r) {
+							t.Errorf("kill key %d failed", k)
+						}
+						present[k] = false
+					}
+					c.Exit()
+					if op != 0 {
+						mu.Unlock()
+					}
+				}
+				c.Enter()
+				c.Sweep(0, 16, gone[:])
+				c.Exit()
+			}
+		}()
+	}
+	wg.Wait()
+	n := 0
+	for k := range keys {
+		fi, _, ok := tab.Get(stressFlow(k).Orig)
+		if ok != present[k] || ok && fi.Reply != stressFlow(k).Reply {
+			t.Errorf("key %d: table %v, model %v", k, ok, present[k])
+		}
+		if ok {
+			n++
+		}
+	}
+	if tab.Count() != n {
+		t.Errorf("count %d, model %d", tab.Count(), n)
+	}
+}

@@ -1,0 +1,466 @@
+package flowtable
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/bits"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Config sizes a table.
+type Config struct {
+	// Capacity is the number of connections the table can ever hold; it
+	// sizes all memory at creation. It is split evenly between the cores:
+	// each core creates connections in its own share.
+	Capacity int
+	// Max is the initial run-time limit (nf_conntrack_max), at most
+	// Capacity; 0 means Capacity.
+	Max int
+	// Cores is the number of worker cores, each with its own Core handle.
+	Cores int
+	// Acct enables per-direction packet and byte counters
+	// (nf_conntrack_acct); they cost 32 bytes per connection.
+	Acct bool
+	// Limbo is how many retired records each core may hold waiting for
+	// the grace period; 0 means 4096. The records are added to each
+	// core's share, so they do not eat into Capacity.
+	Limbo int
+	// Seed fixes the hash secret (tests); 0 draws it from crypto/rand.
+	Seed uint64
+}
+
+// Limits of the geometry.
+const (
+	slotsPerBucket = 16
+	// indexLoad is the share of index slots in use when the table holds
+	// Capacity connections (two slots each). At 0.8 a 2-choice insert into
+	// 16-slot buckets finds room with overwhelming probability (measured:
+	// no failure in 20 million inserts).
+	indexLoad  = 0.8
+	minTagBits = 4
+)
+
+// Errors from New.
+var ErrConfig = errors.New("invalid flow table config")
+
+// Dir is the direction of a packet relative to its connection.
+type Dir uint8
+
+const (
+	DirOrig  Dir = 0 // the direction of the connection's first packet
+	DirReply Dir = 1
+)
+
+func (d Dir) String() string {
+	if d == DirReply {
+		return "reply"
+	}
+	return "original"
+}
+
+// Ref names a connection and a direction: what a lookup returns. The zero
+// Ref is "not found". Refs are pointer-free so batches of them cost the
+// garbage collector nothing; a Ref is valid only inside the critical
+// section (Core.Enter … Core.Exit) that produced it.
+type Ref uint32
+
+func makeRef(idx uint32, d Dir) Ref { return Ref((idx+1)<<1 | uint32(d)) }
+
+func (r Ref) idx() uint32 { return uint32(r>>1) - 1 }
+
+// Dir returns the direction the Ref was found in.
+func (r Ref) Dir() Dir { return Dir(r & 1) }
+
+// Flow is one connection record: 48 bytes, both tuples, status, times.
+// The tuples never change while the record is live; the other fields are
+// atomics because any core may touch a connection.
+type Flow struct {
+	orig, reply Tuple
+	status      atomic.Uint32 // state | flags; see state.go
+	last        atomic.Uint32 // Time of the last packet
+	mark        atomic.Uint32 // ctmark
+	aux         atomic.Uint32 // the caller's (free-list link while free)
+}
+
+// Orig returns the original-direction tuple.
+func (f *Flow) Orig() Tuple { return f.orig }
+
+// Reply returns the reply-direction tuple (after NAT).
+func (f *Flow) Reply() Tuple { return f.reply }
+
+// Tuple returns the tuple of direction d.
+func (f *Flow) Tuple(d Dir) Tuple {
+	if d == DirReply {
+		return f.reply
+	}
+	return f.orig
+}
+
+// Status returns the status word: State in the low bits, then flags.
+func (f *Flow) Status() uint32 { return f.status.Load() }
+
+// State returns the protocol state.
+func (f *Flow) State() State { return StatusState(f.status.Load()) }
+
+// UpdateStatus replaces the status word if it still equals old, keeping
+// the table's internal bits as they are now; only CallerFlags and the
+// state may change. It reports whether the update happened; on false the
+// caller re-reads and retries.
+func (f *Flow) UpdateStatus(old, new uint32) bool {
+	const internal = flagConfirmed | flagDying | flagRetired
+	new = new&(stateMask|CallerFlags) | old&internal
+	return f.status.CompareAndSwap(old, new)
+}
+
+// Touch records a packet at now: the last-seen time, from which the
+// timeout runs.
+func (f *Flow) Touch(now Time) {
+	if Time(f.last.Load()) != now {
+		f.last.Store(uint32(now))
+	}
+}
+
+// LastSeen returns the time of the last packet.
+func (f *Flow) LastSeen() Time { return Time(f.last.Load()) }
+
+// Mark returns the connection mark.
+func (f *Flow) Mark() uint32 { return f.mark.Load() }
+
+// SetMark sets the connection mark.
+func (f *Flow) SetMark(m uint32) { f.mark.Store(m) }
+
+// Aux returns the caller's word.
+func (f *Flow) Aux() uint32 { return f.aux.Load() }
+
+// SetAux sets the caller's word.
+func (f *Flow) SetAux(v uint32) { f.aux.Store(v) }
+
+type bucket [slotsPerBucket]atomic.Uint32
+
+// Counter is a packet and byte count.
+type Counter struct {
+	Packets, Bytes uint64
+}
+
+type acctEntry struct {
+	pkts, bytes [2]atomic.Uint64
+}
+
+// Table is the connection table shared by all cores. Its methods are safe
+// for concurrent use; each worker core works through its own Core.
+type Table struct {
+	h        hasher
+	buckets  []bucket
+	recs     []Flow
+	acct     []acctEntry
+	nb       uint64 // number of buckets
+	idxBits  uint32
+	idxMask  uint32
+	perCore  uint32
+	capacity int
+	timeouts timeouts
+	ep       *epochs
+	cores    []*Core
+	start    time.Time
+
+	_     [cacheLine]byte
+	count atomic.Int64 // live connections: admitted and not yet killed
+	_     [cacheLine - 8]byte
+	max   atomic.Int64
+	_     [cacheLine - 8]byte
+
+	fullLast   atomic.Uint32 // Time of the last table-full event
+	fullEvents atomic.Uint64 // rate-limited table-full events raised
+
+	ctlMu   sync.Mutex // serialises the control plane's participant slot
+	ctlCore *Core      // the control plane's handle (participant Cores)
+}
+
+// New allocates a table.
+func New(cfg Config) (*Table, error) {
+	if cfg.Cores < 1 || cfg.Cores > 255 {
+		return nil, fmt.Errorf("%w: cores=%d (1 to 255)", ErrConfig, cfg.Cores)
+	}
+	if cfg.Capacity < 1 {
+		return nil, fmt.Errorf("%w: capacity=%d", ErrConfig, cfg.Capacity)
+	}
+	if cfg.Max == 0 {
+		cfg.Max = cfg.Capacity
+	}
+	if cfg.Max < 1 || cfg.Max > cfg.Capacity {
+		return nil, fmt.Errorf("%w: max=%d (1 to capacity %d)", ErrConfig, cfg.Max, cfg.Capacity)
+	}
+	if cfg.Limbo == 0 {
+		cfg.Limbo = 4096
+	}
+	if cfg.Limbo < 16 {
+		return nil, fmt.Errorf("%w: limbo=%d (at least 16)", ErrConfig, cfg.Limbo)
+	}
+	per := (cfg.Capacity+cfg.Cores-1)/cfg.Cores + cfg.Limbo
+	nrec := uint64(per) * uint64(cfg.Cores)
+	idxBits := uint32(bits.Len64(nrec))
+	if idxBits > 32-minTagBits {
+		return nil, fmt.Errorf("%w: capacity=%d is too large (at most %d)", ErrConfig, cfg.Capacity, 1<<(32-minTagBits)-1-cfg.Limbo*cfg.Cores)
+	}
+	nb := uint64(float64(2*cfg.Capacity)/(slotsPerBucket*indexLoad)) + 1
+	if nb < 2 {
+		nb = 2
+	}
+	t := &Table{
+		buckets:  make([]bucket, nb),
+		recs:     make([]Flow, nrec),
+		nb:       nb,
+		idxBits:  idxBits,
+		idxMask:  1<<idxBits - 1,
+		perCore:  uint32(per),
+		capacity: cfg.Capacity,
+		ep:       newEpochs(cfg.Cores + 1),
+		start:    time.Now(),
+	}
+	if cfg.Acct {
+		t.acct = make([]acctEntry, nrec)
+	}
+	var seed [32]byte
+	if cfg.Seed != 0 {
+		for i := range 4 {
+			binary.LittleEndian.PutUint64(seed[8*i:], cfg.Seed*0x9E3779B97F4A7C15+uint64(i)*0xBF58476D1CE4E5B9)
+		}
+	} else if _, err := rand.Read(seed[:]); err != nil {
+		return nil, fmt.Errorf("flow table hash secret: %w", err)
+	}
+	t.h = hasher{
+		s0: binary.LittleEndian.Uint64(seed[0:]) | 1,
+		s1: binary.LittleEndian.Uint64(seed[8:]) | 1,
+		s2: binary.LittleEndian.Uint64(seed[16:]),
+		s3: binary.LittleEndian.Uint64(seed[24:]),
+	}
+	t.timeouts.setDefaults()
+	t.max.Store(int64(cfg.Max))
+	t.cores = make([]*Core, cfg.Cores)
+	for i := range t.cores {
+		t.cores[i] = newCore(t, i, uint32(i)*uint32(per), uint32(per), cfg.Limbo)
+	}
+	// The control plane is one more participant with its own share-less
+	// handle: it looks up, lists and kills, never inserts.
+	t.ctlCore = newCore(t, cfg.Cores, 0, 0, 0)
+	return t, nil
+}
+
+// Core returns core i's handle. Exactly one goroutine may use it.
+func (t *Table) Core(i int) *Core { return t.cores[i] }
+
+// Cores returns the number of worker cores.
+func (t *Table) Cores() int { return len(t.cores) }
+
+// Capacity returns the capacity the table was built with.
+func (t *Table) Capacity() int { return t.capacity }
+
+// Max returns the run-time limit.
+func (t *Table) Max() int { return int(t.max.Load()) }
+
+// ErrBadMax is returned by SetMax for a limit out of range.
+var ErrBadMax = errors.New("limit out of range")
+
+// SetMax changes the run-time limit (nf_conntrack_max). Lowering it below
+// the current count evicts nothing: new connections are refused until the
+// count falls below the limit, as in Linux.
+func (t *Table) SetMax(n int) error {
+	if n < 1 || n > t.capacity {
+		return fmt.Errorf("%w: %d (1 to capacity %d)", ErrBadMax, n, t.capacity)
+	}
+	t.max.Store(int64(n))
+	return nil
+}
+
+// Count returns the number of live connections.
+func (t *Table) Count() int { return int(t.count.Load()) }
+
+// Now returns the table's clock.
+func (t *Table) Now() Time { return Time(time.Since(t.start) / Tick) }
+
+// Flow returns the record a Ref names. Valid inside the critical section
+// in which the Ref was obtained.
+func (t *Table) Flow(r Ref) *Flow { return &t.recs[r.idx()] }
+
+// Owner returns the core that owns (created, and expires) a connection.
+func (t *Table) Owner(r Ref) int { return int(r.idx() / t.perCore) }
+
+// Account adds one packet of n bytes in direction r.Dir() to the
+// connection's counters, when the table keeps them.
+func (t *Table) Account(r Ref, n int) {
+	if t.acct == nil {
+		return
+	}
+	a := &t.acct[r.idx()]
+	d := r.Dir()
+	a.pkts[d].Add(1)
+	a.bytes[d].Add(uint64(n))
+}
+
+// Counters returns the connection's per-direction counters (zero when
+// accounting is off).
+func (t *Table) Counters(r Ref) [2]Counter {
+	var c [2]Counter
+	if t.acct == nil {
+		return c
+	}
+	a := &t.acct[r.idx()]
+	for d := range 2 {
+		c[d] = Counter{a.pkts[d].Load(), a.bytes[d].Load()}
+	}
+	return c
+}
+
+// place maps a hash to its two buckets and its tag.
+func (t *Table) place(h uint64) (b1, b2 uint64, tag uint32) {
+	b1 = uint64(uint32(h)) * t.nb >> 32
+	b2 = uint64(uint32(h>>32)) * t.nb >> 32
+	if b2 == b1 {
+		b2++
+		if b2 == t.nb {
+			b2 = 0
+		}
+	}
+	tag = uint32((h * 0x9E3779B97F4A7C15) >> (32 + t.idxBits))
+	return
+}
+
+func (t *Table) slotValue(tag, idx uint32) uint32 { return tag<<t.idxBits | (idx + 1) }
+
+// expired reports whether a record with status s, last seen at last, is
+// past its timeout at now.
+func (t *Table) expired(s uint32, last, now Time) bool {
+	d, ok := since(now, last)
+	return ok && uint32(d) > t.timeouts[s&stateMask].Load()
+}
+
+// liveAt reports whether f is confirmed, not dying and not expired.
+func (t *Table) liveAt(f *Flow, now Time) bool {
+	s := f.status.Load()
+	return s&(flagConfirmed|flagDying) == flagConfirmed && !t.expired(s, Time(f.last.Load()), now)
+}
+
+// match compares k with both tuples of f.
+func match(f *Flow, k *Tuple) (Dir, bool) {
+	if f.orig == *k {
+		return DirOrig, true
+	}
+	if f.reply == *k {
+		return DirReply, true
+	}
+	return 0, false
+}
+
+// scan looks for a live record under k in one bucket.
+func (t *Table) scan(b *bucket, tag uint32, k *Tuple, now Time) Ref {
+	for i := range b {
+		v := b[i].Load()
+		if v == 0 || v>>t.idxBits != tag {
+			continue
+		}
+		idx := v&t.idxMask - 1
+		f := &t.recs[idx]
+		if d, ok := match(f, k); ok && t.liveAt(f, now) {
+			return makeRef(idx, d)
+		}
+	}
+	return 0
+}
+
+func (t *Table) lookup(k *Tuple, now Time) Ref {
+	b1, b2, tag := t.place(t.h.hash(k))
+	if r := t.scan(&t.buckets[b1], tag, k, now); r != 0 {
+		return r
+	}
+	return t.scan(&t.buckets[b2], tag, k, now)
+}
+
+func occupancy(b *bucket) int {
+	n := 0
+	for i := range b {
+		if b[i].Load() != 0 {
+			n++
+		}
+	}
+	return n
+}
+
+func claim(b *bucket, v uint32) bool {
+	for i := range b {
+		if b[i].Load() == 0 && b[i].CompareAndSwap(0, v) {
+			return true
+		}
+	}
+	return false
+}
+
+// link publishes record idx under tuple k in the emptier of k's buckets.
+func (t *Table) link(k *Tuple, idx uint32) bool {
+	b1, b2, tag := t.place(t.h.hash(k))
+	v := t.slotValue(tag, idx)
+	p, q := &t.buckets[b1], &t.buckets[b2]
+	if occupancy(q) < occupancy(p) {
+		p, q = q, p
+	}
+	return claim(p, v) || claim(q, v)
+}
+
+// unlink removes record idx's entry under k. Only the one who set the
+// record's dying bit (or an inserter withdrawing) unlinks, so the slot
+// value cannot be reused meanwhile.
+func (t *Table) unlink(k *Tuple, idx uint32) bool {
+	b1, b2, tag := t.place(t.h.hash(k))
+	v := t.slotValue(tag, idx)
+	for _, b := range [2]*bucket{&t.buckets[b1], &t.buckets[b2]} {
+		for i := range b {
+			if b[i].Load() == v && b[i].CompareAndSwap(v, 0) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// kill marks a confirmed live record dying, unlinks it and uncounts it. It
+// reports false when someone else already did, or the record is not
+// confirmed.
+func (t *Table) kill(idx uint32) bool {
+	f := &t.recs[idx]
+	for {
+		s := f.status.Load()
+		if s&(flagConfirmed|flagDying) != flagConfirmed {
+			return false
+		}
+		if f.status.CompareAndSwap(s, s|flagDying) {
+			break
+		}
+	}
+	t.unlink(&f.orig, idx)
+	t.unlink(&f.reply, idx)
+	t.count.Add(-1)
+	return true
+}
+
+// raiseFull records a table-full drop: at most one event per second.
+func (t *Table) raiseFull(now Time) {
+	last := t.fullLast.Load()
+	if t.fullEvents.Load() != 0 {
+		if d, ok := since(now, Time(last)); ok && d < Ticks(time.Second) {
+			return
+		}
+	}
+	if t.fullLast.CompareAndSwap(last, uint32(now)) {
+		t.fullEvents.Add(1)
+	}
+}
+
+// FullEvents returns how many rate-limited "table full, dropping packet"
+// events have been raised (at most one a second) and when the last one was.
+// The control plane polls it and reads the drop counters for the count.
+func (t *Table) FullEvents() (n uint64, last Time) {
+	return t.fullEvents.Load(), Time(t.fullLast.Load())
+}
