@@ -385,7 +385,7 @@ func (c *Core) holder(k *Tuple, now Time) Ref {
 				continue
 			}
 			if t.expired(s, Time(f.last.Load()), now) {
-				if t.kill(idx) {
+				if t.kill(idx, flagTimedOut) {
 					c.st[stExpired]++
 				}
 				continue
@@ -416,7 +416,7 @@ func (c *Core) rival(k *Tuple, idx uint32, now Time) bool {
 				continue
 			}
 			if s&flagConfirmed != 0 && t.expired(s, Time(f.last.Load()), now) {
-				if t.kill(o) {
+				if t.kill(o, flagTimedOut) {
 					c.st[stExpired]++
 				}
 				continue
@@ -481,7 +481,7 @@ func (c *Core) makeRoom(orig *Tuple, now Time) room {
 					continue
 				}
 				if t.expired(s, Time(f.last.Load()), now) {
-					if t.kill(idx) {
+					if t.kill(idx, flagTimedOut) {
 						return roomExpired
 					}
 					continue
@@ -492,7 +492,7 @@ func (c *Core) makeRoom(orig *Tuple, now Time) room {
 			}
 		}
 	}
-	if victim != ^uint32(0) && t.kill(victim) {
+	if victim != ^uint32(0) && t.kill(victim, 0) {
 		return roomEvicted
 	}
 	return roomNone
@@ -575,7 +575,7 @@ func (c *Core) reclaim() {
 // owner's sweep reports it and frees its record. It returns false if the
 // connection was already gone.
 func (c *Core) Kill(r Ref) bool {
-	if c.t.kill(r.idx()) {
+	if c.t.kill(r.idx(), 0) {
 		c.st[stDeleted]++
 		return true
 	}
@@ -586,7 +586,7 @@ func (c *Core) Kill(r Ref) bool {
 type Reason uint8
 
 const (
-	ReasonTimeout Reason = iota // expired
+	ReasonTimeout Reason = iota // expired (whoever noticed)
 	ReasonKilled                // deleted, evicted, or flushed
 )
 
@@ -619,17 +619,19 @@ func (c *Core) Sweep(now Time, budget int, out []Gone) int {
 			c.cursor++
 			continue
 		}
-		reason := ReasonKilled
 		if s&flagDying == 0 {
 			if s&flagConfirmed == 0 || !t.expired(s, Time(f.last.Load()), now) {
 				c.cursor++
 				continue
 			}
-			if t.kill(idx) {
+			if t.kill(idx, flagTimedOut) {
 				c.st[stExpired]++
-				reason = ReasonTimeout
 			}
 			s = f.status.Load()
+		}
+		reason := ReasonKilled
+		if s&flagTimedOut != 0 {
+			reason = ReasonTimeout
 		}
 		if !c.retire(idx) {
 			return n // limbo full: try again after the next grace period

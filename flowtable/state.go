@@ -88,6 +88,8 @@ const (
 	flagDying uint32 = 1 << 9
 	// flagRetired: the owner has put the dying record in limbo.
 	flagRetired uint32 = 1 << 10
+	// flagTimedOut: set with flagDying when the kill was an expiry.
+	flagTimedOut uint32 = 1 << 11
 
 	// FlagUserShift is the first bit the caller may use; FlagUserMask
 	// covers all of them.

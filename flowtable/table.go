@@ -111,7 +111,7 @@ func (f *Flow) State() State { return StatusState(f.status.Load()) }
 // state may change. It reports whether the update happened; on false the
 // caller re-reads and retries.
 func (f *Flow) UpdateStatus(old, new uint32) bool {
-	const internal = flagConfirmed | flagDying | flagRetired
+	const internal = flagConfirmed | flagDying | flagRetired | flagTimedOut
 	new = new&(stateMask|CallerFlags) | old&internal
 	return f.status.CompareAndSwap(old, new)
 }
@@ -425,17 +425,17 @@ func (t *Table) unlink(k *Tuple, idx uint32) bool {
 	return false
 }
 
-// kill marks a confirmed live record dying, unlinks it and uncounts it. It
-// reports false when someone else already did, or the record is not
-// confirmed.
-func (t *Table) kill(idx uint32) bool {
+// kill marks a confirmed live record dying (with flagTimedOut when why
+// says it expired), unlinks it and uncounts it. It reports false when
+// someone else already did, or the record is not confirmed.
+func (t *Table) kill(idx uint32, why uint32) bool {
 	f := &t.recs[idx]
 	for {
 		s := f.status.Load()
 		if s&(flagConfirmed|flagDying) != flagConfirmed {
 			return false
 		}
-		if f.status.CompareAndSwap(s, s|flagDying) {
+		if f.status.CompareAndSwap(s, s|flagDying|why) {
 			break
 		}
 	}
