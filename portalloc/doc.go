@@ -1,0 +1,64 @@
+// Package portalloc gives out external addresses and ports for source NAT:
+// one Allocator per worker core over its own disjoint slice of a pool, so
+// that allocating takes no lock and shares no atomic with another core.
+//
+// # Pools and slices
+//
+// A Pool is a range of IPv4 addresses times a range of ports (1024–65535
+// unless set, like iptables' --to-ports). The port range is cut into one
+// contiguous slice per core; every core may use every address of the
+// pool with the ports of its slice. TCP ports, UDP ports and ICMP query
+// identifiers are allocated alike, each protocol from its own counts.
+// Other protocols are translated in address only, as Linux does.
+//
+// # Choosing the address
+//
+// The address comes from a keyed hash of the inside source address and,
+// unless the rule says --persistent, of the destination address (Linux's
+// find_best_ips_proto): one inside host talking to one server always
+// appears from the same external address ("paired" pooling, RFC 4787
+// REQ-2).
+//
+// # Choosing the port
+//
+// Without --random or --random-fully the original source port is kept
+// when it lies in this core's slice and the connection's reply tuple is
+// free (Linux and VPP do the same). Otherwise the search starts at an
+// unpredictable point of the slice (RFC 6056; a per-core generator seeded
+// from crypto/rand) and probes consecutive ports, in rounds of 128, 64, 32
+// … candidates each from a new random start, like Linux's
+// nf_nat_l4proto_unique_tuple; when all rounds fail it counts out_of_ports.
+//
+// A port in use may serve another connection to a different remote
+// endpoint: whether a candidate is free is decided by inserting the
+// connection, reply tuple and all, into the flow table, which refuses a
+// reply tuple that is taken (as Linux's nf_nat_used_tuple does). So the
+// allocator never needs to know the remote endpoints; it keeps only a
+// count of connections per port, for the statistics and to stop one port
+// carrying more than 65535 connections.
+//
+// # Giving ports back
+//
+// A connection's port goes back when its owner core's flow-table sweep
+// reports it gone: the dataplane hands the report to Release on the same
+// core's allocator (the core that allocated a port is always the owner of
+// its connection, because it inserted it).
+//
+// # Per-source limit
+//
+// A SourceLimiter, shared by all cores, counts connections per inside
+// source address and, when a limit is set, refuses a new one beyond it
+// (RFC 6888 REQ-4: no single subscriber may exhaust the pool). It is off
+// (limit 0) by default but always counts, so a limit set at run time
+// applies to connections already open. It is a fixed open-addressing table
+// of 64-bit words (address, count), updated by CAS; an address, once
+// bound to a slot, keeps it. When no slot is left for a new address the
+// connection is allowed and counted as untracked.
+//
+// # Concurrency
+//
+// An Allocator belongs to one core: Allocate and Release are called only
+// by that core's goroutine, and its counts are plain memory. Its
+// statistics are atomics on its own cache lines, read by anyone. The
+// SourceLimiter is safe for concurrent use.
+package portalloc

@@ -1,0 +1,343 @@
+package portalloc
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/bits"
+	"sync/atomic"
+
+	"xnat/flowtable"
+)
+
+// Pool is a set of external addresses and ports.
+type Pool struct {
+	AddrLo, AddrHi uint32 // inclusive range of IPv4 addresses (big-endian values)
+	PortLo, PortHi uint16 // inclusive port range; both 0 means 1024–65535
+}
+
+// Default port range, as Linux uses for source NAT of unprivileged ports.
+const (
+	DefaultPortLo = 1024
+	DefaultPortHi = 65535
+)
+
+// ErrPool is returned for a pool that cannot be split between the cores.
+var ErrPool = errors.New("invalid NAT pool")
+
+// Mode chooses how a port is picked.
+type Mode uint8
+
+const (
+	// ModeDefault keeps the original port when it is free, else searches
+	// from a random start.
+	ModeDefault Mode = iota
+	// ModeRandom (--random) never keeps the original port.
+	ModeRandom
+	// ModeRandomFully (--random-fully): the same here, both start at a
+	// random point of the slice.
+	ModeRandomFully
+)
+
+// Result says how an allocation ended.
+type Result uint8
+
+const (
+	// OK: the connection is inserted with its translated reply tuple.
+	OK Result = iota
+	// OutOfPorts: no free port was found in this core's slice.
+	OutOfPorts
+	// PerSourceLimit: the inside host has its limit of connections.
+	PerSourceLimit
+	// TableRefused: the flow table refused the connection; its own result
+	// (Exists, Full, NoRecord, IndexFull, BadFlow) says why.
+	TableRefused
+)
+
+func (r Result) String() string {
+	switch r {
+	case OK:
+		return "ok"
+	case OutOfPorts:
+		return "out of ports"
+	case PerSourceLimit:
+		return "per-source limit"
+	}
+	return "refused by the flow table"
+}
+
+// proto classes with port counts
+const (
+	classTCP = iota
+	classUDP
+	classICMP
+	numClasses
+	classNone = -1
+)
+
+func class(proto uint8) int {
+	switch proto {
+	case flowtable.ProtoTCP:
+		return classTCP
+	case flowtable.ProtoUDP:
+		return classUDP
+	case flowtable.ProtoICMP:
+		return classICMP
+	}
+	return classNone
+}
+
+// maxUses is the most connections one external port carries.
+const maxUses = 0xffff
+
+// Stats are an allocator's counters.
+type Stats struct {
+	Allocated      uint64 // connections given an external endpoint
+	Preserved      uint64 // of those, keeping their original port
+	Released       uint64 // connections whose port came back
+	OutOfPorts     uint64 // allocations that found no free port
+	PerSourceLimit uint64 // allocations refused by the per-source limit
+	PortsInUse     uint64 // ports carrying at least one connection now
+}
+
+// Add adds o to s.
+func (s *Stats) Add(o Stats) {
+	s.Allocated += o.Allocated
+	s.Preserved += o.Preserved
+	s.Released += o.Released
+	s.OutOfPorts += o.OutOfPorts
+	s.PerSourceLimit += o.PerSourceLimit
+	s.PortsInUse += o.PortsInUse
+}
+
+type pubStats struct {
+	allocated, preserved, released, outOfPorts, perSource atomic.Uint64
+	inUse                                                 atomic.Int64
+	_                                                     [128 - 48]byte
+}
+
+// Allocator gives out external endpoints from one core's slice of a pool.
+// Only its core's goroutine may call Allocate and Release.
+type Allocator struct {
+	core           int
+	addrLo, naddrs uint32
+	lo, n          uint32 // this core's ports: [lo, lo+n)
+	uses           [numClasses][]uint16
+	rng            uint64
+	key0, key1     uint64
+	limiter        *SourceLimiter
+	st             *pubStats
+}
+
+// New splits pool between cores and returns one allocator per core. The
+// limiter may be nil (no per-source counting).
+func New(pool Pool, cores int, limiter *SourceLimiter) ([]*Allocator, error) {
+	if pool.PortLo == 0 && pool.PortHi == 0 {
+		pool.PortLo, pool.PortHi = DefaultPortLo, DefaultPortHi
+	}
+	if pool.AddrHi < pool.AddrLo {
+		return nil, fmt.Errorf("%w: address range %s-%s is reversed", ErrPool, flowtable.FormatAddr(pool.AddrLo), flowtable.FormatAddr(pool.AddrHi))
+	}
+	if pool.PortHi < pool.PortLo || pool.PortLo == 0 {
+		return nil, fmt.Errorf("%w: port range %d-%d", ErrPool, pool.PortLo, pool.PortHi)
+	}
+	naddrs := uint64(pool.AddrHi) - uint64(pool.AddrLo) + 1
+	if naddrs > 1<<16 {
+		return nil, fmt.Errorf("%w: %d addresses (at most 65536)", ErrPool, naddrs)
+	}
+	span := uint32(pool.PortHi) - uint32(pool.PortLo) + 1
+	if cores < 1 || uint32(cores) > span {
+		return nil, fmt.Errorf("%w: %d ports cannot be split between %d cores", ErrPool, span, cores)
+	}
+	as := make([]*Allocator, cores)
+	for c := range as {
+		lo := uint32(pool.PortLo) + span*uint32(c)/uint32(cores)
+		hi := uint32(pool.PortLo) + span*uint32(c+1)/uint32(cores)
+		a := &Allocator{
+			core: c, addrLo: pool.AddrLo, naddrs: uint32(naddrs),
+			lo: lo, n: hi - lo, limiter: limiter, st: new(pubStats),
+		}
+		for k := range a.uses {
+			a.uses[k] = make([]uint16, uint64(a.n)*naddrs)
+		}
+		var seed [32]byte
+		if _, err := rand.Read(seed[:]); err != nil {
+			return nil, fmt.Errorf("port allocator seed: %w", err)
+		}
+		a.rng = binary.LittleEndian.Uint64(seed[0:])
+		// The address hash is keyed alike on every core, so a host maps to
+		// the same address whichever core sees its connection.
+		if c == 0 {
+			a.key0, a.key1 = binary.LittleEndian.Uint64(seed[8:])|1, binary.LittleEndian.Uint64(seed[16:])|1
+		} else {
+			a.key0, a.key1 = as[0].key0, as[0].key1
+		}
+		as[c] = a
+	}
+	return as, nil
+}
+
+// Slice returns this allocator's ports, inclusive.
+func (a *Allocator) Slice() (lo, hi uint16) { return uint16(a.lo), uint16(a.lo + a.n - 1) }
+
+// next is wyrand: a fast generator, seeded from crypto/rand.
+func (a *Allocator) next() uint64 {
+	a.rng += 0xa0761d6478bd642f
+	hi, lo := bits.Mul64(a.rng, a.rng^0xe7037ed1a0b428db)
+	return hi ^ lo
+}
+
+func (a *Allocator) pickAddr(src, dst uint32, persistent bool) uint32 {
+	if a.naddrs == 1 {
+		return a.addrLo
+	}
+	x := uint64(src)
+	if !persistent {
+		x |= uint64(dst) << 32
+	}
+	hi, lo := bits.Mul64(x^a.key0, a.key1)
+	h := hi ^ lo
+	return a.addrLo + uint32(uint64(uint32(h))*uint64(a.naddrs)>>32)
+}
+
+// Options are the rule's NAT flags.
+type Options struct {
+	Mode       Mode
+	Persistent bool
+}
+
+// Allocate picks the external endpoint for a new connection and inserts
+// it into the flow table through this core's handle. nf.Orig is the
+// connection's original tuple; nf.Reply must hold the reply tuple with
+// its source (the remote end, after any DNAT) filled in; Allocate fills
+// its destination address and port with the external endpoint. On
+// TableRefused the flow table's own result is returned too (with the
+// existing connection's Ref on Exists).
+func (a *Allocator) Allocate(c *flowtable.Core, nf *flowtable.NewFlow, opt Options, now flowtable.Time) (flowtable.Ref, Result, flowtable.InsertResult) {
+	src := nf.Orig.Src
+	if a.limiter != nil && !a.limiter.Acquire(src) {
+		a.st.perSource.Add(1)
+		return 0, PerSourceLimit, flowtable.Inserted
+	}
+	nf.Reply.Dst = a.pickAddr(src, nf.Orig.Dst, opt.Persistent)
+	cl := class(nf.Orig.Proto)
+	if cl == classNone {
+		// Address only: the reply tuple keeps the ports it has.
+		r, res := c.Insert(nf, now)
+		if res != flowtable.Inserted {
+			a.unacquire(src)
+			return r, TableRefused, res
+		}
+		a.st.allocated.Add(1)
+		return r, OK, res
+	}
+	uses := a.uses[cl][uint64(nf.Reply.Dst-a.addrLo)*uint64(a.n):][:a.n]
+	orig := uint32(nf.Orig.SrcPort)
+	if opt.Mode == ModeDefault && orig-a.lo < a.n {
+		if r, res, done := a.try(c, nf, uses, orig, now); done {
+			if res == flowtable.Inserted {
+				a.st.preserved.Add(1)
+				return r, OK, res
+			}
+			a.unacquire(src)
+			return r, TableRefused, res
+		}
+	}
+	for attempts := min(a.n, 128); attempts > 0; attempts /= 2 {
+		off := uint32(uint64(uint32(a.next())) * uint64(a.n) >> 32)
+		for i := range attempts {
+			p := a.lo + (off+i)%a.n
+			if r, res, done := a.try(c, nf, uses, p, now); done {
+				if res == flowtable.Inserted {
+					return r, OK, res
+				}
+				a.unacquire(src)
+				return r, TableRefused, res
+			}
+		}
+	}
+	a.st.outOfPorts.Add(1)
+	a.unacquire(src)
+	return 0, OutOfPorts, flowtable.ReplyClash
+}
+
+// try inserts the connection with external port p. done is false when the
+// port is taken for this remote endpoint and the search goes on.
+func (a *Allocator) try(c *flowtable.Core, nf *flowtable.NewFlow, uses []uint16, p uint32, now flowtable.Time) (flowtable.Ref, flowtable.InsertResult, bool) {
+	u := &uses[p-a.lo]
+	if *u == maxUses {
+		return 0, flowtable.ReplyClash, false
+	}
+	nf.Reply.DstPort = uint16(p)
+	r, res := c.Insert(nf, now)
+	switch res {
+	case flowtable.Inserted:
+		if *u == 0 {
+			a.st.inUse.Add(1)
+		}
+		*u++
+		a.st.allocated.Add(1)
+		return r, res, true
+	case flowtable.ReplyClash:
+		return 0, res, false
+	}
+	return r, res, true
+}
+
+func (a *Allocator) unacquire(src uint32) {
+	if a.limiter != nil {
+		a.limiter.Release(src)
+	}
+}
+
+// Release gives back the external endpoint of a connection this
+// allocator gave one: orig and reply as the flow table reported them. It
+// reports false for a connection whose endpoint is not from this slice.
+func (a *Allocator) Release(orig, reply *flowtable.Tuple) bool {
+	if reply.Dst-a.addrLo >= a.naddrs {
+		return false
+	}
+	cl := class(orig.Proto)
+	if cl != classNone {
+		p := uint32(reply.DstPort)
+		if p-a.lo >= a.n {
+			return false
+		}
+		u := &a.uses[cl][uint64(reply.Dst-a.addrLo)*uint64(a.n)+uint64(p-a.lo)]
+		if *u == 0 {
+			return false
+		}
+		*u--
+		if *u == 0 {
+			a.st.inUse.Add(-1)
+		}
+	}
+	a.unacquire(orig.Src)
+	a.st.released.Add(1)
+	return true
+}
+
+// Uses returns how many connections use an external endpoint (tests and
+// the control plane's diagnostics; only this core's goroutine may call it
+// while traffic flows).
+func (a *Allocator) Uses(proto uint8, addr uint32, port uint16) int {
+	cl := class(proto)
+	p := uint32(port)
+	if cl == classNone || addr-a.addrLo >= a.naddrs || p-a.lo >= a.n {
+		return 0
+	}
+	return int(a.uses[cl][uint64(addr-a.addrLo)*uint64(a.n)+uint64(p-a.lo)])
+}
+
+// Stats returns the allocator's counters; safe from any goroutine.
+func (a *Allocator) Stats() Stats {
+	return Stats{
+		Allocated:      a.st.allocated.Load(),
+		Preserved:      a.st.preserved.Load(),
+		Released:       a.st.released.Load(),
+		OutOfPorts:     a.st.outOfPorts.Load(),
+		PerSourceLimit: a.st.perSource.Load(),
+		PortsInUse:     uint64(a.st.inUse.Load()),
+	}
+}
