@@ -472,6 +472,10 @@ func (p *parser) header(c byte, word string) error {
 			}
 			return &Error{Word: v, Err: err}
 		}
+		if v == "+" && !inv {
+			// "+" matches every interface: iptables keeps no condition.
+			v = ""
+		}
 		if c == 'i' {
 			r.InIface = rules.Iface{Name: v, Invert: inv}
 		} else {
