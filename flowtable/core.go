@@ -80,6 +80,12 @@ type Core struct {
 	limboHead  int
 	limboCount int
 
+	// Connections this core killed itself and retired at once, waiting
+	// for the next Sweep to report them.
+	gone      []Gone
+	goneHead  int
+	goneCount int
+
 	st  [numStats]uint64 // owner-only, plain
 	pub *pubStats        // published copy
 
@@ -96,6 +102,7 @@ func newCore(t *Table, id int, lo, n uint32, limbo int) *Core {
 	c := &Core{
 		t: t, id: id, lo: lo, hi: lo + n, bump: lo, cursor: lo,
 		limbo: make([]limboEntry, limbo),
+		gone:  make([]Gone, min(limbo, goneQueue)),
 		pub:   new(pubStats),
 	}
 	c.used.Store(lo)
@@ -165,33 +172,60 @@ func (c *Core) LookupBatch(keys []Tuple, refs []Ref, now Time) {
 func (c *Core) lookupBatch(keys []Tuple, refs []Ref, now Time) {
 	t := c.t
 	bb := c.bb[:len(keys)]
+	mask := t.idxMask
 	var sink uint32
-	// Pass 1: hash, and touch both buckets.
-	for i := range keys {
+	// The passes alternate computing with touching: each touch loop is a
+	// handful of instructions an iteration, so the core keeps dozens of
+	// misses in flight instead of the few a long loop body allows.
+	for i := range keys { // hash
 		b := &bb[i]
 		b.b1, b.b2, b.tag = t.place(t.h.hash(&keys[i]))
-		sink += t.buckets[b.b1][0].Load() + t.buckets[b.b2][0].Load()
 	}
-	// Pass 2: the first tag match in either bucket; touch its record.
-	for i := range bb {
+	for i := range bb { // touch first buckets
+		sink += t.buckets[bb[i].b1][0].Load()
+	}
+	second := 0
+	for i := range bb { // find the candidate in the first bucket
 		b := &bb[i]
 		b.idx = ^uint32(0)
-		for _, bk := range [2]*bucket{&t.buckets[b.b1], &t.buckets[b.b2]} {
+		bk := &t.buckets[b.b1]
+		for j := range bk {
+			if v := bk[j].Load(); v&^mask == b.tag {
+				b.idx = v&mask - 1
+				break
+			}
+		}
+		if b.idx == ^uint32(0) {
+			second++
+		}
+	}
+	if second > 0 { // the few not in their first bucket
+		for i := range bb {
+			if bb[i].idx == ^uint32(0) {
+				sink += t.buckets[bb[i].b2][0].Load()
+			}
+		}
+		for i := range bb {
+			b := &bb[i]
+			if b.idx != ^uint32(0) {
+				continue
+			}
+			bk := &t.buckets[b.b2]
 			for j := range bk {
-				v := bk[j].Load()
-				if v != 0 && v>>t.idxBits == b.tag {
-					b.idx = v&t.idxMask - 1
-					sink += t.recs[b.idx].status.Load()
-					goto next
+				if v := bk[j].Load(); v&^mask == b.tag {
+					b.idx = v&mask - 1
+					break
 				}
 			}
 		}
-	next:
 	}
-	// Pass 3: compare; a miss on the candidate falls back to the full scan
-	// (a tag false positive, or a second record under the same tag).
+	for i := range bb { // touch candidate records
+		if idx := bb[i].idx; idx != ^uint32(0) {
+			sink += t.recs[idx].status.Load()
+		}
+	}
 	found := uint64(0)
-	for i := range bb {
+	for i := range bb { // compare
 		b := &bb[i]
 		var r Ref
 		if b.idx != ^uint32(0) {
@@ -199,6 +233,7 @@ func (c *Core) lookupBatch(keys []Tuple, refs []Ref, now Time) {
 			if d, ok := match(f, &keys[i]); ok && t.liveAt(f, now) {
 				r = makeRef(b.idx, d)
 			} else if r = t.scan(&t.buckets[b.b1], b.tag, &keys[i], now); r == 0 {
+				// A tag false positive, or a dead record under the same tag.
 				r = t.scan(&t.buckets[b.b2], b.tag, &keys[i], now)
 			}
 		}
@@ -281,6 +316,10 @@ func (r InsertResult) String() string {
 	}
 	return r.Err().Error()
 }
+
+// goneQueue is how many self-killed connections a core keeps for its next
+// Sweep to report; beyond that, they wait for the sweep cursor.
+const goneQueue = 256
 
 // earlyDropRange is how many buckets past each of the new tuple's two
 // Insert looks in for a connection to evict.
@@ -371,7 +410,7 @@ func (c *Core) holder(k *Tuple, now Time) Ref {
 	for _, b := range [2]*bucket{&t.buckets[b1], &t.buckets[b2]} {
 		for i := range b {
 			v := b[i].Load()
-			if v == 0 || v>>t.idxBits != tag {
+			if v&^t.idxMask != tag {
 				continue
 			}
 			idx := v&t.idxMask - 1
@@ -385,7 +424,7 @@ func (c *Core) holder(k *Tuple, now Time) Ref {
 				continue
 			}
 			if t.expired(s, Time(f.last.Load()), now) {
-				if t.kill(idx, flagTimedOut) {
+				if c.killOwn(idx, flagTimedOut) {
 					c.st[stExpired]++
 				}
 				continue
@@ -403,7 +442,7 @@ func (c *Core) rival(k *Tuple, idx uint32, now Time) bool {
 	for _, b := range [2]*bucket{&t.buckets[b1], &t.buckets[b2]} {
 		for i := range b {
 			v := b[i].Load()
-			if v == 0 || v>>t.idxBits != tag || v&t.idxMask-1 == idx {
+			if v&^t.idxMask != tag || v&t.idxMask-1 == idx {
 				continue
 			}
 			o := v&t.idxMask - 1
@@ -416,7 +455,7 @@ func (c *Core) rival(k *Tuple, idx uint32, now Time) bool {
 				continue
 			}
 			if s&flagConfirmed != 0 && t.expired(s, Time(f.last.Load()), now) {
-				if t.kill(o, flagTimedOut) {
+				if c.killOwn(o, flagTimedOut) {
 					c.st[stExpired]++
 				}
 				continue
@@ -481,7 +520,7 @@ func (c *Core) makeRoom(orig *Tuple, now Time) room {
 					continue
 				}
 				if t.expired(s, Time(f.last.Load()), now) {
-					if t.kill(idx, flagTimedOut) {
+					if c.killOwn(idx, flagTimedOut) {
 						return roomExpired
 					}
 					continue
@@ -492,7 +531,7 @@ func (c *Core) makeRoom(orig *Tuple, now Time) room {
 			}
 		}
 	}
-	if victim != ^uint32(0) && t.kill(victim, 0) {
+	if victim != ^uint32(0) && c.killOwn(victim, 0) {
 		return roomEvicted
 	}
 	return roomNone
@@ -571,11 +610,37 @@ func (c *Core) reclaim() {
 	}
 }
 
+// killOwn kills record idx for a packet path of this core; when this core
+// owns it, it is retired at once and its report queued, so it need not
+// wait for the sweep cursor to come round.
+func (c *Core) killOwn(idx uint32, why uint32) bool {
+	t := c.t
+	if !t.kill(idx, why) {
+		return false
+	}
+	if idx-c.lo >= c.hi-c.lo || c.goneCount == len(c.gone) {
+		return true
+	}
+	f := &t.recs[idx]
+	s := f.status.Load()
+	if !c.retire(idx) {
+		return true
+	}
+	f.status.Or(flagRetired)
+	reason := ReasonKilled
+	if why&flagTimedOut != 0 {
+		reason = ReasonTimeout
+	}
+	c.gone[(c.goneHead+c.goneCount)%len(c.gone)] = Gone{Orig: f.orig, Reply: f.reply, Status: s, Mark: f.mark.Load(), Aux: f.aux.Load(), Reason: reason}
+	c.goneCount++
+	return true
+}
+
 // Kill ends a connection now: it disappears from lookups at once, and its
 // owner's sweep reports it and frees its record. It returns false if the
 // connection was already gone.
 func (c *Core) Kill(r Ref) bool {
-	if c.t.kill(r.idx(), 0) {
+	if c.killOwn(r.idx(), 0) {
 		c.st[stDeleted]++
 		return true
 	}
@@ -606,8 +671,13 @@ type Gone struct {
 // Enter and Exit.
 func (c *Core) Sweep(now Time, budget int, out []Gone) int {
 	t := c.t
-	c.reclaim()
 	n := 0
+	for ; c.goneCount > 0 && n < len(out); n++ {
+		out[n] = c.gone[c.goneHead]
+		c.goneHead = (c.goneHead + 1) % len(c.gone)
+		c.goneCount--
+	}
+	c.reclaim()
 	for ; budget > 0 && n < len(out) && c.bump > c.lo; budget-- {
 		if c.cursor >= c.bump {
 			c.cursor = c.lo

@@ -41,11 +41,6 @@ func (t Tuple) Reverse() Tuple {
 	return Tuple{Src: t.Dst, Dst: t.Src, SrcPort: t.DstPort, DstPort: t.SrcPort, Proto: t.Proto}
 }
 
-func (t *Tuple) words() (uint64, uint64) {
-	return uint64(t.Src)<<32 | uint64(t.Dst),
-		uint64(t.SrcPort)<<48 | uint64(t.DstPort)<<32 | uint64(t.Proto)
-}
-
 // String formats the tuple as conntrack does ("tcp src=… dst=… sport=… dport=…").
 func (t Tuple) String() string {
 	return fmt.Sprintf("%s src=%s dst=%s sport=%d dport=%d", ProtoName(t.Proto), FormatAddr(t.Src), FormatAddr(t.Dst), t.SrcPort, t.DstPort)

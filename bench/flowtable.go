@@ -1,0 +1,461 @@
+package bench
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"math/bits"
+	"math/rand/v2"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dustin/go-humanize"
+
+	"xnat/flowtable"
+)
+
+func init() {
+	Register(Scenario{
+		Name:    "flowtable",
+		Summary: "connection table: bytes/connection, lookups, inserts, 2-core scaling, vs map+RWMutex",
+		Run:     runFlowtable,
+	})
+}
+
+// FlowtableResult is one row of the flowtable scenario. The JSON keys are
+// the ones the README and CI read.
+type FlowtableResult struct {
+	Flows           int     `json:"flows"`
+	BytesPerFlow    float64 `json:"bytes_per_flow"`
+	LookupNs        float64 `json:"lookup_ns"`
+	LookupBatchNs   float64 `json:"lookup_batch_ns"`
+	InsertDeleteNs  float64 `json:"insert_delete_ns"`
+	ParallelSpeedup float64 `json:"parallel_speedup"`
+	VsMutexMap      float64 `json:"vs_mutex_map"`
+
+	// The peer, a map[Tuple]*Flow under a sync.RWMutex, in the same run.
+	PeerBytesPerFlow   float64 `json:"peer_bytes_per_flow"`
+	PeerLookupNs       float64 `json:"peer_lookup_ns"`
+	PeerInsertDeleteNs float64 `json:"peer_insert_delete_ns"`
+	MixedMops          float64 `json:"mixed_mops"`
+	PeerMixedMops      float64 `json:"peer_mixed_mops"`
+	Workers            int     `json:"workers"`
+}
+
+func runFlowtable(args []string, w io.Writer) error {
+	fs := flag.NewFlagSet("flowtable", flag.ContinueOnError)
+	fs.SetOutput(w)
+	flows := fs.String("flows", "1000000", "connections in the table: one number or a comma-separated list (up to 10000000 each)")
+	jsonOut := fs.Bool("json", false, "one JSON object per line instead of a table")
+	dur := fs.Duration("time", time.Second, "how long each timed measurement runs")
+	workers := fs.Int("workers", 2, "goroutines for the parallel measurements")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	var ns []int
+	for _, f := range strings.Split(*flows, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 64 || n > 10_000_000 {
+			return fmt.Errorf("--flows %q: want a number from 64 to 10000000", f)
+		}
+		ns = append(ns, n)
+	}
+	if *workers < 1 || *workers > 255 {
+		return fmt.Errorf("--workers %d: want 1 to 255", *workers)
+	}
+	if *dur <= 0 {
+		return fmt.Errorf("--time %v: want a positive duration", *dur)
+	}
+	var rows [][]string
+	for _, n := range ns {
+		r, err := MeasureFlowtable(n, *workers, *dur)
+		if err != nil {
+			return err
+		}
+		if *jsonOut {
+			if err := WriteJSON(w, r); err != nil {
+				return err
+			}
+			continue
+		}
+		rows = append(rows,
+			[]string{humanize.Comma(int64(n)), "xnat flowtable", dec1(r.BytesPerFlow), dec1(r.LookupNs), dec1(r.LookupBatchNs), dec1(r.InsertDeleteNs), fmt.Sprintf("%.2fx", r.ParallelSpeedup), dec2(r.MixedMops), fmt.Sprintf("%.1fx", r.VsMutexMap)},
+			[]string{"", "map+RWMutex", dec1(r.PeerBytesPerFlow), dec1(r.PeerLookupNs), "-", dec1(r.PeerInsertDeleteNs), "-", dec2(r.PeerMixedMops), "1.0x"},
+		)
+	}
+	if *jsonOut {
+		return nil
+	}
+	return Table(w, []string{"flows", "table", "B/conn", "lookup ns", "batch ns/key", "ins+del ns", fmt.Sprintf("lookup x%d cores", *workers), "mixed Mops", "vs peer"}, rows)
+}
+
+func dec1(v float64) string { return strconv.FormatFloat(v, 'f', 1, 64) }
+func dec2(v float64) string { return strconv.FormatFloat(v, 'f', 2, 64) }
+
+// flowKeys gives connection i its tuples: 10.x.y.z:port to one of 256
+// servers on 443, translated to one of 256 external addresses. Every i has
+// its own original and reply tuple.
+func flowKeys(i int) flowtable.NewFlow {
+	u := uint32(i)
+	o := flowtable.MakeTuple(flowtable.ProtoTCP, 0x0A000000|u>>6, uint16(1024+u&63), 0xC6336400|u&255, 443)
+	r := flowtable.MakeTuple(flowtable.ProtoTCP, o.Dst, 443, 0xCB007100|(u>>16)&255, uint16(u))
+	return flowtable.NewFlow{Orig: o, Reply: r, Status: uint32(flowtable.TCPEstablished) | flowtable.FlagAssured | flowtable.FlagSeenReply}
+}
+
+// SampleKeys returns keys of random existing connections of a table
+// filled by NewFilledTable, in either direction: a power of two of them
+// (4n, at most 2^20), so that measurements walk them with a mask.
+func SampleKeys(n int, seed uint64) []flowtable.Tuple {
+	count := min(1<<20, 1<<bits.Len(uint(4*n-1)))
+	rng := rand.New(rand.NewPCG(seed, 1))
+	keys := make([]flowtable.Tuple, count)
+	for i := range keys {
+		nf := flowKeys(rng.IntN(n))
+		keys[i] = nf.Orig
+		if rng.IntN(2) == 1 {
+			keys[i] = nf.Reply
+		}
+	}
+	return keys
+}
+
+func heapInUse() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
+}
+
+// NewFilledTable builds a table of capacity n, with workers cores, holding
+// n connections (flowKeys 0..n-1), each inserted through core i%workers so
+// that every core's share is filled alike.
+func NewFilledTable(n, workers int) (*flowtable.Table, error) {
+	tab, err := flowtable.New(flowtable.Config{Capacity: n, Cores: workers})
+	if err != nil {
+		return nil, err
+	}
+	for w := range workers {
+		c := tab.Core(w)
+		c.Enter()
+		for j := w; j < n; j += workers {
+			if (j/workers)%256 == 0 {
+				c.Exit()
+				c.Enter()
+			}
+			nf := flowKeys(j)
+			if _, res := c.Insert(&nf, 0); res != flowtable.Inserted {
+				c.Exit()
+				return nil, fmt.Errorf("filling the table: connection %d: %w", j, res.Err())
+			}
+		}
+		c.Exit()
+	}
+	return tab, nil
+}
+
+// makeRoom deletes the k connections with the highest numbers, so that
+// the insert measurements work below the limit rather than at it.
+func makeRoom(tab *flowtable.Table, n, k int) {
+	for i := n - k; i < n; i++ {
+		tab.Delete(flowKeys(i).Orig)
+	}
+}
+
+// MeasureFlowtable runs every flowtable measurement at n connections, and
+// the same on the map+RWMutex peer.
+func MeasureFlowtable(n, workers int, dur time.Duration) (FlowtableResult, error) {
+	res := FlowtableResult{Flows: n, Workers: workers}
+	keys := SampleKeys(n, 99)
+
+	// Ours.
+	before := heapInUse()
+	tab, err := NewFilledTable(n, workers)
+	if err != nil {
+		return res, err
+	}
+	res.BytesPerFlow = float64(heapInUse()-before) / float64(n)
+	res.LookupNs = timePerOp(dur, func(iters int) {
+		c := tab.Core(0)
+		now := flowtable.Time(1)
+		for i := 0; i < iters; i += 64 {
+			c.Enter()
+			for j := range 64 {
+				if c.Lookup(&keys[(i+j)&(len(keys)-1)], now) == 0 {
+					panic("bench: key not found")
+				}
+			}
+			c.Exit()
+		}
+	}, 64)
+	res.LookupBatchNs = timePerOp(dur, func(iters int) {
+		c := tab.Core(0)
+		var refs [64]flowtable.Ref
+		for i := 0; i < iters; i += 64 {
+			off := i & (len(keys) - 1) &^ 63
+			c.Enter()
+			c.LookupBatch(keys[off:off+64], refs[:], 1)
+			c.Exit()
+			if refs[5] == 0 {
+				panic("bench: key not found")
+			}
+		}
+	}, 64)
+	makeRoom(tab, n, min(n/2, 1100*workers+64))
+	res.InsertDeleteNs = timePerOp(dur, insertDelete(tab, 0, n), 64)
+	one := throughput(dur, 1, lookupWorker(tab, keys))
+	many := throughput(dur, workers, lookupWorker(tab, keys))
+	res.ParallelSpeedup = many / one
+	res.MixedMops = throughput(dur, workers, mixedWorker(tab, keys, n)) / 1e6
+	tab = nil
+	runtime.GC()
+
+	// The peer.
+	before = heapInUse()
+	peer := newMutexMap(n)
+	res.PeerBytesPerFlow = float64(heapInUse()-before) / float64(n)
+	res.PeerLookupNs = timePerOp(dur, func(iters int) {
+		for i := range iters {
+			if peer.lookup(&keys[i&(len(keys)-1)]) == nil {
+				panic("bench: key not found in peer")
+			}
+		}
+	}, 1)
+	res.PeerInsertDeleteNs = timePerOp(dur, func(iters int) {
+		for i := range iters {
+			nf := flowKeys(n + i%(1<<20))
+			peer.insert(&nf)
+			peer.delete(&nf)
+		}
+	}, 1)
+	res.PeerMixedMops = throughput(dur, workers, peerMixedWorker(peer, keys, n)) / 1e6
+	res.VsMutexMap = res.MixedMops / res.PeerMixedMops
+	return res, nil
+}
+
+// timePerOp runs fn with a growing iteration count until it takes dur, and
+// returns ns per iteration.
+func timePerOp(dur time.Duration, fn func(iters int), step int) float64 {
+	iters := step * 16
+	for {
+		start := time.Now()
+		fn(iters)
+		el := time.Since(start)
+		if el >= dur || iters >= 1<<34 {
+			return float64(el.Nanoseconds()) / float64(iters)
+		}
+		next := int(float64(iters) * 1.2 * float64(dur) / float64(max(el, time.Microsecond)))
+		iters = max(min(next, 100*iters), iters+step) / step * step
+	}
+}
+
+// throughput measures fn three times over dur/3 each and returns the best
+// rate: on a shared machine the best run is the least disturbed one.
+func throughput(dur time.Duration, workers int, fn func(w int, stop *atomic.Bool) int) float64 {
+	best := 0.0
+	for range 3 {
+		best = max(best, throughputOnce(dur/3, workers, fn))
+	}
+	return best
+}
+
+// throughputOnce runs workers goroutines, each calling fn(worker, stop)
+// until stop is set, and returns operations per second over all of them.
+func throughputOnce(dur time.Duration, workers int, fn func(w int, stop *atomic.Bool) int) float64 {
+	var wg sync.WaitGroup
+	counts := make([]int, workers)
+	stops := make([]atomic.Bool, workers)
+	start := time.Now()
+	var mu sync.Mutex
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			n := fn(w, &stops[w])
+			mu.Lock()
+			counts[w] = n
+			mu.Unlock()
+		}()
+	}
+	time.Sleep(dur)
+	for w := range stops {
+		stops[w].Store(true)
+	}
+	wg.Wait()
+	el := time.Since(start)
+	total := 0
+	for _, n := range counts {
+		total += n
+	}
+	return float64(total) / el.Seconds()
+}
+
+// insertDelete inserts a connection absent from the table and deletes it,
+// with the owner's sweep retiring and recycling records as a worker does.
+func insertDelete(tab *flowtable.Table, core, n int) func(iters int) {
+	return func(iters int) {
+		c := tab.Core(core)
+		var gone [64]flowtable.Gone
+		for i := 0; i < iters; i += 64 {
+			c.Enter()
+			for j := range 64 {
+				nf := flowKeys(n + (i+j)%(1<<20))
+				r, res := c.Insert(&nf, 1)
+				if res != flowtable.Inserted {
+					panic("bench: insert: " + res.String())
+				}
+				c.Kill(r)
+			}
+			c.Sweep(1, 128, gone[:])
+			c.Exit()
+		}
+	}
+}
+
+func lookupWorker(tab *flowtable.Table, keys []flowtable.Tuple) func(int, *atomic.Bool) int {
+	return func(w int, stop *atomic.Bool) int {
+		c := tab.Core(w)
+		done := 0
+		for off := w * 4096; !stop.Load(); off += 64 {
+			c.Enter()
+			for j := range 64 {
+				c.Lookup(&keys[(off+j)&(len(keys)-1)], 1)
+			}
+			c.Exit()
+			done += 64
+		}
+		return done
+	}
+}
+
+// The mixed workload: of every 64 operations, 56 look up a random
+// existing connection, 4 insert a new one and 4 delete one this worker
+// inserted earlier, so the table stays at n connections.
+func mixedWorker(tab *flowtable.Table, keys []flowtable.Tuple, n int) func(int, *atomic.Bool) int {
+	return func(w int, stop *atomic.Bool) int {
+		c := tab.Core(w)
+		var gone [64]flowtable.Gone
+		base := n + w<<22
+		ins, del := 0, 0
+		done := 0
+		for off := w * 4096; !stop.Load(); off += 64 {
+			c.Enter()
+			for j := range 56 {
+				c.Lookup(&keys[(off+j)&(len(keys)-1)], 1)
+			}
+			for range 4 {
+				nf := flowKeys(base + ins%(1<<20))
+				ins++
+				c.Insert(&nf, 1)
+			}
+			for range 4 {
+				if ins-del > 1024 {
+					nf := flowKeys(base + del%(1<<20))
+					del++
+					if r := c.Lookup(&nf.Orig, 1); r != 0 {
+						c.Kill(r)
+					}
+				}
+			}
+			c.Sweep(1, 64, gone[:])
+			c.Exit()
+			done += 64
+		}
+		return done
+	}
+}
+
+// mutexMap is the Go-idiomatic peer: a map from each direction's tuple to
+// a heap-allocated flow, under a sync.RWMutex.
+type mutexMap struct {
+	mu sync.RWMutex
+	m  map[flowtable.Tuple]*peerFlow
+}
+
+type peerFlow struct {
+	orig, reply flowtable.Tuple
+	status      uint32
+	mark        uint32
+	last        int64
+}
+
+func newMutexMap(n int) *mutexMap {
+	p := &mutexMap{m: make(map[flowtable.Tuple]*peerFlow)}
+	for i := range n {
+		nf := flowKeys(i)
+		p.insert(&nf)
+	}
+	return p
+}
+
+// lookup finds a connection and, as any connection tracker must, checks
+// it has not expired: the peer reads its flow as xnat reads its record.
+func (p *mutexMap) lookup(k *flowtable.Tuple) *peerFlow {
+	p.mu.RLock()
+	f := p.m[*k]
+	p.mu.RUnlock()
+	if f == nil || peerNow-f.last > peerTimeout {
+		return nil
+	}
+	return f
+}
+
+const (
+	peerNow     = 1
+	peerTimeout = 432000
+)
+
+func (p *mutexMap) insert(nf *flowtable.NewFlow) {
+	f := &peerFlow{orig: nf.Orig, reply: nf.Reply, status: nf.Status}
+	p.mu.Lock()
+	if _, ok := p.m[nf.Orig]; !ok {
+		p.m[nf.Orig] = f
+		p.m[nf.Reply] = f
+	}
+	p.mu.Unlock()
+}
+
+func (p *mutexMap) delete(nf *flowtable.NewFlow) {
+	p.mu.Lock()
+	if f, ok := p.m[nf.Orig]; ok {
+		delete(p.m, f.orig)
+		delete(p.m, f.reply)
+	}
+	p.mu.Unlock()
+}
+
+func peerMixedWorker(p *mutexMap, keys []flowtable.Tuple, n int) func(int, *atomic.Bool) int {
+	return func(w int, stop *atomic.Bool) int {
+		base := n + w<<22
+		ins, del := 0, 0
+		done := 0
+		for off := w * 4096; !stop.Load(); off += 64 {
+			for j := range 56 {
+				p.lookup(&keys[(off+j)&(len(keys)-1)])
+			}
+			for range 4 {
+				nf := flowKeys(base + ins%(1<<20))
+				ins++
+				p.insert(&nf)
+			}
+			for range 4 {
+				if ins-del > 1024 {
+					nf := flowKeys(base + del%(1<<20))
+					del++
+					p.delete(&nf)
+				}
+			}
+			done += 64
+		}
+		return done
+	}
+}

@@ -1,0 +1,5 @@
+//go:build !linux
+
+package flowtable
+
+func hugePages[T any](s []T) {}
