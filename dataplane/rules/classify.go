@@ -28,7 +28,7 @@ const (
 
 type classifier struct {
 	words int32
-	bits  []uint64 // class c's bitmap at [c*words, (c+1)*words)
+	bits  []uint64 // classes: a summary word, then the words of the rule bitmap
 
 	nact int32
 	act  [numFields]uint8 // active fields, in lookup order
@@ -235,12 +235,25 @@ func buildClassifier(rs *Ruleset, ch *cchain) *classifier {
 		sets[j] = rs.ruleSets(&rs.rules[int(ch.first)+j])
 	}
 	classes := map[string]int32{}
+	// A class is stored as a summary word (bit w set when word w of the
+	// bitmap is non-zero; all ones when there are more than 64 words)
+	// followed by the bitmap's words.
 	intern := func(bm []uint64) int32 {
 		key := unsafe.String((*byte)(unsafe.Pointer(&bm[0])), len(bm)*8)
 		if off, ok := classes[key]; ok {
 			return off
 		}
 		off := int32(len(c.bits))
+		sum := ^uint64(0)
+		if words <= 64 {
+			sum = 0
+			for w, x := range bm {
+				if x != 0 {
+					sum |= 1 << w
+				}
+			}
+		}
+		c.bits = append(c.bits, sum)
 		c.bits = append(c.bits, bm...)
 		classes[string(append([]byte(nil), key...))] = off
 		return off
@@ -321,16 +334,15 @@ func buildClassifier(rs *Ruleset, ch *cchain) *classifier {
 // searchPts returns the index of the interval containing v: the largest k
 // with pts[k] <= v (pts[0] is 0).
 func searchPts(pts []uint32, v uint32) int {
-	lo, hi := 0, len(pts)
-	for hi-lo > 1 {
-		mid := int(uint(lo+hi) >> 1)
-		if pts[mid] <= v {
-			lo = mid
-		} else {
-			hi = mid
+	base, n := 0, len(pts)
+	for n > 1 {
+		half := n >> 1
+		if pts[base+half] <= v {
+			base += half
 		}
+		n -= half
 	}
-	return lo
+	return base
 }
 
 // lookup fills offs with the class bitmap offset of each active field for
@@ -363,16 +375,39 @@ func (c *classifier) lookup(p *Packet, offs *[numFields]int32) int32 {
 // next returns the first candidate rule (chain-relative index) at or after
 // pos, or -1.
 func (c *classifier) next(offs *[numFields]int32, nact int32, pos int32) int32 {
-	w := pos >> 6
-	first := true
-	for ; w < c.words; w++ {
-		m := ^uint64(0)
+	w0 := pos >> 6
+	if w0 >= c.words {
+		return -1
+	}
+	if c.words <= 64 {
+		// Visit only the words every field's summary says are non-zero.
+		sum := ^uint64(0) << uint(w0)
 		for i := int32(0); i < nact; i++ {
-			m &= c.bits[offs[i]+w]
+			sum &= c.bits[offs[i]]
 		}
-		if first {
-			m &= ^uint64(0) << uint(pos&63)
-			first = false
+		for sum != 0 {
+			w := int32(bits.TrailingZeros64(sum))
+			sum &= sum - 1
+			m := ^uint64(0)
+			if w == w0 {
+				m <<= uint(pos & 63)
+			}
+			for i := int32(0); i < nact; i++ {
+				m &= c.bits[offs[i]+1+w]
+			}
+			if m != 0 {
+				return w<<6 + int32(bits.TrailingZeros64(m))
+			}
+		}
+		return -1
+	}
+	for w := w0; w < c.words; w++ {
+		m := ^uint64(0)
+		if w == w0 {
+			m <<= uint(pos & 63)
+		}
+		for i := int32(0); i < nact; i++ {
+			m &= c.bits[offs[i]+1+w]
 		}
 		if m != 0 {
 			return w<<6 + int32(bits.TrailingZeros64(m))

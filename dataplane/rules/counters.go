@@ -31,6 +31,7 @@ type coreState struct {
 	pub   []pubctr
 	dirty []int32
 	mark  []bool
+	stack [MaxDepth]frame // the evaluator's return stack, owner-only
 	_     [64]byte
 }
 

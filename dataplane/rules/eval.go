@@ -83,7 +83,7 @@ type frame struct {
 // kind and the rule index, or the policy (TargetAccept/TargetDrop) and -1.
 func (rs *Ruleset) run(start int32, p *Packet, core int, now int64, fast bool) (TargetKind, int32) {
 	cs := rs.cores[core]
-	var stack [MaxDepth]frame
+	stack := &cs.stack // per core: no per-call zeroing of the return stack
 	sp := 0
 	var cur frame
 	cur.chain = start

@@ -697,3 +697,34 @@ func TestValidateErrors(t *testing.T) {
 		t.Error("nesting deeper than MaxDepth compiled")
 	}
 }
+
+// TestClassifierLargeChain covers chains of more than 64 bitmap words
+// (over 4096 rules), where the summary word is not used.
+func TestClassifierLargeChain(t *testing.T) {
+	m := NewModel()
+	f := chainOf(m, Filter, "FORWARD")
+	rnd := rand.New(rand.NewSource(3))
+	for i := 0; i < 4200; i++ {
+		r := rule(Target{Kind: []TargetKind{TargetAccept, TargetDrop, TargetNone}[rnd.Intn(3)]},
+			src(ip(10, 0, uint32(rnd.Intn(64)), 0), 0xffffff00), tcpDport(uint16(rnd.Intn(300))))
+		f.Rules = append(f.Rules, r)
+	}
+	f.Policy = PolicyDrop
+	fast, err := Compile(m, nil, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow, _ := Compile(m, nil, Options{ClassifyMin: -1})
+	for i := 0; i < 3000; i++ {
+		p := Packet{Src: ip(10, 0, uint32(rnd.Intn(70)), 1), Proto: ProtoTCP, DstPort: uint16(rnd.Intn(310)), Length: 40}
+		p2 := p
+		if a, b := fast.Filter(Forward, &p, 0, 0), slow.FilterLinear(Forward, &p2, 0, 0); a != b {
+			t.Fatalf("packet %+v: %v vs %v", p, a, b)
+		}
+	}
+	fast.Flush(0)
+	slow.Flush(0)
+	if !fast.Model().Equal(slow.Model()) {
+		t.Fatal("counters differ")
+	}
+}
