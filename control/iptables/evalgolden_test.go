@@ -184,4 +184,3 @@ func TestSeedEvaluation(t *testing.T) {
 		}
 	})
 }
-
