@@ -1,0 +1,853 @@
+package dataplane
+
+import (
+	"encoding/binary"
+	"math/bits"
+	"sync/atomic"
+	"time"
+
+	"xnat/dataplane/header"
+	"xnat/dataplane/rules"
+	"xnat/flowtable"
+	"xnat/portalloc"
+)
+
+// Action is what the pipeline decided for a frame.
+type Action uint8
+
+const (
+	// ActDrop: drop the frame; Result.Reason says why.
+	ActDrop Action = iota
+	// ActForward: the frame was rewritten in place (addresses, ports,
+	// checksums, TTL, MAC addresses); transmit Result.Len bytes on
+	// Result.Port.
+	ActForward
+	// ActReply: the frame now holds a reply xnat generated (ICMP error or
+	// TCP reset), written over the original in the same buffer; transmit
+	// Result.Len bytes on Result.Port. The original is consumed.
+	ActReply
+	// ActKernel: the frame is not for xnat (not IPv4); hand it to the
+	// kernel.
+	ActKernel
+)
+
+func (a Action) String() string {
+	return [...]string{"drop", "forward", "reply", "kernel"}[a]
+}
+
+// Result is the pipeline's decision for one frame.
+type Result struct {
+	Action Action
+	Reason Reason
+	Port   uint16
+	Len    int
+}
+
+// Settings are the pipeline's run-time knobs, shared by all cores and
+// changed atomically (xnatctl sysctl).
+type Settings struct {
+	// TCPLoose picks up TCP connections already established
+	// (nf_conntrack_tcp_loose, on by default).
+	TCPLoose atomic.Bool
+	// ICMPRate and ICMPBurst limit the ICMP errors each core generates
+	// (per second, token bucket).
+	ICMPRate, ICMPBurst atomic.Int64
+	// SweepBudget is how many records a core's expiry sweep examines per
+	// batch.
+	SweepBudget atomic.Int64
+}
+
+// NewSettings returns the defaults.
+func NewSettings() *Settings {
+	s := &Settings{}
+	s.TCPLoose.Store(true)
+	s.ICMPRate.Store(1000)
+	s.ICMPBurst.Store(50)
+	s.SweepBudget.Store(256)
+	return s
+}
+
+// Dataplane holds what every core's pipeline shares: the flow table, the
+// current Env, the NAT pools and the settings.
+type Dataplane struct {
+	Table    *flowtable.Table
+	Pools    *Pools
+	Settings *Settings
+	env      atomic.Pointer[Env]
+	start    time.Time
+	pubs     []published
+	pipes    []*Pipeline
+}
+
+// New makes a dataplane over a flow table with one pipeline per core.
+func New(tab *flowtable.Table, pools *Pools, settings *Settings, env *Env) *Dataplane {
+	d := &Dataplane{Table: tab, Pools: pools, Settings: settings, start: time.Now(), pubs: make([]published, tab.Cores())}
+	d.env.Store(env)
+	seed := uint64(time.Now().UnixNano()) | 1
+	for c := range tab.Cores() {
+		d.pipes = append(d.pipes, &Pipeline{d: d, core: c, ct: tab.Core(c), pub: &d.pubs[c],
+			icmpTokens: settings.ICMPBurst.Load(), backendSeed: seed})
+	}
+	return d
+}
+
+// Env returns the current environment.
+func (d *Dataplane) Env() *Env { return d.env.Load() }
+
+// SetEnv replaces the environment; every core uses the new one from its
+// next batch.
+func (d *Dataplane) SetEnv(e *Env) { d.env.Store(e) }
+
+// Pipeline returns core c's pipeline.
+func (d *Dataplane) Pipeline(c int) *Pipeline { return d.pipes[c] }
+
+// Counters returns each core's published counters.
+func (d *Dataplane) Counters() []Counters {
+	out := make([]Counters, len(d.pubs))
+	for i := range d.pubs {
+		out[i] = d.pubs[i].load()
+	}
+	return out
+}
+
+// TotalCounters sums Counters.
+func (d *Dataplane) TotalCounters() Counters {
+	var sum Counters
+	for _, c := range d.Counters() {
+		sum.Add(&c)
+	}
+	return sum
+}
+
+// nhEntry caches a destination's egress port and next-hop MAC.
+type nhEntry struct {
+	gen  uint64
+	dst  uint32
+	port uint16
+	ok   bool
+	mac  [6]byte
+}
+
+const nhCacheSize = 1024
+
+// NeighMiss is a next hop the pipeline needed and had no link-layer
+// address for: the control path asks the kernel to resolve it.
+type NeighMiss struct {
+	IfIndex int
+	IP      uint32
+}
+
+// Pipeline is one core's packet path. Only that core's goroutine uses it.
+type Pipeline struct {
+	d    *Dataplane
+	core int
+	ct   *flowtable.Core
+	env  *Env
+	cnt  Counters
+	pub  *published
+
+	now    flowtable.Time
+	nowNs  int64
+	nowSec uint32
+
+	nh [nhCacheSize]nhEntry
+
+	icmpTokens int64
+	icmpLast   int64
+
+	backendSeed uint64
+
+	misses    [64]NeighMiss
+	missHead  atomic.Uint32
+	missTail  atomic.Uint32
+	lastMiss  uint32
+	lastMissT flowtable.Time
+
+	meta [batchMax]meta
+	keys [batchMax]flowtable.Tuple
+	refs [batchMax]flowtable.Ref
+	gone [128]flowtable.Gone
+}
+
+const batchMax = 64
+
+// Frame-kinds the parser distinguishes.
+const (
+	kDone      = iota // already decided
+	kTCP              // TCP segment
+	kUDP              // UDP datagram
+	kICMPQuery        // ICMP echo/timestamp, tracked by identifier
+	kICMPError        // ICMP error about the datagram embedded in it
+	kOther            // another protocol, tracked by addresses only
+)
+
+// meta is what parsing found in one frame.
+type meta struct {
+	kind     uint8
+	in       uint16
+	l3, l4   uint16 // offsets of the IPv4 and transport headers
+	ipLen    uint16
+	proto    uint8
+	tcpFlags uint8
+	icmpType uint8
+	icmpCode uint8
+	eL3, eL4 uint16 // ICMP errors: offsets of the embedded IPv4 and transport headers
+	eProto   uint8
+	eQuery   uint8 // embedded ICMP query: 1 request, 2 reply
+}
+
+// Process runs a batch of frames through the pipeline. frames[i] holds
+// sizes[i] bytes received on port in[i]; its capacity bounds what a
+// generated reply may use. out[i] receives the decision; forwarded and
+// generated frames are rewritten in place. It allocates nothing.
+func (p *Pipeline) Process(frames [][]byte, sizes []int, in []uint16, out []Result) {
+	for len(frames) > 0 {
+		n := min(len(frames), batchMax)
+		p.process(frames[:n], sizes[:n], in[:n], out[:n])
+		frames, sizes, in, out = frames[n:], sizes[n:], in[n:], out[n:]
+	}
+}
+
+func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Result) {
+	d := p.d
+	p.env = d.env.Load()
+	el := time.Since(d.start)
+	p.nowNs = int64(el)
+	p.now = d.Table.Now()
+	p.nowSec = uint32(el / time.Second)
+	p.ct.Enter()
+
+	// Parse every frame, and collect the keys to look up.
+	nk := 0
+	for i := range frames {
+		m := &p.meta[i]
+		out[i] = Result{}
+		frame := frames[i][:sizes[i]]
+		if int(in[i]) < len(p.env.Ports) {
+			pc := &p.cnt.Ports[in[i]]
+			pc.RxPackets++
+			pc.RxBytes += uint64(len(frame))
+		}
+		m.in = in[i]
+		if r := p.parse(frame, m, &p.keys[i]); r != ReasonNone {
+			p.finish(&out[i], ActDrop, r, 0, 0)
+			if r == ReasonNotIPv4 {
+				out[i].Action = ActKernel
+				p.cnt.ToKernel++
+			}
+			continue
+		}
+		if m.kind == kDone {
+			continue
+		}
+		ip := header.IPv4(frame[m.l3:])
+		if ip.TTL() <= 1 {
+			p.ttlExceeded(frames[i], sizes[i], m, &out[i])
+			m.kind = kDone
+			continue
+		}
+		nk++
+	}
+	// Look the keys up together so their cache misses overlap.
+	if nk > 0 {
+		p.ct.LookupBatch(p.keys[:len(frames)], p.refs[:len(frames)], p.now)
+	}
+	for i := range frames {
+		if p.meta[i].kind == kDone || out[i].Action != ActDrop || out[i].Reason != ReasonNone {
+			continue
+		}
+		p.handle(frames[i], sizes[i], &p.meta[i], &p.keys[i], p.refs[i], &out[i])
+	}
+
+	// Expire connections and give their ports back.
+	n := p.ct.Sweep(p.now, int(d.Settings.SweepBudget.Load()), p.gone[:])
+	for _, g := range p.gone[:n] {
+		if a := d.Pools.allocator(auxPool(g.Aux), p.core); a != nil {
+			a.Release(&g.Orig, &g.Reply)
+		}
+	}
+	p.env.Rules.Flush(p.core)
+	p.ct.Exit()
+	p.cnt.Batches++
+	p.pub.store(&p.cnt)
+}
+
+func (p *Pipeline) finish(r *Result, a Action, reason Reason, port uint16, n int) {
+	*r = Result{Action: a, Reason: reason, Port: port, Len: n}
+	if a == ActDrop {
+		p.cnt.Drops[reason]++
+	}
+}
+
+// parse checks a frame's headers and fills m and the lookup key.
+func (p *Pipeline) parse(frame []byte, m *meta, key *flowtable.Tuple) Reason {
+	if len(frame) < header.EthernetLen {
+		return ReasonShortFrame
+	}
+	eth := header.Ethernet(frame)
+	l3 := header.EthernetLen
+	et := eth.Type()
+	if et == header.EtherTypeVLAN {
+		if len(frame) < header.EthernetLen+header.VLANLen {
+			return ReasonShortFrame
+		}
+		et = eth.InnerType()
+		l3 += header.VLANLen
+	}
+	if et != header.EtherTypeIPv4 {
+		return ReasonNotIPv4
+	}
+	if len(frame) < l3+header.IPv4MinLen {
+		return ReasonShortFrame
+	}
+	ip := header.IPv4(frame[l3:])
+	if ip.Version() != 4 {
+		return ReasonIPVersion
+	}
+	hl := ip.HeaderLen()
+	if hl < header.IPv4MinLen || l3+hl > len(frame) {
+		return ReasonIPHeaderLen
+	}
+	tl := int(ip.TotalLen())
+	if tl < hl || l3+tl > len(frame) {
+		return ReasonIPTotalLen
+	}
+	if header.Sum(frame[l3:l3+hl], 0) != 0xffff {
+		return ReasonIPChecksum
+	}
+	if ip.FragOffset() != 0 {
+		return ReasonFragment
+	}
+	m.l3, m.l4, m.ipLen = uint16(l3), uint16(l3+hl), uint16(tl)
+	m.proto = ip.Protocol()
+	payload := frame[l3+hl : l3+tl]
+	src, dst := ip.Src(), ip.Dst()
+	switch m.proto {
+	case header.ProtoTCP:
+		if len(payload) < header.TCPMinLen {
+			return ReasonL4Header
+		}
+		t := header.TCP(payload)
+		if off := t.DataOffset(); off < header.TCPMinLen || off > len(payload) {
+			return ReasonL4Header
+		}
+		m.kind, m.tcpFlags = kTCP, t.Flags()
+		*key = flowtable.MakeTuple(header.ProtoTCP, src, t.SrcPort(), dst, t.DstPort())
+	case header.ProtoUDP:
+		if len(payload) < header.UDPLen {
+			return ReasonL4Header
+		}
+		u := header.UDP(payload)
+		if n := int(u.Length()); n < header.UDPLen || n > len(payload) {
+			return ReasonL4Header
+		}
+		m.kind = kUDP
+		*key = flowtable.MakeTuple(header.ProtoUDP, src, u.SrcPort(), dst, u.DstPort())
+	case header.ProtoICMP:
+		if len(payload) < header.ICMPLen {
+			return ReasonL4Header
+		}
+		c := header.ICMPv4(payload)
+		m.icmpType, m.icmpCode = c.Type(), c.Code()
+		switch {
+		case header.ICMPIsQuery(m.icmpType):
+			m.kind = kICMPQuery
+			*key = icmpKey(src, dst, m.icmpType, c.ID())
+		case header.ICMPIsError(m.icmpType):
+			if r := parseEmbedded(payload, m, key); r != ReasonNone {
+				return r
+			}
+			m.kind = kICMPError
+		default:
+			m.kind = kOther
+			*key = flowtable.MakeTuple(header.ProtoICMP, src, 0, dst, 0)
+		}
+	default:
+		m.kind = kOther
+		*key = flowtable.MakeTuple(m.proto, src, 0, dst, 0)
+	}
+	return ReasonNone
+}
+
+// icmpKey is the tuple of an ICMP query: the identifier in SrcPort for a
+// request, in DstPort for a reply (flowtable.Tuple's convention).
+func icmpKey(src, dst uint32, typ uint8, id uint16) flowtable.Tuple {
+	if header.ICMPIsRequest(typ) {
+		return flowtable.MakeTuple(header.ProtoICMP, src, id, dst, 0)
+	}
+	return flowtable.MakeTuple(header.ProtoICMP, src, 0, dst, id)
+}
+
+// parseEmbedded reads the datagram an ICMP error carries and makes the
+// lookup key: the reverse of the embedded datagram's tuple, which is the
+// tuple of the direction the error travels in.
+func parseEmbedded(payload []byte, m *meta, key *flowtable.Tuple) Reason {
+	inner := payload[header.ICMPLen:]
+	if len(inner) < header.IPv4MinLen {
+		return ReasonL4Header
+	}
+	eip := header.IPv4(inner)
+	ehl := eip.HeaderLen()
+	if eip.Version() != 4 || ehl < header.IPv4MinLen || len(inner) < ehl+8 {
+		return ReasonL4Header
+	}
+	m.eL3 = m.l4 + header.ICMPLen
+	m.eL4 = m.eL3 + uint16(ehl)
+	m.eProto = eip.Protocol()
+	l4 := inner[ehl:]
+	var t flowtable.Tuple
+	switch m.eProto {
+	case header.ProtoTCP, header.ProtoUDP:
+		t = flowtable.MakeTuple(m.eProto, eip.Src(), binary.BigEndian.Uint16(l4[0:2]), eip.Dst(), binary.BigEndian.Uint16(l4[2:4]))
+	case header.ProtoICMP:
+		c := header.ICMPv4(l4)
+		if !header.ICMPIsQuery(c.Type()) {
+			return ReasonL4Header // an error about an error is never sent
+		}
+		m.eQuery = 2
+		if header.ICMPIsRequest(c.Type()) {
+			m.eQuery = 1
+		}
+		t = icmpKey(eip.Src(), eip.Dst(), c.Type(), c.ID())
+	default:
+		t = flowtable.MakeTuple(m.eProto, eip.Src(), 0, eip.Dst(), 0)
+	}
+	*key = t.Reverse()
+	return ReasonNone
+}
+
+// handle decides one parsed frame whose key has been looked up.
+func (p *Pipeline) handle(frame []byte, size int, m *meta, key *flowtable.Tuple, ref flowtable.Ref, out *Result) {
+	tab := p.d.Table
+	if m.kind == kICMPError {
+		p.handleICMPError(frame, size, m, ref, out)
+		return
+	}
+	ctstate := rules.CtNew
+	if ref != 0 {
+		f := tab.Flow(ref)
+		v, seen := track(f, ref.Dir(), m.proto, m.tcpFlags, p.now, p.nowSec)
+		switch v {
+		case ctReopen:
+			p.ct.Kill(ref)
+			ref = 0
+		case ctInvalid:
+			ctstate = rules.CtInvalid
+		default:
+			if seen {
+				ctstate = rules.CtEstablished
+			}
+		}
+		if ref != 0 {
+			p.forward(frame, size, m, ref, ctstate, out)
+			if v == ctKill && out.Action == ActForward {
+				p.ct.Kill(ref)
+			}
+			return
+		}
+	}
+	p.newConnection(frame, size, m, key, out)
+}
+
+// backendHash spreads connections over DNAT backends: a keyed mix of the
+// whole original tuple, the same on every core, so each connection (not
+// each client) picks its backend.
+func backendHash(k *flowtable.Tuple, seed uint64) uint32 {
+	a := uint64(k.Src)<<32 | uint64(k.Dst)
+	b := uint64(k.SrcPort)<<32 | uint64(k.DstPort)<<16 | uint64(k.Proto)
+	hi, lo := bits.Mul64(a^seed, b^0x9E3779B97F4A7C15)
+	h := hi ^ lo
+	return uint32(h>>32) ^ uint32(h)
+}
+
+// packetFor fills the rule evaluator's view of a frame.
+func (p *Pipeline) packetFor(frame []byte, m *meta, pk *rules.Packet) {
+	ip := header.IPv4(frame[m.l3:])
+	l4 := frame[m.l4:]
+	*pk = rules.Packet{
+		Src: ip.Src(), Dst: ip.Dst(), Length: m.ipLen, InIf: m.in, OutIf: rules.NoIface,
+		Proto: m.proto, SrcMAC: header.Ethernet(frame).Src(),
+	}
+	switch m.kind {
+	case kTCP:
+		t := header.TCP(l4)
+		pk.SrcPort, pk.DstPort, pk.TCPFlags = t.SrcPort(), t.DstPort(), m.tcpFlags
+	case kUDP:
+		u := header.UDP(l4)
+		pk.SrcPort, pk.DstPort = u.SrcPort(), u.DstPort()
+	case kICMPQuery, kICMPError:
+		pk.ICMPType, pk.ICMPCode = m.icmpType, m.icmpCode
+	}
+}
+
+// forward runs an established (or just created) connection's packet
+// through filter FORWARD, translates it and sends it on its way.
+func (p *Pipeline) forward(frame []byte, size int, m *meta, ref flowtable.Ref, ctstate rules.CtState, out *Result) {
+	tab := p.d.Table
+	f := tab.Flow(ref)
+	dir := ref.Dir()
+	other := f.Tuple(1 - dir)
+	target := other.Reverse() // what the packet becomes
+	st := f.Status()
+	if st&flowtable.FlagSrcNAT != 0 {
+		ctstate |= rules.CtSNAT
+	}
+	if st&flowtable.FlagDstNAT != 0 {
+		ctstate |= rules.CtDNAT
+	}
+	port, mac, r := p.nextHop(target.Dst)
+	if r != ReasonNone {
+		p.finish(out, ActDrop, r, 0, 0)
+		return
+	}
+	var pk rules.Packet
+	p.packetFor(frame, m, &pk)
+	pk.OutIf = port
+	pk.CtState = ctstate
+	pk.CtMark = f.Mark()
+	v := p.env.Rules.Filter(rules.Forward, &pk, p.core, p.nowNs)
+	if pk.CtMark != f.Mark() {
+		f.SetMark(pk.CtMark)
+	}
+	switch v.Action {
+	case rules.Drop:
+		if ctstate&rules.CtInvalid != 0 {
+			p.finish(out, ActDrop, ReasonInvalid, 0, 0)
+		} else {
+			p.finish(out, ActDrop, ReasonFiltered, 0, 0)
+		}
+		return
+	case rules.Reject:
+		p.reject(frame, size, m, v.Reject, out)
+		return
+	}
+	if int(m.ipLen) > p.env.Ports[port].MTU {
+		p.tooBig(frame, size, m, port, out)
+		return
+	}
+	p.translate(frame, m, &target)
+	p.emit(frame, size, m, port, mac, out)
+	tab.Account(ref, int(m.ipLen))
+}
+
+// emit finishes a forwarded frame: TTL, MAC addresses, counters.
+func (p *Pipeline) emit(frame []byte, size int, m *meta, port uint16, mac [6]byte, out *Result) {
+	header.IPv4(frame[m.l3:]).DecTTL()
+	eth := header.Ethernet(frame)
+	eth.SetDst(mac)
+	eth.SetSrc(p.env.Ports[port].MAC)
+	p.finish(out, ActForward, ReasonNone, port, size)
+	p.cnt.Forwarded++
+	pc := &p.cnt.Ports[port]
+	pc.TxPackets++
+	pc.TxBytes += uint64(size)
+}
+
+// translate rewrites the packet's addresses and ports (or ICMP
+// identifier) to target's, with incremental checksum updates.
+func (p *Pipeline) translate(frame []byte, m *meta, target *flowtable.Tuple) {
+	ip := header.IPv4(frame[m.l3:])
+	src, dst := ip.Src(), ip.Dst()
+	var dAddr header.Delta
+	if src != target.Src {
+		dAddr = dAddr.Add32(src, target.Src)
+		ip.SetSrc(target.Src)
+	}
+	if dst != target.Dst {
+		dAddr = dAddr.Add32(dst, target.Dst)
+		ip.SetDst(target.Dst)
+	}
+	if dAddr != 0 {
+		ip.SetChecksum(header.Adjust(ip.Checksum(), dAddr))
+	}
+	l4 := frame[m.l4:]
+	switch m.kind {
+	case kTCP:
+		t := header.TCP(l4)
+		d := dAddr
+		if sp := t.SrcPort(); sp != target.SrcPort {
+			d = d.Add16(sp, target.SrcPort)
+			t.SetSrcPort(target.SrcPort)
+		}
+		if dp := t.DstPort(); dp != target.DstPort {
+			d = d.Add16(dp, target.DstPort)
+			t.SetDstPort(target.DstPort)
+		}
+		if d != 0 {
+			t.SetChecksum(header.Adjust(t.Checksum(), d))
+		}
+	case kUDP:
+		u := header.UDP(l4)
+		d := dAddr
+		if sp := u.SrcPort(); sp != target.SrcPort {
+			d = d.Add16(sp, target.SrcPort)
+			u.SetSrcPort(target.SrcPort)
+		}
+		if dp := u.DstPort(); dp != target.DstPort {
+			d = d.Add16(dp, target.DstPort)
+			u.SetDstPort(target.DstPort)
+		}
+		if d != 0 && u.Checksum() != 0 { // a zero UDP checksum stays zero
+			c := header.Adjust(u.Checksum(), d)
+			if c == 0 {
+				c = 0xffff
+			}
+			u.SetChecksum(c)
+		}
+	case kICMPQuery:
+		c := header.ICMPv4(l4)
+		id := target.DstPort
+		if header.ICMPIsRequest(m.icmpType) {
+			id = target.SrcPort
+		}
+		if old := c.ID(); old != id {
+			c.SetID(id)
+			c.SetChecksum(header.Adjust(c.Checksum(), header.Delta(0).Add16(old, id)))
+		}
+	}
+}
+
+// nextHop resolves where a destination is sent: the egress port and the
+// next hop's MAC address, through a per-core cache invalidated by Env
+// replacement.
+func (p *Pipeline) nextHop(dst uint32) (uint16, [6]byte, Reason) {
+	e := &p.nh[(dst*0x9E3779B1)>>(32-10)]
+	if e.gen == p.env.gen && e.dst == dst && e.ok {
+		return e.port, e.mac, ReasonNone
+	}
+	port, nh, ok := p.env.lookupRoute(dst)
+	if !ok {
+		return 0, [6]byte{}, ReasonNoRoute
+	}
+	mac, ok := p.env.neigh[neighKey{port, nh}]
+	if !ok {
+		p.neighMiss(p.env.Ports[port].IfIndex, nh)
+		return 0, [6]byte{}, ReasonNoNeighbour
+	}
+	*e = nhEntry{gen: p.env.gen, dst: dst, port: port, ok: true, mac: mac}
+	return port, mac, ReasonNone
+}
+
+// neighMiss records a next hop to resolve, at most once a second per
+// address in a row, in a small ring the control path drains.
+func (p *Pipeline) neighMiss(ifindex int, ip uint32) {
+	if ip == p.lastMiss && p.now-p.lastMissT < 100 {
+		return
+	}
+	p.lastMiss, p.lastMissT = ip, p.now
+	h, t := p.missHead.Load(), p.missTail.Load()
+	if t-h == uint32(len(p.misses)) {
+		return
+	}
+	p.misses[t%uint32(len(p.misses))] = NeighMiss{IfIndex: ifindex, IP: ip}
+	p.missTail.Store(t + 1)
+}
+
+// DrainNeighMisses copies next hops waiting for resolution into out; the
+// control path calls it (one reader per pipeline).
+func (p *Pipeline) DrainNeighMisses(out []NeighMiss) int {
+	n := 0
+	h, t := p.missHead.Load(), p.missTail.Load()
+	for ; h != t && n < len(out); h++ {
+		out[n] = p.misses[h%uint32(len(p.misses))]
+		n++
+	}
+	p.missHead.Store(h)
+	return n
+}
+
+// newConnection runs a connection's first packet through the nat and
+// filter tables, creates the connection and forwards the packet.
+func (p *Pipeline) newConnection(frame []byte, size int, m *meta, key *flowtable.Tuple, out *Result) {
+	env := p.env
+	rs := env.Rules
+	var state flowtable.State
+	switch m.kind {
+	case kTCP:
+		s, ok := newTCPState(m.tcpFlags, p.d.Settings.TCPLoose.Load())
+		if !ok {
+			p.untracked(frame, size, m, out)
+			return
+		}
+		state = s
+	case kUDP:
+		state = flowtable.UDP
+	case kICMPQuery:
+		if !header.ICMPIsRequest(m.icmpType) {
+			p.untracked(frame, size, m, out) // a reply with no request
+			return
+		}
+		state = flowtable.ICMP
+	default:
+		state = flowtable.Generic
+	}
+	var pk rules.Packet
+	p.packetFor(frame, m, &pk)
+	pk.CtState = rules.CtNew
+
+	nf := flowtable.NewFlow{Orig: *key, Status: uint32(state)}
+	dst, dport := key.Dst, key.DstPort
+	dn := rs.NAT(rules.Prerouting, &pk, p.core, p.nowNs)
+	if dn.Kind == rules.NATDNAT {
+		a, port := dn.Pick(backendHash(key, p.backendSeed))
+		dst = a
+		if port != 0 && (m.kind == kTCP || m.kind == kUDP) {
+			dport = port
+		}
+		nf.Status |= flowtable.FlagDstNAT
+	} else if p.env.Ports[m.in].Outside {
+		p.finish(out, ActDrop, ReasonUnsolicited, 0, 0)
+		return
+	}
+	outPort, _, r := p.nextHop(dst)
+	if r != ReasonNone {
+		p.finish(out, ActDrop, r, 0, 0)
+		return
+	}
+	pk.OutIf = outPort
+	if nf.Status&flowtable.FlagDstNAT != 0 {
+		pk.CtState |= rules.CtDNAT
+		pk.Dst, pk.DstPort = dst, dport
+	}
+	v := rs.Filter(rules.Forward, &pk, p.core, p.nowNs)
+	switch v.Action {
+	case rules.Drop:
+		p.finish(out, ActDrop, ReasonFiltered, 0, 0)
+		return
+	case rules.Reject:
+		p.reject(frame, size, m, v.Reject, out)
+		return
+	}
+	nf.Mark = pk.CtMark
+	// The reply tuple: from the (translated) destination back to the source.
+	nf.Reply = flowtable.MakeTuple(key.Proto, dst, dport, key.Src, key.SrcPort)
+	if m.kind == kICMPQuery {
+		nf.Reply = flowtable.MakeTuple(key.Proto, dst, 0, key.Src, key.SrcPort)
+	}
+	sn := rs.NAT(rules.Postrouting, &pk, p.core, p.nowNs)
+	var pool uint16
+	var opt portalloc.Options
+	switch sn.Kind {
+	case rules.NATSNAT:
+		pool = env.snatPool[sn.Target]
+	case rules.NATMasquerade:
+		pool = env.masqPool[[2]uint16{sn.Target, outPort}]
+		if pool == 0 {
+			p.finish(out, ActDrop, ReasonNoAddress, 0, 0)
+			return
+		}
+	default:
+		// Hairpinning (RFC 4787 REQ-9, RFC 5382 REQ-8): an inside host
+		// reached another inside host through an outside address. The
+		// reply must come back through xnat, so the source becomes that
+		// outside address.
+		if nf.Status&flowtable.FlagDstNAT != 0 && !p.env.Ports[m.in].Outside && !p.env.Ports[outPort].Outside {
+			if hp, ok := env.local[key.Dst]; ok && hp != NoPort && env.Ports[hp].Outside {
+				pool = env.masqPool[[2]uint16{hairpinTarget, hp}]
+			}
+		}
+	}
+	if sn.Range.Flags&rules.NATRandomFully != 0 {
+		opt.Mode = portalloc.ModeRandomFully
+	} else if sn.Range.Flags&rules.NATRandom != 0 {
+		opt.Mode = portalloc.ModeRandom
+	}
+	opt.Persistent = sn.Range.Flags&rules.NATPersistent != 0
+	nf.Aux = makeAux(pool, p.nowSec)
+
+	var ref flowtable.Ref
+	var res flowtable.InsertResult
+	if pool != 0 {
+		nf.Status |= flowtable.FlagSrcNAT
+		a := p.d.Pools.allocator(pool, p.core)
+		var ar portalloc.Result
+		ref, ar, res = a.Allocate(p.ct, &nf, opt, p.now)
+		switch ar {
+		case portalloc.OutOfPorts:
+			p.finish(out, ActDrop, ReasonOutOfPorts, 0, 0)
+			return
+		case portalloc.PerSourceLimit:
+			p.finish(out, ActDrop, ReasonPerSource, 0, 0)
+			return
+		}
+	} else {
+		ref, res = p.ct.Insert(&nf, p.now)
+	}
+	switch res {
+	case flowtable.Inserted:
+		p.cnt.Created++
+	case flowtable.Exists:
+		// Another core created it a moment ago: it is this packet's.
+		if ref == 0 {
+			p.finish(out, ActDrop, ReasonInsertFailed, 0, 0)
+			return
+		}
+	case flowtable.Full, flowtable.NoRecord:
+		p.finish(out, ActDrop, ReasonTableFull, 0, 0)
+		return
+	default:
+		p.finish(out, ActDrop, ReasonInsertFailed, 0, 0)
+		return
+	}
+	// The first packet leaves as the connection's packets will.
+	f := p.d.Table.Flow(ref)
+	f.Touch(p.now)
+	ct := rules.CtNew
+	if f.Status()&flowtable.FlagSeenReply != 0 {
+		ct = rules.CtEstablished
+	}
+	p.forwardFirst(frame, size, m, ref, out, ct)
+}
+
+// forwardFirst sends a connection's first packet: the filter has already
+// accepted it, so only the translation and the router's duties remain.
+func (p *Pipeline) forwardFirst(frame []byte, size int, m *meta, ref flowtable.Ref, out *Result, _ rules.CtState) {
+	f := p.d.Table.Flow(ref)
+	target := f.Tuple(1 - ref.Dir()).Reverse()
+	port, mac, r := p.nextHop(target.Dst)
+	if r != ReasonNone {
+		p.finish(out, ActDrop, r, 0, 0)
+		return
+	}
+	if int(m.ipLen) > p.env.Ports[port].MTU {
+		p.tooBig(frame, size, m, port, out)
+		return
+	}
+	p.translate(frame, m, &target)
+	p.emit(frame, size, m, port, mac, out)
+	p.d.Table.Account(ref, int(m.ipLen))
+}
+
+// untracked handles a packet conntrack cannot track (state INVALID): the
+// filter decides, as in Linux, and an accepted one is forwarded as it is.
+func (p *Pipeline) untracked(frame []byte, size int, m *meta, out *Result) {
+	p.ct.CountInvalid()
+	var pk rules.Packet
+	p.packetFor(frame, m, &pk)
+	pk.CtState = rules.CtInvalid
+	ip := header.IPv4(frame[m.l3:])
+	if p.env.Ports[m.in].Outside {
+		p.finish(out, ActDrop, ReasonUnsolicited, 0, 0)
+		return
+	}
+	port, mac, r := p.nextHop(ip.Dst())
+	if r != ReasonNone {
+		p.finish(out, ActDrop, r, 0, 0)
+		return
+	}
+	pk.OutIf = port
+	v := p.env.Rules.Filter(rules.Forward, &pk, p.core, p.nowNs)
+	switch v.Action {
+	case rules.Drop:
+		p.finish(out, ActDrop, ReasonInvalid, 0, 0)
+		return
+	case rules.Reject:
+		p.reject(frame, size, m, v.Reject, out)
+		return
+	}
+	if int(m.ipLen) > p.env.Ports[port].MTU {
+		p.tooBig(frame, size, m, port, out)
+		return
+	}
+	p.emit(frame, size, m, port, mac, out)
+}
