@@ -68,13 +68,14 @@ type limboEntry struct {
 // Exactly one goroutine uses a Core; every record access happens between
 // Enter and Exit.
 type Core struct {
-	t      *Table
-	id     int
-	lo, hi uint32        // this core's share of records: [lo, hi)
-	bump   uint32        // records [lo, bump) have been used at least once
-	free   uint32        // head of the free list, idx+1; 0 when empty
-	cursor uint32        // sweep position in [lo, bump)
-	used   atomic.Uint32 // bump, published for the control plane's walks
+	t           *Table
+	id          int
+	lo, hi      uint32        // this core's share of records: [lo, hi)
+	bump        uint32        // records [lo, bump) have been used at least once
+	free        uint32        // head of the free list, idx+1; 0 when empty
+	cursor      uint32        // sweep position in [lo, bump)
+	evictCursor uint32        // where the fallback eviction scan goes on
+	used        atomic.Uint32 // bump, published for the control plane's walks
 
 	limbo      []limboEntry // ring of retired records, oldest first
 	limboHead  int
@@ -499,8 +500,8 @@ const (
 
 // makeRoom kills one connection in the buckets around the new tuple's, as
 // Linux's early_drop looks near the new connection's hash: an expired one
-// if there is any, else one that is not ASSURED. ASSURED connections are
-// never evicted.
+// if there is any, else one that is not ASSURED; failing that, anywhere
+// (evictScan). ASSURED connections are never evicted.
 func (c *Core) makeRoom(orig *Tuple, now Time) room {
 	t := c.t
 	b1, b2, _ := t.place(t.h.hash(orig))
@@ -534,6 +535,49 @@ func (c *Core) makeRoom(orig *Tuple, now Time) room {
 	if victim != ^uint32(0) && c.killOwn(victim, 0) {
 		return roomEvicted
 	}
+	return c.evictScan(now)
+}
+
+// evictScanBudget bounds the fallback search for a victim.
+const evictScanBudget = 256
+
+// evictScan is the fallback when nothing near the new tuple can go: when
+// the limit is far below the capacity the buckets are sparse, and Linux's
+// neighbourhood-only search would refuse the connection although
+// unassured ones fill the table. It walks the used records of every share
+// from where its last walk stopped, at most evictScanBudget of them, for
+// an expired or an unassured connection.
+func (c *Core) evictScan(now Time) room {
+	t := c.t
+	n := uint32(len(t.recs))
+	i := c.evictCursor % n
+	for budget := evictScanBudget; budget > 0; budget-- {
+		share := t.cores[i/t.perCore]
+		if used := share.used.Load(); i >= used {
+			// Skip the never-used tail of this share.
+			i = (share.hi) % n
+			continue
+		}
+		idx := i
+		i = (i + 1) % n
+		f := &t.recs[idx]
+		s := f.status.Load()
+		if s&(flagConfirmed|flagDying) != flagConfirmed {
+			continue
+		}
+		if t.expired(s, Time(f.last.Load()), now) {
+			if c.killOwn(idx, flagTimedOut) {
+				c.evictCursor = i
+				return roomExpired
+			}
+			continue
+		}
+		if s&FlagAssured == 0 && c.killOwn(idx, 0) {
+			c.evictCursor = i
+			return roomEvicted
+		}
+	}
+	c.evictCursor = i
 	return roomNone
 }
 

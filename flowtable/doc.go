@@ -141,8 +141,12 @@
 // At Max live connections, an insert first kills a connection near the new
 // one (in the two buckets of its original tuple and the two after each)
 // that has expired but was not yet swept; failing that, one that is not
-// ASSURED (counted early_drop, like Linux's early_drop); failing that, it
-// refuses (counted drop) and raises a "table full, dropping packet" event,
+// ASSURED (counted early_drop, like Linux's early_drop). When the limit is
+// far below the capacity those buckets are mostly empty — Linux then
+// refuses although unassured connections fill the table — so failing
+// that, a bounded walk (256 records a try, resumed where the last one
+// stopped) over the used records of every share looks for the same two
+// kinds. Failing that, it refuses (counted drop) and raises a "table full, dropping packet" event,
 // at most one a second, which the control plane reads with FullEvents.
 // ASSURED connections are never evicted.
 //

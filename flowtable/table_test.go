@@ -667,3 +667,55 @@ func TestNoAllocs(t *testing.T) {
 		}
 	}
 }
+
+// TestEarlyDropSparseTable: with the limit far below the capacity the new
+// tuple's buckets are empty, and the bounded walk finds an unassured
+// connection to evict anyway — never an assured one.
+func TestEarlyDropSparseTable(t *testing.T) {
+	tab := newTable(t, Config{Capacity: 100000, Max: 3, Cores: 2})
+	c := tab.Core(1)
+	c.Enter()
+	defer c.Exit()
+	var flows []NewFlow
+	for i := range 3 {
+		nf := snatFlow(uint16(40000+i), uint16(1024+i), TCPEstablished)
+		if i != 1 {
+			nf.Status |= FlagAssured
+		}
+		// Insert through core 0's share too: the walk spans every share.
+		o := tab.Core(i % 2)
+		if o != c {
+			o.Enter()
+		}
+		mustInsert(t, o, nf, 0)
+		if o != c {
+			o.Exit()
+		}
+		flows = append(flows, nf)
+	}
+	mustInsert(t, c, snatFlow(41000, 2000, TCPSynSent), 0)
+	if c.st[stEarlyDrop] != 1 || tab.Count() != 3 {
+		t.Fatalf("early_drop %d count %d", c.st[stEarlyDrop], tab.Count())
+	}
+	if c.Lookup(&flows[1].Orig, 0) != 0 || c.Lookup(&flows[0].Orig, 0) == 0 || c.Lookup(&flows[2].Orig, 0) == 0 {
+		t.Error("wrong victim")
+	}
+	// Only assured ones (and the new, unassured one) left: the new one goes
+	// next, then nothing can.
+	mustInsert(t, c, snatFlow(41001, 2001, TCPSynSent), 0)
+	r := c.Lookup(&flows[0].Orig, 0)
+	_ = r
+	for i := range 2 {
+		nf := snatFlow(uint16(42000+i), uint16(3000+i), TCPSynSent)
+		nf.Status |= FlagAssured
+		c.Insert(&nf, 0)
+	}
+	if c.st[stDrop] == 0 {
+		t.Error("no drop once only assured connections remained")
+	}
+	for _, i := range []int{0, 2} {
+		if c.Lookup(&flows[i].Orig, 0) == 0 {
+			t.Errorf("assured connection %d evicted", i)
+		}
+	}
+}
