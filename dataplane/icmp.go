@@ -128,6 +128,7 @@ func (p *Pipeline) handleICMPError(frame []byte, size int, m *meta, ref flowtabl
 	icmp := header.ICMPv4(frame[m.l4:end])
 	icmp.SetChecksum(0)
 	icmp.SetChecksum(header.Checksum(icmp, 0))
+	ip.DecTTL()
 	p.emit(frame, size, m, port, mac, out)
 }
 

@@ -79,6 +79,9 @@ func (d Delta) Add32(old, new uint32) Delta {
 
 // Adjust applies the recorded changes to a checksum field value.
 func Adjust(csum uint16, d Delta) uint16 {
-	s := uint64(^csum) + uint64(d)
-	return ^fold64(s)
+	s := uint64(^csum) + uint64(d) // below 2^33: three folds suffice
+	s = s>>16 + s&0xffff
+	s = s>>16 + s&0xffff
+	s = s>>16 + s&0xffff
+	return ^uint16(s)
 }

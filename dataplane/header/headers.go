@@ -178,3 +178,10 @@ func ICMPIsRequest(t uint8) bool { return t == ICMPEcho || t == ICMPTimestamp }
 func ICMPIsError(t uint8) bool {
 	return t == ICMPDestUnreach || t == ICMPTimeExceeded || t == ICMPParamProblem || t == ICMPSourceQuench || t == ICMPRedirect
 }
+
+// IP protocol numbers.
+const (
+	ProtoICMP = 1
+	ProtoTCP  = 6
+	ProtoUDP  = 17
+)

@@ -282,3 +282,40 @@ func (l *limiter) allow(now int64) bool {
 		}
 	}
 }
+
+// PolicyOnly reports whether the filter table's built-in chain of hook h
+// has no rules, so that every packet meets its policy; then it also
+// returns the policy's verdict. A hook without a filter chain accepts. The
+// dataplane uses it to skip building the packet's rule view on the
+// established path, and counts the policy with CountPolicy.
+func (rs *Ruleset) PolicyOnly(h Hook) (Verdict, bool) {
+	if h >= NumHooks {
+		return Verdict{}, true
+	}
+	ci := rs.hooks[Filter][h]
+	if ci < 0 {
+		return Verdict{}, true
+	}
+	ch := &rs.chains[ci]
+	if ch.n != 0 {
+		return Verdict{}, false
+	}
+	if ch.policy == PolicyDrop {
+		return Verdict{Action: Drop}, true
+	}
+	return Verdict{}, true
+}
+
+// CountPolicy counts one packet of length bytes (IP total length) on the
+// policy of the filter table's built-in chain of hook h, as Filter would
+// have. Call it only when PolicyOnly(h) is true.
+func (rs *Ruleset) CountPolicy(h Hook, core int, length uint16) {
+	if h >= NumHooks {
+		return
+	}
+	ci := rs.hooks[Filter][h]
+	if ci < 0 {
+		return
+	}
+	rs.cores[core].add(int32(len(rs.rules))+ci, uint64(length))
+}

@@ -728,3 +728,22 @@ func TestClassifierLargeChain(t *testing.T) {
 		t.Fatal("counters differ")
 	}
 }
+
+func TestPolicyOnlyCountsLikeFilter(t *testing.T) {
+	m := NewModel()
+	rs, err := Compile(m, []string{"in0"}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, ok := rs.PolicyOnly(Forward)
+	if !ok || v.Action != Accept {
+		t.Fatalf("empty FORWARD: %v %v", v, ok)
+	}
+	rs.CountPolicy(Forward, 0, 100)
+	rs.Filter(Forward, &Packet{Length: 50, InIf: NoIface, OutIf: NoIface}, 0, 0)
+	rs.Flush(0)
+	c, err := rs.PolicyCounters(Filter, "FORWARD")
+	if err != nil || c.Packets != 2 || c.Bytes != 150 {
+		t.Errorf("policy counters %+v %v", c, err)
+	}
+}

@@ -1,0 +1,272 @@
+package bench
+
+import (
+	"encoding/binary"
+	"flag"
+	"fmt"
+	"io"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/dustin/go-humanize"
+
+	"xnat/control/iptables"
+	"xnat/dataplane"
+	"xnat/dataplane/header"
+	"xnat/dataplane/rules"
+	"xnat/dataplane/topo"
+	"xnat/flowtable"
+)
+
+func init() {
+	Register(Scenario{
+		Name:    "pipeline",
+		Summary: "the packet pipeline on one core over synthetic frames: Mpps, ns/packet, new connections/s",
+		Run:     runPipeline,
+	})
+}
+
+// PipelineResult is one row of the pipeline scenario.
+type PipelineResult struct {
+	Flows        int     `json:"flows"`
+	Proto        string  `json:"proto"`
+	Batch        int     `json:"batch"`
+	Mpps         float64 `json:"mpps"`
+	NsPerPkt     float64 `json:"ns_per_pkt"`
+	NewPerSec    float64 `json:"new_per_sec,omitempty"`
+	AllocsPerPkt float64 `json:"allocs_per_pkt"`
+	// The harness alone (refilling frames as an RX ring would, no
+	// pipeline), in the same run: what ns_per_pkt includes that is not
+	// xnat's.
+	HarnessNsPerPkt float64 `json:"harness_ns_per_pkt"`
+}
+
+func runPipeline(args []string, w io.Writer) error {
+	fs := flag.NewFlagSet("pipeline", flag.ContinueOnError)
+	fs.SetOutput(w)
+	flows := fs.String("flows", "1000,1000000", "active connections: one number or a comma-separated list (up to 4000000)")
+	proto := fs.String("proto", "udp", "udp or tcp")
+	batch := fs.Int("batch", 64, "frames per batch (1 to 256)")
+	newConns := fs.Bool("new", false, "also measure new connections per second")
+	dur := fs.Duration("time", 2*time.Second, "how long the established-traffic measurement runs")
+	jsonOut := fs.Bool("json", false, "one JSON object per line")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if *proto != "udp" && *proto != "tcp" {
+		return fmt.Errorf("--proto %q: want udp or tcp", *proto)
+	}
+	if *batch < 1 || *batch > 256 {
+		return fmt.Errorf("--batch %d: want 1 to 256", *batch)
+	}
+	if *dur <= 0 {
+		return fmt.Errorf("--time %v: want a positive duration", *dur)
+	}
+	var rows [][]string
+	for _, f := range strings.Split(*flows, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 || n > 4_000_000 {
+			return fmt.Errorf("--flows %q: want a number from 1 to 4000000", f)
+		}
+		r, err := MeasurePipeline(n, *proto, *batch, *newConns, *dur)
+		if err != nil {
+			return err
+		}
+		if *jsonOut {
+			if err := WriteJSON(w, r); err != nil {
+				return err
+			}
+			continue
+		}
+		nps := "-"
+		if r.NewPerSec > 0 {
+			nps = humanize.Comma(int64(r.NewPerSec))
+		}
+		rows = append(rows, []string{humanize.Comma(int64(n)), r.Proto, strconv.Itoa(r.Batch), dec2(r.Mpps), dec1(r.NsPerPkt), dec1(r.HarnessNsPerPkt), nps, dec2(r.AllocsPerPkt)})
+	}
+	if *jsonOut {
+		return nil
+	}
+	return Table(w, []string{"flows", "proto", "batch", "Mpps", "ns/pkt", "harness ns/pkt", "new conns/s", "allocs/pkt"}, rows)
+}
+
+// PipelineBed is a one-core dataplane with an inside and an outside port,
+// MASQUERADE on the outside, and frames for n connections from inside
+// hosts to 256 servers behind the gateway.
+type PipelineBed struct {
+	DP    *dataplane.Dataplane
+	Table *flowtable.Table
+	tmpl  [][]byte // one original frame per connection
+}
+
+var (
+	benchMACIn  = [6]byte{2, 0, 0, 0, 0, 1}
+	benchMACOut = [6]byte{2, 0, 0, 0, 1, 1}
+	benchMACGW  = [6]byte{2, 0, 0, 0, 1, 0xfe}
+)
+
+// NewPipelineBed builds the dataplane and the connections' first frames.
+func NewPipelineBed(n int, proto string) (*PipelineBed, error) {
+	tab, err := flowtable.New(flowtable.Config{Capacity: n + n/4 + 1024, Cores: 1})
+	if err != nil {
+		return nil, err
+	}
+	snap := &topo.Snapshot{
+		Ifaces: []topo.Iface{
+			{Index: 2, Name: "in0", MAC: benchMACIn, MTU: 1500, Up: true, Addrs: []topo.Prefix{{Addr: 0x0A000001, Len: 8}}},
+			{Index: 3, Name: "out0", MAC: benchMACOut, MTU: 1500, Up: true, Addrs: []topo.Prefix{{Addr: 0xCB007101, Len: 24}}},
+		},
+		Routes: []topo.Route{
+			{Dst: topo.Prefix{Addr: 0x0A000000, Len: 8}, IfIndex: 2},
+			{Dst: topo.Prefix{Addr: 0xCB007100, Len: 24}, IfIndex: 3},
+			{Dst: topo.Prefix{}, Gateway: 0xCB0071FE, IfIndex: 3},
+		},
+		Neighs: []topo.Neigh{{IfIndex: 3, IP: 0xCB0071FE, MAC: benchMACGW, State: topo.NeighValid}},
+	}
+	m, _, err := iptables.Restore(strings.NewReader("*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -o out0 -j MASQUERADE\nCOMMIT\n"), rules.NewModel(), iptables.RestoreOptions{})
+	if err != nil {
+		return nil, err
+	}
+	pools := dataplane.NewPools(1, nil)
+	env, err := dataplane.NewEnv(dataplane.EnvConfig{Snapshot: snap, Inside: []string{"in0"}, Outside: []string{"out0"}, Model: m, Pools: pools})
+	if err != nil {
+		return nil, err
+	}
+	b := &PipelineBed{DP: dataplane.New(tab, pools, dataplane.NewSettings(), env), Table: tab}
+	for i := range n {
+		b.tmpl = append(b.tmpl, benchFrame(i, proto))
+	}
+	return b, nil
+}
+
+// benchFrame is connection i's frame from inside: 10.x.y.z:port to one of
+// 256 servers 198.51.100.0/24 on port 443, 64 bytes on the wire for UDP.
+func benchFrame(i int, proto string) []byte {
+	u := uint32(i)
+	src := 0x0A000000 | (u>>6)+2
+	sport := uint16(10000 + u&63)
+	dst := 0xC6336400 | u&255
+	l4len := header.UDPLen + 18
+	p := uint8(header.ProtoUDP)
+	if proto == "tcp" {
+		l4len, p = header.TCPMinLen+6, header.ProtoTCP
+	}
+	f := make([]byte, header.EthernetLen+header.IPv4MinLen+l4len)
+	eth := header.Ethernet(f)
+	eth.SetDst(benchMACIn)
+	eth.SetSrc([6]byte{2, 0, 0, 0, 0, 2})
+	eth.SetType(header.EtherTypeIPv4)
+	ip := header.IPv4(f[header.EthernetLen:])
+	ip[0] = 0x45
+	ip.SetTotalLen(uint16(header.IPv4MinLen + l4len))
+	ip.SetTTL(64)
+	ip.SetProtocol(p)
+	ip.SetSrc(src)
+	ip.SetDst(dst)
+	ip.SetChecksum(ip.ComputeChecksum())
+	l4 := f[header.EthernetLen+header.IPv4MinLen:]
+	binary.BigEndian.PutUint16(l4[0:2], sport)
+	binary.BigEndian.PutUint16(l4[2:4], 443)
+	if proto == "tcp" {
+		t := header.TCP(l4)
+		t.SetSeq(1)
+		t.SetAck(1)
+		t.SetDataOffset(header.TCPMinLen)
+		t.SetFlags(header.TCPAck) // tcp_loose picks it up as established
+		t.SetWindow(1000)
+		t.SetChecksum(header.Checksum(l4, header.PseudoSum(src, dst, p, uint16(l4len))))
+	} else {
+		u := header.UDP(l4)
+		u.SetLength(uint16(l4len))
+		u.SetChecksum(header.Checksum(l4, header.PseudoSum(src, dst, p, uint16(l4len))))
+	}
+	return f
+}
+
+// Run processes frames of connections [from, from+count) in batches of
+// batch, refilling each frame from its template first as an RX ring
+// would deliver it. It returns how many frames were forwarded.
+func (b *PipelineBed) Run(from, count, batch int, frames [][]byte, sizes []int, in []uint16, out []dataplane.Result, skipPipeline bool) int {
+	p := b.DP.Pipeline(0)
+	fwd := 0
+	n := len(b.tmpl)
+	for done := 0; done < count; done += batch {
+		k := min(batch, count-done)
+		for j := range k {
+			t := b.tmpl[(from+done+j)%n]
+			frames[j] = frames[j][:len(t)]
+			copy(frames[j], t)
+			sizes[j] = len(t)
+		}
+		if skipPipeline {
+			fwd += k
+			continue
+		}
+		p.Process(frames[:k], sizes[:k], in[:k], out[:k])
+		for j := range k {
+			if out[j].Action == dataplane.ActForward {
+				fwd++
+			}
+		}
+	}
+	return fwd
+}
+
+// MeasurePipeline runs the pipeline scenario at n connections.
+func MeasurePipeline(n int, proto string, batch int, measureNew bool, dur time.Duration) (PipelineResult, error) {
+	res := PipelineResult{Flows: n, Proto: proto, Batch: batch}
+	b, err := NewPipelineBed(n, proto)
+	if err != nil {
+		return res, err
+	}
+	frames := make([][]byte, batch)
+	for i := range frames {
+		frames[i] = make([]byte, 0, 2048)
+	}
+	sizes := make([]int, batch)
+	in := make([]uint16, batch) // port 0: inside
+	out := make([]dataplane.Result, batch)
+
+	// New connections: the first packet of each of the n connections.
+	start := time.Now()
+	if got := b.Run(0, n, batch, frames, sizes, in, out, false); got != n {
+		c := b.DP.TotalCounters()
+		return res, fmt.Errorf("creating %d connections forwarded only %d (table_full %d, out_of_ports %d, no_neighbour %d)",
+			n, got, c.Drops[dataplane.ReasonTableFull], c.Drops[dataplane.ReasonOutOfPorts], c.Drops[dataplane.ReasonNoNeighbour])
+	}
+	if measureNew {
+		res.NewPerSec = float64(n) / time.Since(start).Seconds()
+	}
+
+	// Established traffic: the connections in a shuffled-by-stride order,
+	// so consecutive frames hit unrelated parts of the table.
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	mallocs := ms.Mallocs
+	total := 0
+	start = time.Now()
+	for time.Since(start) < dur {
+		const chunk = 1 << 16
+		if b.Run(total*7919%n, chunk, batch, frames, sizes, in, out, false) != chunk {
+			return res, fmt.Errorf("established traffic was not all forwarded")
+		}
+		total += chunk
+	}
+	el := time.Since(start)
+	runtime.ReadMemStats(&ms)
+	res.AllocsPerPkt = float64(ms.Mallocs-mallocs) / float64(total)
+	res.NsPerPkt = float64(el.Nanoseconds()) / float64(total)
+	res.Mpps = float64(total) / el.Seconds() / 1e6
+
+	// The harness alone, same frames, same order.
+	hstart := time.Now()
+	b.Run(0, total, batch, frames, sizes, in, out, true)
+	res.HarnessNsPerPkt = float64(time.Since(hstart).Nanoseconds()) / float64(total)
+	return res, nil
+}
