@@ -148,7 +148,7 @@ func NewPipelineBed(n int, proto string) (*PipelineBed, error) {
 // 256 servers 198.51.100.0/24 on port 443, 64 bytes on the wire for UDP.
 func benchFrame(i int, proto string) []byte {
 	u := uint32(i)
-	src := 0x0A000000 | (u>>6)+2
+	src := 0x0A000000 | (u >> 6) + 2
 	sport := uint16(10000 + u&63)
 	dst := 0xC6336400 | u&255
 	l4len := header.UDPLen + 18
