@@ -4,8 +4,6 @@ BIN       := bin
 CMDS      := $(notdir $(wildcard cmd/*))
 FUZZTIME  ?= 20s
 STATICCHECK_VERSION := v0.8.2
-# Packages whose lock-free code is stressed under the race detector.
-RACE_PKGS := ./flowtable/... ./portalloc/...
 
 .PHONY: all build test race bench fuzz lint demo clean
 
@@ -15,12 +13,12 @@ build:
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ ./cmd/...
 
-# make test: unit, golden, fuzz-corpus and stress tests, then the lock-free
-# packages again under the race detector.
+# make test: unit, golden, fuzz-corpus, stress and namespace tests (root),
+# then all of them again under the race detector.
 test: build
 	$(GO) vet ./...
 	$(GO) test -count=1 ./...
-	$(GO) test -count=1 -race $(RACE_PKGS)
+	$(GO) test -count=1 -race ./...
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
