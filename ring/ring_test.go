@@ -315,9 +315,15 @@ func TestWaitWakesOnReceive(t *testing.T) {
 	u := f.open(t, ring.Config{Poll: ring.PollSleep, PollTimeout: 10 * time.Second})
 	u.Socket(0).Fill()
 	r := f.listen(t, 1)
+	sent := make(chan error, 1)
 	go func() {
 		time.Sleep(50 * time.Millisecond)
-		_ = f.send(t, r, 1)
+		sent <- f.send(t, r, 1)
+	}()
+	defer func() {
+		if err := <-sent; err != nil {
+			t.Error(err)
+		}
 	}()
 	start := time.Now()
 	if err := u.Wait(); err != nil {

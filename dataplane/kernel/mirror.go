@@ -242,12 +242,11 @@ func (m *Mirror) run(s *subscriptions) {
 				timer.Stop()
 			}
 			return
-		case u, ok := <-s.links:
+		case _, ok := <-s.links:
 			if !ok {
 				resync(errors.New("link subscription closed"))
 				continue
 			}
-			_ = u
 			changed()
 		case u, ok := <-s.addrs:
 			if !ok {

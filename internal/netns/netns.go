@@ -265,6 +265,7 @@ func processAlive(pid int) bool {
 // NS is one network namespace of a topology.
 type NS struct {
 	Name   string
+	mu     sync.RWMutex // guards handle against teardown while Do enters
 	handle vnetns.NsHandle
 	nl     *netlink.Handle
 }
@@ -280,6 +281,8 @@ func (n *NS) Netlink() *netlink.Handle { return n.nl }
 func (n *NS) Path() string { return filepath.Join(runDir, n.Name) }
 
 func (n *NS) close() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	var errs []error
 	if n.nl != nil {
 		n.nl.Close()
@@ -311,7 +314,10 @@ func (n *NS) Do(f func() error) error {
 			return
 		}
 		defer orig.Close()
-		if err := vnetns.Set(n.handle); err != nil {
+		n.mu.RLock()
+		err = vnetns.Set(n.handle)
+		n.mu.RUnlock()
+		if err != nil {
 			runtime.UnlockOSThread()
 			res <- fmt.Errorf("netns: entering %s: %w", n.Name, err)
 			return
