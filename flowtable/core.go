@@ -220,9 +220,10 @@ func (c *Core) lookupBatch(keys []Tuple, refs []Ref, now Time) {
 			}
 		}
 	}
-	for i := range bb { // touch candidate records
+	for i := range bb { // touch candidate records: a 48-byte record may span two lines
 		if idx := bb[i].idx; idx != ^uint32(0) {
-			sink += t.recs[idx].status.Load()
+			f := &t.recs[idx]
+			sink += f.orig.Src + f.status.Load()
 		}
 	}
 	found := uint64(0)

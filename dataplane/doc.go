@@ -1,0 +1,65 @@
+// Package dataplane is xnat's packet path: a pure function over batches of
+// frames in memory that parses, tracks, filters, translates and routes
+// them. It has no sockets; the AF_XDP workers feed it frames from UMEM and
+// the benchmark harness feeds it synthetic ones.
+//
+// # The batch contract
+//
+// Each worker core has one Pipeline. Pipeline.Process takes a batch the way
+// wireguard-go's tun.Device takes one: frames [][]byte with sizes []int,
+// plus the port (interface ID) each arrived on, and fills one Result per
+// frame: ActForward (the frame was rewritten in place: addresses, ports,
+// checksums, TTL, source and destination MAC; transmit Result.Len bytes on
+// Result.Port), ActReply (xnat wrote an ICMP error or a TCP reset over the
+// frame, in the same buffer, up to its capacity; transmit it on
+// Result.Port), ActDrop with a Reason, or ActKernel (not IPv4: the slow
+// path's). Process allocates nothing, takes no lock, makes no interface
+// call and formats nothing; testing.AllocsPerRun asserts it for the
+// established and the new-connection paths.
+//
+// # A batch, step by step
+//
+//  1. Parse every frame: Ethernet with one optional 802.1Q tag; IPv4 with
+//     options, checked (version, IHL, total length against the frame, header
+//     checksum); TCP, UDP, ICMP. A malformed frame is dropped with its own
+//     reason; nothing can read out of bounds (FuzzPipeline). A packet whose
+//     TTL would reach zero is answered with ICMP time exceeded here, before
+//     it can create a connection. Non-first fragments are dropped.
+//  2. Look every frame's tuple up in the flow table in one batch, so their
+//     cache misses overlap. An ICMP error is looked up by the datagram it
+//     quotes.
+//  3. A hit updates the connection (Linux's TCP transition table, UDP
+//     streams, SEEN_REPLY and ASSURED, the last-seen time), runs filter
+//     FORWARD with the conntrack state (skipped, its policy still counted,
+//     when the chain has no rules), translates the packet to the reverse of
+//     the other direction's tuple with incremental checksums, decrements the
+//     TTL and sets the MAC addresses from a per-core next-hop cache.
+//  4. A miss is a new connection: nat PREROUTING (DNAT; a backend range is
+//     chosen per connection), the route, filter FORWARD, nat POSTROUTING
+//     (SNAT or MASQUERADE), then the port from this core's allocator and
+//     the insert into the flow table, whose answer settles port clashes and
+//     the table limit. Packets from an outside port need a DNAT rule or a
+//     connection (else `unsolicited`). Hairpinned connections are
+//     source-translated to the outside address the inside host aimed at.
+//  5. The core's bounded expiry sweep runs, and the ports of connections
+//     that left go back to their allocators. Rule counters and pipeline
+//     counters are published; the flow table's critical section ends.
+//
+// # Environment
+//
+// Everything the packet path reads that changes only by replacement — the
+// ports, routes, neighbours, the box's addresses, the compiled rule set,
+// which NAT pool serves which target — is an immutable Env, built by NewEnv
+// from a topo.Snapshot and an iptables model and swapped in with
+// Dataplane.SetEnv; every core picks it up at its next batch, connections
+// and their NAT untouched. NAT pools live in a Pools registry that outlives
+// Envs, so a connection can always give its port back to the pool it came
+// from; a connection's flow-table caller word holds its pool's ID and its
+// creation second.
+//
+// # Counters
+//
+// Each core counts in plain memory and publishes atomic copies at the end
+// of every batch, on cache lines no other core writes; readers sum them
+// (Dataplane.Counters, TotalCounters).
+package dataplane
