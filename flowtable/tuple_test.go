@@ -1,0 +1,29 @@
+package flowtable
+
+import (
+	"math/rand/v2"
+	"testing"
+)
+
+// TestTupleWords checks construction, reversal, and that equality of the
+// word view is equality of the fields.
+func TestTupleWords(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 9))
+	for range 10000 {
+		src, dst := rng.Uint32(), rng.Uint32()
+		sp, dp := uint16(rng.Uint32()), uint16(rng.Uint32())
+		pr := uint8(rng.Uint32())
+		tu := MakeTuple(pr, src, sp, dst, dp)
+		if tu.Src != src || tu.Dst != dst || tu.SrcPort != sp || tu.DstPort != dp || tu.Proto != pr || tu.pad != [3]uint8{} {
+			t.Fatalf("MakeTuple fields %+v", tu)
+		}
+		r := tu.Reverse()
+		if r != (Tuple{Src: dst, Dst: src, SrcPort: dp, DstPort: sp, Proto: pr}) {
+			t.Fatalf("Reverse %+v of %+v", r, tu)
+		}
+		o := tu
+		if !tu.equal(&o) || tu.equal(&r) && r != tu {
+			t.Fatal("equal")
+		}
+	}
+}
