@@ -1,0 +1,101 @@
+package dataplane
+
+import (
+	"encoding/binary"
+	"testing"
+
+	"xnat/dataplane/header"
+)
+
+// quotedPorts returns the source and destination port (or ICMP id) of the
+// datagram an ICMP error frame quotes.
+func quotedL4(frame []byte) []byte {
+	inner := frame[14+20+8:]
+	return inner[int(inner[0]&0xf)*4:]
+}
+
+// TestICMPErrorAboutTCP: a router past the gateway answers time exceeded
+// about a translated TCP segment; the error reaches A with the quoted
+// segment's address, port and checksum translated back.
+func TestICMPErrorAboutTCP(t *testing.T) {
+	tb := newTestbed(t, masqRules, 1500, 1)
+	tb.run(tcpPkt(macB, macIn0, addrB, 40000, remote, 443, fSYN, 7, 0).bytes(t), portIn)
+	r, out := tb.run(tcpPkt(macA, macIn0, addrA, 40000, remote, 443, fSYN, 7, 0).bytes(t), portIn)
+	expect(t, r, ActForward, portOut)
+	ext := decode(t, out).tcp.SrcPort
+	router := ip4(198, 51, 100, 1)
+	quote := append([]byte(nil), out[14:14+20+20]...) // IP header and the whole TCP header
+	r, out = tb.run(icmpPkt(macGW, macOut0, router, addrExt, 11, 0, 0, 0, quote).bytes(t), portOut)
+	expect(t, r, ActForward, portIn)
+	d := decode(t, out)
+	ipEq(t, "outer src", d.ip.SrcIP, router) // the router is not translated
+	ipEq(t, "outer dst", d.ip.DstIP, addrA)
+	ipEq(t, "quoted src", d.inner.SrcIP, addrA)
+	q := quotedL4(out)
+	if sp := binary.BigEndian.Uint16(q[0:2]); sp != 40000 || uint16(ext) == 40000 {
+		t.Errorf("quoted source port %d (external was %d)", sp, ext)
+	}
+	// The quoted TCP checksum is valid for the translated quote.
+	inner := out[14+20+8 : 14+20+8+40]
+	sum := header.Sum(inner[20:40], header.PseudoSum(binary.BigEndian.Uint32(inner[12:16]), binary.BigEndian.Uint32(inner[16:20]), 6, 20))
+	if sum != 0xffff {
+		t.Errorf("quoted TCP checksum wrong after translation (sum %#x)", sum)
+	}
+	if !validIPChecksum(inner) {
+		t.Error("quoted IP checksum wrong")
+	}
+}
+
+// TestICMPErrorAboutPing: time exceeded about a translated echo request
+// (a traceroute with ping) comes back with the quoted identifier restored.
+func TestICMPErrorAboutPing(t *testing.T) {
+	tb := newTestbed(t, masqRules, 1500, 1)
+	tb.run(icmpPkt(macB, macIn0, addrB, remote, 8, 0, 321, 1, []byte("tr")).bytes(t), portIn)
+	r, out := tb.run(icmpPkt(macA, macIn0, addrA, remote, 8, 0, 321, 1, []byte("tr")).bytes(t), portIn)
+	expect(t, r, ActForward, portOut)
+	if decode(t, out).icmp.Id == 321 {
+		t.Fatal("expected a remapped id")
+	}
+	quote := append([]byte(nil), out[14:14+30]...) // the whole echo: headers and "tr"
+	r, out = tb.run(icmpPkt(macGW, macOut0, ip4(198, 51, 100, 1), addrExt, 11, 0, 0, 0, quote).bytes(t), portOut)
+	expect(t, r, ActForward, portIn)
+	d := decode(t, out)
+	ipEq(t, "outer dst", d.ip.DstIP, addrA)
+	q := quotedL4(out)
+	if id := binary.BigEndian.Uint16(q[4:6]); id != 321 {
+		t.Errorf("quoted id %d, want 321", id)
+	}
+	if header.Sum(q[:8+2], 0) != 0xffff {
+		t.Error("quoted ICMP checksum wrong")
+	}
+}
+
+// TestICMPErrorFromInside: an inside server behind DNAT answers port
+// unreachable to the outside client; the error leaves with the external
+// address as its source and the quote translated to what the client sent.
+func TestICMPErrorFromInside(t *testing.T) {
+	tb := newTestbed(t, `*nat
+:PREROUTING ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A PREROUTING -i out0 -d 203.0.113.1 -p udp --dport 5353 -j DNAT --to-destination 10.0.0.3:53
+-A POSTROUTING -o out0 -j MASQUERADE
+COMMIT
+`, 1500, 1)
+	r, out := tb.run(udpPkt(macGW, macOut0, remote, 6000, addrExt, 5353).bytes(t), portOut)
+	expect(t, r, ActForward, portIn)
+	quote := append([]byte(nil), out[14:14+28]...) // what B received: remote:6000 -> B:53
+	r, out = tb.run(icmpPkt(macB, macIn0, addrB, remote, 3, 3, 0, 0, quote).bytes(t), portIn)
+	expect(t, r, ActForward, portOut)
+	d := decode(t, out)
+	ipEq(t, "outer src", d.ip.SrcIP, addrExt)
+	ipEq(t, "outer dst", d.ip.DstIP, remote)
+	ipEq(t, "quoted dst", d.inner.DstIP, addrExt)
+	ipEq(t, "quoted src", d.inner.SrcIP, remote)
+	q := quotedL4(out)
+	if dp := binary.BigEndian.Uint16(q[2:4]); dp != 5353 {
+		t.Errorf("quoted destination port %d, want 5353", dp)
+	}
+	if !validQuotedUDP(out[14+28:]) {
+		t.Error("quoted UDP checksum wrong")
+	}
+}
