@@ -161,10 +161,11 @@ func NewFilledTable(n, workers int) (*flowtable.Table, error) {
 	return tab, nil
 }
 
-// makeRoom deletes the k connections with the highest numbers, so that
-// the insert measurements work below the limit rather than at it.
-func makeRoom(tab *flowtable.Table, n, k int) {
-	for i := n - k; i < n; i++ {
+// MakeRoom deletes the connections with the highest numbers from a table
+// filled by NewFilledTable(n), enough for the insert measurements of
+// workers cores to work below the limit rather than at it.
+func MakeRoom(tab *flowtable.Table, n, workers int) {
+	for i := n - min(n/2, 1100*workers+64); i < n; i++ {
 		tab.Delete(flowKeys(i).Orig)
 	}
 }
@@ -208,18 +209,18 @@ func MeasureFlowtable(n, workers int, dur time.Duration) (FlowtableResult, error
 			}
 		}
 	}, 64)
-	makeRoom(tab, n, min(n/2, 1100*workers+64))
-	res.InsertDeleteNs = timePerOp(dur, insertDelete(tab, 0, n), 64)
-	one := throughput(dur, 1, lookupWorker(tab, keys))
-	many := throughput(dur, workers, lookupWorker(tab, keys))
+	MakeRoom(tab, n, workers)
+	res.InsertDeleteNs = timePerOp(dur, InsertDelete(tab, 0, n), 64)
+	one := throughput(dur, 1, LookupWorker(tab, keys))
+	many := throughput(dur, workers, LookupWorker(tab, keys))
 	res.ParallelSpeedup = many / one
-	res.MixedMops = throughput(dur, workers, mixedWorker(tab, keys, n)) / 1e6
+	res.MixedMops = throughput(dur, workers, MixedWorker(tab, keys, n)) / 1e6
 	tab = nil
 	runtime.GC()
 
 	// The peer.
 	before = heapInUse()
-	peer := newMutexMap(n)
+	peer := NewMutexMap(n)
 	res.PeerBytesPerFlow = float64(heapInUse()-before) / float64(n)
 	res.PeerLookupNs = timePerOp(dur, func(iters int) {
 		for i := range iters {
@@ -235,7 +236,7 @@ func MeasureFlowtable(n, workers int, dur time.Duration) (FlowtableResult, error
 			peer.delete(&nf)
 		}
 	}, 1)
-	res.PeerMixedMops = throughput(dur, workers, peerMixedWorker(peer, keys, n)) / 1e6
+	res.PeerMixedMops = throughput(dur, workers, PeerMixedWorker(peer, keys, n)) / 1e6
 	res.VsMutexMap = res.MixedMops / res.PeerMixedMops
 	return res, nil
 }
@@ -254,6 +255,12 @@ func timePerOp(dur time.Duration, fn func(iters int), step int) float64 {
 		next := int(float64(iters) * 1.2 * float64(dur) / float64(max(el, time.Microsecond)))
 		iters = max(min(next, 100*iters), iters+step) / step * step
 	}
+}
+
+// Throughput is throughput, for go test -bench: operations per second of
+// workers goroutines running fn for dur.
+func Throughput(dur time.Duration, workers int, fn func(w int, stop *atomic.Bool) int) float64 {
+	return throughput(dur, workers, fn)
 }
 
 // throughput measures fn three times over dur/3 each and returns the best
@@ -299,9 +306,10 @@ func throughputOnce(dur time.Duration, workers int, fn func(w int, stop *atomic.
 	return float64(total) / el.Seconds()
 }
 
-// insertDelete inserts a connection absent from the table and deletes it,
-// with the owner's sweep retiring and recycling records as a worker does.
-func insertDelete(tab *flowtable.Table, core, n int) func(iters int) {
+// InsertDelete returns a loop that inserts iters connections absent from a
+// table filled by NewFilledTable(n) and deletes each, with the owner's
+// sweep retiring and recycling records as a worker does.
+func InsertDelete(tab *flowtable.Table, core, n int) func(iters int) {
 	return func(iters int) {
 		c := tab.Core(core)
 		var gone [64]flowtable.Gone
@@ -321,7 +329,9 @@ func insertDelete(tab *flowtable.Table, core, n int) func(iters int) {
 	}
 }
 
-func lookupWorker(tab *flowtable.Table, keys []flowtable.Tuple) func(int, *atomic.Bool) int {
+// LookupWorker is the parallel lookup workload: worker w looks up keys
+// through core w until stop is set, and returns how many it did.
+func LookupWorker(tab *flowtable.Table, keys []flowtable.Tuple) func(int, *atomic.Bool) int {
 	return func(w int, stop *atomic.Bool) int {
 		c := tab.Core(w)
 		done := 0
@@ -337,10 +347,10 @@ func lookupWorker(tab *flowtable.Table, keys []flowtable.Tuple) func(int, *atomi
 	}
 }
 
-// The mixed workload: of every 64 operations, 56 look up a random
-// existing connection, 4 insert a new one and 4 delete one this worker
-// inserted earlier, so the table stays at n connections.
-func mixedWorker(tab *flowtable.Table, keys []flowtable.Tuple, n int) func(int, *atomic.Bool) int {
+// MixedWorker is the mixed workload: of every 64 operations, 56 look up a
+// random existing connection, 4 insert a new one and 4 delete one this
+// worker inserted earlier, so the table stays at n connections.
+func MixedWorker(tab *flowtable.Table, keys []flowtable.Tuple, n int) func(int, *atomic.Bool) int {
 	return func(w int, stop *atomic.Bool) int {
 		c := tab.Core(w)
 		var gone [64]flowtable.Gone
@@ -374,9 +384,9 @@ func mixedWorker(tab *flowtable.Table, keys []flowtable.Tuple, n int) func(int, 
 	}
 }
 
-// mutexMap is the Go-idiomatic peer: a map from each direction's tuple to
+// MutexMap is the Go-idiomatic peer: a map from each direction's tuple to
 // a heap-allocated flow, under a sync.RWMutex.
-type mutexMap struct {
+type MutexMap struct {
 	mu sync.RWMutex
 	m  map[flowtable.Tuple]*peerFlow
 }
@@ -388,8 +398,9 @@ type peerFlow struct {
 	last        int64
 }
 
-func newMutexMap(n int) *mutexMap {
-	p := &mutexMap{m: make(map[flowtable.Tuple]*peerFlow)}
+// NewMutexMap builds the peer holding connections 0..n-1.
+func NewMutexMap(n int) *MutexMap {
+	p := &MutexMap{m: make(map[flowtable.Tuple]*peerFlow)}
 	for i := range n {
 		nf := flowKeys(i)
 		p.insert(&nf)
@@ -399,7 +410,7 @@ func newMutexMap(n int) *mutexMap {
 
 // lookup finds a connection and, as any connection tracker must, checks
 // it has not expired: the peer reads its flow as xnat reads its record.
-func (p *mutexMap) lookup(k *flowtable.Tuple) *peerFlow {
+func (p *MutexMap) lookup(k *flowtable.Tuple) *peerFlow {
 	p.mu.RLock()
 	f := p.m[*k]
 	p.mu.RUnlock()
@@ -414,7 +425,7 @@ const (
 	peerTimeout = 432000
 )
 
-func (p *mutexMap) insert(nf *flowtable.NewFlow) {
+func (p *MutexMap) insert(nf *flowtable.NewFlow) {
 	f := &peerFlow{orig: nf.Orig, reply: nf.Reply, status: nf.Status}
 	p.mu.Lock()
 	if _, ok := p.m[nf.Orig]; !ok {
@@ -424,7 +435,7 @@ func (p *mutexMap) insert(nf *flowtable.NewFlow) {
 	p.mu.Unlock()
 }
 
-func (p *mutexMap) delete(nf *flowtable.NewFlow) {
+func (p *MutexMap) delete(nf *flowtable.NewFlow) {
 	p.mu.Lock()
 	if f, ok := p.m[nf.Orig]; ok {
 		delete(p.m, f.orig)
@@ -433,7 +444,8 @@ func (p *mutexMap) delete(nf *flowtable.NewFlow) {
 	p.mu.Unlock()
 }
 
-func peerMixedWorker(p *mutexMap, keys []flowtable.Tuple, n int) func(int, *atomic.Bool) int {
+// PeerMixedWorker is MixedWorker on the peer.
+func PeerMixedWorker(p *MutexMap, keys []flowtable.Tuple, n int) func(int, *atomic.Bool) int {
 	return func(w int, stop *atomic.Bool) int {
 		base := n + w<<22
 		ins, del := 0, 0

@@ -3,6 +3,7 @@ package flowtable_test
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"xnat/bench"
 	"xnat/flowtable"
@@ -54,4 +55,40 @@ func filled(b *testing.B, n, workers int) (*flowtable.Table, []flowtable.Tuple) 
 		b.Fatal(err)
 	}
 	return tab, bench.SampleKeys(n, 99)
+}
+
+func BenchmarkInsertDelete(b *testing.B) {
+	for _, n := range sizes {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			tab, _ := filled(b, n, 1)
+			bench.MakeRoom(tab, n, 1)
+			loop := bench.InsertDelete(tab, 0, n)
+			b.ResetTimer()
+			loop(b.N) // in batches of 64: b.N is rounded up to a multiple of 64
+		})
+	}
+}
+
+// BenchmarkParallel reports, per size, lookups on two cores against one
+// (speedup), and the mixed workload on two cores against the
+// map+RWMutex peer (vs_mutex_map), both measured in the benchmark.
+func BenchmarkParallel(b *testing.B) {
+	for _, n := range sizes {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			tab, keys := filled(b, n, 2)
+			bench.MakeRoom(tab, n, 2)
+			peer := bench.NewMutexMap(n)
+			b.ResetTimer()
+			var one, two, mixed, peerMixed float64
+			for range b.N {
+				one = bench.Throughput(150*time.Millisecond, 1, bench.LookupWorker(tab, keys))
+				two = bench.Throughput(150*time.Millisecond, 2, bench.LookupWorker(tab, keys))
+				mixed = bench.Throughput(150*time.Millisecond, 2, bench.MixedWorker(tab, keys, n))
+				peerMixed = bench.Throughput(150*time.Millisecond, 2, bench.PeerMixedWorker(peer, keys, n))
+			}
+			b.ReportMetric(two/one, "speedup")
+			b.ReportMetric(mixed/1e6, "mixed_Mops")
+			b.ReportMetric(mixed/peerMixed, "vs_mutex_map")
+		})
+	}
 }
