@@ -426,7 +426,7 @@ const (
 )
 
 func (p *MutexMap) insert(nf *flowtable.NewFlow) {
-	f := &peerFlow{orig: nf.Orig, reply: nf.Reply, status: nf.Status}
+	f := &peerFlow{orig: nf.Orig, reply: nf.Reply, status: nf.Status, mark: nf.Mark}
 	p.mu.Lock()
 	if _, ok := p.m[nf.Orig]; !ok {
 		p.m[nf.Orig] = f

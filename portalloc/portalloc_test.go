@@ -166,13 +166,11 @@ func TestOutOfPortsAndReleaseOnExpiry(t *testing.T) {
 	as, _ := New(Pool{AddrLo: extA, AddrHi: extA, PortLo: 2000, PortHi: 2003}, 1, nil)
 	a, c := as[0], tab.Core(0)
 	c.Enter()
-	var flows []flowtable.NewFlow
 	for i := range 4 {
 		nf := conn(flowtable.ProtoUDP, ip(10, 0, 0, byte(i+1)), 5000, remote, 53)
 		if _, res, _ := a.Allocate(c, &nf, Options{}, 0); res != OK {
 			t.Fatalf("%d: %v", i, res)
 		}
-		flows = append(flows, nf)
 	}
 	nf := conn(flowtable.ProtoUDP, ip(10, 0, 0, 9), 5000, remote, 53)
 	if _, res, _ := a.Allocate(c, &nf, Options{}, 0); res != OutOfPorts {

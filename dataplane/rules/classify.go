@@ -104,18 +104,6 @@ func unionOf(ivs []iv) fset {
 	return fset{ivs: out}
 }
 
-func (s fset) contains(v uint32) bool {
-	if s.all {
-		return true
-	}
-	for _, x := range s.ivs {
-		if v >= x.lo && v <= x.hi {
-			return true
-		}
-	}
-	return false
-}
-
 // ruleSets computes, for one rule, the set of values of each field a
 // matching packet may have. Header conditions always count (iptables
 // checks them first); extension matches count until the first stateful
