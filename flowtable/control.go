@@ -146,3 +146,9 @@ func (t *Table) TotalStats() Stats {
 	}
 	return sum
 }
+
+// Buckets returns the number of index buckets (nf_conntrack_buckets).
+func (t *Table) Buckets() int { return int(t.nb) }
+
+// Acct reports whether per-connection counters are kept (nf_conntrack_acct).
+func (t *Table) Acct() bool { return t.acct != nil }

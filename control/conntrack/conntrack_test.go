@@ -45,7 +45,7 @@ func TestWriteEntryGolden(t *testing.T) {
 		{icmp, false, "icmp     1 29 src=10.0.0.2 dst=8.8.8.8 type=8 code=0 id=7777 src=8.8.8.8 dst=203.0.113.1 type=0 code=0 id=7777 mark=0 use=1\n"},
 		{func() flowtable.FlowInfo {
 			f := tcp
-			f.Counters = [2]flowtable.Counter{{3, 180}, {2, 120}}
+			f.Counters = [2]flowtable.Counter{{Packets: 3, Bytes: 180}, {Packets: 2, Bytes: 120}}
 			return f
 		}(), true, "tcp      6 431999 ESTABLISHED src=192.168.1.2 dst=8.8.8.8 sport=40000 dport=443 packets=3 bytes=180 src=8.8.8.8 dst=203.0.113.1 sport=443 dport=40000 packets=2 bytes=120 [ASSURED] mark=0 use=1\n"},
 	} {
@@ -99,20 +99,20 @@ func TestParseAndFilter(t *testing.T) {
 
 func TestParseErrors(t *testing.T) {
 	for words, want := range map[string]string{
-		"":                     "no command",
-		"-L -D":                "only one command",
-		"-L -p":                "needs a value",
-		"-L -p foo":            "unknown protocol",
-		"-L -s 300.1.1.1":      "not an IPv4 address",
-		"-L -s ::1":            "not an IPv4 address",
-		"-L --dport 80":        "need -p tcp or -p udp",
-		"-L -p tcp --dport x":  "not a port",
+		"":                        "no command",
+		"-L -D":                   "only one command",
+		"-L -p":                   "needs a value",
+		"-L -p foo":               "unknown protocol",
+		"-L -s 300.1.1.1":         "not an IPv4 address",
+		"-L -s ::1":               "not an IPv4 address",
+		"-L --dport 80":           "need -p tcp or -p udp",
+		"-L -p tcp --dport x":     "not a port",
 		"-L -p udp --state CLOSE": "--state needs -p tcp",
-		"-L -p tcp --state XX": "unknown TCP state",
-		"-L --mark x":          "not a 32-bit value",
-		"-L --bogus":           "unknown argument",
-		"-F -p tcp":            "filters go with -L and -D",
-		"-L -o xml":            "not supported",
+		"-L -p tcp --state XX":    "unknown TCP state",
+		"-L --mark x":             "not a 32-bit value",
+		"-L --bogus":              "unknown argument",
+		"-F -p tcp":               "filters go with -L and -D",
+		"-L -o xml":               "not supported",
 	} {
 		_, err := Parse(strings.Fields(words))
 		if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), want) {

@@ -1,0 +1,99 @@
+package sysctl
+
+import (
+	"errors"
+	"testing"
+
+	"xnat/dataplane"
+	"xnat/flowtable"
+	"xnat/portalloc"
+)
+
+func target(t *testing.T) *Target {
+	tab, err := flowtable.New(flowtable.Config{Capacity: 1000, Cores: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lim, _ := portalloc.NewSourceLimiter(0, 16)
+	return &Target{Table: tab, Settings: dataplane.NewSettings(), Limiter: lim}
+}
+
+func TestDefaultsAndNames(t *testing.T) {
+	tg := target(t)
+	want := map[string]int64{
+		"net.netfilter.nf_conntrack_max":                     1000,
+		"net.netfilter.nf_conntrack_count":                   0,
+		"net.netfilter.nf_conntrack_tcp_loose":               1,
+		"net.netfilter.nf_conntrack_tcp_timeout_established": 432000,
+		"net.netfilter.nf_conntrack_udp_timeout":             30,
+		"net.netfilter.nf_conntrack_udp_timeout_stream":      120,
+		"net.netfilter.nf_conntrack_icmp_timeout":            30,
+		"net.netfilter.nf_conntrack_generic_timeout":         600,
+		"xnat.per_source_max":                                0,
+		"xnat.tcp_loose":                                     1,
+	}
+	all := All(tg)
+	if len(all) != len(keys) || len(all) < 20 {
+		t.Errorf("%d keys", len(all))
+	}
+	for name, v := range want {
+		got, err := Get(tg, name)
+		if err != nil || got != v {
+			t.Errorf("%s = %d %v, want %d", name, got, err, v)
+		}
+	}
+}
+
+func TestSetIsAllOrNothing(t *testing.T) {
+	tg := target(t)
+	ok := []Assignment{{"net.netfilter.nf_conntrack_max", 500}, {"net.netfilter.nf_conntrack_udp_timeout", 10}, {"xnat.per_source_max", 50}}
+	if err := Set(tg, ok); err != nil {
+		t.Fatal(err)
+	}
+	if tg.Table.Max() != 500 || tg.Limiter.Limit() != 50 {
+		t.Errorf("not applied: max %d limit %d", tg.Table.Max(), tg.Limiter.Limit())
+	}
+	for _, bad := range []struct {
+		as   []Assignment
+		want error
+	}{
+		{[]Assignment{{"net.netfilter.nf_conntrack_max", 600}, {"net.netfilter.nf_conntrack_max", 2000}}, ErrValue},
+		{[]Assignment{{"net.netfilter.nf_conntrack_udp_timeout", 20}, {"net.netfilter.nf_conntrack_count", 5}}, ErrReadOnly},
+		{[]Assignment{{"net.netfilter.nf_conntrack_udp_timeout", 20}, {"net.netfilter.bogus", 5}}, ErrUnknown},
+		{[]Assignment{{"xnat.tcp_loose", 2}}, ErrValue},
+		{[]Assignment{{"net.netfilter.nf_conntrack_udp_timeout", 0}}, ErrValue},
+	} {
+		if err := Set(tg, bad.as); !errors.Is(err, bad.want) {
+			t.Errorf("%v: %v, want %v", bad.as, err, bad.want)
+		}
+	}
+	// Nothing of the rejected sets was applied.
+	if v, _ := Get(tg, "net.netfilter.nf_conntrack_max"); v != 500 {
+		t.Errorf("max %d after rejected changes", v)
+	}
+	if v, _ := Get(tg, "net.netfilter.nf_conntrack_udp_timeout"); v != 10 {
+		t.Errorf("udp timeout %d after rejected changes", v)
+	}
+}
+
+func TestParseAssignment(t *testing.T) {
+	a, err := ParseAssignment(" net.netfilter.nf_conntrack_max = 42 ")
+	if err != nil || a.Name != "net.netfilter.nf_conntrack_max" || a.Value != 42 {
+		t.Errorf("%+v %v", a, err)
+	}
+	for _, s := range []string{"", "=5", "x", "x=", "x=1.5", "x=abc"} {
+		if _, err := ParseAssignment(s); !errors.Is(err, ErrValue) {
+			t.Errorf("%q: %v", s, err)
+		}
+	}
+}
+
+func FuzzParseAssignment(f *testing.F) {
+	f.Add("net.netfilter.nf_conntrack_max=10")
+	f.Add("a = -1")
+	f.Fuzz(func(t *testing.T, s string) {
+		if _, err := ParseAssignment(s); err != nil && !errors.Is(err, ErrValue) {
+			t.Fatal(err)
+		}
+	})
+}
