@@ -804,18 +804,13 @@ func (p *Pipeline) newConnection(frame []byte, size int, m *meta, key *flowtable
 		return
 	}
 	// The first packet leaves as the connection's packets will.
-	f := p.d.Table.Flow(ref)
-	f.Touch(p.now)
-	ct := rules.CtNew
-	if f.Status()&flowtable.FlagSeenReply != 0 {
-		ct = rules.CtEstablished
-	}
-	p.forwardFirst(frame, size, m, ref, out, ct)
+	p.d.Table.Flow(ref).Touch(p.now)
+	p.forwardFirst(frame, size, m, ref, out)
 }
 
 // forwardFirst sends a connection's first packet: the filter has already
 // accepted it, so only the translation and the router's duties remain.
-func (p *Pipeline) forwardFirst(frame []byte, size int, m *meta, ref flowtable.Ref, out *Result, _ rules.CtState) {
+func (p *Pipeline) forwardFirst(frame []byte, size int, m *meta, ref flowtable.Ref, out *Result) {
 	f := p.d.Table.Flow(ref)
 	target := f.Tuple(1 - ref.Dir()).Reverse()
 	port, mac, r := p.nextHop(target.Dst)
