@@ -409,6 +409,9 @@ func (c *Core) Insert(nf *NewFlow, now Time) (Ref, InsertResult) {
 func (c *Core) holder(k *Tuple, now Time) Ref {
 	t := c.t
 	b1, b2, tag := t.place(t.h.hash(k))
+	// A new connection's tuples are usually absent, so both buckets are
+	// read: start both loads now so their misses overlap.
+	c.sink += t.buckets[b1][0].Load() + t.buckets[b2][0].Load()
 	for _, b := range [2]*bucket{&t.buckets[b1], &t.buckets[b2]} {
 		for i := range b {
 			v := b[i].Load()
