@@ -14,3 +14,5 @@ require (
 	github.com/cilium/ebpf v0.22.0
 	github.com/gopacket/gopacket v1.7.7
 )
+
+require github.com/BurntSushi/toml v1.6.0 // indirect

@@ -1,0 +1,192 @@
+// Command xnatd is xnat's daemon: it forwards, tracks and translates IPv4
+// between inside and outside interfaces on AF_XDP, with iptables rules.
+//
+//	xnatd [--config FILE] [--inside IF]... [--outside IF]... [--rules FILE]
+//	      [--queues N] [--cpus LIST] [--max-conns N] [--capacity N]
+//	      [--socket PATH] [--poll sleep|busy] [--bind auto|copy|zerocopy]
+//	      [--xdp-mode auto|native|generic] [--local-ports warn|refuse]
+//	      [--check-config] [--log-level debug|info|warn|error]
+//
+// It starts from a TOML config file (see package control/daemon), from
+// flags alone, or both, flags overriding the file (a repeated flag such as
+// --inside replaces the file's list). It validates everything before it
+// touches an interface: a bad configuration is one line on stderr and exit
+// status 2. --check-config validates and exits 0. It logs with log/slog
+// (text, on stderr), one line per start-up fact. SIGHUP reloads the rules
+// file (parsed and compiled first; on error the rules in force stay);
+// SIGINT and SIGTERM stop it cleanly (workers stopped, XDP programs
+// detached, sockets closed) with exit status 0.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"xnat/control/daemon"
+)
+
+// list is a repeatable string flag.
+type list []string
+
+func (l *list) String() string     { return strings.Join(*l, ",") }
+func (l *list) Set(v string) error { *l = append(*l, v); return nil }
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+func run(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("xnatd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		inside, outside                        list
+		configFile, rulesFile, cpus, socket    string
+		poll, bind, xdpMode, localPorts, level string
+		queues, maxConns, capacity             int
+		checkOnly                              bool
+	)
+	fs.StringVar(&configFile, "config", "", "TOML config file")
+	fs.Var(&inside, "inside", "inside interface (repeat for more)")
+	fs.Var(&outside, "outside", "outside interface (repeat for more)")
+	fs.StringVar(&rulesFile, "rules", "", "iptables-save rules file")
+	fs.IntVar(&queues, "queues", 0, "queues per interface, one worker each (default 1)")
+	fs.StringVar(&cpus, "cpus", "", "CPUs to pin the workers to, one per queue: 0,1 or 2-3")
+	fs.IntVar(&maxConns, "max-conns", 0, "connection limit, nf_conntrack_max (default: the capacity)")
+	fs.IntVar(&capacity, "capacity", 0, "flow table capacity (default 262144)")
+	fs.StringVar(&socket, "socket", "", "control socket path")
+	fs.StringVar(&poll, "poll", "", "idle workers: sleep (default) or busy")
+	fs.StringVar(&bind, "bind", "", "AF_XDP bind: auto (default), copy or zerocopy")
+	fs.StringVar(&xdpMode, "xdp-mode", "", "XDP attach: auto (default), native or generic")
+	fs.StringVar(&localPorts, "local-ports", "", "NAT pool overlapping ip_local_port_range: warn (default) or refuse")
+	fs.BoolVar(&checkOnly, "check-config", false, "validate the configuration against the system and exit")
+	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	fail := func(code int, err error) int {
+		fmt.Fprintf(stderr, "xnatd: %v\n", err)
+		return code
+	}
+	if fs.NArg() > 0 {
+		return fail(2, fmt.Errorf("unexpected argument %q", fs.Arg(0)))
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return fail(2, fmt.Errorf("--log-level %q: %w", level, err))
+	}
+	var cfg daemon.Config
+	if configFile != "" {
+		var err error
+		if cfg, err = daemon.LoadFile(configFile); err != nil {
+			return fail(2, err)
+		}
+	}
+	var flagErr error
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "inside":
+			cfg.Inside = inside
+		case "outside":
+			cfg.Outside = outside
+		case "rules":
+			cfg.Rules = rulesFile
+		case "queues":
+			cfg.Queues = queues
+		case "cpus":
+			c, err := parseCPUs(cpus)
+			if err != nil {
+				flagErr = err
+			}
+			cfg.CPUs = c
+		case "max-conns":
+			cfg.MaxConns = maxConns
+		case "capacity":
+			cfg.Capacity = capacity
+		case "socket":
+			cfg.Socket = socket
+		case "poll":
+			cfg.Poll = poll
+		case "bind":
+			cfg.Bind = bind
+		case "xdp-mode":
+			cfg.XDPMode = xdpMode
+		case "local-ports":
+			cfg.LocalPorts = localPorts
+		}
+	})
+	if flagErr != nil {
+		return fail(2, flagErr)
+	}
+	plan, err := daemon.Prepare(cfg)
+	if err != nil {
+		return fail(2, err)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	ctx := context.Background()
+	if checkOnly {
+		for _, f := range plan.Facts {
+			log.Log(ctx, f.Level, f.Msg, f.Args...)
+		}
+		log.Info("configuration ok")
+		return 0
+	}
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	d, err := daemon.Start(plan, daemon.Options{OnEvent: func(e daemon.Event) { log.Log(ctx, e.Level, e.Msg, e.Args...) }})
+	if err != nil {
+		if errors.Is(err, daemon.ErrConfig) {
+			return fail(2, err)
+		}
+		return fail(1, err)
+	}
+	log.Info("running", "pid", os.Getpid())
+	for sig := range sigs {
+		if sig == syscall.SIGHUP {
+			if err := d.ReloadRules(); err != nil {
+				log.Error("rules not reloaded; the rules in force stay", "err", err)
+			}
+			continue
+		}
+		log.Info("stopping", "signal", sig.String())
+		break
+	}
+	s := d.Stats()
+	if err := d.Stop(); err != nil {
+		log.Error("stopping", "err", err)
+		return 1
+	}
+	log.Info("stopped", "forwarded", s.Pipeline.Forwarded, "connections_created", s.Pipeline.Created)
+	return 0
+}
+
+// parseCPUs parses "0,2,4-5".
+func parseCPUs(s string) ([]int, error) {
+	var out []int
+	for _, part := range strings.Split(s, ",") {
+		lo, hi, isRange := strings.Cut(strings.TrimSpace(part), "-")
+		a, err := strconv.Atoi(lo)
+		if err != nil || a < 0 {
+			return nil, fmt.Errorf("--cpus %q: bad CPU %q", s, part)
+		}
+		b := a
+		if isRange {
+			if b, err = strconv.Atoi(hi); err != nil || b < a || b-a > 1024 {
+				return nil, fmt.Errorf("--cpus %q: bad range %q", s, part)
+			}
+		}
+		for c := a; c <= b; c++ {
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}
