@@ -221,9 +221,297 @@ func port(a net.Addr) uint16 {
 	return 0
 }
 
-var (
-	_ = errors.New
-	_ = syscall.ECONNREFUSED
-	_ = unsafe.Sizeof(0)
-	_ = dataplane.ReasonNone
-)
+// recvErr reads one queued error of a socket with IP_RECVERR: the ICMP
+// type and code and the address of the node that sent the error.
+func recvErr(fd int, timeout time.Duration) (typ, code uint8, from net.IP, err error) {
+	buf := make([]byte, 512)
+	oob := make([]byte, 512)
+	deadline := time.Now().Add(timeout)
+	for {
+		_, oobn, _, _, rerr := unix.Recvmsg(fd, buf, oob, unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
+		if rerr == nil {
+			msgs, perr := unix.ParseSocketControlMessage(oob[:oobn])
+			if perr != nil {
+				return 0, 0, nil, perr
+			}
+			for _, m := range msgs {
+				if m.Header.Level != unix.SOL_IP || m.Header.Type != unix.IP_RECVERR {
+					continue
+				}
+				const eeSize = int(unsafe.Sizeof(unix.SockExtendedErr{}))
+				if len(m.Data) < eeSize+8 {
+					return 0, 0, nil, errors.New("short IP_RECVERR message")
+				}
+				ee := (*unix.SockExtendedErr)(unsafe.Pointer(&m.Data[0]))
+				if ee.Origin != unix.SO_EE_ORIGIN_ICMP {
+					return 0, 0, nil, fmt.Errorf("error origin %d, want ICMP", ee.Origin)
+				}
+				off := m.Data[eeSize:]
+				return ee.Type, ee.Code, net.IP(append([]byte(nil), off[4:8]...)), nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return 0, 0, nil, fmt.Errorf("no queued error within %v (last: %v)", timeout, rerr)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestICMPErrorsTranslated: a UDP datagram to a closed server port brings
+// back ICMP port unreachable translated to the inside host, whose connected
+// socket reports ECONNREFUSED; a datagram with TTL 1 gets ICMP time
+// exceeded from xnat's inside address and one with TTL 2 the server's port
+// unreachable (traceroute through xnat).
+func TestICMPErrorsTranslated(t *testing.T) {
+	b := newBed(t, bedOpts{})
+	c := udpDial(t, b.insA, &net.UDPAddr{IP: ipA, Port: 6000}, &net.UDPAddr{IP: ipSrv, Port: 9})
+	_, err := ask(c, "anyone?", 2)
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("read on a connected socket to a closed port: %v, want ECONNREFUSED", err)
+	}
+	if c := b.d.Dataplane().TotalCounters(); c.Forwarded < 2 {
+		t.Fatalf("%d frames forwarded, want the datagram and the ICMP error", c.Forwarded)
+	}
+
+	// traceroute: UDP with IP_TTL 1 then 2, errors read with IP_RECVERR.
+	var fd int
+	must(t, b.insA.Do(func() error {
+		var err error
+		if fd, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err != nil {
+			return err
+		}
+		if err := unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_RECVERR, 1); err != nil {
+			return err
+		}
+		return unix.Connect(fd, &unix.SockaddrInet4{Port: 33434, Addr: [4]byte{192, 0, 2, 2}})
+	}))
+	defer unix.Close(fd)
+	hops := []struct {
+		ttl       int
+		typ, code uint8
+		from      net.IP
+	}{
+		{1, 11, 0, ipGwA}, // time exceeded in transit, from xnat's ingress address
+		{2, 3, 3, ipSrv},  // port unreachable from the server, translated back
+	}
+	for _, h := range hops {
+		must(t, unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_TTL, h.ttl))
+		if _, err := unix.Write(fd, []byte("probe")); err != nil {
+			t.Fatalf("TTL %d: %v", h.ttl, err)
+		}
+		typ, code, from, err := recvErr(fd, 2*time.Second)
+		if err != nil {
+			t.Fatalf("TTL %d: %v", h.ttl, err)
+		}
+		if typ != h.typ || code != h.code || !from.Equal(h.from) {
+			t.Fatalf("TTL %d: ICMP type %d code %d from %s, want type %d code %d from %s", h.ttl, typ, code, from, h.typ, h.code, h.from)
+		}
+	}
+	if n := b.drops(dataplane.ReasonTTLExceeded); n != 1 {
+		t.Fatalf("ttl_exceeded = %d, want 1", n)
+	}
+}
+
+// TestDNATAndHairpin: the server reaches the inside web server through
+// the DNAT port of the external address and is seen with its own address;
+// the other inside host reaches it the same way (hairpinning) and is seen
+// from the external address.
+func TestDNATAndHairpin(t *testing.T) {
+	b := newBed(t, bedOpts{})
+	peers := tcpServer(t, b.insA, ipA, 80)
+	for _, tc := range []struct {
+		name   string
+		ns     *netns.NS
+		seenAs net.IP
+	}{{"from outside", b.sv, ipSrv}, {"hairpin from insB", b.insB, ipExt}} {
+		c, err := tcpDial(t, tc.ns, fmtAddr(ipExt, 8080), 2*time.Second)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		peer := <-peers
+		if host, _, _ := net.SplitHostPort(peer); host != tc.seenAs.String() {
+			t.Fatalf("%s: inside server saw %s, want %s", tc.name, peer, tc.seenAs)
+		}
+		if err := roundTrip(c, []byte("GET / "+tc.name)); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if got := c.RemoteAddr().String(); got != fmtAddr(ipExt, 8080) {
+			t.Fatalf("%s: connected to %s", tc.name, got)
+		}
+	}
+}
+
+// TestUnsolicitedDropped: packets from outside to pool ports of the
+// external address that match no connection and no DNAT rule are dropped
+// and counted, and reach nobody.
+func TestUnsolicitedDropped(t *testing.T) {
+	b := newBed(t, bedOpts{})
+	// An inside listener on the same port proves nothing leaks inwards.
+	var inner *net.UDPConn
+	must(t, b.insA.Do(func() error {
+		var err error
+		inner, err = net.ListenUDP("udp4", &net.UDPAddr{IP: ipA, Port: 40000})
+		return err
+	}))
+	defer inner.Close()
+	c := udpDial(t, b.sv, nil, &net.UDPAddr{IP: ipExt, Port: 40000})
+	const n = 5
+	for i := range n {
+		if _, err := c.Write([]byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := tcpDial(t, b.sv, fmtAddr(ipExt, 40001), 300*time.Millisecond); err == nil {
+		t.Fatal("TCP connect to an unsolicited pool port succeeded")
+	}
+	eventually(t, "unsolicited drops", func() bool { return b.drops(dataplane.ReasonUnsolicited) >= n+1 })
+	must(t, inner.SetReadDeadline(time.Now().Add(100*time.Millisecond)))
+	if _, _, err := inner.ReadFrom(make([]byte, 64)); err == nil {
+		t.Fatal("an unsolicited datagram reached the inside host")
+	}
+	got := b.drops(dataplane.ReasonUnsolicited)
+	// n datagrams plus the SYN and its retransmissions within 300 ms.
+	if got < n+1 || got > n+3 {
+		t.Fatalf("unsolicited = %d, want %d datagrams and 1-3 SYNs", got, n)
+	}
+	if b.d.Table().Count() != 0 {
+		t.Fatalf("%d connections created by unsolicited packets", b.d.Table().Count())
+	}
+}
+
+// TestTableFullAssured: with the limit at N and N established (ASSURED)
+// TCP connections, connection N+1 is dropped and counted table_full while
+// the first N keep working.
+func TestTableFullAssured(t *testing.T) {
+	const limit = 4
+	b := newBed(t, bedOpts{maxConns: limit})
+	tcpServer(t, b.sv, ipSrv, 9000)
+	var conns []net.Conn
+	for i := range limit {
+		c, err := tcpDial(t, b.insA, fmtAddr(ipSrv, 9000), 2*time.Second)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i+1, err)
+		}
+		must(t, roundTrip(c, []byte("hello")))
+		conns = append(conns, c)
+	}
+	eventually(t, "all connections ASSURED", func() bool {
+		for _, c := range conns {
+			fi, _, ok := b.d.Table().Get(flowtable.MakeTuple(flowtable.ProtoTCP, ip4(ipA), port(c.LocalAddr()), ip4(ipSrv), 9000))
+			if !ok || !fi.Assured() {
+				return false
+			}
+		}
+		return true
+	})
+	if _, err := tcpDial(t, b.insA, fmtAddr(ipSrv, 9000), 500*time.Millisecond); err == nil {
+		t.Fatalf("connection %d got through a full table", limit+1)
+	}
+	if n := b.drops(dataplane.ReasonTableFull); n < 1 {
+		t.Fatalf("table_full = %d, want at least 1 (the SYN)", n)
+	}
+	st := b.d.Table().TotalStats()
+	if st.Drop < 1 || st.EarlyDrop != 0 {
+		t.Fatalf("table stats drop %d early_drop %d, want drop >= 1 and no early drop", st.Drop, st.EarlyDrop)
+	}
+	for i, c := range conns {
+		if err := roundTrip(c, []byte("still here")); err != nil {
+			t.Fatalf("connection %d after the table filled: %v", i+1, err)
+		}
+	}
+	if n := b.d.Table().Count(); n != limit {
+		t.Fatalf("%d connections, want %d", n, limit)
+	}
+	eventually(t, "table full event", func() bool { _, ok := b.event("table full"); return ok })
+}
+
+// TestTableFullEarlyDrop: with unassured connections (unanswered UDP)
+// filling the table, a new connection evicts one of them (early_drop) and
+// works.
+func TestTableFullEarlyDrop(t *testing.T) {
+	const limit = 4
+	b := newBed(t, bedOpts{maxConns: limit})
+	// A sink that never answers keeps its connections unreplied.
+	var sink *net.UDPConn
+	must(t, b.sv.Do(func() error {
+		var err error
+		sink, err = net.ListenUDP("udp4", &net.UDPAddr{IP: ipSrv, Port: 9999})
+		return err
+	}))
+	defer sink.Close()
+	for i := range limit {
+		c := udpDial(t, b.insA, &net.UDPAddr{IP: ipA, Port: 20000 + i}, &net.UDPAddr{IP: ipSrv, Port: 9999})
+		if _, err := c.Write([]byte("unanswered")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "the table to fill", func() bool { return b.d.Table().Count() == limit })
+	udpEcho(t, b.sv, ipSrv, 7000)
+	c := udpDial(t, b.insA, &net.UDPAddr{IP: ipA, Port: 21000}, &net.UDPAddr{IP: ipSrv, Port: 7000})
+	got, err := ask(c, "new", 1)
+	if err != nil || !strings.HasSuffix(got, "|new") {
+		t.Fatalf("new connection into a table full of unassured ones: %q, %v", got, err)
+	}
+	st := b.d.Table().TotalStats()
+	if st.EarlyDrop != 1 || st.Drop != 0 {
+		t.Fatalf("early_drop %d drop %d, want 1 and 0", st.EarlyDrop, st.Drop)
+	}
+	if n := b.drops(dataplane.ReasonTableFull); n != 0 {
+		t.Fatalf("table_full = %d, want 0", n)
+	}
+	if n := b.d.Table().Count(); n != limit {
+		t.Fatalf("%d connections, want %d", n, limit)
+	}
+}
+
+// TestNoNeighbour: without a neighbour entry for the server, xnat's first
+// packet to it is dropped and counted no_neighbour, the kernel is asked to
+// resolve it, and the next packet goes through.
+func TestNoNeighbour(t *testing.T) {
+	b := newBed(t, bedOpts{noNeigh: true})
+	udpEcho(t, b.sv, ipSrv, 7000)
+	c := udpDial(t, b.insA, &net.UDPAddr{IP: ipA, Port: 5000}, &net.UDPAddr{IP: ipSrv, Port: 7000})
+	if _, err := c.Write([]byte("first")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "no_neighbour", func() bool { return b.drops(dataplane.ReasonNoNeighbour) == 1 })
+	eventually(t, "a resolution request", func() bool { return b.d.Stats().Resolves >= 1 })
+	got, err := ask(c, "second", 4)
+	if err != nil || got != "192.0.2.1:5000|second" && !strings.HasSuffix(got, "|second") {
+		t.Fatalf("after resolution: %q, %v", got, err)
+	}
+	if s := b.d.Stats(); s.ResolveErrors != 0 {
+		t.Fatalf("%d resolution errors", s.ResolveErrors)
+	}
+}
+
+// TestMasqueradeAddressChange: when the outside address goes away, the
+// connections masqueraded through it are flushed; new ones use the
+// interface's current address. Taking the link down flushes too.
+func TestMasqueradeAddressChange(t *testing.T) {
+	b := newBed(t, bedOpts{})
+	udpEcho(t, b.sv, ipSrv, 7000)
+	c := udpDial(t, b.insA, &net.UDPAddr{IP: ipA, Port: 5000}, &net.UDPAddr{IP: ipSrv, Port: 7000})
+	got, err := ask(c, "before", 1)
+	if err != nil || !strings.HasPrefix(got, "192.0.2.1:") {
+		t.Fatalf("before the change: %q, %v", got, err)
+	}
+	must(t, b.x.DelAddr("x1", "192.0.2.1/24"))
+	must(t, b.x.AddAddr("x1", "192.0.2.3/24"))
+	eventually(t, "the flush", func() bool { return b.d.Stats().Flushed == 1 })
+	if n := b.d.Table().Count(); n != 0 {
+		t.Fatalf("%d connections after the flush", n)
+	}
+	got, err = ask(c, "after", 4)
+	if err != nil || !strings.HasPrefix(got, "192.0.2.3:") {
+		t.Fatalf("after the change the server saw %q (%v), want the new address 192.0.2.3", got, err)
+	}
+	if e, ok := b.event("flushed masqueraded"); !ok || !strings.Contains(fmt.Sprint(e.Args), "address removed") {
+		t.Fatalf("flush event %+v", e)
+	}
+	must(t, b.x.SetLinkUp("x1", false))
+	eventually(t, "the flush on link down", func() bool { return b.d.Stats().Flushed == 2 })
+	if n := b.d.Table().Count(); n != 0 {
+		t.Fatalf("%d connections after link down", n)
+	}
+}
