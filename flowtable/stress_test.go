@@ -363,7 +363,12 @@ func TestStressExactPerKey(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if r := refused.Load(); r*100 > ops.Load() {
+	// Refusals depend on how long the scheduler preempts goroutines inside
+	// their critical sections (four goroutines share two CPUs here), so
+	// only a leak — refusals approaching every insert — fails the run; the
+	// record audit below checks for leaks directly.
+	t.Logf("%d of %d operations refused for want of records", refused.Load(), ops.Load())
+	if r := refused.Load(); r*2 > ops.Load() {
 		t.Errorf("%d of %d operations refused for want of records", r, ops.Load())
 	}
 	n := 0
@@ -379,4 +384,15 @@ func TestStressExactPerKey(t *testing.T) {
 	if tab.Count() != n {
 		t.Errorf("count %d, model %d", tab.Count(), n)
 	}
+	// Quiesce and audit: every record free, in limbo or live, exactly once.
+	var gone [64]Gone
+	for id := range cores {
+		c := tab.Core(id)
+		for range 4 * int(tab.perCore) / 64 {
+			c.Enter()
+			c.Sweep(0, 64, gone[:])
+			c.Exit()
+		}
+	}
+	checkRecords(t, tab)
 }
