@@ -361,6 +361,7 @@ func (d *Daemon) ReloadRules() error {
 
 // newEnv builds an Env for a snapshot and a model. Called with mu held.
 func (d *Daemon) newEnv(s *topo.Snapshot, m *rules.Model) (*dataplane.Env, error) {
+	d.settlePending(true)
 	return dataplane.NewEnv(dataplane.EnvConfig{Snapshot: s, Inside: d.cfg.Inside, Outside: d.cfg.Outside,
 		Model: m, Prev: d.dp.Env(), Pools: d.dp.Pools})
 }

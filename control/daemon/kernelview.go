@@ -196,18 +196,7 @@ func (d *Daemon) control() {
 			d.emit(warn("nf_conntrack: table full, dropping packet", "conns", d.tab.Count(), "max", d.tab.Max()))
 		}
 		d.mu.Lock()
-		if d.settle != nil {
-			done := true
-			for c, cnt := range d.dp.Counters() {
-				if c < len(d.settleAt) && cnt.Batches < d.settleAt[c]+2 {
-					done = false
-				}
-			}
-			if done {
-				d.settle.Settle()
-				d.settle = nil
-			}
-		}
+		d.settlePending(false)
 		d.mu.Unlock()
 	}
 }
@@ -223,4 +212,35 @@ func logLevel(l uint8) slog.Level {
 		return slog.LevelDebug
 	}
 	return slog.LevelInfo
+}
+
+// settlePending settles the counters of the last rule set swapped in once
+// every core has passed two batches since (so none uses the previous set
+// and each has flushed its last batch on it). With wait it waits for that,
+// at most a second (the workers pass a batch at least every poll timeout);
+// a rule set must be settled before the next one is compiled from it, or
+// what the previous set counted after the compile would be lost. Called
+// with mu held.
+func (d *Daemon) settlePending(wait bool) {
+	if d.settle == nil {
+		return
+	}
+	deadline := time.Now().Add(time.Second)
+	for {
+		done := true
+		for c, cnt := range d.dp.Counters() {
+			if c < len(d.settleAt) && cnt.Batches < d.settleAt[c]+2 {
+				done = false
+			}
+		}
+		if done || (wait && time.Now().After(deadline)) {
+			break
+		}
+		if !wait {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+	d.settle.Settle()
+	d.settle = nil
 }
