@@ -72,7 +72,6 @@ type icmpMsg struct {
 	src, dst  net.IP
 	typ, code uint8
 	id, seq   uint16
-	quotedDst net.IP // errors: the quoted datagram's destination
 }
 
 // recv returns the next ICMP message of type typ within timeout.
