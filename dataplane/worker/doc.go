@@ -31,7 +31,8 @@
 //  4. Complete and Fill on every socket: transmitted frames back to the free
 //     stack, free frames to the fill rings.
 //  5. When nothing was received: Pipeline.Idle (the expiry sweep and port
-//     release still run without traffic), then UMEM.Wait — poll(2) with a
+//     release still run without traffic; a busy-polling worker does it on
+//     every 256th idle iteration only), then UMEM.Wait — poll(2) with a
 //     timeout, or busy, per the ring configuration (ring.Config.Poll).
 //
 // An iteration allocates nothing, takes no lock and makes no interface call;

@@ -43,7 +43,7 @@ func check(t *testing.T, err error) {
 	}
 }
 
-func newBed(t *testing.T) *bed {
+func newBed(t *testing.T, poll ...ring.PollMode) *bed {
 	tp := netns.New(t)
 	b := &bed{a: tp.NS("a"), x: tp.NS("x"), c: tp.NS("c")}
 	tp.Veth(b.a, "a0", b.x, "x0")
@@ -95,7 +95,7 @@ func newBed(t *testing.T) *bed {
 				return err
 			}
 		}
-		b.u, err = ring.Open(ring.Config{Poll: ring.PollSleep, PollTimeout: 10 * time.Millisecond},
+		b.u, err = ring.Open(ring.Config{Poll: append(poll, ring.PollSleep)[0], PollTimeout: 10 * time.Millisecond},
 			ring.Endpoint{Ifindex: ifx[0]}, ring.Endpoint{Ifindex: ifx[1]})
 		return err
 	}))
@@ -157,9 +157,16 @@ func echoServer(t *testing.T, c *netns.NS, port int) {
 }
 
 // TestWorkerForwardsUDP: datagrams from a reach c masqueraded as x1's
-// address and the answers come back, through the worker alone.
+// address and the answers come back, through the worker alone, with
+// sleeping and with busy polling.
 func TestWorkerForwardsUDP(t *testing.T) {
-	b := newBed(t)
+	for _, mode := range []ring.PollMode{ring.PollSleep, ring.PollBusy} {
+		t.Run(mode.String(), func(t *testing.T) { testForwardsUDP(t, mode) })
+	}
+}
+
+func testForwardsUDP(t *testing.T, mode ring.PollMode) {
+	b := newBed(t, mode)
 	echoServer(t, b.c, 7000)
 	b.run(t)
 	var conn *net.UDPConn
@@ -209,7 +216,9 @@ func TestWorkerForwardsUDP(t *testing.T) {
 // nothing.
 func TestWorkerStepNoAllocs(t *testing.T) {
 	b := newBed(t)
-	echoServer(t, b.c, 7000)
+	// No Go server at c (AllocsPerRun counts every goroutine's
+	// allocations): c's kernel answers with ICMP port unreachable, which
+	// comes back through the worker as well.
 	var conn *net.UDPConn
 	check(t, b.a.Do(func() error {
 		var err error
@@ -263,5 +272,61 @@ func TestNewRefusesBadConfig(t *testing.T) {
 	}
 	if _, err := New(nil, b.u, []uint16{0, 1}, Config{}); err == nil {
 		t.Error("New without a pipeline accepted")
+	}
+}
+
+// TestWorkerIdleSweeps: with no traffic at all, an idle worker still
+// expires connections (Pipeline.Idle) and gives their ports back; Stop
+// ends Run within the poll timeout.
+func TestWorkerIdleSweeps(t *testing.T) {
+	b := newBed(t)
+	check(t, b.dp.Table.SetTimeout("nf_conntrack_udp_timeout", time.Second))
+	echoServer(t, b.c, 7000)
+	var conn *net.UDPConn
+	check(t, b.a.Do(func() error {
+		var err error
+		conn, err = net.DialUDP("udp4", nil, &net.UDPAddr{IP: net.IPv4(10, 2, 0, 2), Port: 7000})
+		return err
+	}))
+	defer conn.Close()
+	done := make(chan error, 1)
+	go func() { done <- b.w.Run() }()
+	if _, err := conn.Write([]byte("once")); err != nil {
+		t.Fatal(err)
+	}
+	check(t, conn.SetReadDeadline(time.Now().Add(2*time.Second)))
+	if _, err := conn.Read(make([]byte, 64)); err != nil {
+		t.Fatal(err)
+	}
+	if n := b.dp.Table.Count(); n != 1 {
+		t.Fatalf("%d connections, want 1", n)
+	}
+	batches := b.dp.TotalCounters().Batches
+	deadline := time.Now().Add(3 * time.Second)
+	for b.dp.Table.Count() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the idle worker did not expire the connection")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if st := b.dp.Table.TotalStats(); st.Expired != 1 {
+		t.Fatalf("expired %d, want 1", st.Expired)
+	}
+	if ps := b.dp.Pools.Stats(); ps.PortsInUse != 0 || ps.Released != 1 {
+		t.Fatalf("ports in use %d, released %d after the expiry; want 0 and 1", ps.PortsInUse, ps.Released)
+	}
+	if c := b.dp.TotalCounters(); c.Batches <= batches+10 {
+		t.Fatalf("%d idle batches in a second, want sweeps at every poll timeout", c.Batches-batches)
+	}
+	start := time.Now()
+	b.w.Stop()
+	select {
+	case err := <-done:
+		check(t, err)
+	case <-time.After(time.Second):
+		t.Fatal("Run did not return after Stop")
+	}
+	if el := time.Since(start); el > 200*time.Millisecond {
+		t.Fatalf("Stop took %v with a 10 ms poll timeout", el)
 	}
 }
