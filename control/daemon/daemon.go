@@ -20,6 +20,9 @@ import (
 	"xnat/ring"
 )
 
+// ErrStopped is returned by methods that change a stopped daemon.
+var ErrStopped = errors.New("daemon stopped")
+
 // Options tune a Daemon beyond its Config.
 type Options struct {
 	// OnEvent receives the daemon's events (start-up facts, kernel view
@@ -254,11 +257,7 @@ func (d *Daemon) Stop() error {
 
 func (d *Daemon) teardown() error {
 	var errs []error
-	select {
-	case <-d.ctlStop:
-	default:
-		close(d.ctlStop)
-	}
+	close(d.ctlStop)
 	for _, w := range d.workers {
 		w.Stop()
 	}
@@ -266,28 +265,30 @@ func (d *Daemon) teardown() error {
 	if d.ctlStarted {
 		<-d.ctlDone
 	}
-	for i, p := range d.progs {
-		if err := p.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("detaching XDP from %s: %w", d.names[i], err))
-		}
-	}
-	d.progs = nil
-	for q, u := range d.umems {
-		if err := u.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("closing the sockets of queue %d: %w", q, err))
-		}
-	}
-	d.umems = nil
+	// The mirror first: its OnChange takes mu.
 	if d.mirror != nil {
 		if err := d.mirror.Close(); err != nil && !errors.Is(err, kernel.ErrClosed) {
 			errs = append(errs, err)
 		}
 	}
-	if d.filter != nil {
-		if err := d.filter.Close(); err != nil {
+	d.mu.Lock()
+	progs, umems, filter := d.progs, d.umems, d.filter
+	d.progs, d.umems, d.filter = nil, nil, nil
+	d.mu.Unlock()
+	for i, p := range progs {
+		if err := p.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("detaching XDP from %s: %w", d.names[i], err))
+		}
+	}
+	for q, u := range umems {
+		if err := u.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("closing the sockets of queue %d: %w", q, err))
+		}
+	}
+	if filter != nil {
+		if err := filter.Close(); err != nil {
 			errs = append(errs, err)
 		}
-		d.filter = nil
 	}
 	return errors.Join(errs...)
 }
@@ -328,6 +329,9 @@ func (d *Daemon) ReplaceRules(model *rules.Model) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.stopped {
+		return ErrStopped
+	}
 	env, err := d.newEnv(d.snap, model)
 	if err != nil {
 		return err

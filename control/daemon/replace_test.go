@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"errors"
 	"net"
 	"strings"
 	"sync"
@@ -117,4 +118,36 @@ func saveText(t *testing.T, m *rules.Model) string {
 	var sb strings.Builder
 	must(t, iptables.WriteSave(&sb, m, iptables.SaveOptions{}))
 	return sb.String()
+}
+
+// TestStop: Stop detaches every XDP program and closes the sockets; a
+// stopped daemon refuses changes; Stop twice is harmless.
+func TestStop(t *testing.T) {
+	b := newBed(t, bedOpts{})
+	attached := func() (n int) {
+		for _, l := range []string{"x0a", "x0b", "x1"} {
+			link, err := b.x.Link(l)
+			must(t, err)
+			if x := link.Attrs().Xdp; x != nil && x.Attached {
+				n++
+			}
+		}
+		return n
+	}
+	if n := attached(); n != 3 {
+		t.Fatalf("%d interfaces with XDP while running, want 3", n)
+	}
+	must(t, b.d.Stop())
+	if n := attached(); n != 0 {
+		t.Fatalf("%d interfaces still with XDP after Stop", n)
+	}
+	for q, ss := range b.d.Stats().Sockets {
+		if len(ss) != 0 {
+			t.Fatalf("queue %d: %d sockets still answer after Stop", q, len(ss))
+		}
+	}
+	if err := b.d.ReplaceRules(rules.NewModel()); !errors.Is(err, ErrStopped) {
+		t.Fatalf("ReplaceRules after Stop: %v, want ErrStopped", err)
+	}
+	must(t, b.d.Stop())
 }
