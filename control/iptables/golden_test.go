@@ -419,3 +419,11 @@ func TestListRulesFormat(t *testing.T) {
 		t.Errorf("user chain header: %q", buf.String())
 	}
 }
+
+// TestRestoreNilBase: restoring onto no model starts from an empty one.
+func TestRestoreNilBase(t *testing.T) {
+	m, tables, err := Restore(strings.NewReader("*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -o eth0 -j MASQUERADE\nCOMMIT\n"), nil, RestoreOptions{})
+	if err != nil || m == nil || len(tables) != 1 {
+		t.Fatalf("Restore onto nil: %v %v %v", m, tables, err)
+	}
+}

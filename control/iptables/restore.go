@@ -31,6 +31,9 @@ const MaxLineLength = 1 << 20
 func Restore(r io.Reader, base *rules.Model, opt RestoreOptions) (*rules.Model, []rules.TableID, error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 64*1024), MaxLineLength)
+	if base == nil {
+		base = rules.NewModel() // restoring onto nothing: an empty rule set
+	}
 	m := base.Clone()
 	var tables []rules.TableID
 	var work *rules.Model
