@@ -169,7 +169,7 @@ func Run(p Point) (o *Outcome, err error) {
 			return o, errors.Join(err, target.Teardown())
 		}
 		closers = append(closers, target.Teardown)
-		cfg := ring.Config{NumFrames: numFrames, FillSize: 2048, RxSize: 2048, TxSize: 2048, CompletionSize: 2048}
+		cfg := ring.Config{NumFrames: uint32(numFrames * p.Queues), FillSize: 2048, RxSize: 2048, TxSize: 2048, CompletionSize: 2048}
 		if sink, err = openXSK(tp.Srv, tp.SrvIndex, p.Queues, cfg, true); err != nil {
 			return o, err
 		}
@@ -297,6 +297,7 @@ func Run(p Point) (o *Outcome, err error) {
 			return o, err
 		}
 	}
+
 	return o, nil
 }
 

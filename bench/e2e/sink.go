@@ -13,8 +13,10 @@ type SinkConfig struct {
 	// EstFirst, EstFlows: flows numbered in this range are established
 	// traffic, others new connections (counted apart).
 	EstFirst, EstFlows uint32
-	// Reflect answers every valid frame: turned around (Reflect) and
-	// transmitted on the socket it came from.
+	// Reflect answers every valid frame of an established flow: turned
+	// around (Reflect) and transmitted on the socket it came from. New
+	// connections are not answered, so that they stay unconfirmed in
+	// the target's table (evictable, never assured).
 	Reflect bool
 	Batch   int
 }
@@ -111,7 +113,8 @@ func (k *Sink) handle(s *ring.Socket, descs []ring.Desc) {
 		}
 		k.st.Received++
 		f := k.parsed.Stamp.Flow
-		if f >= k.cfg.EstFirst && f-k.cfg.EstFirst < k.cfg.EstFlows {
+		est := f >= k.cfg.EstFirst && f-k.cfg.EstFirst < k.cfg.EstFlows
+		if est {
 			k.st.RecvEst++
 		} else {
 			k.st.RecvNew++
@@ -119,7 +122,7 @@ func (k *Sink) handle(s *ring.Socket, descs []ring.Desc) {
 		if lat := now - k.parsed.Stamp.Time; lat >= 0 {
 			k.st.Latency.Record(uint64(lat))
 		}
-		if k.cfg.Reflect {
+		if k.cfg.Reflect && est {
 			Reflect(b)
 			k.out = append(k.out, d)
 		} else {

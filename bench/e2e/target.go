@@ -121,7 +121,7 @@ func (k *Kernel) Drops() (map[string]uint64, error) {
 	if k.tp == nil {
 		return nil, fmt.Errorf("%w: kernel target not set up", ErrConfig)
 	}
-	ct, err := k.tp.DUT.ReadFile("/proc/net/stat/nf_conntrack")
+	ct, err := k.tp.DUT.ReadFile("/proc/thread-self/net/stat/nf_conntrack")
 	if err != nil {
 		return nil, err
 	}
@@ -129,7 +129,7 @@ func (k *Kernel) Drops() (map[string]uint64, error) {
 	if err != nil {
 		return nil, err
 	}
-	snmp, err := k.tp.DUT.ReadFile("/proc/net/snmp")
+	snmp, err := k.tp.DUT.ReadFile("/proc/thread-self/net/snmp")
 	if err != nil {
 		return nil, err
 	}

@@ -180,7 +180,9 @@ func (n *NS) Run(name string, args ...string) ([]byte, error) {
 	return out, err
 }
 
-// ReadFile reads a file (of /proc) as seen from inside the namespace.
+// ReadFile reads a file as seen from a thread inside the namespace. Files
+// of /proc/net must be read as /proc/thread-self/net/…: /proc/net is
+// /proc/self/net, the namespace of the process's main thread.
 func (n *NS) ReadFile(path string) ([]byte, error) {
 	var b []byte
 	err := n.Do(func() error {

@@ -1,0 +1,173 @@
+package bench
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"xnat/bench/e2e"
+)
+
+func init() {
+	Register(Scenario{
+		Name:    "e2e",
+		Summary: "end to end through a namespace topology: AF_XDP generator → xnat or Linux (iptables MASQUERADE, nf_conntrack) → AF_XDP sink; needs root",
+		Run:     runE2E,
+	})
+}
+
+// E2EOptions are the parsed flags of the e2e scenario.
+type E2EOptions struct {
+	Config e2e.Config
+	JSON   bool
+	Plot   string
+}
+
+// ParseE2E parses the e2e scenario's flags.
+func ParseE2E(args []string, w io.Writer) (E2EOptions, error) {
+	fs := flag.NewFlagSet("e2e", flag.ContinueOnError)
+	fs.SetOutput(w)
+	target := fs.String("target", "kernel", "xnat, kernel or both (in turn, with the ratio)")
+	scenario := fs.String("scenario", "throughput", "throughput, loss, latency, newconn, scaling, headroom or all")
+	flows := fs.String("flows", "1,1000,100000,1000000", "active connections: one number or a comma-separated list")
+	size := fs.String("size", "64", "Ethernet frame size with FCS: 64, 1500, or a list (64,1500)")
+	proto := fs.String("proto", "udp", "udp or tcp")
+	dur := fs.Duration("time", 2*time.Second, "how long each measurement runs")
+	jsonOut := fs.Bool("json", false, "one JSON object per result line")
+	plot := fs.String("plot", "", "write an SVG chart of throughput against active connections to this file")
+	var o E2EOptions
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	c := &o.Config
+	switch *target {
+	case "xnat", "kernel":
+		c.Targets = []string{*target}
+	case "both":
+		c.Targets = []string{"kernel", "xnat"}
+	default:
+		return o, fmt.Errorf("--target %q: want xnat, kernel or both", *target)
+	}
+	switch *scenario {
+	case "all":
+		c.Scenarios = e2e.AllScenarios
+	case e2e.ScThroughput, e2e.ScLoss, e2e.ScLatency, e2e.ScNewConn, e2e.ScScaling, e2e.ScHeadroom:
+		c.Scenarios = []string{*scenario}
+	default:
+		return o, fmt.Errorf("--scenario %q: want throughput, loss, latency, newconn, scaling, headroom or all", *scenario)
+	}
+	var err error
+	if c.Flows, err = intList(*flows, 1, e2e.MaxFlows/2); err != nil {
+		return o, fmt.Errorf("--flows: %w", err)
+	}
+	if c.Sizes, err = intList(*size, 64, 1518); err != nil {
+		return o, fmt.Errorf("--size: %w", err)
+	}
+	if c.Proto, err = e2e.ParseProto(*proto); err != nil {
+		return o, fmt.Errorf("--proto: %w", err)
+	}
+	if *dur <= 0 {
+		return o, fmt.Errorf("--time %v: want a positive duration", *dur)
+	}
+	c.Time = *dur
+	o.JSON, o.Plot = *jsonOut, *plot
+	if o.Plot != "" && !contains(c.Scenarios, e2e.ScThroughput) {
+		return o, errors.New("--plot needs the throughput scenario (--scenario throughput or all)")
+	}
+	return o, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func intList(s string, lo, hi int) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < lo || n > hi {
+			return nil, fmt.Errorf("%q: want numbers from %d to %d", f, lo, hi)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func runE2E(args []string, w io.Writer) error {
+	o, err := ParseE2E(args, w)
+	if err != nil {
+		return err
+	}
+	if o.JSON {
+		// With one target each result is written as soon as it is
+		// measured; with both, at the end, when the ratios are known.
+		var werr error
+		if len(o.Config.Targets) == 1 {
+			o.Config.Progress = func(r e2e.Result) {
+				if werr == nil {
+					werr = WriteJSON(w, r)
+				}
+			}
+		}
+		rs, err := e2e.RunScenarios(o.Config)
+		if err != nil {
+			return err
+		}
+		if werr != nil {
+			return werr
+		}
+		if o.Config.Progress == nil {
+			for _, r := range rs {
+				if err := WriteJSON(w, r); err != nil {
+					return err
+				}
+			}
+		}
+		return writePlot(o.Plot, rs)
+	}
+	rs, err := e2e.RunScenarios(o.Config)
+	if err != nil {
+		return err
+	}
+	if err := WriteE2ETable(w, rs); err != nil {
+		return err
+	}
+	return writePlot(o.Plot, rs)
+}
+
+// WriteE2ETable writes e2e results as a table.
+func WriteE2ETable(w io.Writer, rs []e2e.Result) error {
+	rows := make([][]string, len(rs))
+	for i, r := range rs {
+		rows[i] = r.Row()
+	}
+	return Table(w, e2e.Header, rows)
+}
+
+func writePlot(path string, rs []e2e.Result) error {
+	if path == "" {
+		return nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("--plot: %w", err)
+	}
+	if err := e2e.WritePlot(f, rs); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
