@@ -110,7 +110,14 @@ func Start(plan *Plan, opts Options) (d *Daemon, err error) {
 		}
 	}
 	d.emit(info("flow table", "capacity", c.Capacity, "max_conns", c.MaxConns, "cores", c.Queues))
-	pools := dataplane.NewPools(c.Queues, nil)
+	// The per-source limiter starts with no limit (xnat.per_source_max
+	// 0); xnatctl sysctl sets one at run time. It can track as many
+	// inside addresses as the table has connections.
+	limiter, err := portalloc.NewSourceLimiter(0, c.Capacity)
+	if err != nil {
+		return d, fmt.Errorf("per-source limiter: %w", err)
+	}
+	pools := dataplane.NewPools(c.Queues, limiter)
 	// The mirror's first snapshot arrives before Start returns; later
 	// ones rebuild the Env.
 	d.mirror, err = kernel.Start(kernel.Options{OnChange: d.onSnapshot, OnError: func(e error) {
