@@ -3,10 +3,13 @@ package daemon
 import (
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -70,6 +73,11 @@ type Config struct {
 	// kernel's ephemeral ports (net.ipv4.ip_local_port_range less
 	// ip_local_reserved_ports): "warn" (the default) or "refuse".
 	LocalPorts string `toml:"local_ports"`
+	// Metrics is the address of the Prometheus endpoint (host:port);
+	// empty (the default) serves none. It must be a loopback address
+	// unless MetricsAllowRemote is set.
+	Metrics            string `toml:"metrics"`
+	MetricsAllowRemote bool   `toml:"metrics_allow_remote"`
 }
 
 // LoadFile reads a TOML config file. Unknown keys are errors, so a
@@ -190,6 +198,20 @@ func (c *Config) Validate() error {
 	}
 	if c.LocalPorts != "warn" && c.LocalPorts != "refuse" {
 		return bad("local_ports %q (warn or refuse)", c.LocalPorts)
+	}
+	if c.Metrics != "" {
+		host, port, err := net.SplitHostPort(c.Metrics)
+		if err != nil {
+			return bad("metrics %q: %w", c.Metrics, err)
+		}
+		if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+			return bad("metrics %q: port %q (1 to 65535)", c.Metrics, port)
+		}
+		if !c.MetricsAllowRemote && host != "localhost" {
+			if ip, err := netip.ParseAddr(host); err != nil || !ip.IsLoopback() {
+				return bad("metrics %q: not a loopback address (set metrics_allow_remote = true to serve metrics beyond this host)", c.Metrics)
+			}
+		}
 	}
 	return nil
 }
