@@ -1,8 +1,6 @@
 package dataplane
 
 import (
-	"encoding/binary"
-
 	"xnat/dataplane/header"
 	"xnat/dataplane/rules"
 	"xnat/flowtable"
@@ -78,29 +76,11 @@ func (p *Pipeline) handleICMPError(frame []byte, size int, m *meta, ref flowtabl
 	}
 	el4 := frame[m.eL4:end]
 	switch m.eProto {
-	case header.ProtoTCP, header.ProtoUDP:
-		ld := d
-		sp, dp := binary.BigEndian.Uint16(el4[0:2]), binary.BigEndian.Uint16(el4[2:4])
-		if sp != n.DstPort {
-			ld = ld.Add16(sp, n.DstPort)
-			binary.BigEndian.PutUint16(el4[0:2], n.DstPort)
-		}
-		if dp != n.SrcPort {
-			ld = ld.Add16(dp, n.SrcPort)
-			binary.BigEndian.PutUint16(el4[2:4], n.SrcPort)
-		}
-		// The quoted transport checksum, when the quote reaches it.
-		if m.eProto == header.ProtoUDP {
-			if c := binary.BigEndian.Uint16(el4[6:8]); c != 0 && ld != 0 {
-				c = header.Adjust(c, ld)
-				if c == 0 {
-					c = 0xffff
-				}
-				binary.BigEndian.PutUint16(el4[6:8], c)
-			}
-		} else if len(el4) >= 18 && ld != 0 {
-			binary.BigEndian.PutUint16(el4[16:18], header.Adjust(binary.BigEndian.Uint16(el4[16:18]), ld))
-		}
+	case header.ProtoTCP:
+		// The quote may stop before the checksum; rewritePorts then leaves it.
+		rewritePorts(el4, 16, false, n.DstPort, n.SrcPort, d)
+	case header.ProtoUDP:
+		rewritePorts(el4, 6, true, n.DstPort, n.SrcPort, d)
 	case header.ProtoICMP:
 		c := header.ICMPv4(el4)
 		id := n.DstPort // a quoted request went out with the id in its SrcPort slot

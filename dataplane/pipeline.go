@@ -522,25 +522,48 @@ func (p *Pipeline) forward(frame []byte, size int, m *meta, ref flowtable.Ref, c
 			f.SetMark(pk.CtMark)
 		}
 	}
-	switch v.Action {
-	case rules.Drop:
-		if ctstate&rules.CtInvalid != 0 {
-			p.finish(out, ActDrop, ReasonInvalid, 0, 0)
-		} else {
-			p.finish(out, ActDrop, ReasonFiltered, 0, 0)
-		}
-		return
-	case rules.Reject:
-		p.reject(frame, size, m, v.Reject, out)
+	dropAs := ReasonFiltered
+	if ctstate&rules.CtInvalid != 0 {
+		dropAs = ReasonInvalid
+	}
+	if p.refused(frame, size, m, v, dropAs, out) {
 		return
 	}
+	p.send(frame, size, m, ref, &target, port, mac, out)
+}
+
+// refused carries out a filter verdict other than ACCEPT (a drop counted as
+// dropAs, or a REJECT's answer) and reports whether it did.
+func (p *Pipeline) refused(frame []byte, size int, m *meta, v rules.Verdict, dropAs Reason, out *Result) bool {
+	switch v.Action {
+	case rules.Drop:
+		p.finish(out, ActDrop, dropAs, 0, 0)
+		return true
+	case rules.Reject:
+		p.reject(frame, size, m, v.Reject, out)
+		return true
+	}
+	return false
+}
+
+// send forwards an accepted packet on port to mac: too big for the port's
+// MTU, it gets the router's answer; else it is translated to target (or,
+// with no target, only has its TTL decremented), sent, and counted on its
+// connection when it has one.
+func (p *Pipeline) send(frame []byte, size int, m *meta, ref flowtable.Ref, target *flowtable.Tuple, port uint16, mac [6]byte, out *Result) {
 	if int(m.ipLen) > p.env.Ports[port].MTU {
 		p.tooBig(frame, size, m, port, out)
 		return
 	}
-	p.translate(frame, m, &target)
+	if target != nil {
+		p.translate(frame, m, target)
+	} else {
+		header.IPv4(frame[m.l3:]).DecTTL()
+	}
 	p.emit(frame, size, m, port, mac, out)
-	tab.Account(ref, int(m.ipLen))
+	if ref != 0 {
+		p.d.Table.Account(ref, int(m.ipLen))
+	}
 }
 
 // emit finishes a forwarded frame whose TTL has been decremented: MAC
@@ -577,37 +600,9 @@ func (p *Pipeline) translate(frame []byte, m *meta, target *flowtable.Tuple) {
 	l4 := frame[m.l4:]
 	switch m.kind {
 	case kTCP:
-		t := header.TCP(l4)
-		d := dAddr
-		if sp := t.SrcPort(); sp != target.SrcPort {
-			d = d.Add16(sp, target.SrcPort)
-			t.SetSrcPort(target.SrcPort)
-		}
-		if dp := t.DstPort(); dp != target.DstPort {
-			d = d.Add16(dp, target.DstPort)
-			t.SetDstPort(target.DstPort)
-		}
-		if d != 0 {
-			t.SetChecksum(header.Adjust(t.Checksum(), d))
-		}
+		rewritePorts(l4, 16, false, target.SrcPort, target.DstPort, dAddr)
 	case kUDP:
-		u := header.UDP(l4)
-		d := dAddr
-		if sp := u.SrcPort(); sp != target.SrcPort {
-			d = d.Add16(sp, target.SrcPort)
-			u.SetSrcPort(target.SrcPort)
-		}
-		if dp := u.DstPort(); dp != target.DstPort {
-			d = d.Add16(dp, target.DstPort)
-			u.SetDstPort(target.DstPort)
-		}
-		if d != 0 && u.Checksum() != 0 { // a zero UDP checksum stays zero
-			c := header.Adjust(u.Checksum(), d)
-			if c == 0 {
-				c = 0xffff
-			}
-			u.SetChecksum(c)
-		}
+		rewritePorts(l4, 6, true, target.SrcPort, target.DstPort, dAddr)
 	case kICMPQuery:
 		c := header.ICMPv4(l4)
 		id := target.DstPort
@@ -619,6 +614,33 @@ func (p *Pipeline) translate(frame []byte, m *meta, target *flowtable.Tuple) {
 			c.SetChecksum(header.Adjust(c.Checksum(), header.Delta(0).Add16(old, id)))
 		}
 	}
+}
+
+// rewritePorts sets a TCP or UDP header's ports (bytes 0–3 in both) and
+// folds their change and the address delta d into the transport checksum
+// at csumOff, when the header reaches it. A UDP checksum of zero means none
+// and stays zero; a computed zero is sent as 0xffff (RFC 768).
+func rewritePorts(l4 []byte, csumOff int, udp bool, sport, dport uint16, d header.Delta) {
+	if sp := binary.BigEndian.Uint16(l4[0:2]); sp != sport {
+		d = d.Add16(sp, sport)
+		binary.BigEndian.PutUint16(l4[0:2], sport)
+	}
+	if dp := binary.BigEndian.Uint16(l4[2:4]); dp != dport {
+		d = d.Add16(dp, dport)
+		binary.BigEndian.PutUint16(l4[2:4], dport)
+	}
+	if d == 0 || len(l4) < csumOff+2 {
+		return
+	}
+	c := binary.BigEndian.Uint16(l4[csumOff:])
+	if udp && c == 0 {
+		return
+	}
+	c = header.Adjust(c, d)
+	if udp && c == 0 {
+		c = 0xffff
+	}
+	binary.BigEndian.PutUint16(l4[csumOff:], c)
 }
 
 // nextHop resolves where a destination is sent: the egress port and the
@@ -724,12 +746,7 @@ func (p *Pipeline) newConnection(frame []byte, size int, m *meta, key *flowtable
 		pk.Dst, pk.DstPort = dst, dport
 	}
 	v := rs.Filter(rules.Forward, &pk, p.core, p.nowNs)
-	switch v.Action {
-	case rules.Drop:
-		p.finish(out, ActDrop, ReasonFiltered, 0, 0)
-		return
-	case rules.Reject:
-		p.reject(frame, size, m, v.Reject, out)
+	if p.refused(frame, size, m, v, ReasonFiltered, out) {
 		return
 	}
 	nf.Mark = pk.CtMark
@@ -818,13 +835,7 @@ func (p *Pipeline) forwardFirst(frame []byte, size int, m *meta, ref flowtable.R
 		p.finish(out, ActDrop, r, 0, 0)
 		return
 	}
-	if int(m.ipLen) > p.env.Ports[port].MTU {
-		p.tooBig(frame, size, m, port, out)
-		return
-	}
-	p.translate(frame, m, &target)
-	p.emit(frame, size, m, port, mac, out)
-	p.d.Table.Account(ref, int(m.ipLen))
+	p.send(frame, size, m, ref, &target, port, mac, out)
 }
 
 // untracked handles a packet conntrack cannot track (state INVALID): the
@@ -846,18 +857,8 @@ func (p *Pipeline) untracked(frame []byte, size int, m *meta, out *Result) {
 	}
 	pk.OutIf = port
 	v := p.env.Rules.Filter(rules.Forward, &pk, p.core, p.nowNs)
-	switch v.Action {
-	case rules.Drop:
-		p.finish(out, ActDrop, ReasonInvalid, 0, 0)
-		return
-	case rules.Reject:
-		p.reject(frame, size, m, v.Reject, out)
+	if p.refused(frame, size, m, v, ReasonInvalid, out) {
 		return
 	}
-	if int(m.ipLen) > p.env.Ports[port].MTU {
-		p.tooBig(frame, size, m, port, out)
-		return
-	}
-	ip.DecTTL()
-	p.emit(frame, size, m, port, mac, out)
+	p.send(frame, size, m, 0, nil, port, mac, out)
 }
