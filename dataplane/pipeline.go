@@ -522,14 +522,28 @@ func (p *Pipeline) forward(frame []byte, size int, m *meta, ref flowtable.Ref, c
 			f.SetMark(pk.CtMark)
 		}
 	}
-	dropAs := ReasonFiltered
-	if ctstate&rules.CtInvalid != 0 {
-		dropAs = ReasonInvalid
-	}
-	if p.refused(frame, size, m, v, dropAs, out) {
+	// The established path, written out rather than through refused and
+	// send: through them, BenchmarkPipeline/udp/1000 was slower in each of
+	// four alternated runs of both builds (by 9–28%).
+	switch v.Action {
+	case rules.Drop:
+		if ctstate&rules.CtInvalid != 0 {
+			p.finish(out, ActDrop, ReasonInvalid, 0, 0)
+		} else {
+			p.finish(out, ActDrop, ReasonFiltered, 0, 0)
+		}
+		return
+	case rules.Reject:
+		p.reject(frame, size, m, v.Reject, out)
 		return
 	}
-	p.send(frame, size, m, ref, &target, port, mac, out)
+	if int(m.ipLen) > p.env.Ports[port].MTU {
+		p.tooBig(frame, size, m, port, out)
+		return
+	}
+	p.translate(frame, m, &target)
+	p.emit(frame, size, m, port, mac, out)
+	p.d.Table.Account(ref, int(m.ipLen))
 }
 
 // refused carries out a filter verdict other than ACCEPT (a drop counted as
