@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -433,13 +432,4 @@ func quantileUS(h *Histogram, q float64) float64 {
 		return math.NaN()
 	}
 	return float64(h.Quantile(q)) / 1e3
-}
-
-func sortedKeys(m map[string]uint64) []string {
-	k := make([]string, 0, len(m))
-	for s := range m {
-		k = append(k, s)
-	}
-	sort.Strings(k)
-	return k
 }

@@ -22,12 +22,12 @@ import (
 
 // Addresses of the topology.
 var (
-	GenAddr               = ip4(10, 0, 0, 2)    // gen0 (the generator's kernel side)
-	DUTIn                 = ip4(10, 0, 0, 1)    // dut0
-	DUTOut                = ip4(203, 0, 113, 1) // dut1: the masquerading address
-	SrvAddr               = ip4(203, 0, 113, 2) // srv0: the server
-	FlowBase              = ip4(10, 0, 0, 16)   // first source address of generated flows
-	insideNet, outsideNet = "10.0.0.0/24", "203.0.113.0/24"
+	GenAddr    = ip4(10, 0, 0, 2)    // gen0 (the generator's kernel side)
+	DUTIn      = ip4(10, 0, 0, 1)    // dut0
+	DUTOut     = ip4(203, 0, 113, 1) // dut1: the masquerading address
+	SrvAddr    = ip4(203, 0, 113, 2) // srv0: the server
+	FlowBase   = ip4(10, 0, 0, 16)   // first source address of generated flows
+	outsideNet = "203.0.113.0/24"
 )
 
 func ip4(a, b, c, d byte) uint32 { return binary.BigEndian.Uint32([]byte{a, b, c, d}) }

@@ -1,0 +1,63 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"io"
+	"testing"
+	"time"
+
+	"xnat/bench/e2e"
+	"xnat/internal/netns"
+)
+
+func TestParseE2E(t *testing.T) {
+	o, err := ParseE2E([]string{"--target", "both", "--scenario", "all", "--flows", "1,1000", "--size", "64,1500", "--time", "1s", "--json", "--plot", "x.svg"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := o.Config
+	if len(c.Targets) != 2 || len(c.Scenarios) != len(e2e.AllScenarios) || len(c.Flows) != 2 || c.Flows[1] != 1000 ||
+		len(c.Sizes) != 2 || c.Sizes[1] != 1500 || c.Time != time.Second || !o.JSON || o.Plot != "x.svg" || c.Proto != e2e.UDP {
+		t.Fatalf("parsed %+v", o)
+	}
+	for _, bad := range [][]string{
+		{"--target", "pf"}, {"--scenario", "soak"}, {"--flows", "0"}, {"--flows", "a"}, {"--size", "9000"},
+		{"--time", "0s"}, {"--proto", "sctp"}, {"--scenario", "loss", "--plot", "x.svg"}, {"extra"},
+	} {
+		if _, err := ParseE2E(bad, io.Discard); err == nil {
+			t.Errorf("%v accepted", bad)
+		}
+	}
+}
+
+// xnat-bench e2e --json writes one decodable result per line, with the
+// keys the issue names.
+func TestE2EJSONRun(t *testing.T) {
+	netns.RequireRoot(t)
+	var out bytes.Buffer
+	if err := runE2E([]string{"--target", "kernel", "--scenario", "throughput", "--flows", "100", "--time", "300ms", "--json"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(&out)
+	n := 0
+	for sc.Scan() {
+		var m map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			t.Fatalf("line %q: %v", sc.Text(), err)
+		}
+		for _, k := range []string{"target", "scenario", "pps", "gbps", "loss", "p50_us", "p99_us", "new_per_sec"} {
+			if _, ok := m[k]; !ok {
+				t.Errorf("key %q missing: %s", k, sc.Text())
+			}
+		}
+		if m["target"] != "kernel" || m["scenario"] != "throughput" || m["pps"].(float64) <= 0 || m["unaccounted"].(float64) != 0 {
+			t.Errorf("result %s", sc.Text())
+		}
+		n++
+	}
+	if n != 1 {
+		t.Fatalf("%d results, want 1", n)
+	}
+}
