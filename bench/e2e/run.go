@@ -42,15 +42,18 @@ type Outcome struct {
 	FrameLen int // bytes handed to the device
 	Elapsed  time.Duration
 	// Forward direction: generator → sink.
-	Sent, SentNew        uint64
-	Received, RecvEst    uint64
-	RecvNew              uint64
-	Bad                  map[string]uint64 // frames the sink or generator refused, by verdict
-	Refused              uint64            // back-pressure on the generator's TX ring (never sent)
-	Reflected, Replies   uint64
-	TargetDrops          map[string]uint64 // deltas
-	PathDrops            map[string]uint64 // veth and socket drops (deltas)
-	Conns                int               // connections in the target's table at the end
+	Sent, SentNew      uint64
+	Received, RecvEst  uint64
+	RecvNew            uint64
+	Bad                map[string]uint64 // frames the sink or generator refused, by verdict
+	Refused            uint64            // back-pressure on the generator's TX ring (never sent)
+	Reflected, Replies uint64
+	TargetDrops        map[string]uint64 // deltas
+	PathDrops          map[string]uint64 // veth and socket drops (deltas)
+	Conns              int               // connections in the target's table at the end
+	// NoTargetCounters: the target serves no drop counters; what is
+	// unaccounted was lost in it or went uncounted.
+	NoTargetCounters     bool
 	Latency, RTT         Histogram
 	GenDropRx, GenDropTx uint64
 }
@@ -291,9 +294,13 @@ func Run(p Point) (o *Outcome, err error) {
 	}
 	o.TargetDrops = delta(before.target, after.target)
 	o.PathDrops = delta(before.path, after.path)
+	o.NoTargetCounters = after.noTarget
 	if target != nil {
 		if o.Conns, err = target.Conns(); err != nil {
-			return o, err
+			if !errors.Is(err, ErrNoCounters) {
+				return o, err
+			}
+			o.Conns = -1
 		}
 	}
 
@@ -334,6 +341,8 @@ type counters struct {
 	target  map[string]uint64
 	path    map[string]uint64
 	dutInRx uint64
+	// noTarget: the target serves no drop counters.
+	noTarget bool
 }
 
 func pathCounters(tp *Topology, sink *xskPort, gens []*xskPort, target Target) (counters, error) {
@@ -341,7 +350,10 @@ func pathCounters(tp *Topology, sink *xskPort, gens []*xskPort, target Target) (
 	var err error
 	if target != nil {
 		if c.target, err = target.Drops(); err != nil {
-			return c, err
+			if !errors.Is(err, ErrNoCounters) {
+				return c, err
+			}
+			c.target, c.noTarget = nil, true
 		}
 	}
 	links := []struct {

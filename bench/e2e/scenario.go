@@ -64,6 +64,9 @@ type Result struct {
 	EstablishedLoss *uint64 `json:"established_loss,omitempty"`
 	NewLost         *uint64 `json:"new_lost,omitempty"`
 	TableFull       *uint64 `json:"table_full,omitempty"`
+	// Note says what the figures cannot show (a target without
+	// counters).
+	Note string `json:"note,omitempty"`
 	// When both targets ran: this result's pps over the kernel's in
 	// the same scenario and parameters.
 	Ratio *float64 `json:"ratio_vs_kernel,omitempty"`
@@ -84,6 +87,9 @@ func ResultOf(scenario string, o *Outcome) Result {
 	}
 	if o.SentNew > 0 && o.Elapsed > 0 {
 		r.NewPerSec = float64(o.RecvNew) / o.Elapsed.Seconds()
+	}
+	if o.NoTargetCounters {
+		r.Note = "the target serves no drop counters: unaccounted frames were lost in it"
 	}
 	if scenario == ScTableFull {
 		e, n, t := TableFullCheck(o)

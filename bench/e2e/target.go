@@ -10,6 +10,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
+	"time"
 )
 
 // Target is a device under test set up in the topology's dut namespace:
@@ -220,33 +223,131 @@ func ParseSNMP(b []byte, proto string) (map[string]uint64, error) {
 	return nil, fmt.Errorf("e2e: /proc/net/snmp: no %s lines", proto)
 }
 
-// Xnat is xnat's daemon, xnatd, in dut with --inside dut0 --outside dut1
-// and a MASQUERADE rule. The daemon does not exist yet: Setup fails with
-// ErrNoXnatd when no xnatd binary is found next to the running program
-// or on PATH.
-type Xnat struct{}
+// ErrNoCounters is returned by a target's Drops and Conns when it serves
+// no counters; a Point then reports the frames it cannot account for as
+// the target's.
+var ErrNoCounters = errors.New("e2e: the target serves no counters")
+
+// Xnat is xnat's daemon, xnatd, started in dut with --inside dut0
+// --outside dut1, a MASQUERADE rule in POSTROUTING, the point's
+// connection limit as --max-conns and twice that as --capacity (the
+// README's advice: capacity above the limit, as connections are spread
+// over cores). The binary is looked up next to the running program, then
+// on PATH; without one Setup fails with ErrNoXnatd. xnatd does not serve
+// its counters yet (no control socket server, no metrics endpoint), so
+// Drops and Conns return ErrNoCounters.
+type Xnat struct {
+	cmd    *exec.Cmd
+	dir    string
+	stderr *lockedBuffer
+	done   chan error
+}
 
 // Name implements Target.
 func (x *Xnat) Name() string { return "xnat" }
 
-// Setup implements Target.
+const xnatRules = `*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A POSTROUTING -o ` + DUTOutIf + ` -j MASQUERADE
+COMMIT
+`
+
+// Setup implements Target: it starts xnatd and waits until it logs that
+// it runs.
 func (x *Xnat) Setup(tp *Topology, cfg TargetConfig) error {
-	if _, err := findXnatd(); err != nil {
+	bin, err := findXnatd()
+	if err != nil {
 		return err
 	}
-	// xnatd exists but its command line and counters API are not
-	// settled; the target is wired when they are.
-	return fmt.Errorf("e2e: xnat target: xnatd found but its API is not wired into the harness yet: %w", ErrNoXnatd)
+	if cfg.MaxConns <= 0 {
+		return fmt.Errorf("%w: connection limit %d", ErrConfig, cfg.MaxConns)
+	}
+	if x.dir, err = os.MkdirTemp("", "xnat-e2e-"); err != nil {
+		return fmt.Errorf("e2e: %w", err)
+	}
+	rules := filepath.Join(x.dir, "rules.v4")
+	if err := os.WriteFile(rules, []byte(xnatRules), 0o600); err != nil {
+		return fmt.Errorf("e2e: %w", err)
+	}
+	x.stderr = &lockedBuffer{}
+	x.cmd = exec.Command(bin, "--inside", DUTInIf, "--outside", DUTOutIf, "--rules", rules,
+		"--queues", strconv.Itoa(tp.Queues), "--max-conns", strconv.Itoa(cfg.MaxConns),
+		"--capacity", strconv.Itoa(2*cfg.MaxConns), "--log-level", "info")
+	x.cmd.Stdout, x.cmd.Stderr = x.stderr, x.stderr
+	// Started from a thread inside dut: the process lives there.
+	if err := tp.DUT.Do(x.cmd.Start); err != nil {
+		x.cmd = nil
+		return fmt.Errorf("e2e: starting xnatd: %w", err)
+	}
+	x.done = make(chan error, 1)
+	go func() { x.done <- x.cmd.Wait() }()
+	deadline := time.After(15 * time.Second)
+	for !strings.Contains(x.stderr.String(), "msg=running") {
+		select {
+		case err := <-x.done:
+			x.cmd = nil
+			return fmt.Errorf("e2e: xnatd exited (%v): %s", err, x.stderr.String())
+		case <-deadline:
+			return fmt.Errorf("e2e: xnatd did not start in 15 s: %s", x.stderr.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil
 }
 
-// Teardown implements Target.
-func (x *Xnat) Teardown() error { return nil }
+// Teardown implements Target: SIGTERM, then SIGKILL after 5 s.
+func (x *Xnat) Teardown() error {
+	var errs []error
+	if x.cmd != nil && x.cmd.Process != nil {
+		_ = x.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-x.done:
+			if err != nil {
+				errs = append(errs, fmt.Errorf("e2e: xnatd: %w: %s", err, x.stderr.String()))
+			}
+		case <-time.After(5 * time.Second):
+			_ = x.cmd.Process.Kill()
+			<-x.done
+			errs = append(errs, fmt.Errorf("e2e: xnatd did not stop in 5 s"))
+		}
+		x.cmd = nil
+	}
+	if x.dir != "" {
+		errs = append(errs, os.RemoveAll(x.dir))
+		x.dir = ""
+	}
+	return errors.Join(errs...)
+}
 
 // Drops implements Target.
-func (x *Xnat) Drops() (map[string]uint64, error) { return nil, ErrNoXnatd }
+func (x *Xnat) Drops() (map[string]uint64, error) {
+	return nil, fmt.Errorf("xnatd: %w (no control socket server or metrics endpoint yet)", ErrNoCounters)
+}
 
 // Conns implements Target.
-func (x *Xnat) Conns() (int, error) { return 0, ErrNoXnatd }
+func (x *Xnat) Conns() (int, error) {
+	return 0, fmt.Errorf("xnatd: %w (no control socket server or metrics endpoint yet)", ErrNoCounters)
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
 
 func findXnatd() (string, error) {
 	if exe, err := os.Executable(); err == nil {
