@@ -71,8 +71,11 @@
 // writable only in the initial namespace and holds every namespace's
 // table to it, so the target sets the host's value for the run and puts
 // it back; nf_conntrack_buckets is global and read-only outside the
-// initial namespace and is not changed. The xnat target starts xnatd in
-// dut; until the daemon exists it fails with ErrNoXnatd.
+// initial namespace and is not changed. Xnat starts xnatd in dut (the
+// binary next to xnat-bench, as `make build` puts it, or on PATH; without
+// one it fails with ErrNoXnatd) and stops it with SIGTERM. xnatd serves no
+// counters yet, so its drops and table size are unknown (ErrNoCounters):
+// its results carry a note, and what is unaccounted was lost inside it.
 //
 // On veth the whole forwarding path runs inside the generator's sendto
 // (copy-mode AF_XDP transmit, veth, netif_rx, the forwarding softirq on
