@@ -1,0 +1,252 @@
+package api
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"syscall"
+
+	"xnat/control/conntrack"
+)
+
+// ErrNotRunning is wrapped by the client's error when nothing serves the
+// socket.
+var ErrNotRunning = errors.New("xnatd is not running")
+
+// Error is a request the daemon refused: its HTTP status and the reason.
+type Error struct {
+	Status int
+	Msg    string
+}
+
+func (e *Error) Error() string { return e.Msg }
+
+// Usage reports whether the daemon found the request itself bad (a bad
+// argument, an unknown key) rather than refusing a well-formed change.
+func (e *Error) Usage() bool { return e.Status == http.StatusBadRequest }
+
+// Client talks to xnatd's control socket.
+type Client struct {
+	socket string
+	hc     *http.Client
+}
+
+// NewClient returns a client for the socket at path ("" for DefaultSocket).
+func NewClient(path string) *Client {
+	if path == "" {
+		path = DefaultSocket
+	}
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+		DisableCompression: true,
+	}
+	return &Client{socket: path, hc: &http.Client{Transport: tr}}
+}
+
+// Socket returns the socket path.
+func (c *Client) Socket() string { return c.socket }
+
+// dialError turns a failed connection into the message a shell user
+// expects.
+func (c *Client) dialError(err error) error {
+	switch {
+	case errors.Is(err, syscall.ENOENT):
+		return fmt.Errorf("%w: no socket at %s", ErrNotRunning, c.socket)
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Errorf("%w: nothing listens on %s", ErrNotRunning, c.socket)
+	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+		return fmt.Errorf("permission denied on %s (the control socket is root's)", c.socket)
+	}
+	return fmt.Errorf("control socket %s: %w", c.socket, err)
+}
+
+func (c *Client) do(ctx context.Context, method, path string, q url.Values, body, out any) error {
+	resp, err := c.send(ctx, method, path, q, body)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("reading the daemon's answer: %w", err)
+	}
+	return nil
+}
+
+func (c *Client) send(ctx context.Context, method, path string, q url.Values, body any) (*http.Response, error) {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, err
+		}
+		rd = bytes.NewReader(b)
+	}
+	u := "http://xnatd" + Version + path
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, rd)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, c.dialError(err)
+	}
+	if resp.StatusCode/100 != 2 {
+		defer resp.Body.Close()
+		var er ErrorResponse
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if json.Unmarshal(b, &er) != nil || er.Error == "" {
+			er.Error = fmt.Sprintf("daemon answered %s", resp.Status)
+		}
+		return nil, &Error{Status: resp.StatusCode, Msg: er.Error}
+	}
+	return resp, nil
+}
+
+// Stats returns every counter.
+func (c *Client) Stats(ctx context.Context) (*Stats, error) {
+	var s Stats
+	return &s, c.do(ctx, http.MethodGet, "/stats", nil, nil, &s)
+}
+
+// Conntrack lists the connections passing the filter.
+func (c *Client) Conntrack(ctx context.Context, f *conntrack.Filter) (*ConntrackList, error) {
+	var l ConntrackList
+	return &l, c.do(ctx, http.MethodGet, "/conntrack", FilterQuery(f), nil, &l)
+}
+
+// ConntrackDelete deletes the connections passing the filter.
+func (c *Client) ConntrackDelete(ctx context.Context, f *conntrack.Filter) (int, error) {
+	var d ConntrackDeleted
+	err := c.do(ctx, http.MethodPost, "/conntrack/delete", FilterQuery(f), nil, &d)
+	return d.Deleted, err
+}
+
+// ConntrackFlush deletes every connection.
+func (c *Client) ConntrackFlush(ctx context.Context) (int, error) {
+	var d ConntrackDeleted
+	err := c.do(ctx, http.MethodPost, "/conntrack/flush", nil, nil, &d)
+	return d.Deleted, err
+}
+
+// ConntrackCount returns the number of connections.
+func (c *Client) ConntrackCount(ctx context.Context) (int, error) {
+	var n ConntrackCount
+	err := c.do(ctx, http.MethodGet, "/conntrack/count", nil, nil, &n)
+	return n.Count, err
+}
+
+// ConntrackStats returns the per-core conntrack statistics.
+func (c *Client) ConntrackStats(ctx context.Context) (*ConntrackStats, error) {
+	var s ConntrackStats
+	return &s, c.do(ctx, http.MethodGet, "/conntrack/stats", nil, nil, &s)
+}
+
+// Iptables runs one iptables command line (without "iptables").
+func (c *Client) Iptables(ctx context.Context, args []string) (*IptablesResponse, error) {
+	var r IptablesResponse
+	return &r, c.do(ctx, http.MethodPost, "/iptables", nil, IptablesRequest{Args: args}, &r)
+}
+
+// Save returns the rules in force in iptables-save format.
+func (c *Client) Save(ctx context.Context, counters bool, tables []string) (string, error) {
+	q := url.Values{}
+	if counters {
+		q.Set("counters", strconv.FormatBool(counters))
+	}
+	for _, t := range tables {
+		q.Add("table", t)
+	}
+	resp, err := c.send(ctx, http.MethodGet, "/iptables/save", q, nil)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+// Restore loads an iptables-save file, all or nothing.
+func (c *Client) Restore(ctx context.Context, req *RestoreRequest) (*IptablesResponse, error) {
+	var r IptablesResponse
+	return &r, c.do(ctx, http.MethodPost, "/iptables/restore", nil, req, &r)
+}
+
+// Sysctl returns the named keys' values, or every key's with no name.
+func (c *Client) Sysctl(ctx context.Context, names ...string) ([]SysctlValue, error) {
+	q := url.Values{}
+	for _, n := range names {
+		q.Add("name", n)
+	}
+	var v SysctlValues
+	err := c.do(ctx, http.MethodGet, "/sysctl", q, nil, &v)
+	return v.Values, err
+}
+
+// SysctlSet sets keys, all or none, and returns their new values.
+func (c *Client) SysctlSet(ctx context.Context, set []SysctlValue) ([]SysctlValue, error) {
+	var v SysctlValues
+	err := c.do(ctx, http.MethodPost, "/sysctl", nil, SysctlRequest{Set: set}, &v)
+	return v.Values, err
+}
+
+// Events returns the events recorded after seq.
+func (c *Client) Events(ctx context.Context, after uint64) (*EventList, error) {
+	var l EventList
+	q := url.Values{"after": {strconv.FormatUint(after, 10)}}
+	return &l, c.do(ctx, http.MethodGet, "/events", q, nil, &l)
+}
+
+// FollowEvents calls fn with every event after seq as it is recorded,
+// until ctx ends (nil), fn fails, or the daemon goes away.
+func (c *Client) FollowEvents(ctx context.Context, after uint64, fn func(Event) error) error {
+	q := url.Values{"after": {strconv.FormatUint(after, 10)}, "follow": {"1"}}
+	resp, err := c.send(ctx, http.MethodGet, "/events", q, nil)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var e Event
+		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+			return fmt.Errorf("reading an event: %w", err)
+		}
+		if err := fn(e); err != nil {
+			return err
+		}
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("event stream: %w", err)
+	}
+	return errors.New("xnatd closed the event stream")
+}

@@ -1,0 +1,51 @@
+// Package api is xnat's control API: an HTTP/JSON interface served by
+// xnatd on a unix socket, the typed requests and responses shared by the
+// server and its client, the event log operators follow, and a Prometheus
+// collector over the daemon's counters.
+//
+// # Routes
+//
+// Every route is under /v1; bodies are JSON. An error is an HTTP status and
+// {"error": "one-line reason"}: 400 for a request that is malformed or
+// names something that does not exist (a bad iptables command line, an
+// unknown sysctl key, a bad value), 422 for a well-formed change the daemon
+// refuses (a rule set that does not compile, a rule that does not exist,
+// a read-only key). A refused change leaves everything as it was.
+//
+//	GET  /v1/stats                    Stats
+//	GET  /v1/conntrack?FILTER         ConntrackList (FILTER: proto src dst sport dport state mark)
+//	GET  /v1/conntrack/count          ConntrackCount
+//	GET  /v1/conntrack/stats          ConntrackStats
+//	POST /v1/conntrack/delete?FILTER  ConntrackDeleted
+//	POST /v1/conntrack/flush          ConntrackDeleted
+//	POST /v1/iptables                 IptablesRequest → IptablesResponse
+//	GET  /v1/iptables/save?counters=1&table=nat  text/plain, iptables-save format
+//	POST /v1/iptables/restore         RestoreRequest → IptablesResponse
+//	GET  /v1/sysctl[?name=KEY]        SysctlValues
+//	POST /v1/sysctl                   SysctlRequest → SysctlValues
+//	GET  /v1/events?after=N[&follow=1]  EventList, or with follow JSON lines (one Event each) as they happen
+//
+// # Changes
+//
+// Rule changes run iptables.Apply or iptables.Restore on a copy of the rule
+// set in force and hand the result to daemon.ReplaceRules, which compiles it
+// before swapping it in; sysctl changes go through sysctl.Set, which checks
+// every assignment before applying any. Changes are serialised by the server.
+//
+// # Events
+//
+// A monitor goroutine reads the daemon's counters a few times a second (no
+// work on the packet path) and records typed events in a bounded ring with
+// sequence numbers: the table full ("nf_conntrack: table full, dropping
+// packet", with the drops since the condition began; repeated at most every
+// FullRepeat while drops continue) and no longer full (no table_full drop for
+// ClearAfter and the count below the limit), out of ports, the rule set
+// replaced, an interface's addresses changed, masqueraded connections
+// flushed. Options.OnEvent receives each as it is recorded (xnatd logs them).
+//
+// # The socket
+//
+// Listen creates the socket's directory (0755) if needed, removes a stale
+// socket (refusing to when a daemon answers on it), and makes the socket
+// mode 0600, so only its owner (root, for xnatd) may connect.
+package api
