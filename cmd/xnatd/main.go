@@ -16,6 +16,12 @@
 // file (parsed and compiled first; on error the rules in force stay);
 // SIGINT and SIGTERM stop it cleanly (workers stopped, XDP programs
 // detached, sockets closed) with exit status 0.
+//
+// It serves the control API (package control/api, for xnatctl) on a unix
+// socket, /run/xnat/xnat.sock unless --socket or the config's socket says
+// otherwise, mode 0600, and Prometheus metrics when the config's metrics
+// key gives an address; the API's events (table full with its drop count,
+// out of ports, rules replaced, address changes) are logged too.
 package main
 
 import (
@@ -31,6 +37,7 @@ import (
 	"strings"
 	"syscall"
 
+	"xnat/control/api"
 	"xnat/control/daemon"
 )
 
@@ -142,23 +149,41 @@ func run(args []string, stderr io.Writer) int {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
-	d, err := daemon.Start(plan, daemon.Options{OnEvent: func(e daemon.Event) { log.Log(ctx, e.Level, e.Msg, e.Args...) }})
+	d, err := daemon.Start(plan, daemon.Options{OnEvent: func(e daemon.Event) {
+		// The control API reports the table-full condition with its drop
+		// count (KindTableFull below); the daemon's bare event would
+		// repeat it.
+		if strings.Contains(e.Msg, "table full") {
+			return
+		}
+		log.Log(ctx, e.Level, e.Msg, e.Args...)
+	}})
 	if err != nil {
 		if errors.Is(err, daemon.ErrConfig) {
 			return fail(2, err)
 		}
 		return fail(1, err)
 	}
+	srv, err := serveAPI(d, log, plan.Config)
+	if err != nil {
+		if serr := d.Stop(); serr != nil {
+			log.Error("stopping", "err", serr)
+		}
+		return fail(1, err)
+	}
 	log.Info("running", "pid", os.Getpid())
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
-			if err := d.ReloadRules(); err != nil {
+			if err := srv.ReloadRules(); err != nil {
 				log.Error("rules not reloaded; the rules in force stay", "err", err)
 			}
 			continue
 		}
 		log.Info("stopping", "signal", sig.String())
 		break
+	}
+	if err := srv.Close(); err != nil {
+		log.Error("closing the control API", "err", err)
 	}
 	s := d.Stats()
 	if err := d.Stop(); err != nil {
@@ -167,6 +192,55 @@ func run(args []string, stderr io.Writer) int {
 	}
 	log.Info("stopped", "forwarded", s.Pipeline.Forwarded, "connections_created", s.Pipeline.Created)
 	return 0
+}
+
+// serveAPI serves the control API on the configured socket (default
+// /run/xnat/xnat.sock) and, when configured, the Prometheus endpoint; the
+// API's events are logged.
+func serveAPI(d *daemon.Daemon, log *slog.Logger, cfg daemon.Config) (*api.Server, error) {
+	ctx := context.Background()
+	srv := api.New(d, api.Options{OnEvent: func(e api.Event) {
+		lvl := slog.LevelInfo
+		_ = lvl.UnmarshalText([]byte(e.Level))
+		args := []any{"kind", e.Kind}
+		if e.Kind == api.KindTableFull || e.Kind == api.KindTableNotFull || e.Kind == api.KindOutOfPorts {
+			args = append(args, "drops", e.Drops)
+		}
+		if e.Conns != 0 || e.Max != 0 {
+			args = append(args, "conns", e.Conns, "max", e.Max)
+		}
+		if e.Duration != "" {
+			args = append(args, "duration", e.Duration)
+		}
+		if e.Interface != "" {
+			args = append(args, "interface", e.Interface, "addrs", strings.Join(e.Addrs, ","))
+		}
+		if e.Count != 0 {
+			args = append(args, "count", e.Count)
+		}
+		if e.Source != "" {
+			args = append(args, "source", e.Source)
+		}
+		log.Log(ctx, lvl, e.Msg, args...)
+	}})
+	sock := cfg.Socket
+	if sock == "" {
+		sock = api.DefaultSocket
+	}
+	if err := srv.Listen(sock); err != nil {
+		srv.Close()
+		return nil, err
+	}
+	log.Info("control socket", "path", sock)
+	if cfg.Metrics != "" {
+		addr, err := srv.ServeMetrics(cfg.Metrics)
+		if err != nil {
+			srv.Close()
+			return nil, err
+		}
+		log.Info("metrics", "url", "http://"+addr.String()+"/metrics")
+	}
+	return srv, nil
 }
 
 // parseCPUs parses "0,2,4-5".

@@ -187,8 +187,13 @@ func TestXnatdProcess(t *testing.T) {
 	o := newTopo(t)
 	rulesFile := o.write(t, "rules.v4", masqRules)
 	cfg := o.write(t, "xnatd.toml", fmt.Sprintf("inside = [\"x0\"]\noutside = [\"x1\"]\nrules = %q\nmax_conns = 5000\ncapacity = 8192\n\n[timeouts]\nnf_conntrack_udp_timeout = 45\n", filepath.Base(rulesFile)))
-	p := start(t, o.x, "--config", cfg, "--max-conns", "100", "--queues", "1")
+	sock := filepath.Join(o.dir, "xnat.sock")
+	p := start(t, o.x, "--config", cfg, "--max-conns", "100", "--queues", "1", "--socket", sock)
 	p.wait(t, "msg=running")
+	p.wait(t, "msg=\"control socket\"", "path="+sock)
+	if fi, err := os.Stat(sock); err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("control socket %s: %v, %v (want a socket, mode 0600)", sock, fi, err)
+	}
 	p.wait(t, "msg=\"flow table\"", "capacity=8192", "max_conns=100")
 	p.wait(t, "msg=\"xdp attached\"", "interface=x0", "mode=native")
 	p.wait(t, "msg=\"xdp attached\"", "interface=x1", "mode=native")
@@ -279,6 +284,9 @@ func TestXnatdProcess(t *testing.T) {
 		t.Fatalf("exit status %d after SIGTERM, want 0; output:\n%s", code, p.output())
 	}
 	p.wait(t, "msg=stopped")
+	if _, err := os.Lstat(sock); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("control socket left behind after xnatd stopped: %v", err)
+	}
 	if xdpAttached(t, o.x, "x0") || xdpAttached(t, o.x, "x1") {
 		t.Fatal("an XDP program is still attached after xnatd stopped")
 	}
