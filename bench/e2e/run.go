@@ -361,7 +361,7 @@ func pathCounters(tp *Topology, sink *xskPort, gens []*xskPort, target Target) (
 		name string
 	}{{tp.Gen, GenIf}, {tp.DUT, DUTInIf}, {tp.DUT, DUTOutIf}, {tp.Srv, SrvIf}}
 	for _, l := range links {
-		s, err := l.ns.Stats(l.name)
+		s, err := linkStats(l.ns, l.name)
 		if err != nil {
 			return c, err
 		}

@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
-
 	"xnat/dataplane"
 	"xnat/internal/netns"
 )
@@ -75,21 +73,6 @@ func must(t testing.TB, err error) {
 	}
 }
 
-// veth creates a veth pair with queues TX and RX queues on both ends.
-func veth(t *testing.T, a *netns.NS, aName string, b *netns.NS, bName string, queues int) {
-	t.Helper()
-	v := &netlink.Veth{
-		LinkAttrs:       netlink.LinkAttrs{Name: aName, Namespace: netlink.NsFd(a.Handle()), NumTxQueues: queues, NumRxQueues: queues},
-		PeerName:        bName,
-		PeerNamespace:   netlink.NsFd(b.Handle()),
-		PeerNumTxQueues: uint32(queues),
-		PeerNumRxQueues: uint32(queues),
-	}
-	must(t, a.Netlink().LinkAdd(v))
-	must(t, a.SetLinkUp(aName, true))
-	must(t, b.SetLinkUp(bName, true))
-}
-
 func newBed(t *testing.T, o bedOpts) *bed {
 	if o.queues == 0 {
 		o.queues = 2
@@ -99,9 +82,11 @@ func newBed(t *testing.T, o bedOpts) *bed {
 	}
 	tp := netns.New(t)
 	b := &bed{t: t, insA: tp.NS("insA"), insB: tp.NS("insB"), x: tp.NS("xnat"), sv: tp.NS("srv")}
-	veth(t, b.insA, "a0", b.x, "x0a", 2)
-	veth(t, b.insB, "b0", b.x, "x0b", 2)
-	veth(t, b.x, "x1", b.sv, "s0", 2)
+	// Two queues on both ends: XDP on a veth needs as many RX queues as
+	// its peer has TX queues.
+	must(t, tp.AddVeth(b.insA, "a0", b.x, "x0a", 2))
+	must(t, tp.AddVeth(b.insB, "b0", b.x, "x0b", 2))
+	must(t, tp.AddVeth(b.x, "x1", b.sv, "s0", 2))
 	must(t, b.x.SetSysctl("net.ipv4.ip_forward", "0"))
 	must(t, b.insA.AddAddr("a0", "10.0.1.2/24"))
 	must(t, b.insB.AddAddr("b0", "10.0.2.2/24"))

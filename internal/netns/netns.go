@@ -107,16 +107,31 @@ func New(t testing.TB) *Topology {
 			t.Logf("netns: sweeping stale namespaces: %v", err)
 		}
 	})
-	tp := &Topology{
-		t:      t,
-		prefix: fmt.Sprintf("%s%d-%d-", Prefix, os.Getpid(), topoSeq.Add(1)),
-	}
+	tp := newTopology()
+	tp.t = t
 	t.Cleanup(func() {
 		if err := tp.Close(); err != nil {
 			t.Errorf("netns: teardown: %v", err)
 		}
 	})
 	return tp
+}
+
+// Open returns an empty topology for a program rather than a test (the
+// benchmark harness): it checks the privileges (Check), sweeps namespaces
+// left by crashed runs once per process, and leaves removing the
+// topology to the caller's Close. Use CreateNS and AddVeth on it; NS and
+// Veth, which fail a test on error, are for topologies made by New.
+func Open() (*Topology, error) {
+	if err := Check(); err != nil {
+		return nil, err
+	}
+	sweepOnce.Do(func() { _, _ = Sweep() })
+	return newTopology(), nil
+}
+
+func newTopology() *Topology {
+	return &Topology{prefix: fmt.Sprintf("%s%d-%d-", Prefix, os.Getpid(), topoSeq.Add(1))}
 }
 
 // Prefix is the prefix of every namespace name of this topology.
@@ -127,14 +142,15 @@ func (tp *Topology) Prefix() string { return tp.prefix }
 // MLD and DAD traffic off the links). It fails the test on error.
 func (tp *Topology) NS(short string) *NS {
 	tp.t.Helper()
-	n, err := tp.newNS(short)
+	n, err := tp.CreateNS(short)
 	if err != nil {
 		tp.t.Fatalf("netns: creating namespace %q: %v", short, err)
 	}
 	return n
 }
 
-func (tp *Topology) newNS(short string) (*NS, error) {
+// CreateNS is NS returning its error instead of failing a test.
+func (tp *Topology) CreateNS(short string) (*NS, error) {
 	name := tp.prefix + short
 	h, err := newNamed(name)
 	if err != nil {
@@ -386,27 +402,72 @@ func (n *NS) Link(name string) (netlink.Link, error) {
 }
 
 // Veth creates a veth pair with end aName in a and end bName in b, both
-// up. The pair goes away with either namespace.
+// up, with one queue each way. The pair goes away with either namespace.
+// It fails the test on error.
 func (tp *Topology) Veth(a *NS, aName string, b *NS, bName string) {
 	tp.t.Helper()
+	if err := tp.AddVeth(a, aName, b, bName, 1); err != nil {
+		tp.t.Fatal(err)
+	}
+}
+
+// AddVeth creates a veth pair with end aName in a and end bName in b,
+// both up, each end with queues RX and TX queues (XDP on a veth needs as
+// many RX queues as its peer has TX queues).
+func (tp *Topology) AddVeth(a *NS, aName string, b *NS, bName string, queues int) error {
+	if queues < 1 {
+		return fmt.Errorf("netns: veth %s -- %s: %d queues", aName, bName, queues)
+	}
 	v := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: aName, Namespace: netlink.NsFd(a.handle)},
-		PeerName:      bName,
-		PeerNamespace: netlink.NsFd(b.handle),
+		LinkAttrs: netlink.LinkAttrs{Name: aName, Namespace: netlink.NsFd(a.handle),
+			NumTxQueues: queues, NumRxQueues: queues},
+		PeerName:        bName,
+		PeerNamespace:   netlink.NsFd(b.handle),
+		PeerNumTxQueues: uint32(queues),
+		PeerNumRxQueues: uint32(queues),
 	}
 	// Created from a's handle, so that both names are only looked up in
 	// their own namespaces.
 	if err := a.nl.LinkAdd(v); err != nil {
-		tp.t.Fatalf("netns: veth %s/%s -- %s/%s: %v", a.Name, aName, b.Name, bName, err)
+		return fmt.Errorf("netns: veth %s/%s -- %s/%s: %w", a.Name, aName, b.Name, bName, err)
 	}
 	for _, e := range []struct {
 		ns   *NS
 		name string
 	}{{a, aName}, {b, bName}} {
 		if err := e.ns.SetLinkUp(e.name, true); err != nil {
-			tp.t.Fatal(err)
+			return err
 		}
 	}
+	return nil
+}
+
+// ReadFile reads a file as a thread inside the namespace sees it. The
+// namespace's /proc/net files must be named /proc/thread-self/net/…:
+// /proc/net is /proc/self/net, the namespace of the process's main thread.
+func (n *NS) ReadFile(path string) ([]byte, error) {
+	var b []byte
+	err := n.Do(func() error {
+		var err error
+		b, err = os.ReadFile(path)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("netns %s: %w", n.Name, err)
+	}
+	return b, nil
+}
+
+// LinkStats returns a link's counters.
+func (n *NS) LinkStats(name string) (*netlink.LinkStatistics, error) {
+	l, err := n.Link(name)
+	if err != nil {
+		return nil, err
+	}
+	if s := l.Attrs().Statistics; s != nil {
+		return s, nil
+	}
+	return nil, fmt.Errorf("netns %s: link %s has no statistics", n.Name, name)
 }
 
 // SetLinkUp sets a link administratively up or down.
