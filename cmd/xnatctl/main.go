@@ -1,42 +1,95 @@
-// Command xnatctl controls xnat. For now it works offline:
+// Command xnatctl controls a running xnatd through its control socket, with
+// the commands and output formats of the Linux tools it stands in for:
 //
-//	xnatctl iptables-restore --test [--print] [--counters] [FILE]
+//	xnatctl [--socket PATH] [--json] COMMAND [args]
 //
-// parses and validates an iptables-save format file (standard input
-// without FILE) as iptables-restore --test does: exit status 0 when it
-// would load, 1 with the errors on standard error when not. --print also
-// writes the normalised rule set in iptables-save form to standard
-// output (no counters unless --counters, no comment header lines).
+//	stats [--watch [--count N]] [--per-core]   every counter, humanized; rates with --watch
+//	conntrack -L|-D [filters] | -F | -C | -S   conntrack-tools commands and formats
+//	iptables ARGS...                           iptables command lines (-A, -D, -L -n -v, -S, -Z, ...)
+//	iptables-save [-c] [-t TABLE]              the rules in force, iptables-save format
+//	iptables-restore [-c] [-n] [FILE]          load a rules file, all or nothing
+//	iptables-restore --test [--print] [FILE]   validate a file offline (no daemon needed)
+//	sysctl [-a] [NAME[=VALUE]]...              timeouts and limits by conntrack sysctl names and xnat.*
+//	events [--follow] [--after N]              table full, out of ports, rules replaced, ...
 //
-// Later subcommands (stats, conntrack, sysctl...) talk to the daemon; they
-// plug into the same dispatch table.
+// --socket (default /run/xnat/xnat.sock) and --json go before or right
+// after the command. --json prints the API's JSON (package control/api)
+// instead of text. Exit status: 0 done, 1 refused or failed (the reason on
+// standard error, one line), 2 bad usage.
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"sort"
 	"strings"
+	"syscall"
 
+	"xnat/control/api"
 	"xnat/control/iptables"
 	"xnat/dataplane/rules"
 )
 
-type subcommand struct {
-	summary string
-	run     func(args []string, stdin io.Reader, stdout, stderr io.Writer) int
+// env is what every subcommand runs with.
+type env struct {
+	name           string // the subcommand, for messages
+	socket         string
+	json           bool
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	ctx            context.Context
 }
 
-var subcommands = map[string]subcommand{
-	"iptables-restore": {"parse and validate an iptables-save file (--test) [--print] [--counters] [FILE]", iptablesRestore},
+func (e *env) client() *api.Client { return api.NewClient(e.socket) }
+
+// failf prints one line and returns code.
+func (e *env) failf(code int, format string, args ...any) int {
+	fmt.Fprintf(e.stderr, "xnatctl %s: %s\n", e.name, firstLine(fmt.Sprintf(format, args...)))
+	return code
+}
+
+// fail reports an error from the client: 2 when the daemon found the
+// request malformed, 1 otherwise.
+func (e *env) fail(err error) int {
+	code := 1
+	var ae *api.Error
+	if errors.As(err, &ae) && ae.Usage() {
+		code = 2
+	}
+	if errors.Is(err, api.ErrNotRunning) {
+		fmt.Fprintf(e.stderr, "xnatctl: %s\n", firstLine(err.Error()))
+		return 1
+	}
+	return e.failf(code, "%v", err)
+}
+
+type subcommand struct {
+	summary string
+	run     func(e *env, args []string) int
+}
+
+var subcommands map[string]subcommand
+
+func init() {
+	subcommands = map[string]subcommand{
+		"stats":            {"every counter [--watch [--count N]] [--per-core]", stats},
+		"conntrack":        {"conntrack -L|-D [-p -s -d --sport --dport --state --mark] | -F | -C | -S", conntrackCmd},
+		"iptables":         {"an iptables command line: -t nat -A POSTROUTING -o eth0 -j MASQUERADE, -L -n -v, -S, -Z ...", iptablesCmd},
+		"iptables-save":    {"the rules in force [-c] [-t TABLE]", iptablesSave},
+		"iptables-restore": {"load a rules file [-c] [-n] [FILE]; --test [--print] validates offline", iptablesRestore},
+		"sysctl":           {"[-a] [NAME[=VALUE]]...: conntrack sysctls and xnat.* keys", sysctlCmd},
+		"events":           {"[--follow] [--after N]: table full, out of ports, rules replaced ...", events},
+	}
 }
 
 func usage(w io.Writer) {
-	fmt.Fprintln(w, "usage: xnatctl SUBCOMMAND [flags] [args]")
-	fmt.Fprintln(w, "\nsubcommands:")
+	fmt.Fprintln(w, "usage: xnatctl [--socket PATH] [--json] COMMAND [args]")
+	fmt.Fprintln(w, "\ncommands:")
 	var names []string
 	for n := range subcommands {
 		names = append(names, n)
@@ -48,10 +101,49 @@ func usage(w io.Writer) {
 }
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(runCtx(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	return runCtx(context.Background(), args, stdin, stdout, stderr)
+}
+
+// globals takes --socket and --json from the front of args.
+func globals(e *env, args []string) ([]string, error) {
+	for len(args) > 0 {
+		a := args[0]
+		switch {
+		case a == "--json" || a == "-json":
+			e.json = true
+			args = args[1:]
+		case a == "--socket" || a == "-socket":
+			if len(args) < 2 {
+				return nil, errors.New("--socket needs a path")
+			}
+			e.socket = args[1]
+			args = args[2:]
+		case strings.HasPrefix(a, "--socket="):
+			e.socket = strings.TrimPrefix(a, "--socket=")
+			args = args[1:]
+		default:
+			return args, nil
+		}
+		if e.socket == "" {
+			return nil, errors.New("--socket needs a path")
+		}
+	}
+	return args, nil
+}
+
+func runCtx(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	e := &env{name: "", socket: api.DefaultSocket, stdin: stdin, stdout: stdout, stderr: stderr, ctx: ctx}
+	args, err := globals(e, args)
+	if err != nil {
+		fmt.Fprintf(stderr, "xnatctl: %v\n", err)
+		return 2
+	}
 	if len(args) == 0 {
 		usage(stderr)
 		return 2
@@ -63,16 +155,43 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	}
 	sc, ok := subcommands[args[0]]
 	if !ok {
-		fmt.Fprintf(stderr, "xnatctl: unknown subcommand %q (run xnatctl --help)\n", args[0])
+		fmt.Fprintf(stderr, "xnatctl: unknown command %q (run xnatctl --help)\n", args[0])
 		return 2
 	}
-	return sc.run(args[1:], stdin, stdout, stderr)
+	e.name = args[0]
+	rest, err := globals(e, args[1:])
+	if err != nil {
+		return e.failf(2, "%v", err)
+	}
+	return sc.run(e, rest)
 }
 
-func iptablesRestore(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("iptables-restore", flag.ContinueOnError)
+// flags makes a flag set whose errors are one line, with --json and
+// --socket accepted among the command's own flags.
+func (e *env) flags() *flag.FlagSet {
+	fs := flag.NewFlagSet(e.name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	test := fs.Bool("test", false, "parse and validate only (required: xnatctl has no daemon to load into yet)")
+	fs.BoolVar(&e.json, "json", e.json, "print JSON")
+	fs.StringVar(&e.socket, "socket", e.socket, "control socket")
+	return fs
+}
+
+// parse parses flags; on error it returns the exit code to use.
+func (e *env) parse(fs *flag.FlagSet, args []string, usageLine string) (int, bool) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(e.stdout, "usage: xnatctl %s %s\n", e.name, usageLine)
+			return 0, false
+		}
+		return e.failf(2, "%v", err), false
+	}
+	return 0, true
+}
+
+func iptablesRestore(e *env, args []string) int {
+	stdin, stdout, stderr := e.stdin, e.stdout, e.stderr
+	fs := e.flags()
+	test := fs.Bool("test", false, "parse and validate only, offline")
 	fs.BoolVar(test, "t", false, "same as --test")
 	print := fs.Bool("print", false, "write the normalised rule set in iptables-save form to stdout")
 	counters := fs.Bool("counters", false, "keep and print the counters in the file")
@@ -81,7 +200,7 @@ func iptablesRestore(args []string, stdin io.Reader, stdout, stderr io.Writer) i
 	fs.BoolVar(noflush, "n", false, "same as --noflush")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(stdout, "usage: xnatctl iptables-restore --test [--print] [--counters] [--noflush] [FILE]")
+			fmt.Fprintln(stdout, "usage: xnatctl iptables-restore [--test [--print]] [--counters] [--noflush] [FILE]")
 			return 0
 		}
 		fmt.Fprintf(stderr, "xnatctl iptables-restore: %s\n", firstLine(err.Error()))
@@ -91,8 +210,8 @@ func iptablesRestore(args []string, stdin io.Reader, stdout, stderr io.Writer) i
 		fmt.Fprintf(stderr, "xnatctl iptables-restore: one FILE at most, got %d arguments\n", fs.NArg())
 		return 2
 	}
-	if !*test {
-		fmt.Fprintln(stderr, "xnatctl iptables-restore: only --test is available offline (no daemon to load rules into)")
+	if *print && !*test {
+		fmt.Fprintln(stderr, "xnatctl iptables-restore: --print goes with --test")
 		return 2
 	}
 	in, name := stdin, "standard input"
@@ -104,6 +223,9 @@ func iptablesRestore(args []string, stdin io.Reader, stdout, stderr io.Writer) i
 		}
 		defer f.Close()
 		in, name = f, fs.Arg(0)
+	}
+	if !*test {
+		return restoreToDaemon(e, in, name, *counters, *noflush)
 	}
 	m, tables, err := iptables.Restore(in, rules.NewModel(), iptables.RestoreOptions{Counters: *counters, NoFlush: *noflush})
 	if err != nil {

@@ -42,7 +42,7 @@ func TestIptablesRestoreTest(t *testing.T) {
 	if rc := run([]string{"iptables-restore", "--test"}, strings.NewReader("*filter\n-A INPUT -j ACCEPT\nCOMMIT\n"), &out, &errb); rc != 0 || !strings.Contains(errb.String(), "warning: filter INPUT: 1 rule(s) have no effect") {
 		t.Errorf("warning: rc %d %q", rc, errb.String())
 	}
-	for _, args := range [][]string{{"frobnicate"}, {"iptables-restore", "--test", "--bogus"}, {"iptables-restore", "--test", "a", "b"}, {}, {"iptables-restore"}} {
+	for _, args := range [][]string{{"frobnicate"}, {"iptables-restore", "--test", "--bogus"}, {"iptables-restore", "--test", "a", "b"}, {}, {"iptables-restore", "--print"}} {
 		errb.Reset()
 		if rc := run(args, strings.NewReader(""), &out, &errb); rc != 2 || strings.Count(errb.String(), "\n") > 1 && len(args) > 0 {
 			t.Errorf("%q: rc %d, stderr %q", args, rc, errb.String())
