@@ -25,7 +25,16 @@ func (e *env) printJSON(v any) int {
 
 // conntrackCmd runs a conntrack command line against the daemon.
 func conntrackCmd(e *env, args []string) int {
-	a, err := conntrack.Parse(args)
+	// conntrack has no --json of its own: take it wherever it is.
+	words := args[:0:0]
+	for _, w := range args {
+		if w == "--json" {
+			e.json = true
+			continue
+		}
+		words = append(words, w)
+	}
+	a, err := conntrack.Parse(words)
 	if err != nil {
 		return e.failf(2, "%v", err)
 	}
@@ -97,6 +106,10 @@ func conntrackCmd(e *env, args []string) int {
 
 // iptablesCmd runs one iptables command line against the rules in force.
 func iptablesCmd(e *env, args []string) int {
+	// --json at the end too (inside a rule it could be an option's value).
+	for len(args) > 0 && args[len(args)-1] == "--json" {
+		e.json, args = true, args[:len(args)-1]
+	}
 	if len(args) == 0 {
 		return e.failf(2, "no command specified (try -L, -S, -A ...)")
 	}

@@ -399,7 +399,7 @@ func TestTableFullEvents(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("no event on the followed stream")
 	}
-	if b.S.Events(full.Seq-1)[0].Seq != full.Seq {
+	if b.S.Events(full.Seq - 1)[0].Seq != full.Seq {
 		t.Fatal("Events(after) does not start after the sequence number")
 	}
 	_, err = c.ConntrackFlush(ctx)
