@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -32,7 +31,12 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	xnatctlBin = filepath.Join(dir, "xnatctl")
-	build := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", xnatctlBin, ".")
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "the tests build xnatctl and need the go command:", err)
+		os.Exit(1)
+	}
+	build := exec.Command(gobin, "build", "-o", xnatctlBin, ".")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	code := 1
 	if err := build.Run(); err != nil {
