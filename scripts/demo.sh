@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# make demo: build xnat, run it between throwaway network namespaces with
+# real traffic, show what xnatctl sees, and remove everything it created.
+#
+#   insideA: a0 10.0.1.2/24 ── ina 10.0.1.1/24 ┐
+#                                              ├ xnat (ip_forward=0) out 192.0.2.1/24 ── s0 192.0.2.2/24 :server
+#   insideB: b0 10.0.2.2/24 ── inb 10.0.2.1/24 ┘
+#
+# Needs root, ip (iproute2), ethtool and go. Runs in well under a minute.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "demo: needs root (network namespaces, XDP)" >&2; exit 1; }
+for cmd in ip ethtool go; do
+  command -v "$cmd" >/dev/null || { echo "demo: needs $cmd (Debian: iproute2, ethtool, golang)" >&2; exit 1; }
+done
+
+MAX_CONNS=${MAX_CONNS:-64}
+[[ "$MAX_CONNS" =~ ^[0-9]+$ ]] && [ "$MAX_CONNS" -ge 16 ] && [ "$MAX_CONNS" -le 4096 ] ||
+  { echo "demo: MAX_CONNS=$MAX_CONNS: a number from 16 to 4096" >&2; exit 2; }
+start=$(date +%s)
+tmp=$(mktemp -d /tmp/xnat-demo.XXXXXX)
+ns="xnatdemo-$$"
+A="$ns-insideA" B="$ns-insideB" X="$ns-xnat" S="$ns-server"
+pids=()
+
+cleanup() {
+  local rc=$?
+  set +e
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
+  for n in "$A" "$B" "$X" "$S"; do ip netns del "$n" 2>/dev/null; done
+  rm -rf "$tmp"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+nsx() { local n=$1; shift; ip netns exec "$n" "$@"; }
+
+say "building xnatd, xnatctl and the demo's traffic tool"
+go build -o "$tmp/bin/" ./cmd/xnatd ./cmd/xnatctl
+go build -o "$tmp/bin/demotraffic" ./scripts/demotraffic
+PATH="$tmp/bin:$PATH"
+ctl() { xnatctl --socket "$tmp/xnat.sock" "$@"; }
+
+say "creating namespaces $A, $B, $X, $S"
+for n in "$A" "$B" "$X" "$S"; do ip netns add "$n"; nsx "$n" ip link set lo up; done
+ip link add a0 netns "$A" type veth peer name ina netns "$X"
+ip link add b0 netns "$B" type veth peer name inb netns "$X"
+ip link add out netns "$X" type veth peer name s0 netns "$S"
+nsx "$A" ip addr add 10.0.1.2/24 dev a0
+nsx "$B" ip addr add 10.0.2.2/24 dev b0
+nsx "$X" ip addr add 10.0.1.1/24 dev ina
+nsx "$X" ip addr add 10.0.2.1/24 dev inb
+nsx "$X" ip addr add 192.0.2.1/24 dev out
+nsx "$S" ip addr add 192.0.2.2/24 dev s0
+for pair in "$A a0" "$B b0" "$S s0" "$X ina" "$X inb" "$X out"; do
+  set -- $pair
+  nsx "$1" ip link set "$2" up
+done
+# The hosts sending into xnat compute their checksums (veth would leave
+# them to an offload that XDP never sees).
+for pair in "$A a0" "$B b0" "$S s0"; do
+  set -- $pair
+  nsx "$1" ethtool -K "$2" tx off >/dev/null
+done
+nsx "$A" ip route add default via 10.0.1.1
+nsx "$B" ip route add default via 10.0.2.1
+# xnat forwards, not its kernel: a packet the kernel got would be lost.
+nsx "$X" sysctl -qw net.ipv4.ip_forward=0
+# The server knows nothing of the inside networks: it can only answer
+# the translated address. xnat knows its neighbours from the start (it
+# would otherwise ask its kernel to resolve them, dropping the first
+# packets as no_neighbour meanwhile).
+for h in "$A a0 ina 10.0.1.2" "$B b0 inb 10.0.2.2" "$S s0 out 192.0.2.2"; do
+  set -- $h
+  mac=$(nsx "$1" cat "/sys/class/net/$2/address")
+  nsx "$X" ip neigh replace "$4" lladdr "$mac" dev "$3" nud permanent
+done
+
+cat >"$tmp/rules.v4" <<RULES
+*filter
+:FORWARD ACCEPT [0:0]
+-A FORWARD -m conntrack --ctstate INVALID -j DROP
+COMMIT
+*nat
+:POSTROUTING ACCEPT [0:0]
+-A POSTROUTING -s 10.0.0.0/16 -o out -j MASQUERADE
+COMMIT
+RULES
+
+say "starting xnatd (MASQUERADE out of 'out', nf_conntrack_max $MAX_CONNS)"
+ip netns exec "$X" xnatd --inside ina --inside inb --outside out --rules "$tmp/rules.v4" \
+  --capacity 4096 --max-conns "$MAX_CONNS" --socket "$tmp/xnat.sock" >"$tmp/xnatd.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do
+  [ -S "$tmp/xnat.sock" ] && break
+  kill -0 "${pids[0]}" 2>/dev/null || { cat "$tmp/xnatd.log" >&2; exit 1; }
+  sleep 0.1
+done
+[ -S "$tmp/xnat.sock" ] || { echo "demo: xnatd did not start" >&2; cat "$tmp/xnatd.log" >&2; exit 1; }
+grep -E 'msg="(xdp attached|af_xdp socket|flow table)"' "$tmp/xnatd.log" | sed 's/^/  xnatd: /'
+
+ip netns exec "$S" demotraffic serve 192.0.2.2 7000 8000 >/dev/null &
+pids+=($!)
+sleep 0.3
+
+say "traffic: ping, UDP and TCP from both inside hosts"
+nsx "$A" demotraffic ping 192.0.2.2 3
+nsx "$A" demotraffic udp 192.0.2.2:7000 20
+nsx "$B" demotraffic udp 192.0.2.2:7000 20
+nsx "$A" demotraffic tcp 192.0.2.2:8000 1000000
+nsx "$B" demotraffic tcp 192.0.2.2:8000 1000000
+
+say "filling the table: $((MAX_CONNS - 8)) held connections, then a burst of 32 more"
+ip netns exec "$A" demotraffic burst 192.0.2.2:8000 $((MAX_CONNS - 8)) 30s >"$tmp/wave1" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do grep -q burst "$tmp/wave1" 2>/dev/null && break; sleep 0.1; done
+cat "$tmp/wave1"
+nsx "$B" demotraffic burst 192.0.2.2:8000 32 0s || true
+sleep 0.5 # the event monitor reads the counters four times a second
+
+say "xnatctl stats"
+ctl stats
+say "xnatctl conntrack -L (first lines)"
+ctl conntrack -L 2>/dev/null | head -n 8 || true
+echo "... $(ctl conntrack -C) connections"
+say "xnatctl iptables -t nat -L -n -v"
+ctl iptables -t nat -L -n -v
+say "xnatctl iptables -L FORWARD -n -v"
+ctl iptables -L FORWARD -n -v
+say "xnatctl conntrack -D -p tcp --dport 8000: the held connections go, the table empties"
+ctl conntrack -D -p tcp --dport 8000
+sleep 2.5 # no table_full drop for 2 s: the condition ends
+
+say "xnatctl events"
+ctl events
+say "xnatd's log: table full"
+grep -E 'table (full|no longer full)' "$tmp/xnatd.log" | sed 's/^/  /' || true
+
+say "cleaning up"
+kill -TERM "${pids[0]}"
+wait "${pids[0]}" || true
+grep -E 'msg=stopped' "$tmp/xnatd.log" | sed 's/^/  xnatd: /' || true
+echo "demo done in $(( $(date +%s) - start )) s; every namespace and process it made is removed on exit"
