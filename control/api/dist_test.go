@@ -1,0 +1,33 @@
+package api_test
+
+import (
+	"os"
+	"strings"
+	"testing"
+
+	"xnat/control/daemon"
+)
+
+// TestDistConfig: the shipped example config loads with every key known
+// and validates; the unit file starts xnatd with it and reloads by SIGHUP.
+func TestDistConfig(t *testing.T) {
+	c, err := daemon.LoadFile("../../dist/xnatd.toml")
+	must(t, err)
+	c = c.WithDefaults()
+	must(t, c.Validate())
+	if c.Metrics != "127.0.0.1:9155" || c.MetricsAllowRemote || c.Socket != "/run/xnat/xnat.sock" || len(c.Timeouts) != 3 {
+		t.Fatalf("example config read as %+v", c)
+	}
+	unit, err := os.ReadFile("../../dist/xnatd.service")
+	must(t, err)
+	for _, want := range []string{
+		"ExecStart=/usr/local/sbin/xnatd --config /etc/xnat/xnatd.toml\n",
+		"ExecReload=/bin/kill -HUP $MAINPID\n",
+		"Type=simple\n", "Restart=on-failure\n", "RuntimeDirectory=xnat\n", "LimitMEMLOCK=infinity\n",
+		"AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW CAP_BPF CAP_SYS_ADMIN CAP_IPC_LOCK CAP_SYS_NICE\n",
+	} {
+		if !strings.Contains(string(unit), want) {
+			t.Errorf("unit lacks %q", want)
+		}
+	}
+}
