@@ -256,6 +256,7 @@ func TestXnatdProcess(t *testing.T) {
 	o.write(t, "rules.v4", "*nat\n-A PREROUTING -d 198.51.100.1/32 -p tcp --dport 8080 -j DNAT --to-destination 10.9.1.2:80\n-A POSTROUTING -o x1 -j MASQUERADE\nCOMMIT\n")
 	must(t, p.cmd.Process.Signal(syscall.SIGHUP))
 	p.wait(t, "msg=\"rules reloaded\"")
+	p.wait(t, "msg=\"rule set replaced\"", "kind=rules_replaced", "(SIGHUP)")
 	var got []byte
 	must(t, o.srv.Do(func() error {
 		c, err := net.DialTimeout("tcp4", "198.51.100.1:8080", 2*time.Second)
