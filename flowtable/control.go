@@ -128,6 +128,16 @@ func (t *Table) Flush() int {
 	return t.DeleteMatching(func(*FlowInfo) bool { return true })
 }
 
+// CoreStats returns every worker core's published counters: what
+// `conntrack -S` shows per CPU.
+func (t *Table) CoreStats() []Stats {
+	s := make([]Stats, len(t.cores))
+	for i, c := range t.cores {
+		s[i] = c.Stats()
+	}
+	return s
+}
+
 // Stats returns every worker core's published counters, then the control
 // plane's (its deletes).
 func (t *Table) Stats() []Stats {

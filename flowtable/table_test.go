@@ -719,3 +719,13 @@ func TestEarlyDropSparseTable(t *testing.T) {
 		}
 	}
 }
+
+func TestCoreStatsAreWorkersOnly(t *testing.T) {
+	tab := newTable(t, Config{Capacity: 100, Cores: 3})
+	if n := len(tab.CoreStats()); n != 3 {
+		t.Errorf("CoreStats has %d entries for 3 cores", n)
+	}
+	if n := len(tab.Stats()); n != 4 {
+		t.Errorf("Stats has %d entries (3 cores and the control plane)", n)
+	}
+}

@@ -281,7 +281,7 @@ func decode(r *http.Request, v any) error {
 func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
 	st := s.d.Stats()
 	out := StatsOf(&st, s.names, s.nInside, time.Now())
-	for i, c := range s.d.Table().Stats() {
+	for i, c := range s.d.Table().CoreStats() {
 		out.Conntrack = append(out.Conntrack, conntrackCore(i, c))
 	}
 	reply(w, out, nil)
@@ -314,7 +314,7 @@ func (s *Server) conntrackCount(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) conntrackStats(w http.ResponseWriter, r *http.Request) {
 	var out ConntrackStats
-	for i, c := range s.d.Table().Stats() {
+	for i, c := range s.d.Table().CoreStats() {
 		out.Cores = append(out.Cores, conntrackCore(i, c))
 	}
 	reply(w, out, nil)
