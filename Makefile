@@ -36,9 +36,11 @@ lint:
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
-demo:
-	@echo "make demo: not yet — it arrives with the dataplane (AF_XDP) and control issues."
-	@echo "Until then: 'make test' and 'bin/xnat-bench flowtable --flows 1000000'."
+# make demo: as root — a throwaway namespace topology (two inside hosts,
+# xnat, a server), xnatd with MASQUERADE and a small table, real traffic,
+# xnatctl's view of it, then everything removed (scripts/demo.sh).
+demo: build
+	bash scripts/demo.sh
 
 clean:
 	rm -rf $(BIN)
