@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -13,6 +14,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"xnat/control/api"
 )
 
 // Target is a device under test set up in the topology's dut namespace:
@@ -233,14 +236,14 @@ var ErrNoCounters = errors.New("e2e: the target serves no counters")
 // connection limit as --max-conns and twice that as --capacity (the
 // README's advice: capacity above the limit, as connections are spread
 // over cores). The binary is looked up next to the running program, then
-// on PATH; without one Setup fails with ErrNoXnatd. xnatd does not serve
-// its counters yet (no control socket server, no metrics endpoint), so
-// Drops and Conns return ErrNoCounters.
+// on PATH; without one Setup fails with ErrNoXnatd. Its counters are read
+// through its control socket, private to the run.
 type Xnat struct {
 	cmd    *exec.Cmd
 	dir    string
 	stderr *lockedBuffer
 	done   chan error
+	client *api.Client
 }
 
 // Name implements Target.
@@ -273,9 +276,11 @@ func (x *Xnat) Setup(tp *Topology, cfg TargetConfig) error {
 		return fmt.Errorf("e2e: %w", err)
 	}
 	x.stderr = &lockedBuffer{}
+	sock := filepath.Join(x.dir, "xnat.sock")
+	x.client = api.NewClient(sock)
 	x.cmd = exec.Command(bin, "--inside", DUTInIf, "--outside", DUTOutIf, "--rules", rules,
 		"--queues", strconv.Itoa(tp.Queues), "--max-conns", strconv.Itoa(cfg.MaxConns),
-		"--capacity", strconv.Itoa(2*cfg.MaxConns), "--log-level", "info")
+		"--capacity", strconv.Itoa(2*cfg.MaxConns), "--socket", sock, "--log-level", "info")
 	x.cmd.Stdout, x.cmd.Stderr = x.stderr, x.stderr
 	// Started from a thread inside dut: the process lives there.
 	if err := tp.DUT.Do(x.cmd.Start); err != nil {
@@ -315,6 +320,7 @@ func (x *Xnat) Teardown() error {
 		}
 		x.cmd = nil
 	}
+	x.client = nil
 	if x.dir != "" {
 		errs = append(errs, os.RemoveAll(x.dir))
 		x.dir = ""
@@ -322,14 +328,39 @@ func (x *Xnat) Teardown() error {
 	return errors.Join(errs...)
 }
 
-// Drops implements Target.
+// Drops implements Target: every drop reason of xnat's pipeline, read
+// from xnatd's control API (table_full among them). Frames lost before
+// the pipeline — at the veth or the AF_XDP socket — are the path's
+// counters, not these.
 func (x *Xnat) Drops() (map[string]uint64, error) {
-	return nil, fmt.Errorf("xnatd: %w (no control socket server or metrics endpoint yet)", ErrNoCounters)
+	if x.client == nil {
+		return nil, fmt.Errorf("e2e: xnatd is not running")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := x.client.Stats(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("e2e: xnatd stats: %w", err)
+	}
+	m := make(map[string]uint64, len(st.Drops))
+	for _, d := range st.Drops {
+		m[d.Name] = d.Value
+	}
+	return m, nil
 }
 
-// Conns implements Target.
+// Conns implements Target: the connections xnatd tracks.
 func (x *Xnat) Conns() (int, error) {
-	return 0, fmt.Errorf("xnatd: %w (no control socket server or metrics endpoint yet)", ErrNoCounters)
+	if x.client == nil {
+		return 0, fmt.Errorf("e2e: xnatd is not running")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	n, err := x.client.ConntrackCount(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("e2e: xnatd connection count: %w", err)
+	}
+	return n, nil
 }
 
 type lockedBuffer struct {
