@@ -22,8 +22,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
-
 	"xnat/control/api"
 	"xnat/control/daemon"
 	"xnat/internal/netns"
@@ -67,20 +65,6 @@ func must(t testing.TB, err error) {
 	}
 }
 
-func veth(t *testing.T, a *netns.NS, aName string, b *netns.NS, bName string) {
-	t.Helper()
-	v := &netlink.Veth{
-		LinkAttrs:       netlink.LinkAttrs{Name: aName, Namespace: netlink.NsFd(a.Handle()), NumTxQueues: 1, NumRxQueues: 1},
-		PeerName:        bName,
-		PeerNamespace:   netlink.NsFd(b.Handle()),
-		PeerNumTxQueues: 1,
-		PeerNumRxQueues: 1,
-	}
-	must(t, a.Netlink().LinkAdd(v))
-	must(t, a.SetLinkUp(aName, true))
-	must(t, b.SetLinkUp(bName, true))
-}
-
 // New builds the topology, starts the daemon and serves the API; all of
 // it is undone when the test ends.
 func New(t *testing.T, o Options) *Bed {
@@ -90,9 +74,9 @@ func New(t *testing.T, o Options) *Bed {
 	}
 	tp := netns.New(t)
 	b := &Bed{T: t, InsA: tp.NS("insA"), InsB: tp.NS("insB"), X: tp.NS("xnat"), Srv: tp.NS("srv"), Dir: t.TempDir()}
-	veth(t, b.InsA, "a0", b.X, "x0a")
-	veth(t, b.InsB, "b0", b.X, "x0b")
-	veth(t, b.X, "x1", b.Srv, "s0")
+	tp.Veth(b.InsA, "a0", b.X, "x0a")
+	tp.Veth(b.InsB, "b0", b.X, "x0b")
+	tp.Veth(b.X, "x1", b.Srv, "s0")
 	must(t, b.X.SetSysctl("net.ipv4.ip_forward", "0"))
 	must(t, b.InsA.AddAddr("a0", "10.0.1.2/24"))
 	must(t, b.InsB.AddAddr("b0", "10.0.2.2/24"))
