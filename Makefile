@@ -23,8 +23,11 @@ test: build
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
-# make fuzz: every fuzz target for FUZZTIME each (FUZZTIME=5m make fuzz).
+# make fuzz: every fuzz target for FUZZTIME each (FUZZTIME=5m make fuzz). Give
+# each at least 10s: the fuzzer first replays its cached corpus, and a run
+# that ends during that replay reports "context deadline exceeded".
 fuzz:
+	@case "$(FUZZTIME)" in [0-9]s) echo "make fuzz: FUZZTIME=$(FUZZTIME) is too short (10s at least)"; exit 2;; esac
 	@set -e; for pkg in $$($(GO) list ./...); do \
 	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
 	    echo "== $$pkg $$f"; \
