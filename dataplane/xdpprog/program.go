@@ -79,16 +79,9 @@ func instructions(xsks, counters, locals, ports *ebpf.Map) asm.Instructions {
 		asm.Add.Imm(R9, 4),
 		asm.JNE.Imm(R3, ethPIPv4le, "pass_not_ipv4").WithSymbol("ethertype"),
 		// IPv4 header: version 4, IHL >= 5, all of it in the frame.
-		asm.Mov.Reg(R2, R9),
-		asm.Add.Imm(R2, 20),
-		asm.JGT.Reg(R2, R8, "malformed"),
-		asm.LoadMem(R3, R9, 0, asm.Byte),
-		asm.Mov.Reg(R4, R3),
-		asm.RSh.Imm(R4, 4),
-		asm.JNE.Imm(R4, 4, "malformed"),
-		asm.And.Imm(R3, 0x0f),
-		asm.JLT.Imm(R3, 5, "malformed"),
-		asm.LSh.Imm(R3, 2),
+	)
+	b.add(ipv4HeaderCheck()...)
+	b.add(
 		asm.Mov.Reg(R2, R9),
 		asm.Add.Reg(R2, R3),
 		asm.JGT.Reg(R2, R8, "malformed"),
@@ -144,16 +137,9 @@ func instructions(xsks, counters, locals, ports *ebpf.Map) asm.Instructions {
 		// Error: the embedded datagram is one the box sent, so its source
 		// port (or echo id) is the translated one.
 		asm.Add.Imm(R9, 8).WithSymbol("icmp_error"),
-		asm.Mov.Reg(R2, R9),
-		asm.Add.Imm(R2, 20),
-		asm.JGT.Reg(R2, R8, "malformed"),
-		asm.LoadMem(R3, R9, 0, asm.Byte),
-		asm.Mov.Reg(R4, R3),
-		asm.RSh.Imm(R4, 4),
-		asm.JNE.Imm(R4, 4, "malformed"),
-		asm.And.Imm(R3, 0x0f),
-		asm.JLT.Imm(R3, 5, "malformed"),
-		asm.LSh.Imm(R3, 2),
+	)
+	b.add(ipv4HeaderCheck()...)
+	b.add(
 		asm.LoadMem(R4, R9, 9, asm.Byte),
 		asm.Add.Reg(R9, R3),
 		asm.Mov.Reg(R2, R9),
@@ -231,6 +217,26 @@ type builder struct {
 	pending  string
 	counters *ebpf.Map
 	n        int
+}
+
+// ipv4HeaderCheck checks the IPv4 header at r9 — 20 bytes within the frame
+// (r8 is its end), version 4, IHL at least 5 — jumping to "malformed"
+// otherwise, and leaves the header's length in bytes in r3. It serves the
+// frame's own header and the one an ICMP error quotes.
+func ipv4HeaderCheck() asm.Instructions {
+	R2, R3, R4, R8, R9 := asm.R2, asm.R3, asm.R4, asm.R8, asm.R9
+	return asm.Instructions{
+		asm.Mov.Reg(R2, R9),
+		asm.Add.Imm(R2, 20),
+		asm.JGT.Reg(R2, R8, "malformed"),
+		asm.LoadMem(R3, R9, 0, asm.Byte),
+		asm.Mov.Reg(R4, R3),
+		asm.RSh.Imm(R4, 4),
+		asm.JNE.Imm(R4, 4, "malformed"),
+		asm.And.Imm(R3, 0x0f),
+		asm.JLT.Imm(R3, 5, "malformed"),
+		asm.LSh.Imm(R3, 2),
+	}
 }
 
 func (b *builder) add(insns ...asm.Instruction) {
