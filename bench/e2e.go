@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -40,6 +41,17 @@ func ParseE2E(args []string, w io.Writer) (E2EOptions, error) {
 	dur := fs.Duration("time", 2*time.Second, "how long each measurement runs")
 	jsonOut := fs.Bool("json", false, "one JSON object per result line")
 	plot := fs.String("plot", "", "write an SVG chart of throughput against active connections to this file")
+	ncpu := runtime.NumCPU()
+	def := e2e.DefaultPlacement(ncpu)
+	genDef, sinkDef, dutDef := "0", 0, "0"
+	if def != nil {
+		genDef, sinkDef, dutDef = joinInts(def.Gen), def.Sink, joinInts(def.DUT)
+	}
+	pin := fs.Bool("pin", def != nil, "pin the generators, the sink and the device under test to CPUs (--gen-cpus, --sink-cpu, --dut-cpus)")
+	genCPUs := fs.String("gen-cpus", genDef, "CPUs of the generators, queue q on the q-th (in turn)")
+	sinkCPU := fs.Int("sink-cpu", sinkDef, "CPU of the sink")
+	dutCPUs := fs.String("dut-cpus", dutDef, "CPUs of the device under test, queue q on the q-th (in turn): xnatd --cpus, and the kernel's RPS CPUs with --kernel-rps")
+	kernelRPS := fs.Bool("kernel-rps", false, "steer the kernel's forwarding to --dut-cpus with RPS (on veth it otherwise runs inside the generator's sendto)")
 	var o E2EOptions
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -78,11 +90,38 @@ func ParseE2E(args []string, w io.Writer) (E2EOptions, error) {
 		return o, fmt.Errorf("--time %v: want a positive duration", *dur)
 	}
 	c.Time = *dur
+	if *pin {
+		pl := &e2e.Placement{Sink: *sinkCPU}
+		if pl.Gen, err = e2e.ParseCPUList(*genCPUs, ncpu); err != nil {
+			return o, fmt.Errorf("--gen-cpus: %w", err)
+		}
+		if pl.DUT, err = e2e.ParseCPUList(*dutCPUs, ncpu); err != nil {
+			return o, fmt.Errorf("--dut-cpus: %w", err)
+		}
+		if pl.Sink < 0 || pl.Sink >= ncpu {
+			return o, fmt.Errorf("--sink-cpu %d: this machine has CPUs 0 to %d", pl.Sink, ncpu-1)
+		}
+		c.Placement = pl
+	}
+	if *kernelRPS {
+		if c.Placement == nil {
+			return o, errors.New("--kernel-rps needs --pin (the device under test's CPUs)")
+		}
+		c.KernelRPS = true
+	}
 	o.JSON, o.Plot = *jsonOut, *plot
 	if o.Plot != "" && !contains(c.Scenarios, e2e.ScThroughput) {
 		return o, errors.New("--plot needs the throughput scenario (--scenario throughput or all)")
 	}
 	return o, nil
+}
+
+func joinInts(v []int) string {
+	s := make([]string, len(v))
+	for i, n := range v {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ",")
 }
 
 func contains(list []string, s string) bool {

@@ -25,10 +25,25 @@ func TestParseE2E(t *testing.T) {
 	for _, bad := range [][]string{
 		{"--target", "pf"}, {"--scenario", "soak"}, {"--flows", "0"}, {"--flows", "a"}, {"--size", "9000"},
 		{"--time", "0s"}, {"--proto", "sctp"}, {"--scenario", "loss", "--plot", "x.svg"}, {"extra"},
+		{"--gen-cpus", "x"}, {"--dut-cpus", "99999"}, {"--sink-cpu", "-1"}, {"--pin=false", "--kernel-rps"},
 	} {
 		if _, err := ParseE2E(bad, io.Discard); err == nil {
 			t.Errorf("%v accepted", bad)
 		}
+	}
+}
+
+func TestParseE2EPlacement(t *testing.T) {
+	o, err := ParseE2E([]string{"--gen-cpus", "0", "--dut-cpus", "0", "--sink-cpu", "0", "--kernel-rps"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := o.Config.Placement
+	if p == nil || len(p.Gen) != 1 || p.Gen[0] != 0 || len(p.DUT) != 1 || p.DUT[0] != 0 || p.Sink != 0 || !o.Config.KernelRPS {
+		t.Fatalf("placement %+v, rps %v", p, o.Config.KernelRPS)
+	}
+	if o, err = ParseE2E([]string{"--pin=false"}, io.Discard); err != nil || o.Config.Placement != nil {
+		t.Fatalf("--pin=false: %+v, %v", o.Config.Placement, err)
 	}
 }
 

@@ -77,6 +77,15 @@
 // counters yet, so its drops and table size are unknown (ErrNoCounters):
 // its results carry a note, and what is unaccounted was lost inside it.
 //
+// Placement (on by default with two CPUs or more) pins the generators,
+// the sink and the device under test: by default the generator on CPU 0,
+// xnatd's worker (--cpus) and the sink on the last CPU. The kernel has no
+// worker to pin: on veth its forwarding runs where the frame was sent
+// (below), unless KernelRPS steers the device under test's receive
+// processing to the same CPUs as xnat's workers with RPS. Which of the
+// two is the fairer peer is the README's subject; the harness measures
+// both.
+//
 // On veth the whole forwarding path runs inside the generator's sendto
 // (copy-mode AF_XDP transmit, veth, netif_rx, the forwarding softirq on
 // the same CPU): the generator is slowed by the system under test rather

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -211,6 +212,8 @@ func TestScenariosSmokeXnat(t *testing.T) {
 	rs, err := RunScenarios(Config{
 		Targets: []string{"xnat"}, Scenarios: []string{ScThroughput, ScNewConn},
 		Flows: []int{flows}, Sizes: []int{64}, Proto: UDP, Time: 600 * time.Millisecond,
+		// xnatd's worker pinned with --cpus, as the harness runs it.
+		Placement: DefaultPlacement(runtime.NumCPU()),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -32,6 +32,12 @@ type Point struct {
 	// per second, NewLimit of them; they are never reflected.
 	NewRate  float64
 	NewLimit int
+	// Placement pins the generators, the sink and the device under
+	// test; nil pins nothing.
+	Placement *Placement
+	// KernelRPS steers the kernel target's forwarding to the device
+	// under test's CPUs (Placement.DUT) with RPS.
+	KernelRPS bool
 	// Count ends the measurement after this many frames (0: Duration).
 	Count uint64
 }
@@ -167,7 +173,7 @@ func Run(p Point) (o *Outcome, err error) {
 		if target, err = NewTarget(p.Target); err != nil {
 			return o, err
 		}
-		if err := target.Setup(tp, TargetConfig{MaxConns: p.MaxConns}); err != nil {
+		if err := target.Setup(tp, TargetConfig{MaxConns: p.MaxConns, CPUs: p.Placement.dut(p.Queues), RPS: p.KernelRPS}); err != nil {
 			return o, errors.Join(err, target.Teardown())
 		}
 		closers = append(closers, target.Teardown)
@@ -238,7 +244,9 @@ func Run(p Point) (o *Outcome, err error) {
 				return o, err
 			}
 		}
-		runAll(snk, generators, p.Reflect)
+		if _, _, err := runAll(snk, generators, p.Reflect, p.Placement); err != nil {
+			return o, err
+		}
 		if snk != nil {
 			snk.Reset()
 		}
@@ -254,7 +262,10 @@ func Run(p Point) (o *Outcome, err error) {
 	if err != nil {
 		return o, err
 	}
-	gst, sst := runAll(snk, generators, p.Reflect)
+	gst, sst, err := runAll(snk, generators, p.Reflect, p.Placement)
+	if err != nil {
+		return o, err
+	}
 	after, err := pathCounters(tp, sink, gens, target)
 	if err != nil {
 		return o, err
@@ -307,21 +318,35 @@ func Run(p Point) (o *Outcome, err error) {
 	return o, nil
 }
 
-// runAll runs the sink and the generators until the generators are done
-// and the sink has seen nothing for a while.
-func runAll(snk *Sink, gens []*Generator, reflect bool) ([]GenStats, SinkStats) {
+// runAll runs the sink and the generators, each on its own pinned
+// thread when pl places them, until the generators are done and the sink
+// has seen nothing for a while.
+func runAll(snk *Sink, gens []*Generator, reflect bool, pl *Placement) ([]GenStats, SinkStats, error) {
 	var stopSink, stopGen atomic.Bool
 	var sst SinkStats
 	var swg sync.WaitGroup
+	errs := make([]error, len(gens)+1)
 	if snk != nil {
 		swg.Add(1)
-		go func() { defer swg.Done(); sst = snk.Run(&stopSink) }()
+		go func() {
+			defer swg.Done()
+			if errs[len(gens)] = pinThread(pl.sink()); errs[len(gens)] != nil {
+				return
+			}
+			sst = snk.Run(&stopSink)
+		}()
 	}
 	gst := make([]GenStats, len(gens))
 	var wg sync.WaitGroup
 	for i, g := range gens {
 		wg.Add(1)
-		go func() { defer wg.Done(); gst[i] = g.Run(&stopGen) }()
+		go func() {
+			defer wg.Done()
+			if errs[i] = pinThread(pl.gen(i)); errs[i] != nil {
+				return
+			}
+			gst[i] = g.Run(&stopGen)
+		}()
 	}
 	wg.Wait()
 	if snk != nil {
@@ -334,7 +359,7 @@ func runAll(snk *Sink, gens []*Generator, reflect bool) ([]GenStats, SinkStats) 
 			gst[i] = g.Drain(100 * time.Millisecond)
 		}
 	}
-	return gst, sst
+	return gst, sst, errors.Join(errs...)
 }
 
 type counters struct {

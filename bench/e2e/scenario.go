@@ -33,6 +33,12 @@ type Config struct {
 	Sizes     []int
 	Proto     Proto
 	Time      time.Duration
+	// Placement pins every point's threads (see Placement); nil pins
+	// nothing.
+	Placement *Placement
+	// KernelRPS steers the kernel target's forwarding to the device
+	// under test's CPUs (needs Placement).
+	KernelRPS bool
 	// Progress, if set, is told of each result as it is measured.
 	Progress func(Result)
 }
@@ -132,7 +138,11 @@ func RunScenarios(cfg Config) ([]Result, error) {
 			cfg.Progress(r)
 		}
 	}
+	if cfg.KernelRPS && (cfg.Placement == nil || len(cfg.Placement.DUT) == 0) {
+		return nil, fmt.Errorf("%w: RPS for the kernel needs the device under test's CPUs", ErrConfig)
+	}
 	run := func(sc string, p Point) (*Outcome, error) {
+		p.Placement, p.KernelRPS = cfg.Placement, cfg.KernelRPS
 		o, err := Run(p)
 		if err != nil {
 			return nil, fmt.Errorf("%s %s flows=%d size=%d: %w", sc, p.Target, p.Flows, p.Size, err)

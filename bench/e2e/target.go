@@ -40,6 +40,13 @@ type Target interface {
 // TargetConfig configures a target.
 type TargetConfig struct {
 	MaxConns int // the connection table's limit (nf_conntrack_max)
+	// CPUs are the device under test's CPUs, one per queue (nil: not
+	// placed): xnatd's --cpus, and the kernel's RPS CPUs when RPS is set.
+	CPUs []int
+	// RPS steers the kernel's receive processing on the device under
+	// test's interfaces to CPUs (rps_cpus), so that forwarding runs there
+	// rather than inside the sender's sendto.
+	RPS bool
 }
 
 // ErrNoXnatd is returned by the xnat target while the daemon does not
@@ -99,6 +106,14 @@ func (k *Kernel) Setup(tp *Topology, cfg TargetConfig) error {
 	}
 	if _, err := tp.DUT.Run("iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-o", DUTOutIf, "-j", "MASQUERADE"); err != nil {
 		return err
+	}
+	if cfg.RPS {
+		if len(cfg.CPUs) == 0 {
+			return fmt.Errorf("%w: RPS needs the device under test's CPUs", ErrConfig)
+		}
+		if err := steerRPS(tp, cfg.CPUs); err != nil {
+			return err
+		}
 	}
 	// Conntrack is loaded by the rule; make sure the namespace sees it.
 	if _, err := tp.DUT.Sysctl("net.netfilter.nf_conntrack_max"); err != nil {
@@ -281,6 +296,9 @@ func (x *Xnat) Setup(tp *Topology, cfg TargetConfig) error {
 	x.cmd = exec.Command(bin, "--inside", DUTInIf, "--outside", DUTOutIf, "--rules", rules,
 		"--queues", strconv.Itoa(tp.Queues), "--max-conns", strconv.Itoa(cfg.MaxConns),
 		"--capacity", strconv.Itoa(2*cfg.MaxConns), "--socket", sock, "--log-level", "info")
+	if len(cfg.CPUs) > 0 {
+		x.cmd.Args = append(x.cmd.Args, "--cpus", cpuList(cfg.CPUs))
+	}
 	x.cmd.Stdout, x.cmd.Stderr = x.stderr, x.stderr
 	// Started from a thread inside dut: the process lives there.
 	if err := tp.DUT.Do(x.cmd.Start); err != nil {
@@ -391,4 +409,20 @@ func findXnatd() (string, error) {
 		return p, nil
 	}
 	return "", ErrNoXnatd
+}
+
+// steerRPS sets rps_cpus of every receive queue of the device under
+// test's two interfaces to cpus. The topology is fresh for each point, so
+// nothing needs putting back.
+func steerRPS(tp *Topology, cpus []int) error {
+	mask := cpuMask(cpus)
+	for _, ifc := range []string{DUTInIf, DUTOutIf} {
+		for q := range max(tp.Queues, 1) {
+			rel := fmt.Sprintf("%s/queues/rx-%d/rps_cpus", ifc, q)
+			if err := tp.DUT.WriteSysfs(rel, mask); err != nil {
+				return fmt.Errorf("e2e: RPS on %s: %w", ifc, err)
+			}
+		}
+	}
+	return nil
 }

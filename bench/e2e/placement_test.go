@@ -1,0 +1,101 @@
+package e2e
+
+import (
+	"errors"
+	"reflect"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDefaultPlacement(t *testing.T) {
+	if p := DefaultPlacement(1); p != nil {
+		t.Fatalf("one CPU: %+v, want nil", p)
+	}
+	p := DefaultPlacement(2)
+	want := &Placement{Gen: []int{0, 1}, Sink: 1, DUT: []int{1, 0}}
+	if !reflect.DeepEqual(p, want) {
+		t.Fatalf("two CPUs: %+v, want %+v", p, want)
+	}
+	// One queue: generator and device under test on different CPUs.
+	if p.gen(0) == p.dut(1)[0] {
+		t.Fatalf("generator and device under test share CPU %d", p.gen(0))
+	}
+	if got := p.dut(3); !reflect.DeepEqual(got, []int{1, 0, 1}) {
+		t.Fatalf("dut(3) = %v", got)
+	}
+	var none *Placement
+	if none.gen(0) != -1 || none.sink() != -1 || none.dut(2) != nil {
+		t.Fatalf("nil placement pins something")
+	}
+}
+
+func TestParseCPUList(t *testing.T) {
+	good := map[string][]int{"0": {0}, "1,0": {1, 0}, "0-3": {0, 1, 2, 3}, " 2 , 0-1": {2, 0, 1}}
+	for s, want := range good {
+		got, err := ParseCPUList(s, 4)
+		if err != nil || !reflect.DeepEqual(got, want) {
+			t.Errorf("%q: %v, %v; want %v", s, got, err, want)
+		}
+	}
+	for _, s := range []string{"", "x", "4", "-1", "3-1", "0-", "1,,2", "0-9"} {
+		if got, err := ParseCPUList(s, 4); !errors.Is(err, ErrConfig) {
+			t.Errorf("%q: %v, %v; want ErrConfig", s, got, err)
+		}
+	}
+}
+
+func TestCPUMask(t *testing.T) {
+	for _, c := range []struct {
+		cpus []int
+		want string
+	}{
+		{[]int{0}, "00000001"},
+		{[]int{1}, "00000002"},
+		{[]int{1, 0}, "00000003"},
+		{[]int{33, 2}, "00000002,00000004"},
+	} {
+		if got := cpuMask(c.cpus); got != c.want {
+			t.Errorf("cpuMask(%v) = %q, want %q", c.cpus, got, c.want)
+		}
+	}
+	if got := cpuList([]int{1, 0}); got != "1,0" {
+		t.Errorf("cpuList = %q", got)
+	}
+}
+
+// TestKernelRPS steers the device under test's receive processing and
+// then runs a pinned throughput point through the kernel with it: the
+// masks are in place and every frame is accounted for.
+func TestKernelRPS(t *testing.T) {
+	tp := newTestTopology(t, 1)
+	cpu := runtime.NumCPU() - 1
+	if err := steerRPS(tp, []int{cpu}); err != nil {
+		t.Fatal(err)
+	}
+	want := strings.TrimLeft(cpuMask([]int{cpu}), "0,")
+	for _, ifc := range []string{DUTInIf, DUTOutIf} {
+		got, err := tp.DUT.ReadSysfs(ifc + "/queues/rx-0/rps_cpus")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.TrimLeft(strings.TrimSpace(got), "0,") != want {
+			t.Fatalf("%s rps_cpus = %q, want %s", ifc, got, want)
+		}
+	}
+
+	pl := &Placement{Gen: []int{0}, Sink: cpu, DUT: []int{cpu}}
+	o, err := Run(Point{Target: "kernel", Proto: UDP, Size: 64, Flows: 50, Duration: 300 * time.Millisecond, Warmup: true, Placement: pl, KernelRPS: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := ResultOf(ScThroughput, o)
+	t.Logf("%v", r.Row())
+	if r.Sent == 0 || r.Received == 0 || r.Unaccounted != 0 {
+		t.Fatalf("sent %d received %d drops %d unaccounted %d", r.Sent, r.Received, r.Drops, r.Unaccounted)
+	}
+	if _, err := RunScenarios(Config{Targets: []string{"kernel"}, Scenarios: []string{ScThroughput}, Flows: []int{1}, Sizes: []int{64}, Time: time.Second, KernelRPS: true}); !errors.Is(err, ErrConfig) {
+		t.Fatalf("RPS without a placement: %v", err)
+	}
+}
