@@ -73,9 +73,10 @@
 // it back; nf_conntrack_buckets is global and read-only outside the
 // initial namespace and is not changed. Xnat starts xnatd in dut (the
 // binary next to xnat-bench, as `make build` puts it, or on PATH; without
-// one it fails with ErrNoXnatd) and stops it with SIGTERM. xnatd serves no
-// counters yet, so its drops and table size are unknown (ErrNoCounters):
-// its results carry a note, and what is unaccounted was lost inside it.
+// one it fails with ErrNoXnatd) and stops it with SIGTERM; its drops per
+// reason and its table size are read from its control socket, private to
+// the run. A target that serves no counters returns ErrNoCounters and its
+// results carry a note instead.
 //
 // Placement (on by default with two CPUs or more) pins the generators,
 // the sink and the device under test: by default the generator on CPU 0,
