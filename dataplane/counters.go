@@ -125,7 +125,8 @@ func (c *Counters) Add(o *Counters) {
 	c.Batches += o.Batches
 }
 
-// counterWords is Counters as a flat array of words, for publishing.
+// counterWords is the number of words in Counters, which is nothing but
+// uint64s (flat views it as an array of them, for publishing).
 const counterWords = MaxPorts*4 + int(numReasons) + 5
 
 // published is a core's counters as readers see them: atomic copies made
@@ -135,36 +136,20 @@ type published struct {
 	_ [128]byte
 }
 
-func (c *Counters) words(f func(i int, v *uint64)) {
-	i := 0
-	for p := range c.Ports {
-		f(i, &c.Ports[p].RxPackets)
-		f(i+1, &c.Ports[p].RxBytes)
-		f(i+2, &c.Ports[p].TxPackets)
-		f(i+3, &c.Ports[p].TxBytes)
-		i += 4
-	}
-	for r := range c.Drops {
-		f(i, &c.Drops[r])
-		i++
-	}
-	f(i, &c.Created)
-	f(i+1, &c.Forwarded)
-	f(i+2, &c.Replies)
-	f(i+3, &c.ToKernel)
-	f(i+4, &c.Batches)
-}
-
 func (p *published) store(c *Counters) {
-	c.words(func(i int, v *uint64) {
-		if p.w[i].Load() != *v {
-			p.w[i].Store(*v)
+	w := c.flat()
+	for i := range w {
+		if p.w[i].Load() != w[i] {
+			p.w[i].Store(w[i])
 		}
-	})
+	}
 }
 
 func (p *published) load() Counters {
 	var c Counters
-	c.words(func(i int, v *uint64) { *v = p.w[i].Load() })
+	w := c.flat()
+	for i := range w {
+		w[i] = p.w[i].Load()
+	}
 	return c
 }
