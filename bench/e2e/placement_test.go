@@ -99,3 +99,35 @@ func TestKernelRPS(t *testing.T) {
 		t.Fatalf("RPS without a placement: %v", err)
 	}
 }
+
+// ParseCPUList takes command-line input: never a panic, and either an
+// error wrapping ErrConfig or CPUs all below ncpu, as many as the list
+// names.
+func FuzzParseCPUList(f *testing.F) {
+	for _, s := range []string{"0", "1,0", "0-3", " 2 , 0-1", "", "-", "3-1", "0-99999999999", "1,,2", "٣"} {
+		f.Add(s, 4)
+	}
+	f.Fuzz(func(t *testing.T, s string, ncpu int) {
+		if ncpu < 1 || ncpu > 4096 {
+			return
+		}
+		cpus, err := ParseCPUList(s, ncpu)
+		if err != nil {
+			if !errors.Is(err, ErrConfig) {
+				t.Fatalf("%q: error %v does not wrap ErrConfig", s, err)
+			}
+			return
+		}
+		if len(cpus) == 0 {
+			t.Fatalf("%q: no CPUs and no error", s)
+		}
+		for _, c := range cpus {
+			if c < 0 || c >= ncpu {
+				t.Fatalf("%q: CPU %d outside 0..%d", s, c, ncpu-1)
+			}
+		}
+		if m := cpuMask(cpus); len(m) == 0 {
+			t.Fatalf("%q: empty mask", s)
+		}
+	})
+}
