@@ -104,6 +104,17 @@ func (f *Flow) Tuple(d Dir) Tuple {
 	return f.orig
 }
 
+// TuplePtr returns the tuple of direction d in place, without copying it.
+// The tuples never change while the record is live: the pointer is good
+// for as long as the Ref it came through, inside one critical section,
+// and must not be written through.
+func (f *Flow) TuplePtr(d Dir) *Tuple {
+	if d == DirReply {
+		return &f.reply
+	}
+	return &f.orig
+}
+
 // Status returns the status word: State in the low bits, then flags.
 func (f *Flow) Status() uint32 { return f.status.Load() }
 
