@@ -338,7 +338,7 @@ func (p *Pipeline) parse(frame []byte, m *meta, key *flowtable.Tuple) Reason {
 			return ReasonL4Header
 		}
 		m.kind, m.tcpFlags = kTCP, t.Flags()
-		*key = flowtable.MakeTuple(header.ProtoTCP, src, t.SrcPort(), dst, t.DstPort())
+		key.Set(header.ProtoTCP, src, t.SrcPort(), dst, t.DstPort())
 	case header.ProtoUDP:
 		if len(payload) < header.UDPLen {
 			return ReasonL4Header
@@ -348,7 +348,7 @@ func (p *Pipeline) parse(frame []byte, m *meta, key *flowtable.Tuple) Reason {
 			return ReasonL4Header
 		}
 		m.kind = kUDP
-		*key = flowtable.MakeTuple(header.ProtoUDP, src, u.SrcPort(), dst, u.DstPort())
+		key.Set(header.ProtoUDP, src, u.SrcPort(), dst, u.DstPort())
 	case header.ProtoICMP:
 		if len(payload) < header.ICMPLen {
 			return ReasonL4Header
@@ -366,11 +366,11 @@ func (p *Pipeline) parse(frame []byte, m *meta, key *flowtable.Tuple) Reason {
 			m.kind = kICMPError
 		default:
 			m.kind = kOther
-			*key = flowtable.MakeTuple(header.ProtoICMP, src, 0, dst, 0)
+			key.Set(header.ProtoICMP, src, 0, dst, 0)
 		}
 	default:
 		m.kind = kOther
-		*key = flowtable.MakeTuple(m.proto, src, 0, dst, 0)
+		key.Set(m.proto, src, 0, dst, 0)
 	}
 	return ReasonNone
 }

@@ -27,3 +27,23 @@ func TestTupleWords(t *testing.T) {
 		}
 	}
 }
+
+func TestTupleSetIsMakeTuple(t *testing.T) {
+	for _, c := range []struct {
+		proto        uint8
+		src, dst     uint32
+		sport, dport uint16
+	}{
+		{ProtoTCP, 0x0A000001, 0xC6336407, 40000, 443},
+		{ProtoUDP, 0xFFFFFFFF, 0, 65535, 0},
+		{ProtoICMP, 1, 2, 0, 7},
+		{47, 0xC0A80001, 0x08080808, 0, 0},
+	} {
+		want := MakeTuple(c.proto, c.src, c.sport, c.dst, c.dport)
+		got := Tuple{Src: 9, Dst: 9, SrcPort: 9, DstPort: 9, Proto: 9}
+		got.Set(c.proto, c.src, c.sport, c.dst, c.dport)
+		if got != want || !got.equal(&want) {
+			t.Fatalf("Set gave %+v, MakeTuple %+v", got, want)
+		}
+	}
+}
