@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"xnat/bench/e2e"
+	"xnat/internal/cpuset"
 )
 
 func init() {
@@ -45,7 +46,7 @@ func ParseE2E(args []string, w io.Writer) (E2EOptions, error) {
 	def := e2e.DefaultPlacement(ncpu)
 	genDef, sinkDef, dutDef := "0", 0, "0"
 	if def != nil {
-		genDef, sinkDef, dutDef = joinInts(def.Gen), def.Sink, joinInts(def.DUT)
+		genDef, sinkDef, dutDef = cpuset.Format(def.Gen), def.Sink, cpuset.Format(def.DUT)
 	}
 	pin := fs.Bool("pin", def != nil, "pin the generators, the sink and the device under test to CPUs (--gen-cpus, --sink-cpu, --dut-cpus)")
 	genCPUs := fs.String("gen-cpus", genDef, "CPUs of the generators, queue q on the q-th (in turn)")
@@ -114,14 +115,6 @@ func ParseE2E(args []string, w io.Writer) (E2EOptions, error) {
 		return o, errors.New("--plot needs the throughput scenario (--scenario throughput or all)")
 	}
 	return o, nil
-}
-
-func joinInts(v []int) string {
-	s := make([]string, len(v))
-	for i, n := range v {
-		s[i] = strconv.Itoa(n)
-	}
-	return strings.Join(s, ",")
 }
 
 func contains(list []string, s string) bool {

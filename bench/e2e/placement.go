@@ -3,10 +3,10 @@ package e2e
 import (
 	"fmt"
 	"runtime"
-	"strconv"
-	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"xnat/internal/cpuset"
 )
 
 // Placement pins a run's busy threads to CPUs, so that a measurement does
@@ -45,28 +45,16 @@ func DefaultPlacement(ncpu int) *Placement {
 
 // ParseCPUList parses "0", "0,2" or "0-3" into CPU numbers below ncpu.
 func ParseCPUList(s string, ncpu int) ([]int, error) {
-	var out []int
-	for _, part := range strings.Split(s, ",") {
-		part = strings.TrimSpace(part)
-		lo, hi, isRange := strings.Cut(part, "-")
-		a, err := strconv.Atoi(lo)
-		if err != nil {
-			return nil, fmt.Errorf("%w: CPU %q in %q", ErrConfig, part, s)
-		}
-		b := a
-		if isRange {
-			if b, err = strconv.Atoi(hi); err != nil || b < a {
-				return nil, fmt.Errorf("%w: CPU range %q in %q", ErrConfig, part, s)
-			}
-		}
-		for c := a; c <= b; c++ {
-			if c < 0 || c >= ncpu {
-				return nil, fmt.Errorf("%w: CPU %d (this machine has 0 to %d)", ErrConfig, c, ncpu-1)
-			}
-			out = append(out, c)
+	cpus, err := cpuset.Parse(s)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	for _, c := range cpus {
+		if c >= ncpu {
+			return nil, fmt.Errorf("%w: CPU %d (this machine has 0 to %d)", ErrConfig, c, ncpu-1)
 		}
 	}
-	return out, nil
+	return cpus, nil
 }
 
 // gen returns the CPU of queue q's generator, -1 for none.
@@ -96,31 +84,6 @@ func (p *Placement) dut(queues int) []int {
 		out[q] = p.DUT[q%len(p.DUT)]
 	}
 	return out
-}
-
-// cpuMask formats CPUs as the hexadecimal mask sysfs takes (rps_cpus).
-func cpuMask(cpus []int) string {
-	var words []uint32
-	for _, c := range cpus {
-		for len(words) <= c/32 {
-			words = append(words, 0)
-		}
-		words[c/32] |= 1 << (c % 32)
-	}
-	parts := make([]string, len(words))
-	for i, w := range words {
-		parts[len(words)-1-i] = fmt.Sprintf("%08x", w)
-	}
-	return strings.Join(parts, ",")
-}
-
-// cpuList formats CPUs as xnatd's --cpus takes them.
-func cpuList(cpus []int) string {
-	s := make([]string, len(cpus))
-	for i, c := range cpus {
-		s[i] = strconv.Itoa(c)
-	}
-	return strings.Join(s, ",")
 }
 
 // pinThread locks the calling goroutine to its thread and the thread to

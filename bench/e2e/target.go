@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"xnat/control/api"
+	"xnat/internal/cpuset"
 )
 
 // Target is a device under test set up in the topology's dut namespace:
@@ -297,7 +298,7 @@ func (x *Xnat) Setup(tp *Topology, cfg TargetConfig) error {
 		"--queues", strconv.Itoa(tp.Queues), "--max-conns", strconv.Itoa(cfg.MaxConns),
 		"--capacity", strconv.Itoa(2*cfg.MaxConns), "--socket", sock, "--log-level", "info")
 	if len(cfg.CPUs) > 0 {
-		x.cmd.Args = append(x.cmd.Args, "--cpus", cpuList(cfg.CPUs))
+		x.cmd.Args = append(x.cmd.Args, "--cpus", cpuset.Format(cfg.CPUs))
 	}
 	x.cmd.Stdout, x.cmd.Stderr = x.stderr, x.stderr
 	// Started from a thread inside dut: the process lives there.
@@ -415,7 +416,7 @@ func findXnatd() (string, error) {
 // test's two interfaces to cpus. The topology is fresh for each point, so
 // nothing needs putting back.
 func steerRPS(tp *Topology, cpus []int) error {
-	mask := cpuMask(cpus)
+	mask := cpuset.Mask(cpus)
 	for _, ifc := range []string{DUTInIf, DUTOutIf} {
 		for q := range max(tp.Queues, 1) {
 			rel := fmt.Sprintf("%s/queues/rx-%d/rps_cpus", ifc, q)

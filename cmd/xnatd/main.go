@@ -33,12 +33,12 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"strconv"
 	"strings"
 	"syscall"
 
 	"xnat/control/api"
 	"xnat/control/daemon"
+	"xnat/internal/cpuset"
 )
 
 // list is a repeatable string flag.
@@ -109,9 +109,9 @@ func run(args []string, stderr io.Writer) int {
 		case "queues":
 			cfg.Queues = queues
 		case "cpus":
-			c, err := parseCPUs(cpus)
+			c, err := cpuset.Parse(cpus)
 			if err != nil {
-				flagErr = err
+				flagErr = fmt.Errorf("--cpus: %w", err)
 			}
 			cfg.CPUs = c
 		case "max-conns":
@@ -241,26 +241,4 @@ func serveAPI(d *daemon.Daemon, log *slog.Logger, cfg daemon.Config) (*api.Serve
 		log.Info("metrics", "url", "http://"+addr.String()+"/metrics")
 	}
 	return srv, nil
-}
-
-// parseCPUs parses "0,2,4-5".
-func parseCPUs(s string) ([]int, error) {
-	var out []int
-	for _, part := range strings.Split(s, ",") {
-		lo, hi, isRange := strings.Cut(strings.TrimSpace(part), "-")
-		a, err := strconv.Atoi(lo)
-		if err != nil || a < 0 {
-			return nil, fmt.Errorf("--cpus %q: bad CPU %q", s, part)
-		}
-		b := a
-		if isRange {
-			if b, err = strconv.Atoi(hi); err != nil || b < a || b-a > 1024 {
-				return nil, fmt.Errorf("--cpus %q: bad range %q", s, part)
-			}
-		}
-		for c := a; c <= b; c++ {
-			out = append(out, c)
-		}
-	}
-	return out, nil
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -344,16 +345,13 @@ func TestXnatdRefusesBadConfig(t *testing.T) {
 	}
 }
 
-func TestParseCPUs(t *testing.T) {
-	for in, want := range map[string]string{"0": "[0]", "0,2": "[0 2]", "1-3": "[1 2 3]", "0,4-5": "[0 4 5]"} {
-		got, err := parseCPUs(in)
-		if err != nil || fmt.Sprint(got) != want {
-			t.Errorf("parseCPUs(%q) = %v, %v; want %s", in, got, err, want)
-		}
-	}
-	for _, in := range []string{"", "-1", "a", "3-1", "1-", "0-5000"} {
-		if got, err := parseCPUs(in); err == nil {
-			t.Errorf("parseCPUs(%q) = %v, want an error", in, got)
+// --cpus takes the CPU list syntax of internal/cpuset; a bad list stops
+// xnatd before it touches anything, with exit code 2 and the flag named.
+func TestBadCPUsFlag(t *testing.T) {
+	for _, in := range []string{"", "-1", "a", "3-1", "1-", "0-9000"} {
+		var stderr bytes.Buffer
+		if code := run([]string{"--inside", "x0", "--outside", "x1", "--cpus", in}, &stderr); code != 2 || !strings.Contains(stderr.String(), "--cpus") {
+			t.Errorf("--cpus %q: exit %d, %q", in, code, stderr.String())
 		}
 	}
 }
