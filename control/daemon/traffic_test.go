@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"xnat/dataplane"
+	"xnat/dataplane/header"
 	"xnat/flowtable"
 	"xnat/internal/netns"
 )
@@ -41,27 +42,13 @@ func openICMP(t *testing.T, ns *netns.NS) *icmpSocket {
 	return s
 }
 
-func icmpSum(b []byte) uint16 {
-	var s uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		s += uint32(b[len(b)-1]) << 8
-	}
-	for s>>16 != 0 {
-		s = s&0xffff + s>>16
-	}
-	return ^uint16(s)
-}
-
 func (s *icmpSocket) echo(dst net.IP, id, seq uint16) error {
 	m := make([]byte, 16)
 	m[0] = 8
 	binary.BigEndian.PutUint16(m[4:], id)
 	binary.BigEndian.PutUint16(m[6:], seq)
 	copy(m[8:], "xnatping")
-	binary.BigEndian.PutUint16(m[2:], icmpSum(m))
+	binary.BigEndian.PutUint16(m[2:], header.Checksum(m, 0))
 	var sa unix.SockaddrInet4
 	copy(sa.Addr[:], dst.To4())
 	return unix.Sendto(s.fd, m, 0, &sa)

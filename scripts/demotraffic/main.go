@@ -23,6 +23,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"xnat/dataplane/header"
 )
 
 func main() {
@@ -114,20 +116,6 @@ func serve(addr string, udpPort, tcpPort int) error {
 	}
 }
 
-func csum(b []byte) uint16 {
-	var s uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		s += uint32(b[len(b)-1]) << 8
-	}
-	for s>>16 != 0 {
-		s = s&0xffff + s>>16
-	}
-	return ^uint16(s)
-}
-
 func ping(dst string, count int) error {
 	ip := net.ParseIP(dst).To4()
 	if ip == nil {
@@ -153,7 +141,7 @@ func ping(dst string, count int) error {
 		binary.BigEndian.PutUint16(m[4:], id)
 		binary.BigEndian.PutUint16(m[6:], uint16(seq))
 		copy(m[8:], "xnatdemo")
-		binary.BigEndian.PutUint16(m[2:], csum(m))
+		binary.BigEndian.PutUint16(m[2:], header.Checksum(m, 0))
 		start := time.Now()
 		if err := syscall.Sendto(fd, m, 0, &sa); err != nil {
 			return err
