@@ -376,30 +376,32 @@ func (c *classifier) next(offs *[numFields]int32, nact int32, pos int32) int32 {
 		for sum != 0 {
 			w := int32(bits.TrailingZeros64(sum))
 			sum &= sum - 1
-			m := ^uint64(0)
-			if w == w0 {
-				m <<= uint(pos & 63)
-			}
-			for i := int32(0); i < nact; i++ {
-				m &= c.bits[offs[i]+1+w]
-			}
-			if m != 0 {
-				return w<<6 + int32(bits.TrailingZeros64(m))
+			if r := c.inWord(offs, nact, w, pos); r >= 0 {
+				return r
 			}
 		}
 		return -1
 	}
 	for w := w0; w < c.words; w++ {
-		m := ^uint64(0)
-		if w == w0 {
-			m <<= uint(pos & 63)
-		}
-		for i := int32(0); i < nact; i++ {
-			m &= c.bits[offs[i]+1+w]
-		}
-		if m != 0 {
-			return w<<6 + int32(bits.TrailingZeros64(m))
+		if r := c.inWord(offs, nact, w, pos); r >= 0 {
+			return r
 		}
 	}
 	return -1
+}
+
+// inWord returns the first rule of word w at or after pos that every
+// active field's bitmap holds, or -1.
+func (c *classifier) inWord(offs *[numFields]int32, nact int32, w int32, pos int32) int32 {
+	m := ^uint64(0)
+	if w == pos>>6 {
+		m <<= uint(pos & 63)
+	}
+	for i := int32(0); i < nact; i++ {
+		m &= c.bits[offs[i]+1+w]
+	}
+	if m == 0 {
+		return -1
+	}
+	return w<<6 + int32(bits.TrailingZeros64(m))
 }
