@@ -216,8 +216,10 @@ func (m *Mirror) run(s *subscriptions) {
 		}
 	}
 	resync := func(cause error) {
-		m.report(fmt.Errorf("kernel: subscription failed, resynchronising: %w", cause))
+		// Counted before it is reported, so that whoever hears of a
+		// resync also sees it in Resyncs.
 		m.resyncs.Add(1)
+		m.report(fmt.Errorf("kernel: subscription failed, resynchronising: %w", cause))
 		s.close()
 		for {
 			ns, err := m.subscribe()
