@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"math"
 	"testing"
 
 	"github.com/gopacket/gopacket/layers"
@@ -266,8 +267,12 @@ func TestTTLExpiryAnswersTimeExceeded(t *testing.T) {
 		t.Error("an expiring packet created a connection")
 	}
 	// The budget holds: a burst beyond it is dropped silently but counted.
+	// The bucket is emptied and its last refill put beyond any clock reading,
+	// so no token comes back however slowly the loop below runs (under -race
+	// on a loaded machine, a millisecond between packets refilled one).
 	tb.dp.Settings.ICMPBurst.Store(3)
 	tb.dp.Pipeline(0).icmpTokens = 0
+	tb.dp.Pipeline(0).icmpLast = math.MaxInt64
 	replies := 0
 	for range 10 {
 		if r, _ := tb.run(in, portIn); r.Action == ActReply {
