@@ -91,11 +91,7 @@ type Core struct {
 	pub *pubStats        // published copy
 
 	// scratch for LookupBatch
-	bb [batchMax]struct {
-		b1, b2 uint64
-		tag    uint32
-		idx    uint32
-	}
+	bb   [batchMax]probe
 	sink uint32
 }
 
@@ -157,6 +153,19 @@ func (c *Core) Lookup(k *Tuple, now Time) Ref {
 // batches are taken batchMax keys at a time.
 const batchMax = 64
 
+// probe is one key's place in a LookupBatch: its two buckets, its tag and
+// the candidate record found under the tag (noCand while none). The
+// assembly tag scan reads it by offset (tagscan_amd64.s); a test holds the
+// layout to those offsets.
+type probe struct {
+	b1, b2 uint64
+	tag    uint32
+	idx    uint32
+}
+
+// noCand is probe.idx while no slot of the probed buckets holds the tag.
+const noCand = ^uint32(0)
+
 // LookupBatch looks up keys[i] into refs[i] (0 when not found). It first
 // computes every key's buckets and touches them, then the candidate
 // records, and only then compares, so the cache misses of the whole batch
@@ -185,43 +194,18 @@ func (c *Core) lookupBatch(keys []Tuple, refs []Ref, now Time) {
 	for i := range bb { // touch first buckets
 		sink += t.buckets[bb[i].b1][0].Load()
 	}
-	second := 0
-	for i := range bb { // find the candidate in the first bucket
-		b := &bb[i]
-		b.idx = ^uint32(0)
-		bk := &t.buckets[b.b1]
-		for j := range bk {
-			if v := bk[j].Load(); v&^mask == b.tag {
-				b.idx = v&mask - 1
-				break
-			}
-		}
-		if b.idx == ^uint32(0) {
-			second++
-		}
-	}
-	if second > 0 { // the few not in their first bucket
+	// Find each key's candidate in its first bucket, then, for the few
+	// not there, in its second.
+	if tagScan(t.buckets, bb, mask, false) > 0 {
 		for i := range bb {
-			if bb[i].idx == ^uint32(0) {
+			if bb[i].idx == noCand {
 				sink += t.buckets[bb[i].b2][0].Load()
 			}
 		}
-		for i := range bb {
-			b := &bb[i]
-			if b.idx != ^uint32(0) {
-				continue
-			}
-			bk := &t.buckets[b.b2]
-			for j := range bk {
-				if v := bk[j].Load(); v&^mask == b.tag {
-					b.idx = v&mask - 1
-					break
-				}
-			}
-		}
+		tagScan(t.buckets, bb, mask, true)
 	}
 	for i := range bb { // touch candidate records: a 48-byte record may span two lines
-		if idx := bb[i].idx; idx != ^uint32(0) {
+		if idx := bb[i].idx; idx != noCand {
 			f := &t.recs[idx]
 			sink += f.orig.Src + f.status.Load()
 		}
@@ -230,7 +214,7 @@ func (c *Core) lookupBatch(keys []Tuple, refs []Ref, now Time) {
 	for i := range bb { // compare
 		b := &bb[i]
 		var r Ref
-		if b.idx != ^uint32(0) {
+		if b.idx != noCand {
 			f := &t.recs[b.idx]
 			if d, ok := match(f, &keys[i]); ok && t.liveAt(f, now) {
 				r = makeRef(b.idx, d)

@@ -1,0 +1,32 @@
+package flowtable
+
+// tagScanGo is the portable tag scan: for each probe (with second, only
+// those still without a candidate, in their second bucket) it records the
+// record index of the first slot holding the probe's tag, or noCand. It
+// returns how many probes are left without a candidate. Every bucket index
+// in bb must be below len(buckets), as place guarantees.
+func tagScanGo(buckets []bucket, bb []probe, mask uint32, second bool) int {
+	missing := 0
+	for i := range bb {
+		b := &bb[i]
+		bi := b.b1
+		if second {
+			if b.idx != noCand {
+				continue
+			}
+			bi = b.b2
+		}
+		b.idx = noCand
+		bk := &buckets[bi]
+		for j := range bk {
+			if v := bk[j].Load(); v&^mask == b.tag {
+				b.idx = v&mask - 1
+				break
+			}
+		}
+		if b.idx == noCand {
+			missing++
+		}
+	}
+	return missing
+}

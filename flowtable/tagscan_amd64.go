@@ -1,0 +1,24 @@
+package flowtable
+
+import "golang.org/x/sys/cpu"
+
+// useAVX2 selects the vector tag scan: on CPUs with AVX2 and BMI1, and not
+// under the race detector, whose happens-before edges between an insert
+// and a lookup come from the Go scan's atomic loads of the slots.
+var useAVX2 = !raceEnabled && cpu.X86.HasAVX2 && cpu.X86.HasBMI1
+
+// tagScanAVX2 is tagScanGo over the same probes with AVX2: each bucket is
+// compared with the tag as two 8-slot vectors, with no branch on where
+// (or whether) the tag sits. notMask is ^mask. It is tagScanGo's
+// contract, for len(bb) > 0; the caller checks the bucket indices.
+//
+//go:noescape
+func tagScanAVX2(buckets *bucket, bb *probe, n int, notMask uint32, second bool) int
+
+// tagScan runs the vector tag scan where the CPU has it, else the Go one.
+func tagScan(buckets []bucket, bb []probe, mask uint32, second bool) int {
+	if useAVX2 && len(bb) > 0 {
+		return tagScanAVX2(&buckets[0], &bb[0], len(bb), ^mask, second)
+	}
+	return tagScanGo(buckets, bb, mask, second)
+}

@@ -1,0 +1,8 @@
+//go:build !amd64
+
+package flowtable
+
+// tagScan is tagScanGo where no vector scan is written.
+func tagScan(buckets []bucket, bb []probe, mask uint32, second bool) int {
+	return tagScanGo(buckets, bb, mask, second)
+}

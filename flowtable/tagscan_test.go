@@ -1,0 +1,121 @@
+package flowtable
+
+import (
+	"encoding/binary"
+	"math/rand/v2"
+	"testing"
+	"unsafe"
+)
+
+// The assembly scan reads probes by offset.
+func TestProbeLayout(t *testing.T) {
+	var p probe
+	if unsafe.Offsetof(p.b1) != 0 || unsafe.Offsetof(p.b2) != 8 || unsafe.Offsetof(p.tag) != 16 || unsafe.Offsetof(p.idx) != 20 || unsafe.Sizeof(p) != 24 {
+		t.Fatalf("probe layout changed: tagscan_amd64.s reads b1 at 0, b2 at 8, tag at 16, idx at 20, 24 bytes apart")
+	}
+	if unsafe.Sizeof(bucket{}) != 64 {
+		t.Fatalf("bucket is %d bytes; tagscan_amd64.s reads 64", unsafe.Sizeof(bucket{}))
+	}
+}
+
+// checkTagScan runs the scan the build uses and the Go scan on copies of
+// the same probes, both passes, and compares every candidate and count.
+func checkTagScan(t *testing.T, buckets []bucket, bb []probe, mask uint32) {
+	t.Helper()
+	for _, second := range []bool{false, true} {
+		got := append([]probe(nil), bb...)
+		want := append([]probe(nil), bb...)
+		ng := tagScan(buckets, got, mask, second)
+		nw := tagScanGo(buckets, want, mask, second)
+		if ng != nw {
+			t.Fatalf("second=%v: %d left without a candidate, want %d", second, ng, nw)
+		}
+		for i := range got {
+			if got[i] != want[i] {
+				t.Fatalf("second=%v, probe %d: %+v, want %+v", second, i, got[i], want[i])
+			}
+		}
+		copy(bb, got) // the second pass starts from the first's candidates
+	}
+}
+
+// makeScanCase fills buckets with slots under a handful of tags (so that
+// probes find their tag in no slot, one slot or several) and empty slots,
+// and probes aimed at them.
+func makeScanCase(rng *rand.Rand, nb, np int, idxBits uint32) ([]bucket, []probe) {
+	mask := uint32(1)<<idxBits - 1
+	tags := []uint32{1 << idxBits, 2 << idxBits, 3 << idxBits, ^mask}
+	buckets := make([]bucket, nb)
+	for i := range buckets {
+		for j := range buckets[i] {
+			if rng.IntN(4) == 0 {
+				continue // empty
+			}
+			buckets[i][j].Store(tags[rng.IntN(len(tags))] | (rng.Uint32()&mask | 1))
+		}
+	}
+	bb := make([]probe, np)
+	for i := range bb {
+		bb[i] = probe{b1: uint64(rng.IntN(nb)), b2: uint64(rng.IntN(nb)), tag: tags[rng.IntN(len(tags))], idx: rng.Uint32()}
+	}
+	return buckets, bb
+}
+
+func TestTagScanMatchesGo(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 2000 {
+		idxBits := uint32(4 + rng.IntN(24))
+		buckets, bb := makeScanCase(rng, 1+rng.IntN(8), 1+rng.IntN(batchMax), idxBits)
+		checkTagScan(t, buckets, bb, uint32(1)<<idxBits-1)
+	}
+}
+
+// The scan on the last bucket of the table reads nothing beyond it.
+func TestTagScanLastBucket(t *testing.T) {
+	buckets := make([]bucket, 3)
+	mask := uint32(1)<<20 - 1
+	buckets[2][15].Store(5<<20 | 77)
+	bb := []probe{{b1: 2, b2: 0, tag: 5 << 20}, {b1: 0, b2: 2, tag: 5 << 20}}
+	checkTagScan(t, buckets[:3:3], bb, mask)
+	if bb[0].idx != 76 || bb[1].idx != 76 {
+		t.Fatalf("candidates %d, %d; want 76 from the last slot", bb[0].idx, bb[1].idx)
+	}
+}
+
+func FuzzTagScan(f *testing.F) {
+	f.Add(uint8(20), []byte{0, 1, 2, 3, 4, 5, 6, 7, 8, 9})
+	f.Fuzz(func(t *testing.T, bitsIn uint8, data []byte) {
+		idxBits := uint32(bitsIn%28) + 1
+		mask := uint32(1)<<idxBits - 1
+		if len(data) < 4 {
+			return
+		}
+		nb := int(data[0]%8) + 1
+		buckets := make([]bucket, nb)
+		data = data[1:]
+		// Slots come from the input four bytes at a time, probes after.
+		// Both keep the table's invariants: a used slot's index part is
+		// idx+1, never 0, and a tag is never 0 (so empty slots match none).
+		for i := 0; i < nb*slotsPerBucket && len(data) >= 4; i++ {
+			v := binary.LittleEndian.Uint32(data)
+			if v != 0 && v&mask == 0 {
+				v |= 1
+			}
+			buckets[i/slotsPerBucket][i%slotsPerBucket].Store(v)
+			data = data[4:]
+		}
+		var bb []probe
+		for len(data) >= 6 && len(bb) < batchMax {
+			tag := binary.LittleEndian.Uint32(data[2:]) &^ mask
+			if tag == 0 {
+				tag = mask + 1
+			}
+			bb = append(bb, probe{b1: uint64(int(data[0]) % nb), b2: uint64(int(data[1]) % nb), tag: tag, idx: uint32(data[1])})
+			data = data[6:]
+		}
+		if len(bb) == 0 {
+			return
+		}
+		checkTagScan(t, buckets, bb, mask)
+	})
+}
