@@ -195,14 +195,17 @@ func (c *Core) lookupBatch(keys []Tuple, refs []Ref, now Time) {
 		sink += t.buckets[bb[i].b1][0].Load()
 	}
 	// Find each key's candidate in its first bucket, then, for the few
-	// not there, in its second.
-	if tagScan(t.buckets, bb, mask, false) > 0 {
+	// not there, in its second. The vector scan also prefetches each
+	// candidate record and each second bucket it will need, so those
+	// misses start while the scan goes on; the touch loops below then
+	// wait for lines already on their way.
+	if tagScan(t.buckets, t.recs, bb, mask, false) > 0 {
 		for i := range bb {
 			if bb[i].idx == noCand {
 				sink += t.buckets[bb[i].b2][0].Load()
 			}
 		}
-		tagScan(t.buckets, bb, mask, true)
+		tagScan(t.buckets, t.recs, bb, mask, true)
 	}
 	for i := range bb { // touch candidate records: a 48-byte record may span two lines
 		if idx := bb[i].idx; idx != noCand {

@@ -10,15 +10,18 @@ var useAVX2 = !raceEnabled && cpu.X86.HasAVX2 && cpu.X86.HasBMI1
 // tagScanAVX2 is tagScanGo over the same probes with AVX2: each bucket is
 // compared with the tag as two 8-slot vectors, with no branch on where
 // (or whether) the tag sits. notMask is ^mask. It is tagScanGo's
-// contract, for len(bb) > 0; the caller checks the bucket indices.
+// contract, for len(bb) > 0; the caller checks the bucket indices. It
+// also prefetches (PREFETCHT0, which never faults) the lines of each
+// candidate record in recs and, in the first pass, the second bucket of
+// each probe left without a candidate.
 //
 //go:noescape
-func tagScanAVX2(buckets *bucket, bb *probe, n int, notMask uint32, second bool) int
+func tagScanAVX2(buckets *bucket, recs *Flow, bb *probe, n int, notMask uint32, second bool) int
 
 // tagScan runs the vector tag scan where the CPU has it, else the Go one.
-func tagScan(buckets []bucket, bb []probe, mask uint32, second bool) int {
+func tagScan(buckets []bucket, recs []Flow, bb []probe, mask uint32, second bool) int {
 	if useAVX2 && len(bb) > 0 {
-		return tagScanAVX2(&buckets[0], &bb[0], len(bb), ^mask, second)
+		return tagScanAVX2(&buckets[0], &recs[0], &bb[0], len(bb), ^mask, second)
 	}
 	return tagScanGo(buckets, bb, mask, second)
 }

@@ -1,10 +1,11 @@
 #include "textflag.h"
 
 // The probe layout (core.go): b1 at 0, b2 at 8, tag at 16, idx at 20,
-// 24 bytes each. A bucket is 16 four-byte slots, 64 bytes.
+// 24 bytes each. A bucket is 16 four-byte slots, 64 bytes; a record 48.
 
 // PROBE compares the bucket at R8 with the tag at 16(DI) and stores the
 // candidate (or noCand) at 20(DI), adding 1 to R9 when there is none.
+// It leaves ZF set when there is none.
 // In: Y2 = ^mask in every lane, AX = mask, R13 = noCand.
 #define PROBE \
 	SHLQ         $6, R8; \
@@ -28,15 +29,25 @@
 	SETEQ        BX; \
 	MOVBQZX      BX, BX; \
 	ADDQ         BX, R9; \
-	MOVL         R12, 20(DI)
+	MOVL         R12, 20(DI); \
+	TESTL        R10, R10
 
-// func tagScanAVX2(buckets *bucket, bb *probe, n int, notMask uint32, second bool) int
-TEXT ·tagScanAVX2(SB), NOSPLIT, $0-40
+// PREC prefetches both lines the candidate record in R12 may span.
+#define PREC \
+	MOVQ         recs+8(FP), DX; \
+	MOVL         R12, R12; \
+	LEAQ         (R12)(R12*2), R12; \
+	SHLQ         $4, R12; \
+	PREFETCHT0   (DX)(R12*1); \
+	PREFETCHT0   32(DX)(R12*1)
+
+// func tagScanAVX2(buckets *bucket, recs *Flow, bb *probe, n int, notMask uint32, second bool) int
+TEXT ·tagScanAVX2(SB), NOSPLIT, $0-48
 	MOVQ         buckets+0(FP), SI
-	MOVQ         bb+8(FP), DI
-	MOVQ         n+16(FP), CX
-	MOVL         notMask+24(FP), AX
-	MOVBLZX      second+28(FP), DX
+	MOVQ         bb+16(FP), DI
+	MOVQ         n+24(FP), CX
+	MOVL         notMask+32(FP), AX
+	MOVBLZX      second+36(FP), DX
 	MOVL         AX, X2
 	VPBROADCASTD X2, Y2
 	NOTL         AX
@@ -48,6 +59,17 @@ TEXT ·tagScanAVX2(SB), NOSPLIT, $0-40
 first:
 	MOVQ         0(DI), R8
 	PROBE
+	JZ           miss1
+	PREC
+	JMP          next1
+
+miss1:
+	// Not in its first bucket: start the second on its way.
+	MOVQ         8(DI), DX
+	SHLQ         $6, DX
+	PREFETCHT0   (SI)(DX*1)
+
+next1:
 	ADDQ         $24, DI
 	DECQ         CX
 	JNZ          first
@@ -55,16 +77,18 @@ first:
 
 second:
 	CMPL         20(DI), $-1
-	JNE          next
+	JNE          next2
 	MOVQ         8(DI), R8
 	PROBE
+	JZ           next2
+	PREC
 
-next:
+next2:
 	ADDQ         $24, DI
 	DECQ         CX
 	JNZ          second
 
 done:
 	VZEROUPPER
-	MOVQ         R9, ret+32(FP)
+	MOVQ         R9, ret+40(FP)
 	RET

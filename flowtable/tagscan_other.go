@@ -3,6 +3,6 @@
 package flowtable
 
 // tagScan is tagScanGo where no vector scan is written.
-func tagScan(buckets []bucket, bb []probe, mask uint32, second bool) int {
+func tagScan(buckets []bucket, recs []Flow, bb []probe, mask uint32, second bool) int {
 	return tagScanGo(buckets, bb, mask, second)
 }

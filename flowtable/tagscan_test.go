@@ -25,7 +25,7 @@ func checkTagScan(t *testing.T, buckets []bucket, bb []probe, mask uint32) {
 	for _, second := range []bool{false, true} {
 		got := append([]probe(nil), bb...)
 		want := append([]probe(nil), bb...)
-		ng := tagScan(buckets, got, mask, second)
+		ng := tagScan(buckets, make([]Flow, 1), got, mask, second)
 		nw := tagScanGo(buckets, want, mask, second)
 		if ng != nw {
 			t.Fatalf("second=%v: %d left without a candidate, want %d", second, ng, nw)
