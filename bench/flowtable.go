@@ -36,6 +36,9 @@ type FlowtableResult struct {
 	InsertDeleteNs  float64 `json:"insert_delete_ns"`
 	ParallelSpeedup float64 `json:"parallel_speedup"`
 	VsMutexMap      float64 `json:"vs_mutex_map"`
+	// The mixed workload again with its lookups batched on both sides
+	// (LookupBatch; one read lock per batch on the peer).
+	VsMutexMapBatched float64 `json:"vs_mutex_map_batched"`
 
 	// The peer, a map[Tuple]*Flow under a sync.RWMutex, in the same run.
 	PeerBytesPerFlow   float64 `json:"peer_bytes_per_flow"`
@@ -43,6 +46,8 @@ type FlowtableResult struct {
 	PeerInsertDeleteNs float64 `json:"peer_insert_delete_ns"`
 	MixedMops          float64 `json:"mixed_mops"`
 	PeerMixedMops      float64 `json:"peer_mixed_mops"`
+	MixedBatchMops     float64 `json:"mixed_batch_mops"`
+	PeerMixedBatchMops float64 `json:"peer_mixed_batch_mops"`
 	Workers            int     `json:"workers"`
 }
 
@@ -86,14 +91,14 @@ func runFlowtable(args []string, w io.Writer) error {
 			continue
 		}
 		rows = append(rows,
-			[]string{humanize.Comma(int64(n)), "xnat flowtable", dec1(r.BytesPerFlow), dec1(r.LookupNs), dec1(r.LookupBatchNs), dec1(r.InsertDeleteNs), fmt.Sprintf("%.2fx", r.ParallelSpeedup), dec2(r.MixedMops), fmt.Sprintf("%.1fx", r.VsMutexMap)},
-			[]string{"", "map+RWMutex", dec1(r.PeerBytesPerFlow), dec1(r.PeerLookupNs), "-", dec1(r.PeerInsertDeleteNs), "-", dec2(r.PeerMixedMops), "1.0x"},
+			[]string{humanize.Comma(int64(n)), "xnat flowtable", dec1(r.BytesPerFlow), dec1(r.LookupNs), dec1(r.LookupBatchNs), dec1(r.InsertDeleteNs), fmt.Sprintf("%.2fx", r.ParallelSpeedup), dec2(r.MixedMops), fmt.Sprintf("%.1fx", r.VsMutexMap), dec2(r.MixedBatchMops), fmt.Sprintf("%.1fx", r.VsMutexMapBatched)},
+			[]string{"", "map+RWMutex", dec1(r.PeerBytesPerFlow), dec1(r.PeerLookupNs), "-", dec1(r.PeerInsertDeleteNs), "-", dec2(r.PeerMixedMops), "1.0x", dec2(r.PeerMixedBatchMops), "1.0x"},
 		)
 	}
 	if *jsonOut {
 		return nil
 	}
-	return Table(w, []string{"flows", "table", "B/conn", "lookup ns", "batch ns/key", "ins+del ns", fmt.Sprintf("lookup x%d cores", *workers), "mixed Mops", "vs peer"}, rows)
+	return Table(w, []string{"flows", "table", "B/conn", "lookup ns", "batch ns/key", "ins+del ns", fmt.Sprintf("lookup x%d cores", *workers), "mixed Mops", "vs peer", "batched Mops", "vs peer"}, rows)
 }
 
 func dec1(v float64) string { return strconv.FormatFloat(v, 'f', 1, 64) }
@@ -214,7 +219,9 @@ func MeasureFlowtable(n, workers int, dur time.Duration) (FlowtableResult, error
 	one := throughput(dur, 1, LookupWorker(tab, keys))
 	many := throughput(dur, workers, LookupWorker(tab, keys))
 	res.ParallelSpeedup = many / one
-	res.MixedMops = throughput(dur, workers, MixedWorker(tab, keys, n)) / 1e6
+	mixed := NewMixed(n, workers)
+	res.MixedMops = throughput(dur, workers, mixed.Worker(tab, keys, false)) / 1e6
+	res.MixedBatchMops = throughput(dur, workers, mixed.Worker(tab, keys, true)) / 1e6
 	tab = nil
 	runtime.GC()
 
@@ -236,8 +243,11 @@ func MeasureFlowtable(n, workers int, dur time.Duration) (FlowtableResult, error
 			peer.delete(&nf)
 		}
 	}, 1)
-	res.PeerMixedMops = throughput(dur, workers, PeerMixedWorker(peer, keys, n)) / 1e6
+	mixed = NewMixed(n, workers)
+	res.PeerMixedMops = throughput(dur, workers, mixed.PeerWorker(peer, keys, false)) / 1e6
+	res.PeerMixedBatchMops = throughput(dur, workers, mixed.PeerWorker(peer, keys, true)) / 1e6
 	res.VsMutexMap = res.MixedMops / res.PeerMixedMops
+	res.VsMutexMapBatched = res.MixedBatchMops / res.PeerMixedBatchMops
 	return res, nil
 }
 
@@ -347,20 +357,44 @@ func LookupWorker(tab *flowtable.Table, keys []flowtable.Tuple) func(int, *atomi
 	}
 }
 
-// MixedWorker is the mixed workload: of every 64 operations, 56 look up a
+// Mixed is the mixed workload: of every 64 operations, 56 look up a
 // random existing connection, 4 insert a new one and 4 delete one this
-// worker inserted earlier, so the table stays at n connections.
-func MixedWorker(tab *flowtable.Table, keys []flowtable.Tuple, n int) func(int, *atomic.Bool) int {
+// worker inserted earlier, so the table stays at n connections. Each
+// worker's insert and delete positions live here, across runs: a run
+// goes on where the last one stopped, so runs after runs (the best of
+// three, then the batched variant) leave no more than one run's worth of
+// connections behind, however many there are.
+type Mixed struct {
+	n        int
+	ins, del []int
+}
+
+// NewMixed prepares the mixed workload for a table (or peer) holding n
+// connections, for up to workers workers.
+func NewMixed(n, workers int) *Mixed {
+	return &Mixed{n: n, ins: make([]int, workers), del: make([]int, workers)}
+}
+
+// Worker runs the workload on tab. With batch, the 56 lookups are one
+// LookupBatch, as the pipeline looks up a batch of frames (and the peer
+// takes its read lock once for them); without, each is a lookup of its
+// own on both.
+func (m *Mixed) Worker(tab *flowtable.Table, keys []flowtable.Tuple, batch bool) func(int, *atomic.Bool) int {
 	return func(w int, stop *atomic.Bool) int {
 		c := tab.Core(w)
 		var gone [64]flowtable.Gone
-		base := n + w<<22
-		ins, del := 0, 0
+		var refs [56]flowtable.Ref
+		base := m.n + w<<22
+		ins, del := m.ins[w], m.del[w]
 		done := 0
 		for off := w * 4096; !stop.Load(); off += 64 {
 			c.Enter()
-			for j := range 56 {
-				c.Lookup(&keys[(off+j)&(len(keys)-1)], 1)
+			if o := off & (len(keys) - 1); batch {
+				c.LookupBatch(keys[o:o+56], refs[:], 1)
+			} else {
+				for j := range refs {
+					refs[j] = c.Lookup(&keys[o+j], 1)
+				}
 			}
 			for range 4 {
 				nf := flowKeys(base + ins%(1<<20))
@@ -380,6 +414,7 @@ func MixedWorker(tab *flowtable.Table, keys []flowtable.Tuple, n int) func(int, 
 			c.Exit()
 			done += 64
 		}
+		m.ins[w], m.del[w] = ins, del
 		return done
 	}
 }
@@ -420,6 +455,20 @@ func (p *MutexMap) lookup(k *flowtable.Tuple) *peerFlow {
 	return f
 }
 
+// lookupBatch is lookup over several keys under one read lock.
+func (p *MutexMap) lookupBatch(keys []flowtable.Tuple, out []*peerFlow) {
+	p.mu.RLock()
+	for i := range keys {
+		out[i] = p.m[keys[i]]
+	}
+	p.mu.RUnlock()
+	for i, f := range out[:len(keys)] {
+		if f != nil && peerNow-f.last > peerTimeout {
+			out[i] = nil
+		}
+	}
+}
+
 const (
 	peerNow     = 1
 	peerTimeout = 432000
@@ -444,15 +493,20 @@ func (p *MutexMap) delete(nf *flowtable.NewFlow) {
 	p.mu.Unlock()
 }
 
-// PeerMixedWorker is MixedWorker on the peer.
-func PeerMixedWorker(p *MutexMap, keys []flowtable.Tuple, n int) func(int, *atomic.Bool) int {
+// PeerWorker is Worker on the peer.
+func (m *Mixed) PeerWorker(p *MutexMap, keys []flowtable.Tuple, batch bool) func(int, *atomic.Bool) int {
 	return func(w int, stop *atomic.Bool) int {
-		base := n + w<<22
-		ins, del := 0, 0
+		base := m.n + w<<22
+		ins, del := m.ins[w], m.del[w]
 		done := 0
+		var found [56]*peerFlow
 		for off := w * 4096; !stop.Load(); off += 64 {
-			for j := range 56 {
-				p.lookup(&keys[(off+j)&(len(keys)-1)])
+			if o := off & (len(keys) - 1); batch {
+				p.lookupBatch(keys[o:o+56], found[:])
+			} else {
+				for j := range found {
+					found[j] = p.lookup(&keys[o+j])
+				}
 			}
 			for range 4 {
 				nf := flowKeys(base + ins%(1<<20))
@@ -468,6 +522,7 @@ func PeerMixedWorker(p *MutexMap, keys []flowtable.Tuple, n int) func(int, *atom
 			}
 			done += 64
 		}
+		m.ins[w], m.del[w] = ins, del
 		return done
 	}
 }

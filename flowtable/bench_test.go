@@ -71,24 +71,29 @@ func BenchmarkInsertDelete(b *testing.B) {
 
 // BenchmarkParallel reports, per size, lookups on two cores against one
 // (speedup), and the mixed workload on two cores against the
-// map+RWMutex peer (vs_mutex_map), both measured in the benchmark.
+// map+RWMutex peer (vs_mutex_map; vs_mutex_map_batched with the lookups
+// batched on both sides), all measured in the benchmark.
 func BenchmarkParallel(b *testing.B) {
 	for _, n := range sizes {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
 			tab, keys := filled(b, n, 2)
 			bench.MakeRoom(tab, n, 2)
 			peer := bench.NewMutexMap(n)
+			mx, pmx := bench.NewMixed(n, 2), bench.NewMixed(n, 2)
 			b.ResetTimer()
-			var one, two, mixed, peerMixed float64
+			var one, two, mixed, peerMixed, mixedB, peerMixedB float64
 			for range b.N {
 				one = bench.Throughput(150*time.Millisecond, 1, bench.LookupWorker(tab, keys))
 				two = bench.Throughput(150*time.Millisecond, 2, bench.LookupWorker(tab, keys))
-				mixed = bench.Throughput(150*time.Millisecond, 2, bench.MixedWorker(tab, keys, n))
-				peerMixed = bench.Throughput(150*time.Millisecond, 2, bench.PeerMixedWorker(peer, keys, n))
+				mixed = bench.Throughput(150*time.Millisecond, 2, mx.Worker(tab, keys, false))
+				peerMixed = bench.Throughput(150*time.Millisecond, 2, pmx.PeerWorker(peer, keys, false))
+				mixedB = bench.Throughput(150*time.Millisecond, 2, mx.Worker(tab, keys, true))
+				peerMixedB = bench.Throughput(150*time.Millisecond, 2, pmx.PeerWorker(peer, keys, true))
 			}
 			b.ReportMetric(two/one, "speedup")
 			b.ReportMetric(mixed/1e6, "mixed_Mops")
 			b.ReportMetric(mixed/peerMixed, "vs_mutex_map")
+			b.ReportMetric(mixedB/peerMixedB, "vs_mutex_map_batched")
 		})
 	}
 }
