@@ -225,3 +225,37 @@ func TestTableFullDropsAndCounts(t *testing.T) {
 		t.Errorf("early_drop %d count %d", s.EarlyDrop, tb2.tab.Count())
 	}
 }
+
+// The paced sweep takes a core's share once per sweepPass, in the
+// batches' own time: small steps carry over, a long gap is capped.
+func TestSweepDuePacing(t *testing.T) {
+	var p Pipeline
+	const share = 1000 // one record due per millisecond
+	p.nowNs = 400_000
+	if got := p.sweepDue(share); got != 0 {
+		t.Fatalf("0.4 ms in: %d due, want 0", got)
+	}
+	p.nowNs = 1_200_000 // the 0.4 ms carried over counts
+	if got := p.sweepDue(share); got != 1 {
+		t.Fatalf("1.2 ms in: %d due, want 1", got)
+	}
+	total := 1
+	for p.nowNs < sweepPass {
+		p.nowNs += 70_000
+		total += p.sweepDue(share)
+	}
+	if total < share-1 || total > share+1 {
+		t.Errorf("one pass took %d records of %d", total, share)
+	}
+	p.nowNs += 10 * sweepPass // back from a long idle: capped
+	if got := p.sweepDue(1_000_000); got != sweepMax {
+		t.Errorf("after a gap: %d, want %d", got, sweepMax)
+	}
+	if got := p.sweepDue(1_000_000); got != 0 {
+		t.Errorf("right after the capped sweep: %d, want 0", got)
+	}
+	p.nowNs -= 5 // a clock reading behind the last sweep: nothing due
+	if got := p.sweepDue(share); got != 0 {
+		t.Errorf("clock behind: %d", got)
+	}
+}

@@ -53,9 +53,14 @@ type Settings struct {
 	// (per second, token bucket).
 	ICMPRate, ICMPBurst atomic.Int64
 	// SweepBudget is how many records a core's expiry sweep examines per
-	// batch; 0 (the default) scales it with the table: a 1024th of a
-	// core's connections, from 8 to 256, so that at line rate a full pass
-	// takes well under a second at any size and no batch ever stalls.
+	// batch; 0 (the default) paces it by the clock instead: each core
+	// passes over its connections once a second (sweepPass), whatever the
+	// packet rate, taking per batch the records due since its last sweep,
+	// from sweepMin to sweepMax. An expired connection is invisible to lookups at
+	// once; the sweep only hands back its record and its port, so a
+	// second is soon enough, and at line rate a batch sweeps a few
+	// records rather than the hundreds a per-batch quota needs to keep
+	// up when batches are few.
 	SweepBudget atomic.Int64
 }
 
@@ -148,9 +153,12 @@ type Pipeline struct {
 	cnt  Counters
 	pub  *published
 
-	now    flowtable.Time
-	nowNs  int64
-	nowSec uint32
+	now   flowtable.Time
+	nowNs int64
+	// sweptNs is the clock reading up to which the paced sweep has
+	// examined its due (sweepDue).
+	sweptNs int64
+	nowSec  uint32
 
 	nh [nhCacheSize]nhEntry
 
@@ -264,7 +272,7 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 	// Expire connections and give their ports back.
 	budget := int(d.Settings.SweepBudget.Load())
 	if budget <= 0 {
-		budget = min(max(d.Table.Count()/d.Table.Cores()/1024, 8), 256)
+		budget = max(p.sweepDue(d.Table.Count()/d.Table.Cores()+1), sweepMin)
 	}
 	n := p.ct.Sweep(p.now, budget, p.gone[:])
 	for _, g := range p.gone[:n] {
@@ -276,6 +284,37 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 	p.ct.Exit()
 	p.cnt.Batches++
 	p.pub.store(&p.cnt)
+}
+
+// sweepPass is how long the paced sweep takes over a core's connections;
+// sweepMax bounds one batch's share of it (a few microseconds of
+// sequential reads), which only a core back from idle reaches. Every
+// batch sweeps at least sweepMin records, so that small tables are swept
+// within a few batches.
+const (
+	sweepPass = int64(time.Second)
+	sweepMax  = 1024
+	sweepMin  = 8
+)
+
+// sweepDue is the paced sweep budget: the part of a pass over share
+// records that has fallen due since the last sweep. Time short of a whole
+// record stays due for the next batch.
+func (p *Pipeline) sweepDue(share int) int {
+	el := p.nowNs - p.sweptNs
+	if el <= 0 {
+		return 0
+	}
+	due := int64(share) * el / sweepPass
+	if due == 0 {
+		return 0
+	}
+	if due >= sweepMax {
+		p.sweptNs = p.nowNs
+		return sweepMax
+	}
+	p.sweptNs += due * sweepPass / int64(share)
+	return int(due)
 }
 
 func (p *Pipeline) finish(r *Result, a Action, reason Reason, port uint16, n int) {

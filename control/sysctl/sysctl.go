@@ -90,7 +90,7 @@ func init() {
 			get:   func(t *Target) int64 { return t.Settings.ICMPBurst.Load() },
 			check: func(_ *Target, v int64) error { return rangeCheck(v, 1, 1_000_000) },
 			set:   func(t *Target, v int64) { t.Settings.ICMPBurst.Store(v) }},
-		{Name: "xnat.sweep_budget", Help: "records each core's expiry sweep examines per batch (0: scaled with the table)",
+		{Name: "xnat.sweep_budget", Help: "records each core's expiry sweep examines per batch (0: paced, one pass over the core's connections a second)",
 			get:   func(t *Target) int64 { return t.Settings.SweepBudget.Load() },
 			check: func(_ *Target, v int64) error { return rangeCheck(v, 0, 65536) },
 			set:   func(t *Target, v int64) { t.Settings.SweepBudget.Store(v) }},
