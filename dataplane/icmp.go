@@ -38,11 +38,12 @@ func (p *Pipeline) handleICMPError(frame []byte, size int, m *meta, ref flowtabl
 	if newSrc == k.Src {
 		newSrc = n.Src
 	}
-	port, mac, r := p.nextHop(newDst)
+	nh, r := p.nextHop(newDst)
 	if r != ReasonNone {
 		p.finish(out, ActDrop, r, 0, 0)
 		return
 	}
+	port, mac := nh.port, nh.mac
 	var pk rules.Packet
 	p.packetFor(frame, m, &pk)
 	pk.OutIf, pk.CtState, pk.CtMark = port, ctstate, f.Mark()
@@ -109,7 +110,7 @@ func (p *Pipeline) handleICMPError(frame []byte, size int, m *meta, ref flowtabl
 	icmp.SetChecksum(0)
 	icmp.SetChecksum(header.Checksum(icmp, 0))
 	ip.DecTTL()
-	p.emit(frame, size, m, port, mac, out)
+	p.emit(frame, size, m, port, &mac, out)
 }
 
 // icmpAllowed takes a token from the core's ICMP error budget.

@@ -131,7 +131,6 @@ type nhEntry struct {
 	gen  uint64
 	dst  uint32
 	port uint16
-	ok   bool
 	mac  [6]byte
 }
 
@@ -150,8 +149,10 @@ type Pipeline struct {
 	core int
 	ct   *flowtable.Core
 	env  *Env
-	cnt  Counters
-	pub  *published
+	// envGen is env's generation, which next-hop cache entries carry.
+	envGen uint64
+	cnt    Counters
+	pub    *published
 
 	now   flowtable.Time
 	nowNs int64
@@ -221,6 +222,7 @@ func (p *Pipeline) Process(frames [][]byte, sizes []int, in []uint16, out []Resu
 func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Result) {
 	d := p.d
 	p.env = d.env.Load()
+	p.envGen = p.env.gen
 	el := time.Since(d.start)
 	p.nowNs = int64(el)
 	p.now = d.Table.Now()
@@ -542,11 +544,16 @@ func (p *Pipeline) forward(frame []byte, size int, m *meta, ref flowtable.Ref, c
 	if st&flowtable.FlagDstNAT != 0 {
 		ctstate |= rules.CtDNAT
 	}
-	port, mac, r := p.nextHop(other.Src)
-	if r != ReasonNone {
-		p.finish(out, ActDrop, r, 0, 0)
-		return
+	// nextHop, its cache hit written out: a call is too dear to inline.
+	nh := p.nhSlot(other.Src)
+	if nh.dst != other.Src || nh.gen != p.envGen {
+		var r Reason
+		if nh, r = p.resolveNextHop(nh, other.Src); r != ReasonNone {
+			p.finish(out, ActDrop, r, 0, 0)
+			return
+		}
 	}
+	port := nh.port
 	rs := p.env.Rules
 	v, policyOnly := rs.PolicyOnly(rules.Forward)
 	if policyOnly {
@@ -583,7 +590,7 @@ func (p *Pipeline) forward(frame []byte, size int, m *meta, ref flowtable.Ref, c
 		return
 	}
 	p.translate(frame, m, other)
-	p.emit(frame, size, m, port, mac, out)
+	p.emit(frame, size, m, port, &nh.mac, out)
 	p.d.Table.Account(ref, int(m.ipLen))
 }
 
@@ -606,7 +613,7 @@ func (p *Pipeline) refused(frame []byte, size int, m *meta, v rules.Verdict, dro
 // of other, its connection's opposite direction (or, with no other, only
 // has its TTL decremented), sent, and counted on its connection when it
 // has one.
-func (p *Pipeline) send(frame []byte, size int, m *meta, ref flowtable.Ref, other *flowtable.Tuple, port uint16, mac [6]byte, out *Result) {
+func (p *Pipeline) send(frame []byte, size int, m *meta, ref flowtable.Ref, other *flowtable.Tuple, port uint16, mac *[6]byte, out *Result) {
 	if int(m.ipLen) > p.env.Ports[port].MTU {
 		p.tooBig(frame, size, m, port, out)
 		return
@@ -624,9 +631,9 @@ func (p *Pipeline) send(frame []byte, size int, m *meta, ref flowtable.Ref, othe
 
 // emit finishes a forwarded frame whose TTL has been decremented: MAC
 // addresses, counters.
-func (p *Pipeline) emit(frame []byte, size int, m *meta, port uint16, mac [6]byte, out *Result) {
+func (p *Pipeline) emit(frame []byte, size int, m *meta, port uint16, mac *[6]byte, out *Result) {
 	eth := header.Ethernet(frame)
-	eth.SetDst(mac)
+	eth.SetDst(*mac)
 	eth.SetSrc(p.env.Ports[port].MAC)
 	p.finish(out, ActForward, ReasonNone, port, size)
 	p.cnt.Forwarded++
@@ -702,23 +709,36 @@ func rewritePorts(l4 []byte, csumOff int, udp bool, sport, dport uint16, d heade
 
 // nextHop resolves where a destination is sent: the egress port and the
 // next hop's MAC address, through a per-core cache invalidated by Env
-// replacement.
-func (p *Pipeline) nextHop(dst uint32) (uint16, [6]byte, Reason) {
-	e := &p.nh[(dst*0x9E3779B1)>>(32-10)]
-	if e.gen == p.env.gen && e.dst == dst && e.ok {
-		return e.port, e.mac, ReasonNone
+// replacement. The entry it returns is good until the next call. Entries
+// are written only on success, and Env generations start at 1, so an
+// entry matches only while its Env is current.
+func (p *Pipeline) nextHop(dst uint32) (*nhEntry, Reason) {
+	e := p.nhSlot(dst)
+	if e.dst == dst && e.gen == p.envGen {
+		return e, ReasonNone
 	}
+	return p.resolveNextHop(e, dst)
+}
+
+// nhSlot is the next-hop cache entry dst would occupy.
+func (p *Pipeline) nhSlot(dst uint32) *nhEntry {
+	return &p.nh[(dst*0x9E3779B1)>>(32-10)]
+}
+
+// resolveNextHop is nextHop on a cache miss: route and neighbour lookups,
+// and the cache entry e filled on success.
+func (p *Pipeline) resolveNextHop(e *nhEntry, dst uint32) (*nhEntry, Reason) {
 	port, nh, ok := p.env.lookupRoute(dst)
 	if !ok {
-		return 0, [6]byte{}, ReasonNoRoute
+		return nil, ReasonNoRoute
 	}
 	mac, ok := p.env.neigh[neighKey{port, nh}]
 	if !ok {
 		p.neighMiss(p.env.Ports[port].IfIndex, nh)
-		return 0, [6]byte{}, ReasonNoNeighbour
+		return nil, ReasonNoNeighbour
 	}
-	*e = nhEntry{gen: p.env.gen, dst: dst, port: port, ok: true, mac: mac}
-	return port, mac, ReasonNone
+	*e = nhEntry{gen: p.env.gen, dst: dst, port: port, mac: mac}
+	return e, ReasonNone
 }
 
 // neighMiss records a next hop to resolve, at most once a second per
@@ -792,11 +812,12 @@ func (p *Pipeline) newConnection(frame []byte, size int, m *meta, key *flowtable
 		p.finish(out, ActDrop, ReasonUnsolicited, 0, 0)
 		return
 	}
-	outPort, _, r := p.nextHop(dst)
+	nh, r := p.nextHop(dst)
 	if r != ReasonNone {
 		p.finish(out, ActDrop, r, 0, 0)
 		return
 	}
+	outPort := nh.port
 	pk.OutIf = outPort
 	if nf.Status&flowtable.FlagDstNAT != 0 {
 		pk.CtState |= rules.CtDNAT
@@ -886,12 +907,12 @@ func (p *Pipeline) newConnection(frame []byte, size int, m *meta, key *flowtable
 // accepted it, so only the translation and the router's duties remain.
 func (p *Pipeline) forwardFirst(frame []byte, size int, m *meta, ref flowtable.Ref, out *Result) {
 	other := p.d.Table.Flow(ref).TuplePtr(1 - ref.Dir())
-	port, mac, r := p.nextHop(other.Src)
+	nh, r := p.nextHop(other.Src)
 	if r != ReasonNone {
 		p.finish(out, ActDrop, r, 0, 0)
 		return
 	}
-	p.send(frame, size, m, ref, other, port, mac, out)
+	p.send(frame, size, m, ref, other, nh.port, &nh.mac, out)
 }
 
 // untracked handles a packet conntrack cannot track (state INVALID): the
@@ -906,15 +927,16 @@ func (p *Pipeline) untracked(frame []byte, size int, m *meta, out *Result) {
 		p.finish(out, ActDrop, ReasonUnsolicited, 0, 0)
 		return
 	}
-	port, mac, r := p.nextHop(ip.Dst())
+	nh, r := p.nextHop(ip.Dst())
 	if r != ReasonNone {
 		p.finish(out, ActDrop, r, 0, 0)
 		return
 	}
+	port, mac := nh.port, nh.mac
 	pk.OutIf = port
 	v := p.env.Rules.Filter(rules.Forward, &pk, p.core, p.nowNs)
 	if p.refused(frame, size, m, v, ReasonInvalid, out) {
 		return
 	}
-	p.send(frame, size, m, 0, nil, port, mac, out)
+	p.send(frame, size, m, 0, nil, port, &mac, out)
 }
