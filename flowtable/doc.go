@@ -41,7 +41,9 @@
 // The record and index arrays are advised onto transparent huge pages
 // (madvise MADV_HUGEPAGE) before first touch: the table is probed at
 // random, and with 4 KiB pages nearly every probe of a large table is a
-// TLB miss (in a virtual machine, a two-dimensional page walk).
+// TLB miss (in a virtual machine, a two-dimensional page walk). New then
+// writes to every page of them, so the kernel backs the whole table at
+// start and no insert in the packet path ever waits for a page fault.
 //
 // LookupBatch resolves up to 64 keys in passes that alternate computing
 // (hashing, scanning a bucket) with tight loops that only touch the next

@@ -242,6 +242,9 @@ func New(cfg Config) (*Table, error) {
 	hugePages(t.buckets)
 	hugePages(t.recs)
 	hugePages(t.acct)
+	prefault(t.buckets)
+	prefault(t.recs)
+	prefault(t.acct)
 	var seed [32]byte
 	if cfg.Seed != 0 {
 		for i := range 4 {
