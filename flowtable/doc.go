@@ -49,16 +49,24 @@
 // (hashing, scanning a bucket) with tight loops that only touch the next
 // cache line each key needs (first buckets, the few second buckets,
 // candidate records), so the misses of a whole batch are in flight
-// together instead of one after another. On amd64 with AVX2 the bucket
-// scan is vector code (tagscan_amd64.s): a bucket is compared with the tag
-// as two 8-slot vectors and the first matching slot taken with TZCNT, so
-// no branch depends on where the tag sits (the scalar loop leaves at a
-// slot that differs from key to key). A vector load is not one atomic load of the bucket,
-// but each aligned 32-bit slot in it is read whole, and a candidate found
-// this way is only a hint the compare confirms (tuple and liveness), as
-// with the scalar scan. Under the race detector the scalar scan runs: its
-// atomic loads are the happens-before edges between an insert and a
-// lookup that the detector must see.
+// together instead of one after another.
+//
+// On amd64 with AVX2 (tagscan_amd64.s) two things are done in assembly.
+// The hash pass prefetches each 8 keys' first buckets as soon as they are
+// known, so those misses overlap the hashing of the keys after (a
+// prefetch, unlike a load, holds up nothing behind it); the touch loops
+// then wait for lines already on their way. And the bucket scan is vector
+// code: a bucket is compared with the tag as two 8-slot vectors and the
+// first matching slot taken with TZCNT, so no branch depends on where the
+// tag sits (the scalar loop leaves at a slot that differs from key to
+// key); the scan also prefetches each candidate record, and each second
+// bucket still to be read. A vector load is not one atomic load of the
+// bucket, but each aligned 32-bit slot in it is read whole, and a
+// candidate found this way is only a hint that the compare confirms
+// (tuple and liveness), as with the scalar scan. Under the race detector
+// the scalar scan runs and nothing is prefetched: the scan's atomic loads
+// are the happens-before edges between an insert and a lookup that the
+// detector must see.
 //
 // # Who writes what
 //

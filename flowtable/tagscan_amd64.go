@@ -25,3 +25,17 @@ func tagScan(buckets []bucket, recs []Flow, bb []probe, mask uint32, second bool
 	}
 	return tagScanGo(buckets, bb, mask, second)
 }
+
+// prefetchFirst prefetches (PREFETCHT0) the first bucket of each of n > 0
+// probes; the caller checks the bucket indices.
+//
+//go:noescape
+func prefetchFirst(buckets *bucket, bb *probe, n int)
+
+// prefetchBuckets starts the first buckets of bb on their way, where the
+// vector scan runs (the same CPUs, and not under the race detector).
+func prefetchBuckets(buckets []bucket, bb []probe) {
+	if useAVX2 && len(bb) > 0 {
+		prefetchFirst(&buckets[0], &bb[0], len(bb))
+	}
+}

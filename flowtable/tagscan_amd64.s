@@ -92,3 +92,18 @@ done:
 	VZEROUPPER
 	MOVQ         R9, ret+40(FP)
 	RET
+
+// func prefetchFirst(buckets *bucket, bb *probe, n int)
+TEXT ·prefetchFirst(SB), NOSPLIT, $0-24
+	MOVQ         buckets+0(FP), SI
+	MOVQ         bb+8(FP), DI
+	MOVQ         n+16(FP), CX
+
+pf:
+	MOVQ         0(DI), R8
+	SHLQ         $6, R8
+	PREFETCHT0   (SI)(R8*1)
+	ADDQ         $24, DI
+	DECQ         CX
+	JNZ          pf
+	RET

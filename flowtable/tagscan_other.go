@@ -6,3 +6,6 @@ package flowtable
 func tagScan(buckets []bucket, recs []Flow, bb []probe, mask uint32, second bool) int {
 	return tagScanGo(buckets, bb, mask, second)
 }
+
+// prefetchBuckets has no portable form: a no-op.
+func prefetchBuckets(buckets []bucket, bb []probe) {}
