@@ -63,7 +63,11 @@
 // bucket still to be read. A vector load is not one atomic load of the
 // bucket, but each aligned 32-bit slot in it is read whole, and a
 // candidate found this way is only a hint that the compare confirms
-// (tuple and liveness), as with the scalar scan. Under the race detector
+// (tuple and liveness), as with the scalar scan. The record number is
+// read again from the matching slot with a scalar load; a slot emptied
+// in between reads as no candidate, which is the answer of a lookup
+// ordered just after that unlink, and a slot reused in between names a
+// record the compare rejects, sending the key to the full scan. Under the race detector
 // the scalar scan runs and nothing is prefetched: the scan's atomic loads
 // are the happens-before edges between an insert and a lookup that the
 // detector must see.
