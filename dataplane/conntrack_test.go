@@ -254,6 +254,20 @@ func TestSweepDuePacing(t *testing.T) {
 	if got := p.sweepDue(1_000_000); got != 0 {
 		t.Errorf("right after the capped sweep: %d, want 0", got)
 	}
+	// Days without a batch, at the largest share: one pass is due, and
+	// share × elapsed does not overflow into a negative budget.
+	p.nowNs += 1_000_000 * sweepPass
+	if got := p.sweepDue(10_000_000); got != sweepMax {
+		t.Errorf("after days: %d, want %d", got, sweepMax)
+	}
+	// A small share after a gap: its whole pass once, then nothing.
+	p.nowNs += 10 * sweepPass
+	if got := p.sweepDue(100); got != 100 {
+		t.Errorf("small share after a gap: %d, want 100", got)
+	}
+	if got := p.sweepDue(100); got != 0 {
+		t.Errorf("small share right after its pass: %d, want 0", got)
+	}
 	p.nowNs -= 5 // a clock reading behind the last sweep: nothing due
 	if got := p.sweepDue(share); got != 0 {
 		t.Errorf("clock behind: %d", got)

@@ -307,6 +307,10 @@ func (p *Pipeline) sweepDue(share int) int {
 	if el <= 0 {
 		return 0
 	}
+	if el > sweepPass { // after a long gap, one pass is due at most
+		el = sweepPass
+		p.sweptNs = p.nowNs - sweepPass
+	}
 	due := int64(share) * el / sweepPass
 	if due == 0 {
 		return 0
