@@ -66,7 +66,19 @@ func (ip IPv4) Dst() uint32           { return binary.BigEndian.Uint32(ip[16:20]
 func (ip IPv4) SetSrc(a uint32)       { binary.BigEndian.PutUint32(ip[12:16], a) }
 func (ip IPv4) SetDst(a uint32)       { binary.BigEndian.PutUint32(ip[16:20], a) }
 func (ip IPv4) Payload() []byte       { return ip[ip.HeaderLen():ip.TotalLen()] }
-func (ip IPv4) IsValidChecksum() bool { return Sum(ip[:ip.HeaderLen()], 0) == 0xffff }
+
+// IsValidChecksum reports whether the header checksum verifies. A header
+// without options, nearly every one, takes valid20.
+func (ip IPv4) IsValidChecksum() bool {
+	if ip[0]&0xf == 5 {
+		return valid20(ip)
+	}
+	return Sum(ip[:ip.HeaderLen()], 0) == 0xffff
+}
+
+// IsValidChecksum20 is IsValidChecksum for a header the caller knows has
+// no options (IHL 5), small enough to inline.
+func (ip IPv4) IsValidChecksum20() bool { return valid20(ip) }
 
 // ComputeChecksum computes the header checksum, the checksum field taken
 // as zero.
