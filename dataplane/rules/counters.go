@@ -35,10 +35,12 @@ type coreState struct {
 	_     [64]byte
 }
 
-func (cs *coreState) add(i int32, n uint64) {
+func (cs *coreState) add(i int32, n uint64) { cs.addN(i, 1, n) }
+
+func (cs *coreState) addN(i int32, pkts, bytes uint64) {
 	c := &cs.own[i]
-	c.pkts++
-	c.bytes += n
+	c.pkts += pkts
+	c.bytes += bytes
 	if !cs.mark[i] {
 		cs.mark[i] = true
 		cs.dirty = append(cs.dirty, i) // capacity is the slot count: never grows

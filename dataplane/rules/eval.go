@@ -310,12 +310,18 @@ func (rs *Ruleset) PolicyOnly(h Hook) (Verdict, bool) {
 // policy of the filter table's built-in chain of hook h, as Filter would
 // have. Call it only when PolicyOnly(h) is true.
 func (rs *Ruleset) CountPolicy(h Hook, core int, length uint16) {
-	if h >= NumHooks {
+	rs.CountPolicyN(h, core, 1, uint64(length))
+}
+
+// CountPolicyN is CountPolicy for pkts packets of bytes bytes in all: a
+// batch's packets counted at once.
+func (rs *Ruleset) CountPolicyN(h Hook, core int, pkts, bytes uint64) {
+	if h >= NumHooks || pkts == 0 {
 		return
 	}
 	ci := rs.hooks[Filter][h]
 	if ci < 0 {
 		return
 	}
-	rs.cores[core].add(int32(len(rs.rules))+ci, uint64(length))
+	rs.cores[core].addN(int32(len(rs.rules))+ci, pkts, bytes)
 }

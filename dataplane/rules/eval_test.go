@@ -741,9 +741,11 @@ func TestPolicyOnlyCountsLikeFilter(t *testing.T) {
 	}
 	rs.CountPolicy(Forward, 0, 100)
 	rs.Filter(Forward, &Packet{Length: 50, InIf: NoIface, OutIf: NoIface}, 0, 0)
+	rs.CountPolicyN(Forward, 0, 3, 1000)
+	rs.CountPolicyN(Forward, 0, 0, 0)
 	rs.Flush(0)
 	c, err := rs.PolicyCounters(Filter, "FORWARD")
-	if err != nil || c.Packets != 2 || c.Bytes != 150 {
+	if err != nil || c.Packets != 5 || c.Bytes != 1150 {
 		t.Errorf("policy counters %+v %v", c, err)
 	}
 }
