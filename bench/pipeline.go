@@ -195,10 +195,14 @@ func (b *PipelineBed) Run(from, count, batch int, frames [][]byte, sizes []int, 
 	p := b.DP.Pipeline(0)
 	fwd := 0
 	n := len(b.tmpl)
+	next := from % n // the next connection's template, stepped without a division
 	for done := 0; done < count; done += batch {
 		k := min(batch, count-done)
 		for j := range k {
-			t := b.tmpl[(from+done+j)%n]
+			t := b.tmpl[next]
+			if next++; next == n {
+				next = 0
+			}
 			frames[j] = frames[j][:len(t)]
 			copy(frames[j], t)
 			sizes[j] = len(t)
