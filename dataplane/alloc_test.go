@@ -53,6 +53,22 @@ func TestNoAllocsPerBatch(t *testing.T) {
 	if est != 0 {
 		t.Errorf("established path: %v allocations per batch", est)
 	}
+	// Unreplied connections' traffic takes the established path.
+	origU, fU, sU, iU := mk(func(i int) []byte {
+		return udpPkt(macB, macIn0, addrB, uint16(30000+i), remote, 7000).bytes(t)
+	})
+	reset(origU, fU, sU, iU, portIn)
+	p.Process(fU, sU, iU, out)
+	fast := testing.AllocsPerRun(100, func() {
+		reset(origU, fU, sU, iU, portIn)
+		p.Process(fU, sU, iU, out)
+	})
+	if p.fastLast != n {
+		t.Errorf("%d of %d frames took the established path", p.fastLast, n)
+	}
+	if fast != 0 {
+		t.Errorf("established fast path: %v allocations per batch", fast)
+	}
 	// New connections: a fresh source port every round.
 	round := 0
 	origNew, fNew, sNew, iNew := mk(func(i int) []byte { return udpPkt(macB, macIn0, addrB, 1, remote, 7000).bytes(t) })

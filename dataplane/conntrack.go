@@ -134,6 +134,30 @@ const (
 	ctKill                     // forward this packet, then end the connection
 )
 
+// quiet reports whether track would find a packet valid and change
+// nothing in its connection's status word, only the last-seen time: a
+// UDP packet of a stream (replied), or of an unreplied connection in its
+// original direction; a TCP segment with ACK and none of SYN, FIN and RST on an
+// ESTABLISHED connection that is assured, or unreplied with the segment in
+// the original direction. The established path takes only such packets
+// (TestQuietAgreesWithTrack holds the two together).
+func quiet(status uint32, dir flowtable.Dir, kind, tcpFlags uint8) bool {
+	st := flowtable.StatusState(status)
+	unreplied := status&flowtable.FlagSeenReply == 0
+	switch kind {
+	case kUDP:
+		orig := dir == flowtable.DirOrig
+		return st == flowtable.UDPStream && (orig || !unreplied) || st == flowtable.UDP && unreplied && orig
+	case kTCP:
+		if st != flowtable.TCPEstablished || tcpFlags&(header.TCPSyn|header.TCPFin|header.TCPRst|header.TCPAck) != header.TCPAck {
+			return false
+		}
+		const both = flowtable.FlagSeenReply | flowtable.FlagAssured
+		return status&both == both || unreplied && dir == flowtable.DirOrig
+	}
+	return false
+}
+
 // track updates a connection with one packet in direction dir: the
 // protocol state, SEEN_REPLY and ASSURED, and the last-seen time. It
 // returns the verdict and whether the connection has now seen a reply.

@@ -273,3 +273,85 @@ func TestSweepDuePacing(t *testing.T) {
 		t.Errorf("clock behind: %d", got)
 	}
 }
+
+// TestQuietAgreesWithTrack holds the established path's shortcut to the
+// tracker: for every state, flag word, direction and TCP flag set, a
+// packet quiet calls quiet is one track finds valid and leaves the status
+// word as it was. It also checks that the shortcut covers the steady
+// states it is for.
+func TestQuietAgreesWithTrack(t *testing.T) {
+	tab, err := flowtable.New(flowtable.Config{Capacity: 64, Cores: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := tab.Now()
+	const born = 100
+	nf := flowtable.NewFlow{
+		Orig:   flowtable.MakeTuple(flowtable.ProtoUDP, 1, 1, 2, 2),
+		Reply:  flowtable.MakeTuple(flowtable.ProtoUDP, 2, 2, 1, 1),
+		Status: uint32(flowtable.UDP),
+		Aux:    makeAux(0, born),
+	}
+	ref, res := tab.Core(0).Insert(&nf, now)
+	if res != flowtable.Inserted {
+		t.Fatal(res)
+	}
+	f := tab.Flow(ref)
+	set := func(st uint32) {
+		for old := f.Status(); !f.UpdateStatus(old, st); old = f.Status() {
+		}
+	}
+	caller := []uint32{0, flowtable.FlagSeenReply, flowtable.FlagAssured, flowtable.FlagSeenReply | flowtable.FlagAssured,
+		flowtable.FlagSeenReply | flowtable.FlagAssured | flowtable.FlagSrcNAT | flowtable.FlagDstNAT}
+	quiets := 0
+	for st := flowtable.State(1); st < 16; st++ {
+		for _, fl := range caller {
+			for _, dir := range []flowtable.Dir{flowtable.DirOrig, flowtable.DirReply} {
+				for _, kind := range []uint8{kUDP, kTCP} {
+					proto := uint8(flowtable.ProtoUDP)
+					if kind == kTCP {
+						proto = flowtable.ProtoTCP
+					}
+					for flags := 0; flags < 256; flags++ {
+						if kind == kUDP && flags > 0 {
+							break
+						}
+						status := uint32(st) | fl
+						set(status)
+						before := f.Status()
+						if !quiet(before, dir, kind, uint8(flags)) {
+							continue
+						}
+						quiets++
+						for _, sec := range []uint32{born, born + udpStreamAfter + 3} {
+							set(status)
+							v, seen := track(f, dir, proto, uint8(flags), now, sec)
+							if v != ctOK || f.Status() != before || seen != (before&flowtable.FlagSeenReply != 0) {
+								t.Fatalf("state %v flags %#x dir %v kind %d tcp %#x at %d s: quiet, but track gave %v, status %#x → %#x",
+									st, fl, dir, kind, flags, sec, v, before, f.Status())
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+	// The steady states the shortcut is for.
+	for _, c := range []struct {
+		status uint32
+		dir    flowtable.Dir
+		kind   uint8
+		flags  uint8
+	}{
+		{uint32(flowtable.UDPStream) | flowtable.FlagSeenReply | flowtable.FlagAssured, flowtable.DirReply, kUDP, 0},
+		{uint32(flowtable.UDP), flowtable.DirOrig, kUDP, 0},
+		{uint32(flowtable.TCPEstablished) | flowtable.FlagSeenReply | flowtable.FlagAssured, flowtable.DirOrig, kTCP, fACK},
+		{uint32(flowtable.TCPEstablished) | flowtable.FlagSeenReply | flowtable.FlagAssured, flowtable.DirReply, kTCP, fACK | 0x08},
+		{uint32(flowtable.TCPEstablished), flowtable.DirOrig, kTCP, fACK},
+	} {
+		if !quiet(c.status, c.dir, c.kind, c.flags) {
+			t.Errorf("status %#x dir %v kind %d flags %#x: not quiet", c.status, c.dir, c.kind, c.flags)
+		}
+	}
+	t.Logf("%d quiet cases checked", quiets)
+}

@@ -128,6 +128,7 @@ type pkt struct {
 	l4             gopacket.SerializableLayer
 	payload        []byte
 	vlan           bool
+	options        bool // a Router Alert option: a 24-byte IPv4 header
 }
 
 func (p pkt) bytes(t testing.TB) []byte {
@@ -140,6 +141,9 @@ func (p pkt) bytes(t testing.TB) []byte {
 	ip := &layers.IPv4{Version: 4, IHL: 5, TTL: ttl, Id: p.id, SrcIP: netIP(p.src), DstIP: netIP(p.dst)}
 	if p.df {
 		ip.Flags = layers.IPv4DontFragment
+	}
+	if p.options {
+		ip.Options = []layers.IPv4Option{{OptionType: 148, OptionLength: 4, OptionData: []byte{0, 0}}}
 	}
 	var ls []gopacket.SerializableLayer
 	if p.vlan {

@@ -1,0 +1,114 @@
+package dataplane
+
+import (
+	"bytes"
+	"testing"
+)
+
+// dnatRules: MASQUERADE out, a DNAT port in, and no filter rules, so the
+// established path is open.
+const dnatRules = `*nat
+:PREROUTING ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A PREROUTING -i out0 -d 203.0.113.1 -p tcp --dport 8080 -j DNAT --to-destination 10.0.0.3:80
+-A PREROUTING -i out0 -d 203.0.113.1 -p udp --dport 5353 -j DNAT --to-destination 10.0.0.2
+-A POSTROUTING -o out0 -j MASQUERADE
+COMMIT
+`
+
+// checkEstablishedPath runs setup frames, then probe twice: once as the
+// pipeline runs it and, when the established path took it, again with the
+// path off, through handle. The path changes nothing in the connection
+// but the last-seen time, so both runs must give the same result and the
+// same bytes. It reports whether the path was taken.
+func checkEstablishedPath(t *testing.T, setup [][]byte, setupIn []uint16, probe []byte, in uint16) bool {
+	t.Helper()
+	tb := newTestbed(t, dnatRules, 1500, 1)
+	p := tb.dp.Pipeline(0)
+	for i, f := range setup {
+		tb.run(f, setupIn[i])
+	}
+	fast, fastOut := tb.run(probe, in)
+	if p.fastLast == 0 {
+		return false
+	}
+	p.noFast = true
+	slow, slowOut := tb.run(probe, in)
+	p.noFast = false
+	if fast != slow || !bytes.Equal(fastOut, slowOut) {
+		t.Fatalf("established path %+v\n%x\nhandle %+v\n%x", fast, fastOut, slow, slowOut)
+	}
+	if fast.Action == ActForward && cleanInput(probe) {
+		if err := checksumError(fastOut); err != "" {
+			t.Fatalf("established path: %s", err)
+		}
+	}
+	return true
+}
+
+// TestEstablishedPathMatchesHandle: steady TCP and UDP traffic both ways,
+// through MASQUERADE and DNAT, takes the established path and leaves it
+// exactly as handle would have; the first packet, a state change, and IP
+// options do not take it.
+func TestEstablishedPathMatchesHandle(t *testing.T) {
+	udpOut := udpPkt(macA, macIn0, addrA, 5000, remote, 7000).bytes(t)
+	udpBack := udpPkt(macGW, macOut0, remote, 7000, addrExt, 5000).bytes(t)
+	syn := tcpPkt(macA, macIn0, addrA, 40000, remote, 443, fSYN, 1, 0).bytes(t)
+	synAck := tcpPkt(macGW, macOut0, remote, 443, addrExt, 40000, fSYNACK, 1, 2).bytes(t)
+	ack := tcpPkt(macA, macIn0, addrA, 40000, remote, 443, fACK, 2, 2).bytes(t)
+	ackBack := tcpPkt(macGW, macOut0, remote, 443, addrExt, 40000, fACK|0x08, 2, 2).bytes(t)
+	dnatSyn := tcpPkt(macGW, macOut0, remote, 4000, addrExt, 8080, fSYN, 1, 0).bytes(t)
+	dnatSynAck := tcpPkt(macA, macIn0, addrA+1, 80, remote, 4000, fSYNACK, 1, 2).bytes(t)
+	dnatAck := tcpPkt(macGW, macOut0, remote, 4000, addrExt, 8080, fACK, 2, 2).bytes(t)
+	dnatData := tcpPkt(macA, macIn0, addrA+1, 80, remote, 4000, fACK|0x08, 2, 2).bytes(t)
+	in, out := uint16(portIn), uint16(portOut)
+	for _, c := range []struct {
+		name  string
+		setup [][]byte
+		ins   []uint16
+		probe []byte
+		in    uint16
+		taken bool
+	}{
+		{"udp first packet", nil, nil, udpOut, in, false},
+		{"udp unreplied", [][]byte{udpOut}, []uint16{in}, udpOut, in, true},
+		{"udp first reply", [][]byte{udpOut}, []uint16{in}, udpBack, out, false},
+		{"udp replied", [][]byte{udpOut, udpBack}, []uint16{in, out}, udpBack, out, false}, // becomes a stream after 2 s: handle
+		{"tcp syn again", [][]byte{syn}, []uint16{in}, syn, in, false},
+		{"tcp ack out", [][]byte{syn, synAck, ack}, []uint16{in, out, in}, ack, in, true},
+		{"tcp data back", [][]byte{syn, synAck, ack}, []uint16{in, out, in}, ackBack, out, true},
+		{"dnat data in", [][]byte{dnatSyn, dnatSynAck, dnatAck}, []uint16{out, in, out}, dnatAck, out, true},
+		{"dnat data out", [][]byte{dnatSyn, dnatSynAck, dnatAck}, []uint16{out, in, out}, dnatData, in, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if got := checkEstablishedPath(t, c.setup, c.ins, c.probe, c.in); got != c.taken {
+				t.Errorf("established path taken: %v, want %v", got, c.taken)
+			}
+		})
+	}
+	// IP options: handle.
+	opt := udpPkt(macA, macIn0, addrA, 5000, remote, 7000)
+	opt.options = true
+	if checkEstablishedPath(t, [][]byte{opt.bytes(t)}, []uint16{in}, opt.bytes(t), in) {
+		t.Error("a packet with IP options took the established path")
+	}
+}
+
+// FuzzEstablishedPath: two arbitrary frames set up connections, and a
+// third, when it takes the established path, must come out as handle
+// would make it.
+func FuzzEstablishedPath(f *testing.F) {
+	udpOut := udpPkt(macA, macIn0, addrA, 5000, remote, 7000).bytes(f)
+	syn := tcpPkt(macA, macIn0, addrA, 40000, remote, 443, fSYN, 1, 0).bytes(f)
+	synAck := tcpPkt(macGW, macOut0, remote, 443, addrExt, 40000, fSYNACK, 1, 2).bytes(f)
+	ack := tcpPkt(macA, macIn0, addrA, 40000, remote, 443, fACK, 2, 2).bytes(f)
+	f.Add(udpOut, udpOut, udpOut, byte(0))
+	f.Add(syn, synAck, ack, byte(2))
+	f.Add(syn, synAck, synAck, byte(2))
+	f.Fuzz(func(t *testing.T, a, b, c []byte, ports byte) {
+		if len(a) > 1600 || len(b) > 1600 || len(c) > 1600 {
+			return
+		}
+		checkEstablishedPath(t, [][]byte{a, b}, []uint16{uint16(ports & 1), uint16(ports >> 1 & 1)}, c, uint16(ports>>2&1))
+	})
+}
