@@ -5,7 +5,7 @@ CMDS      := $(notdir $(wildcard cmd/*))
 FUZZTIME  ?= 20s
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: all build test race bench fuzz lint demo clean
+.PHONY: all build test race bench fuzz lint demo clean instructions
 
 all: build
 
@@ -22,6 +22,11 @@ test: build
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+# make instructions: the established path's instructions per packet, counted
+# by callgrind (scripts/instructions.sh): a figure timing noise cannot move.
+instructions:
+	bash scripts/instructions.sh
 
 # make fuzz: every fuzz target for FUZZTIME each (FUZZTIME=5m make fuzz). Give
 # each at least 10s: the fuzzer first replays its cached corpus, and a run

@@ -1,0 +1,28 @@
+#!/bin/bash
+# Instructions per packet of the pipeline's established path, counted by
+# callgrind: the same figure on every run of a build, whatever else the
+# machine is doing, so a change's effect shows where timings are noise.
+# Two runs of BenchmarkPipelineCounted with different b.N; the difference
+# of their totals over the difference of their packets leaves out the
+# set-up both share.
+#   scripts/instructions.sh [test binary]   (default: builds ./dataplane)
+set -euo pipefail
+command -v valgrind >/dev/null || { echo "instructions.sh: needs valgrind (apt-get install valgrind)" >&2; exit 2; }
+bin=${1:-}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+if [ -z "$bin" ]; then
+	bin=$tmp/dataplane.test
+	go test -c -o "$bin" ./dataplane
+fi
+count() {
+	# Go's preemption signals upset callgrind: one P, no async preemption.
+	GOGC=off GODEBUG=asyncpreemptoff=1 GOMAXPROCS=1 valgrind --tool=callgrind \
+		--callgrind-out-file="$tmp/cg.$1" "$bin" -test.run '^$' \
+		-test.bench '^BenchmarkPipelineCounted$' -test.benchtime "${1}x" 2>&1 |
+		sed -n 's/.*Collected : //p'
+}
+a=64000 b=320000
+x=$(count $a) y=$(count $b)
+[ -n "$x" ] && [ -n "$y" ] || { echo "instructions.sh: callgrind gave no count" >&2; exit 1; }
+echo "pipeline udp/1000 established: $(( (y - x) / (b - a) )) instructions per packet (callgrind, BenchmarkPipelineCounted)"
