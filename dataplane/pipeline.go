@@ -650,12 +650,8 @@ func (p *Pipeline) established(frame []byte, size int, m *meta, ref flowtable.Re
 		return false
 	}
 	f.Touch(p.now)
-	csumOff, udp := 16, false
-	if m.kind == kUDP {
-		csumOff, udp = 6, true
-	}
 	// The packet leaves as the opposite direction's tuple reversed.
-	header.RewriteNAT(frame[m.l3:], frame[m.l4:], csumOff, udp, other.Dst, other.Src, other.DstPort, other.SrcPort)
+	header.RewriteNAT(frame, int(m.l3), int(m.l4), m.kind == kUDP, other.Dst, other.Src, uint32(other.DstPort)<<16|uint32(other.SrcPort))
 	eth := header.Ethernet(frame)
 	eth.SetDst(nh.mac)
 	eth.SetSrc(port.MAC)

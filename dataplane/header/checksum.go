@@ -56,12 +56,15 @@ func valid20(b []byte) bool {
 	return acc != 0 && acc%0xffff == 0
 }
 
+// fold64 folds a 64-bit sum to 16 bits with end-around carries. Adding a
+// word to itself rotated by half its width leaves in the high half the
+// sum of the two halves with its carry brought around: for acc = h·2³² + l,
+// acc + rotl(acc, 32) has (h + l + carry out of l + h) mod 2³² on top. The
+// same with 16 takes 32 bits to 16. The result is congruent to acc modulo
+// 0xffff, and zero only for acc zero.
 func fold64(acc uint64) uint16 {
-	acc = acc>>32 + acc&0xffffffff
-	acc = acc>>32 + acc&0xffffffff
-	acc = acc>>16 + acc&0xffff
-	acc = acc>>16 + acc&0xffff
-	return uint16(acc)
+	s := uint32((acc + bits.RotateLeft64(acc, 32)) >> 32)
+	return uint16((s + bits.RotateLeft32(s, 16)) >> 16)
 }
 
 // Checksum is the Internet checksum of b: the complement of its sum.
@@ -95,20 +98,17 @@ func (d Delta) Add32(old, new uint32) Delta {
 
 // Adjust applies the recorded changes to a checksum field value.
 func Adjust(csum uint16, d Delta) uint16 {
-	s := uint64(^csum) + uint64(d) // below 2^33: three folds suffice
-	s = s>>16 + s&0xffff
-	s = s>>16 + s&0xffff
-	s = s>>16 + s&0xffff
-	return ^uint16(s)
+	return ^fold64(uint64(^csum) + uint64(d))
 }
 
 // RewriteNAT is NAT's rewrite of a TCP or UDP packet, written for the
-// established path: it sets the IPv4 source and destination to src and
-// dst, the transport ports (the first two words of l4) to sport and dport,
-// decrements the TTL, and updates the header checksum and the transport
-// checksum at l4[csumOff:] incrementally (RFC 1624 eqn. 3). With udp, a
-// transport checksum of zero means none and stays zero, and a computed
-// zero is sent as 0xffff (RFC 768).
+// established path: in the frame whose IPv4 header starts at l3 and
+// transport header at l4, it sets the source and destination addresses to
+// src and dst, the ports to ports>>16 (source) and ports&0xffff
+// (destination), decrements the TTL, and updates the header checksum and
+// the TCP or UDP checksum incrementally (RFC 1624 eqn. 3). With udp, a
+// checksum of zero means none and stays zero, and a computed zero is sent
+// as 0xffff (RFC 768). Its nine words of arguments travel in registers.
 //
 // The sums are taken in the machine's byte order, on whole 32-bit words,
 // and folded once per checksum: the one's-complement sum of 16-bit words
@@ -117,33 +117,38 @@ func Adjust(csum uint16, d Delta) uint16 {
 // value is written big-endian and read back in the machine's order, which
 // costs a load and needs no assumption about that order.
 //
-// The caller has checked that ip holds a 20-byte header whose TTL exceeds
-// one and that len(l4) >= csumOff+2.
-func RewriteNAT(ip IPv4, l4 []byte, csumOff int, udp bool, src, dst uint32, sport, dport uint16) {
+// The caller has checked that the frame holds a 20-byte IPv4 header at l3
+// whose TTL exceeds one, and a whole TCP or UDP header at l4.
+func RewriteNAT(frame []byte, l3, l4 int, udp bool, src, dst, ports uint32) {
 	ne := binary.NativeEndian
+	ip := frame[l3:]
 	_ = ip[19]
-	_ = l4[csumOff+1]
-	_ = l4[3]
+	csum := l4 + 16
+	if udp {
+		csum = l4 + 6
+	}
+	_ = frame[csum+1]
+	t := frame[l4:]
+	_ = t[3]
 	oldA := uint64(^ne.Uint32(ip[12:])) + uint64(^ne.Uint32(ip[16:]))
 	oldT := uint64(^ne.Uint16(ip[8:]))
-	oldP := uint64(^ne.Uint32(l4[0:]))
+	oldP := uint64(^ne.Uint32(t))
 	binary.BigEndian.PutUint32(ip[12:], src)
 	binary.BigEndian.PutUint32(ip[16:], dst)
 	ip[8]--
-	binary.BigEndian.PutUint16(l4[0:], sport)
-	binary.BigEndian.PutUint16(l4[2:], dport)
+	binary.BigEndian.PutUint32(t, ports)
 	dA := oldA + uint64(ne.Uint32(ip[12:])) + uint64(ne.Uint32(ip[16:]))
 
 	c := ne.Uint16(ip[10:])
 	ne.PutUint16(ip[10:], ^fold64(uint64(^c)+dA+oldT+uint64(ne.Uint16(ip[8:]))))
 
-	c = ne.Uint16(l4[csumOff:])
+	c = ne.Uint16(frame[csum:])
 	if udp && c == 0 {
 		return
 	}
-	c = ^fold64(uint64(^c) + dA + oldP + uint64(ne.Uint32(l4[0:])))
+	c = ^fold64(uint64(^c) + dA + oldP + uint64(ne.Uint32(t)))
 	if udp && c == 0 {
 		c = 0xffff
 	}
-	ne.PutUint16(l4[csumOff:], c)
+	ne.PutUint16(frame[csum:], c)
 }

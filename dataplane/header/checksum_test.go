@@ -202,7 +202,7 @@ func TestRewriteNATMatchesFull(t *testing.T) {
 			src, dst = 0, 0
 		}
 		ttl := ip.TTL()
-		RewriteNAT(ip, l4, off, udp, src, dst, sport, dport)
+		RewriteNAT(b, 0, 20, udp, src, dst, uint32(sport)<<16|uint32(dport))
 
 		if ip.Src() != src || ip.Dst() != dst || ip.TTL() != ttl-1 ||
 			binary.BigEndian.Uint16(l4[0:]) != sport || binary.BigEndian.Uint16(l4[2:]) != dport {
@@ -227,6 +227,27 @@ func TestRewriteNATMatchesFull(t *testing.T) {
 		// full computation gives the other (RFC 1624 §3); both verify.
 		if got != want && !(got == 0xffff && want == 0) && !(got == 0 && want == 0xffff) {
 			t.Fatalf("packet %d (udp %v): transport checksum %#x, full recomputation %#x", n, udp, got, want)
+		}
+	}
+}
+
+// TestFold64 checks the rotate-and-add fold against folding 16 bits at a
+// time, on edge values and random ones.
+func TestFold64(t *testing.T) {
+	ref := func(acc uint64) uint16 {
+		for acc > 0xffff {
+			acc = acc>>16 + acc&0xffff
+		}
+		return uint16(acc)
+	}
+	vals := []uint64{0, 1, 0xffff, 0x10000, 0xffffffff, 1 << 32, 0xffffffff_ffffffff, 0xffff_0000_ffff_0000, 0x0001_0000_0000_ffff}
+	rng := rand.New(rand.NewPCG(9, 10))
+	for range 100000 {
+		vals = append(vals, rng.Uint64(), rng.Uint64()>>rng.IntN(64))
+	}
+	for _, v := range vals {
+		if got, want := fold64(v), ref(v); got != want {
+			t.Fatalf("fold64(%#x) = %#x, want %#x", v, got, want)
 		}
 	}
 }
