@@ -158,6 +158,36 @@ func quiet(status uint32, dir flowtable.Dir, kind, tcpFlags uint8) bool {
 	return false
 }
 
+// quietSet is quiet as a table, for the established path: indexed by
+// quietIndex, true where quiet is for a TCP segment with ACK alone among
+// SYN, FIN, RST and ACK, or for any UDP packet.
+var quietSet = func() (set [256]bool) {
+	for i := range set {
+		status, dir, kind := uint32(i)&0x3f, flowtable.Dir(i>>6&1), uint8(kUDP)
+		if i&0x80 != 0 {
+			kind = kTCP
+		}
+		set[i] = quiet(status, dir, kind, header.TCPAck)
+	}
+	return set
+}()
+
+// quietIndex is a packet's index in quietSet: the state, SEEN_REPLY and
+// ASSURED (the low six bits of the status word), the direction, and
+// whether it is TCP. A TCP segment whose flags are anything but ACK alone
+// among SYN, FIN, RST and ACK is never quiet, and takes index 256, past
+// the table, which the caller treats as not quiet.
+func quietIndex(status uint32, dir flowtable.Dir, kind, tcpFlags uint8) uint {
+	i := uint(status&0x3f) | uint(dir)<<6
+	if kind == kTCP {
+		if tcpFlags&(header.TCPSyn|header.TCPFin|header.TCPRst|header.TCPAck) != header.TCPAck {
+			return 256
+		}
+		i |= 0x80
+	}
+	return i
+}
+
 // track updates a connection with one packet in direction dir: the
 // protocol state, SEEN_REPLY and ASSURED, and the last-seen time. It
 // returns the verdict and whether the connection has now seen a reply.

@@ -355,3 +355,27 @@ func TestQuietAgreesWithTrack(t *testing.T) {
 	}
 	t.Logf("%d quiet cases checked", quiets)
 }
+
+// TestQuietSet holds the established path's table to quiet for every
+// status word's tracked bits, direction, protocol and TCP flag set.
+func TestQuietSet(t *testing.T) {
+	if flowtable.FlagSeenReply|flowtable.FlagAssured|0xf != 0x3f {
+		t.Fatal("the state, SEEN_REPLY and ASSURED are no longer the status word's low six bits")
+	}
+	for status := uint32(0); status < 1<<12; status++ {
+		for _, dir := range []flowtable.Dir{flowtable.DirOrig, flowtable.DirReply} {
+			for _, kind := range []uint8{kUDP, kTCP} {
+				for flags := 0; flags < 256; flags++ {
+					if kind == kUDP && flags > 0 {
+						break
+					}
+					q := quietIndex(status, dir, kind, uint8(flags))
+					got := q < uint(len(quietSet)) && quietSet[q]
+					if want := quiet(status, dir, kind, uint8(flags)); got != want {
+						t.Fatalf("status %#x dir %v kind %d flags %#x: table %v, quiet %v", status, dir, kind, flags, got, want)
+					}
+				}
+			}
+		}
+	}
+}

@@ -235,19 +235,23 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 	p.nowSec = uint32(el / time.Second)
 	p.ct.Enter()
 
-	// Parse every frame, and collect the keys to look up.
+	// Parse every frame, and collect the keys to look up. (The slices
+	// cut to the batch's length let the compiler drop bounds checks.)
+	sizes, in, out = sizes[:len(frames)], in[:len(frames)], out[:len(frames)]
+	metas, keys, refs := p.meta[:len(frames)], p.keys[:len(frames)], p.refs[:len(frames)]
+	nports := len(p.env.Ports)
 	nk := 0
 	for i := range frames {
-		m := &p.meta[i]
+		m := &metas[i]
 		out[i] = Result{}
 		frame := frames[i][:sizes[i]]
-		if int(in[i]) < len(p.env.Ports) {
+		if int(in[i]) < nports {
 			pc := &p.cnt.Ports[in[i]]
 			pc.RxPackets++
 			pc.RxBytes += uint64(len(frame))
 		}
 		m.in = in[i]
-		if r := p.parse(frame, m, &p.keys[i]); r != ReasonNone {
+		if r := p.parse(frame, m, &keys[i]); r != ReasonNone {
 			m.kind = kDone
 			p.finish(&out[i], ActDrop, r, 0, 0)
 			if r == ReasonNotIPv4 {
@@ -259,8 +263,7 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 		if m.kind == kDone {
 			continue
 		}
-		ip := header.IPv4(frame[m.l3:])
-		if ip.TTL() <= 1 {
+		if frame[m.l3+8] <= 1 { // the TTL
 			p.ttlExceeded(frames[i], sizes[i], m, &out[i])
 			m.kind = kDone
 			continue
@@ -269,7 +272,7 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 	}
 	// Look the keys up together so their cache misses overlap.
 	if nk > 0 {
-		p.ct.LookupBatch(p.keys[:len(frames)], p.refs[:len(frames)], p.now)
+		p.ct.LookupBatch(keys, refs, p.now)
 	}
 	// With no rules in filter FORWARD and an ACCEPT policy, packets that
 	// change nothing in their connection take the established path; its
@@ -278,16 +281,16 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 	fast := policyOnly && fwd.Action == rules.Accept && !p.noFast
 	var fastPkts, fastBytes uint64
 	for i := range frames {
-		m := &p.meta[i]
+		m := &metas[i]
 		if m.kind == kDone {
 			continue
 		}
-		if ref := p.refs[i]; fast && ref != 0 && p.established(frames[i], sizes[i], m, ref, &out[i]) {
+		if ref := refs[i]; fast && ref != 0 && p.established(frames[i], sizes[i], m, ref, &out[i]) {
 			fastPkts++
 			fastBytes += uint64(m.ipLen)
 			continue
 		}
-		p.handle(frames[i], sizes[i], m, &p.keys[i], p.refs[i], &out[i])
+		p.handle(frames[i], sizes[i], m, &keys[i], refs[i], &out[i])
 	}
 	p.env.Rules.CountPolicyN(rules.Forward, p.core, fastPkts, fastBytes)
 	p.fastLast = fastPkts
@@ -636,7 +639,7 @@ func (p *Pipeline) established(frame []byte, size int, m *meta, ref flowtable.Re
 	}
 	f := p.d.Table.Flow(ref)
 	dir := ref.Dir()
-	if !quiet(f.Status(), dir, m.kind, m.tcpFlags) {
+	if q := quietIndex(f.Status(), dir, m.kind, m.tcpFlags); q >= uint(len(quietSet)) || !quietSet[q] {
 		return false
 	}
 	other := f.TuplePtr(1 - dir)
