@@ -2,6 +2,7 @@ package flowtable
 
 import (
 	"errors"
+	"math/bits"
 	"sync/atomic"
 )
 
@@ -422,8 +423,8 @@ func (c *Core) holder(k *Tuple, now Time) Ref {
 	// read: start both loads now so their misses overlap.
 	c.sink += t.buckets[b1][0].Load() + t.buckets[b2][0].Load()
 	for _, b := range [2]*bucket{&t.buckets[b1], &t.buckets[b2]} {
-		for i := range b {
-			v := b[i].Load()
+		for m := bucketMatch(b, tag, t.idxMask); m != 0; m &= m - 1 {
+			v := b[bits.TrailingZeros32(m)&(slotsPerBucket-1)].Load()
 			if v&^t.idxMask != tag {
 				continue
 			}
@@ -454,8 +455,8 @@ func (c *Core) rival(k *Tuple, idx uint32, now Time) bool {
 	t := c.t
 	b1, b2, tag := t.place(t.h.hash(k))
 	for _, b := range [2]*bucket{&t.buckets[b1], &t.buckets[b2]} {
-		for i := range b {
-			v := b[i].Load()
+		for m := bucketMatch(b, tag, t.idxMask); m != 0; m &= m - 1 {
+			v := b[bits.TrailingZeros32(m)&(slotsPerBucket-1)].Load()
 			if v&^t.idxMask != tag || v&t.idxMask-1 == idx {
 				continue
 			}

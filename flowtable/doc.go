@@ -67,7 +67,19 @@
 // read again from the matching slot with a scalar load; a slot emptied
 // in between reads as no candidate, which is the answer of a lookup
 // ordered just after that unlink, and a slot reused in between names a
-// record the compare rejects, sending the key to the full scan. Under the race detector
+// record the compare rejects, sending the key to the full scan.
+//
+// The insert path's bucket reads (holder, rival, link's free-slot search,
+// unlink) take the same vector compare (bucketMatch): a mask of the slots
+// whose tag matches, or which are free, each then loaded again, or taken
+// by CAS, one by one. A slot that changed since the vector read fails
+// that second look, as it would have failed a scalar scan that reached it
+// later. rival's answer rests on more: that of two inserters racing with
+// the same tuple, at least one sees the other's slot. Each publishes its
+// slot with a CAS before it looks, and on amd64 a CAS is a locked
+// instruction, which no later load, vector loads included, may pass
+// (x86-TSO); so the two CASes are ordered, and the inserter whose CAS came
+// second reads the first one's slot. Under the race detector
 // the scalar scan runs and nothing is prefetched: the scan's atomic loads
 // are the happens-before edges between an insert and a lookup that the
 // detector must see.

@@ -407,18 +407,14 @@ func (t *Table) lookup(k *Tuple, now Time) Ref {
 }
 
 func occupancy(b *bucket) int {
-	n := 0
-	for i := range b {
-		if b[i].Load() != 0 {
-			n++
-		}
-	}
-	return n
+	return slotsPerBucket - bits.OnesCount32(bucketMatch(b, 0, 0))
 }
 
+// claim stores v in a free slot of b: a free slot as the match saw it,
+// taken by CAS, so one filled meanwhile is passed over.
 func claim(b *bucket, v uint32) bool {
-	for i := range b {
-		if b[i].Load() == 0 && b[i].CompareAndSwap(0, v) {
+	for m := bucketMatch(b, 0, 0); m != 0; m &= m - 1 {
+		if b[bits.TrailingZeros32(m)&(slotsPerBucket-1)].CompareAndSwap(0, v) {
 			return true
 		}
 	}
@@ -444,8 +440,8 @@ func (t *Table) unlink(k *Tuple, idx uint32) bool {
 	b1, b2, tag := t.place(t.h.hash(k))
 	v := slotValue(tag, idx)
 	for _, b := range [2]*bucket{&t.buckets[b1], &t.buckets[b2]} {
-		for i := range b {
-			if b[i].Load() == v && b[i].CompareAndSwap(v, 0) {
+		for m := bucketMatch(b, v, 0); m != 0; m &= m - 1 {
+			if b[bits.TrailingZeros32(m)&(slotsPerBucket-1)].CompareAndSwap(v, 0) {
 				return true
 			}
 		}

@@ -30,3 +30,17 @@ func tagScanGo(buckets []bucket, bb []probe, mask uint32, second bool) int {
 	}
 	return missing
 }
+
+// bucketMatchGo returns a bit for each slot of b whose tag (the bits
+// outside mask) is tag: slot i sets bit i. Each slot is one atomic load.
+// Like a scan's candidate, a bit is a hint that the caller confirms by
+// loading the slot again.
+func bucketMatchGo(b *bucket, tag, mask uint32) uint32 {
+	var m uint32
+	for i := range b {
+		if b[i].Load()&^mask == tag {
+			m |= 1 << i
+		}
+	}
+	return m
+}

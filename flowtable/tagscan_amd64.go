@@ -39,3 +39,17 @@ func prefetchBuckets(buckets []bucket, bb []probe) {
 		prefetchFirst(&buckets[0], &bb[0], len(bb))
 	}
 }
+
+// bucketMatchAVX2 is bucketMatchGo's answer in two vector compares.
+//
+//go:noescape
+func bucketMatchAVX2(b *bucket, tag, notMask uint32) uint32
+
+// bucketMatch runs the vector bucket match where the CPU has it, else the
+// Go one.
+func bucketMatch(b *bucket, tag, mask uint32) uint32 {
+	if useAVX2 {
+		return bucketMatchAVX2(b, tag, ^mask)
+	}
+	return bucketMatchGo(b, tag, mask)
+}

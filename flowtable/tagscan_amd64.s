@@ -107,3 +107,24 @@ pf:
 	DECQ         CX
 	JNZ          pf
 	RET
+
+// func bucketMatchAVX2(b *bucket, tag, notMask uint32) uint32
+TEXT ·bucketMatchAVX2(SB), NOSPLIT, $0-20
+	MOVQ         b+0(FP), SI
+	MOVL         tag+8(FP), AX
+	MOVL         AX, X3
+	VPBROADCASTD X3, Y3
+	MOVL         notMask+12(FP), AX
+	MOVL         AX, X2
+	VPBROADCASTD X2, Y2
+	VPAND        0(SI), Y2, Y0
+	VPAND        32(SI), Y2, Y1
+	VPCMPEQD     Y3, Y0, Y0
+	VPCMPEQD     Y3, Y1, Y1
+	VMOVMSKPS    Y0, AX
+	VMOVMSKPS    Y1, CX
+	SHLL         $8, CX
+	ORL          CX, AX
+	MOVL         AX, ret+16(FP)
+	VZEROUPPER
+	RET

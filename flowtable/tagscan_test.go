@@ -119,3 +119,29 @@ func FuzzTagScan(f *testing.F) {
 		checkTagScan(t, buckets, bb, mask)
 	})
 }
+
+// TestBucketMatch holds the vector bucket match to the Go one on random
+// buckets, with tags planted in random slots and index masks of every
+// width.
+func TestBucketMatch(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 12))
+	for n := 0; n < 20000; n++ {
+		bits := 1 + rng.IntN(30)
+		mask := uint32(1)<<bits - 1
+		tag := (rng.Uint32() | 1<<bits) &^ mask
+		var b bucket
+		for i := range b {
+			switch rng.IntN(3) {
+			case 0: // empty
+			case 1:
+				b[i].Store(tag | rng.Uint32()&mask)
+			default:
+				b[i].Store(rng.Uint32())
+			}
+		}
+		want := bucketMatchGo(&b, tag, mask)
+		if got := bucketMatch(&b, tag, mask); got != want {
+			t.Fatalf("bucket %v tag %#x mask %#x: %#x, want %#x", &b, tag, mask, got, want)
+		}
+	}
+}
