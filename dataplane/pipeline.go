@@ -653,8 +653,7 @@ func (p *Pipeline) established(frame []byte, size int, m *meta, ref flowtable.Re
 		return false
 	}
 	f.Touch(p.now)
-	// The packet leaves as the opposite direction's tuple reversed.
-	header.RewriteNAT(frame, int(m.l3), int(m.l4), m.kind == kUDP, other.Dst, other.Src, uint32(other.DstPort)<<16|uint32(other.SrcPort))
+	p.translate(frame, m, other)
 	eth := header.Ethernet(frame)
 	eth.SetDst(nh.mac)
 	eth.SetSrc(port.MAC)
@@ -718,8 +717,13 @@ func (p *Pipeline) emit(frame []byte, size int, m *meta, port uint16, mac *[6]by
 // translate rewrites the packet's addresses and ports (or ICMP
 // identifier) to the reverse of other, the connection's opposite
 // direction, and decrements its TTL, with incremental checksum updates
-// (one for the IPv4 header covering both).
+// (one for the IPv4 header covering both). TCP and UDP, whose headers
+// parse found whole, take header.RewriteNAT.
 func (p *Pipeline) translate(frame []byte, m *meta, other *flowtable.Tuple) {
+	if m.kind == kTCP || m.kind == kUDP {
+		header.RewriteNAT(frame, int(m.l3), int(m.l4), m.kind == kUDP, other.Dst, other.Src, uint32(other.DstPort)<<16|uint32(other.SrcPort))
+		return
+	}
 	ip := header.IPv4(frame[m.l3:])
 	src, dst := ip.Src(), ip.Dst()
 	var dAddr header.Delta
@@ -736,10 +740,6 @@ func (p *Pipeline) translate(frame []byte, m *meta, other *flowtable.Tuple) {
 	ip.SetChecksum(header.Adjust(ip.Checksum(), dAddr.Add16(ttlProto, ttlProto-0x100)))
 	l4 := frame[m.l4:]
 	switch m.kind {
-	case kTCP:
-		rewritePorts(l4, 16, false, other.DstPort, other.SrcPort, dAddr)
-	case kUDP:
-		rewritePorts(l4, 6, true, other.DstPort, other.SrcPort, dAddr)
 	case kICMPQuery:
 		c := header.ICMPv4(l4)
 		id := other.SrcPort

@@ -117,8 +117,9 @@ func Adjust(csum uint16, d Delta) uint16 {
 // value is written big-endian and read back in the machine's order, which
 // costs a load and needs no assumption about that order.
 //
-// The caller has checked that the frame holds a 20-byte IPv4 header at l3
-// whose TTL exceeds one, and a whole TCP or UDP header at l4.
+// The caller has checked that the frame holds an IPv4 header at l3 (20
+// bytes or more: options are left as they are) whose TTL exceeds one, and
+// a whole TCP or UDP header at l4.
 func RewriteNAT(frame []byte, l3, l4 int, udp bool, src, dst, ports uint32) {
 	ne := binary.NativeEndian
 	ip := frame[l3:]
