@@ -3,6 +3,8 @@ package dataplane
 import (
 	"bytes"
 	"testing"
+
+	"xnat/flowtable"
 )
 
 // dnatRules: MASQUERADE out, a DNAT port in, and no filter rules, so the
@@ -111,4 +113,51 @@ func FuzzEstablishedPath(f *testing.F) {
 		}
 		checkEstablishedPath(t, [][]byte{a, b}, []uint16{uint16(ports & 1), uint16(ports >> 1 & 1)}, c, uint16(ports>>2&1))
 	})
+}
+
+// TestEstablishedPathKeepsOrder: in one batch, a quiet ACK, then a FIN
+// from inside, then the outside's ACK of it, a quiet ACK again; the
+// established path takes the first and must leave the rest to handle in
+// order, so the connection ends where handle alone takes it (CLOSE_WAIT
+// after FIN_WAIT), with the same bytes out.
+func TestEstablishedPathKeepsOrder(t *testing.T) {
+	syn := tcpPkt(macA, macIn0, addrA, 40000, remote, 443, fSYN, 1, 0).bytes(t)
+	synAck := tcpPkt(macGW, macOut0, remote, 443, addrExt, 40000, fSYNACK, 1, 2).bytes(t)
+	ack := tcpPkt(macA, macIn0, addrA, 40000, remote, 443, fACK, 2, 2).bytes(t)
+	fin := tcpPkt(macA, macIn0, addrA, 40000, remote, 443, fFIN, 2, 2).bytes(t)
+	finAck := tcpPkt(macGW, macOut0, remote, 443, addrExt, 40000, fACK, 2, 3).bytes(t)
+	orig := flowtable.MakeTuple(flowtable.ProtoTCP, addrA, 40000, remote, 443)
+	batch := [][]byte{ack, fin, finAck, ack}
+	ins := []uint16{portIn, portIn, portOut, portIn}
+	var outs [2][]Result
+	var bufs [2][][]byte
+	var fast [2]uint64
+	for run, noFast := range []bool{false, true} {
+		tb := newTestbed(t, dnatRules, 1500, 1)
+		p := tb.dp.Pipeline(0)
+		for i, f := range [][]byte{syn, synAck, ack} {
+			tb.run(f, [3]uint16{portIn, portOut, portIn}[i])
+		}
+		p.noFast = noFast
+		frames, sizes := make([][]byte, len(batch)), make([]int, len(batch))
+		for i, f := range batch {
+			frames[i] = append(make([]byte, 0, 2048), f...)
+			sizes[i] = len(f)
+		}
+		outs[run] = make([]Result, len(batch))
+		p.Process(frames, sizes, ins, outs[run])
+		bufs[run], fast[run] = frames, p.fastLast
+		fi, _, ok := tb.tab.Get(orig)
+		if !ok || fi.State() != flowtable.TCPCloseWait {
+			t.Fatalf("noFast %v: connection %v (found %v), want CLOSE_WAIT", noFast, fi.State(), ok)
+		}
+	}
+	if fast[0] != 1 || fast[1] != 0 {
+		t.Fatalf("established path took %d and %d packets, want 1 and 0", fast[0], fast[1])
+	}
+	for i := range batch {
+		if outs[0][i] != outs[1][i] || !bytes.Equal(bufs[0][i][:outs[0][i].Len], bufs[1][i][:outs[1][i].Len]) {
+			t.Fatalf("packet %d: established path %+v, handle %+v", i, outs[0][i], outs[1][i])
+		}
+	}
 }

@@ -243,7 +243,6 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 	nk := 0
 	for i := range frames {
 		m := &metas[i]
-		out[i] = Result{}
 		frame := frames[i][:sizes[i]]
 		if int(in[i]) < nports {
 			pc := &p.cnt.Ports[in[i]]
@@ -251,6 +250,10 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 			pc.RxBytes += uint64(len(frame))
 		}
 		m.in = in[i]
+		if parseFast(frame, m, &keys[i]) {
+			nk++
+			continue
+		}
 		if r := p.parse(frame, m, &keys[i]); r != ReasonNone {
 			m.kind = kDone
 			p.finish(&out[i], ActDrop, r, 0, 0)
@@ -264,6 +267,7 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 			continue
 		}
 		if frame[m.l3+8] <= 1 { // the TTL
+			out[i] = Result{}
 			p.ttlExceeded(frames[i], sizes[i], m, &out[i])
 			m.kind = kDone
 			continue
@@ -278,19 +282,25 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 	// change nothing in their connection take the established path; its
 	// policy counts are added once a batch.
 	fwd, policyOnly := p.env.Rules.PolicyOnly(rules.Forward)
+	// The established path takes the batch in order as far as it can; at a
+	// packet it cannot take, handle takes that one and the established path
+	// goes on after it, so every connection's packets are tracked in the
+	// order they came.
 	fast := policyOnly && fwd.Action == rules.Accept && !p.noFast
 	var fastPkts, fastBytes uint64
-	for i := range frames {
-		m := &metas[i]
-		if m.kind == kDone {
-			continue
+	for i := 0; ; i++ {
+		if fast {
+			var n, b uint64
+			i, n, b = p.established(i, frames, sizes, out)
+			fastPkts, fastBytes = fastPkts+n, fastBytes+b
 		}
-		if ref := refs[i]; fast && ref != 0 && p.established(frames[i], sizes[i], m, ref, &out[i]) {
-			fastPkts++
-			fastBytes += uint64(m.ipLen)
-			continue
+		if i >= len(frames) {
+			break
 		}
-		p.handle(frames[i], sizes[i], m, &keys[i], refs[i], &out[i])
+		if m := &metas[i]; m.kind != kDone {
+			out[i] = Result{}
+			p.handle(frames[i], sizes[i], m, &keys[i], refs[i], &out[i])
+		}
 	}
 	p.env.Rules.CountPolicyN(rules.Forward, p.core, fastPkts, fastBytes)
 	p.fastLast = fastPkts
@@ -352,6 +362,60 @@ func (p *Pipeline) finish(r *Result, a Action, reason Reason, port uint16, n int
 	if a == ActDrop {
 		p.cnt.Drops[reason]++
 	}
+}
+
+// The frames parseFast takes: untagged Ethernet, IPv4 without options, and
+// a whole UDP header or TCP header.
+const (
+	fastUDPLen = header.EthernetLen + header.IPv4MinLen + header.UDPLen
+	fastTCPLen = header.EthernetLen + header.IPv4MinLen + header.TCPMinLen
+)
+
+// parseFast is parse for the frame nearly every packet is: untagged
+// Ethernet, IPv4 without options and not a later fragment, with a TTL
+// above one, carrying TCP or UDP. It reads fixed offsets of arrays whose
+// length is checked once, and reports whether it took the frame, having
+// filled m and key exactly as parse would (FuzzParseFast holds the two
+// together). Any other frame, good or bad, is left to parse, which then
+// finds what is wrong with it or what else it is.
+func parseFast(frame []byte, m *meta, key *flowtable.Tuple) bool {
+	if len(frame) < fastUDPLen {
+		return false
+	}
+	h := (*[fastUDPLen]byte)(frame)
+	// EtherType IPv4, then version 4 with IHL 5: three bytes, one compare.
+	if binary.BigEndian.Uint32(h[12:])>>8 != header.EtherTypeIPv4<<8|0x45 {
+		return false
+	}
+	ip := (*[header.IPv4MinLen]byte)(h[header.EthernetLen:])
+	tl := int(binary.BigEndian.Uint16(ip[2:]))
+	if header.EthernetLen+tl > len(frame) || ip[6]&0x1f != 0 || ip[7] != 0 || ip[8] <= 1 || !header.Valid20(ip) {
+		return false
+	}
+	l4 := (*[header.UDPLen]byte)(h[header.EthernetLen+header.IPv4MinLen:])
+	proto := ip[9]
+	switch proto {
+	case header.ProtoUDP:
+		n := int(binary.BigEndian.Uint16(l4[4:]))
+		if tl < header.IPv4MinLen+header.UDPLen || n < header.UDPLen || n > tl-header.IPv4MinLen {
+			return false
+		}
+		m.kind = kUDP
+	case header.ProtoTCP:
+		if tl < header.IPv4MinLen+header.TCPMinLen { // then the frame holds fastTCPLen bytes
+			return false
+		}
+		t := (*[fastTCPLen]byte)(frame)
+		if off := int(t[fastUDPLen+4]>>4) * 4; off < header.TCPMinLen || off > tl-header.IPv4MinLen {
+			return false
+		}
+		m.kind, m.tcpFlags = kTCP, t[fastUDPLen+5]
+	default:
+		return false
+	}
+	m.l3, m.l4, m.ipLen, m.proto = header.EthernetLen, header.EthernetLen+header.IPv4MinLen, uint16(tl), proto
+	key.Set(proto, binary.BigEndian.Uint32(ip[12:]), binary.BigEndian.Uint16(l4[0:]), binary.BigEndian.Uint32(ip[16:]), binary.BigEndian.Uint16(l4[2:]))
+	return true
 }
 
 // parse checks a frame's headers and fills m and the lookup key.
@@ -626,44 +690,68 @@ func (p *Pipeline) forward(frame []byte, size int, m *meta, ref flowtable.Ref, c
 	p.d.Table.Account(ref, int(m.ipLen))
 }
 
-// established forwards a TCP or UDP packet that changes nothing in its
-// connection but the last-seen time (quiet), while filter FORWARD has no
-// rules and accepts (the caller checks that once a batch): the common
-// case, decided and rewritten in one function. It reports false, having
-// changed nothing, for anything else (a state change, IP options, a next
-// hop not in the cache, a packet too big for the egress MTU), which handle
-// then takes from the start.
-func (p *Pipeline) established(frame []byte, size int, m *meta, ref flowtable.Ref, out *Result) bool {
-	if m.kind != kUDP && m.kind != kTCP || m.l4-m.l3 != header.IPv4MinLen {
-		return false
+// established forwards, from frames[from] on, the packets that change
+// nothing in their connection but the last-seen time (TCP or UDP, IPv4
+// without options, quiet), while filter FORWARD has no rules and accepts
+// (the caller checks that once a batch): the common case, decided and
+// rewritten with no call but the rewrite's. Frames already decided are
+// passed over. It stops at the first packet it cannot take, having
+// changed nothing for it (a state change, IP options, a next hop not in
+// the cache, a packet too big for the egress MTU, a new connection), and
+// returns its index, or len(frames), with the packets and IP bytes it
+// forwarded; handle then takes that packet from the start.
+func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Result) (int, uint64, uint64) {
+	metas, refs := p.meta[:len(frames)], p.refs[:len(frames)]
+	sizes, out = sizes[:len(frames)], out[:len(frames)]
+	tab, ports := p.d.Table, p.env.Ports
+	gen, now := p.envGen, p.now
+	var pkts, bytes uint64
+	for i := from; i < len(frames); i++ {
+		m := &metas[i]
+		if m.kind == kDone {
+			continue
+		}
+		ref := refs[i]
+		if ref == 0 || m.kind != kUDP && m.kind != kTCP || m.l4-m.l3 != header.IPv4MinLen {
+			return i, pkts, bytes
+		}
+		f := tab.Flow(ref)
+		dir := ref.Dir()
+		if q := quietIndex(f.Status(), dir, m.kind, m.tcpFlags); q >= uint(len(quietSet)) || !quietSet[q] {
+			return i, pkts, bytes
+		}
+		other := f.TuplePtr(1 - dir)
+		nh := p.nhSlot(other.Src)
+		if nh.dst != other.Src || nh.gen != gen || int(nh.port) >= len(ports) {
+			return i, pkts, bytes
+		}
+		port := &ports[nh.port]
+		if int(m.ipLen) > port.MTU {
+			return i, pkts, bytes
+		}
+		f.Touch(now)
+		frame, l3 := frames[i], int(m.l3)
+		udp := m.kind == kUDP
+		csum := l3 + header.IPv4MinLen + 16
+		if udp {
+			csum = l3 + header.IPv4MinLen + 6
+		}
+		header.RewriteNATFields((*[header.IPv4MinLen]byte)(frame[l3:]), (*[4]byte)(frame[l3+header.IPv4MinLen:]), (*[2]byte)(frame[csum:]),
+			udp, other.Dst, other.Src, uint32(other.DstPort)<<16|uint32(other.SrcPort))
+		eth := (*[12]byte)(frame)
+		*(*[6]byte)(eth[0:]) = nh.mac
+		*(*[6]byte)(eth[6:]) = port.MAC
+		size := sizes[i]
+		out[i] = Result{Action: ActForward, Port: nh.port, Len: size}
+		p.cnt.Forwarded++
+		pc := &p.cnt.Ports[nh.port]
+		pc.TxPackets++
+		pc.TxBytes += uint64(size)
+		tab.Account(ref, int(m.ipLen))
+		pkts++
+		bytes += uint64(m.ipLen)
 	}
-	f := p.d.Table.Flow(ref)
-	dir := ref.Dir()
-	if q := quietIndex(f.Status(), dir, m.kind, m.tcpFlags); q >= uint(len(quietSet)) || !quietSet[q] {
-		return false
-	}
-	other := f.TuplePtr(1 - dir)
-	nh := p.nhSlot(other.Src)
-	ports := p.env.Ports
-	if nh.dst != other.Src || nh.gen != p.envGen || int(nh.port) >= len(ports) {
-		return false
-	}
-	port := &ports[nh.port]
-	if int(m.ipLen) > port.MTU {
-		return false
-	}
-	f.Touch(p.now)
-	p.translate(frame, m, other)
-	eth := header.Ethernet(frame)
-	eth.SetDst(nh.mac)
-	eth.SetSrc(port.MAC)
-	*out = Result{Action: ActForward, Port: nh.port, Len: size}
-	p.cnt.Forwarded++
-	pc := &p.cnt.Ports[nh.port]
-	pc.TxPackets++
-	pc.TxBytes += uint64(size)
-	p.d.Table.Account(ref, int(m.ipLen))
-	return true
+	return len(frames), pkts, bytes
 }
 
 // refused carries out a filter verdict other than ACCEPT (a drop counted as

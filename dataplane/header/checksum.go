@@ -48,13 +48,16 @@ func Sum(b []byte, initial uint16) uint16 {
 // 0xffff to the folded sum, and folding a sum other than zero never gives
 // zero, so the folded sum is 0xffff exactly when the 64-bit sum is a
 // non-zero multiple of 0xffff (a multiply and a shift, not four folds).
-func valid20(b []byte) bool {
-	_ = b[19]
-	acc := uint64(binary.NativeEndian.Uint32(b[0:])) + uint64(binary.NativeEndian.Uint32(b[4:])) +
-		uint64(binary.NativeEndian.Uint32(b[8:])) + uint64(binary.NativeEndian.Uint32(b[12:])) +
-		uint64(binary.NativeEndian.Uint32(b[16:]))
+func valid20(b *[20]byte) bool {
+	ne := binary.NativeEndian
+	acc := uint64(ne.Uint32(b[0:])) + uint64(ne.Uint32(b[4:])) + uint64(ne.Uint32(b[8:])) +
+		uint64(ne.Uint32(b[12:])) + uint64(ne.Uint32(b[16:]))
 	return acc != 0 && acc%0xffff == 0
 }
+
+// Valid20 is valid20 for callers outside the package that hold a header
+// without options as an array (the parser's fast path).
+func Valid20(b *[20]byte) bool { return valid20(b) }
 
 // fold64 folds a 64-bit sum to 16 bits with end-around carries. Adding a
 // word to itself rotated by half its width leaves in the high half the
@@ -101,14 +104,29 @@ func Adjust(csum uint16, d Delta) uint16 {
 	return ^fold64(uint64(^csum) + uint64(d))
 }
 
-// RewriteNAT is NAT's rewrite of a TCP or UDP packet, written for the
-// established path: in the frame whose IPv4 header starts at l3 and
-// transport header at l4, it sets the source and destination addresses to
-// src and dst, the ports to ports>>16 (source) and ports&0xffff
-// (destination), decrements the TTL, and updates the header checksum and
-// the TCP or UDP checksum incrementally (RFC 1624 eqn. 3). With udp, a
-// checksum of zero means none and stays zero, and a computed zero is sent
-// as 0xffff (RFC 768). Its nine words of arguments travel in registers.
+// RewriteNAT is NAT's rewrite of a TCP or UDP packet: in the frame whose
+// IPv4 header starts at l3 and transport header at l4, it sets the source
+// and destination addresses to src and dst, the ports to ports>>16
+// (source) and ports&0xffff (destination), decrements the TTL, and
+// updates the header checksum and the TCP or UDP checksum incrementally
+// (RewriteNATFields). The caller has checked that the frame holds an IPv4
+// header at l3 (20 bytes or more: options are left as they are) whose TTL
+// exceeds one, and a whole TCP or UDP header at l4.
+func RewriteNAT(frame []byte, l3, l4 int, udp bool, src, dst, ports uint32) {
+	csum := l4 + 16
+	if udp {
+		csum = l4 + 6
+	}
+	RewriteNATFields((*[20]byte)(frame[l3:]), (*[4]byte)(frame[l4:]), (*[2]byte)(frame[csum:]), udp, src, dst, ports)
+}
+
+// RewriteNATFields is RewriteNAT on the fields it changes, which the
+// established path finds at fixed offsets with no bounds to check: ip is
+// the IPv4 header's first 20 bytes, l4 the transport header's ports and
+// csum its checksum field. The checksums are updated by RFC 1624 eqn. 3;
+// with udp, a checksum of zero means none and stays zero, and a computed
+// zero is sent as 0xffff (RFC 768). Its nine words of arguments travel in
+// registers.
 //
 // The sums are taken in the machine's byte order, on whole 32-bit words,
 // and folded once per checksum: the one's-complement sum of 16-bit words
@@ -116,40 +134,27 @@ func Adjust(csum uint16, d Delta) uint16 {
 // byte order but for a swap of its bytes (RFC 1071 §2.A, §2.B). Each new
 // value is written big-endian and read back in the machine's order, which
 // costs a load and needs no assumption about that order.
-//
-// The caller has checked that the frame holds an IPv4 header at l3 (20
-// bytes or more: options are left as they are) whose TTL exceeds one, and
-// a whole TCP or UDP header at l4.
-func RewriteNAT(frame []byte, l3, l4 int, udp bool, src, dst, ports uint32) {
+func RewriteNATFields(ip *[20]byte, l4 *[4]byte, csum *[2]byte, udp bool, src, dst, ports uint32) {
 	ne := binary.NativeEndian
-	ip := frame[l3:]
-	_ = ip[19]
-	csum := l4 + 16
-	if udp {
-		csum = l4 + 6
-	}
-	_ = frame[csum+1]
-	t := frame[l4:]
-	_ = t[3]
 	oldA := uint64(^ne.Uint32(ip[12:])) + uint64(^ne.Uint32(ip[16:]))
 	oldT := uint64(^ne.Uint16(ip[8:]))
-	oldP := uint64(^ne.Uint32(t))
+	oldP := uint64(^ne.Uint32(l4[:]))
 	binary.BigEndian.PutUint32(ip[12:], src)
 	binary.BigEndian.PutUint32(ip[16:], dst)
 	ip[8]--
-	binary.BigEndian.PutUint32(t, ports)
+	binary.BigEndian.PutUint32(l4[:], ports)
 	dA := oldA + uint64(ne.Uint32(ip[12:])) + uint64(ne.Uint32(ip[16:]))
 
 	c := ne.Uint16(ip[10:])
 	ne.PutUint16(ip[10:], ^fold64(uint64(^c)+dA+oldT+uint64(ne.Uint16(ip[8:]))))
 
-	c = ne.Uint16(frame[csum:])
+	c = ne.Uint16(csum[:])
 	if udp && c == 0 {
 		return
 	}
-	c = ^fold64(uint64(^c) + dA + oldP + uint64(ne.Uint32(t)))
+	c = ^fold64(uint64(^c) + dA + oldP + uint64(ne.Uint32(l4[:])))
 	if udp && c == 0 {
 		c = 0xffff
 	}
-	ne.PutUint16(frame[csum:], c)
+	ne.PutUint16(csum[:], c)
 }

@@ -135,13 +135,13 @@ func TestValid20(t *testing.T) {
 		if n%7 == 0 {
 			clear(b[:20]) // the all-zero sum
 		}
-		if got, want := valid20(b), Sum(b[:20], 0) == 0xffff; got != want {
+		if got, want := valid20((*[20]byte)(b)), Sum(b[:20], 0) == 0xffff; got != want {
 			t.Fatalf("valid20 of % x: %v, Sum %v", b[:20], got, want)
 		}
 		if n%5 == 0 { // make it verify: the last word completes the sum
 			binary.BigEndian.PutUint16(b[18:], 0)
 			binary.BigEndian.PutUint16(b[18:], ^Sum(b[:20], 0))
-			if !valid20(b) {
+			if !valid20((*[20]byte)(b)) {
 				t.Fatalf("valid20 of % x: false, Sum %#x", b[:20], Sum(b[:20], 0))
 			}
 		}

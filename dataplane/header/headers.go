@@ -71,14 +71,14 @@ func (ip IPv4) Payload() []byte       { return ip[ip.HeaderLen():ip.TotalLen()] 
 // without options, nearly every one, takes valid20.
 func (ip IPv4) IsValidChecksum() bool {
 	if ip[0]&0xf == 5 {
-		return valid20(ip)
+		return valid20((*[20]byte)(ip))
 	}
 	return Sum(ip[:ip.HeaderLen()], 0) == 0xffff
 }
 
 // IsValidChecksum20 is IsValidChecksum for a header the caller knows has
 // no options (IHL 5), small enough to inline.
-func (ip IPv4) IsValidChecksum20() bool { return valid20(ip) }
+func (ip IPv4) IsValidChecksum20() bool { return valid20((*[20]byte)(ip)) }
 
 // ComputeChecksum computes the header checksum, the checksum field taken
 // as zero.

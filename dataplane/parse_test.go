@@ -1,0 +1,78 @@
+package dataplane
+
+import (
+	"testing"
+
+	"xnat/flowtable"
+)
+
+// parseSeeds are frames of every shape parse knows: the fast path's own
+// (TCP and UDP), and the ones it must leave to parse (a VLAN tag, IP
+// options, ICMP, a TTL of one, a later fragment).
+func parseSeeds(t testing.TB) [][]byte {
+	udp := udpPkt(macA, macIn0, addrA, 5000, remote, 7000)
+	tcp := tcpPkt(macA, macIn0, addrA, 40000, remote, 443, 0x10, 1, 2)
+	vlan, opts, ttl := udp, tcp, udp
+	vlan.vlan, opts.options, ttl.ttl = true, true, 1
+	frag := udp.bytes(t)
+	frag[20] = 0x01 // fragment offset 8 bytes (the checksum no longer verifies: parse says which is wrong)
+	return [][]byte{
+		udp.bytes(t), tcp.bytes(t), vlan.bytes(t), opts.bytes(t), ttl.bytes(t), frag,
+		icmpPkt(macA, macIn0, addrA, remote, 8, 0, 99, 1, []byte("x")).bytes(t),
+		tcpPkt(macGW, macOut0, remote, 443, addrExt, 40000, 0x12, 1, 2).bytes(t),
+	}
+}
+
+// checkParseFast holds parseFast to parse on one frame: where the fast
+// path takes a frame, parse must accept it and fill the same meta and key;
+// and every frame parse accepts as untagged TCP or UDP without IP options
+// and with a TTL above one, the fast path must take.
+func checkParseFast(t *testing.T, frame []byte) {
+	var fm, sm meta
+	var fk, sk flowtable.Tuple
+	took := parseFast(frame, &fm, &fk)
+	var p Pipeline
+	r := p.parse(frame, &sm, &sk)
+	if took {
+		if r != ReasonNone {
+			t.Fatalf("parseFast took % x, parse says %v", frame, r)
+		}
+		if fm != sm || fk != sk {
+			t.Fatalf("parseFast and parse disagree on % x:\nfast  %+v %v\nparse %+v %v", frame, fm, fk, sm, sk)
+		}
+		return
+	}
+	common := r == ReasonNone && (sm.kind == kTCP || sm.kind == kUDP) && sm.l3 == 14 && sm.l4 == 34 && frame[14+8] > 1
+	if common {
+		t.Fatalf("parseFast left % x to parse, which found the common case: %+v", frame, sm)
+	}
+}
+
+func TestParseFast(t *testing.T) {
+	seeds := parseSeeds(t)
+	for i, s := range seeds {
+		checkParseFast(t, s)
+		// Every shorter frame, and every single-byte change in the headers.
+		for n := range len(s) {
+			checkParseFast(t, s[:n])
+		}
+		for j := range min(len(s), 64) {
+			for _, v := range []byte{0, 1, 0x45, 0x80, 0xff} {
+				b := append([]byte(nil), s...)
+				b[j] = v
+				checkParseFast(t, b)
+			}
+		}
+		if i < 2 && !parseFast(s, &meta{}, &flowtable.Tuple{}) {
+			t.Fatalf("parseFast did not take seed %d, a plain %s packet", i, [2]string{"UDP", "TCP"}[i])
+		}
+	}
+}
+
+// FuzzParseFast holds parseFast to parse on arbitrary frames.
+func FuzzParseFast(f *testing.F) {
+	for _, s := range parseSeeds(f) {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, frame []byte) { checkParseFast(t, frame) })
+}
