@@ -694,7 +694,7 @@ func (p *Pipeline) forward(frame []byte, size int, m *meta, ref flowtable.Ref, c
 // nothing in their connection but the last-seen time (TCP or UDP, IPv4
 // without options, quiet), while filter FORWARD has no rules and accepts
 // (the caller checks that once a batch): the common case, decided and
-// rewritten with no call but the rewrite's. Frames already decided are
+// rewritten in a loop that makes no call. Frames already decided are
 // passed over. It stops at the first packet it cannot take, having
 // changed nothing for it (a state change, IP options, a next hop not in
 // the cache, a packet too big for the egress MTU, a new connection), and
@@ -736,8 +736,12 @@ func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Res
 		if udp {
 			csum = l3 + header.IPv4MinLen + 6
 		}
-		header.RewriteNATFields((*[header.IPv4MinLen]byte)(frame[l3:]), (*[4]byte)(frame[l3+header.IPv4MinLen:]), (*[2]byte)(frame[csum:]),
-			udp, other.Dst, other.Src, uint32(other.DstPort)<<16|uint32(other.SrcPort))
+		// header.RewriteNATFields, its parts inlined.
+		ip := (*[header.IPv4MinLen]byte)(frame[l3:])
+		dA, dT := header.SetAddrs(ip, other.Dst, other.Src)
+		dP := header.SetPorts((*[4]byte)(frame[l3+header.IPv4MinLen:]), uint32(other.DstPort)<<16|uint32(other.SrcPort))
+		header.AdjustIPv4(ip, dA+dT)
+		header.AdjustL4((*[2]byte)(frame[csum:]), udp, dA+dP)
 		eth := (*[12]byte)(frame)
 		*(*[6]byte)(eth[0:]) = nh.mac
 		*(*[6]byte)(eth[6:]) = port.MAC

@@ -125,36 +125,64 @@ func RewriteNAT(frame []byte, l3, l4 int, udp bool, src, dst, ports uint32) {
 // the IPv4 header's first 20 bytes, l4 the transport header's ports and
 // csum its checksum field. The checksums are updated by RFC 1624 eqn. 3;
 // with udp, a checksum of zero means none and stays zero, and a computed
-// zero is sent as 0xffff (RFC 768). Its nine words of arguments travel in
-// registers.
-//
-// The sums are taken in the machine's byte order, on whole 32-bit words,
-// and folded once per checksum: the one's-complement sum of 16-bit words
-// is congruent to that of 32-bit words modulo 0xffff, and independent of
-// byte order but for a swap of its bytes (RFC 1071 §2.A, §2.B). Each new
-// value is written big-endian and read back in the machine's order, which
-// costs a load and needs no assumption about that order.
+// zero is sent as 0xffff (RFC 768). It is made of parts small enough to
+// inline (SetAddrs, SetPorts, AdjustIPv4, AdjustL4), which the established
+// path calls in its loop so that it makes no call at all.
 func RewriteNATFields(ip *[20]byte, l4 *[4]byte, csum *[2]byte, udp bool, src, dst, ports uint32) {
-	ne := binary.NativeEndian
-	oldA := uint64(^ne.Uint32(ip[12:])) + uint64(^ne.Uint32(ip[16:]))
-	oldT := uint64(^ne.Uint16(ip[8:]))
-	oldP := uint64(^ne.Uint32(l4[:]))
-	binary.BigEndian.PutUint32(ip[12:], src)
-	binary.BigEndian.PutUint32(ip[16:], dst)
+	dA, dT := SetAddrs(ip, src, dst)
+	dP := SetPorts(l4, ports)
+	AdjustIPv4(ip, dA+dT)
+	AdjustL4(csum, udp, dA+dP)
+}
+
+// SetAddrs sets an IPv4 header's addresses to src and dst and decrements
+// its TTL. It returns the changes, for the checksums: dA, of the addresses
+// (for the header checksum and the transport checksum's pseudo-header),
+// and dT, of the TTL (for the header checksum alone).
+//
+// A change is the sum of the new words and of the old ones complemented,
+// taken on whole 32-bit words and folded once, by the Adjust the change
+// goes to: the one's-complement sum of 16-bit words is congruent to that
+// of 32-bit words modulo 0xffff (RFC 1071 §2.A, §2.B), and a word
+// complemented is congruent to its negation. The new values are the
+// arguments themselves, so nothing written is read back.
+func SetAddrs(ip *[20]byte, src, dst uint32) (dA, dT uint64) {
+	be := binary.BigEndian
+	dA = uint64(^be.Uint32(ip[12:])) + uint64(^be.Uint32(ip[16:])) + uint64(src) + uint64(dst)
+	ttl := be.Uint16(ip[8:])
+	be.PutUint32(ip[12:], src)
+	be.PutUint32(ip[16:], dst)
 	ip[8]--
+	return dA, uint64(^ttl) + uint64(ttl-0x100)
+}
+
+// SetPorts sets a TCP or UDP header's ports to ports>>16 (source) and
+// ports&0xffff (destination), and returns the change, as SetAddrs does.
+func SetPorts(l4 *[4]byte, ports uint32) uint64 {
+	d := uint64(^binary.BigEndian.Uint32(l4[:])) + uint64(ports)
 	binary.BigEndian.PutUint32(l4[:], ports)
-	dA := oldA + uint64(ne.Uint32(ip[12:])) + uint64(ne.Uint32(ip[16:]))
+	return d
+}
 
-	c := ne.Uint16(ip[10:])
-	ne.PutUint16(ip[10:], ^fold64(uint64(^c)+dA+oldT+uint64(ne.Uint16(ip[8:]))))
+// AdjustIPv4 adds d, changes from SetAddrs, to the header checksum (RFC
+// 1624 eqn. 3).
+func AdjustIPv4(ip *[20]byte, d uint64) {
+	be := binary.BigEndian
+	be.PutUint16(ip[10:], ^fold64(uint64(^be.Uint16(ip[10:]))+d))
+}
 
-	c = ne.Uint16(csum[:])
+// AdjustL4 adds d, changes from SetAddrs and SetPorts, to the TCP or UDP checksum at csum. A UDP
+// checksum of zero means none and stays zero, and a computed zero is sent
+// as 0xffff (RFC 768).
+func AdjustL4(csum *[2]byte, udp bool, d uint64) {
+	be := binary.BigEndian
+	c := be.Uint16(csum[:])
 	if udp && c == 0 {
 		return
 	}
-	c = ^fold64(uint64(^c) + dA + oldP + uint64(ne.Uint32(l4[:])))
+	c = ^fold64(uint64(^c) + d)
 	if udp && c == 0 {
 		c = 0xffff
 	}
-	ne.PutUint16(csum[:], c)
+	be.PutUint16(csum[:], c)
 }
