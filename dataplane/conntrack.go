@@ -160,9 +160,10 @@ func quiet(status uint32, dir flowtable.Dir, kind, tcpFlags uint8) bool {
 
 // quietSet is quiet as a table, for the established path: indexed by
 // quietIndex, true where quiet is for a TCP segment with ACK alone among
-// SYN, FIN, RST and ACK, or for any UDP packet.
-var quietSet = func() (set [256]bool) {
-	for i := range set {
+// SYN, FIN, RST and ACK, or for any UDP packet. Its upper half, which
+// notQuiet leads to, is all false.
+var quietSet = func() (set [512]bool) {
+	for i := range 256 {
 		status, dir, kind := uint32(i)&0x3f, flowtable.Dir(i>>6&1), uint8(kUDP)
 		if i&0x80 != 0 {
 			kind = kTCP
@@ -172,20 +173,30 @@ var quietSet = func() (set [256]bool) {
 	return set
 }()
 
-// quietIndex is a packet's index in quietSet: the state, SEEN_REPLY and
-// ASSURED (the low six bits of the status word), the direction, and
-// whether it is TCP. A TCP segment whose flags are anything but ACK alone
-// among SYN, FIN, RST and ACK is never quiet, and takes index 256, past
-// the table, which the caller treats as not quiet.
-func quietIndex(status uint32, dir flowtable.Dir, kind, tcpFlags uint8) uint {
-	i := uint(status&0x3f) | uint(dir)<<6
-	if kind == kTCP {
-		if tcpFlags&(header.TCPSyn|header.TCPFin|header.TCPRst|header.TCPAck) != header.TCPAck {
-			return 256
-		}
-		i |= 0x80
+// notQuiet is the quietBase of a packet the established path never takes.
+const notQuiet = 0x100
+
+// quietBase is a packet's part of its index in quietSet, which parse
+// finds: 0 for UDP, 0x80 for a TCP segment with ACK alone among SYN, FIN,
+// RST and ACK; for any other TCP segment, any other protocol, and any
+// packet with IP options (ihl5 false), notQuiet.
+func quietBase(kind, tcpFlags uint8, ihl5 bool) uint16 {
+	switch {
+	case !ihl5:
+		return notQuiet
+	case kind == kUDP:
+		return 0
+	case kind == kTCP && tcpFlags&(header.TCPSyn|header.TCPFin|header.TCPRst|header.TCPAck) == header.TCPAck:
+		return 0x80
 	}
-	return i
+	return notQuiet
+}
+
+// quietIndex is a packet's index in quietSet: the state, SEEN_REPLY and
+// ASSURED (the low six bits of its connection's status word), the
+// direction, and its quietBase.
+func quietIndex(status uint32, dir flowtable.Dir, base uint16) uint {
+	return (uint(status&0x3f) | uint(dir)<<6 | uint(base)) & 511
 }
 
 // track updates a connection with one packet in direction dir: the

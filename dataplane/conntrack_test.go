@@ -369,8 +369,10 @@ func TestQuietSet(t *testing.T) {
 					if kind == kUDP && flags > 0 {
 						break
 					}
-					q := quietIndex(status, dir, kind, uint8(flags))
-					got := q < uint(len(quietSet)) && quietSet[q]
+					got := quietSet[quietIndex(status, dir, quietBase(kind, uint8(flags), true))]
+					if quietSet[quietIndex(status, dir, quietBase(kind, uint8(flags), false))] {
+						t.Fatalf("status %#x dir %v kind %d flags %#x: quiet with IP options", status, dir, kind, flags)
+					}
 					if want := quiet(status, dir, kind, uint8(flags)); got != want {
 						t.Fatalf("status %#x dir %v kind %d flags %#x: table %v, quiet %v", status, dir, kind, flags, got, want)
 					}

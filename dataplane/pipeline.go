@@ -132,6 +132,10 @@ type nhEntry struct {
 	dst  uint32
 	port uint16
 	mac  [6]byte
+	// The egress port's MAC address and MTU, so that the established path
+	// needs nothing else.
+	srcMAC [6]byte
+	mtu    uint16
 }
 
 const nhCacheSize = 1024
@@ -211,6 +215,7 @@ type meta struct {
 	eL3, eL4 uint16 // ICMP errors: offsets of the embedded IPv4 and transport headers
 	eProto   uint8
 	eQuery   uint8 // embedded ICMP query: 1 request, 2 reply
+	qbase    uint16 // quietBase: the established path's part of quietIndex
 }
 
 // Process runs a batch of frames through the pipeline. frames[i] holds
@@ -400,7 +405,7 @@ func parseFast(frame []byte, m *meta, key *flowtable.Tuple) bool {
 		if tl < header.IPv4MinLen+header.UDPLen || n < header.UDPLen || n > tl-header.IPv4MinLen {
 			return false
 		}
-		m.kind = kUDP
+		m.kind, m.qbase = kUDP, quietBase(kUDP, 0, true)
 	case header.ProtoTCP:
 		if tl < header.IPv4MinLen+header.TCPMinLen { // then the frame holds fastTCPLen bytes
 			return false
@@ -410,6 +415,7 @@ func parseFast(frame []byte, m *meta, key *flowtable.Tuple) bool {
 			return false
 		}
 		m.kind, m.tcpFlags = kTCP, t[fastUDPLen+5]
+		m.qbase = quietBase(kTCP, m.tcpFlags, true)
 	default:
 		return false
 	}
@@ -463,6 +469,7 @@ func (p *Pipeline) parse(frame []byte, m *meta, key *flowtable.Tuple) Reason {
 	}
 	m.l3, m.l4, m.ipLen = uint16(l3), uint16(l3+hl), uint16(tl)
 	m.proto = ip.Protocol()
+	m.qbase = notQuiet
 	payload := frame[l3+hl : l3+tl]
 	src, dst := ip.Src(), ip.Dst()
 	switch m.proto {
@@ -475,6 +482,7 @@ func (p *Pipeline) parse(frame []byte, m *meta, key *flowtable.Tuple) Reason {
 			return ReasonL4Header
 		}
 		m.kind, m.tcpFlags = kTCP, t.Flags()
+		m.qbase = quietBase(kTCP, m.tcpFlags, hl == header.IPv4MinLen)
 		key.Set(header.ProtoTCP, src, t.SrcPort(), dst, t.DstPort())
 	case header.ProtoUDP:
 		if len(payload) < header.UDPLen {
@@ -484,7 +492,7 @@ func (p *Pipeline) parse(frame []byte, m *meta, key *flowtable.Tuple) Reason {
 		if n := int(u.Length()); n < header.UDPLen || n > len(payload) {
 			return ReasonL4Header
 		}
-		m.kind = kUDP
+		m.kind, m.qbase = kUDP, quietBase(kUDP, 0, hl == header.IPv4MinLen)
 		key.Set(header.ProtoUDP, src, u.SrcPort(), dst, u.DstPort())
 	case header.ProtoICMP:
 		if len(payload) < header.ICMPLen {
@@ -703,7 +711,7 @@ func (p *Pipeline) forward(frame []byte, size int, m *meta, ref flowtable.Ref, c
 func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Result) (int, uint64, uint64) {
 	metas, refs := p.meta[:len(frames)], p.refs[:len(frames)]
 	sizes, out = sizes[:len(frames)], out[:len(frames)]
-	tab, ports := p.d.Table, p.env.Ports
+	tab := p.d.Table
 	gen, now := p.envGen, p.now
 	var pkts, bytes uint64
 	for i := from; i < len(frames); i++ {
@@ -712,39 +720,42 @@ func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Res
 			continue
 		}
 		ref := refs[i]
-		if ref == 0 || m.kind != kUDP && m.kind != kTCP || m.l4-m.l3 != header.IPv4MinLen {
+		if ref == 0 {
 			return i, pkts, bytes
 		}
 		f := tab.Flow(ref)
 		dir := ref.Dir()
-		if q := quietIndex(f.Status(), dir, m.kind, m.tcpFlags); q >= uint(len(quietSet)) || !quietSet[q] {
+		if !quietSet[quietIndex(f.Status(), dir, m.qbase)] { // TCP or UDP, no IP options
 			return i, pkts, bytes
 		}
 		other := f.TuplePtr(1 - dir)
 		nh := p.nhSlot(other.Src)
-		if nh.dst != other.Src || nh.gen != gen || int(nh.port) >= len(ports) {
-			return i, pkts, bytes
-		}
-		port := &ports[nh.port]
-		if int(m.ipLen) > port.MTU {
+		if nh.dst != other.Src || nh.gen != gen || m.ipLen > nh.mtu {
 			return i, pkts, bytes
 		}
 		f.Touch(now)
-		frame, l3 := frames[i], int(m.l3)
+		// header.RewriteNATFields, its parts inlined, on fields at fixed
+		// offsets of one array.
+		frame := frames[i]
+		hdr := frame[m.l3:]
+		var ip *[header.IPv4MinLen]byte
+		var l4 *[4]byte
+		var csum *[2]byte
 		udp := m.kind == kUDP
-		csum := l3 + header.IPv4MinLen + 16
 		if udp {
-			csum = l3 + header.IPv4MinLen + 6
+			h := (*[header.IPv4MinLen + header.UDPLen]byte)(hdr)
+			ip, l4, csum = (*[header.IPv4MinLen]byte)(h[:]), (*[4]byte)(h[header.IPv4MinLen:]), (*[2]byte)(h[header.IPv4MinLen+6:])
+		} else {
+			h := (*[header.IPv4MinLen + header.TCPMinLen]byte)(hdr)
+			ip, l4, csum = (*[header.IPv4MinLen]byte)(h[:]), (*[4]byte)(h[header.IPv4MinLen:]), (*[2]byte)(h[header.IPv4MinLen+16:])
 		}
-		// header.RewriteNATFields, its parts inlined.
-		ip := (*[header.IPv4MinLen]byte)(frame[l3:])
 		dA, dT := header.SetAddrs(ip, other.Dst, other.Src)
-		dP := header.SetPorts((*[4]byte)(frame[l3+header.IPv4MinLen:]), uint32(other.DstPort)<<16|uint32(other.SrcPort))
+		dP := header.SetPorts(l4, uint32(other.DstPort)<<16|uint32(other.SrcPort))
 		header.AdjustIPv4(ip, dA+dT)
-		header.AdjustL4((*[2]byte)(frame[csum:]), udp, dA+dP)
+		header.AdjustL4(csum, udp, dA+dP)
 		eth := (*[12]byte)(frame)
 		*(*[6]byte)(eth[0:]) = nh.mac
-		*(*[6]byte)(eth[6:]) = port.MAC
+		*(*[6]byte)(eth[6:]) = nh.srcMAC
 		size := sizes[i]
 		out[i] = Result{Action: ActForward, Port: nh.port, Len: size}
 		p.cnt.Forwarded++
@@ -902,7 +913,8 @@ func (p *Pipeline) resolveNextHop(e *nhEntry, dst uint32) (*nhEntry, Reason) {
 		p.neighMiss(p.env.Ports[port].IfIndex, nh)
 		return nil, ReasonNoNeighbour
 	}
-	*e = nhEntry{gen: p.env.gen, dst: dst, port: port, mac: mac}
+	pt := &p.env.Ports[port]
+	*e = nhEntry{gen: p.env.gen, dst: dst, port: port, mac: mac, srcMAC: pt.MAC, mtu: uint16(min(pt.MTU, 0xffff))}
 	return e, ReasonNone
 }
 

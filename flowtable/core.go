@@ -188,6 +188,7 @@ const touchAbove = 16384
 func (c *Core) lookupBatch(keys []Tuple, refs []Ref, now Time) {
 	t := c.t
 	bb := c.bb[:len(keys)]
+	keys, refs = keys[:len(bb)], refs[:len(bb)]
 	mask := t.idxMask
 	var sink uint32
 	// The passes alternate computing with touching: each touch loop is a
@@ -198,17 +199,17 @@ func (c *Core) lookupBatch(keys []Tuple, refs []Ref, now Time) {
 	// (a prefetch, unlike a load, does not hold up the instructions
 	// behind it). The touch loop then waits for lines already on their
 	// way, and stays the whole story where no prefetch is written.
+	// The prefetches and touch loops are for a table beyond the caches;
+	// below touchAbove live connections its lines are already at hand, and
+	// they would be instructions spent for nothing.
+	touch := t.count.Load() > touchAbove
 	for i := range keys {
 		b := &bb[i]
 		b.b1, b.b2, b.tag = t.place(t.h.hash(&keys[i]))
-		if i&7 == 7 {
+		if touch && i&7 == 7 {
 			prefetchBuckets(t.buckets, bb[i-7:i+1])
 		}
 	}
-	// The touch loops are for a table beyond the caches; below touchAbove
-	// live connections its lines are already at hand, and they would be
-	// instructions spent for nothing.
-	touch := t.count.Load() > touchAbove
 	if touch {
 		for i := range bb { // touch first buckets
 			sink += t.buckets[bb[i].b1][0].Load()

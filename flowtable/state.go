@@ -153,8 +153,10 @@ func DefaultTimeout(name string) (time.Duration, error) {
 }
 
 // timeouts holds one timeout per state, in ticks. Writers store, packet
-// paths load: a change is seen by the next lookup, packet or sweep.
-type timeouts [numStates]atomic.Uint32
+// paths load: a change is seen by the next lookup, packet or sweep. It has
+// a slot for every value of a status word's state bits, so that indexing
+// it by them needs no bounds check; those past numStates stay zero.
+type timeouts [stateMask + 1]atomic.Uint32
 
 func (ts *timeouts) setDefaults() {
 	for _, d := range timeoutDefs {

@@ -346,9 +346,11 @@ func (t *Table) place(h uint64) (b1, b2 uint64, tag uint32) {
 			b2 = 0
 		}
 	}
-	tag = uint32((h*0x9E3779B97F4A7C15)>>(32+t.idxBits)) << t.idxBits
+	// The tag: a second mix of h, its bits above the index's (a mask, not
+	// shifts by a variable count, which cost a compare each in Go).
+	tag = uint32((h*0x9E3779B97F4A7C15)>>32) &^ t.idxMask
 	if tag == 0 {
-		tag = 1 << t.idxBits // never zero, so an empty slot never matches
+		tag = t.idxMask + 1 // never zero, so an empty slot never matches
 	}
 	return
 }
