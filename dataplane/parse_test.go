@@ -23,15 +23,28 @@ func parseSeeds(t testing.TB) [][]byte {
 	}
 }
 
+// fastParser is a pipeline ready for parseFast alone.
+func fastParser(t testing.TB) *Pipeline {
+	tb := newTestbed(t, masqRules, 1500, 1)
+	p := tb.dp.Pipeline(0)
+	p.env = tb.dp.Env()
+	return p
+}
+
 // checkParseFast holds parseFast to parse on one frame: where the fast
 // path takes a frame, parse must accept it and fill the same meta and key;
 // and every frame parse accepts as untagged TCP or UDP without IP options
 // and with a TTL above one, the fast path must take.
-func checkParseFast(t *testing.T, frame []byte) {
-	var fm, sm meta
-	var fk, sk flowtable.Tuple
-	took := parseFast(frame, &fm, &fk)
-	var p Pipeline
+func checkParseFast(t *testing.T, p *Pipeline, frame []byte) {
+	p.meta[0], p.keys[0] = meta{}, flowtable.Tuple{}
+	rest, n := p.parseFast([][]byte{frame}, []int{len(frame)}, []uint16{portIn})
+	took := rest == 0
+	if took != (n == 1) {
+		t.Fatalf("parseFast: rest %#x, took %d", rest, n)
+	}
+	fm, fk := p.meta[0], p.keys[0]
+	sm := meta{in: portIn}
+	var sk flowtable.Tuple
 	r := p.parse(frame, &sm, &sk)
 	if took {
 		if r != ReasonNone {
@@ -49,21 +62,22 @@ func checkParseFast(t *testing.T, frame []byte) {
 }
 
 func TestParseFast(t *testing.T) {
+	p := fastParser(t)
 	seeds := parseSeeds(t)
 	for i, s := range seeds {
-		checkParseFast(t, s)
+		checkParseFast(t, p, s)
 		// Every shorter frame, and every single-byte change in the headers.
 		for n := range len(s) {
-			checkParseFast(t, s[:n])
+			checkParseFast(t, p, s[:n])
 		}
 		for j := range min(len(s), 64) {
 			for _, v := range []byte{0, 1, 0x45, 0x80, 0xff} {
 				b := append([]byte(nil), s...)
 				b[j] = v
-				checkParseFast(t, b)
+				checkParseFast(t, p, b)
 			}
 		}
-		if i < 2 && !parseFast(s, &meta{}, &flowtable.Tuple{}) {
+		if rest, _ := p.parseFast([][]byte{s}, []int{len(s)}, []uint16{portIn}); i < 2 && rest != 0 {
 			t.Fatalf("parseFast did not take seed %d, a plain %s packet", i, [2]string{"UDP", "TCP"}[i])
 		}
 	}
@@ -74,5 +88,6 @@ func FuzzParseFast(f *testing.F) {
 	for _, s := range parseSeeds(f) {
 		f.Add(s)
 	}
-	f.Fuzz(func(t *testing.T, frame []byte) { checkParseFast(t, frame) })
+	p := fastParser(f)
+	f.Fuzz(func(t *testing.T, frame []byte) { checkParseFast(t, p, frame) })
 }

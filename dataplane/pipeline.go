@@ -240,25 +240,17 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 	p.nowSec = uint32(el / time.Second)
 	p.ct.Enter()
 
-	// Parse every frame, and collect the keys to look up. (The slices
-	// cut to the batch's length let the compiler drop bounds checks.)
+	// Count every frame in and parse it, the common ones on the fast path
+	// and the rest (rest) on the full one; collect the keys to look up.
+	// (The slices cut to the batch's length let the compiler drop bounds
+	// checks.)
 	sizes, in, out = sizes[:len(frames)], in[:len(frames)], out[:len(frames)]
 	metas, keys, refs := p.meta[:len(frames)], p.keys[:len(frames)], p.refs[:len(frames)]
-	nports := len(p.env.Ports)
-	nk := 0
-	for i := range frames {
+	rest, nk := p.parseFast(frames, sizes, in)
+	for ; rest != 0; rest &= rest - 1 {
+		i := bits.TrailingZeros64(rest)
 		m := &metas[i]
 		frame := frames[i][:sizes[i]]
-		if int(in[i]) < nports {
-			pc := &p.cnt.Ports[in[i]]
-			pc.RxPackets++
-			pc.RxBytes += uint64(len(frame))
-		}
-		m.in = in[i]
-		if parseFast(frame, m, &keys[i]) {
-			nk++
-			continue
-		}
 		if r := p.parse(frame, m, &keys[i]); r != ReasonNone {
 			m.kind = kDone
 			p.finish(&out[i], ActDrop, r, 0, 0)
@@ -369,59 +361,79 @@ func (p *Pipeline) finish(r *Result, a Action, reason Reason, port uint16, n int
 	}
 }
 
-// The frames parseFast takes: untagged Ethernet, IPv4 without options, and
-// a whole UDP header or TCP header.
+// The shortest frames parseFast takes: untagged Ethernet, IPv4 without
+// options, and a whole UDP header or TCP header.
 const (
 	fastUDPLen = header.EthernetLen + header.IPv4MinLen + header.UDPLen
 	fastTCPLen = header.EthernetLen + header.IPv4MinLen + header.TCPMinLen
 )
 
-// parseFast is parse for the frame nearly every packet is: untagged
-// Ethernet, IPv4 without options and not a later fragment, with a TTL
-// above one, carrying TCP or UDP. It reads fixed offsets of arrays whose
-// length is checked once, and reports whether it took the frame, having
-// filled m and key exactly as parse would (FuzzParseFast holds the two
-// together). Any other frame, good or bad, is left to parse, which then
-// finds what is wrong with it or what else it is.
-func parseFast(frame []byte, m *meta, key *flowtable.Tuple) bool {
-	if len(frame) < fastUDPLen {
-		return false
-	}
-	h := (*[fastUDPLen]byte)(frame)
-	// EtherType IPv4, then version 4 with IHL 5: three bytes, one compare.
-	if binary.BigEndian.Uint32(h[12:])>>8 != header.EtherTypeIPv4<<8|0x45 {
-		return false
-	}
-	ip := (*[header.IPv4MinLen]byte)(h[header.EthernetLen:])
-	tl := int(binary.BigEndian.Uint16(ip[2:]))
-	if header.EthernetLen+tl > len(frame) || ip[6]&0x1f != 0 || ip[7] != 0 || ip[8] <= 1 || !header.Valid20(ip) {
-		return false
-	}
-	l4 := (*[header.UDPLen]byte)(h[header.EthernetLen+header.IPv4MinLen:])
-	proto := ip[9]
-	switch proto {
-	case header.ProtoUDP:
-		n := int(binary.BigEndian.Uint16(l4[4:]))
-		if tl < header.IPv4MinLen+header.UDPLen || n < header.UDPLen || n > tl-header.IPv4MinLen {
-			return false
+// parseFast counts each frame of the batch in on its port, and parses
+// those that are what nearly every packet is: untagged Ethernet, IPv4
+// without options and not a later fragment, with a TTL above one,
+// carrying TCP or UDP. It reads fixed offsets of arrays whose length is
+// checked once, filling each frame's meta and key exactly as parse would
+// (FuzzParseFast holds the two together). It returns the mask of the
+// frames it left to parse (any other frame, good or bad: parse then finds
+// what is wrong with it or what else it is), and how many it took. The
+// batch holds at most batchMax frames.
+func (p *Pipeline) parseFast(frames [][]byte, sizes []int, in []uint16) (rest uint64, took int) {
+	metas, keys := p.meta[:len(frames)], p.keys[:len(frames)]
+	sizes, in = sizes[:len(frames)], in[:len(frames)]
+	nports := len(p.env.Ports)
+	for i := range frames {
+		m := &metas[i]
+		frame := frames[i][:sizes[i]]
+		if int(in[i]) < nports {
+			pc := &p.cnt.Ports[in[i]]
+			pc.RxPackets++
+			pc.RxBytes += uint64(len(frame))
 		}
-		m.kind, m.qbase = kUDP, quietBase(kUDP, 0, true)
-	case header.ProtoTCP:
-		if tl < header.IPv4MinLen+header.TCPMinLen { // then the frame holds fastTCPLen bytes
-			return false
+		m.in = in[i]
+		if len(frame) < fastUDPLen {
+			rest |= 1 << i
+			continue
 		}
-		t := (*[fastTCPLen]byte)(frame)
-		if off := int(t[fastUDPLen+4]>>4) * 4; off < header.TCPMinLen || off > tl-header.IPv4MinLen {
-			return false
+		h := (*[fastUDPLen]byte)(frame)
+		ip := (*[header.IPv4MinLen]byte)(h[header.EthernetLen:])
+		tl := int(binary.BigEndian.Uint16(ip[2:]))
+		// EtherType IPv4, then version 4 with IHL 5: three bytes, one compare.
+		if binary.BigEndian.Uint32(h[12:])>>8 != header.EtherTypeIPv4<<8|0x45 ||
+			header.EthernetLen+tl > len(frame) || ip[6]&0x1f != 0 || ip[7] != 0 || ip[8] <= 1 || !header.Valid20(ip) {
+			rest |= 1 << i
+			continue
 		}
-		m.kind, m.tcpFlags = kTCP, t[fastUDPLen+5]
-		m.qbase = quietBase(kTCP, m.tcpFlags, true)
-	default:
-		return false
+		l4 := (*[header.UDPLen]byte)(h[header.EthernetLen+header.IPv4MinLen:])
+		proto := ip[9]
+		switch proto {
+		case header.ProtoUDP:
+			n := int(binary.BigEndian.Uint16(l4[4:]))
+			if tl < header.IPv4MinLen+header.UDPLen || n < header.UDPLen || n > tl-header.IPv4MinLen {
+				rest |= 1 << i
+				continue
+			}
+			m.kind, m.qbase = kUDP, quietBase(kUDP, 0, true)
+		case header.ProtoTCP:
+			if tl < header.IPv4MinLen+header.TCPMinLen { // then the frame holds fastTCPLen bytes
+				rest |= 1 << i
+				continue
+			}
+			t := (*[fastTCPLen]byte)(frame)
+			if off := int(t[fastUDPLen+4]>>4) * 4; off < header.TCPMinLen || off > tl-header.IPv4MinLen {
+				rest |= 1 << i
+				continue
+			}
+			m.kind, m.tcpFlags = kTCP, t[fastUDPLen+5]
+			m.qbase = quietBase(kTCP, m.tcpFlags, true)
+		default:
+			rest |= 1 << i
+			continue
+		}
+		m.l3, m.l4, m.ipLen, m.proto = header.EthernetLen, header.EthernetLen+header.IPv4MinLen, uint16(tl), proto
+		keys[i].Set(proto, binary.BigEndian.Uint32(ip[12:]), binary.BigEndian.Uint16(l4[0:]), binary.BigEndian.Uint32(ip[16:]), binary.BigEndian.Uint16(l4[2:]))
+		took++
 	}
-	m.l3, m.l4, m.ipLen, m.proto = header.EthernetLen, header.EthernetLen+header.IPv4MinLen, uint16(tl), proto
-	key.Set(proto, binary.BigEndian.Uint32(ip[12:]), binary.BigEndian.Uint16(l4[0:]), binary.BigEndian.Uint32(ip[16:]), binary.BigEndian.Uint16(l4[2:]))
-	return true
+	return rest, took
 }
 
 // parse checks a frame's headers and fills m and the lookup key.
