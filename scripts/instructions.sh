@@ -18,11 +18,13 @@ fi
 count() {
 	# Go's preemption signals upset callgrind: one P, no async preemption.
 	GOGC=off GODEBUG=asyncpreemptoff=1 GOMAXPROCS=1 valgrind --tool=callgrind \
-		--callgrind-out-file="$tmp/cg.$1" "$bin" -test.run '^$' \
-		-test.bench '^BenchmarkPipelineCounted$' -test.benchtime "${1}x" 2>&1 |
+		--callgrind-out-file="$tmp/cg.$1.$2" "$bin" -test.run '^$' \
+		-test.bench "^BenchmarkPipelineCounted\$/^$1\$" -test.benchtime "${2}x" 2>&1 |
 		sed -n 's/.*Collected : //p'
 }
 a=64000 b=320000
-x=$(count $a) y=$(count $b)
-[ -n "$x" ] && [ -n "$y" ] || { echo "instructions.sh: callgrind gave no count" >&2; exit 1; }
-echo "pipeline udp/1000 established: $(( (y - x) / (b - a) )) instructions per packet (callgrind, BenchmarkPipelineCounted)"
+for proto in udp tcp; do
+	x=$(count $proto $a) y=$(count $proto $b)
+	[ -n "$x" ] && [ -n "$y" ] || { echo "instructions.sh: callgrind gave no count" >&2; exit 1; }
+	echo "pipeline $proto/1000 established: $(( (y - x) / (b - a) )) instructions per packet (callgrind, BenchmarkPipelineCounted/$proto)"
+done
