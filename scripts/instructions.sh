@@ -2,7 +2,8 @@
 # Instructions per packet of the pipeline's established path, counted by
 # callgrind: the same figure on every run of a build, whatever else the
 # machine is doing, so a change's effect shows where timings are noise.
-# Two runs of BenchmarkPipelineCounted with different b.N; the difference
+# Two runs of BenchmarkPipelineCounted/udp, then /tcp, with different b.N;
+# the difference
 # of their totals over the difference of their packets leaves out the
 # set-up both share.
 #   scripts/instructions.sh [test binary]   (default: builds ./dataplane)
