@@ -3,9 +3,8 @@
 # callgrind: the same figure on every run of a build, whatever else the
 # machine is doing, so a change's effect shows where timings are noise.
 # Two runs of BenchmarkPipelineCounted/udp, then /tcp, with different b.N;
-# the difference
-# of their totals over the difference of their packets leaves out the
-# set-up both share.
+# the difference of their totals over the difference of their packets
+# leaves out the set-up both share.
 #   scripts/instructions.sh [test binary]   (default: builds ./dataplane)
 set -euo pipefail
 command -v valgrind >/dev/null || { echo "instructions.sh: needs valgrind (apt-get install valgrind)" >&2; exit 2; }
