@@ -250,6 +250,7 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 	for ; rest != 0; rest &= rest - 1 {
 		i := bits.TrailingZeros64(rest)
 		m := &metas[i]
+		out[i] = Result{}
 		frame := frames[i][:sizes[i]]
 		if r := p.parse(frame, m, &keys[i]); r != ReasonNone {
 			m.kind = kDone
@@ -264,7 +265,6 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 			continue
 		}
 		if frame[m.l3+8] <= 1 { // the TTL
-			out[i] = Result{}
 			p.ttlExceeded(frames[i], sizes[i], m, &out[i])
 			m.kind = kDone
 			continue
