@@ -341,14 +341,33 @@ const earlyDropRange = 2
 // Insert adds a connection owned by this core. On Exists it returns the
 // live connection that already has the original tuple.
 func (c *Core) Insert(nf *NewFlow, now Time) (Ref, InsertResult) {
+	return c.insert(nf, now, true)
+}
+
+// InsertRetry is Insert for a connection whose original tuple an Insert
+// on this core refused a moment ago with ReplyClash, now with another
+// reply tuple (the port allocator's next candidate). The original tuple
+// was free then, so only the reply tuple is looked for before publishing;
+// a connection that has taken the original tuple since is found after
+// publishing, as a racing insert on another core is, and reported as
+// Exists (counted, as such a race is, under insert_failed and
+// search_restart; at the table's limit, room may have been made for the
+// refused connection first, as for a racing one).
+func (c *Core) InsertRetry(nf *NewFlow, now Time) (Ref, InsertResult) {
+	return c.insert(nf, now, false)
+}
+
+func (c *Core) insert(nf *NewFlow, now Time, checkOrig bool) (Ref, InsertResult) {
 	t := c.t
 	if st := StatusState(nf.Status); nf.Orig == nf.Reply || st == StateNone || st >= numStates {
 		return 0, BadFlow
 	}
 	// Cheap checks first: almost every clash is caught here, before
 	// anything is published. An expired holder is killed on the way.
-	if r := c.holder(&nf.Orig, now); r != 0 {
-		return r, Exists
+	if checkOrig {
+		if r := c.holder(&nf.Orig, now); r != 0 {
+			return r, Exists
+		}
 	}
 	if r := c.holder(&nf.Reply, now); r != 0 {
 		return 0, ReplyClash

@@ -79,7 +79,11 @@
 // slot with a CAS before it looks, and on amd64 a CAS is a locked
 // instruction, which no later load, vector loads included, may pass
 // (x86-TSO); so the two CASes are ordered, and the inserter whose CAS came
-// second reads the first one's slot. Under the race detector
+// second reads the first one's slot. That same check after publishing is
+// what lets InsertRetry (the port allocator's later tries) skip the look
+// for the original tuple before publishing: a holder that appeared since
+// the first try is found there as a racing inserter would be. Under the
+// race detector
 // the scalar scan runs and nothing is prefetched: the scan's atomic loads
 // are the happens-before edges between an insert and a lookup that the
 // detector must see.

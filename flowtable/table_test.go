@@ -154,6 +154,51 @@ func TestInsertClashes(t *testing.T) {
 	}
 }
 
+// TestInsertRetry: the port allocator's second try with another reply
+// tuple inserts as Insert would; and when the original tuple has been
+// taken since the first try, the retry, which does not look for it first,
+// still ends in Exists with the connection that holds it, and leaves the
+// table as it was.
+func TestInsertRetry(t *testing.T) {
+	tab := newTable(t, Config{Capacity: 100})
+	c := tab.Core(0)
+	c.Enter()
+	defer c.Exit()
+	mustInsert(t, c, snatFlow(40000, 1024, TCPSynSent), 1)
+	d := snatFlow(40001, 1024, TCPSynSent)
+	if _, res := c.Insert(&d, 1); res != ReplyClash {
+		t.Fatalf("first try: %v", res)
+	}
+	d.Reply.DstPort = 1025
+	rd, res := c.InsertRetry(&d, 1)
+	if res != Inserted {
+		t.Fatalf("retry: %v", res)
+	}
+	if r := c.Lookup(&d.Reply, 1); r != makeRef(rd.idx(), DirReply) {
+		t.Fatalf("retried connection's reply tuple: %v", r)
+	}
+
+	// The original tuple taken between the tries.
+	e := snatFlow(40002, 1024, TCPSynSent)
+	if _, res := c.Insert(&e, 1); res != ReplyClash {
+		t.Fatalf("first try: %v", res)
+	}
+	other := e
+	other.Reply.DstPort = 3000
+	ro := mustInsert(t, c, other, 1)
+	before := tab.Count()
+	e.Reply.DstPort = 1026
+	if r, res := c.InsertRetry(&e, 1); res != Exists || r != ro {
+		t.Fatalf("retry after the original tuple was taken: %v %v, want %v Exists", r, res, ro)
+	}
+	if tab.Count() != before {
+		t.Fatalf("count %d after the refused retry, want %d", tab.Count(), before)
+	}
+	if r := c.Lookup(&e.Reply, 1); r != 0 {
+		t.Fatalf("the refused retry's reply tuple is indexed: %v", r)
+	}
+}
+
 func TestExpiry(t *testing.T) {
 	tab := newTable(t, Config{Capacity: 100})
 	c := tab.Core(0)

@@ -238,8 +238,9 @@ func (a *Allocator) Allocate(c *flowtable.Core, nf *flowtable.NewFlow, opt Optio
 	}
 	uses := a.uses[cl][uint64(nf.Reply.Dst-a.addrLo)*uint64(a.n):][:a.n]
 	orig := uint32(nf.Orig.SrcPort)
+	var retry bool // an Insert refused the reply tuple: the original is free
 	if opt.Mode == ModeDefault && orig-a.lo < a.n {
-		if r, res, done := a.try(c, nf, uses, orig, now); done {
+		if r, res, done := a.try(c, nf, uses, orig, now, &retry); done {
 			if res == flowtable.Inserted {
 				a.st.preserved.Add(1)
 				return r, OK, res
@@ -252,7 +253,7 @@ func (a *Allocator) Allocate(c *flowtable.Core, nf *flowtable.NewFlow, opt Optio
 		off := uint32(uint64(uint32(a.next())) * uint64(a.n) >> 32)
 		for i := range attempts {
 			p := a.lo + (off+i)%a.n
-			if r, res, done := a.try(c, nf, uses, p, now); done {
+			if r, res, done := a.try(c, nf, uses, p, now, &retry); done {
 				if res == flowtable.Inserted {
 					return r, OK, res
 				}
@@ -267,14 +268,23 @@ func (a *Allocator) Allocate(c *flowtable.Core, nf *flowtable.NewFlow, opt Optio
 }
 
 // try inserts the connection with external port p. done is false when the
-// port is taken for this remote endpoint and the search goes on.
-func (a *Allocator) try(c *flowtable.Core, nf *flowtable.NewFlow, uses []uint16, p uint32, now flowtable.Time) (flowtable.Ref, flowtable.InsertResult, bool) {
+// port is taken for this remote endpoint and the search goes on. retry
+// says whether an earlier try's Insert found the original tuple free and
+// refused only the reply tuple, so that this one need not look again
+// (InsertRetry); try sets it when its own Insert does.
+func (a *Allocator) try(c *flowtable.Core, nf *flowtable.NewFlow, uses []uint16, p uint32, now flowtable.Time, retry *bool) (flowtable.Ref, flowtable.InsertResult, bool) {
 	u := &uses[p-a.lo]
 	if *u == maxUses {
 		return 0, flowtable.ReplyClash, false
 	}
 	nf.Reply.DstPort = uint16(p)
-	r, res := c.Insert(nf, now)
+	var r flowtable.Ref
+	var res flowtable.InsertResult
+	if *retry {
+		r, res = c.InsertRetry(nf, now)
+	} else {
+		r, res = c.Insert(nf, now)
+	}
 	switch res {
 	case flowtable.Inserted:
 		if *u == 0 {
@@ -284,6 +294,7 @@ func (a *Allocator) try(c *flowtable.Core, nf *flowtable.NewFlow, uses []uint16,
 		a.st.allocated.Add(1)
 		return r, res, true
 	case flowtable.ReplyClash:
+		*retry = true
 		return 0, res, false
 	}
 	return r, res, true
