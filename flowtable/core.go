@@ -442,8 +442,11 @@ func (c *Core) holder(k *Tuple, now Time) Ref {
 	// A new connection's tuples are usually absent, so both buckets are
 	// read: start both loads now so their misses overlap.
 	c.sink += t.buckets[b1][0].Load() + t.buckets[b2][0].Load()
-	for _, b := range [2]*bucket{&t.buckets[b1], &t.buckets[b2]} {
-		for m := bucketMatch(b, tag, t.idxMask); m != 0; m &= m - 1 {
+	bs := [2]*bucket{&t.buckets[b1], &t.buckets[b2]}
+	var ms [2]uint32
+	ms[0], ms[1] = bucketMatch2(bs[0], bs[1], tag, t.idxMask)
+	for bi, b := range bs {
+		for m := ms[bi]; m != 0; m &= m - 1 {
 			v := b[bits.TrailingZeros32(m)&(slotsPerBucket-1)].Load()
 			if v&^t.idxMask != tag {
 				continue
@@ -474,8 +477,11 @@ func (c *Core) holder(k *Tuple, now Time) Ref {
 func (c *Core) rival(k *Tuple, idx uint32, now Time) bool {
 	t := c.t
 	b1, b2, tag := t.place(t.h.hash(k))
-	for _, b := range [2]*bucket{&t.buckets[b1], &t.buckets[b2]} {
-		for m := bucketMatch(b, tag, t.idxMask); m != 0; m &= m - 1 {
+	bs := [2]*bucket{&t.buckets[b1], &t.buckets[b2]}
+	var ms [2]uint32
+	ms[0], ms[1] = bucketMatch2(bs[0], bs[1], tag, t.idxMask)
+	for bi, b := range bs {
+		for m := ms[bi]; m != 0; m &= m - 1 {
 			v := b[bits.TrailingZeros32(m)&(slotsPerBucket-1)].Load()
 			if v&^t.idxMask != tag || v&t.idxMask-1 == idx {
 				continue

@@ -70,7 +70,8 @@
 // record the compare rejects, sending the key to the full scan.
 //
 // The insert path's bucket reads (holder, rival, link's free-slot search,
-// unlink) take the same vector compare (bucketMatch): a mask of the slots
+// unlink) take the same vector compare (bucketMatch, and bucketMatch2 for
+// a tuple's two buckets in one call): a mask of the slots
 // whose tag matches, or which are free, each then loaded again, or taken
 // by CAS, one by one. A slot that changed since the vector read fails
 // that second look, as it would have failed a scalar scan that reached it

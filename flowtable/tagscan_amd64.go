@@ -53,3 +53,17 @@ func bucketMatch(b *bucket, tag, mask uint32) uint32 {
 	}
 	return bucketMatchGo(b, tag, mask)
 }
+
+// bucketMatch2AVX2 is bucketMatchAVX2 on two buckets in one call.
+//
+//go:noescape
+func bucketMatch2AVX2(b1, b2 *bucket, tag, notMask uint32) (m1, m2 uint32)
+
+// bucketMatch2 is bucketMatch on a tuple's two buckets, in one call where
+// the vector match runs: the insert path reads both.
+func bucketMatch2(b1, b2 *bucket, tag, mask uint32) (uint32, uint32) {
+	if useAVX2 {
+		return bucketMatch2AVX2(b1, b2, tag, ^mask)
+	}
+	return bucketMatchGo(b1, tag, mask), bucketMatchGo(b2, tag, mask)
+}

@@ -128,3 +128,32 @@ TEXT ·bucketMatchAVX2(SB), NOSPLIT, $0-20
 	MOVL         AX, ret+16(FP)
 	VZEROUPPER
 	RET
+
+// BMATCH compares the bucket at the address in reg with the tag in Y3
+// under ^mask in Y2, leaving the mask of matching slots in AX.
+#define BMATCH(reg) \
+	VPAND        0(reg), Y2, Y0; \
+	VPAND        32(reg), Y2, Y1; \
+	VPCMPEQD     Y3, Y0, Y0; \
+	VPCMPEQD     Y3, Y1, Y1; \
+	VMOVMSKPS    Y0, AX; \
+	VMOVMSKPS    Y1, CX; \
+	SHLL         $8, CX; \
+	ORL          CX, AX
+
+// func bucketMatch2AVX2(b1, b2 *bucket, tag, notMask uint32) (m1, m2 uint32)
+TEXT ·bucketMatch2AVX2(SB), NOSPLIT, $0-32
+	MOVQ         b1+0(FP), SI
+	MOVQ         b2+8(FP), DI
+	MOVL         tag+16(FP), AX
+	MOVL         AX, X3
+	VPBROADCASTD X3, Y3
+	MOVL         notMask+20(FP), AX
+	MOVL         AX, X2
+	VPBROADCASTD X2, Y2
+	BMATCH(SI)
+	MOVL         AX, m1+24(FP)
+	BMATCH(DI)
+	MOVL         AX, m2+28(FP)
+	VZEROUPPER
+	RET

@@ -12,3 +12,8 @@ func prefetchBuckets(buckets []bucket, bb []probe) {}
 
 // bucketMatch is bucketMatchGo where no vector match is written.
 func bucketMatch(b *bucket, tag, mask uint32) uint32 { return bucketMatchGo(b, tag, mask) }
+
+// bucketMatch2 is bucketMatch on a tuple's two buckets.
+func bucketMatch2(b1, b2 *bucket, tag, mask uint32) (uint32, uint32) {
+	return bucketMatchGo(b1, tag, mask), bucketMatchGo(b2, tag, mask)
+}

@@ -143,5 +143,13 @@ func TestBucketMatch(t *testing.T) {
 		if got := bucketMatch(&b, tag, mask); got != want {
 			t.Fatalf("bucket %v tag %#x mask %#x: %#x, want %#x", &b, tag, mask, got, want)
 		}
+		// Two buckets at once: this one and its slots reversed.
+		var r bucket
+		for i := range r {
+			r[i].Store(b[len(b)-1-i].Load())
+		}
+		if g1, g2 := bucketMatch2(&b, &r, tag, mask); g1 != want || g2 != bucketMatchGo(&r, tag, mask) {
+			t.Fatalf("bucketMatch2 of %v and %v, tag %#x mask %#x: %#x %#x", &b, &r, tag, mask, g1, g2)
+		}
 	}
 }

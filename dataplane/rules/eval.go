@@ -83,11 +83,14 @@ type frame struct {
 // kind and the rule index, or the policy (TargetAccept/TargetDrop) and -1.
 func (rs *Ruleset) run(start int32, p *Packet, core int, now int64, fast bool) (TargetKind, int32) {
 	cs := rs.cores[core]
+	ch := &rs.chains[start]
+	if ch.n == 0 { // no rules: the policy alone, without the classifier
+		return rs.policy(start, p, cs)
+	}
 	stack := &cs.stack // per core: no per-call zeroing of the return stack
 	sp := 0
 	var cur frame
 	cur.chain = start
-	ch := &rs.chains[start]
 	if fast && ch.cls != nil {
 		cur.nact = ch.cls.lookup(p, &cur.offs)
 	}
