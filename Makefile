@@ -23,7 +23,7 @@ test: build
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
-# make instructions: the established path's instructions per packet, counted
+# make instructions: the established path's instructions per packet (and per new connection), counted
 # by callgrind (scripts/instructions.sh): a figure timing noise cannot move.
 instructions:
 	bash scripts/instructions.sh

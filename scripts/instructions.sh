@@ -1,7 +1,8 @@
 #!/bin/bash
-# Instructions per packet of the pipeline's established path, counted by
-# callgrind: the same figure on every run of a build, whatever else the
-# machine is doing, so a change's effect shows where timings are noise.
+# Instructions per packet of the pipeline's established path, and per new
+# connection, counted by callgrind: the same figure on every run of a
+# build, whatever else the machine is doing, so a change's effect shows
+# where timings are noise.
 # Two runs of BenchmarkPipelineCounted/udp, then /tcp, with different b.N;
 # the difference of their totals over the difference of their packets
 # leaves out the set-up both share.
@@ -15,16 +16,22 @@ if [ -z "$bin" ]; then
 	bin=$tmp/dataplane.test
 	go test -c -o "$bin" ./dataplane
 fi
-count() {
+count() { # benchmark pattern, b.N
 	# Go's preemption signals upset callgrind: one P, no async preemption.
 	GOGC=off GODEBUG=asyncpreemptoff=1 GOMAXPROCS=1 valgrind --tool=callgrind \
-		--callgrind-out-file="$tmp/cg.$1.$2" "$bin" -test.run '^$' \
-		-test.bench "^BenchmarkPipelineCounted\$/^$1\$" -test.benchtime "${2}x" 2>&1 |
+		--callgrind-out-file="$tmp/cg.out" "$bin" -test.run '^$' \
+		-test.bench "$1" -test.benchtime "${2}x" 2>&1 |
 		sed -n 's/.*Collected : //p'
 }
 a=64000 b=320000
 for proto in udp tcp; do
-	x=$(count $proto $a) y=$(count $proto $b)
+	x=$(count "^BenchmarkPipelineCounted\$/^$proto\$" $a) y=$(count "^BenchmarkPipelineCounted\$/^$proto\$" $b)
 	[ -n "$x" ] && [ -n "$y" ] || { echo "instructions.sh: callgrind gave no count" >&2; exit 1; }
 	echo "pipeline $proto/1000 established: $(( (y - x) / (b - a) )) instructions per packet (callgrind, BenchmarkPipelineCounted/$proto)"
 done
+# New connections: BenchmarkNewConnections makes b.N connections, and its
+# set-up (each connection's template frame, the table) grows with b.N, so
+# this count includes that set-up's share.
+x=$(count '^BenchmarkNewConnections$' 20000) y=$(count '^BenchmarkNewConnections$' 100000)
+[ -n "$x" ] && [ -n "$y" ] || { echo "instructions.sh: callgrind gave no count" >&2; exit 1; }
+echo "new connections: $(( (y - x) / 80000 )) instructions per connection, the bench's set-up included (callgrind, BenchmarkNewConnections)"
