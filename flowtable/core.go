@@ -194,22 +194,16 @@ func (c *Core) lookupBatch(keys []Tuple, refs []Ref, now Time) {
 	// The passes alternate computing with touching: each touch loop is a
 	// handful of instructions an iteration, so the core keeps dozens of
 	// misses in flight instead of the few a long loop body allows.
-	// Hash, and prefetch the first buckets of every 8 keys as soon as they
-	// are known, so those misses overlap the hashing of the keys after
-	// (a prefetch, unlike a load, does not hold up the instructions
-	// behind it). The touch loop then waits for lines already on their
-	// way, and stays the whole story where no prefetch is written.
+	// Hash, and prefetch each first bucket as soon as it is known, so
+	// those misses overlap the hashing of the keys after (a prefetch,
+	// unlike a load, does not hold up the instructions behind it). The
+	// touch loop then waits for lines already on their way, and stays the
+	// whole story where no prefetch is written.
 	// The prefetches and touch loops are for a table beyond the caches;
 	// below touchAbove live connections its lines are already at hand, and
 	// they would be instructions spent for nothing.
 	touch := t.count.Load() > touchAbove
-	for i := range keys {
-		b := &bb[i]
-		b.b1, b.b2, b.tag = t.place(t.h.hash(&keys[i]))
-		if touch && i&7 == 7 {
-			prefetchBuckets(t.buckets, bb[i-7:i+1])
-		}
-	}
+	t.hashProbes(keys, bb, touch)
 	if touch {
 		for i := range bb { // touch first buckets
 			sink += t.buckets[bb[i].b1][0].Load()

@@ -51,12 +51,14 @@
 // candidate records), so the misses of a whole batch are in flight
 // together instead of one after another.
 //
-// On amd64 with AVX2 (tagscan_amd64.s) two things are done in assembly.
-// The hash pass prefetches each 8 keys' first buckets as soon as they are
-// known, so those misses overlap the hashing of the keys after (a
-// prefetch, unlike a load, holds up nothing behind it); the touch loops
-// then wait for lines already on their way. And the bucket scan is vector
-// code: a bucket is compared with the tag as two 8-slot vectors and the
+// On amd64 the hash pass is assembly (tagscan_amd64.s, baseline
+// instructions: two 128-bit multiplies for the hash, three 64-bit ones for
+// the buckets and the tag). On a table beyond the caches, where the vector
+// scan runs, it prefetches each key's first bucket as soon as it is known,
+// so those misses overlap the hashing of the keys after (a prefetch,
+// unlike a load, holds up nothing behind it); the touch loops then wait
+// for lines already on their way. With AVX2 the bucket scan is vector
+// code too: a bucket is compared with the tag as two 8-slot vectors and the
 // first matching slot taken with TZCNT, so no branch depends on where the
 // tag sits (the scalar loop leaves at a slot that differs from key to
 // key); the scan also prefetches each candidate record, and each second

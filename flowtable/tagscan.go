@@ -44,3 +44,13 @@ func bucketMatchGo(b *bucket, tag, mask uint32) uint32 {
 	}
 	return m
 }
+
+// hashProbesGo fills each key's probe: its buckets and tag, as place
+// finds them.
+func (t *Table) hashProbesGo(keys []Tuple, bb []probe) {
+	bb = bb[:len(keys)]
+	for i := range keys {
+		b := &bb[i]
+		b.b1, b.b2, b.tag = t.place(t.h.hash(&keys[i]))
+	}
+}

@@ -26,20 +26,6 @@ func tagScan(buckets []bucket, recs []Flow, bb []probe, mask uint32, second bool
 	return tagScanGo(buckets, bb, mask, second)
 }
 
-// prefetchFirst prefetches (PREFETCHT0) the first bucket of each of n > 0
-// probes; the caller checks the bucket indices.
-//
-//go:noescape
-func prefetchFirst(buckets *bucket, bb *probe, n int)
-
-// prefetchBuckets starts the first buckets of bb on their way, where the
-// vector scan runs (the same CPUs, and not under the race detector).
-func prefetchBuckets(buckets []bucket, bb []probe) {
-	if useAVX2 && len(bb) > 0 {
-		prefetchFirst(&buckets[0], &bb[0], len(bb))
-	}
-}
-
 // bucketMatchAVX2 is bucketMatchGo's answer in two vector compares.
 //
 //go:noescape
@@ -66,4 +52,23 @@ func bucketMatch2(b1, b2 *bucket, tag, mask uint32) (uint32, uint32) {
 		return bucketMatch2AVX2(b1, b2, tag, ^mask)
 	}
 	return bucketMatchGo(b1, tag, mask), bucketMatchGo(b2, tag, mask)
+}
+
+// hashProbesAMD64 is hashProbesGo in assembly (baseline amd64: no vector
+// instructions), prefetching each first bucket as soon as it is known
+// (with prefetch): for n > 0 keys.
+//
+//go:noescape
+func hashProbesAMD64(keys *Tuple, bb *probe, n int, h *hasher, nb uint64, notMask uint32, buckets *bucket, prefetch bool)
+
+// hashProbes fills each key's probe (its buckets and tag, as place finds
+// them) and, with prefetch, starts the first buckets on their way where
+// the vector scan runs (under the race detector nothing is prefetched, as
+// elsewhere).
+func (t *Table) hashProbes(keys []Tuple, bb []probe, prefetch bool) {
+	if len(keys) == 0 {
+		return
+	}
+	bb = bb[:len(keys)]
+	hashProbesAMD64(&keys[0], &bb[0], len(keys), &t.h, t.nb, ^t.idxMask, &t.buckets[0], prefetch && useAVX2)
 }

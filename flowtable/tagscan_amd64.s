@@ -93,21 +93,6 @@ done:
 	MOVQ         R9, ret+40(FP)
 	RET
 
-// func prefetchFirst(buckets *bucket, bb *probe, n int)
-TEXT ·prefetchFirst(SB), NOSPLIT, $0-24
-	MOVQ         buckets+0(FP), SI
-	MOVQ         bb+8(FP), DI
-	MOVQ         n+16(FP), CX
-
-pf:
-	MOVQ         0(DI), R8
-	SHLQ         $6, R8
-	PREFETCHT0   (SI)(R8*1)
-	ADDQ         $24, DI
-	DECQ         CX
-	JNZ          pf
-	RET
-
 // func bucketMatchAVX2(b *bucket, tag, notMask uint32) uint32
 TEXT ·bucketMatchAVX2(SB), NOSPLIT, $0-20
 	MOVQ         b+0(FP), SI
@@ -156,4 +141,76 @@ TEXT ·bucketMatch2AVX2(SB), NOSPLIT, $0-32
 	BMATCH(DI)
 	MOVL         AX, m2+28(FP)
 	VZEROUPPER
+	RET
+
+// func hashProbesAMD64(keys *Tuple, bb *probe, n int, h *hasher, nb uint64, notMask uint32, buckets *bucket, prefetch bool)
+//
+// For each of n > 0 keys: the hash (hasher.hash), then the buckets and tag
+// (Table.place) into its probe; with prefetch, the first bucket is
+// started on its way (PREFETCHT0).
+TEXT ·hashProbesAMD64(SB), NOSPLIT, $0-57
+	MOVQ         keys+0(FP), SI
+	MOVQ         bb+8(FP), DI
+	MOVQ         n+16(FP), CX
+	MOVQ         h+24(FP), BX
+	MOVQ         nb+32(FP), R12
+	MOVL         notMask+40(FP), R14
+	MOVQ         buckets+48(FP), R15
+	MOVQ         $0x9E3779B97F4A7C15, R13
+
+hloop:
+	// h = mum(mum(w0^s0, w1^s1)^s2, w0^w1^s3), mum(a, b) = hi^lo of a·b.
+	MOVQ         0(SI), R8
+	MOVQ         8(SI), R9
+	MOVQ         R8, AX
+	XORQ         0(BX), AX
+	MOVQ         R9, R10
+	XORQ         8(BX), R10
+	MULQ         R10
+	XORQ         DX, AX
+	XORQ         16(BX), AX
+	XORQ         R9, R8
+	XORQ         24(BX), R8
+	MULQ         R8
+	XORQ         DX, AX
+
+	// b1 = uint32(h)·nb >> 32; b2 = (h>>32)·nb >> 32, the next bucket if equal.
+	MOVL         AX, R10
+	IMULQ        R12, R10
+	SHRQ         $32, R10
+	MOVQ         AX, R11
+	SHRQ         $32, R11
+	IMULQ        R12, R11
+	SHRQ         $32, R11
+	CMPQ         R11, R10
+	JNE          htag
+	INCQ         R11
+	CMPQ         R11, R12
+	JNE          htag
+	XORL         R11, R11
+
+htag:
+	// tag = uint32(h·K >> 32) &^ idxMask, or idxMask+1 for zero.
+	IMULQ        R13, AX
+	SHRQ         $32, AX
+	ANDL         R14, AX
+	JNZ          hstore
+	MOVL         R14, AX
+	NOTL         AX
+	INCL         AX
+
+hstore:
+	MOVQ         R10, 0(DI)
+	MOVQ         R11, 8(DI)
+	MOVL         AX, 16(DI)
+	CMPB         prefetch+56(FP), $0
+	JEQ          hnext
+	SHLQ         $6, R10
+	PREFETCHT0   (R15)(R10*1)
+
+hnext:
+	ADDQ         $16, SI
+	ADDQ         $24, DI
+	DECQ         CX
+	JNZ          hloop
 	RET

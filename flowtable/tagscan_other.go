@@ -7,9 +7,6 @@ func tagScan(buckets []bucket, recs []Flow, bb []probe, mask uint32, second bool
 	return tagScanGo(buckets, bb, mask, second)
 }
 
-// prefetchBuckets has no portable form: a no-op.
-func prefetchBuckets(buckets []bucket, bb []probe) {}
-
 // bucketMatch is bucketMatchGo where no vector match is written.
 func bucketMatch(b *bucket, tag, mask uint32) uint32 { return bucketMatchGo(b, tag, mask) }
 
@@ -17,3 +14,7 @@ func bucketMatch(b *bucket, tag, mask uint32) uint32 { return bucketMatchGo(b, t
 func bucketMatch2(b1, b2 *bucket, tag, mask uint32) (uint32, uint32) {
 	return bucketMatchGo(b1, tag, mask), bucketMatchGo(b2, tag, mask)
 }
+
+// hashProbes is hashProbesGo where no assembly is written (and nothing is
+// prefetched).
+func (t *Table) hashProbes(keys []Tuple, bb []probe, prefetch bool) { t.hashProbesGo(keys, bb) }

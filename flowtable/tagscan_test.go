@@ -153,3 +153,32 @@ func TestBucketMatch(t *testing.T) {
 		}
 	}
 }
+
+// TestHashProbes holds the assembly hash pass to the Go one (hash and
+// place) over random keys, on tables of several sizes, with and without
+// its prefetches.
+func TestHashProbes(t *testing.T) {
+	rng := rand.New(rand.NewPCG(13, 14))
+	for _, capacity := range []int{16, 1000, 100_000} {
+		tab := newTable(t, Config{Capacity: capacity, Seed: uint64(capacity)})
+		keys := make([]Tuple, 64)
+		got, want := make([]probe, 64), make([]probe, 64)
+		for n := 0; n < 2000; n++ {
+			for i := range keys {
+				keys[i] = MakeTuple(uint8(rng.Uint32()), rng.Uint32(), uint16(rng.Uint32()), rng.Uint32(), uint16(rng.Uint32()))
+			}
+			k := 1 + rng.IntN(len(keys))
+			tab.hashProbes(keys[:k], got, n&1 == 0)
+			tab.hashProbesGo(keys[:k], want)
+			for i := range k {
+				w := &want[i]
+				if b1, b2, tag := tab.place(tab.h.hash(&keys[i])); w.b1 != b1 || w.b2 != b2 || w.tag != tag {
+					t.Fatalf("hashProbesGo disagrees with place")
+				}
+				if g := &got[i]; g.b1 != w.b1 || g.b2 != w.b2 || g.tag != w.tag {
+					t.Fatalf("capacity %d, key %v: probe %+v, want %+v", capacity, keys[i], *g, *w)
+				}
+			}
+		}
+	}
+}
