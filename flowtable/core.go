@@ -231,25 +231,23 @@ func (c *Core) lookupBatch(keys []Tuple, refs []Ref, now Time) {
 			sink += f.orig.Src + f.status.Load()
 		}
 	}
-	found := uint64(0)
-	for i := range bb { // compare
+	// Compare each candidate with its key; the few that fail (a tag that
+	// matched another tuple, or a dead record under the same tag) are
+	// looked for again through both buckets.
+	found, rescan := t.compareProbes(keys, bb, refs, now)
+	for ; rescan != 0; rescan &= rescan - 1 {
+		i := bits.TrailingZeros64(rescan) & (batchMax - 1)
 		b := &bb[i]
-		var r Ref
-		if b.idx != noCand {
-			f := &t.recs[b.idx]
-			if d, ok := match(f, &keys[i]); ok && t.liveAt(f, now) {
-				r = makeRef(b.idx, d)
-			} else if r = t.scan(&t.buckets[b.b1], b.tag, &keys[i], now); r == 0 {
-				// A tag false positive, or a dead record under the same tag.
-				r = t.scan(&t.buckets[b.b2], b.tag, &keys[i], now)
-			}
+		r := t.scan(&t.buckets[b.b1], b.tag, &keys[i], now)
+		if r == 0 {
+			r = t.scan(&t.buckets[b.b2], b.tag, &keys[i], now)
 		}
 		refs[i] = r
 		if r != 0 {
 			found++
 		}
 	}
-	c.st[stFound] += found
+	c.st[stFound] += uint64(found)
 	c.sink += sink
 }
 

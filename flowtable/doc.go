@@ -69,7 +69,11 @@
 // read again from the matching slot with a scalar load; a slot emptied
 // in between reads as no candidate, which is the answer of a lookup
 // ordered just after that unlink, and a slot reused in between names a
-// record the compare rejects, sending the key to the full scan.
+// record the compare rejects, sending the key to the full scan. The
+// compare pass is assembly as well where the vector scan runs: each
+// candidate's tuples, status and last-seen time read with plain loads
+// (atomic loads on amd64), the timeouts table likewise; a candidate that
+// fails goes to the Go scan through both buckets, as before.
 //
 // The insert path's bucket reads (holder, rival, link's free-slot search,
 // unlink) take the same vector compare (bucketMatch, and bucketMatch2 for

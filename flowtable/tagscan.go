@@ -54,3 +54,28 @@ func (t *Table) hashProbesGo(keys []Tuple, bb []probe) {
 		b.b1, b.b2, b.tag = t.place(t.h.hash(&keys[i]))
 	}
 }
+
+// compareProbesGo compares each probe's candidate record with its key:
+// refs[i] is the key's Ref when the candidate holds it and is live, and 0
+// when the probe has no candidate. It returns how many it found, and the
+// mask of the probes whose candidate failed (another tuple under the same
+// tag, or a dead record), which the caller looks for again. At most 64
+// probes.
+func (t *Table) compareProbesGo(keys []Tuple, bb []probe, refs []Ref, now Time) (found int, rescan uint64) {
+	keys, refs = keys[:len(bb)], refs[:len(bb)]
+	for i := range bb {
+		refs[i] = 0
+		idx := bb[i].idx
+		if idx == noCand {
+			continue
+		}
+		f := &t.recs[idx]
+		if d, ok := match(f, &keys[i]); ok && t.liveAt(f, now) {
+			refs[i] = makeRef(idx, d)
+			found++
+			continue
+		}
+		rescan |= 1 << i
+	}
+	return found, rescan
+}

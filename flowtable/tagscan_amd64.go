@@ -72,3 +72,21 @@ func (t *Table) hashProbes(keys []Tuple, bb []probe, prefetch bool) {
 	bb = bb[:len(keys)]
 	hashProbesAMD64(&keys[0], &bb[0], len(keys), &t.h, t.nb, ^t.idxMask, &t.buckets[0], prefetch && useAVX2)
 }
+
+// compareProbesAMD64 is compareProbesGo in assembly, for n in 1..64
+// probes; nrec is len(recs), every probe's candidate is noCand or below
+// it.
+//
+//go:noescape
+func compareProbesAMD64(keys *Tuple, bb *probe, refs *Ref, n int, recs *Flow, nrec uint64, timeouts *timeouts, now Time) (found int, rescan uint64)
+
+// compareProbes runs the assembly compare where the vector scan runs (and
+// so not under the race detector, whose happens-before edges come from
+// the Go compare's atomic loads of status and last-seen time).
+func (t *Table) compareProbes(keys []Tuple, bb []probe, refs []Ref, now Time) (int, uint64) {
+	if useAVX2 && len(bb) > 0 {
+		keys, refs = keys[:len(bb)], refs[:len(bb)]
+		return compareProbesAMD64(&keys[0], &bb[0], &refs[0], len(bb), &t.recs[0], uint64(len(t.recs)), &t.timeouts, now)
+	}
+	return t.compareProbesGo(keys, bb, refs, now)
+}

@@ -214,3 +214,82 @@ hnext:
 	DECQ         CX
 	JNZ          hloop
 	RET
+
+// The record layout (table.go): orig at 0, reply at 16, status at 32,
+// last at 36, 48 bytes. Status flags (state.go): confirmed 1<<8, dying
+// 1<<9, the state in the low four bits. TestCompareProbes holds these.
+#define REC_SIZE_SHIFT 4
+#define FLAG_CONFIRMED 0x100
+#define FLAG_LIVE_MASK 0x300
+
+// func compareProbesAMD64(keys *Tuple, bb *probe, refs *Ref, n int, recs *Flow, nrec uint64, timeouts *timeouts, now Time) (found int, rescan uint64)
+TEXT ·compareProbesAMD64(SB), NOSPLIT, $0-80
+	MOVQ         keys+0(FP), SI
+	MOVQ         bb+8(FP), DI
+	MOVQ         refs+16(FP), BX
+	MOVQ         recs+32(FP), R13
+	MOVQ         nrec+40(FP), R12
+	MOVQ         timeouts+48(FP), R14
+	XORQ         AX, AX              // found
+	XORQ         DX, DX              // rescan
+	XORQ         R8, R8              // i
+
+cloop:
+	MOVL         $0, (BX)(R8*4)
+	MOVL         20(DI), R9          // candidate
+	CMPQ         R9, R12
+	JAE          cnext               // noCand: not found
+	LEAQ         (R9)(R9*2), R10
+	SHLQ         $REC_SIZE_SHIFT, R10
+	ADDQ         R13, R10            // the record
+	MOVQ         0(SI), R11
+	XORL         CX, CX              // direction
+	CMPQ         0(R10), R11
+	JNE          creply
+	MOVQ         8(SI), R11
+	CMPQ         8(R10), R11
+	JEQ          clive
+
+creply:
+	MOVQ         0(SI), R11
+	CMPQ         16(R10), R11
+	JNE          cfail
+	MOVQ         8(SI), R11
+	CMPQ         24(R10), R11
+	JNE          cfail
+	MOVL         $1, CX
+
+clive:
+	// Confirmed, not dying, and not past its state's timeout.
+	MOVL         32(R10), R11        // status
+	MOVL         R11, R15
+	ANDL         $FLAG_LIVE_MASK, R15
+	CMPL         R15, $FLAG_CONFIRMED
+	JNE          cfail
+	MOVL         now+56(FP), R15
+	SUBL         36(R10), R15        // now - last
+	JS           cfound              // last is in now's future: not expired
+	ANDL         $15, R11
+	CMPL         R15, (R14)(R11*4)
+	JHI          cfail
+
+cfound:
+	LEAL         1(R9), R9
+	SHLL         $1, R9
+	ORL          CX, R9
+	MOVL         R9, (BX)(R8*4)
+	INCQ         AX
+	JMP          cnext
+
+cfail:
+	BTSQ         R8, DX
+
+cnext:
+	ADDQ         $16, SI
+	ADDQ         $24, DI
+	INCQ         R8
+	CMPQ         R8, n+24(FP)
+	JLT          cloop
+	MOVQ         AX, found+64(FP)
+	MOVQ         DX, rescan+72(FP)
+	RET

@@ -18,3 +18,8 @@ func bucketMatch2(b1, b2 *bucket, tag, mask uint32) (uint32, uint32) {
 // hashProbes is hashProbesGo where no assembly is written (and nothing is
 // prefetched).
 func (t *Table) hashProbes(keys []Tuple, bb []probe, prefetch bool) { t.hashProbesGo(keys, bb) }
+
+// compareProbes is compareProbesGo where no assembly is written.
+func (t *Table) compareProbes(keys []Tuple, bb []probe, refs []Ref, now Time) (int, uint64) {
+	return t.compareProbesGo(keys, bb, refs, now)
+}
