@@ -31,6 +31,7 @@ const (
 	ReasonNoAddress     // MASQUERADE on an interface without an address
 	ReasonNotIPv4       // not IPv4: passed to the kernel
 	ReasonICMPRateLimit // an ICMP error was due but the rate limit held it back
+	ReasonNoPort        // received on a port the current environment lacks (an interface gone while its frames were in flight)
 	numReasons
 )
 
@@ -58,6 +59,7 @@ var reasonNames = [numReasons]string{
 	ReasonNoAddress:     "no_address",
 	ReasonNotIPv4:       "not_ipv4",
 	ReasonICMPRateLimit: "icmp_rate_limited",
+	ReasonNoPort:        "no_port",
 }
 
 func (r Reason) String() string {

@@ -91,3 +91,42 @@ func FuzzParseFast(f *testing.F) {
 	p := fastParser(f)
 	f.Fuzz(func(t *testing.T, frame []byte) { checkParseFast(t, p, frame) })
 }
+
+// TestRxCountersMixedBatch: a batch whose frames come from both ports, in
+// runs and alone, is counted frame by frame on the port it came from (the
+// parser counts runs); a frame from a port the environment lacks is
+// dropped as no_port, and counted on no port.
+func TestRxCountersMixedBatch(t *testing.T) {
+	tb := newTestbed(t, masqRules, 1500, 1)
+	p := tb.dp.Pipeline(0)
+	udp := udpPkt(macA, macIn0, addrA, 5000, remote, 7000).bytes(t)
+	short := udp[:20]
+	ins := []uint16{portIn, portIn, portOut, portIn, portOut, portOut, 9, portIn}
+	frames := make([][]byte, len(ins))
+	sizes := make([]int, len(ins))
+	var want [2]PortCounters
+	for i, in := range ins {
+		f := udp
+		if i%3 == 1 {
+			f = short
+		}
+		frames[i] = append(make([]byte, 0, 2048), f...)
+		sizes[i] = len(f)
+		if int(in) < len(want) {
+			want[in].RxPackets++
+			want[in].RxBytes += uint64(len(f))
+		}
+	}
+	out := make([]Result, len(ins))
+	p.Process(frames, sizes, ins, out)
+	if out[6].Action != ActDrop || out[6].Reason != ReasonNoPort {
+		t.Errorf("frame from port 9: %+v, want a no_port drop", out[6])
+	}
+	c := tb.dp.TotalCounters()
+	for port := range want {
+		if c.Ports[port].RxPackets != want[port].RxPackets || c.Ports[port].RxBytes != want[port].RxBytes {
+			t.Errorf("port %d: rx %d packets %d bytes, want %d and %d", port,
+				c.Ports[port].RxPackets, c.Ports[port].RxBytes, want[port].RxPackets, want[port].RxBytes)
+		}
+	}
+}

@@ -214,7 +214,7 @@ type meta struct {
 	icmpCode uint8
 	eL3, eL4 uint16 // ICMP errors: offsets of the embedded IPv4 and transport headers
 	eProto   uint8
-	eQuery   uint8 // embedded ICMP query: 1 request, 2 reply
+	eQuery   uint8  // embedded ICMP query: 1 request, 2 reply
 	qbase    uint16 // quietBase: the established path's part of quietIndex
 }
 
@@ -252,6 +252,11 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 		m := &metas[i]
 		out[i] = Result{}
 		frame := frames[i][:sizes[i]]
+		if int(m.in) >= len(p.env.Ports) {
+			m.kind = kDone
+			p.finish(&out[i], ActDrop, ReasonNoPort, 0, 0)
+			continue
+		}
 		if r := p.parse(frame, m, &keys[i]); r != ReasonNone {
 			m.kind = kDone
 			p.finish(&out[i], ActDrop, r, 0, 0)
@@ -380,17 +385,23 @@ const (
 func (p *Pipeline) parseFast(frames [][]byte, sizes []int, in []uint16) (rest uint64, took int) {
 	metas, keys := p.meta[:len(frames)], p.keys[:len(frames)]
 	sizes, in = sizes[:len(frames)], in[:len(frames)]
+	// The receive counters are kept for a run of frames from one port (a
+	// queue's batch is one run) and added when the port changes.
+	var rx rxRun
 	nports := len(p.env.Ports)
 	for i := range frames {
 		m := &metas[i]
 		frame := frames[i][:sizes[i]]
-		if int(in[i]) < nports {
-			pc := &p.cnt.Ports[in[i]]
-			pc.RxPackets++
-			pc.RxBytes += uint64(len(frame))
+		if in[i] != rx.port {
+			rx.flush(p)
+			rx.port = in[i]
 		}
+		rx.pkts++
+		rx.bytes += uint64(len(frame))
 		m.in = in[i]
-		if len(frame) < fastUDPLen {
+		// A frame from a port the environment lacks is left to the full
+		// path, which drops it (no_port).
+		if len(frame) < fastUDPLen || int(in[i]) >= nports {
 			rest |= 1 << i
 			continue
 		}
@@ -433,7 +444,24 @@ func (p *Pipeline) parseFast(frames [][]byte, sizes []int, in []uint16) (rest ui
 		keys[i].Set(proto, binary.BigEndian.Uint32(ip[12:]), binary.BigEndian.Uint16(l4[0:]), binary.BigEndian.Uint32(ip[16:]), binary.BigEndian.Uint16(l4[2:]))
 		took++
 	}
+	rx.flush(p)
 	return rest, took
+}
+
+// rxRun is a run of frames received on one port, not yet counted.
+type rxRun struct {
+	port        uint16
+	pkts, bytes uint64
+}
+
+// flush counts the run on its port, if the environment has that port.
+func (r *rxRun) flush(p *Pipeline) {
+	if r.pkts != 0 && int(r.port) < len(p.env.Ports) && int(r.port) < len(p.cnt.Ports) {
+		pc := &p.cnt.Ports[r.port]
+		pc.RxPackets += r.pkts
+		pc.RxBytes += r.bytes
+	}
+	r.pkts, r.bytes = 0, 0
 }
 
 // parse checks a frame's headers and fills m and the lookup key.
