@@ -354,14 +354,17 @@ func (c *Core) insert(nf *NewFlow, now Time, checkOrig bool) (Ref, InsertResult)
 	if st := StatusState(nf.Status); nf.Orig == nf.Reply || st == StateNone || st >= numStates {
 		return 0, BadFlow
 	}
+	// Each tuple's buckets and tag, found once for every look, link and
+	// unlink below.
+	po, pr := t.at(&nf.Orig), t.at(&nf.Reply)
 	// Cheap checks first: almost every clash is caught here, before
 	// anything is published. An expired holder is killed on the way.
 	if checkOrig {
-		if r := c.holder(&nf.Orig, now); r != 0 {
+		if r := c.holder(&nf.Orig, &po, now); r != 0 {
 			return r, Exists
 		}
 	}
-	if r := c.holder(&nf.Reply, now); r != 0 {
+	if r := c.holder(&nf.Reply, &pr, now); r != 0 {
 		return 0, ReplyClash
 	}
 	if !c.admit(&nf.Orig, now) {
@@ -387,14 +390,14 @@ func (c *Core) insert(nf *NewFlow, now Time, checkOrig bool) (Ref, InsertResult)
 	}
 	f.status.Store(nf.Status & (stateMask | CallerFlags))
 
-	if !t.link(&f.orig, idx) {
+	if !t.link(&po, idx) {
 		c.release(idx)
 		t.count.Add(-1)
 		c.st[stInsertFailed]++
 		return 0, IndexFull
 	}
-	if !t.link(&f.reply, idx) {
-		t.unlink(&f.orig, idx)
+	if !t.link(&pr, idx) {
+		t.unlink(&po, idx)
 		c.withdraw(idx)
 		c.st[stInsertFailed]++
 		return 0, IndexFull
@@ -403,11 +406,11 @@ func (c *Core) insert(nf *NewFlow, now Time, checkOrig bool) (Ref, InsertResult)
 	// inserter publishes, then looks: with sequentially consistent atomics
 	// at least one of two racing inserters sees the other, and whoever
 	// sees a rival withdraws, so two never both win.
-	rivalOrig := c.rival(&f.orig, idx, now)
-	rivalReply := !rivalOrig && c.rival(&f.reply, idx, now)
+	rivalOrig := c.rival(&f.orig, &po, idx, now)
+	rivalReply := !rivalOrig && c.rival(&f.reply, &pr, idx, now)
 	if rivalOrig || rivalReply {
-		t.unlink(&f.orig, idx)
-		t.unlink(&f.reply, idx)
+		t.unlink(&po, idx)
+		t.unlink(&pr, idx)
 		c.withdraw(idx)
 		c.st[stInsertFailed]++
 		if rivalReply {
@@ -425,12 +428,12 @@ func (c *Core) insert(nf *NewFlow, now Time, checkOrig bool) (Ref, InsertResult)
 	return makeRef(idx, DirOrig), Inserted
 }
 
-// holder returns the live connection holding k, killing an expired one
+// holder returns the live connection holding k (whose place is at), killing an expired one
 // found on the way (it is invisible to lookups already; killing it lets
 // its slot and port go back).
-func (c *Core) holder(k *Tuple, now Time) Ref {
+func (c *Core) holder(k *Tuple, at *probe, now Time) Ref {
 	t := c.t
-	b1, b2, tag := t.place(t.h.hash(k))
+	b1, b2, tag := at.b1, at.b2, at.tag
 	// A new connection's tuples are usually absent, so both buckets are
 	// read: start both loads now so their misses overlap.
 	c.sink += t.buckets[b1][0].Load() + t.buckets[b2][0].Load()
@@ -465,10 +468,11 @@ func (c *Core) holder(k *Tuple, now Time) Ref {
 	return 0
 }
 
-// rival reports whether a record other than idx, not dying, holds k.
-func (c *Core) rival(k *Tuple, idx uint32, now Time) bool {
+// rival reports whether a record other than idx, not dying, holds k
+// (whose place is at).
+func (c *Core) rival(k *Tuple, at *probe, idx uint32, now Time) bool {
 	t := c.t
-	b1, b2, tag := t.place(t.h.hash(k))
+	b1, b2, tag := at.b1, at.b2, at.tag
 	bs := [2]*bucket{&t.buckets[b1], &t.buckets[b2]}
 	var ms [2]uint32
 	ms[0], ms[1] = bucketMatch2(bs[0], bs[1], tag, t.idxMask)

@@ -408,13 +408,26 @@ func (t *Table) lookup(k *Tuple, now Time) Ref {
 	return t.scan(&t.buckets[b2], tag, k, now)
 }
 
-func occupancy(b *bucket) int {
-	return slotsPerBucket - bits.OnesCount32(bucketMatch(b, 0, 0))
+// at is a tuple's place in the index: its two buckets and its tag (a
+// probe's first three fields).
+func (t *Table) at(k *Tuple) probe {
+	var p probe
+	p.b1, p.b2, p.tag = t.place(t.h.hash(k))
+	return p
 }
 
-// claim stores v in a free slot of b: a free slot as the match saw it,
-// taken by CAS, so one filled meanwhile is passed over.
-func claim(b *bucket, v uint32) bool {
+// claimFree stores v in a free slot of b, as the match free saw them,
+// taken by CAS, so one filled meanwhile is passed over; when every one of
+// them was taken meanwhile, it matches the bucket again.
+func claimFree(b *bucket, v, free uint32) bool {
+	for m := free; m != 0; m &= m - 1 {
+		if b[bits.TrailingZeros32(m)&(slotsPerBucket-1)].CompareAndSwap(0, v) {
+			return true
+		}
+	}
+	if free == 0 {
+		return false
+	}
 	for m := bucketMatch(b, 0, 0); m != 0; m &= m - 1 {
 		if b[bits.TrailingZeros32(m)&(slotsPerBucket-1)].CompareAndSwap(0, v) {
 			return true
@@ -423,27 +436,32 @@ func claim(b *bucket, v uint32) bool {
 	return false
 }
 
-// link publishes record idx under tuple k: in its first bucket while that
-// holds fewer than firstChoice, else in the emptier of its two.
-func (t *Table) link(k *Tuple, idx uint32) bool {
-	b1, b2, tag := t.place(t.h.hash(k))
-	v := slotValue(tag, idx)
-	p, q := &t.buckets[b1], &t.buckets[b2]
-	if n := occupancy(p); n >= firstChoice && occupancy(q) < n {
-		p, q = q, p
+// link publishes record idx under the tuple whose place is at: in its
+// first bucket while that holds fewer than firstChoice, else in the
+// emptier of its two. One match reads both buckets' free slots.
+func (t *Table) link(at *probe, idx uint32) bool {
+	v := slotValue(at.tag, idx)
+	p, q := &t.buckets[at.b1], &t.buckets[at.b2]
+	fp, fq := bucketMatch2(p, q, 0, 0)
+	if slotsPerBucket-bits.OnesCount32(fp) >= firstChoice && bits.OnesCount32(fq) > bits.OnesCount32(fp) {
+		p, q, fp, fq = q, p, fq, fp
 	}
-	return claim(p, v) || claim(q, v)
+	return claimFree(p, v, fp) || claimFree(q, v, fq)
 }
 
-// unlink removes record idx's entry under k. Only the one who set the
-// record's dying bit (or an inserter withdrawing) unlinks, so the slot
-// value cannot be reused meanwhile.
-func (t *Table) unlink(k *Tuple, idx uint32) bool {
-	b1, b2, tag := t.place(t.h.hash(k))
-	v := slotValue(tag, idx)
-	for _, b := range [2]*bucket{&t.buckets[b1], &t.buckets[b2]} {
-		for m := bucketMatch(b, v, 0); m != 0; m &= m - 1 {
-			if b[bits.TrailingZeros32(m)&(slotsPerBucket-1)].CompareAndSwap(v, 0) {
+// unlink removes record idx's entry under the tuple whose place is at.
+// Only the one who set the record's dying bit (or an inserter
+// withdrawing) unlinks, so the slot value cannot be reused meanwhile.
+func (t *Table) unlink(at *probe, idx uint32) bool {
+	v := slotValue(at.tag, idx)
+	p, q := &t.buckets[at.b1], &t.buckets[at.b2]
+	mp, mq := bucketMatch2(p, q, v, 0)
+	for _, bm := range [2]struct {
+		b *bucket
+		m uint32
+	}{{p, mp}, {q, mq}} {
+		for m := bm.m; m != 0; m &= m - 1 {
+			if bm.b[bits.TrailingZeros32(m)&(slotsPerBucket-1)].CompareAndSwap(v, 0) {
 				return true
 			}
 		}
@@ -465,8 +483,9 @@ func (t *Table) kill(idx uint32, why uint32) bool {
 			break
 		}
 	}
-	t.unlink(&f.orig, idx)
-	t.unlink(&f.reply, idx)
+	po, pr := t.at(&f.orig), t.at(&f.reply)
+	t.unlink(&po, idx)
+	t.unlink(&pr, idx)
 	t.count.Add(-1)
 	return true
 }
