@@ -428,9 +428,9 @@ func (c *Core) insert(nf *NewFlow, now Time, checkOrig bool) (Ref, InsertResult)
 	return makeRef(idx, DirOrig), Inserted
 }
 
-// holder returns the live connection holding k (whose place is at), killing an expired one
-// found on the way (it is invisible to lookups already; killing it lets
-// its slot and port go back).
+// holder returns the live connection holding k (whose place is at),
+// killing an expired one found on the way (it is invisible to lookups
+// already; killing it lets its slot and port go back).
 func (c *Core) holder(k *Tuple, at *probe, now Time) Ref {
 	t := c.t
 	b1, b2, tag := at.b1, at.b2, at.tag
