@@ -57,7 +57,10 @@
 // scan runs, it prefetches each key's first bucket as soon as it is known,
 // so those misses overlap the hashing of the keys after (a prefetch,
 // unlike a load, holds up nothing behind it); the touch loops then wait
-// for lines already on their way. With AVX2 the bucket scan is vector
+// for lines already on their way. The prefetches bring lines into L2, not
+// L1 (PREFETCHT1): a miss bound for L1 holds one of its few miss buffers
+// until the line arrives, and those capped how many of a batch's misses
+// were in flight at once; L2 tracks many more. With AVX2 the bucket scan is vector
 // code too: a bucket is compared with the tag as two 8-slot vectors and the
 // first matching slot taken with TZCNT, so no branch depends on where the
 // tag sits (the scalar loop leaves at a slot that differs from key to

@@ -11,7 +11,7 @@ var useAVX2 = !raceEnabled && cpu.X86.HasAVX2 && cpu.X86.HasBMI1
 // compared with the tag as two 8-slot vectors, with no branch on where
 // (or whether) the tag sits. notMask is ^mask. It is tagScanGo's
 // contract, for len(bb) > 0; the caller checks the bucket indices. It
-// also prefetches (PREFETCHT0, which never faults) the lines of each
+// also prefetches (PREFETCHT1, which never faults) the lines of each
 // candidate record in recs and, in the first pass, the second bucket of
 // each probe left without a candidate.
 //

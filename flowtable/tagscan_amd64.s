@@ -33,13 +33,20 @@
 	TESTL        R10, R10
 
 // PREC prefetches both lines the candidate record in R12 may span.
+//
+// Every prefetch here is PREFETCHT1, into L2 and not L1: a line bound for
+// L1 holds one of L1's few miss buffers until it arrives, which capped a
+// batch's misses in flight; L2 keeps many more, and the touch loop that
+// follows takes the line from L2 in a few cycles. At a million
+// connections this took LookupBatch from about 52 to about 31 ns a key
+// (go test -bench LookupBatchFloor, alternated runs of both builds).
 #define PREC \
 	MOVQ         recs+8(FP), DX; \
 	MOVL         R12, R12; \
 	LEAQ         (R12)(R12*2), R12; \
 	SHLQ         $4, R12; \
-	PREFETCHT0   (DX)(R12*1); \
-	PREFETCHT0   32(DX)(R12*1)
+	PREFETCHT1   (DX)(R12*1); \
+	PREFETCHT1   32(DX)(R12*1)
 
 // func tagScanAVX2(buckets *bucket, recs *Flow, bb *probe, n int, notMask uint32, second bool) int
 TEXT ·tagScanAVX2(SB), NOSPLIT, $0-48
@@ -67,7 +74,7 @@ miss1:
 	// Not in its first bucket: start the second on its way.
 	MOVQ         8(DI), DX
 	SHLQ         $6, DX
-	PREFETCHT0   (SI)(DX*1)
+	PREFETCHT1   (SI)(DX*1)
 
 next1:
 	ADDQ         $24, DI
@@ -147,7 +154,7 @@ TEXT ·bucketMatch2AVX2(SB), NOSPLIT, $0-32
 //
 // For each of n > 0 keys: the hash (hasher.hash), then the buckets and tag
 // (Table.place) into its probe; with prefetch, the first bucket is
-// started on its way (PREFETCHT0).
+// started on its way (PREFETCHT1).
 TEXT ·hashProbesAMD64(SB), NOSPLIT, $0-57
 	MOVQ         keys+0(FP), SI
 	MOVQ         bb+8(FP), DI
@@ -206,7 +213,7 @@ hstore:
 	CMPB         prefetch+56(FP), $0
 	JEQ          hnext
 	SHLQ         $6, R10
-	PREFETCHT0   (R15)(R10*1)
+	PREFETCHT1   (R15)(R10*1)
 
 hnext:
 	ADDQ         $16, SI
