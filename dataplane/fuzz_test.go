@@ -7,19 +7,13 @@ import (
 	"github.com/gopacket/gopacket/layers"
 )
 
+// fuzzRules: dnatRules (established_test.go) and two REJECT rules.
 const fuzzRules = `*filter
 :FORWARD ACCEPT [0:0]
 -A FORWARD -p tcp --dport 22 -j REJECT --reject-with tcp-reset
 -A FORWARD -p udp --dport 9 -j REJECT
 COMMIT
-*nat
-:PREROUTING ACCEPT [0:0]
-:POSTROUTING ACCEPT [0:0]
--A PREROUTING -i out0 -d 203.0.113.1 -p tcp --dport 8080 -j DNAT --to-destination 10.0.0.3:80
--A PREROUTING -i out0 -d 203.0.113.1 -p udp --dport 5353 -j DNAT --to-destination 10.0.0.2
--A POSTROUTING -o out0 -j MASQUERADE
-COMMIT
-`
+` + dnatRules
 
 // cleanInput reports whether gopacket decodes a frame without error and
 // its checksums are right: the pipeline promises valid output checksums
