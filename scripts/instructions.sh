@@ -1,8 +1,11 @@
 #!/bin/bash
 # Instructions per packet of the pipeline's established path, and per new
-# connection, counted by callgrind: the same figure on every run of a
-# build, whatever else the machine is doing, so a change's effect shows
-# where timings are noise.
+# connection, counted by callgrind: nearly the same figure on every run of
+# a build, whatever else the machine is doing, so a change's effect shows
+# where timings are noise. (Not exactly the same: work paced by the clock,
+# such as a connection's last-seen stamp written when the clock has
+# moved, follows the emulation's speed; runs of one build differ by a few
+# instructions a packet and a few tens a new connection.)
 # Two runs of BenchmarkPipelineCounted/udp, then /tcp, with different b.N;
 # the difference of their totals over the difference of their packets
 # leaves out the set-up both share.
