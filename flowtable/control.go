@@ -56,7 +56,7 @@ func (t *Table) info(idx uint32, now Time) FlowInfo {
 func (t *Table) Get(k Tuple) (fi FlowInfo, d Dir, ok bool) {
 	now := t.Now()
 	t.ctl(func(c *Core) {
-		if r := t.lookup(&k, now); r != 0 {
+		if r := t.lookup(&k, now, &c.st[stSearchRestart]); r != 0 {
 			fi, d, ok = t.info(r.idx(), now), r.Dir(), true
 		}
 	})
@@ -98,7 +98,7 @@ func (t *Table) List(cursor int, out []FlowInfo) (n, next int) {
 func (t *Table) Delete(k Tuple) (deleted bool) {
 	now := t.Now()
 	t.ctl(func(c *Core) {
-		if r := t.lookup(&k, now); r != 0 {
+		if r := t.lookup(&k, now, &c.st[stSearchRestart]); r != 0 {
 			deleted = c.Kill(r)
 		}
 	})

@@ -143,7 +143,7 @@ func (c *Core) CountInvalid() { c.st[stInvalid]++ }
 // Lookup finds the live connection a tuple belongs to, in either
 // direction. It returns 0 when there is none.
 func (c *Core) Lookup(k *Tuple, now Time) Ref {
-	r := c.t.lookup(k, now)
+	r := c.t.lookup(k, now, &c.st[stSearchRestart])
 	if r != 0 {
 		c.st[stFound]++
 	}
@@ -191,6 +191,7 @@ func (c *Core) lookupBatch(keys []Tuple, refs []Ref, now Time) {
 	keys, refs = keys[:len(bb)], refs[:len(bb)]
 	mask := t.idxMask
 	var sink uint32
+	moved := t.relocs.Load()
 	// The passes alternate computing with touching: each touch loop is a
 	// handful of instructions an iteration, so the core keeps dozens of
 	// misses in flight instead of the few a long loop body allows.
@@ -245,6 +246,19 @@ func (c *Core) lookupBatch(keys []Tuple, refs []Ref, now Time) {
 		refs[i] = r
 		if r != 0 {
 			found++
+		}
+	}
+	// An entry relocated during the batch may have been missed: look for
+	// every key not found again, one by one (lookup scans until relocs
+	// holds still).
+	if found < len(keys) && t.relocs.Load() != moved {
+		c.st[stSearchRestart]++
+		for i := range refs {
+			if refs[i] == 0 {
+				if refs[i] = t.lookup(&keys[i], now, &c.st[stSearchRestart]); refs[i] != 0 {
+					found++
+				}
+			}
 		}
 	}
 	c.st[stFound] += uint64(found)
@@ -406,8 +420,18 @@ func (c *Core) insert(nf *NewFlow, now Time, checkOrig bool) (Ref, InsertResult)
 	// inserter publishes, then looks: with sequentially consistent atomics
 	// at least one of two racing inserters sees the other, and whoever
 	// sees a rival withdraws, so two never both win.
-	rivalOrig := c.rival(&f.orig, &po, idx, now)
-	rivalReply := !rivalOrig && c.rival(&f.reply, &pr, idx, now)
+	// holder's looks before publishing may miss an entry being relocated;
+	// these may not: when an entry moved while they found nothing, they
+	// look again.
+	var rivalOrig, rivalReply bool
+	for {
+		moved := t.relocs.Load()
+		rivalOrig = c.rival(&f.orig, &po, idx, now)
+		rivalReply = !rivalOrig && c.rival(&f.reply, &pr, idx, now)
+		if rivalOrig || rivalReply || t.relocs.Load() == moved {
+			break
+		}
+	}
 	if rivalOrig || rivalReply {
 		t.unlink(&po, idx)
 		t.unlink(&pr, idx)
@@ -417,7 +441,7 @@ func (c *Core) insert(nf *NewFlow, now Time, checkOrig bool) (Ref, InsertResult)
 			return 0, ReplyClash
 		}
 		c.st[stSearchRestart]++
-		if r := t.lookup(&nf.Orig, now); r != 0 {
+		if r := t.lookup(&nf.Orig, now, &c.st[stSearchRestart]); r != 0 {
 			c.st[stFound]++
 			return r, Exists
 		}

@@ -30,10 +30,14 @@
 // mix, the key drawn from crypto/rand, so outside hosts cannot aim at a
 // bucket) to two buckets; it goes to the first while that holds fewer
 // than 12 entries, else to the emptier of the two. The index has
-// 2·Capacity/0.75 slots. Simulated over 20 million inserts, that leaves
-// no insert without room, and 90% of tuples sit in their first bucket, so
-// a lookup usually reads one bucket line and one record; should both
-// buckets ever be full, the insert fails and counts insert_failed. A
+// 2·Capacity/0.75 slots, and 90% of tuples sit in their first bucket, so
+// a lookup usually reads one bucket line and one record. Rarely, an
+// insert finds both its buckets full (under churn at Capacity, one insert
+// in 200 million in one test: 20 tables of a million connections, each
+// churned by 10 million inserts); it then relocates an entry of one of
+// them to that entry's other bucket (one cuckoo step, below) and takes
+// the freed slot. Only if no entry of either bucket can move does the
+// insert fail and count insert_failed. A
 // connection thus costs 48 bytes of record and about 11 bytes of index:
 // 59 bytes, against some 320 for Linux's nf_conn with its NAT extension.
 // Tuples are compared as two 64-bit words.
@@ -98,10 +102,51 @@
 // are the happens-before edges between an insert and a lookup that the
 // detector must see.
 //
+// # Relocation
+//
+// A relocation moves entry w from its slot s in a full bucket to a free
+// slot of w's other bucket: a CAS 0 → w there (the copy), then an atomic
+// increment of the table's relocation counter, then a CAS w → v on s,
+// which gives s to the inserter's new entry v. The entry is in the index
+// throughout, twice for a moment. But a scan that reads a tuple's two
+// buckets one after the other can miss it: it reads the copy's bucket
+// before the copy lands and the old bucket after s changed. So every
+// scan that must not miss — lookups, batched or not, the insert's rival
+// checks, unlink — reads the counter before and after, and when it moved
+// and the scan found nothing, scans again (the insert's holder checks
+// before publishing may miss: the rival checks after catch what they
+// missed, as they catch a racing inserter; the lookups count it
+// as search_restart, as Linux counts lookups restarted while entries
+// moved between its hash chains). With sequentially consistent atomics
+// the argument is a seqlock's: if the scan read s after the CAS on s, its
+// second read of the counter follows the increment, which preceded that
+// CAS; if its first read already saw the increment, the copy preceded it,
+// and the scan reads the copy. Relocations are rare enough that the
+// counter's cache line is, in effect, read-only, and a restart costs
+// nothing in practice; a scan can only restart forever if relocations
+// never stop.
+//
+// If w leaves s between the copy and the CAS — its killer unlinked it, or
+// another inserter relocated it first — the CAS fails and the mover takes
+// its copy back (CAS w → 0). Each mover thus either replaces the original
+// or removes its own copy, so when the killer's unlink removes the one
+// copy it finds (and it finds one: it scans again while the counter
+// moves), none is left: the copies a mover adds are gone by the time it
+// finishes, unless its CAS on s succeeded, which the killer's removal of
+// the original prevents. An entry whose record is dying is not moved, nor
+// one that could stand for either tuple of its record (both tuples in
+// that bucket under one tag), as unlink would then look in the wrong
+// bucket for one of them. A mover reads the entry's record to find its
+// other bucket from inside its critical section, having just loaded the
+// slot, so the record cannot be reused meanwhile, as for a lookup.
+//
 // # Who writes what
 //
 //   - Index slots: any core, by CAS only: 0 → value to publish (insert), value
-//     → 0 to unlink (whoever killed the record, or an inserter withdrawing).
+//     → 0 to unlink (whoever killed the record, or an inserter withdrawing),
+//     and in a relocation 0 → value for the copy, value → the new entry's
+//     value, or value → 0 to take the copy back.
+//   - Relocation counter: any inserter relocating, atomic increment.
 //   - Tuples: the owner, only while the record is free; they never change while
 //     it can be reached.
 //   - Status: the owner when it allocates a record (plain atomic store before
@@ -203,6 +248,7 @@
 //
 // Stats names its counters as conntrack -S does: found, invalid, insert,
 // insert_failed, drop, early_drop, search_restart (here: an insert that
-// lost a race and looked up the winner), plus expired and deleted.
+// lost a race and looked up the winner, or a lookup scanned again because
+// an entry was relocated meanwhile), plus expired and deleted.
 // Entries is Table.Count.
 package flowtable

@@ -32,7 +32,7 @@ func BenchmarkLookupBatchFloor(b *testing.B) {
 		at := make([]pos, len(keys))
 		for i := range keys {
 			b1, _, _ := t.place(t.h.hash(&keys[i]))
-			r := t.lookup(&keys[i], 1)
+			r := t.lookup(&keys[i], 1, new(uint64))
 			if r == 0 {
 				b.Fatalf("key %d not found", i)
 			}

@@ -65,6 +65,16 @@ func (m *model) add(t *testing.T, k, d int) {
 // evict overlapping keys at the same time, and checks the table against
 // the model throughout and at the end.
 func TestStressAgainstModel(t *testing.T) {
+	t.Run("index=sized", func(t *testing.T) { stressAgainstModel(t, 0) })
+	// 38 buckets: 608 slots for at most 600 entries, so inserts keep
+	// relocating entries while other cores look them up, kill and move
+	// them.
+	t.Run("index=squeezed", func(t *testing.T) { stressAgainstModel(t, 38) })
+}
+
+// stressAgainstModel is TestStressAgainstModel with the index squeezed to
+// nb buckets (0: as New sized it).
+func stressAgainstModel(t *testing.T, nb int) {
 	const (
 		cores = 4
 		keys  = 600
@@ -77,6 +87,9 @@ func TestStressAgainstModel(t *testing.T) {
 	// binds and early drop runs; the clock runs fast (a tick a batch, 5
 	// ticks to expire), so sweeps and expiry run all the time.
 	tab := newTable(t, Config{Capacity: 1600, Max: 300, Cores: cores, Limbo: 256})
+	if nb > 0 {
+		squeeze(t, tab, nb)
+	}
 	if err := tab.SetTimeout("nf_conntrack_udp_timeout", 50*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +131,7 @@ func TestStressAgainstModel(t *testing.T) {
 							m.add(t, k, +1)
 						case Exists:
 							checkIntegrity(t, tab, &nf.Orig, r)
-						case ReplyClash, Full, NoRecord:
+						case ReplyClash, Full, NoRecord, IndexFull:
 						default:
 							t.Errorf("insert: %v", res)
 						}
@@ -233,6 +246,7 @@ func TestStressAgainstModel(t *testing.T) {
 	if tab.Count() != len(live) {
 		t.Errorf("count %d, live %d", tab.Count(), len(live))
 	}
+	checkIndex(t, tab)
 	// Everything expires eventually, and every record comes back.
 	drain(now + Ticks(time.Hour))
 	for k, v := range m.n {
@@ -248,9 +262,13 @@ func TestStressAgainstModel(t *testing.T) {
 	for _, s := range tab.Stats() {
 		total.Add(s)
 	}
-	t.Logf("stats: %+v", total)
+	checkIndex(t, tab)
+	t.Logf("stats: %+v, relocations: %d", total, tab.relocs.Load())
 	if total.Insert == 0 || total.EarlyDrop == 0 || total.Expired == 0 || total.Deleted == 0 {
 		t.Errorf("the stress did not exercise every path: %+v", total)
+	}
+	if nb > 0 && tab.relocs.Load() < 100 {
+		t.Errorf("squeezed to %d buckets, only %d relocations", nb, tab.relocs.Load())
 	}
 }
 
@@ -290,6 +308,17 @@ func checkRecords(t *testing.T, tab *Table) {
 // striped lock, so the model predicts every insert's and kill's result
 // exactly, while lookups, batches and the other keys run concurrently.
 func TestStressExactPerKey(t *testing.T) {
+	t.Run("index=sized", func(t *testing.T) { stressExactPerKey(t, 0) })
+	// Half the keys are live at a time, on average: 17 buckets, 272 slots,
+	// hold their 256 entries at 94%.
+	t.Run("index=squeezed", func(t *testing.T) { stressExactPerKey(t, 17) })
+}
+
+// stressExactPerKey is TestStressExactPerKey with the index squeezed to
+// nb buckets (0: as New sized it). A lookup under the key's lock must find
+// the key's connection even while other cores' inserts relocate its
+// entries.
+func stressExactPerKey(t *testing.T, nb int) {
 	const (
 		cores   = 4
 		keys    = 256
@@ -303,6 +332,10 @@ func TestStressExactPerKey(t *testing.T) {
 	// inside its critical section and holds the epoch back; a limbo of
 	// 1024 rides that out (pinned workers rarely need more than a batch).
 	tab := newTable(t, Config{Capacity: 4 * keys * cores, Cores: cores, Limbo: 1024})
+	if nb > 0 {
+		squeeze(t, tab, nb)
+	}
+	var full atomic.Int64
 	var locks [stripes]sync.Mutex
 	present := make([]bool, keys) // guarded by locks[k%stripes]
 	var refused, ops atomic.Int64
@@ -332,6 +365,15 @@ func TestStressExactPerKey(t *testing.T) {
 						checkIntegrity(t, tab, &nf.Reply, c.Lookup(&nf.Reply, 0))
 					case 1:
 						_, res := c.Insert(&nf, 0)
+						if res == IndexFull && !present[k] {
+							// Both buckets full even after a relocation
+							// (squeezed index only): refused, counted,
+							// nothing changed.
+							full.Add(1)
+							c.Exit()
+							mu.Unlock()
+							continue
+						}
 						if res == NoRecord && !present[k] {
 							// The core's share ran out while preempted
 							// participants held the epoch back: refused
@@ -401,4 +443,12 @@ func TestStressExactPerKey(t *testing.T) {
 		}
 	}
 	checkRecords(t, tab)
+	checkIndex(t, tab)
+	t.Logf("relocations %d, refused with both buckets full %d", tab.relocs.Load(), full.Load())
+	if nb == 0 && full.Load() != 0 {
+		t.Errorf("%d inserts found both buckets full in a table sized by New", full.Load())
+	}
+	if nb > 0 && tab.relocs.Load() < 100 {
+		t.Errorf("squeezed to %d buckets, only %d relocations", nb, tab.relocs.Load())
+	}
 }

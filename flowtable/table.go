@@ -40,9 +40,11 @@ const (
 	// indexLoad is the share of index slots in use when the table holds
 	// Capacity connections (two slots each), and firstChoice how full a
 	// tuple's first bucket may be before it goes to the emptier of its
-	// two. Together (simulated: 20 million inserts) they leave no insert
-	// without room while 90% of tuples sit in their first bucket, so most
-	// lookups read one bucket.
+	// two. Together they keep 90% of tuples in their first bucket, so most
+	// lookups read one bucket. Rarely, both buckets of a new tuple are
+	// full (one insert in 200 million: 20 tables of a million connections
+	// under different hash keys, each churned by 10 million inserts);
+	// relocate then moves one entry to its other bucket.
 	indexLoad   = 0.75
 	firstChoice = 12
 	minTagBits  = 4
@@ -187,6 +189,13 @@ type Table struct {
 	_     [cacheLine - 8]byte
 	max   atomic.Int64
 	_     [cacheLine - 8]byte
+	// relocs counts index relocations (relocate): a scan of a tuple's two
+	// buckets that finds nothing reads it before and after, and scans
+	// again if it moved, since an entry may have gone from the bucket not
+	// yet read to the one already read. Written only when both of a new
+	// tuple's buckets are full, so its line is all but read-only.
+	relocs atomic.Uint64
+	_      [cacheLine - 8]byte
 
 	fullLast   atomic.Uint32 // Time of the last table-full event
 	fullEvents atomic.Uint64 // rate-limited table-full events raised
@@ -400,12 +409,22 @@ func (t *Table) scan(b *bucket, tag uint32, k *Tuple, now Time) Ref {
 	return 0
 }
 
-func (t *Table) lookup(k *Tuple, now Time) Ref {
+// lookup finds the live record holding k. A scan that found nothing while
+// an entry was relocated is done again, and counted in *restarts.
+func (t *Table) lookup(k *Tuple, now Time, restarts *uint64) Ref {
 	b1, b2, tag := t.place(t.h.hash(k))
-	if r := t.scan(&t.buckets[b1], tag, k, now); r != 0 {
-		return r
+	for ; ; *restarts++ {
+		moved := t.relocs.Load()
+		if r := t.scan(&t.buckets[b1], tag, k, now); r != 0 {
+			return r
+		}
+		if r := t.scan(&t.buckets[b2], tag, k, now); r != 0 {
+			return r
+		}
+		if t.relocs.Load() == moved {
+			return 0
+		}
 	}
-	return t.scan(&t.buckets[b2], tag, k, now)
 }
 
 // at is a tuple's place in the index: its two buckets and its tag (a
@@ -446,7 +465,75 @@ func (t *Table) link(at *probe, idx uint32) bool {
 	if slotsPerBucket-bits.OnesCount32(fp) >= firstChoice && bits.OnesCount32(fq) > bits.OnesCount32(fp) {
 		p, q, fp, fq = q, p, fq, fp
 	}
-	return claimFree(p, v, fp) || claimFree(q, v, fq)
+	return claimFree(p, v, fp) || claimFree(q, v, fq) ||
+		t.relocate(at.b1, v) || t.relocate(at.b2, v)
+}
+
+// relocate makes room for v in bucket bi, which was full: it moves one of
+// the bucket's entries to that entry's other bucket (one cuckoo step) and
+// puts v in the freed slot. The entry is copied first, then the counter
+// relocs is raised, then the entry's old slot is given v by CAS; so the
+// entry is in the index throughout, and a scan that read the buckets in
+// the wrong order around the move sees relocs change and scans again.
+// Should the entry leave the old slot meanwhile (its killer unlinked it,
+// or another core moved it first), the CAS fails and the copy is taken
+// back: every mover either replaces the original or removes its copy, so
+// a killer's one unlink still leaves no copy behind.
+func (t *Table) relocate(bi uint64, v uint32) bool {
+	b := &t.buckets[bi]
+	mask := t.idxMask
+	for i := range b {
+		w := b[i].Load()
+		if w == 0 {
+			if b[i].CompareAndSwap(0, v) {
+				return true
+			}
+			continue
+		}
+		f := &t.recs[w&mask-1]
+		if f.status.Load()&flagDying != 0 {
+			continue // its killer is unlinking it
+		}
+		alt, ok := t.otherBucket(f, w, bi)
+		if !ok {
+			continue
+		}
+		a := &t.buckets[alt]
+		for m := bucketMatch(a, 0, 0); m != 0; m &= m - 1 {
+			j := bits.TrailingZeros32(m) & (slotsPerBucket - 1)
+			if !a[j].CompareAndSwap(0, w) {
+				continue
+			}
+			t.relocs.Add(1)
+			if b[i].CompareAndSwap(w, v) {
+				return true
+			}
+			a[j].CompareAndSwap(w, 0)
+			break
+		}
+	}
+	return false
+}
+
+// otherBucket returns the other bucket of the tuple of f that slot value w
+// in bucket bi stands for. It reports false when both of f's tuples could
+// own the slot (same tag, both placed in bi): moving it could then leave
+// one tuple's unlink looking in the wrong bucket.
+func (t *Table) otherBucket(f *Flow, w uint32, bi uint64) (uint64, bool) {
+	tag := w &^ t.idxMask
+	var alt uint64
+	n := 0
+	for _, k := range [2]*Tuple{&f.orig, &f.reply} {
+		p := t.at(k)
+		switch {
+		case p.tag != tag:
+		case p.b1 == bi:
+			alt, n = p.b2, n+1
+		case p.b2 == bi:
+			alt, n = p.b1, n+1
+		}
+	}
+	return alt, n == 1
 }
 
 // unlink removes record idx's entry under the tuple whose place is at.
@@ -455,18 +542,23 @@ func (t *Table) link(at *probe, idx uint32) bool {
 func (t *Table) unlink(at *probe, idx uint32) bool {
 	v := slotValue(at.tag, idx)
 	p, q := &t.buckets[at.b1], &t.buckets[at.b2]
-	mp, mq := bucketMatch2(p, q, v, 0)
-	for _, bm := range [2]struct {
-		b *bucket
-		m uint32
-	}{{p, mp}, {q, mq}} {
-		for m := bm.m; m != 0; m &= m - 1 {
-			if bm.b[bits.TrailingZeros32(m)&(slotsPerBucket-1)].CompareAndSwap(v, 0) {
-				return true
+	for {
+		moved := t.relocs.Load()
+		mp, mq := bucketMatch2(p, q, v, 0)
+		for _, bm := range [2]struct {
+			b *bucket
+			m uint32
+		}{{p, mp}, {q, mq}} {
+			for m := bm.m; m != 0; m &= m - 1 {
+				if bm.b[bits.TrailingZeros32(m)&(slotsPerBucket-1)].CompareAndSwap(v, 0) {
+					return true
+				}
 			}
 		}
+		if t.relocs.Load() == moved {
+			return false
+		}
 	}
-	return false
 }
 
 // kill marks a confirmed live record dying (with flagTimedOut when why

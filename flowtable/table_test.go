@@ -568,7 +568,7 @@ func TestLookupBatchMatchesLookup(t *testing.T) {
 	refs := make([]Ref, len(keys))
 	c.LookupBatch(keys, refs, 1)
 	for i := range keys {
-		if want := tab.lookup(&keys[i], 1); refs[i] != want {
+		if want := tab.lookup(&keys[i], 1, new(uint64)); refs[i] != want {
 			t.Fatalf("key %d: batch %v, single %v", i, refs[i], want)
 		}
 		if i < 400 && refs[i] == 0 {
