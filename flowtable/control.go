@@ -160,5 +160,9 @@ func (t *Table) TotalStats() Stats {
 // Buckets returns the number of index buckets (nf_conntrack_buckets).
 func (t *Table) Buckets() int { return int(t.nb) }
 
+// Relocations returns how many index entries inserts have moved to their
+// other bucket to make room (both of a new tuple's buckets were full).
+func (t *Table) Relocations() uint64 { return t.relocs.Load() }
+
 // Acct reports whether per-connection counters are kept (nf_conntrack_acct).
 func (t *Table) Acct() bool { return t.acct != nil }

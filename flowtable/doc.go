@@ -32,12 +32,12 @@
 // than 12 entries, else to the emptier of the two. The index has
 // 2·Capacity/0.75 slots, and 90% of tuples sit in their first bucket, so
 // a lookup usually reads one bucket line and one record. Rarely, an
-// insert finds both its buckets full (under churn at Capacity, one insert
-// in 200 million in one test: 20 tables of a million connections, each
-// churned by 10 million inserts); it then relocates an entry of one of
-// them to that entry's other bucket (one cuckoo step, below) and takes
-// the freed slot. Only if no entry of either bucket can move does the
-// insert fail and count insert_failed. A
+// insert finds both its buckets full (under churn at Capacity, one in
+// 400 million: 40 tables of a million connections, each churned by 10
+// million inserts; BenchmarkChurnAtCapacity); it then relocates an
+// entry of one of them to that entry's other bucket (one cuckoo step,
+// below) and takes the freed slot. Only if no entry of either bucket can
+// move does the insert fail and count insert_failed. A
 // connection thus costs 48 bytes of record and about 11 bytes of index:
 // 59 bytes, against some 320 for Linux's nf_conn with its NAT extension.
 // Tuples are compared as two 64-bit words.

@@ -42,9 +42,10 @@ const (
 	// tuple's first bucket may be before it goes to the emptier of its
 	// two. Together they keep 90% of tuples in their first bucket, so most
 	// lookups read one bucket. Rarely, both buckets of a new tuple are
-	// full (one insert in 200 million: 20 tables of a million connections
-	// under different hash keys, each churned by 10 million inserts);
-	// relocate then moves one entry to its other bucket.
+	// full (one insert in 400 million: 40 tables of a million connections
+	// under different hash keys, each churned by 10 million inserts;
+	// BenchmarkChurnAtCapacity); relocate then moves one entry to its
+	// other bucket.
 	indexLoad   = 0.75
 	firstChoice = 12
 	minTagBits  = 4
