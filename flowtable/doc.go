@@ -82,6 +82,18 @@
 // (atomic loads on amd64), the timeouts table likewise; a candidate that
 // fails goes to the Go scan through both buckets, as before.
 //
+// A single lookup (Lookup, and the control plane's) is one assembly call
+// where the vector scan runs (lookupOneAMD64): hash, place, the vector
+// match of the first bucket (the second only when no slot of the first
+// holds the tag), the candidate's compare, all without a branch that
+// depends on where the tag sits. A lookup is two dependent misses, bucket
+// then record, and what overlaps them with the next lookup's is the core
+// running ahead; a short path with nothing mispredicted lets it (at a
+// million connections, about 225 → 155–210 ns a lookup, alternated runs
+// of xnat-bench flowtable). It reads the table's fields at the offsets
+// the compiler writes into go_asm.h. When the candidate fails, or an
+// absent answer coincides with a relocation, the Go scan decides.
+//
 // The insert path's bucket reads (holder, rival, link's free-slot search,
 // unlink) take the same vector compare (bucketMatch, and bucketMatch2 for
 // a tuple's two buckets in one call): a mask of the slots

@@ -413,6 +413,12 @@ func (t *Table) scan(b *bucket, tag uint32, k *Tuple, now Time) Ref {
 // lookup finds the live record holding k. A scan that found nothing while
 // an entry was relocated is done again, and counted in *restarts.
 func (t *Table) lookup(k *Tuple, now Time, restarts *uint64) Ref {
+	// The assembly answers most lookups; an absent answer stands only if
+	// no entry moved meanwhile.
+	moved := t.relocs.Load()
+	if r, sure := t.lookupOne(k, now); sure && (r != 0 || t.relocs.Load() == moved) {
+		return r
+	}
 	b1, b2, tag := t.place(t.h.hash(k))
 	for ; ; *restarts++ {
 		moved := t.relocs.Load()

@@ -90,3 +90,19 @@ func (t *Table) compareProbes(keys []Tuple, bb []probe, refs []Ref, now Time) (i
 	}
 	return t.compareProbesGo(keys, bb, refs, now)
 }
+
+// lookupOneAMD64 resolves one key in assembly (tagscan_amd64.s) for
+// lookup; sure is false when the full scan must decide. For the vector
+// scan only (AVX2 and BMI1).
+//
+//go:noescape
+func lookupOneAMD64(t *Table, k *Tuple, now Time) (ref Ref, sure bool)
+
+// lookupOne is lookupOneAMD64 where the vector scan runs; elsewhere it is
+// never sure, and lookup scans.
+func (t *Table) lookupOne(k *Tuple, now Time) (Ref, bool) {
+	if !useAVX2 {
+		return 0, false
+	}
+	return lookupOneAMD64(t, k, now)
+}

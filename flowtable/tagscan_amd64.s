@@ -1,4 +1,5 @@
 #include "textflag.h"
+#include "go_asm.h"
 
 // The probe layout (core.go): b1 at 0, b2 at 8, tag at 16, idx at 20,
 // 24 bytes each. A bucket is 16 four-byte slots, 64 bytes; a record 48.
@@ -299,4 +300,154 @@ cnext:
 	JLT          cloop
 	MOVQ         AX, found+64(FP)
 	MOVQ         DX, rescan+72(FP)
+	RET
+
+// MATCHB compares the bucket at reg with the tag in Y3 under ^mask in Y2,
+// leaving the mask of matching slots in R9 (CX clobbered).
+#define MATCHB(reg) \
+	VPAND        0(reg), Y2, Y0; \
+	VPAND        32(reg), Y2, Y1; \
+	VPCMPEQD     Y3, Y0, Y0; \
+	VPCMPEQD     Y3, Y1, Y1; \
+	VMOVMSKPS    Y0, R9; \
+	VMOVMSKPS    Y1, CX; \
+	SHLL         $8, CX; \
+	ORL          CX, R9
+
+// func lookupOneAMD64(t *Table, k *Tuple, now Time) (ref Ref, sure bool)
+//
+// One key from hash to answer, for a single lookup: the hash and place
+// as hashProbesAMD64, its first bucket matched with the tag and, when no
+// slot holds it, its second; the first slot holding the tag names the
+// candidate, compared as compareProbesAMD64 does. sure is false when the
+// candidate fails the compare (another tuple under the tag, or a dead
+// record): the caller then scans both buckets. Being short, with no
+// branch that depends on where the tag sits, it lets the core run on
+// into the next lookup while this one's lines are on their way. The
+// table's fields are read at the offsets go_asm.h gives.
+TEXT ·lookupOneAMD64(SB), NOSPLIT, $0-29
+	MOVQ         t+0(FP), BX
+	MOVQ         k+8(FP), SI
+	MOVQ         Table_nb(BX), R12
+	MOVL         Table_idxMask(BX), R14
+	NOTL         R14                 // ^mask
+	MOVQ         0(SI), R9
+	MOVQ         8(SI), R10
+	MOVQ         R9, AX
+	XORQ         (Table_h+hasher_s0)(BX), AX
+	MOVQ         R10, R11
+	XORQ         (Table_h+hasher_s1)(BX), R11
+	MULQ         R11
+	XORQ         DX, AX
+	XORQ         (Table_h+hasher_s2)(BX), AX
+	XORQ         R10, R9
+	XORQ         (Table_h+hasher_s3)(BX), R9
+	MULQ         R9
+	XORQ         DX, AX
+	MOVL         AX, R10
+	IMULQ        R12, R10
+	SHRQ         $32, R10
+	MOVQ         AX, R11
+	SHRQ         $32, R11
+	IMULQ        R12, R11
+	SHRQ         $32, R11
+	CMPQ         R11, R10
+	JNE          otag
+	INCQ         R11
+	CMPQ         R11, R12
+	JNE          otag
+	XORL         R11, R11
+
+otag:
+	MOVQ         $0x9E3779B97F4A7C15, R13
+	IMULQ        R13, AX
+	SHRQ         $32, AX
+	ANDL         R14, AX
+	JNZ          oprobe
+	MOVL         R14, AX
+	NOTL         AX
+	INCL         AX
+
+oprobe:
+	MOVQ         Table_buckets(BX), R15
+	MOVL         R14, X2
+	VPBROADCASTD X2, Y2
+	MOVL         AX, X3
+	VPBROADCASTD X3, Y3
+	SHLQ         $6, R10
+	ADDQ         R15, R10
+	MATCHB(R10)
+	TESTL        R9, R9
+	JNZ          ocand
+	SHLQ         $6, R11
+	LEAQ         (R15)(R11*1), R10
+	MATCHB(R10)
+	TESTL        R9, R9
+	JZ           oabsent
+
+ocand:
+	VZEROUPPER
+	// The first slot holding the tag, read again: its record number (an
+	// emptied slot gives noCand: absent).
+	TZCNTL       R9, CX
+	ANDL         $15, CX
+	MOVL         (R10)(CX*4), R9
+	NOTL         R14
+	ANDL         R14, R9
+	DECL         R9
+	CMPQ         R9, (Table_recs+8)(BX)
+	JAE          oabsent2
+	LEAQ         (R9)(R9*2), R10
+	SHLQ         $REC_SIZE_SHIFT, R10
+	ADDQ         Table_recs(BX), R10
+	MOVQ         0(SI), R11
+	XORL         CX, CX              // direction
+	CMPQ         Flow_orig(R10), R11
+	JNE          oreply
+	MOVQ         8(SI), R11
+	CMPQ         (Flow_orig+8)(R10), R11
+	JEQ          olive
+
+oreply:
+	MOVQ         0(SI), R11
+	CMPQ         Flow_reply(R10), R11
+	JNE          ounsure
+	MOVQ         8(SI), R11
+	CMPQ         (Flow_reply+8)(R10), R11
+	JNE          ounsure
+	MOVL         $1, CX
+
+olive:
+	// Confirmed, not dying, and not past its state's timeout.
+	MOVL         Flow_status(R10), R11
+	MOVL         R11, DX
+	ANDL         $FLAG_LIVE_MASK, DX
+	CMPL         DX, $FLAG_CONFIRMED
+	JNE          ounsure
+	MOVL         now+16(FP), DX
+	SUBL         Flow_last(R10), DX
+	JS           ofound              // last is in now's future: not expired
+	ANDL         $15, R11
+	CMPL         DX, Table_timeouts(BX)(R11*4)
+	JHI          ounsure
+
+ofound:
+	LEAL         1(R9), R9
+	SHLL         $1, R9
+	ORL          CX, R9
+	MOVL         R9, ref+24(FP)
+	MOVB         $1, sure+28(FP)
+	RET
+
+oabsent:
+	VZEROUPPER
+
+oabsent2:
+	MOVL         $0, ref+24(FP)
+	MOVB         $1, sure+28(FP)
+	RET
+
+ounsure:
+	MOVL         $0, ref+24(FP)
+	MOVB         $0, sure+28(FP)
 	RET

@@ -4,6 +4,8 @@ import (
 	"math/rand/v2"
 	"testing"
 	"unsafe"
+
+	"golang.org/x/sys/cpu"
 )
 
 // TestHashProbesAssemblyEdges drives the assembly hash pass where random
@@ -105,5 +107,102 @@ func TestCompareProbes(t *testing.T) {
 				t.Fatalf("probe %d: ref %v, want %v", i, got[i], want[i])
 			}
 		}
+	}
+}
+
+// TestLookupOne holds the single-key assembly lookup to the Go scan of
+// both buckets: whenever it is sure, its answer is the scan's. On a table
+// with keys of live connections in either direction, absent keys, killed
+// and expired connections and clocks before their last packet; and on a
+// table of two buckets with a 31-bit index mask, where half the tags come
+// out zero, half the keys' buckets coincide, and slots under a key's tag
+// name records that do not hold it, so that it is unsure.
+func TestLookupOne(t *testing.T) {
+	if !cpu.X86.HasAVX2 || !cpu.X86.HasBMI1 {
+		t.Skip("the CPU lacks AVX2 or BMI1: the assembly lookup is never called")
+	}
+	var tt Table
+	if unsafe.Pointer(&tt.timeouts) != unsafe.Pointer(&tt.timeouts[0]) || unsafe.Sizeof(tt.timeouts[0]) != 4 || unsafe.Sizeof(tt.recs) != 24 {
+		t.Fatal("the timeouts or the record slice differ from what tagscan_amd64.s reads")
+	}
+	scan := func(tab *Table, k *Tuple, now Time) Ref {
+		p := tab.at(k)
+		if r := tab.scan(&tab.buckets[p.b1], p.tag, k, now); r != 0 {
+			return r
+		}
+		return tab.scan(&tab.buckets[p.b2], p.tag, k, now)
+	}
+	var sure, unsure int
+	check := func(tab *Table, k *Tuple, now Time) {
+		t.Helper()
+		got, ok := lookupOneAMD64(tab, k, now)
+		if !ok {
+			unsure++
+			return
+		}
+		sure++
+		if want := scan(tab, k, now); got != want {
+			t.Fatalf("key %v at %d: %v, want %v", k, now, got, want)
+		}
+	}
+	rng := rand.New(rand.NewPCG(19, 20))
+	tab := newTable(t, Config{Capacity: 512})
+	c := tab.Core(0)
+	c.Enter()
+	var refs []Ref
+	for k := range 300 {
+		nf := snatFlow(uint16(10000+k), uint16(20000+k), []State{TCPEstablished, TCPSynSent, UDP, TCPTimeWait}[k%4])
+		refs = append(refs, mustInsert(t, c, nf, Time(100+rng.IntN(50000))))
+	}
+	for _, r := range refs[:40] {
+		c.Kill(r)
+	}
+	c.Exit()
+	for range 100000 {
+		k := tab.Flow(refs[rng.IntN(len(refs))]).Tuple(Dir(rng.IntN(2)))
+		if rng.IntN(4) == 0 {
+			k.SrcPort++ // absent, mostly
+		}
+		check(tab, &k, Time(rng.IntN(600000)))
+	}
+
+	// Two buckets, a 31-bit index mask, random slots over 64 records.
+	edge := &Table{h: hasher{rng.Uint64() | 1, rng.Uint64() | 1, rng.Uint64(), rng.Uint64()},
+		buckets: make([]bucket, 2), recs: make([]Flow, 64), nb: 2, idxMask: 1<<31 - 1}
+	edge.timeouts.setDefaults()
+	keys := make([]Tuple, 64)
+	var zeroTags, sameBuckets int
+	for range 2000 {
+		for i := range keys {
+			keys[i] = MakeTuple(uint8(rng.Uint32()), rng.Uint32(), uint16(rng.Uint32()), rng.Uint32(), uint16(rng.Uint32()))
+			x := edge.h.hash(&keys[i])
+			if uint32(x)>>31 == uint32(x>>32)>>31 {
+				sameBuckets++
+			}
+			if uint32((x*0x9E3779B97F4A7C15)>>32)&^edge.idxMask == 0 {
+				zeroTags++
+			}
+		}
+		for b := range edge.buckets {
+			for s := range edge.buckets[b] {
+				var v uint32 // empty, or a random key's tag over a random record
+				if rng.IntN(3) != 0 {
+					v = slotValue(edge.at(&keys[rng.IntN(len(keys))]).tag, uint32(rng.IntN(len(edge.recs))))
+				}
+				edge.buckets[b][s].Store(v)
+			}
+		}
+		for r := range edge.recs {
+			f := &edge.recs[r]
+			f.orig, f.reply = keys[rng.IntN(len(keys))], keys[rng.IntN(len(keys))]
+			f.status.Store(uint32(UDP) | []uint32{flagConfirmed, flagConfirmed | flagDying, 0}[rng.IntN(3)])
+			f.last.Store(uint32(rng.IntN(100)))
+		}
+		for i := range keys {
+			check(edge, &keys[i], Time(rng.IntN(200)))
+		}
+	}
+	if zeroTags == 0 || sameBuckets == 0 || unsure == 0 || sure == 0 {
+		t.Fatalf("edges not reached: %d zero tags, %d coinciding buckets, %d sure, %d unsure", zeroTags, sameBuckets, sure, unsure)
 	}
 }

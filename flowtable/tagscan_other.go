@@ -23,3 +23,6 @@ func (t *Table) hashProbes(keys []Tuple, bb []probe, prefetch bool) { t.hashProb
 func (t *Table) compareProbes(keys []Tuple, bb []probe, refs []Ref, now Time) (int, uint64) {
 	return t.compareProbesGo(keys, bb, refs, now)
 }
+
+// lookupOne is never sure where no assembly is written: lookup scans.
+func (t *Table) lookupOne(k *Tuple, now Time) (Ref, bool) { return 0, false }
