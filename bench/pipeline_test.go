@@ -33,7 +33,11 @@ func TestPipelineScenarioJSON(t *testing.T) {
 		if r.Flows != []int{1000, 3000}[i] || r.Proto != "tcp" || r.Batch != 64 || r.Mpps <= 0 || r.NsPerPkt <= 0 || r.NewPerSec <= 0 || r.HarnessNsPerPkt <= 0 {
 			t.Fatalf("line %d: %s", i, l)
 		}
-		if r.AllocsPerPkt != 0 {
+		// The figure is the whole process's mallocs over the window, a
+		// stray one of the runtime's (or the race detector's) included;
+		// an allocation in the packet path would make it 1 or more. The
+		// exact zero is dataplane's AllocsPerRun tests' to assert.
+		if r.AllocsPerPkt >= 0.01 {
 			t.Errorf("line %d: %v allocations a packet", i, r.AllocsPerPkt)
 		}
 	}
