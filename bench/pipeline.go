@@ -32,6 +32,7 @@ func init() {
 type PipelineResult struct {
 	Flows        int     `json:"flows"`
 	Proto        string  `json:"proto"`
+	Ports        string  `json:"ports"`
 	Batch        int     `json:"batch"`
 	Mpps         float64 `json:"mpps"`
 	NsPerPkt     float64 `json:"ns_per_pkt"`
@@ -50,6 +51,7 @@ func runPipeline(args []string, w io.Writer) error {
 	proto := fs.String("proto", "udp", "udp or tcp")
 	batch := fs.Int("batch", 64, "frames per batch (1 to 256)")
 	newConns := fs.Bool("new", false, "also measure new connections per second")
+	ports := fs.String("ports", "shared", "source ports: shared (64 per host, so a kept port's reply tuple is taken for nearly every connection and the allocator searches) or distinct (every kept port is free)")
 	dur := fs.Duration("time", 2*time.Second, "how long the established-traffic measurement runs")
 	jsonOut := fs.Bool("json", false, "one JSON object per line")
 	if err := fs.Parse(args); err != nil {
@@ -60,6 +62,9 @@ func runPipeline(args []string, w io.Writer) error {
 	}
 	if *proto != "udp" && *proto != "tcp" {
 		return fmt.Errorf("--proto %q: want udp or tcp", *proto)
+	}
+	if *ports != "shared" && *ports != "distinct" {
+		return fmt.Errorf("--ports %q: want shared or distinct", *ports)
 	}
 	if *batch < 1 || *batch > 256 {
 		return fmt.Errorf("--batch %d: want 1 to 256", *batch)
@@ -73,7 +78,7 @@ func runPipeline(args []string, w io.Writer) error {
 		if err != nil || n < 1 || n > 4_000_000 {
 			return fmt.Errorf("--flows %q: want a number from 1 to 4000000", f)
 		}
-		r, err := MeasurePipeline(n, *proto, *batch, *newConns, *dur)
+		r, err := MeasurePipeline(n, *proto, *ports, *batch, *newConns, *dur)
 		if err != nil {
 			return err
 		}
@@ -101,6 +106,7 @@ func runPipeline(args []string, w io.Writer) error {
 type PipelineBed struct {
 	DP    *dataplane.Dataplane
 	Table *flowtable.Table
+	Pools *dataplane.Pools
 	tmpl  []benchTmpl // one original frame per connection
 }
 
@@ -121,8 +127,13 @@ var (
 	benchMACGW  = [6]byte{2, 0, 0, 0, 1, 0xfe}
 )
 
-// NewPipelineBed builds the dataplane and the connections' first frames.
+// NewPipelineBed builds the dataplane and the connections' first frames,
+// with shared source ports (see benchFrame).
 func NewPipelineBed(n int, proto string) (*PipelineBed, error) {
+	return newPipelineBed(n, proto, "shared")
+}
+
+func newPipelineBed(n int, proto, ports string) (*PipelineBed, error) {
 	tab, err := flowtable.New(flowtable.Config{Capacity: n + n/4 + 1024, Cores: 1})
 	if err != nil {
 		return nil, err
@@ -148,10 +159,10 @@ func NewPipelineBed(n int, proto string) (*PipelineBed, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &PipelineBed{DP: dataplane.New(tab, pools, dataplane.NewSettings(), env), Table: tab}
+	b := &PipelineBed{DP: dataplane.New(tab, pools, dataplane.NewSettings(), env), Table: tab, Pools: pools}
 	b.tmpl = make([]benchTmpl, n)
 	for i := range b.tmpl {
-		f := benchFrame(i, proto)
+		f := benchFrame(i, proto, ports)
 		if len(f) > benchTmplLen {
 			return nil, fmt.Errorf("bench: a %d-byte frame exceeds the %d-byte template", len(f), benchTmplLen)
 		}
@@ -162,10 +173,18 @@ func NewPipelineBed(n int, proto string) (*PipelineBed, error) {
 
 // benchFrame is connection i's frame from inside: 10.x.y.z:port to one of
 // 256 servers 198.51.100.0/24 on port 443, 64 bytes on the wire for UDP.
-func benchFrame(i int, proto string) []byte {
+// With shared ports, each host's 64 connections use source ports 10000 to
+// 10063, so the reply tuples of kept ports are only 256 (a server × a
+// port) and all but the first connections' are taken: the allocator
+// searches for nearly every one. With distinct ports, connection i's
+// source port is 10000 + i/256, and every kept port's reply tuple is free.
+func benchFrame(i int, proto, ports string) []byte {
 	u := uint32(i)
 	src := 0x0A000000 | (u >> 6) + 2
 	sport := uint16(10000 + u&63)
+	if ports == "distinct" {
+		sport = uint16(10000 + u>>8)
+	}
 	dst := 0xC6336400 | u&255
 	l4len := header.UDPLen + 18
 	p := uint8(header.ProtoUDP)
@@ -254,9 +273,9 @@ func (b *PipelineBed) create(n, batch int, frames [][]byte, sizes []int, in []ui
 }
 
 // MeasurePipeline runs the pipeline scenario at n connections.
-func MeasurePipeline(n int, proto string, batch int, measureNew bool, dur time.Duration) (PipelineResult, error) {
-	res := PipelineResult{Flows: n, Proto: proto, Batch: batch}
-	b, err := NewPipelineBed(n, proto)
+func MeasurePipeline(n int, proto, ports string, batch int, measureNew bool, dur time.Duration) (PipelineResult, error) {
+	res := PipelineResult{Flows: n, Proto: proto, Ports: ports, Batch: batch}
+	b, err := newPipelineBed(n, proto, ports)
 	if err != nil {
 		return res, err
 	}
@@ -279,7 +298,7 @@ func MeasurePipeline(n int, proto string, batch int, measureNew bool, dur time.D
 	}
 	created, spent := n, time.Since(start)
 	for measureNew && spent < newMinTime {
-		fresh, err := NewPipelineBed(n, proto)
+		fresh, err := newPipelineBed(n, proto, ports)
 		if err != nil {
 			return res, err
 		}

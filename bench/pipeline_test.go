@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+
+	"xnat/dataplane"
 )
 
 // TestPipelineScenarioJSON runs the pipeline scenario small: every row
@@ -18,7 +20,7 @@ func TestPipelineScenarioJSON(t *testing.T) {
 		t.Fatal(err)
 	}
 	var out bytes.Buffer
-	if err := s.Run([]string{"--flows", "1000,3000", "--proto", "tcp", "--time", "20ms", "--new", "--json"}, &out); err != nil {
+	if err := s.Run([]string{"--flows", "1000,3000", "--proto", "tcp", "--ports", "distinct", "--time", "20ms", "--new", "--json"}, &out); err != nil {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
@@ -30,7 +32,7 @@ func TestPipelineScenarioJSON(t *testing.T) {
 		if err := json.Unmarshal([]byte(l), &r); err != nil {
 			t.Fatal(err)
 		}
-		if r.Flows != []int{1000, 3000}[i] || r.Proto != "tcp" || r.Batch != 64 || r.Mpps <= 0 || r.NsPerPkt <= 0 || r.NewPerSec <= 0 || r.HarnessNsPerPkt <= 0 {
+		if r.Flows != []int{1000, 3000}[i] || r.Proto != "tcp" || r.Ports != "distinct" || r.Batch != 64 || r.Mpps <= 0 || r.NsPerPkt <= 0 || r.NewPerSec <= 0 || r.HarnessNsPerPkt <= 0 {
 			t.Fatalf("line %d: %s", i, l)
 		}
 		// The figure is the whole process's mallocs over the window, a
@@ -41,7 +43,7 @@ func TestPipelineScenarioJSON(t *testing.T) {
 			t.Errorf("line %d: %v allocations a packet", i, r.AllocsPerPkt)
 		}
 	}
-	for _, bad := range [][]string{{"--flows", "0"}, {"--proto", "icmp"}, {"--batch", "300"}, {"--time", "0s"}, {"extra"}} {
+	for _, bad := range [][]string{{"--flows", "0"}, {"--proto", "icmp"}, {"--ports", "some"}, {"--batch", "300"}, {"--time", "0s"}, {"extra"}} {
 		if err := s.Run(bad, &out); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
@@ -70,6 +72,34 @@ func TestFlowtableScenarioJSON(t *testing.T) {
 	for _, bad := range [][]string{{"--flows", "10"}, {"--workers", "0"}, {"--time", "-1s"}, {"extra"}} {
 		if err := s.Run(bad, &out); err == nil {
 			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+// TestPipelineBedPorts checks what --ports promises: with shared source
+// ports nearly every connection's kept port is taken and the allocator
+// searches; with distinct ones every connection keeps its port.
+func TestPipelineBedPorts(t *testing.T) {
+	const n = 4096
+	frames := make([][]byte, 64)
+	for i := range frames {
+		frames[i] = make([]byte, 0, 2048)
+	}
+	sizes, in, out := make([]int, 64), make([]uint16, 64), make([]dataplane.Result, 64)
+	for _, ports := range []string{"shared", "distinct"} {
+		b, err := newPipelineBed(n, "udp", ports)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.create(n, 64, frames, sizes, in, out); err != nil {
+			t.Fatal(err)
+		}
+		st := b.Pools.Stats()
+		if st.Allocated != n {
+			t.Fatalf("%s: %d allocated, want %d", ports, st.Allocated, n)
+		}
+		if want := map[string]uint64{"shared": 256, "distinct": n}[ports]; st.Preserved != want {
+			t.Errorf("%s: %d connections kept their port, want %d", ports, st.Preserved, want)
 		}
 	}
 }
