@@ -138,14 +138,19 @@
 // nothing in practice; a scan can only restart forever if relocations
 // never stop.
 //
-// If w leaves s between the copy and the CAS — its killer unlinked it, or
-// another inserter relocated it first — the CAS fails and the mover takes
-// its copy back (CAS w → 0). Each mover thus either replaces the original
-// or removes its own copy, so when the killer's unlink removes the one
-// copy it finds (and it finds one: it scans again while the counter
-// moves), none is left: the copies a mover adds are gone by the time it
-// finishes, unless its CAS on s succeeded, which the killer's removal of
-// the original prevents. An entry whose record is dying is not moved, nor
+// If w leaves s between the copy and the CAS (its killer unlinked it),
+// the CAS fails and the mover takes its copy back (CAS w → 0). The
+// killer's unlink removes the one copy of w it finds, and it finds one:
+// it scans again while the counter moves. If that was the original, the
+// mover's CAS fails and it takes its copy back; if it was the mover's
+// copy, the mover's CAS then replaces the original. Either way none is
+// left. That takes one mover at a time: with two copying one entry, the
+// killer could remove the second one's copy, the first one's CAS succeed
+// and its copy stay. So a relocation holds a flag for its few CASes, and
+// an insert that finds another relocation under way fails (IndexFull,
+// counted insert_failed) rather than wait: two at once, each about one
+// insert in 400 million, do not happen in practice, and no core ever
+// blocks on another. An entry whose record is dying is not moved, nor
 // one that could stand for either tuple of its record (both tuples in
 // that bucket under one tag), as unlink would then look in the wrong
 // bucket for one of them. A mover reads the entry's record to find its
@@ -158,7 +163,8 @@
 //     → 0 to unlink (whoever killed the record, or an inserter withdrawing),
 //     and in a relocation 0 → value for the copy, value → the new entry's
 //     value, or value → 0 to take the copy back.
-//   - Relocation counter: any inserter relocating, atomic increment.
+//   - Relocation counter: the inserter relocating, atomic increment; the
+//     relocation flag: taken by CAS 0 → 1 and given back by whoever took it.
 //   - Tuples: the owner, only while the record is free; they never change while
 //     it can be reached.
 //   - Status: the owner when it allocates a record (plain atomic store before

@@ -196,7 +196,10 @@ type Table struct {
 	// yet read to the one already read. Written only when both of a new
 	// tuple's buckets are full, so its line is all but read-only.
 	relocs atomic.Uint64
-	_      [cacheLine - 8]byte
+	// relocating is 1 while a relocation is under way: one at a time, so
+	// that two movers never copy one entry at once.
+	relocating atomic.Uint32
+	_          [cacheLine - 12]byte
 
 	fullLast   atomic.Uint32 // Time of the last table-full event
 	fullEvents atomic.Uint64 // rate-limited table-full events raised
@@ -482,11 +485,15 @@ func (t *Table) link(at *probe, idx uint32) bool {
 // relocs is raised, then the entry's old slot is given v by CAS; so the
 // entry is in the index throughout, and a scan that read the buckets in
 // the wrong order around the move sees relocs change and scans again.
-// Should the entry leave the old slot meanwhile (its killer unlinked it,
-// or another core moved it first), the CAS fails and the copy is taken
-// back: every mover either replaces the original or removes its copy, so
-// a killer's one unlink still leaves no copy behind.
+// Should the entry leave the old slot meanwhile (its killer unlinked it),
+// the CAS fails and the copy is taken back, so a killer's one unlink
+// leaves no copy behind. One relocation runs at a time; an insert that
+// finds another under way does not wait for it but fails (IndexFull).
 func (t *Table) relocate(bi uint64, v uint32) bool {
+	if !t.relocating.CompareAndSwap(0, 1) {
+		return false
+	}
+	defer t.relocating.Store(0)
 	b := &t.buckets[bi]
 	mask := t.idxMask
 	for i := range b {
