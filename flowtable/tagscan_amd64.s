@@ -4,6 +4,19 @@
 // The probe layout (core.go): b1 at 0, b2 at 8, tag at 16, idx at 20,
 // 24 bytes each. A bucket is 16 four-byte slots, 64 bytes; a record 48.
 
+// BMATCH compares the bucket at the address in reg with the tag in Y3
+// under ^mask in Y2, leaving the mask of matching slots (slot i, bit i)
+// in out; tmp is clobbered, and Y0 and Y1.
+#define BMATCH(reg, out, tmp) \
+	VPAND        0(reg), Y2, Y0; \
+	VPAND        32(reg), Y2, Y1; \
+	VPCMPEQD     Y3, Y0, Y0; \
+	VPCMPEQD     Y3, Y1, Y1; \
+	VMOVMSKPS    Y0, out; \
+	VMOVMSKPS    Y1, tmp; \
+	SHLL         $8, tmp; \
+	ORL          tmp, out
+
 // PROBE compares the bucket at R8 with the tag at 16(DI) and stores the
 // candidate (or noCand) at 20(DI), adding 1 to R9 when there is none.
 // It leaves ZF set when there is none.
@@ -12,14 +25,7 @@
 	SHLQ         $6, R8; \
 	ADDQ         SI, R8; \
 	VPBROADCASTD 16(DI), Y3; \
-	VPAND        0(R8), Y2, Y0; \
-	VPAND        32(R8), Y2, Y1; \
-	VPCMPEQD     Y3, Y0, Y0; \
-	VPCMPEQD     Y3, Y1, Y1; \
-	VMOVMSKPS    Y0, R10; \
-	VMOVMSKPS    Y1, R11; \
-	SHLL         $8, R11; \
-	ORL          R11, R10; \
+	BMATCH(R8, R10, R11); \
 	TZCNTL       R10, R11; \
 	ANDL         $15, R11; \
 	MOVL         (R8)(R11*4), R12; \
@@ -110,29 +116,10 @@ TEXT ·bucketMatchAVX2(SB), NOSPLIT, $0-20
 	MOVL         notMask+12(FP), AX
 	MOVL         AX, X2
 	VPBROADCASTD X2, Y2
-	VPAND        0(SI), Y2, Y0
-	VPAND        32(SI), Y2, Y1
-	VPCMPEQD     Y3, Y0, Y0
-	VPCMPEQD     Y3, Y1, Y1
-	VMOVMSKPS    Y0, AX
-	VMOVMSKPS    Y1, CX
-	SHLL         $8, CX
-	ORL          CX, AX
+	BMATCH(SI, AX, CX)
 	MOVL         AX, ret+16(FP)
 	VZEROUPPER
 	RET
-
-// BMATCH compares the bucket at the address in reg with the tag in Y3
-// under ^mask in Y2, leaving the mask of matching slots in AX.
-#define BMATCH(reg) \
-	VPAND        0(reg), Y2, Y0; \
-	VPAND        32(reg), Y2, Y1; \
-	VPCMPEQD     Y3, Y0, Y0; \
-	VPCMPEQD     Y3, Y1, Y1; \
-	VMOVMSKPS    Y0, AX; \
-	VMOVMSKPS    Y1, CX; \
-	SHLL         $8, CX; \
-	ORL          CX, AX
 
 // func bucketMatch2AVX2(b1, b2 *bucket, tag, notMask uint32) (m1, m2 uint32)
 TEXT ·bucketMatch2AVX2(SB), NOSPLIT, $0-32
@@ -144,12 +131,56 @@ TEXT ·bucketMatch2AVX2(SB), NOSPLIT, $0-32
 	MOVL         notMask+20(FP), AX
 	MOVL         AX, X2
 	VPBROADCASTD X2, Y2
-	BMATCH(SI)
+	BMATCH(SI, AX, CX)
 	MOVL         AX, m1+24(FP)
-	BMATCH(DI)
+	BMATCH(DI, AX, CX)
 	MOVL         AX, m2+28(FP)
 	VZEROUPPER
 	RET
+
+// HASHPLACE hashes the key at 0(SI) with the hasher at 0(h)
+// (hasher.hash: h = mum(mum(w0^s0, w1^s1)^s2, w0^w1^s3), mum(a, b) the
+// hi^lo of a·b) and places it (Table.place): b1 = uint32(h)·nb >> 32 in
+// R10; b2 = (h>>32)·nb >> 32 in R11, the next bucket if equal; the tag,
+// uint32(h·K >> 32) &^ idxMask or idxMask+1 for zero, in AX. In: R12 =
+// nb, R13 = K, R14 = ^idxMask. Clobbers R8, R9, DX. tagL and doneL name
+// its two labels (one use per function).
+#define HASHPLACE(h, tagL, doneL) \
+	MOVQ         0(SI), R8; \
+	MOVQ         8(SI), R9; \
+	MOVQ         R8, AX; \
+	XORQ         0(h), AX; \
+	MOVQ         R9, R10; \
+	XORQ         8(h), R10; \
+	MULQ         R10; \
+	XORQ         DX, AX; \
+	XORQ         16(h), AX; \
+	XORQ         R9, R8; \
+	XORQ         24(h), R8; \
+	MULQ         R8; \
+	XORQ         DX, AX; \
+	MOVL         AX, R10; \
+	IMULQ        R12, R10; \
+	SHRQ         $32, R10; \
+	MOVQ         AX, R11; \
+	SHRQ         $32, R11; \
+	IMULQ        R12, R11; \
+	SHRQ         $32, R11; \
+	CMPQ         R11, R10; \
+	JNE          tagL; \
+	INCQ         R11; \
+	CMPQ         R11, R12; \
+	JNE          tagL; \
+	XORL         R11, R11; \
+tagL: \
+	IMULQ        R13, AX; \
+	SHRQ         $32, AX; \
+	ANDL         R14, AX; \
+	JNZ          doneL; \
+	MOVL         R14, AX; \
+	NOTL         AX; \
+	INCL         AX; \
+doneL:
 
 // func hashProbesAMD64(keys *Tuple, bb *probe, n int, h *hasher, nb uint64, notMask uint32, buckets *bucket, prefetch bool)
 //
@@ -167,47 +198,7 @@ TEXT ·hashProbesAMD64(SB), NOSPLIT, $0-57
 	MOVQ         $0x9E3779B97F4A7C15, R13
 
 hloop:
-	// h = mum(mum(w0^s0, w1^s1)^s2, w0^w1^s3), mum(a, b) = hi^lo of a·b.
-	MOVQ         0(SI), R8
-	MOVQ         8(SI), R9
-	MOVQ         R8, AX
-	XORQ         0(BX), AX
-	MOVQ         R9, R10
-	XORQ         8(BX), R10
-	MULQ         R10
-	XORQ         DX, AX
-	XORQ         16(BX), AX
-	XORQ         R9, R8
-	XORQ         24(BX), R8
-	MULQ         R8
-	XORQ         DX, AX
-
-	// b1 = uint32(h)·nb >> 32; b2 = (h>>32)·nb >> 32, the next bucket if equal.
-	MOVL         AX, R10
-	IMULQ        R12, R10
-	SHRQ         $32, R10
-	MOVQ         AX, R11
-	SHRQ         $32, R11
-	IMULQ        R12, R11
-	SHRQ         $32, R11
-	CMPQ         R11, R10
-	JNE          htag
-	INCQ         R11
-	CMPQ         R11, R12
-	JNE          htag
-	XORL         R11, R11
-
-htag:
-	// tag = uint32(h·K >> 32) &^ idxMask, or idxMask+1 for zero.
-	IMULQ        R13, AX
-	SHRQ         $32, AX
-	ANDL         R14, AX
-	JNZ          hstore
-	MOVL         R14, AX
-	NOTL         AX
-	INCL         AX
-
-hstore:
+	HASHPLACE(BX, htag, hstore)
 	MOVQ         R10, 0(DI)
 	MOVQ         R11, 8(DI)
 	MOVL         AX, 16(DI)
@@ -223,12 +214,51 @@ hnext:
 	JNZ          hloop
 	RET
 
-// The record layout (table.go): orig at 0, reply at 16, status at 32,
-// last at 36, 48 bytes. Status flags (state.go): confirmed 1<<8, dying
-// 1<<9, the state in the low four bits. TestCompareProbes holds these.
+// A record's fields are read at go_asm.h's offsets (Flow_orig, …); its
+// 48 bytes are reached as 3·16 (REC_SIZE_SHIFT). Status flags
+// (state.go): confirmed 1<<8, dying 1<<9, the state in the low four
+// bits. TestCompareProbes holds the size and the flags.
 #define REC_SIZE_SHIFT 4
 #define FLAG_CONFIRMED 0x100
 #define FLAG_LIVE_MASK 0x300
+
+// CMPREC compares the key at 0(SI) with both tuples of the record at
+// rec, then checks the record confirmed, not dying, and not past its
+// state's timeout at now (last-seen time after now counts as not
+// expired). When all holds it falls through, at foundL, with the
+// direction in CX; else it jumps to fail. nowop is now's operand, timeop
+// the state's timeout, indexed by R11 (the state, once the status is
+// read); tmp is clobbered, and R11. replyL, liveL and foundL name its
+// labels (one use per function).
+#define CMPREC(rec, tmp, nowop, timeop, replyL, liveL, foundL, fail) \
+	MOVQ         0(SI), R11; \
+	XORL         CX, CX; \
+	CMPQ         Flow_orig(rec), R11; \
+	JNE          replyL; \
+	MOVQ         8(SI), R11; \
+	CMPQ         (Flow_orig+8)(rec), R11; \
+	JEQ          liveL; \
+replyL: \
+	MOVQ         0(SI), R11; \
+	CMPQ         Flow_reply(rec), R11; \
+	JNE          fail; \
+	MOVQ         8(SI), R11; \
+	CMPQ         (Flow_reply+8)(rec), R11; \
+	JNE          fail; \
+	MOVL         $1, CX; \
+liveL: \
+	MOVL         Flow_status(rec), R11; \
+	MOVL         R11, tmp; \
+	ANDL         $FLAG_LIVE_MASK, tmp; \
+	CMPL         tmp, $FLAG_CONFIRMED; \
+	JNE          fail; \
+	MOVL         nowop, tmp; \
+	SUBL         Flow_last(rec), tmp; \
+	JS           foundL; \
+	ANDL         $15, R11; \
+	CMPL         tmp, timeop; \
+	JHI          fail; \
+foundL:
 
 // func compareProbesAMD64(keys *Tuple, bb *probe, refs *Ref, n int, recs *Flow, nrec uint64, timeouts *timeouts, now Time) (found int, rescan uint64)
 TEXT ·compareProbesAMD64(SB), NOSPLIT, $0-80
@@ -250,38 +280,7 @@ cloop:
 	LEAQ         (R9)(R9*2), R10
 	SHLQ         $REC_SIZE_SHIFT, R10
 	ADDQ         R13, R10            // the record
-	MOVQ         0(SI), R11
-	XORL         CX, CX              // direction
-	CMPQ         0(R10), R11
-	JNE          creply
-	MOVQ         8(SI), R11
-	CMPQ         8(R10), R11
-	JEQ          clive
-
-creply:
-	MOVQ         0(SI), R11
-	CMPQ         16(R10), R11
-	JNE          cfail
-	MOVQ         8(SI), R11
-	CMPQ         24(R10), R11
-	JNE          cfail
-	MOVL         $1, CX
-
-clive:
-	// Confirmed, not dying, and not past its state's timeout.
-	MOVL         32(R10), R11        // status
-	MOVL         R11, R15
-	ANDL         $FLAG_LIVE_MASK, R15
-	CMPL         R15, $FLAG_CONFIRMED
-	JNE          cfail
-	MOVL         now+56(FP), R15
-	SUBL         36(R10), R15        // now - last
-	JS           cfound              // last is in now's future: not expired
-	ANDL         $15, R11
-	CMPL         R15, (R14)(R11*4)
-	JHI          cfail
-
-cfound:
+	CMPREC(R10, R15, now+56(FP), (R14)(R11*4), creply, clive, cfound, cfail)
 	LEAL         1(R9), R9
 	SHLL         $1, R9
 	ORL          CX, R9
@@ -302,18 +301,6 @@ cnext:
 	MOVQ         DX, rescan+72(FP)
 	RET
 
-// MATCHB compares the bucket at reg with the tag in Y3 under ^mask in Y2,
-// leaving the mask of matching slots in R9 (CX clobbered).
-#define MATCHB(reg) \
-	VPAND        0(reg), Y2, Y0; \
-	VPAND        32(reg), Y2, Y1; \
-	VPCMPEQD     Y3, Y0, Y0; \
-	VPCMPEQD     Y3, Y1, Y1; \
-	VMOVMSKPS    Y0, R9; \
-	VMOVMSKPS    Y1, CX; \
-	SHLL         $8, CX; \
-	ORL          CX, R9
-
 // func lookupOneAMD64(t *Table, k *Tuple, now Time) (ref Ref, sure bool)
 //
 // One key from hash to answer, for a single lookup: the hash and place
@@ -331,44 +318,9 @@ TEXT ·lookupOneAMD64(SB), NOSPLIT, $0-29
 	MOVQ         Table_nb(BX), R12
 	MOVL         Table_idxMask(BX), R14
 	NOTL         R14                 // ^mask
-	MOVQ         0(SI), R9
-	MOVQ         8(SI), R10
-	MOVQ         R9, AX
-	XORQ         (Table_h+hasher_s0)(BX), AX
-	MOVQ         R10, R11
-	XORQ         (Table_h+hasher_s1)(BX), R11
-	MULQ         R11
-	XORQ         DX, AX
-	XORQ         (Table_h+hasher_s2)(BX), AX
-	XORQ         R10, R9
-	XORQ         (Table_h+hasher_s3)(BX), R9
-	MULQ         R9
-	XORQ         DX, AX
-	MOVL         AX, R10
-	IMULQ        R12, R10
-	SHRQ         $32, R10
-	MOVQ         AX, R11
-	SHRQ         $32, R11
-	IMULQ        R12, R11
-	SHRQ         $32, R11
-	CMPQ         R11, R10
-	JNE          otag
-	INCQ         R11
-	CMPQ         R11, R12
-	JNE          otag
-	XORL         R11, R11
-
-otag:
 	MOVQ         $0x9E3779B97F4A7C15, R13
-	IMULQ        R13, AX
-	SHRQ         $32, AX
-	ANDL         R14, AX
-	JNZ          oprobe
-	MOVL         R14, AX
-	NOTL         AX
-	INCL         AX
-
-oprobe:
+	LEAQ         Table_h(BX), DI
+	HASHPLACE(DI, otag, oprobe)
 	MOVQ         Table_buckets(BX), R15
 	MOVL         R14, X2
 	VPBROADCASTD X2, Y2
@@ -376,12 +328,12 @@ oprobe:
 	VPBROADCASTD X3, Y3
 	SHLQ         $6, R10
 	ADDQ         R15, R10
-	MATCHB(R10)
+	BMATCH(R10, R9, CX)
 	TESTL        R9, R9
 	JNZ          ocand
 	SHLQ         $6, R11
 	LEAQ         (R15)(R11*1), R10
-	MATCHB(R10)
+	BMATCH(R10, R9, CX)
 	TESTL        R9, R9
 	JZ           oabsent
 
@@ -400,38 +352,7 @@ ocand:
 	LEAQ         (R9)(R9*2), R10
 	SHLQ         $REC_SIZE_SHIFT, R10
 	ADDQ         Table_recs(BX), R10
-	MOVQ         0(SI), R11
-	XORL         CX, CX              // direction
-	CMPQ         Flow_orig(R10), R11
-	JNE          oreply
-	MOVQ         8(SI), R11
-	CMPQ         (Flow_orig+8)(R10), R11
-	JEQ          olive
-
-oreply:
-	MOVQ         0(SI), R11
-	CMPQ         Flow_reply(R10), R11
-	JNE          ounsure
-	MOVQ         8(SI), R11
-	CMPQ         (Flow_reply+8)(R10), R11
-	JNE          ounsure
-	MOVL         $1, CX
-
-olive:
-	// Confirmed, not dying, and not past its state's timeout.
-	MOVL         Flow_status(R10), R11
-	MOVL         R11, DX
-	ANDL         $FLAG_LIVE_MASK, DX
-	CMPL         DX, $FLAG_CONFIRMED
-	JNE          ounsure
-	MOVL         now+16(FP), DX
-	SUBL         Flow_last(R10), DX
-	JS           ofound              // last is in now's future: not expired
-	ANDL         $15, R11
-	CMPL         DX, Table_timeouts(BX)(R11*4)
-	JHI          ounsure
-
-ofound:
+	CMPREC(R10, DX, now+16(FP), Table_timeouts(BX)(R11*4), oreply, olive, ofound, ounsure)
 	LEAL         1(R9), R9
 	SHLL         $1, R9
 	ORL          CX, R9
