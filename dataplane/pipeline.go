@@ -126,10 +126,19 @@ func (d *Dataplane) TotalCounters() Counters {
 	return sum
 }
 
-// nhEntry caches a destination's egress port and next-hop MAC.
+// The next-hop cache is in two parts, so that the part every packet reads
+// stays small: nhDst maps a destination to an index into nh, in 8 bytes
+// (the destination above, the index below, 0 for none), and nh holds the
+// few distinct next hops themselves (a port and a MAC address), which many
+// destinations share. A thousand destinations behind one gateway take 8 KB
+// of nhDst and one nhEntry; with the whole entry per destination (32
+// bytes) the cache alone was as large as the first-level data cache, and
+// a packet of BenchmarkPipelineCounted/udp missed there 8.2 times instead
+// of 7.2 (callgrind's cache simulation, 32 KB 8-way).
+//
+// Both are per core and cleared whenever the Env changes (resetNextHops):
+// a route or neighbour change takes effect at the next batch.
 type nhEntry struct {
-	gen  uint64
-	dst  uint32
 	port uint16
 	mac  [6]byte
 	// The egress port's MAC address and MTU, so that the established path
@@ -138,7 +147,11 @@ type nhEntry struct {
 	mtu    uint16
 }
 
-const nhCacheSize = 1024
+const (
+	nhDstBits = 10
+	nhDstSize = 1 << nhDstBits // destinations cached
+	nhSize    = 256            // distinct next hops cached, entry 0 unused
+)
 
 // NeighMiss is a next hop the pipeline needed and had no link-layer
 // address for: the control path asks the kernel to resolve it.
@@ -153,7 +166,8 @@ type Pipeline struct {
 	core int
 	ct   *flowtable.Core
 	env  *Env
-	// envGen is env's generation, which next-hop cache entries carry.
+	// envGen is env's generation: the next-hop cache holds what it
+	// resolved under that Env.
 	envGen uint64
 	cnt    Counters
 	pub    *published
@@ -165,7 +179,9 @@ type Pipeline struct {
 	sweptNs int64
 	nowSec  uint32
 
-	nh [nhCacheSize]nhEntry
+	nhDst [nhDstSize]uint64
+	nh    [nhSize]nhEntry
+	nhLen int // entries of nh in use, counting the unused 0
 
 	icmpTokens int64
 	icmpLast   int64
@@ -233,8 +249,11 @@ func (p *Pipeline) Process(frames [][]byte, sizes []int, in []uint16, out []Resu
 func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Result) {
 	d := p.d
 	p.env = d.env.Load()
-	p.envGen = p.env.gen
-	el := time.Since(d.start)
+	if p.env.gen != p.envGen {
+		p.envGen = p.env.gen
+		p.resetNextHops()
+	}
+	el := time.Since(d.start) // d.start is the table's: one clock reading
 	p.nowNs = int64(el)
 	p.now = d.Table.Now()
 	p.nowSec = uint32(el / time.Second)
@@ -689,10 +708,12 @@ func (p *Pipeline) forward(frame []byte, size int, m *meta, ref flowtable.Ref, c
 		ctstate |= rules.CtDNAT
 	}
 	// nextHop, its cache hit written out: a call is too dear to inline.
-	nh := p.nhSlot(other.Src)
-	if nh.dst != other.Src || nh.gen != p.envGen {
+	var nh *nhEntry
+	if e := p.nhDst[nhSlot(other.Src)]; uint32(e>>32) == other.Src && uint8(e) != 0 {
+		nh = &p.nh[uint8(e)]
+	} else {
 		var r Reason
-		if nh, r = p.resolveNextHop(nh, other.Src); r != ReasonNone {
+		if nh, r = p.resolveNextHop(other.Src); r != ReasonNone {
 			p.finish(out, ActDrop, r, 0, 0)
 			return
 		}
@@ -752,7 +773,7 @@ func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Res
 	metas, refs := p.meta[:len(frames)], p.refs[:len(frames)]
 	sizes, out = sizes[:len(frames)], out[:len(frames)]
 	tab := p.d.Table
-	gen, now := p.envGen, p.now
+	now := p.now
 	var pkts, bytes uint64
 	for i := from; i < len(frames); i++ {
 		m := &metas[i]
@@ -769,8 +790,9 @@ func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Res
 			return i, pkts, bytes
 		}
 		other := f.TuplePtr(1 - dir)
-		nh := p.nhSlot(other.Src)
-		if nh.dst != other.Src || nh.gen != gen || m.ipLen > nh.mtu {
+		e := p.nhDst[nhSlot(other.Src)]
+		nh := &p.nh[uint8(e)]
+		if uint32(e>>32) != other.Src || uint8(e) == 0 || m.ipLen > nh.mtu {
 			return i, pkts, bytes
 		}
 		f.Touch(now)
@@ -924,26 +946,26 @@ func rewritePorts(l4 []byte, csumOff int, udp bool, sport, dport uint16, d heade
 }
 
 // nextHop resolves where a destination is sent: the egress port and the
-// next hop's MAC address, through a per-core cache invalidated by Env
-// replacement. The entry it returns is good until the next call. Entries
-// are written only on success, and Env generations start at 1, so an
-// entry matches only while its Env is current.
+// next hop's MAC address, through the per-core next-hop cache (nhDst),
+// which holds only what was resolved under the current Env. The entry it
+// returns is good until the next call.
 func (p *Pipeline) nextHop(dst uint32) (*nhEntry, Reason) {
-	e := p.nhSlot(dst)
-	if e.dst == dst && e.gen == p.envGen {
-		return e, ReasonNone
+	if e := p.nhDst[nhSlot(dst)]; uint32(e>>32) == dst && uint8(e) != 0 {
+		return &p.nh[uint8(e)], ReasonNone
 	}
-	return p.resolveNextHop(e, dst)
+	return p.resolveNextHop(dst)
 }
 
-// nhSlot is the next-hop cache entry dst would occupy.
-func (p *Pipeline) nhSlot(dst uint32) *nhEntry {
-	return &p.nh[(dst*0x9E3779B1)>>(32-10)]
+// nhSlot is the index in nhDst that dst would occupy.
+func nhSlot(dst uint32) uint32 {
+	return (dst * 0x9E3779B1) >> (32 - nhDstBits)
 }
 
 // resolveNextHop is nextHop on a cache miss: route and neighbour lookups,
-// and the cache entry e filled on success.
-func (p *Pipeline) resolveNextHop(e *nhEntry, dst uint32) (*nhEntry, Reason) {
+// then the next hop found in nh or added to it, and dst's slot pointed at
+// it. A full nh is emptied first, with every destination that pointed
+// into it.
+func (p *Pipeline) resolveNextHop(dst uint32) (*nhEntry, Reason) {
 	port, nh, ok := p.env.lookupRoute(dst)
 	if !ok {
 		return nil, ReasonNoRoute
@@ -954,8 +976,27 @@ func (p *Pipeline) resolveNextHop(e *nhEntry, dst uint32) (*nhEntry, Reason) {
 		return nil, ReasonNoNeighbour
 	}
 	pt := &p.env.Ports[port]
-	*e = nhEntry{gen: p.env.gen, dst: dst, port: port, mac: mac, srcMAC: pt.MAC, mtu: uint16(min(pt.MTU, 0xffff))}
-	return e, ReasonNone
+	want := nhEntry{port: port, mac: mac, srcMAC: pt.MAC, mtu: uint16(min(pt.MTU, 0xffff))}
+	i := 1
+	for i < p.nhLen && p.nh[i] != want {
+		i++
+	}
+	if i >= p.nhLen {
+		if p.nhLen == nhSize {
+			p.resetNextHops()
+			i = 1
+		}
+		p.nh[i] = want
+		p.nhLen = i + 1
+	}
+	p.nhDst[nhSlot(dst)] = uint64(dst)<<32 | uint64(i)
+	return &p.nh[i], ReasonNone
+}
+
+// resetNextHops empties the next-hop cache.
+func (p *Pipeline) resetNextHops() {
+	clear(p.nhDst[:])
+	p.nhLen = 1
 }
 
 // neighMiss records a next hop to resolve, at most once a second per

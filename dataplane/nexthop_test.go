@@ -1,0 +1,95 @@
+package dataplane
+
+import (
+	"testing"
+
+	"xnat/dataplane/topo"
+)
+
+// TestNextHopCacheShared: destinations behind one gateway share its one
+// entry of nh, and a new Env (the gateway's MAC address changed) empties
+// the cache, so that the next batches, established path included, send to
+// the new address.
+func TestNextHopCacheShared(t *testing.T) {
+	tb := newTestbed(t, masqRules, 1500, 1)
+	p := tb.dp.Pipeline(0)
+	const n = 300
+	for i := range n {
+		r, out := tb.run(udpPkt(macA, macIn0, addrA, 5000, remote+uint32(i), 7000).bytes(t), portIn)
+		expect(t, r, ActForward, portOut)
+		if got := [6]byte(out[0:6]); got != macGW {
+			t.Fatalf("destination %d sent to %x, want the gateway's %x", i, got, macGW)
+		}
+	}
+	if p.nhLen != 2 {
+		t.Fatalf("%d destinations behind one gateway took %d next-hop entries, want 1", n, p.nhLen-1)
+	}
+
+	newGW := [6]byte{2, 0, 0, 0, 1, 0xfd}
+	snap := testSnapshot(1500)
+	for i := range snap.Neighs {
+		if snap.Neighs[i].IP == addrGW {
+			snap.Neighs[i].MAC = newGW
+		}
+	}
+	env, err := NewEnv(EnvConfig{Snapshot: snap, Inside: []string{"in0"}, Outside: []string{"out0"}, Model: tb.dp.Env().Rules.Model(), Prev: tb.dp.Env(), Pools: tb.dp.Pools})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb.dp.SetEnv(env)
+	// The first packet after the change finds the cache empty and goes
+	// through handle, which resolves the next hop again; the second takes
+	// the established path.
+	for i := range 2 {
+		r, out := tb.run(udpPkt(macA, macIn0, addrA, 5000, remote, 7000).bytes(t), portIn)
+		expect(t, r, ActForward, portOut)
+		if p.fastLast != uint64(i) {
+			t.Fatalf("packet %d after the change: %d took the established path", i, p.fastLast)
+		}
+		if got := [6]byte(out[0:6]); got != newGW {
+			t.Fatalf("packet %d after the gateway's change sent to %x, want %x", i, got, newGW)
+		}
+	}
+}
+
+// TestNextHopCacheFull: more distinct next hops than nh holds. Each
+// destination resolves to its own neighbour's address; when nh fills, the
+// cache starts again, and destinations resolved before are resolved anew,
+// correctly.
+func TestNextHopCacheFull(t *testing.T) {
+	tb := newTestbed(t, masqRules, 1500, 1)
+	p := tb.dp.Pipeline(0)
+	const n = nhSize + 44
+	host := func(i int) uint32 { return ip4(10, 1, byte(i>>8), byte(i)) }
+	mac := func(i int) [6]byte { return [6]byte{2, 0, 0, 1, byte(i >> 8), byte(i)} }
+	snap := testSnapshot(1500)
+	snap.Routes = append(snap.Routes, topo.Route{Dst: topo.Prefix{Addr: ip4(10, 1, 0, 0), Len: 16}, IfIndex: 2})
+	for i := range n {
+		snap.Neighs = append(snap.Neighs, topo.Neigh{IfIndex: 2, IP: host(i), MAC: mac(i), State: topo.NeighValid})
+	}
+	env, err := NewEnv(EnvConfig{Snapshot: snap, Inside: []string{"in0"}, Outside: []string{"out0"}, Model: tb.dp.Env().Rules.Model(), Prev: tb.dp.Env(), Pools: tb.dp.Pools})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.env, p.envGen = env, env.gen
+	p.resetNextHops()
+	check := func(i int) {
+		t.Helper()
+		nh, r := p.nextHop(host(i))
+		if r != ReasonNone || nh.mac != mac(i) || nh.port != portIn || nh.srcMAC != macIn0 {
+			t.Fatalf("host %d: %+v %v, want port %d to %x", i, nh, r, portIn, mac(i))
+		}
+	}
+	for i := range n {
+		check(i)
+		if p.nhLen < 2 || p.nhLen > nhSize {
+			t.Fatalf("after host %d, %d entries in use", i, p.nhLen)
+		}
+	}
+	if p.nhLen != n-(nhSize-1)+1 {
+		t.Fatalf("%d next hops left %d entries in use, want %d", n, p.nhLen, n-(nhSize-1)+1)
+	}
+	for i := range n {
+		check(i)
+	}
+}
