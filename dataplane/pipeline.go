@@ -221,6 +221,7 @@ const (
 // meta is what parsing found in one frame.
 type meta struct {
 	kind     uint8
+	ttl      uint8 // TCP and UDP: the TTL as received
 	in       uint16
 	l3, l4   uint16 // offsets of the IPv4 and transport headers
 	ipLen    uint16
@@ -232,6 +233,10 @@ type meta struct {
 	eProto   uint8
 	eQuery   uint8  // embedded ICMP query: 1 request, 2 reply
 	qbase    uint16 // quietBase: the established path's part of quietIndex
+	// TCP and UDP: the IPv4 header's and the transport header's checksums
+	// as received, so that the established path writes the headers it
+	// rewrites without reading them again.
+	ipCsum, l4Csum uint16
 }
 
 // Process runs a batch of frames through the pipeline. frames[i] holds
@@ -443,6 +448,7 @@ func (p *Pipeline) parseFast(frames [][]byte, sizes []int, in []uint16) (rest ui
 				continue
 			}
 			m.kind, m.qbase = kUDP, quietBase(kUDP, 0, true)
+			m.l4Csum = binary.BigEndian.Uint16(l4[6:])
 		case header.ProtoTCP:
 			if tl < header.IPv4MinLen+header.TCPMinLen { // then the frame holds fastTCPLen bytes
 				rest |= 1 << i
@@ -455,11 +461,13 @@ func (p *Pipeline) parseFast(frames [][]byte, sizes []int, in []uint16) (rest ui
 			}
 			m.kind, m.tcpFlags = kTCP, t[fastUDPLen+5]
 			m.qbase = quietBase(kTCP, m.tcpFlags, true)
+			m.l4Csum = binary.BigEndian.Uint16(t[fastUDPLen+8:])
 		default:
 			rest |= 1 << i
 			continue
 		}
 		m.l3, m.l4, m.ipLen, m.proto = header.EthernetLen, header.EthernetLen+header.IPv4MinLen, uint16(tl), proto
+		m.ttl, m.ipCsum = ip[8], binary.BigEndian.Uint16(ip[10:])
 		keys[i].Set(proto, binary.BigEndian.Uint32(ip[12:]), binary.BigEndian.Uint16(l4[0:]), binary.BigEndian.Uint32(ip[16:]), binary.BigEndian.Uint16(l4[2:]))
 		took++
 	}
@@ -542,6 +550,7 @@ func (p *Pipeline) parse(frame []byte, m *meta, key *flowtable.Tuple) Reason {
 		}
 		m.kind, m.tcpFlags = kTCP, t.Flags()
 		m.qbase = quietBase(kTCP, m.tcpFlags, hl == header.IPv4MinLen)
+		m.ttl, m.ipCsum, m.l4Csum = ip.TTL(), ip.Checksum(), t.Checksum()
 		key.Set(header.ProtoTCP, src, t.SrcPort(), dst, t.DstPort())
 	case header.ProtoUDP:
 		if len(payload) < header.UDPLen {
@@ -552,6 +561,7 @@ func (p *Pipeline) parse(frame []byte, m *meta, key *flowtable.Tuple) Reason {
 			return ReasonL4Header
 		}
 		m.kind, m.qbase = kUDP, quietBase(kUDP, 0, hl == header.IPv4MinLen)
+		m.ttl, m.ipCsum, m.l4Csum = ip.TTL(), ip.Checksum(), u.Checksum()
 		key.Set(header.ProtoUDP, src, u.SrcPort(), dst, u.DstPort())
 	case header.ProtoICMP:
 		if len(payload) < header.ICMPLen {
@@ -770,7 +780,7 @@ func (p *Pipeline) forward(frame []byte, size int, m *meta, ref flowtable.Ref, c
 // returns its index, or len(frames), with the packets and IP bytes it
 // forwarded; handle then takes that packet from the start.
 func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Result) (int, uint64, uint64) {
-	metas, refs := p.meta[:len(frames)], p.refs[:len(frames)]
+	metas, keys, refs := p.meta[:len(frames)], p.keys[:len(frames)], p.refs[:len(frames)]
 	sizes, out = sizes[:len(frames)], out[:len(frames)]
 	tab := p.d.Table
 	now := p.now
@@ -811,10 +821,18 @@ func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Res
 			h := (*[header.IPv4MinLen + header.TCPMinLen]byte)(hdr)
 			ip, l4, csum = (*[header.IPv4MinLen]byte)(h[:]), (*[4]byte)(h[header.IPv4MinLen:]), (*[2]byte)(h[header.IPv4MinLen+16:])
 		}
-		dA, dT := header.SetAddrs(ip, other.Dst, other.Src)
-		dP := header.SetPorts(l4, uint32(other.DstPort)<<16|uint32(other.SrcPort))
-		header.AdjustIPv4(ip, dA+dT)
-		header.AdjustL4(csum, udp, dA+dP)
+		// What the parser read of the headers (the key, the meta's TTL and
+		// checksums) is what they hold, so they are written, not read: with
+		// a batch's frames in a UMEM's chunks of a power of two, their
+		// headers share a few sets of the first-level cache, and a read
+		// would miss there.
+		k := &keys[i]
+		ports := uint32(other.DstPort)<<16 | uint32(other.SrcPort)
+		dA := header.AddrsDelta(k.Src, k.Dst, other.Dst, other.Src)
+		dP := header.PortsDelta(uint32(k.SrcPort)<<16|uint32(k.DstPort), ports)
+		header.PutIPv4NAT(ip, other.Dst, other.Src, m.ttl, m.ipCsum, dA)
+		header.PutPorts(l4, ports)
+		header.PutL4Checksum(csum, udp, m.l4Csum, dA+dP)
 		eth := (*[12]byte)(frame)
 		*(*[6]byte)(eth[0:]) = nh.mac
 		*(*[6]byte)(eth[6:]) = nh.srcMAC

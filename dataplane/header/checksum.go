@@ -125,58 +125,68 @@ func RewriteNAT(frame []byte, l3, l4 int, udp bool, src, dst, ports uint32) {
 // the IPv4 header's first 20 bytes, l4 the transport header's ports and
 // csum its checksum field. The checksums are updated by RFC 1624 eqn. 3;
 // with udp, a checksum of zero means none and stays zero, and a computed
-// zero is sent as 0xffff (RFC 768). It is made of parts small enough to
-// inline (SetAddrs, SetPorts, AdjustIPv4, AdjustL4), which the established
-// path calls in its loop so that it makes no call at all.
+// zero is sent as 0xffff (RFC 768). It reads the old values and hands
+// them to parts small enough to inline (AddrsDelta, PortsDelta,
+// PutIPv4NAT, PutPorts, PutL4Checksum), which the established path calls
+// with the values its parser read, writing the header without reading it
+// again.
 func RewriteNATFields(ip *[20]byte, l4 *[4]byte, csum *[2]byte, udp bool, src, dst, ports uint32) {
-	dA, dT := SetAddrs(ip, src, dst)
-	dP := SetPorts(l4, ports)
-	AdjustIPv4(ip, dA+dT)
-	AdjustL4(csum, udp, dA+dP)
+	be := binary.BigEndian
+	dA := AddrsDelta(be.Uint32(ip[12:]), be.Uint32(ip[16:]), src, dst)
+	dP := PortsDelta(be.Uint32(l4[:]), ports)
+	PutIPv4NAT(ip, src, dst, ip[8], be.Uint16(ip[10:]), dA)
+	PutPorts(l4, ports)
+	PutL4Checksum(csum, udp, be.Uint16(csum[:]), dA+dP)
 }
 
-// SetAddrs sets an IPv4 header's addresses to src and dst and decrements
-// its TTL. It returns the changes, for the checksums: dA, of the addresses
-// (for the header checksum and the transport checksum's pseudo-header),
-// and dT, of the TTL (for the header checksum alone).
+// AddrsDelta is the change of an IPv4 header's addresses from oldSrc and
+// oldDst to src and dst, for the header checksum and the transport
+// checksum's pseudo-header.
 //
 // A change is the sum of the new words and of the old ones complemented,
-// taken on whole 32-bit words and folded once, by the Adjust the change
-// goes to: the one's-complement sum of 16-bit words is congruent to that
-// of 32-bit words modulo 0xffff (RFC 1071 §2.A, §2.B), and a word
-// complemented is congruent to its negation. The new values are the
-// arguments themselves, so nothing written is read back.
-func SetAddrs(ip *[20]byte, src, dst uint32) (dA, dT uint64) {
+// taken on whole 32-bit words and folded once, by the checksum update the
+// change goes to: the one's-complement sum of 16-bit words is congruent to
+// that of 32-bit words modulo 0xffff (RFC 1071 §2.A, §2.B), and a word
+// complemented is congruent to its negation.
+func AddrsDelta(oldSrc, oldDst, src, dst uint32) uint64 {
+	return uint64(^oldSrc) + uint64(^oldDst) + uint64(src) + uint64(dst)
+}
+
+// PortsDelta is the change of a TCP or UDP header's ports (source << 16 |
+// destination) from old to ports, as AddrsDelta.
+func PortsDelta(old, ports uint32) uint64 {
+	return uint64(^old) + uint64(ports)
+}
+
+// ttlDecrement is the checksum change of decrementing a TTL above zero:
+// the word it shares with the protocol goes from m to m - 0x100, and
+// ^m + (m - 0x100) is 0xfeff whatever m is.
+const ttlDecrement = 0xfeff
+
+// PutIPv4NAT writes an IPv4 header's addresses (src and dst), its TTL
+// (ttl, the TTL it had, decremented) and its checksum: csum, the checksum
+// it had, updated for dA (AddrsDelta) and the TTL's decrement. Nothing is
+// read from the header: the old values come from the caller, who has
+// read them already.
+func PutIPv4NAT(ip *[20]byte, src, dst uint32, ttl uint8, csum uint16, dA uint64) {
 	be := binary.BigEndian
-	dA = uint64(^be.Uint32(ip[12:])) + uint64(^be.Uint32(ip[16:])) + uint64(src) + uint64(dst)
-	ttl := be.Uint16(ip[8:])
 	be.PutUint32(ip[12:], src)
 	be.PutUint32(ip[16:], dst)
-	ip[8]--
-	return dA, uint64(^ttl) + uint64(ttl-0x100)
+	ip[8] = ttl - 1
+	be.PutUint16(ip[10:], ^fold64(uint64(^csum)+dA+ttlDecrement))
 }
 
-// SetPorts sets a TCP or UDP header's ports to ports>>16 (source) and
-// ports&0xffff (destination), and returns the change, as SetAddrs does.
-func SetPorts(l4 *[4]byte, ports uint32) uint64 {
-	d := uint64(^binary.BigEndian.Uint32(l4[:])) + uint64(ports)
+// PutPorts sets a TCP or UDP header's ports to ports>>16 (source) and
+// ports&0xffff (destination).
+func PutPorts(l4 *[4]byte, ports uint32) {
 	binary.BigEndian.PutUint32(l4[:], ports)
-	return d
 }
 
-// AdjustIPv4 adds d, changes from SetAddrs, to the header checksum (RFC
-// 1624 eqn. 3).
-func AdjustIPv4(ip *[20]byte, d uint64) {
-	be := binary.BigEndian
-	be.PutUint16(ip[10:], ^fold64(uint64(^be.Uint16(ip[10:]))+d))
-}
-
-// AdjustL4 adds d, changes from SetAddrs and SetPorts, to the TCP or UDP checksum at csum. A UDP
-// checksum of zero means none and stays zero, and a computed zero is sent
-// as 0xffff (RFC 768).
-func AdjustL4(csum *[2]byte, udp bool, d uint64) {
-	be := binary.BigEndian
-	c := be.Uint16(csum[:])
+// PutL4Checksum writes a TCP or UDP checksum field: c, its value before,
+// updated for d (the changes of AddrsDelta and PortsDelta). A UDP checksum
+// of zero means none and stays zero, and a computed zero is sent as 0xffff
+// (RFC 768).
+func PutL4Checksum(csum *[2]byte, udp bool, c uint16, d uint64) {
 	if udp && c == 0 {
 		return
 	}
@@ -184,5 +194,5 @@ func AdjustL4(csum *[2]byte, udp bool, d uint64) {
 	if udp && c == 0 {
 		c = 0xffff
 	}
-	be.PutUint16(csum[:], c)
+	binary.BigEndian.PutUint16(csum[:], c)
 }

@@ -177,7 +177,7 @@ func TestRewriteNATMatchesFull(t *testing.T) {
 		ip[0] = 0x45
 		ip.SetTotalLen(uint16(len(b)))
 		ip.SetProtocol(proto)
-		ip.SetTTL(uint8(2 + rng.IntN(254)))
+		ip.SetTTL(uint8(1 + rng.IntN(255))) // any TTL a router decrements
 		if n%11 == 0 {
 			ip.SetSrc(0)
 			ip.SetDst(0)
