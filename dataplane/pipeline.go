@@ -88,7 +88,7 @@ type Dataplane struct {
 
 // New makes a dataplane over a flow table with one pipeline per core.
 func New(tab *flowtable.Table, pools *Pools, settings *Settings, env *Env) *Dataplane {
-	d := &Dataplane{Table: tab, Pools: pools, Settings: settings, start: time.Now(), pubs: make([]published, tab.Cores())}
+	d := &Dataplane{Table: tab, Pools: pools, Settings: settings, start: tab.Start(), pubs: make([]published, tab.Cores())}
 	d.env.Store(env)
 	seed := uint64(time.Now().UnixNano()) | 1
 	for c := range tab.Cores() {
@@ -260,7 +260,7 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 	}
 	el := time.Since(d.start) // d.start is the table's: one clock reading
 	p.nowNs = int64(el)
-	p.now = d.Table.Now()
+	p.now = flowtable.TimeAt(el)
 	p.nowSec = uint32(el / time.Second)
 	p.ct.Enter()
 

@@ -316,6 +316,14 @@ func (t *Table) Count() int { return int(t.count.Load()) }
 // Now returns the table's clock.
 func (t *Table) Now() Time { return Time(time.Since(t.start) / Tick) }
 
+// Start returns the instant the table's clock counts from: a caller that
+// reads the time since Start anyway converts it with TimeAt rather than
+// read the clock twice.
+func (t *Table) Start() time.Time { return t.start }
+
+// TimeAt is the table's clock el after Start.
+func TimeAt(el time.Duration) Time { return Time(el / Tick) }
+
 // Flow returns the record a Ref names. Valid inside the critical section
 // in which the Ref was obtained.
 func (t *Table) Flow(r Ref) *Flow { return &t.recs[r.idx()] }
