@@ -147,6 +147,21 @@ func (p *published) store(c *Counters) {
 	}
 }
 
+// storeFast is store after a batch the established path forwarded whole:
+// it changed only the traffic counters of the first nports ports (the
+// first words of Counters), Forwarded and Batches, and the rest are left
+// as they are.
+func (p *published) storeFast(c *Counters, nports int) {
+	w := c.flat()
+	for i := range min(nports, MaxPorts) * 4 {
+		if p.w[i].Load() != w[i] {
+			p.w[i].Store(w[i])
+		}
+	}
+	p.w[forwardedWord].Store(w[forwardedWord])
+	p.w[batchesWord].Store(w[batchesWord])
+}
+
 func (p *published) load() Counters {
 	var c Counters
 	w := c.flat()

@@ -31,12 +31,14 @@ func checkEstablishedPath(t *testing.T, setup [][]byte, setupIn []uint16, probe 
 		tb.run(f, setupIn[i])
 	}
 	fast, fastOut := tb.run(probe, in)
+	checkPublished(t, p)
 	if p.fastLast == 0 {
 		return false
 	}
 	p.noFast = true
 	slow, slowOut := tb.run(probe, in)
 	p.noFast = false
+	checkPublished(t, p)
 	if fast != slow || !bytes.Equal(fastOut, slowOut) {
 		t.Fatalf("established path %+v\n%x\nhandle %+v\n%x", fast, fastOut, slow, slowOut)
 	}
@@ -46,6 +48,16 @@ func checkEstablishedPath(t *testing.T, setup [][]byte, setupIn []uint16, probe 
 		}
 	}
 	return true
+}
+
+// checkPublished holds what readers of a pipeline's counters see after a
+// batch to the counters themselves: a batch the established path took
+// whole publishes only the counters that path changes (storeFast).
+func checkPublished(t *testing.T, p *Pipeline) {
+	t.Helper()
+	if got := p.d.Counters()[p.core]; got != p.cnt {
+		t.Fatalf("published counters %+v\nafter batch %d, the pipeline's %+v", got, p.cnt.Batches, p.cnt)
+	}
 }
 
 // TestEstablishedPathMatchesHandle: steady TCP and UDP traffic both ways,
@@ -146,6 +158,7 @@ func TestEstablishedPathKeepsOrder(t *testing.T) {
 		}
 		outs[run] = make([]Result, len(batch))
 		p.Process(frames, sizes, ins, outs[run])
+		checkPublished(t, p)
 		bufs[run], fast[run] = frames, p.fastLast
 		fi, _, ok := tb.tab.Get(orig)
 		if !ok || fi.State() != flowtable.TCPCloseWait {

@@ -345,7 +345,11 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 	p.env.Rules.Flush(p.core)
 	p.ct.Exit()
 	p.cnt.Batches++
-	p.pub.store(&p.cnt)
+	if fastPkts == uint64(len(frames)) {
+		p.pub.storeFast(&p.cnt, len(p.env.Ports))
+	} else {
+		p.pub.store(&p.cnt)
+	}
 }
 
 // sweepPass is how long the paced sweep takes over a core's connections;

@@ -16,3 +16,9 @@ var (
 func (c *Counters) flat() *[counterWords]uint64 {
 	return (*[counterWords]uint64)(unsafe.Pointer(c))
 }
+
+// Where Forwarded and Batches are among the words of Counters (flat).
+const (
+	forwardedWord = int(unsafe.Offsetof(Counters{}.Forwarded) / 8)
+	batchesWord   = int(unsafe.Offsetof(Counters{}.Batches) / 8)
+)
