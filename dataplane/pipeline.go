@@ -329,6 +329,7 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 		}
 	}
 	p.env.Rules.CountPolicyN(rules.Forward, p.core, fastPkts, fastBytes)
+	p.cnt.Forwarded += fastPkts
 	p.fastLast = fastPkts
 
 	// Expire connections and give their ports back.
@@ -782,12 +783,13 @@ func (p *Pipeline) forward(frame []byte, size int, m *meta, ref flowtable.Ref, c
 // changed nothing for it (a state change, IP options, a next hop not in
 // the cache, a packet too big for the egress MTU, a new connection), and
 // returns its index, or len(frames), with the packets and IP bytes it
-// forwarded; handle then takes that packet from the start.
+// forwarded, which the caller adds to Forwarded and the FORWARD policy's
+// counters; handle then takes that packet from the start.
 func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Result) (int, uint64, uint64) {
 	metas, keys, refs := p.meta[:len(frames)], p.keys[:len(frames)], p.refs[:len(frames)]
 	sizes, out = sizes[:len(frames)], out[:len(frames)]
 	tab := p.d.Table
-	now := p.now
+	now, acct := p.now, tab.Acct()
 	var pkts, bytes uint64
 	for i := from; i < len(frames); i++ {
 		m := &metas[i]
@@ -842,11 +844,12 @@ func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Res
 		*(*[6]byte)(eth[6:]) = nh.srcMAC
 		size := sizes[i]
 		out[i] = Result{Action: ActForward, Port: nh.port, Len: size}
-		p.cnt.Forwarded++
 		pc := &p.cnt.Ports[nh.port]
 		pc.TxPackets++
 		pc.TxBytes += uint64(size)
-		tab.Account(ref, int(m.ipLen))
+		if acct {
+			tab.Account(ref, int(m.ipLen))
+		}
 		pkts++
 		bytes += uint64(m.ipLen)
 	}

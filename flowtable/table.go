@@ -112,10 +112,7 @@ func (f *Flow) Tuple(d Dir) Tuple {
 // for as long as the Ref it came through, inside one critical section,
 // and must not be written through.
 func (f *Flow) TuplePtr(d Dir) *Tuple {
-	if d == DirReply {
-		return &f.reply
-	}
-	return &f.orig
+	return f.tupleAt(d)
 }
 
 // Status returns the status word: State in the low bits, then flags.

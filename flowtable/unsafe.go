@@ -53,3 +53,13 @@ func bytesOf[T any](s []T) []byte {
 func addrMod(b []byte, m uintptr) uintptr {
 	return uintptr(unsafe.Pointer(&b[0])) % m
 }
+
+// tupleAt is the tuple of direction d, found by its offset rather than a
+// branch: traffic mixes the two directions, which a branch on the
+// direction would mispredict.
+func (f *Flow) tupleAt(d Dir) *Tuple {
+	return (*Tuple)(unsafe.Add(unsafe.Pointer(&f.orig), uintptr(d&1)*unsafe.Sizeof(Tuple{})))
+}
+
+// The reply tuple follows the original one (tupleAt).
+const _ = -uint(unsafe.Offsetof(Flow{}.reply) - unsafe.Sizeof(Tuple{}))
