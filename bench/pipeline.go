@@ -226,30 +226,38 @@ func benchFrame(i int, proto, ports string) []byte {
 // Run processes frames of connections [from, from+count) in batches of
 // batch, refilling each frame from its template first as an RX ring
 // would deliver it. Every frame's capacity must hold a template (64
-// bytes). It returns how many frames were forwarded.
+// bytes); Run leaves each frame at its capacity, the bytes received being
+// sizes[i] (as Pipeline.Process takes them). It returns how many frames
+// were forwarded.
 func (b *PipelineBed) Run(from, count, batch int, frames [][]byte, sizes []int, in []uint16, out []dataplane.Result, skipPipeline bool) int {
 	p := b.DP.Pipeline(0)
 	fwd := 0
-	n := len(b.tmpl)
-	next := from % n // the next connection's template, stepped without a division
+	tmpl := b.tmpl
+	next := from % len(tmpl) // the next connection's template, stepped without a division
+	frames, sizes, in, out = frames[:batch], sizes[:batch], in[:batch], out[:batch]
+	// Each frame at its capacity once, so that refilling it is a copy of
+	// the template and its size.
+	for j := range frames {
+		frames[j] = frames[j][:cap(frames[j])]
+	}
 	for done := 0; done < count; done += batch {
 		k := min(batch, count-done)
-		for j := range k {
-			t := &b.tmpl[next]
-			if next++; next == n {
+		fr, sz := frames[:k], sizes[:k]
+		for j := range fr {
+			t := &tmpl[next]
+			if next++; next == len(tmpl) {
 				next = 0
 			}
-			*(*[benchTmplLen]byte)(frames[j][:benchTmplLen]) = t.b
-			frames[j] = frames[j][:t.n]
-			sizes[j] = t.n
+			*(*[benchTmplLen]byte)(fr[j]) = t.b
+			sz[j] = t.n
 		}
 		if skipPipeline {
 			fwd += k
 			continue
 		}
-		p.Process(frames[:k], sizes[:k], in[:k], out[:k])
-		for j := range k {
-			if out[j].Action == dataplane.ActForward {
+		p.Process(fr, sz, in[:k], out[:k])
+		for _, r := range out[:k] {
+			if r.Action == dataplane.ActForward {
 				fwd++
 			}
 		}
