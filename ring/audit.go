@@ -46,7 +46,7 @@ func (u *UMEM) Audit(held []Desc) (Accounting, error) {
 	where := make([]string, u.cfg.NumFrames)
 	var dupErr error
 	mark := func(addr uint64, place string, count *int) {
-		i := addr >> u.slotShift
+		i := addr >> u.frameShift
 		if i >= uint64(len(where)) {
 			if dupErr == nil {
 				dupErr = fmt.Errorf("%w: address %#x (%s) outside the UMEM", ErrFrameDuplicated, addr, place)
@@ -54,7 +54,7 @@ func (u *UMEM) Audit(held []Desc) (Accounting, error) {
 			return
 		}
 		if where[i] != "" && dupErr == nil {
-			dupErr = fmt.Errorf("%w: frame %d (%#x) is %s and %s", ErrFrameDuplicated, i, u.start(i<<u.slotShift), where[i], place)
+			dupErr = fmt.Errorf("%w: frame %d (%#x) is %s and %s", ErrFrameDuplicated, i, i<<u.frameShift, where[i], place)
 		}
 		where[i] = place
 		*count++
@@ -115,7 +115,7 @@ func (u *UMEM) Audit(held []Desc) (Accounting, error) {
 		for i, w := range where {
 			if w == "" {
 				return acc, fmt.Errorf("%w: frame %d (%#x) is nowhere (%d frames accounted for, %d in the kernel, of %d)",
-					ErrFrameLost, i, u.start(uint64(i)<<u.slotShift), acc.Total()-acc.KernelRx-acc.KernelTx, acc.KernelRx+acc.KernelTx, len(where))
+					ErrFrameLost, i, uint64(i)<<u.frameShift, acc.Total()-acc.KernelRx-acc.KernelTx, acc.KernelRx+acc.KernelTx, len(where))
 			}
 		}
 		return acc, fmt.Errorf("%w: %d frames accounted for, %d in the UMEM", ErrFrameDuplicated, acc.Total(), len(where))

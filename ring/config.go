@@ -98,27 +98,7 @@ type Config struct {
 	// and counted in UMEMStats.OwnershipErrors. It costs one byte per
 	// frame and a compare per descriptor.
 	TrackOwnership bool
-	// Aligned keeps 2048-byte frames in the kernel's aligned-chunk mode.
-	// By default they are staggered (see the package documentation):
-	// each in a 4096-byte slot, 64 bytes further into it than the
-	// previous slot's, 32 offsets in turn, in the kernel's unaligned-chunk
-	// mode, so that the packets of a batch do not all start in the same
-	// two sets of the CPU's first-level cache. Staggering doubles the
-	// UMEM's memory; 4096-byte frames are never staggered.
-	Aligned bool
 }
-
-// staggered reports whether frames are staggered (Config.Aligned).
-func (c Config) staggered() bool { return !c.Aligned && c.FrameSize == 2048 }
-
-// Stagger geometry: a staggered frame i starts at i·staggerSlot +
-// (i mod staggerOffsets)·staggerStep. The largest offset plus a frame
-// fits in a slot, so no frame crosses a page.
-const (
-	staggerSlot    = 4096
-	staggerStep    = 64
-	staggerOffsets = 32
-)
 
 // Errors of Open and of the configuration.
 var (
@@ -161,8 +141,8 @@ func (c Config) withDefaults(nsock int) (Config, error) {
 			ErrConfig, c.FillSize, c.CompletionSize, c.RxSize, c.TxSize)
 	case uint64(c.FillSize)*uint64(nsock) >= uint64(c.NumFrames):
 		return c, fmt.Errorf("%w: %d frames do not exceed %d fill rings of %d", ErrConfig, c.NumFrames, nsock, c.FillSize)
-	case uint64(c.NumFrames)*staggerSlot > 1<<40:
-		return c, fmt.Errorf("%w: UMEM of %d frames is too large", ErrConfig, c.NumFrames)
+	case uint64(c.NumFrames)*uint64(c.FrameSize) > 1<<40:
+		return c, fmt.Errorf("%w: UMEM of %d frames of %d bytes is too large", ErrConfig, c.NumFrames, c.FrameSize)
 	case c.Bind > BindZeroCopy:
 		return c, fmt.Errorf("%w: bind mode %v", ErrConfig, c.Bind)
 	case c.Poll > PollBusy:

@@ -24,21 +24,6 @@
 // space. (In copy mode the kernel copies into the UMEM on receive and
 // out of it on transmit; in zero-copy mode the NIC DMAs directly.)
 //
-// # Staggered frames
-//
-// In the kernel's aligned-chunk mode every frame is a power-of-two chunk
-// and every packet starts at the same offset of one, so the headers of a
-// batch of 64 packets all fall in two sets of the first-level data cache
-// (8 ways each): the parser's reads and the rewrite's writes miss there
-// in turn. By default, frames of 2048 bytes are therefore staggered:
-// frame i lies in a 4096-byte slot at i·4096 + (i mod 32)·64, registered
-// in the unaligned-chunk mode (XDP_UMEM_UNALIGNED_CHUNK_FLAG), where the
-// kernel takes the fill ring's addresses as they are and returns each
-// packet's offset in the top bits of its RX descriptor, which Receive
-// folds back into a plain address. No frame crosses a page. The UMEM
-// takes twice the memory. Config.Aligned keeps the aligned mode (for
-// instance should a driver's zero-copy mode refuse unaligned chunks).
-//
 // # Frame ownership
 //
 // Every frame of a UMEM is in exactly one place, and only the party

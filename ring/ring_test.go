@@ -1,7 +1,6 @@
 package ring_test
 
 import (
-	"encoding/binary"
 	"errors"
 	"sync/atomic"
 	"testing"
@@ -134,8 +133,6 @@ func TestForwardSharedUMEM(t *testing.T) {
 		{"busy", ring.Config{Poll: ring.PollBusy}, 30_000},
 		{"sleep-no-need-wakeup", ring.Config{Poll: ring.PollSleep, NoNeedWakeup: true}, 20_000},
 		{"small-rings-headroom", ring.Config{NumFrames: 256, FillSize: 64, RxSize: 64, TxSize: 32, CompletionSize: 32, Headroom: 128}, 20_000},
-		{"aligned", ring.Config{Aligned: true}, 20_000},
-		{"frames-of-4096", ring.Config{FrameSize: 4096}, 20_000},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -484,72 +481,5 @@ func TestBindModes(t *testing.T) {
 	c := f.open(t, ring.Config{Bind: ring.BindCopy})
 	if c.Socket(0).Info().ZeroCopy || c.Socket(1).Info().ZeroCopy {
 		t.Fatalf("BindCopy gave zero-copy")
-	}
-}
-
-// TestStaggeredFrames: by default the frames of a batch start at 32
-// different offsets of their 4096-byte slots, 64 bytes apart, so that
-// their packets spread over the first-level cache's sets; every packet
-// still starts XDPPacketHeadroom into its frame, and its bytes are a
-// whole received datagram. With Config.Aligned every frame starts at a
-// multiple of FrameSize.
-func TestStaggeredFrames(t *testing.T) {
-	for _, aligned := range []bool{false, true} {
-		t.Run(map[bool]string{false: "staggered", true: "aligned"}[aligned], func(t *testing.T) {
-			f := newFwdTopo(t)
-			f.attach(t)
-			u := f.open(t, ring.Config{Aligned: aligned})
-			in := u.Socket(0)
-			in.Fill()
-			const n = 64
-			r := f.listen(t, n)
-			if err := f.send(t, r, n); err != nil {
-				t.Fatal(err)
-			}
-			descs := make([]ring.Desc, n)
-			offsets := map[uint64]int{}
-			deadline := time.Now().Add(5 * time.Second)
-			for got := 0; got < n; {
-				if time.Now().After(deadline) {
-					t.Fatalf("received %d of %d datagrams", got, n)
-				}
-				k := in.Receive(descs)
-				for _, d := range descs[:k] {
-					start := u.FrameStart(d.Addr)
-					if d.Addr-start != ring.XDPPacketHeadroom {
-						t.Fatalf("packet at %#x, %d bytes into its frame at %#x, want %d", d.Addr, d.Addr-start, start, ring.XDPPacketHeadroom)
-					}
-					p := u.Frame(d)
-					if len(p) != int(d.Len) || cap(p) != int(u.FrameSize()-ring.XDPPacketHeadroom) {
-						t.Fatalf("frame of %+v: len %d cap %d", d, len(p), cap(p))
-					}
-					if len(p) < 42 || p[12] != 0x08 || p[13] != 0x00 || p[23] != 17 || int(binary.BigEndian.Uint16(p[36:])) != f.dstPort {
-						t.Fatalf("frame at %#x is not the datagram sent: % x", d.Addr, p[:min(len(p), 42)])
-					}
-					offsets[start%4096]++
-				}
-				u.Release(descs[:k])
-				got += k
-				if k == 0 {
-					time.Sleep(time.Millisecond)
-				}
-			}
-			if aligned {
-				for off := range offsets {
-					if off%uint64(u.FrameSize()) != 0 {
-						t.Fatalf("aligned: a frame starts %d bytes into a page", off)
-					}
-				}
-				return
-			}
-			if len(offsets) != 32 {
-				t.Fatalf("%d frames started at %d offsets of their slots, want 32: %v", n, len(offsets), offsets)
-			}
-			for off := range offsets {
-				if off%64 != 0 || off >= 32*64 {
-					t.Fatalf("a frame starts %d bytes into its slot", off)
-				}
-			}
-		})
 	}
 }

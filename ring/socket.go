@@ -46,7 +46,7 @@ func (u *UMEM) newSocket(i int, ep Endpoint, flags uint16) (*Socket, error) {
 func (s *Socket) setup(ep Endpoint, flags uint16) error {
 	u, cfg := s.u, s.u.cfg
 	if s.idx == 0 {
-		if err := regUMEM(s.fd, u.area, cfg.FrameSize, cfg.Headroom, u.stagger); err != nil {
+		if err := regUMEM(s.fd, u.area, cfg.FrameSize, cfg.Headroom); err != nil {
 			return err
 		}
 	}
@@ -183,12 +183,6 @@ func (s *Socket) Receive(descs []Desc) int {
 	cons := s.rx.cachedCons
 	for i := uint32(0); i < n; i++ {
 		descs[i] = s.rxDescs[(cons+i)&s.rx.mask]
-	}
-	if s.u.stagger {
-		for i := range descs[:n] {
-			a := descs[i].Addr
-			descs[i].Addr = a&unalignedAddrMask + a>>unalignedOffsetShift
-		}
 	}
 	s.rx.release(n)
 	if s.u.track != nil {

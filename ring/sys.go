@@ -44,31 +44,19 @@ func getsockopt(fd, opt int, p unsafe.Pointer, size uintptr) error {
 	return nil
 }
 
-// regUMEM registers area as the UMEM of socket fd (XDP_UMEM_REG), in
-// the kernel's unaligned-chunk mode with unaligned.
-func regUMEM(fd int, area []byte, frameSize, headroom uint32, unaligned bool) error {
+// regUMEM registers area as the UMEM of socket fd (XDP_UMEM_REG).
+func regUMEM(fd int, area []byte, frameSize, headroom uint32) error {
 	reg := unix.XDPUmemReg{
 		Addr:     uint64(uintptr(unsafe.Pointer(&area[0]))),
 		Len:      uint64(len(area)),
 		Size:     frameSize,
 		Headroom: headroom,
 	}
-	if unaligned {
-		reg.Flags = unix.XDP_UMEM_UNALIGNED_CHUNK_FLAG
-	}
 	if err := setsockopt(fd, unix.XDP_UMEM_REG, unsafe.Pointer(&reg), unsafe.Sizeof(reg)); err != nil {
-		return fmt.Errorf("ring: XDP_UMEM_REG (%d bytes, frames of %d, headroom %d, unaligned %v): %w", len(area), frameSize, headroom, unaligned, err)
+		return fmt.Errorf("ring: XDP_UMEM_REG (%d bytes, frames of %d, headroom %d): %w", len(area), frameSize, headroom, err)
 	}
 	return nil
 }
-
-// In the unaligned-chunk mode, an RX descriptor's address is the address
-// the frame was filled with plus, in its top 16 bits, the offset of the
-// packet in it (the kernel's XSK_UNALIGNED_BUF_OFFSET_SHIFT).
-const (
-	unalignedOffsetShift = 48
-	unalignedAddrMask    = 1<<unalignedOffsetShift - 1
-)
 
 func setRingSize(fd, opt int, n uint32) error {
 	v := int32(n)

@@ -25,24 +25,20 @@ const (
 // worker): none of their methods may be called concurrently, except
 // Stats and Socket.Stats, which any goroutine may call at any time.
 type UMEM struct {
-	cfg  Config
-	area []byte
-	// Frame i lies in slot i, [i<<slotShift, (i+1)<<slotShift); it is
-	// the whole slot, or with stagger a FrameSize part of it starting
-	// (i mod staggerOffsets)·staggerStep in (start).
-	slotShift uint
-	slotMask  uint64 // slot size - 1
-	stagger   bool
-	dataOff   uint64 // Headroom + XDPPacketHeadroom: where a packet starts in a frame
-	stack     []uint64
-	track     []uint8
-	socks     []*Socket
-	pollfds   []unix.PollFd
-	sleep     unix.Timespec
-	short     unix.Timespec
-	ts        unix.Timespec // ppoll's argument: the kernel writes the time left into it
-	busy      bool
-	closed    bool
+	cfg        Config
+	area       []byte
+	frameShift uint
+	frameMask  uint64 // FrameSize-1
+	dataOff    uint64 // Headroom + XDPPacketHeadroom: where a packet starts in a frame
+	stack      []uint64
+	track      []uint8
+	socks      []*Socket
+	pollfds    []unix.PollFd
+	sleep      unix.Timespec
+	short      unix.Timespec
+	ts         unix.Timespec // ppoll's argument: the kernel writes the time left into it
+	busy       bool
+	closed     bool
 
 	_         [64]byte
 	ownErrors atomic.Uint64
@@ -83,25 +79,20 @@ func Open(cfg Config, eps ...Endpoint) (*UMEM, error) {
 	if err != nil {
 		return nil, err
 	}
-	slot := cfg.FrameSize
-	if cfg.staggered() {
-		slot = staggerSlot
-	}
-	area, err := mmapArea(int(cfg.NumFrames) * int(slot))
+	area, err := mmapArea(int(cfg.NumFrames) * int(cfg.FrameSize))
 	if err != nil {
 		return nil, err
 	}
 	u := &UMEM{
-		cfg:       cfg,
-		area:      area,
-		slotShift: uint(bits.TrailingZeros32(slot)),
-		slotMask:  uint64(slot - 1),
-		stagger:   cfg.staggered(),
-		dataOff:   uint64(cfg.Headroom) + XDPPacketHeadroom,
-		stack:     make([]uint64, cfg.NumFrames),
-		busy:      cfg.Poll == PollBusy,
-		sleep:     unix.NsecToTimespec(int64(cfg.PollTimeout)),
-		short:     unix.NsecToTimespec(int64(min(cfg.PollTimeout, time.Millisecond))),
+		cfg:        cfg,
+		area:       area,
+		frameShift: uint(bits.TrailingZeros32(cfg.FrameSize)),
+		frameMask:  uint64(cfg.FrameSize - 1),
+		dataOff:    uint64(cfg.Headroom) + XDPPacketHeadroom,
+		stack:      make([]uint64, cfg.NumFrames),
+		busy:       cfg.Poll == PollBusy,
+		sleep:      unix.NsecToTimespec(int64(cfg.PollTimeout)),
+		short:      unix.NsecToTimespec(int64(min(cfg.PollTimeout, time.Millisecond))),
 	}
 	if cfg.TrackOwnership {
 		u.track = make([]uint8, cfg.NumFrames)
@@ -145,7 +136,7 @@ func Open(cfg Config, eps ...Endpoint) (*UMEM, error) {
 
 	// Every frame starts on the free stack.
 	for i := range u.stack {
-		u.stack[i] = u.start(uint64(len(u.stack)-1-i) << u.slotShift)
+		u.stack[i] = uint64(len(u.stack)-1-i) << u.frameShift
 	}
 	u.freeGauge.Store(uint64(len(u.stack)))
 	u.pollfds = make([]unix.PollFd, len(u.socks))
@@ -232,31 +223,21 @@ func (u *UMEM) Stats() UMEMStats {
 // packet can grow at its head by lowering d.Addr, no lower than
 // FrameStart(d.Addr). Frame returns nil if d does not lie in one frame.
 func (u *UMEM) Frame(d Desc) []byte {
-	base := u.start(d.Addr)
+	base := d.Addr &^ u.frameMask
 	end := base + uint64(u.cfg.FrameSize)
-	if d.Addr < base || d.Addr+uint64(d.Len) > end || end > uint64(len(u.area)) {
+	if d.Addr+uint64(d.Len) > end || end > uint64(len(u.area)) {
 		return nil
 	}
 	return u.area[d.Addr : d.Addr+uint64(d.Len) : end]
 }
 
 // FrameStart returns the address of the first byte of addr's frame.
-func (u *UMEM) FrameStart(addr uint64) uint64 { return u.start(addr) }
-
-// start returns the first byte of the frame of the slot addr lies in.
-func (u *UMEM) start(addr uint64) uint64 {
-	base := addr &^ u.slotMask
-	if u.stagger {
-		base += (addr >> u.slotShift) % staggerOffsets * staggerStep
-	}
-	return base
-}
+func (u *UMEM) FrameStart(addr uint64) uint64 { return addr &^ u.frameMask }
 
 // valid reports whether d lies inside one frame of the UMEM.
 func (u *UMEM) valid(d Desc) bool {
-	base := u.start(d.Addr)
-	end := base + uint64(u.cfg.FrameSize)
-	return d.Len > 0 && d.Addr >= base && d.Addr+uint64(d.Len) <= end && end <= uint64(len(u.area))
+	end := (d.Addr &^ u.frameMask) + uint64(u.cfg.FrameSize)
+	return d.Len > 0 && d.Addr+uint64(d.Len) <= end && end <= uint64(len(u.area))
 }
 
 // Alloc takes up to len(descs) frames from the free stack into the
@@ -290,7 +271,7 @@ func (u *UMEM) Release(descs []Desc) {
 
 // free pushes addr's frame on the free stack if it is in state from.
 func (u *UMEM) free(addr uint64, from uint8) bool {
-	base := u.start(addr)
+	base := addr &^ u.frameMask
 	if base >= uint64(len(u.area)) || len(u.stack) == cap(u.stack) {
 		add(&u.badDescs, 1)
 		return false
@@ -305,7 +286,7 @@ func (u *UMEM) free(addr uint64, from uint8) bool {
 // transition moves addr's frame from one state to another, or counts an
 // ownership error and leaves it if it is not in state from.
 func (u *UMEM) transition(addr uint64, from, to uint8) bool {
-	i := addr >> u.slotShift
+	i := addr >> u.frameShift
 	if i >= uint64(len(u.track)) || u.track[i] != from {
 		add(&u.ownErrors, 1)
 		return false
