@@ -24,6 +24,10 @@ func TestNextHopCacheShared(t *testing.T) {
 	if p.nhLen != 2 {
 		t.Fatalf("%d destinations behind one gateway took %d next-hop entries, want 1", n, p.nhLen-1)
 	}
+	// The established path relies on entry 0 staying empty (an MTU of 0).
+	if p.nh[0] != (nhEntry{}) {
+		t.Fatalf("next-hop entry 0 was written: %+v", p.nh[0])
+	}
 
 	newGW := [6]byte{2, 0, 0, 0, 1, 0xfd}
 	snap := testSnapshot(1500)

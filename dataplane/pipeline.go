@@ -806,9 +806,11 @@ func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Res
 			return i, pkts, bytes
 		}
 		other := f.TuplePtr(1 - dir)
+		// An empty slot (0) matches only destination 0.0.0.0, and points
+		// at nh[0], never written: its MTU of 0 refuses every packet.
 		e := p.nhDst[nhSlot(other.Src)]
 		nh := &p.nh[uint8(e)]
-		if uint32(e>>32) != other.Src || uint8(e) == 0 || m.ipLen > nh.mtu {
+		if uint32(e>>32) != other.Src || m.ipLen > nh.mtu {
 			return i, pkts, bytes
 		}
 		f.Touch(now)
