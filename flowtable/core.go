@@ -170,14 +170,16 @@ const noCand = ^uint32(0)
 // LookupBatch looks up keys[i] into refs[i] (0 when not found). It first
 // computes every key's buckets and touches them, then the candidate
 // records, and only then compares, so the cache misses of the whole batch
-// overlap instead of following one another.
-func (c *Core) LookupBatch(keys []Tuple, refs []Ref, now Time) {
+// overlap instead of following one another. It returns how many keys it
+// found.
+func (c *Core) LookupBatch(keys []Tuple, refs []Ref, now Time) (found int) {
 	refs = refs[:len(keys)]
 	for len(keys) > 0 {
 		n := min(len(keys), batchMax)
-		c.lookupBatch(keys[:n], refs[:n], now)
+		found += c.lookupBatch(keys[:n], refs[:n], now)
 		keys, refs = keys[n:], refs[n:]
 	}
+	return found
 }
 
 // touchAbove is the number of live connections above which LookupBatch
@@ -185,7 +187,7 @@ func (c *Core) LookupBatch(keys []Tuple, refs []Ref, now Time) {
 // and their buckets take about a megabyte, the size of this machine's L2.
 const touchAbove = 16384
 
-func (c *Core) lookupBatch(keys []Tuple, refs []Ref, now Time) {
+func (c *Core) lookupBatch(keys []Tuple, refs []Ref, now Time) int {
 	t := c.t
 	bb := c.bb[:len(keys)]
 	keys, refs = keys[:len(bb)], refs[:len(bb)]
@@ -263,6 +265,7 @@ func (c *Core) lookupBatch(keys []Tuple, refs []Ref, now Time) {
 	}
 	c.st[stFound] += uint64(found)
 	c.sink += sink
+	return found
 }
 
 // NewFlow describes a connection to insert.

@@ -566,7 +566,9 @@ func TestLookupBatchMatchesLookup(t *testing.T) {
 		keys = append(keys, MakeTuple(ProtoUDP, uint32(i), 1, 2, 3)) // misses
 	}
 	refs := make([]Ref, len(keys))
-	c.LookupBatch(keys, refs, 1)
+	if found := c.LookupBatch(keys, refs, 1); found != 400 {
+		t.Fatalf("LookupBatch found %d keys, want 400", found)
+	}
 	for i := range keys {
 		if want := tab.lookup(&keys[i], 1, new(uint64)); refs[i] != want {
 			t.Fatalf("key %d: batch %v, single %v", i, refs[i], want)

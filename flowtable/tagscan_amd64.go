@@ -73,6 +73,26 @@ func (t *Table) hashProbes(keys []Tuple, bb []probe, prefetch bool) {
 	hashProbesAMD64(&keys[0], &bb[0], len(keys), &t.h, t.nb, ^t.idxMask, &t.buckets[0], prefetch && useAVX2)
 }
 
+// prefetchBucketsAMD64 hashes and places each of n > 0 keys and starts
+// both of its buckets on their way into L2 (PREFETCHT1).
+//
+//go:noescape
+func prefetchBucketsAMD64(keys *Tuple, n int, h *hasher, nb uint64, notMask uint32, buckets *bucket)
+
+// Prefetch starts on their way the index lines that looking for each key
+// reads when the key is absent: both of its buckets. The pipeline calls
+// it with the reply tuples its new connections are about to be inserted
+// with, so that their misses overlap one another and the work before
+// the inserts, instead of stalling each insert in turn. Only a table too
+// large for the caches (touchAbove) is prefetched, and nothing under the
+// race detector, as elsewhere.
+func (t *Table) Prefetch(keys []Tuple) {
+	if len(keys) == 0 || !useAVX2 || t.Count() <= touchAbove {
+		return
+	}
+	prefetchBucketsAMD64(&keys[0], len(keys), &t.h, t.nb, ^t.idxMask, &t.buckets[0])
+}
+
 // compareProbesAMD64 is compareProbesGo in assembly, for n in 1..64
 // probes; nrec is len(recs), every probe's candidate is noCand or below
 // it.

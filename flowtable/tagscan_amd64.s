@@ -214,6 +214,30 @@ hnext:
 	JNZ          hloop
 	RET
 
+// func prefetchBucketsAMD64(keys *Tuple, n int, h *hasher, nb uint64, notMask uint32, buckets *bucket)
+//
+// For each of n > 0 keys: the hash and the buckets (HASHPLACE), and both
+// buckets started on their way (PREFETCHT1).
+TEXT ·prefetchBucketsAMD64(SB), NOSPLIT, $0-48
+	MOVQ         keys+0(FP), SI
+	MOVQ         n+8(FP), CX
+	MOVQ         h+16(FP), BX
+	MOVQ         nb+24(FP), R12
+	MOVL         notMask+32(FP), R14
+	MOVQ         buckets+40(FP), R15
+	MOVQ         $0x9E3779B97F4A7C15, R13
+
+ploop:
+	HASHPLACE(BX, ptag, pdone)
+	SHLQ         $6, R10
+	PREFETCHT1   (R15)(R10*1)
+	SHLQ         $6, R11
+	PREFETCHT1   (R15)(R11*1)
+	ADDQ         $16, SI
+	DECQ         CX
+	JNZ          ploop
+	RET
+
 // A record's fields are read at go_asm.h's offsets (Flow_orig, …); its
 // 48 bytes are reached as 3·16 (REC_SIZE_SHIFT). Status flags
 // (state.go): confirmed 1<<8, dying 1<<9, the state in the low four

@@ -206,3 +206,56 @@ func TestLookupOne(t *testing.T) {
 		t.Fatalf("edges not reached: %d zero tags, %d coinciding buckets, %d sure, %d unsure", zeroTags, sameBuckets, sure, unsure)
 	}
 }
+
+// TestPrefetch: Prefetch, on a table large enough for it to run the
+// assembly, over batches of every size of arbitrary keys, leaves the
+// table as it was (every connection found both ways, no stranger found),
+// and the caller's state intact (the assembly clobbers registers the ABI
+// wrapper must restore).
+func TestPrefetch(t *testing.T) {
+	tab := newTable(t, Config{Capacity: 2 * touchAbove, Seed: 17})
+	c := tab.Core(0)
+	c.Enter()
+	defer c.Exit()
+	const n = touchAbove + 1000
+	var orig, reply []Tuple
+	for i := range n {
+		nf := NewFlow{
+			Orig:   MakeTuple(ProtoUDP, 0x0a000000|uint32(i), uint16(1024+i%50000), 0xc6336401, 443),
+			Reply:  MakeTuple(ProtoUDP, 0xc6336401, 443, 0xcb007101, uint16(1024+i%50000)),
+			Status: uint32(UDP) | FlagSrcNAT,
+		}
+		nf.Reply.DstPort = uint16(i)
+		nf.Reply.Dst += uint32(i >> 16)
+		mustInsert(t, c, nf, 1)
+		orig, reply = append(orig, nf.Orig), append(reply, nf.Reply)
+	}
+	if tab.Count() <= touchAbove {
+		t.Fatalf("%d connections: Prefetch would not run", tab.Count())
+	}
+	rng := rand.New(rand.NewPCG(17, 18))
+	keys := make([]Tuple, 64)
+	for round := range 200 {
+		for i := range keys {
+			keys[i] = MakeTuple(uint8(rng.Uint32()), rng.Uint32(), uint16(rng.Uint32()), rng.Uint32(), uint16(rng.Uint32()))
+		}
+		k := 1 + round%len(keys)
+		tab.Prefetch(keys[:k])
+		if useAVX2 {
+			prefetchBucketsAMD64(&keys[0], k, &tab.h, tab.nb, ^tab.idxMask, &tab.buckets[0])
+		}
+		for _, key := range keys[:k] {
+			if r := tab.lookup(&key, 1, new(uint64)); r != 0 {
+				t.Fatalf("round %d: a random key %v found", round, key)
+			}
+		}
+	}
+	for i := range n {
+		if r := tab.lookup(&orig[i], 1, new(uint64)); r == 0 || r.Dir() != DirOrig {
+			t.Fatalf("connection %d: original tuple %v", i, r)
+		}
+		if r := tab.lookup(&reply[i], 1, new(uint64)); r == 0 || r.Dir() != DirReply {
+			t.Fatalf("connection %d: reply tuple %v", i, r)
+		}
+	}
+}
