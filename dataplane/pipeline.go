@@ -179,6 +179,11 @@ type Pipeline struct {
 	sweptNs int64
 	nowSec  uint32
 
+	// lastExt is the external address this core's last translated
+	// connection got, and guess the reply tuples prefetchReplies expects.
+	lastExt uint32
+	guess   [batchMax]flowtable.Tuple
+
 	nhDst [nhDstSize]uint64
 	nh    [nhSize]nhEntry
 	nhLen int // entries of nh in use, counting the unused 0
@@ -302,7 +307,9 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 	}
 	// Look the keys up together so their cache misses overlap.
 	if nk > 0 {
-		p.ct.LookupBatch(keys, refs, p.now)
+		if found := p.ct.LookupBatch(keys, refs, p.now); found < len(frames) && p.lastExt != 0 {
+			p.prefetchReplies(metas, keys, refs)
+		}
 	}
 	// With no rules in filter FORWARD and an ACCEPT policy, packets that
 	// change nothing in their connection take the established path; its
@@ -858,6 +865,28 @@ func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Res
 	return len(frames), pkts, bytes
 }
 
+// prefetchReplies starts on their way the index lines of the reply
+// tuples the batch's new connections will most likely be inserted with: a
+// TCP or UDP packet from an inside port that found no connection keeps
+// its source port, behind the external address this core's last
+// translated connection got (the one address of most gateways). Each
+// insert reads those lines to see that its reply tuple is free;
+// prefetched together, their misses overlap one another and the rule
+// evaluation before each insert. A wrong guess costs a prefetch.
+func (p *Pipeline) prefetchReplies(metas []meta, keys []flowtable.Tuple, refs []flowtable.Ref) {
+	n := 0
+	for i := range refs {
+		m := &metas[i]
+		if refs[i] != 0 || (m.kind != kTCP && m.kind != kUDP) || p.env.Ports[m.in].Outside {
+			continue
+		}
+		k := &keys[i]
+		p.guess[n].Set(k.Proto, k.Dst, k.DstPort, p.lastExt, k.SrcPort)
+		n++
+	}
+	p.d.Table.Prefetch(p.guess[:n])
+}
+
 // refused carries out a filter verdict other than ACCEPT (a drop counted as
 // dropAs, or a REJECT's answer) and reports whether it did.
 func (p *Pipeline) refused(frame []byte, size int, m *meta, v rules.Verdict, dropAs Reason, out *Result) bool {
@@ -1156,6 +1185,9 @@ func (p *Pipeline) newConnection(frame []byte, size int, m *meta, key *flowtable
 		a := p.d.Pools.allocator(pool, p.core)
 		var ar portalloc.Result
 		ref, ar, res = a.Allocate(p.ct, &nf, opt, p.now)
+		if ar == portalloc.OK {
+			p.lastExt = nf.Reply.Dst
+		}
 		switch ar {
 		case portalloc.OutOfPorts:
 			p.finish(out, ActDrop, ReasonOutOfPorts, 0, 0)
