@@ -40,11 +40,14 @@
 //     — does this in one loop without a call, and computes the checksums
 //     from what the parser read (the key, the TTL, both checksums), so it
 //     writes the headers without reading them again.
-//  4. A miss is a new connection: nat PREROUTING (DNAT; a backend range is
-//     chosen per connection), the route, filter FORWARD, nat POSTROUTING
-//     (SNAT or MASQUERADE), then the port from this core's allocator and
-//     the insert into the flow table, whose answer settles port clashes and
-//     the table limit. Packets from an outside port need a DNAT rule or a
+//  4. A miss is a new connection. When a batch has misses, the reply
+//     tuples their inserts will most likely check (the source port kept,
+//     behind the external address last given out) are prefetched first,
+//     together. Then, connection by connection: nat PREROUTING (DNAT; a
+//     backend range is chosen per connection), the route, filter FORWARD,
+//     nat POSTROUTING (SNAT or MASQUERADE), then the port from this core's
+//     allocator and the insert into the flow table, whose answer settles
+//     port clashes and the table limit. Packets from an outside port need a DNAT rule or a
 //     connection (else `unsolicited`). Hairpinned connections are
 //     source-translated to the outside address the inside host aimed at.
 //  5. The core's bounded expiry sweep runs, and the ports of connections

@@ -64,7 +64,10 @@
 // for lines already on their way. The prefetches bring lines into L2, not
 // L1 (PREFETCHT1): a miss bound for L1 holds one of its few miss buffers
 // until the line arrives, and those capped how many of a batch's misses
-// were in flight at once; L2 tracks many more. With AVX2 the bucket scan is vector
+// were in flight at once; L2 tracks many more. Table.Prefetch does the
+// same for keys about to be inserted, both buckets of each (an absent
+// key is looked for in both): the pipeline passes it the reply tuples of
+// a batch's new connections. With AVX2 the bucket scan is vector
 // code too: a bucket is compared with the tag as two 8-slot vectors and the
 // first matching slot taken with TZCNT, so no branch depends on where the
 // tag sits (the scalar loop leaves at a slot that differs from key to
