@@ -23,11 +23,17 @@
 //
 // Without --random or --random-fully the original source port is kept
 // when it lies in this core's slice and the connection's reply tuple is
-// free (Linux and VPP do the same). Otherwise the search starts at an
-// unpredictable point of the slice (RFC 6056; a per-core generator seeded
-// from crypto/rand) and probes consecutive ports, in rounds of 128, 64, 32
-// … candidates each from a new random start, like Linux's
-// nf_nat_l4proto_unique_tuple; when all rounds fail it counts out_of_ports.
+// free (Linux and VPP do the same). Otherwise the search probes
+// consecutive ports, in rounds of 128, 64, 32 … candidates, like Linux's
+// nf_nat_l4proto_unique_tuple; when all rounds fail it counts
+// out_of_ports. Each round starts at a point of the slice an outsider
+// cannot predict (RFC 6056). The first round's start is a hash of the
+// original tuple keyed with a secret from crypto/rand (RFC 6056's
+// algorithm 3, the source port among the inputs): the pipeline computes
+// it too (SearchPort) and prefetches that reply tuple's index lines along
+// with the kept port's before the insert. Later rounds, and every round
+// with --random or --random-fully, start at a random point (a per-core
+// generator seeded from crypto/rand).
 //
 // A port in use may serve another connection to a different remote
 // endpoint: whether a candidate is free is decided by inserting the

@@ -31,7 +31,8 @@ type Mode uint8
 
 const (
 	// ModeDefault keeps the original port when it is free, else searches
-	// from a random start.
+	// from a start the original tuple's keyed hash picks (searchStart),
+	// and from random ones after the first 128 ports.
 	ModeDefault Mode = iota
 	// ModeRandom (--random) never keeps the original port.
 	ModeRandom
@@ -126,6 +127,10 @@ type Allocator struct {
 	uses           [numClasses][]uint16
 	rng            uint64
 	key0, key1     uint64
+	// clash follows how often a connection's own port, tried, was taken
+	// for its remote endpoint: a moving average of the last few dozen
+	// tries, 1<<16 for always (Likely).
+	clash uint32
 	limiter        *SourceLimiter
 	st             *pubStats
 }
@@ -205,6 +210,54 @@ func (a *Allocator) pickAddr(src, dst uint32, persistent bool) uint32 {
 	return a.addrLo + uint32(h>>32*uint64(a.naddrs)>>32)
 }
 
+// searchStart is where ModeDefault's search for a free port starts, as
+// an offset into this core's slice: a keyed hash of the original tuple
+// (RFC 6056's algorithm 3, with the source port among its inputs), where
+// later rounds and the random modes draw a random start. A connection's
+// first port to search is thus known before its insert (SearchPort), and
+// the pipeline prefetches its reply tuple's index lines with the rest of
+// a batch's, as it does for the kept port: with many connections, these
+// are the two ports nearly every one ends with.
+func (a *Allocator) searchStart(orig *flowtable.Tuple) uint32 {
+	x := uint64(orig.Src)<<32 | uint64(orig.Dst)
+	y := uint64(orig.SrcPort)<<32 | uint64(orig.DstPort)<<16 | uint64(orig.Proto)
+	hi, lo := bits.Mul64(x^a.key1, y^a.key0)
+	hi, lo = bits.Mul64(hi^lo^a.key0, a.key1^0x9E3779B97F4A7C15)
+	return uint32(uint64(uint32((hi^lo)>>32)) * uint64(a.n) >> 32)
+}
+
+// SearchPort is the first port ModeDefault searches for orig's connection
+// when its own port is taken or outside this core's slice.
+func (a *Allocator) SearchPort(orig *flowtable.Tuple) uint16 {
+	return uint16(a.lo + a.searchStart(orig))
+}
+
+// Likely returns the ports ModeDefault most likely gives orig's
+// connection behind addr, in the order it tries them (at most two): its
+// own port, when that lies in this core's slice; then SearchPort's, when
+// the own port is outside the slice, or when it may well be taken for
+// this remote endpoint: it carries a connection already, and of late an
+// eighth or more of the own ports tried were taken. The pipeline
+// prefetches these ports' reply tuples; it needs no more than a guess,
+// and a port guessed for nothing costs it a prefetch.
+func (a *Allocator) Likely(orig *flowtable.Tuple, addr uint32) (ports [2]uint16, n int) {
+	cl := class(orig.Proto)
+	if cl == classNone || addr-a.addrLo >= a.naddrs {
+		return ports, 0
+	}
+	if own := uint32(orig.SrcPort); own-a.lo < a.n {
+		ports[0], n = orig.SrcPort, 1
+		if a.clash < 1<<16/8 || a.uses[cl][uint64(addr-a.addrLo)*uint64(a.n)+uint64(own-a.lo)] == 0 {
+			return ports, 1
+		}
+	}
+	ports[n] = a.SearchPort(orig)
+	return ports, n + 1
+}
+
+// clashShift sets the weight of each try in the clash average: 1/32.
+const clashShift = 5
+
 // Options are the rule's NAT flags.
 type Options struct {
 	Mode       Mode
@@ -240,7 +293,9 @@ func (a *Allocator) Allocate(c *flowtable.Core, nf *flowtable.NewFlow, opt Optio
 	orig := uint32(nf.Orig.SrcPort)
 	var retry bool // an Insert refused the reply tuple: the original is free
 	if opt.Mode == ModeDefault && orig-a.lo < a.n {
-		if r, res, done := a.try(c, nf, uses, orig, now, &retry); done {
+		r, res, done := a.try(c, nf, uses, orig, now, &retry)
+		if done {
+			a.clash -= a.clash >> clashShift
 			if res == flowtable.Inserted {
 				a.st.preserved.Add(1)
 				return r, OK, res
@@ -248,9 +303,15 @@ func (a *Allocator) Allocate(c *flowtable.Core, nf *flowtable.NewFlow, opt Optio
 			a.unacquire(src)
 			return r, TableRefused, res
 		}
+		a.clash += (1<<16 - a.clash) >> clashShift
 	}
 	for attempts := min(a.n, 128); attempts > 0; attempts /= 2 {
-		off := uint32(uint64(uint32(a.next())) * uint64(a.n) >> 32)
+		var off uint32
+		if opt.Mode == ModeDefault && attempts == min(a.n, 128) {
+			off = a.searchStart(&nf.Orig)
+		} else {
+			off = uint32(uint64(uint32(a.next())) * uint64(a.n) >> 32)
+		}
 		for i := range attempts {
 			p := a.lo + (off+i)%a.n
 			if r, res, done := a.try(c, nf, uses, p, now, &retry); done {

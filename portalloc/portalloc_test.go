@@ -480,3 +480,110 @@ func TestPairedAddressSpreadEveryKey(t *testing.T) {
 		}
 	}
 }
+
+// TestSearchPort: when a connection's own port is taken, ModeDefault
+// gives it SearchPort's port if that is free; SearchPort stays in the
+// core's slice and spreads connections over it.
+func TestSearchPort(t *testing.T) {
+	tab := table(t, 2, 20000)
+	as, _ := New(Pool{AddrLo: extA, AddrHi: extA}, 2, nil)
+	a, c := as[1], tab.Core(1)
+	c.Enter()
+	defer c.Exit()
+	lo, hi := a.Slice()
+	// A port inside core 1's slice, taken by the first host.
+	first := conn(flowtable.ProtoUDP, ip(192, 168, 1, 2), lo+7, remote, 53)
+	if _, res, _ := a.Allocate(c, &first, Options{}, 0); res != OK || first.Reply.DstPort != lo+7 {
+		t.Fatalf("first: %v %v", res, first.Reply)
+	}
+	for i := range 200 {
+		nf := conn(flowtable.ProtoUDP, ip(192, 168, 2, byte(i)), lo+7, remote, 53)
+		want := a.SearchPort(&nf.Orig)
+		if want == lo+7 || a.Uses(flowtable.ProtoUDP, extA, want) != 0 {
+			continue // the search goes on past it: nothing to check here
+		}
+		if _, res, _ := a.Allocate(c, &nf, Options{}, 0); res != OK || nf.Reply.DstPort != want {
+			t.Fatalf("connection %d: %v port %d, SearchPort said %d", i, res, nf.Reply.DstPort, want)
+		}
+	}
+	// A port outside this core's slice is searched for at once.
+	lo0, _ := as[0].Slice()
+	out := conn(flowtable.ProtoTCP, ip(192, 168, 3, 1), lo0, remote, 443)
+	want := a.SearchPort(&out.Orig)
+	if _, res, _ := a.Allocate(c, &out, Options{}, 0); res != OK || out.Reply.DstPort != want {
+		t.Fatalf("outside the slice: %v port %d, SearchPort said %d", res, out.Reply.DstPort, want)
+	}
+	// Spread: 16,000 tuples over 16 equal parts of the slice.
+	var bins [16]int
+	n := uint32(hi) - uint32(lo) + 1
+	for i := range 16000 {
+		k := flowtable.MakeTuple(flowtable.ProtoTCP, ip(10, byte(i>>16), byte(i>>8), byte(i)), uint16(40000+i%97), remote, 443)
+		p := a.SearchPort(&k)
+		if p < lo || p > hi {
+			t.Fatalf("SearchPort %d outside the slice %d-%d", p, lo, hi)
+		}
+		bins[(uint32(p)-uint32(lo))*16/n]++
+	}
+	for i, b := range bins {
+		if b < 800 || b > 1200 {
+			t.Fatalf("part %d of the slice drew %d of 16000 (%v)", i, b, bins)
+		}
+	}
+}
+
+// TestLikely: the ports Likely guesses are the ones Allocate goes on to
+// give, and the search port is guessed only where the own port may be
+// taken: outside the slice, or in use while own ports have been clashing.
+func TestLikely(t *testing.T) {
+	tab := table(t, 2, 20000)
+	as, _ := New(Pool{AddrLo: extA, AddrHi: extA}, 2, nil)
+	a, c := as[1], tab.Core(1)
+	c.Enter()
+	defer c.Exit()
+	lo, _ := a.Slice()
+	lo0, _ := as[0].Slice()
+	check := func(nf *flowtable.NewFlow, want ...uint16) {
+		t.Helper()
+		ports, n := a.Likely(&nf.Orig, extA)
+		if n != len(want) || (n > 0 && ports[0] != want[0]) || (n > 1 && ports[1] != want[1]) {
+			t.Fatalf("Likely(%v) = %v (%d), want %v", nf.Orig, ports[:n], n, want)
+		}
+		if _, res, _ := a.Allocate(c, nf, Options{}, 0); res != OK || nf.Reply.DstPort != want[n-1] && nf.Reply.DstPort != want[0] {
+			t.Fatalf("Allocate gave %v port %d, Likely said %v", res, nf.Reply.DstPort, want)
+		}
+	}
+	// Own ports free: the own port alone.
+	for i := range 40 {
+		nf := conn(flowtable.ProtoUDP, ip(192, 168, 1, byte(i)), lo+uint16(i), remote, 53)
+		check(&nf, lo+uint16(i))
+	}
+	// Own port outside the slice: the search port alone.
+	out := conn(flowtable.ProtoUDP, ip(192, 168, 2, 1), lo0+3, remote, 53)
+	check(&out, a.SearchPort(&out.Orig))
+	// Own port taken for this remote endpoint, again and again: while
+	// clashes were rare the own port alone, then both.
+	both := 0
+	for i := range 40 {
+		nf := conn(flowtable.ProtoUDP, ip(192, 168, 3, byte(i)), lo, remote, 53)
+		ports, n := a.Likely(&nf.Orig, extA)
+		if n == 2 {
+			both++
+			if ports[0] != lo || ports[1] != a.SearchPort(&nf.Orig) {
+				t.Fatalf("clashing: Likely %v", ports)
+			}
+		}
+		if _, res, _ := a.Allocate(c, &nf, Options{}, 0); res != OK || nf.Reply.DstPort == lo {
+			t.Fatalf("clashing connection %d: %v port %d", i, res, nf.Reply.DstPort)
+		}
+	}
+	if both < 30 {
+		t.Fatalf("after 40 clashes in a row, the search port was guessed %d times", both)
+	}
+	// Own ports free again: the guesses go back to the own port alone.
+	for i := range 200 {
+		nf := conn(flowtable.ProtoUDP, ip(192, 168, 4, byte(i)), lo+100+uint16(i), remote, 53)
+		a.Allocate(c, &nf, Options{}, 0)
+	}
+	nf := conn(flowtable.ProtoUDP, ip(192, 168, 5, 1), lo+100, remote, 54) // in use, but clashes are over
+	check(&nf, lo+100)
+}
