@@ -180,9 +180,12 @@ type Pipeline struct {
 	nowSec  uint32
 
 	// lastExt is the external address this core's last translated
-	// connection got, and guess the reply tuples prefetchReplies expects.
-	lastExt uint32
-	guess   [batchMax]flowtable.Tuple
+	// connection got, and lastAlloc the allocator that gave it (nil before
+	// the first, or when its rule searches from random starts); guess
+	// holds the reply tuples prefetchReplies expects.
+	lastExt   uint32
+	lastAlloc *portalloc.Allocator
+	guess     [2 * batchMax]flowtable.Tuple
 
 	nhDst [nhDstSize]uint64
 	nh    [nhSize]nhEntry
@@ -307,7 +310,7 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 	}
 	// Look the keys up together so their cache misses overlap.
 	if nk > 0 {
-		if found := p.ct.LookupBatch(keys, refs, p.now); found < len(frames) && p.lastExt != 0 {
+		if found := p.ct.LookupBatch(keys, refs, p.now); found < len(frames) && p.lastAlloc != nil && d.Table.Prefetches() {
 			p.prefetchReplies(metas, keys, refs)
 		}
 	}
@@ -866,23 +869,29 @@ func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Res
 }
 
 // prefetchReplies starts on their way the index lines of the reply
-// tuples the batch's new connections will most likely be inserted with: a
-// TCP or UDP packet from an inside port that found no connection keeps
-// its source port, behind the external address this core's last
-// translated connection got (the one address of most gateways). Each
+// tuples the batch's new connections will most likely be inserted with:
+// behind the external address this core's last translated connection got
+// (the one address of most gateways), with the ports its allocator will
+// most likely give a TCP or UDP packet from an inside port that found no
+// connection (portalloc.Allocator.Likely: the packet's own source port,
+// and the port the search starts at when that one may be taken). Each
 // insert reads those lines to see that its reply tuple is free;
 // prefetched together, their misses overlap one another and the rule
 // evaluation before each insert. A wrong guess costs a prefetch.
 func (p *Pipeline) prefetchReplies(metas []meta, keys []flowtable.Tuple, refs []flowtable.Ref) {
+	a, ext := p.lastAlloc, p.lastExt
 	n := 0
 	for i := range refs {
 		m := &metas[i]
-		if refs[i] != 0 || (m.kind != kTCP && m.kind != kUDP) || p.env.Ports[m.in].Outside {
+		if refs[i] != 0 || (m.kind != kTCP && m.kind != kUDP) || p.env.Ports[m.in].Outside || n+2 > len(p.guess) {
 			continue
 		}
 		k := &keys[i]
-		p.guess[n].Set(k.Proto, k.Dst, k.DstPort, p.lastExt, k.SrcPort)
-		n++
+		ports, np := a.Likely(k, ext)
+		for _, port := range ports[:np] {
+			p.guess[n].Set(k.Proto, k.Dst, k.DstPort, ext, port)
+			n++
+		}
 	}
 	p.d.Table.Prefetch(p.guess[:n])
 }
@@ -1186,7 +1195,10 @@ func (p *Pipeline) newConnection(frame []byte, size int, m *meta, key *flowtable
 		var ar portalloc.Result
 		ref, ar, res = a.Allocate(p.ct, &nf, opt, p.now)
 		if ar == portalloc.OK {
-			p.lastExt = nf.Reply.Dst
+			p.lastExt, p.lastAlloc = nf.Reply.Dst, a
+			if opt.Mode != portalloc.ModeDefault {
+				p.lastAlloc = nil
+			}
 		}
 		switch ar {
 		case portalloc.OutOfPorts:

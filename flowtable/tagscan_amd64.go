@@ -87,11 +87,15 @@ func prefetchBucketsAMD64(keys *Tuple, n int, h *hasher, nb uint64, notMask uint
 // large for the caches (touchAbove) is prefetched, and nothing under the
 // race detector, as elsewhere.
 func (t *Table) Prefetch(keys []Tuple) {
-	if len(keys) == 0 || !useAVX2 || t.Count() <= touchAbove {
+	if len(keys) == 0 || !t.Prefetches() {
 		return
 	}
 	prefetchBucketsAMD64(&keys[0], len(keys), &t.h, t.nb, ^t.idxMask, &t.buckets[0])
 }
+
+// Prefetches reports whether Prefetch does anything now, so that a
+// caller can spare itself building keys for nothing.
+func (t *Table) Prefetches() bool { return useAVX2 && t.Count() > touchAbove }
 
 // compareProbesAMD64 is compareProbesGo in assembly, for n in 1..64
 // probes; nrec is len(recs), every probe's candidate is noCand or below

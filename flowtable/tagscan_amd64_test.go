@@ -230,8 +230,8 @@ func TestPrefetch(t *testing.T) {
 		mustInsert(t, c, nf, 1)
 		orig, reply = append(orig, nf.Orig), append(reply, nf.Reply)
 	}
-	if tab.Count() <= touchAbove {
-		t.Fatalf("%d connections: Prefetch would not run", tab.Count())
+	if tab.Count() <= touchAbove || tab.Prefetches() != useAVX2 {
+		t.Fatalf("%d connections: Prefetches %v", tab.Count(), tab.Prefetches())
 	}
 	rng := rand.New(rand.NewPCG(17, 18))
 	keys := make([]Tuple, 64)

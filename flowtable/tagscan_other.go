@@ -29,3 +29,6 @@ func (t *Table) lookupOne(k *Tuple, now Time) (Ref, bool) { return 0, false }
 
 // Prefetch does nothing where no assembly is written.
 func (t *Table) Prefetch(keys []Tuple) {}
+
+// Prefetches reports whether Prefetch does anything: never here.
+func (t *Table) Prefetches() bool { return false }
