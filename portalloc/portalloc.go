@@ -130,9 +130,9 @@ type Allocator struct {
 	// clash follows how often a connection's own port, tried, was taken
 	// for its remote endpoint: a moving average of the last few dozen
 	// tries, 1<<16 for always (Likely).
-	clash uint32
-	limiter        *SourceLimiter
-	st             *pubStats
+	clash   uint32
+	limiter *SourceLimiter
+	st      *pubStats
 }
 
 // New splits pool between cores and returns one allocator per core. The
