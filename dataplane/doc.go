@@ -41,9 +41,11 @@
 //     from what the parser read (the key, the TTL, both checksums), so it
 //     writes the headers without reading them again.
 //  4. A miss is a new connection. When a batch has misses, the reply
-//     tuples their inserts will most likely check (the source port kept,
-//     behind the external address last given out) are prefetched first,
-//     together. Then, connection by connection: nat PREROUTING (DNAT; a
+//     tuples their inserts will most likely check are prefetched first,
+//     together: behind the external address last given out, the source
+//     port kept, and the port the allocator's search starts at where the
+//     kept one may be taken (portalloc's Likely). Then, connection by
+//     connection: nat PREROUTING (DNAT; a
 //     backend range is chosen per connection), the route, filter FORWARD,
 //     nat POSTROUTING (SNAT or MASQUERADE), then the port from this core's
 //     allocator and the insert into the flow table, whose answer settles
