@@ -154,7 +154,11 @@ func TestScenariosSmokeKernel(t *testing.T) {
 			if r.NewLost == nil || r.TableFull == nil || *r.NewLost != *r.TableFull || *r.TableFull == 0 {
 				t.Errorf("table full: new lost %d, table_full %d", deref(r.NewLost), deref(r.TableFull))
 			}
-			if r.Conns != flows {
+			// The table was full (table_full counted, above); by the time
+			// the count is read the kernel may have let a few entries go
+			// (one run in many read 379 of 400), so it must be at the
+			// limit within a tenth, and never above it.
+			if r.Conns > flows || r.Conns < flows-flows/10 {
 				t.Errorf("table full: %d conns, limit %d", r.Conns, flows)
 			}
 		}
