@@ -481,15 +481,27 @@ func TestPairedAddressSpreadEveryKey(t *testing.T) {
 	}
 }
 
+// onCore1 is a pool of one address split between two cores, with core 1's
+// allocator and flow-table core, inside its critical section until the
+// test ends.
+func onCore1(t *testing.T) ([]*Allocator, *Allocator, *flowtable.Core) {
+	t.Helper()
+	tab := table(t, 2, 20000)
+	as, err := New(Pool{AddrLo: extA, AddrHi: extA}, 2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := tab.Core(1)
+	c.Enter()
+	t.Cleanup(c.Exit)
+	return as, as[1], c
+}
+
 // TestSearchPort: when a connection's own port is taken, ModeDefault
 // gives it SearchPort's port if that is free; SearchPort stays in the
 // core's slice and spreads connections over it.
 func TestSearchPort(t *testing.T) {
-	tab := table(t, 2, 20000)
-	as, _ := New(Pool{AddrLo: extA, AddrHi: extA}, 2, nil)
-	a, c := as[1], tab.Core(1)
-	c.Enter()
-	defer c.Exit()
+	as, a, c := onCore1(t)
 	lo, hi := a.Slice()
 	// A port inside core 1's slice, taken by the first host.
 	first := conn(flowtable.ProtoUDP, ip(192, 168, 1, 2), lo+7, remote, 53)
@@ -535,11 +547,7 @@ func TestSearchPort(t *testing.T) {
 // give, and the search port is guessed only where the own port may be
 // taken: outside the slice, or in use while own ports have been clashing.
 func TestLikely(t *testing.T) {
-	tab := table(t, 2, 20000)
-	as, _ := New(Pool{AddrLo: extA, AddrHi: extA}, 2, nil)
-	a, c := as[1], tab.Core(1)
-	c.Enter()
-	defer c.Exit()
+	as, a, c := onCore1(t)
 	lo, _ := a.Slice()
 	lo0, _ := as[0].Slice()
 	check := func(nf *flowtable.NewFlow, want ...uint16) {
