@@ -732,11 +732,9 @@ func (p *Pipeline) forward(frame []byte, size int, m *meta, ref flowtable.Ref, c
 	if st&flowtable.FlagDstNAT != 0 {
 		ctstate |= rules.CtDNAT
 	}
-	// nextHop, its cache hit written out: a call is too dear to inline.
-	var nh *nhEntry
-	if e := p.nhDst[nhSlot(other.Src)]; uint32(e>>32) == other.Src && uint8(e) != 0 {
-		nh = &p.nh[uint8(e)]
-	} else {
+	// nextHop, its cache hit inlined: a call is too dear.
+	nh := p.nhHit(other.Src)
+	if nh == nil {
 		var r Reason
 		if nh, r = p.resolveNextHop(other.Src); r != ReasonNone {
 			p.finish(out, ActDrop, r, 0, 0)
@@ -1015,10 +1013,18 @@ func rewritePorts(l4 []byte, csumOff int, udp bool, sport, dport uint16, d heade
 // which holds only what was resolved under the current Env. The entry it
 // returns is good until the next call.
 func (p *Pipeline) nextHop(dst uint32) (*nhEntry, Reason) {
-	if e := p.nhDst[nhSlot(dst)]; uint32(e>>32) == dst && uint8(e) != 0 {
-		return &p.nh[uint8(e)], ReasonNone
+	if nh := p.nhHit(dst); nh != nil {
+		return nh, ReasonNone
 	}
 	return p.resolveNextHop(dst)
+}
+
+// nhHit returns dst's next hop from the cache, or nil.
+func (p *Pipeline) nhHit(dst uint32) *nhEntry {
+	if e := p.nhDst[nhSlot(dst)]; uint32(e>>32) == dst && uint8(e) != 0 {
+		return &p.nh[uint8(e)]
+	}
+	return nil
 }
 
 // nhSlot is the index in nhDst that dst would occupy.
