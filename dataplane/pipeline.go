@@ -822,21 +822,10 @@ func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Res
 			return i, pkts, bytes
 		}
 		f.Touch(now)
-		// header.RewriteNATFields, its parts inlined, on fields at fixed
-		// offsets of one array.
-		frame := frames[i]
-		hdr := frame[m.l3:]
-		var ip *[header.IPv4MinLen]byte
-		var l4 *[4]byte
-		var csum *[2]byte
+		// header.RewriteNATFields, its parts inlined, on fields found
+		// without bounds checks (natFields: parse has checked them all).
 		udp := m.kind == kUDP
-		if udp {
-			h := (*[header.IPv4MinLen + header.UDPLen]byte)(hdr)
-			ip, l4, csum = (*[header.IPv4MinLen]byte)(h[:]), (*[4]byte)(h[header.IPv4MinLen:]), (*[2]byte)(h[header.IPv4MinLen+6:])
-		} else {
-			h := (*[header.IPv4MinLen + header.TCPMinLen]byte)(hdr)
-			ip, l4, csum = (*[header.IPv4MinLen]byte)(h[:]), (*[4]byte)(h[header.IPv4MinLen:]), (*[2]byte)(h[header.IPv4MinLen+16:])
-		}
+		eth, ip, l4, csum := natFields(frames[i], m.l3, udp)
 		// What the parser read of the headers (the key, the meta's TTL and
 		// checksums) is what they hold, so they are written, not read: with
 		// a batch's frames in a UMEM's chunks of a power of two, their
@@ -849,7 +838,6 @@ func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Res
 		header.PutIPv4NAT(ip, other.Dst, other.Src, m.ttl, m.ipCsum, dA)
 		header.PutPorts(l4, ports)
 		header.PutL4Checksum(csum, udp, m.l4Csum, dA+dP)
-		eth := (*[12]byte)(frame)
 		*(*[6]byte)(eth[0:]) = nh.mac
 		*(*[6]byte)(eth[6:]) = nh.srcMAC
 		size := sizes[i]

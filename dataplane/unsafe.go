@@ -1,6 +1,10 @@
 package dataplane
 
-import "unsafe"
+import (
+	"unsafe"
+
+	"xnat/dataplane/header"
+)
 
 // This file holds the package's uses of unsafe.
 
@@ -22,3 +26,22 @@ const (
 	forwardedWord = int(unsafe.Offsetof(Counters{}.Forwarded) / 8)
 	batchesWord   = int(unsafe.Offsetof(Counters{}.Batches) / 8)
 )
+
+// natFields returns the fields the established path writes in a frame
+// whose IPv4 header, with no options, starts at l3 and is followed by a
+// whole UDP (udp) or TCP header: the MAC addresses, the IPv4 header, the
+// ports and the transport checksum. It checks no bounds: a packet reaches
+// the established path only as TCP or UDP with no IP options (quietBase),
+// and parse and parseFast give it that kind only after finding both
+// headers whole within the frame's size, which Process has resliced the
+// frame to (so the size is within its capacity).
+func natFields(frame []byte, l3 uint16, udp bool) (eth *[12]byte, ip *[header.IPv4MinLen]byte, l4 *[4]byte, csum *[2]byte) {
+	base := unsafe.Pointer(unsafe.SliceData(frame))
+	ipp := unsafe.Add(base, l3)
+	off := uintptr(header.IPv4MinLen + 16) // the TCP checksum
+	if udp {
+		off = header.IPv4MinLen + 6
+	}
+	return (*[12]byte)(base), (*[header.IPv4MinLen]byte)(ipp),
+		(*[4]byte)(unsafe.Add(ipp, header.IPv4MinLen)), (*[2]byte)(unsafe.Add(ipp, off))
+}
