@@ -207,6 +207,10 @@ type Pipeline struct {
 	// handle.
 	noFast   bool
 	fastLast uint64
+	// fastPkts and fastBytes: the packets and IP bytes the established
+	// path forwarded in this batch (kept here, in memory, rather than in
+	// two of the loop's registers).
+	fastPkts, fastBytes uint64
 
 	meta [batchMax]meta
 	keys [batchMax]flowtable.Tuple
@@ -323,12 +327,10 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 	// goes on after it, so every connection's packets are tracked in the
 	// order they came.
 	fast := policyOnly && fwd.Action == rules.Accept && !p.noFast
-	var fastPkts, fastBytes uint64
+	p.fastPkts, p.fastBytes = 0, 0
 	for i := 0; ; i++ {
 		if fast {
-			var n, b uint64
-			i, n, b = p.established(i, frames, sizes, out)
-			fastPkts, fastBytes = fastPkts+n, fastBytes+b
+			i = p.established(i, frames, sizes, out)
 		}
 		if i >= len(frames) {
 			break
@@ -338,7 +340,8 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 			p.handle(frames[i], sizes[i], m, &keys[i], refs[i], &out[i])
 		}
 	}
-	p.env.Rules.CountPolicyN(rules.Forward, p.core, fastPkts, fastBytes)
+	fastPkts := p.fastPkts
+	p.env.Rules.CountPolicyN(rules.Forward, p.core, fastPkts, p.fastBytes)
 	p.cnt.Forwarded += fastPkts
 	p.fastLast = fastPkts
 
@@ -790,15 +793,15 @@ func (p *Pipeline) forward(frame []byte, size int, m *meta, ref flowtable.Ref, c
 // passed over. It stops at the first packet it cannot take, having
 // changed nothing for it (a state change, IP options, a next hop not in
 // the cache, a packet too big for the egress MTU, a new connection), and
-// returns its index, or len(frames), with the packets and IP bytes it
-// forwarded, which the caller adds to Forwarded and the FORWARD policy's
-// counters; handle then takes that packet from the start.
-func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Result) (int, uint64, uint64) {
+// returns its index, or len(frames). It adds the packets and IP bytes it
+// forwarded to fastPkts and fastBytes, which the caller adds to Forwarded
+// and the FORWARD policy's counters; handle then takes that packet from
+// the start.
+func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Result) int {
 	metas, keys, refs := p.meta[:len(frames)], p.keys[:len(frames)], p.refs[:len(frames)]
 	sizes, out = sizes[:len(frames)], out[:len(frames)]
 	tab := p.d.Table
 	now, acct := p.now, tab.Acct()
-	var pkts, bytes uint64
 	for i := from; i < len(frames); i++ {
 		m := &metas[i]
 		if m.kind == kDone {
@@ -806,20 +809,20 @@ func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Res
 		}
 		ref := refs[i]
 		if ref == 0 {
-			return i, pkts, bytes
+			return i
 		}
 		f := tab.Flow(ref)
 		dir := ref.Dir()
 		if !quietSet[quietIndex(f.Status(), dir, m.qbase)] { // TCP or UDP, no IP options
-			return i, pkts, bytes
+			return i
 		}
-		other := f.TuplePtr(1 - dir)
+		other := f.TuplePtr(dir ^ 1)
 		// An empty slot (0) matches only destination 0.0.0.0, and points
 		// at nh[0], never written: its MTU of 0 refuses every packet.
 		e := p.nhDst[nhSlot(other.Src)]
 		nh := &p.nh[uint8(e)]
 		if uint32(e>>32) != other.Src || m.ipLen > nh.mtu {
-			return i, pkts, bytes
+			return i
 		}
 		f.Touch(now)
 		// header.RewriteNATFields, its parts inlined, on fields found
@@ -848,10 +851,10 @@ func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Res
 		if acct {
 			tab.Account(ref, int(m.ipLen))
 		}
-		pkts++
-		bytes += uint64(m.ipLen)
+		p.fastPkts++
+		p.fastBytes += uint64(m.ipLen)
 	}
-	return len(frames), pkts, bytes
+	return len(frames)
 }
 
 // prefetchReplies starts on their way the index lines of the reply
