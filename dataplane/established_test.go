@@ -21,8 +21,9 @@ COMMIT
 // checkEstablishedPath runs setup frames, then probe twice: once as the
 // pipeline runs it and, when the established path took it, again with the
 // path off, through handle. The path changes nothing in the connection
-// but the last-seen time, so both runs must give the same result and the
-// same bytes. It reports whether the path was taken.
+// but the last-seen time and its counters, so both runs must give the
+// same result, the same bytes and the same change of the counters. It
+// reports whether the path was taken.
 func checkEstablishedPath(t *testing.T, setup [][]byte, setupIn []uint16, probe []byte, in uint16) bool {
 	t.Helper()
 	tb := newTestbed(t, dnatRules, 1500, 1)
@@ -30,11 +31,22 @@ func checkEstablishedPath(t *testing.T, setup [][]byte, setupIn []uint16, probe 
 	for i, f := range setup {
 		tb.run(f, setupIn[i])
 	}
+	// The connection's counters (the testbed keeps them): the established
+	// path must count the probe as handle does.
+	var pm meta
+	var key flowtable.Tuple
+	parsed := p.parse(probe, &pm, &key) == ReasonNone
+	countersOf := func() [2]flowtable.Counter {
+		fi, _, _ := tb.tab.Get(key)
+		return fi.Counters
+	}
+	before := countersOf()
 	fast, fastOut := tb.run(probe, in)
 	checkPublished(t, p)
 	if p.fastLast == 0 {
 		return false
 	}
+	afterFast := countersOf()
 	p.noFast = true
 	slow, slowOut := tb.run(probe, in)
 	p.noFast = false
@@ -42,12 +54,24 @@ func checkEstablishedPath(t *testing.T, setup [][]byte, setupIn []uint16, probe 
 	if fast != slow || !bytes.Equal(fastOut, slowOut) {
 		t.Fatalf("established path %+v\n%x\nhandle %+v\n%x", fast, fastOut, slow, slowOut)
 	}
+	if afterSlow := countersOf(); !parsed || afterFast == before || sub(afterFast, before) != sub(afterSlow, afterFast) {
+		t.Fatalf("connection counters: %v before, %v after the established path, %v after handle", before, afterFast, afterSlow)
+	}
 	if fast.Action == ActForward && cleanInput(probe) {
 		if err := checksumError(fastOut); err != "" {
 			t.Fatalf("established path: %s", err)
 		}
 	}
 	return true
+}
+
+// sub is a-b, direction by direction.
+func sub(a, b [2]flowtable.Counter) [2]flowtable.Counter {
+	for d := range a {
+		a[d].Packets -= b[d].Packets
+		a[d].Bytes -= b[d].Bytes
+	}
+	return a
 }
 
 // checkPublished holds what readers of a pipeline's counters see after a

@@ -801,20 +801,21 @@ func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Res
 	metas, keys, refs := p.meta[:len(frames)], p.keys[:len(frames)], p.refs[:len(frames)]
 	sizes, out = sizes[:len(frames)], out[:len(frames)]
 	tab := p.d.Table
-	now, acct := p.now, tab.Acct()
-	for i := from; i < len(frames); i++ {
+	now := p.now
+	i := from
+	for ; i < len(frames); i++ {
 		m := &metas[i]
 		if m.kind == kDone {
 			continue
 		}
 		ref := refs[i]
 		if ref == 0 {
-			return i
+			break
 		}
 		f := tab.Flow(ref)
 		dir := ref.Dir()
 		if !quietSet[quietIndex(f.Status(), dir, m.qbase)] { // TCP or UDP, no IP options
-			return i
+			break
 		}
 		other := f.TuplePtr(dir ^ 1)
 		// An empty slot (0) matches only destination 0.0.0.0, and points
@@ -822,7 +823,7 @@ func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Res
 		e := p.nhDst[nhSlot(other.Src)]
 		nh := &p.nh[uint8(e)]
 		if uint32(e>>32) != other.Src || m.ipLen > nh.mtu {
-			return i
+			break
 		}
 		f.Touch(now)
 		// header.RewriteNATFields, its parts inlined, on fields found
@@ -848,13 +849,19 @@ func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Res
 		pc := &p.cnt.Ports[nh.port]
 		pc.TxPackets++
 		pc.TxBytes += uint64(size)
-		if acct {
-			tab.Account(ref, int(m.ipLen))
-		}
 		p.fastPkts++
 		p.fastBytes += uint64(m.ipLen)
 	}
-	return len(frames)
+	// The connections' counters (nf_conntrack_acct), when kept: every
+	// packet before i that was not decided already went this way.
+	if tab.Acct() {
+		for j := from; j < i; j++ {
+			if metas[j].kind != kDone {
+				tab.Account(refs[j], int(metas[j].ipLen))
+			}
+		}
+	}
+	return i
 }
 
 // prefetchReplies starts on their way the index lines of the reply
