@@ -330,7 +330,9 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 	p.fastPkts, p.fastBytes = 0, 0
 	for i := 0; ; i++ {
 		if fast {
+			from := i
 			i = p.established(i, frames, sizes, out)
+			p.accountFast(from, i)
 		}
 		if i >= len(frames) {
 			break
@@ -852,16 +854,25 @@ func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Res
 		p.fastPkts++
 		p.fastBytes += uint64(m.ipLen)
 	}
-	// The connections' counters (nf_conntrack_acct), when kept: every
-	// packet before i that was not decided already went this way.
-	if tab.Acct() {
-		for j := from; j < i; j++ {
-			if metas[j].kind != kDone {
-				tab.Account(refs[j], int(metas[j].ipLen))
-			}
+	return i
+}
+
+// accountFast adds the packets the established path forwarded, frames
+// from up to to, to their connections' counters (nf_conntrack_acct),
+// when the table keeps them: every one of them not decided already went
+// that way. A pass of its own, so the established loop carries no flag
+// and no table for it.
+func (p *Pipeline) accountFast(from, to int) {
+	tab := p.d.Table
+	if !tab.Acct() {
+		return
+	}
+	metas, refs := p.meta[:to], p.refs[:to]
+	for j := from; j < to; j++ {
+		if metas[j].kind != kDone {
+			tab.Account(refs[j], int(metas[j].ipLen))
 		}
 	}
-	return i
 }
 
 // prefetchReplies starts on their way the index lines of the reply
