@@ -3,6 +3,7 @@ package flowtable
 import (
 	"math/rand/v2"
 	"testing"
+	"unsafe"
 )
 
 // TestTupleWords checks construction, reversal, and that equality of the
@@ -45,5 +46,14 @@ func TestTupleSetIsMakeTuple(t *testing.T) {
 		if got != want || !got.equal(&want) {
 			t.Fatalf("Set gave %+v, MakeTuple %+v", got, want)
 		}
+	}
+}
+
+// TestLittleEndian: the build tags of endian_little.go and endian_big.go
+// agree with the machine: a tuple's first byte is the low byte of Src.
+func TestLittleEndian(t *testing.T) {
+	x := Tuple{Src: 1}
+	if got := *(*byte)(unsafe.Pointer(&x)) == 1; got != littleEndian {
+		t.Fatalf("littleEndian is %v; this machine's first byte of Src=1 says %v", littleEndian, got)
 	}
 }

@@ -27,13 +27,6 @@ func (t *Tuple) Set(proto uint8, src uint32, sport uint16, dst uint32, dport uin
 	w[1] = uint64(sport) | uint64(dport)<<16 | uint64(proto)<<32
 }
 
-// littleEndian: the words Set writes assume the fields' bytes in
-// little-endian order.
-var littleEndian = func() bool {
-	x := uint16(1)
-	return *(*byte)(unsafe.Pointer(&x)) == 1
-}()
-
 // equal compares two tuples as two words each.
 func (t *Tuple) equal(o *Tuple) bool {
 	a := (*[2]uint64)(unsafe.Pointer(t))
