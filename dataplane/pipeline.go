@@ -436,16 +436,17 @@ func (p *Pipeline) parseFast(frames [][]byte, sizes []int, in []uint16) (rest ui
 	for i := range frames {
 		m := &metas[i]
 		frame := frames[i][:sizes[i]]
-		if in[i] != rx.port {
+		port := in[i]
+		if port != rx.port {
 			rx.flush(p)
-			rx.port = in[i]
+			rx.port = port
 		}
 		rx.pkts++
 		rx.bytes += uint64(len(frame))
-		m.in = in[i]
+		m.in = port
 		// A frame from a port the environment lacks is left to the full
 		// path, which drops it (no_port).
-		if len(frame) < fastUDPLen || int(in[i]) >= nports {
+		if len(frame) < fastUDPLen || int(port) >= nports {
 			rest |= 1 << i
 			continue
 		}
