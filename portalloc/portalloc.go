@@ -258,10 +258,11 @@ func (a *Allocator) Likely(orig *flowtable.Tuple, addr uint32) (ports [2]uint16,
 	return ports, n + 1
 }
 
-// prefaultMax bounds the use counts New commits at once (prefault): a
-// core's counts for a pool of one address take 378 KiB, for 256 addresses
-// 95 MiB, for 65,536 addresses about 24 GiB, of which a gateway only ever uses
-// the pages its traffic reaches.
+// prefaultMax bounds the use counts New commits at once for one core
+// (prefault). The counts of a pool of one address take 378 KiB in all
+// (split between the cores), of 256 addresses 95 MiB, of 65,536 about
+// 24 GiB, of which a gateway only ever uses the pages its traffic
+// reaches.
 const prefaultMax = 128 << 20
 
 // prefault writes a zero into every 4 KiB page of a fresh array of use
