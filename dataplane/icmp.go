@@ -1,6 +1,8 @@
 package dataplane
 
 import (
+	"math/bits"
+
 	"xnat/dataplane/header"
 	"xnat/dataplane/rules"
 	"xnat/flowtable"
@@ -116,14 +118,21 @@ func (p *Pipeline) handleICMPError(frame []byte, size int, m *meta, ref flowtabl
 // icmpAllowed takes a token from the core's ICMP error budget.
 func (p *Pipeline) icmpAllowed() bool {
 	rate, burst := p.d.Settings.ICMPRate.Load(), p.d.Settings.ICMPBurst.Load()
-	if rate <= 0 {
+	if rate <= 0 || burst <= 0 {
 		return false
 	}
 	if el := p.nowNs - p.icmpLast; el > 0 {
-		add := el * rate / 1e9
-		if add > 0 {
-			p.icmpTokens = min(burst, p.icmpTokens+add)
-			p.icmpLast += add * 1e9 / rate
+		// The tokens earned since the last refill, el·rate/1e9, in 128
+		// bits: after a long enough quiet spell (at the sysctl's largest
+		// rate, under three hours) el·rate leaves int64, and a negative
+		// product stopped the refills for good. The remainder, time not
+		// yet worth a token, is carried.
+		hi, lo := bits.Mul64(uint64(el), uint64(rate))
+		if hi >= 1e9 { // a quotient beyond 64 bits: far more than any bucket
+			p.icmpTokens = burst
+		} else if q, r := bits.Div64(hi, lo, 1e9); q > 0 {
+			p.icmpTokens = int64(min(uint64(burst), uint64(p.icmpTokens)+min(q, uint64(burst))))
+			p.icmpLast = p.nowNs - int64(r/uint64(rate))
 		}
 		if p.icmpTokens >= burst {
 			p.icmpLast = p.nowNs

@@ -3,6 +3,7 @@ package dataplane
 import (
 	"encoding/binary"
 	"testing"
+	"time"
 
 	"xnat/dataplane/header"
 )
@@ -97,5 +98,37 @@ COMMIT
 	}
 	if !validQuotedUDP(out[14+28:]) {
 		t.Error("quoted UDP checksum wrong")
+	}
+}
+
+// TestICMPBudgetRefill: the ICMP error budget refills at its rate, and the
+// time not yet worth a token is carried to the next refill; after a quiet
+// spell long enough that quiet time × rate leaves int64 (three hours at
+// the sysctl's largest rate), it refills whole, where the product turned
+// negative and refills stopped for good.
+func TestICMPBudgetRefill(t *testing.T) {
+	tb := newTestbed(t, masqRules, 1500, 1)
+	p := tb.dp.Pipeline(0)
+	s := tb.dp.Settings
+	s.ICMPRate.Store(1000)
+	s.ICMPBurst.Store(5)
+	p.icmpTokens, p.icmpLast, p.nowNs = 0, 0, 2_500_000 // 2.5 ms: 2 tokens, 0.5 ms carried
+	if !p.icmpAllowed() || p.icmpTokens != 1 || p.icmpLast != 2_000_000 {
+		t.Fatalf("after 2.5 ms at 1000/s: %d tokens left, last refill %d ns", p.icmpTokens, p.icmpLast)
+	}
+	p.nowNs = 3_000_000 // 0.5 ms later: one more
+	if !p.icmpAllowed() || !p.icmpAllowed() || p.icmpAllowed() {
+		t.Fatalf("after 3 ms: the budget gave other than 2 (%d left)", p.icmpTokens)
+	}
+	s.ICMPRate.Store(1_000_000)
+	p.icmpTokens, p.icmpLast = 0, 0
+	p.nowNs = int64(3 * time.Hour)
+	for i := range 5 {
+		if !p.icmpAllowed() {
+			t.Fatalf("after three quiet hours: token %d refused", i)
+		}
+	}
+	if p.icmpAllowed() {
+		t.Fatal("after three quiet hours: more than the burst")
 	}
 }
