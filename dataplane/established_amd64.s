@@ -28,6 +28,25 @@
 	ADDL  t, r; \
 	SHRL  $16, r
 
+// RXFLUSH adds the run of frames received on port R11 (R12 packets, R13
+// bytes) to that port's counters, when the environment has the port
+// (rxRun.flush), and empties the run; R9 is clobbered, and L names the
+// label it needs (one use per name).
+#define RXFLUSH(L) \
+	TESTQ   R12, R12; \
+	JZ      L; \
+	CMPQ    R11, nports+40(FP); \
+	JGE     L; \
+	CMPQ    R11, $const_MaxPorts; \
+	JGE     L; \
+	MOVQ    R11, R9; \
+	SHLQ    $5, R9; \
+	ADDQ    R12, (Pipeline_cnt+Counters_Ports+PortCounters_RxPackets)(DI)(R9*1); \
+	ADDQ    R13, (Pipeline_cnt+Counters_Ports+PortCounters_RxBytes)(DI)(R9*1); \
+L: \
+	XORQ    R12, R12; \
+	XORQ    R13, R13
+
 // func establishedAMD64(p *Pipeline, from, n int, frames *[]byte, sizes *int, out *Result, recs *flowtable.Flow, nrec uint64) int
 //
 // Registers through the loop: DI the Pipeline, BX the frame's index, R8
@@ -217,4 +236,188 @@ next:
 
 done:
 	MOVQ    BX, ret+64(FP)
+	RET
+
+// func parseFastAMD64(p *Pipeline, frames *[]byte, sizes *int, in *uint16, n int, nports int) (rest uint64)
+//
+// parseFastGo's loop: each frame's meta and key where it is an untagged
+// TCP or UDP packet with an IPv4 header without options that checks out,
+// else its bit in rest; the receive counters by runs of one port. A size
+// beyond its frame's capacity, where parseFastGo would panic slicing, is
+// left to the full path, which panics the same way.
+//
+// Registers through the loop: DI the Pipeline, BX the frame's index, R8
+// the frames, AX rest; R11, R12 and R13 the run of one port; SI the
+// frame's meta, R14 its data, R15 its size, DX its port and then its
+// IPv4 total length, R9 its protocol.
+TEXT ·parseFastAMD64(SB), NOSPLIT, $0-56
+	MOVQ    p+0(FP), DI
+	MOVQ    frames+8(FP), R8
+	XORQ    BX, BX
+	XORQ    AX, AX
+	XORL    R11, R11
+	XORQ    R12, R12
+	XORQ    R13, R13
+
+ploop:
+	CMPQ    BX, n+32(FP)
+	JGE     pdone
+	IMUL3Q  $meta__size, BX, SI
+	LEAQ    Pipeline_meta(DI)(SI*1), SI
+	LEAQ    (BX)(BX*2), CX
+	MOVQ    (R8)(CX*8), R14
+	MOVQ    16(R8)(CX*8), DX              // the frame's capacity
+	MOVQ    sizes+16(FP), R15
+	MOVQ    (R15)(BX*8), R15
+	CMPQ    R15, DX
+	JHI     prest                         // negative, or beyond the capacity
+
+	// The receive counters, by runs of one port.
+	MOVQ    in+24(FP), DX
+	MOVWLZX (DX)(BX*2), DX
+	CMPL    DX, R11
+	JEQ     prun
+	RXFLUSH(pflush1)
+	MOVL    DX, R11
+
+prun:
+	INCQ    R12
+	ADDQ    R15, R13
+	MOVW    DX, meta_in(SI)
+	CMPQ    R15, $const_fastUDPLen
+	JLT     prest
+	CMPQ    DX, nports+40(FP)
+	JGE     prest                         // a port the environment lacks
+
+	// EtherType IPv4, then version 4 and IHL 5: three bytes.
+	MOVL    12(R14), CX
+	BSWAPL  CX
+	SHRL    $8, CX
+	CMPL    CX, $0x080045
+	JNE     prest
+	// The total length, within the frame; no fragment offset; a TTL
+	// above one.
+	MOVWLZX 16(R14), DX
+	ROLW    $8, DX
+	LEAQ    14(DX), CX
+	CMPQ    CX, R15
+	JGT     prest
+	TESTB   $0x1f, 20(R14)
+	JNE     prest
+	CMPB    21(R14), $0
+	JNE     prest
+	CMPB    22(R14), $1
+	JLS     prest
+	// The header checksum (header.Valid20): the five words' sum is not
+	// zero and is a multiple of 0xffff, which its product with the
+	// inverse of 0xffff modulo 2^64 tells.
+	MOVL    14(R14), CX
+	MOVL    18(R14), R9
+	ADDQ    R9, CX
+	MOVL    22(R14), R9
+	ADDQ    R9, CX
+	MOVL    26(R14), R9
+	ADDQ    R9, CX
+	MOVL    30(R14), R9
+	ADDQ    R9, CX
+	TESTQ   CX, CX
+	JZ      prest
+	MOVQ    $0xfffefffefffeffff, R9
+	IMULQ   R9, CX
+	MOVQ    $0x1000100010001, R9
+	CMPQ    CX, R9
+	JHI     prest
+
+	MOVBLZX 23(R14), R9                   // the protocol
+	CMPL    R9, $17                       // UDP
+	JEQ     pudp
+	CMPL    R9, $6                        // TCP
+	JNE     prest
+
+	// TCP: a whole header (then the frame holds fastTCPLen bytes), its
+	// data offset within the packet; quiet (0x80) when ACK is the only
+	// one of SYN, FIN, RST and ACK set (quietBase).
+	CMPL    DX, $(const_fastTCPLen-14)
+	JLT     prest
+	MOVBLZX 46(R14), CX
+	SHRL    $4, CX
+	SHLL    $2, CX
+	CMPL    CX, $20
+	JLT     prest
+	LEAL    -20(DX), R10
+	CMPL    CX, R10
+	JGT     prest
+	MOVBLZX 47(R14), CX
+	MOVB    $const_kTCP, meta_kind(SI)
+	MOVB    CX, meta_tcpFlags(SI)
+	ANDL    $0x17, CX
+	CMPL    CX, $0x10
+	MOVL    $const_notQuiet, CX
+	MOVL    $0x80, R10
+	CMOVLEQ R10, CX
+	MOVW    CX, meta_qbase(SI)
+	MOVWLZX 50(R14), CX
+	ROLW    $8, CX
+	MOVW    CX, meta_l4Csum(SI)
+	JMP     pcommon
+
+pudp:
+	// UDP: its length at least its header and within the packet.
+	CMPL    DX, $28
+	JLT     prest
+	MOVWLZX 38(R14), CX
+	ROLW    $8, CX
+	CMPL    CX, $8
+	JLT     prest
+	LEAL    -20(DX), R10
+	CMPL    CX, R10
+	JGT     prest
+	MOVB    $const_kUDP, meta_kind(SI)
+	MOVW    $0, meta_qbase(SI)
+	MOVWLZX 40(R14), CX
+	ROLW    $8, CX
+	MOVW    CX, meta_l4Csum(SI)
+
+pcommon:
+	MOVW    $14, meta_l3(SI)
+	MOVW    $34, meta_l4(SI)
+	MOVW    DX, meta_ipLen(SI)
+	MOVB    R9, meta_proto(SI)
+	MOVB    22(R14), CX
+	MOVB    CX, meta_ttl(SI)
+	MOVWLZX 24(R14), CX
+	ROLW    $8, CX
+	MOVW    CX, meta_ipCsum(SI)
+	// The key, as its two words (flowtable.Tuple.Set): Src | Dst<<32, and
+	// SrcPort | DstPort<<16 | Proto<<32.
+	MOVL    26(R14), CX
+	BSWAPL  CX
+	MOVL    30(R14), R10
+	BSWAPL  R10
+	SHLQ    $32, R10
+	ORQ     R10, CX
+	MOVQ    BX, R10
+	SHLQ    $4, R10
+	MOVQ    CX, Pipeline_keys(DI)(R10*1)
+	MOVWLZX 34(R14), CX
+	ROLW    $8, CX
+	MOVWLZX 36(R14), DX
+	ROLW    $8, DX
+	SHLL    $16, DX
+	ORL     DX, CX
+	SHLQ    $32, R9
+	ORQ     R9, CX
+	MOVQ    CX, (Pipeline_keys+8)(DI)(R10*1)
+	JMP     pnext
+
+prest:
+	BTSQ    BX, AX
+
+pnext:
+	INCQ    BX
+	JMP     ploop
+
+pdone:
+	RXFLUSH(pflush2)
+	MOVQ    AX, rest+48(FP)
 	RET

@@ -1,8 +1,10 @@
 package dataplane
 
 import (
+	"math/rand/v2"
 	"testing"
 
+	"xnat/dataplane/header"
 	"xnat/flowtable"
 )
 
@@ -36,6 +38,7 @@ func fastParser(t testing.TB) *Pipeline {
 // and every frame parse accepts as untagged TCP or UDP without IP options
 // and with a TTL above one, the fast path must take.
 func checkParseFast(t *testing.T, p *Pipeline, frame []byte) {
+	checkParseFastBatch(t, p, [][]byte{frame}, []uint16{portIn})
 	p.meta[0], p.keys[0] = meta{}, flowtable.Tuple{}
 	rest, n := p.parseFast([][]byte{frame}, []int{len(frame)}, []uint16{portIn})
 	took := rest == 0
@@ -58,6 +61,78 @@ func checkParseFast(t *testing.T, p *Pipeline, frame []byte) {
 	common := r == ReasonNone && (sm.kind == kTCP || sm.kind == kUDP) && sm.l3 == 14 && sm.l4 == 34 && frame[14+8] > 1
 	if common {
 		t.Fatalf("parseFast left % x to parse, which found the common case: %+v", frame, sm)
+	}
+}
+
+// checkParseFastBatch holds parseFast to its Go loop (parseFastGo) on a
+// batch, where the assembly one runs (amd64): the same frames left to
+// parse, the same meta and key for each frame taken, every frame's port
+// in its meta, and the same receive counters.
+func checkParseFastBatch(t *testing.T, p *Pipeline, frames [][]byte, in []uint16) {
+	t.Helper()
+	sizes := make([]int, len(frames))
+	for i, f := range frames {
+		sizes[i] = len(f)
+	}
+	var metas [2][batchMax]meta
+	var keys [2][batchMax]flowtable.Tuple
+	var rest [2]uint64
+	var took [2]int
+	var cnt [2]Counters
+	for k, goFast := range []bool{false, true} {
+		p.goFast = goFast
+		clear(p.meta[:])
+		clear(p.keys[:])
+		before := p.cnt
+		rest[k], took[k] = p.parseFast(frames, sizes, in)
+		metas[k], keys[k] = p.meta, p.keys
+		for port := range p.cnt.Ports {
+			cnt[k].Ports[port].RxPackets = p.cnt.Ports[port].RxPackets - before.Ports[port].RxPackets
+			cnt[k].Ports[port].RxBytes = p.cnt.Ports[port].RxBytes - before.Ports[port].RxBytes
+		}
+	}
+	p.goFast = false
+	if rest[0] != rest[1] || took[0] != took[1] || cnt[0] != cnt[1] {
+		t.Fatalf("parseFast: rest %#x took %d rx %v\nparseFastGo: rest %#x took %d rx %v", rest[0], took[0], cnt[0].Ports[:2], rest[1], took[1], cnt[1].Ports[:2])
+	}
+	for i := range frames {
+		if rest[0]&(1<<i) == 0 && (metas[0][i] != metas[1][i] || keys[0][i] != keys[1][i]) || metas[0][i].in != metas[1][i].in {
+			t.Fatalf("frame %d, % x:\nparseFast   %+v %v\nparseFastGo %+v %v", i, frames[i], metas[0][i], keys[0][i], metas[1][i], keys[1][i])
+		}
+	}
+}
+
+// TestParseFastAsmMatchesGo runs random batches of the seeds, cut short
+// or with a header byte changed (an IPv4 header's checksum then made good
+// half the time), from random ports (one the environment
+// lacks among them), through both loops (checkParseFastBatch).
+func TestParseFastAsmMatchesGo(t *testing.T) {
+	p := fastParser(t)
+	seeds := parseSeeds(t)
+	rng := rand.New(rand.NewPCG(3, 5))
+	for range 2000 {
+		n := 1 + rng.IntN(batchMax)
+		frames, in := make([][]byte, n), make([]uint16, n)
+		for i := range frames {
+			f := append([]byte(nil), seeds[rng.IntN(len(seeds))]...)
+			switch rng.IntN(4) {
+			case 0:
+				f = f[:rng.IntN(len(f)+1)]
+			case 1:
+				j := rng.IntN(min(len(f), 64))
+				f[j] = byte(rng.Uint32())
+				// A changed IPv4 header's checksum made good half the
+				// time, so the checks after it are reached.
+				if j >= 14 && j < 34 && f[14] == 0x45 && rng.IntN(2) == 0 {
+					ip := header.IPv4(f[14:34])
+					ip.SetChecksum(0)
+					ip.SetChecksum(header.Checksum(ip, 0))
+				}
+			}
+			frames[i] = f
+			in[i] = [...]uint16{portIn, portIn, portOut, 7}[rng.IntN(4)]
+		}
+		checkParseFastBatch(t, p, frames, in)
 	}
 }
 
