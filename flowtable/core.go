@@ -206,6 +206,11 @@ func (c *Core) lookupBatch(keys []Tuple, refs []Ref, now Time) int {
 	// below touchAbove live connections its lines are already at hand, and
 	// they would be instructions spent for nothing.
 	touch := t.count.Load() > touchAbove
+	if !touch {
+		if found, ok := t.lookupSmall(keys, refs, now); ok {
+			return c.lookupDone(keys, refs, now, found, moved)
+		}
+	}
 	t.hashProbes(keys, bb, touch)
 	if touch {
 		for i := range bb { // touch first buckets
@@ -250,9 +255,16 @@ func (c *Core) lookupBatch(keys []Tuple, refs []Ref, now Time) int {
 			found++
 		}
 	}
-	// An entry relocated during the batch may have been missed: look for
-	// every key not found again, one by one (lookup scans until relocs
-	// holds still).
+	c.sink += sink
+	return c.lookupDone(keys, refs, now, found, moved)
+}
+
+// lookupDone ends a batch's lookup: an entry relocated during the batch
+// may have been missed, so when relocs moved every key not found is
+// looked for again, one by one (lookup scans until relocs holds still);
+// then the found keys are counted.
+func (c *Core) lookupDone(keys []Tuple, refs []Ref, now Time, found int, moved uint64) int {
+	t := c.t
 	if found < len(keys) && t.relocs.Load() != moved {
 		c.st[stSearchRestart]++
 		for i := range refs {
@@ -264,7 +276,6 @@ func (c *Core) lookupBatch(keys []Tuple, refs []Ref, now Time) int {
 		}
 	}
 	c.st[stFound] += uint64(found)
-	c.sink += sink
 	return found
 }
 

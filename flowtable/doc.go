@@ -85,6 +85,14 @@
 // (atomic loads on amd64), the timeouts table likewise; a candidate that
 // fails goes to the Go scan through both buckets, as before.
 //
+// Below touchAbove live connections (16,384: the table then fits in the
+// second-level cache) the passes buy nothing, there being no misses to
+// overlap, and LookupBatch takes each key from hash to answer in one
+// assembly pass over the batch instead (lookupSmallAMD64, the single
+// lookup's path below without a call per key); a key whose candidate
+// fails the compare is scanned in Go. TestLookupOne holds it to the scan,
+// and TestLookupBatchMatchesLookup runs LookupBatch both ways.
+//
 // A single lookup (Lookup, and the control plane's) is one assembly call
 // where the vector scan runs (lookupOneAMD64): hash, place, the vector
 // match of the first bucket (the second only when no slot of the first

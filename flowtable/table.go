@@ -181,6 +181,9 @@ type Table struct {
 	ep       *epochs
 	cores    []*Core
 	start    time.Time
+	// threePass makes LookupBatch take its passes at any size, not the
+	// one-pass lookup of a table in the caches: for tests of both.
+	threePass bool
 
 	_     [cacheLine]byte
 	count atomic.Int64 // live connections: admitted and not yet killed

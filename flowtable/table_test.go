@@ -549,8 +549,17 @@ func TestShareExhausted(t *testing.T) {
 	o.Exit()
 }
 
+// TestLookupBatchMatchesLookup: LookupBatch answers as lookup does, in
+// one pass (a table in the caches) and in its passes (threePass).
 func TestLookupBatchMatchesLookup(t *testing.T) {
+	for _, threePass := range []bool{false, true} {
+		lookupBatchMatchesLookup(t, threePass)
+	}
+}
+
+func lookupBatchMatchesLookup(t *testing.T, threePass bool) {
 	tab := newTable(t, Config{Capacity: 5000})
+	tab.threePass = threePass
 	c := tab.Core(0)
 	c.Enter()
 	defer c.Exit()
@@ -567,11 +576,11 @@ func TestLookupBatchMatchesLookup(t *testing.T) {
 	}
 	refs := make([]Ref, len(keys))
 	if found := c.LookupBatch(keys, refs, 1); found != 400 {
-		t.Fatalf("LookupBatch found %d keys, want 400", found)
+		t.Fatalf("threePass %v: LookupBatch found %d keys, want 400", threePass, found)
 	}
 	for i := range keys {
 		if want := tab.lookup(&keys[i], 1, new(uint64)); refs[i] != want {
-			t.Fatalf("key %d: batch %v, single %v", i, refs[i], want)
+			t.Fatalf("threePass %v, key %d: batch %v, single %v", threePass, i, refs[i], want)
 		}
 		if i < 400 && refs[i] == 0 {
 			t.Fatalf("key %d not found", i)

@@ -1,6 +1,10 @@
 package flowtable
 
-import "golang.org/x/sys/cpu"
+import (
+	"math/bits"
+
+	"golang.org/x/sys/cpu"
+)
 
 // useAVX2 selects the vector tag scan: on CPUs with AVX2 and BMI1, and not
 // under the race detector, whose happens-before edges between an insert
@@ -129,4 +133,35 @@ func (t *Table) lookupOne(k *Tuple, now Time) (Ref, bool) {
 		return 0, false
 	}
 	return lookupOneAMD64(t, k, now)
+}
+
+// lookupSmallAMD64 is LookupBatch's lookups for a table in the caches, one
+// pass over n > 0 keys (tagscan_amd64.s); unsure has a bit for each key
+// whose candidate failed the compare. For the vector scan only.
+//
+//go:noescape
+func lookupSmallAMD64(t *Table, keys *Tuple, refs *Ref, n int, now Time) (found int, unsure uint64)
+
+// lookupSmall looks the keys up into refs in one pass, each from hash to
+// answer, where the vector scan runs and no test asked for the passes
+// (threePass); it reports whether it did. The few keys whose candidate
+// failed the compare are looked for through both their buckets.
+func (t *Table) lookupSmall(keys []Tuple, refs []Ref, now Time) (int, bool) {
+	if !useAVX2 || t.threePass || len(keys) == 0 || len(keys) > batchMax {
+		return 0, false
+	}
+	refs = refs[:len(keys)]
+	found, unsure := lookupSmallAMD64(t, &keys[0], &refs[0], len(keys), now)
+	for ; unsure != 0; unsure &= unsure - 1 {
+		i := bits.TrailingZeros64(unsure) & (batchMax - 1)
+		b1, b2, tag := t.place(t.h.hash(&keys[i]))
+		r := t.scan(&t.buckets[b1], tag, &keys[i], now)
+		if r == 0 {
+			r = t.scan(&t.buckets[b2], tag, &keys[i], now)
+		}
+		if refs[i] = r; r != 0 {
+			found++
+		}
+	}
+	return found, true
 }

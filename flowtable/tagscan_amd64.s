@@ -396,3 +396,90 @@ ounsure:
 	MOVL         $0, ref+24(FP)
 	MOVB         $0, sure+28(FP)
 	RET
+
+// func lookupSmallAMD64(t *Table, keys *Tuple, refs *Ref, n int, now Time) (found int, unsure uint64)
+//
+// LookupBatch for a table in the caches: each of n > 0 keys from hash to
+// answer in one pass, as lookupOneAMD64 answers one, with nothing between
+// keys to wait for. refs[i] is the key's Ref, or 0; unsure has bit i where
+// the candidate failed the compare and the caller must scan both
+// buckets. Locals: the keys' end and the next Ref's address.
+TEXT ·lookupSmallAMD64(SB), NOSPLIT, $16-56
+	MOVQ         t+0(FP), BX
+	MOVQ         keys+8(FP), SI
+	MOVQ         n+24(FP), AX
+	SHLQ         $4, AX
+	ADDQ         SI, AX
+	MOVQ         AX, end-8(SP)
+	MOVQ         refs+16(FP), AX
+	MOVQ         AX, refp-16(SP)
+	MOVQ         $0, found+40(FP)
+	MOVQ         $0, unsure+48(FP)
+	MOVQ         Table_nb(BX), R12
+	MOVL         Table_idxMask(BX), R14
+	NOTL         R14                 // ^mask
+	MOVL         R14, X2
+	VPBROADCASTD X2, Y2
+	MOVQ         $0x9E3779B97F4A7C15, R13
+	LEAQ         Table_h(BX), DI
+	MOVQ         Table_buckets(BX), R15
+
+sloop:
+	HASHPLACE(DI, stag, sprobe)
+	MOVL         AX, X3
+	VPBROADCASTD X3, Y3
+	SHLQ         $6, R10
+	ADDQ         R15, R10
+	BMATCH(R10, R9, CX)
+	TESTL        R9, R9
+	JNZ          scand
+	SHLQ         $6, R11
+	LEAQ         (R15)(R11*1), R10
+	BMATCH(R10, R9, CX)
+	TESTL        R9, R9
+	JZ           sabsent
+
+scand:
+	// The first slot holding the tag, read again: its record number (an
+	// emptied slot gives noCand: absent).
+	TZCNTL       R9, CX
+	ANDL         $15, CX
+	MOVL         (R10)(CX*4), R9
+	NOTL         R14
+	ANDL         R14, R9
+	NOTL         R14
+	DECL         R9
+	CMPQ         R9, (Table_recs+8)(BX)
+	JAE          sabsent
+	LEAQ         (R9)(R9*2), R10
+	SHLQ         $REC_SIZE_SHIFT, R10
+	ADDQ         Table_recs(BX), R10
+	CMPREC(R10, DX, now+32(FP), Table_timeouts(BX)(R11*4), sreply, slive, sfound, sunsure)
+	LEAL         1(R9), R9
+	SHLL         $1, R9
+	ORL          CX, R9
+	MOVQ         refp-16(SP), R8
+	MOVL         R9, (R8)
+	INCQ         found+40(FP)
+	JMP          snext
+
+sunsure:
+	// The key's index, (SI - keys) / 16, as its bit in unsure.
+	MOVQ         SI, CX
+	SUBQ         keys+8(FP), CX
+	SHRQ         $4, CX
+	MOVQ         $1, R8
+	SHLQ         CX, R8
+	ORQ          R8, unsure+48(FP)
+
+sabsent:
+	MOVQ         refp-16(SP), R8
+	MOVL         $0, (R8)
+
+snext:
+	ADDQ         $4, refp-16(SP)
+	ADDQ         $16, SI
+	CMPQ         SI, end-8(SP)
+	JNE          sloop
+	VZEROUPPER
+	RET

@@ -110,8 +110,9 @@ func TestCompareProbes(t *testing.T) {
 	}
 }
 
-// TestLookupOne holds the single-key assembly lookup to the Go scan of
-// both buckets: whenever it is sure, its answer is the scan's. On a table
+// TestLookupOne holds the single-key assembly lookup, and the one-pass
+// lookup of a batch (lookupSmallAMD64), to the Go scan of both buckets:
+// whenever they are sure, their answer is the scan's. On a table
 // with keys of live connections in either direction, absent keys, killed
 // and expired connections and clocks before their last packet; and on a
 // table of two buckets with a 31-bit index mask, where half the tags come
@@ -131,6 +132,47 @@ func TestLookupOne(t *testing.T) {
 			return r
 		}
 		return tab.scan(&tab.buckets[p.b2], p.tag, k, now)
+	}
+	// The one-pass lookup of a batch (lookupSmallAMD64, for tables in the
+	// caches) the same way: every key it is sure of gets the scan's
+	// answer, found counts them, and lookupSmall, which scans the others,
+	// answers every key as the scan does.
+	var unsureInBatch int
+	checkBatch := func(tab *Table, keys []Tuple, now Time) {
+		t.Helper()
+		refs := make([]Ref, len(keys))
+		found, unsureBits := lookupSmallAMD64(tab, &keys[0], &refs[0], len(keys), now)
+		want := make([]Ref, len(keys))
+		sureFound, allFound := 0, 0
+		for i := range keys {
+			if want[i] = scan(tab, &keys[i], now); want[i] != 0 {
+				allFound++
+			}
+			if unsureBits&(1<<i) != 0 {
+				unsureInBatch++
+				continue
+			}
+			if refs[i] != want[i] {
+				t.Fatalf("batch of %d, key %d %v at %d: %v, want %v", len(keys), i, keys[i], now, refs[i], want[i])
+			}
+			if want[i] != 0 {
+				sureFound++
+			}
+		}
+		if found != sureFound {
+			t.Fatalf("batch of %d: found %d, want %d", len(keys), found, sureFound)
+		}
+		if !useAVX2 {
+			return // the race detector's build: lookupSmall declines
+		}
+		if found, ok := tab.lookupSmall(keys, refs, now); !ok || found != allFound {
+			t.Fatalf("lookupSmall: found %d (%v), want %d", found, ok, allFound)
+		}
+		for i := range keys {
+			if refs[i] != want[i] {
+				t.Fatalf("lookupSmall, key %d: %v, want %v", i, refs[i], want[i])
+			}
+		}
 	}
 	var sure, unsure int
 	check := func(tab *Table, k *Tuple, now Time) {
@@ -158,12 +200,17 @@ func TestLookupOne(t *testing.T) {
 		c.Kill(r)
 	}
 	c.Exit()
+	batch := make([]Tuple, 0, batchMax)
 	for range 100000 {
 		k := tab.Flow(refs[rng.IntN(len(refs))]).Tuple(Dir(rng.IntN(2)))
 		if rng.IntN(4) == 0 {
 			k.SrcPort++ // absent, mostly
 		}
 		check(tab, &k, Time(rng.IntN(600000)))
+		if batch = append(batch, k); len(batch) == cap(batch) || rng.IntN(16) == 0 {
+			checkBatch(tab, batch, Time(rng.IntN(600000)))
+			batch = batch[:0]
+		}
 	}
 
 	// Two buckets, a 31-bit index mask, random slots over 64 records.
@@ -201,9 +248,10 @@ func TestLookupOne(t *testing.T) {
 		for i := range keys {
 			check(edge, &keys[i], Time(rng.IntN(200)))
 		}
+		checkBatch(edge, keys[:1+rng.IntN(len(keys))], Time(rng.IntN(200)))
 	}
-	if zeroTags == 0 || sameBuckets == 0 || unsure == 0 || sure == 0 {
-		t.Fatalf("edges not reached: %d zero tags, %d coinciding buckets, %d sure, %d unsure", zeroTags, sameBuckets, sure, unsure)
+	if zeroTags == 0 || sameBuckets == 0 || unsure == 0 || sure == 0 || unsureInBatch == 0 {
+		t.Fatalf("edges not reached: %d zero tags, %d coinciding buckets, %d sure, %d unsure (%d in batches)", zeroTags, sameBuckets, sure, unsure, unsureInBatch)
 	}
 }
 
