@@ -41,7 +41,7 @@
 //     from what the parser read (the key, the TTL, both checksums), so it
 //     writes the headers without reading them again. On amd64 that loop,
 //     and the parser's for the common frames (step 1), are assembly
-//     (established_amd64.s: the Pipeline's fields at the offsets
+//     (fastpath_amd64.s: the Pipeline's fields at the offsets
 //     go_asm.h gives, a record's from flowtable's layout, what else they
 //     assume checked at compile time in unsafe.go); the Go loops run
 //     elsewhere and under the race detector, and the tests hold each pair

@@ -431,7 +431,7 @@ const (
 // batch holds at most batchMax frames.
 //
 // This is the Go loop; on amd64 the same loop in assembly runs it
-// (established_amd64.s, TestParseFastAsmMatchesGo), except under the race
+// (fastpath_amd64.s, TestParseFastAsmMatchesGo), except under the race
 // detector.
 func (p *Pipeline) parseFastGo(frames [][]byte, sizes []int, in []uint16) (rest uint64, took int) {
 	metas, keys := p.meta[:len(frames)], p.keys[:len(frames)]
@@ -809,7 +809,7 @@ func (p *Pipeline) forward(frame []byte, size int, m *meta, ref flowtable.Ref, c
 // the start.
 //
 // This is the Go loop; on amd64 the same loop in assembly runs it
-// (established_amd64.s, TestEstablishedAsmMatchesGo), except under the
+// (fastpath_amd64.s, TestEstablishedAsmMatchesGo), except under the
 // race detector.
 func (p *Pipeline) establishedGo(from int, frames [][]byte, sizes []int, out []Result) int {
 	metas, keys, refs := p.meta[:len(frames)], p.keys[:len(frames)], p.refs[:len(frames)]

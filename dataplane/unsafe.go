@@ -47,7 +47,7 @@ func natFields(frame []byte, l3 uint16, udp bool) (eth *[12]byte, ip *[header.IP
 		(*[4]byte)(unsafe.Add(ipp, header.IPv4MinLen)), (*[2]byte)(unsafe.Add(ipp, off))
 }
 
-// The layout established_amd64.s reads records, tuples, next hops and
+// The layout fastpath_amd64.s reads records, tuples, next hops and
 // results by (go_asm.h gives these as const_flowStatus, …): a record's
 // status and last-seen words; a tuple's addresses, and its ports as one
 // word, SrcPort | DstPort<<16. (Staticcheck sees no use of them, so a

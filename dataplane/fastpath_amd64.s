@@ -1,10 +1,12 @@
 #include "textflag.h"
 #include "go_asm.h"
 
-// The established path's loop (Pipeline.establishedGo) in assembly. The
-// Pipeline's fields are read at the offsets go_asm.h gives, and so are a
-// connection record's and a tuple's, from flowtable's layout (unsafe.go,
-// where what else the loop assumes is checked at compile time).
+// The pipeline's fast path in assembly: the parser's loop for the common
+// frames (Pipeline.parseFastGo) and the established path's loop
+// (Pipeline.establishedGo). The Pipeline's fields are read at the offsets
+// go_asm.h gives, and so are a connection record's and a tuple's, from
+// flowtable's layout (unsafe.go, where what else the loops assume is
+// checked at compile time).
 
 // A record is 48 bytes (3·16): its number times 3, shifted by 4.
 #define FLOW_SHIFT 4

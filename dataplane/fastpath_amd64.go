@@ -7,7 +7,7 @@ import (
 )
 
 // establishedAMD64 is establishedGo's loop in assembly
-// (established_amd64.s), over frames from to n-1 of the batch, with the
+// (fastpath_amd64.s), over frames from to n-1 of the batch, with the
 // table's records (flowtable.Table.Records). It stops where establishedGo
 // would, and also, where establishedGo would panic, at a Ref beyond the
 // records or a next hop on a port beyond MaxPorts (neither happens).
@@ -27,7 +27,7 @@ func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Res
 	return establishedAMD64(p, from, len(frames), &frames[0], &sizes[0], &out[0], recs, uint64(nrec))
 }
 
-// parseFastAMD64 is parseFastGo's loop in assembly (established_amd64.s)
+// parseFastAMD64 is parseFastGo's loop in assembly (fastpath_amd64.s)
 // over the batch's n frames, with the environment's nports ports; it
 // returns rest, and parseFast counts the frames it took.
 //
