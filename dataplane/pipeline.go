@@ -207,8 +207,9 @@ type Pipeline struct {
 	// handle.
 	noFast   bool
 	fastLast uint64
-	// goFast runs the established path's Go loop where the assembly one
-	// would run: for the tests that hold the two to each other.
+	// goFast runs the fast path's Go loops (the parser's and the
+	// established path's) where the assembly ones would run: for the
+	// tests that hold each pair to each other.
 	goFast bool
 	// fastPkts and fastBytes: the packets and IP bytes the established
 	// path forwarded in this batch (kept here, in memory, rather than in
