@@ -50,7 +50,7 @@
 //     checkEstablishedPath and checkParseFast with their fuzz tests), and
 //     run frames that end where an unmapped page begins through both
 //     (TestParseFastReadsWithinFrames,
-//     TestEstablishedPathWritesWithinFrames).
+//     TestEstablishedPathExactFrames).
 //     The connections' counters (nf_conntrack_acct) of the packets it
 //     took are added after it, in a pass of their own.
 //  4. A miss is a new connection. When a batch has misses, the reply

@@ -211,13 +211,14 @@ func TestEstablishedPathKeepsOrder(t *testing.T) {
 }
 
 // TestEstablishedPathExactFrames: the established path writes its fields
-// without bounds checks (natFields), on what parse found. Frames of the
-// smallest sizes it takes — TCP with no payload, UDP with none, with and
-// without an 802.1Q tag — held in slices with no room beyond their size,
+// without bounds checks (natFields, and the assembly loop), on what parse
+// found. Frames of the smallest sizes it takes — TCP with no payload, UDP
+// with none, with and without an 802.1Q tag — each ending where an
+// unmapped page begins (guardedMemory), so any access beyond one faults,
 // must take it and come out as handle makes them, with checksums that
-// verify. (Under -race, checkptr
-// also checks that every field lies within the frame's memory.)
+// verify.
 func TestEstablishedPathExactFrames(t *testing.T) {
+	guarded := guardedMemory(t)
 	in := uint16(portIn)
 	for _, vlan := range []bool{false, true} {
 		udp := udpPkt(macA, macIn0, addrA, 5000, remote, 7000)
@@ -256,14 +257,14 @@ func TestEstablishedPathExactFrames(t *testing.T) {
 					tb.run(f, c.ins[i])
 				}
 				p.noFast = noFast
-				buf := append([]byte(nil), c.probe...)
-				buf = buf[:len(buf):len(buf)]
+				buf := guarded(len(c.probe))
+				copy(buf, c.probe)
 				out := make([]Result, 1)
 				p.Process([][]byte{buf}, []int{len(buf)}, []uint16{in}, out)
 				if fast := p.fastLast == 1; fast == noFast {
 					t.Fatalf("%s vlan %v noFast %v: established path took %d packets", c.name, vlan, noFast, p.fastLast)
 				}
-				res[run], bufs[run] = out[0], buf
+				res[run], bufs[run] = out[0], append([]byte(nil), buf...)
 			}
 			if res[0] != res[1] || res[0].Action != ActForward || !bytes.Equal(bufs[0], bufs[1]) {
 				t.Fatalf("%s vlan %v: established path %+v\n%x\nhandle %+v\n%x", c.name, vlan, res[0], bufs[0], res[1], bufs[1])
