@@ -325,6 +325,46 @@ cnext:
 	MOVQ         DX, rescan+72(FP)
 	RET
 
+// FINDCAND finds the candidate for the key at 0(SI): its hash and place
+// (HASHPLACE, with h in DI), its first bucket matched with its tag (Y2:
+// ^mask in every lane) and, when no slot there holds the tag, its second.
+// It jumps to absentL when neither does, and otherwise falls through, at
+// candL, with the matching slots' mask in R9 and their bucket's address
+// in R10. In: R12, R13, R14 as HASHPLACE; R15 the buckets. tagL,
+// probeL and candL name its labels (one use per function).
+#define FINDCAND(tagL, probeL, candL, absentL) \
+	HASHPLACE(DI, tagL, probeL); \
+	MOVL         AX, X3; \
+	VPBROADCASTD X3, Y3; \
+	SHLQ         $6, R10; \
+	ADDQ         R15, R10; \
+	BMATCH(R10, R9, CX); \
+	TESTL        R9, R9; \
+	JNZ          candL; \
+	SHLQ         $6, R11; \
+	LEAQ         (R15)(R11*1), R10; \
+	BMATCH(R10, R9, CX); \
+	TESTL        R9, R9; \
+	JZ           absentL; \
+candL:
+
+// CANDREC reads again the first slot FINDCAND found holding the tag: its
+// record number in R9 and the record's address in R10; an emptied slot
+// (noCand) jumps to absentL. The table is in BX, ^mask in R14 (kept).
+#define CANDREC(absentL) \
+	TZCNTL       R9, CX; \
+	ANDL         $15, CX; \
+	MOVL         (R10)(CX*4), R9; \
+	NOTL         R14; \
+	ANDL         R14, R9; \
+	NOTL         R14; \
+	DECL         R9; \
+	CMPQ         R9, (Table_recs+8)(BX); \
+	JAE          absentL; \
+	LEAQ         (R9)(R9*2), R10; \
+	SHLQ         $REC_SIZE_SHIFT, R10; \
+	ADDQ         Table_recs(BX), R10
+
 // func lookupOneAMD64(t *Table, k *Tuple, now Time) (ref Ref, sure bool)
 //
 // One key from hash to answer, for a single lookup: the hash and place
@@ -344,38 +384,12 @@ TEXT ·lookupOneAMD64(SB), NOSPLIT, $0-29
 	NOTL         R14                 // ^mask
 	MOVQ         $0x9E3779B97F4A7C15, R13
 	LEAQ         Table_h(BX), DI
-	HASHPLACE(DI, otag, oprobe)
 	MOVQ         Table_buckets(BX), R15
 	MOVL         R14, X2
 	VPBROADCASTD X2, Y2
-	MOVL         AX, X3
-	VPBROADCASTD X3, Y3
-	SHLQ         $6, R10
-	ADDQ         R15, R10
-	BMATCH(R10, R9, CX)
-	TESTL        R9, R9
-	JNZ          ocand
-	SHLQ         $6, R11
-	LEAQ         (R15)(R11*1), R10
-	BMATCH(R10, R9, CX)
-	TESTL        R9, R9
-	JZ           oabsent
-
-ocand:
+	FINDCAND(otag, oprobe, ocand, oabsent)
 	VZEROUPPER
-	// The first slot holding the tag, read again: its record number (an
-	// emptied slot gives noCand: absent).
-	TZCNTL       R9, CX
-	ANDL         $15, CX
-	MOVL         (R10)(CX*4), R9
-	NOTL         R14
-	ANDL         R14, R9
-	DECL         R9
-	CMPQ         R9, (Table_recs+8)(BX)
-	JAE          oabsent2
-	LEAQ         (R9)(R9*2), R10
-	SHLQ         $REC_SIZE_SHIFT, R10
-	ADDQ         Table_recs(BX), R10
+	CANDREC(oabsent2)
 	CMPREC(R10, DX, now+16(FP), Table_timeouts(BX)(R11*4), oreply, olive, ofound, ounsure)
 	LEAL         1(R9), R9
 	SHLL         $1, R9
@@ -425,35 +439,8 @@ TEXT ·lookupSmallAMD64(SB), NOSPLIT, $16-56
 	MOVQ         Table_buckets(BX), R15
 
 sloop:
-	HASHPLACE(DI, stag, sprobe)
-	MOVL         AX, X3
-	VPBROADCASTD X3, Y3
-	SHLQ         $6, R10
-	ADDQ         R15, R10
-	BMATCH(R10, R9, CX)
-	TESTL        R9, R9
-	JNZ          scand
-	SHLQ         $6, R11
-	LEAQ         (R15)(R11*1), R10
-	BMATCH(R10, R9, CX)
-	TESTL        R9, R9
-	JZ           sabsent
-
-scand:
-	// The first slot holding the tag, read again: its record number (an
-	// emptied slot gives noCand: absent).
-	TZCNTL       R9, CX
-	ANDL         $15, CX
-	MOVL         (R10)(CX*4), R9
-	NOTL         R14
-	ANDL         R14, R9
-	NOTL         R14
-	DECL         R9
-	CMPQ         R9, (Table_recs+8)(BX)
-	JAE          sabsent
-	LEAQ         (R9)(R9*2), R10
-	SHLQ         $REC_SIZE_SHIFT, R10
-	ADDQ         Table_recs(BX), R10
+	FINDCAND(stag, sprobe, scand, sabsent)
+	CANDREC(sabsent)
 	CMPREC(R10, DX, now+32(FP), Table_timeouts(BX)(R11*4), sreply, slive, sfound, sunsure)
 	LEAL         1(R9), R9
 	SHLL         $1, R9
