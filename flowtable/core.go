@@ -393,6 +393,12 @@ func (c *Core) insert(nf *NewFlow, now Time, checkOrig bool) (Ref, InsertResult)
 		}
 	}
 	if r := c.holder(&nf.Reply, &pr, now); r != 0 {
+		// The holder may be this very connection, its original tuple's
+		// entry missed above while another core relocated it (the looks
+		// before publishing may miss one): then it exists.
+		if t.recs[r.idx()].orig == nf.Orig {
+			return makeRef(r.idx(), DirOrig), Exists
+		}
 		return 0, ReplyClash
 	}
 	if !c.admit(&nf.Orig, now) {

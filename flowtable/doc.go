@@ -140,7 +140,10 @@
 // before publishing may miss: the rival checks after catch what they
 // missed, as they catch a racing inserter; the lookups count it
 // as search_restart, as Linux counts lookups restarted while entries
-// moved between its hash chains). With sequentially consistent atomics
+// moved between its hash chains; and a reply tuple's holder found before
+// publishing whose original tuple is the new connection's own is that
+// connection, its original entry missed so: the insert answers Exists,
+// not ReplyClash). With sequentially consistent atomics
 // the argument is a seqlock's: if the scan read s after the CAS on s, its
 // second read of the counter follows the increment, which preceded that
 // CAS; if its first read already saw the increment, the copy preceded it,

@@ -140,6 +140,23 @@ func TestInsertClashes(t *testing.T) {
 	if _, res := c.Insert(&e, 1); res != Exists {
 		t.Errorf("orig equal to a reply tuple: %v", res)
 	}
+	// The original tuple's entry out of sight, as in the moment a
+	// relocation copies it between buckets (a look before publishing may
+	// miss it): its reply tuple's holder is the connection itself, which
+	// exists, not a clash. Then the entry comes back.
+	po := tab.at(&a.Orig)
+	if !tab.unlink(&po, ra.idx()) {
+		t.Fatal("the original tuple's entry was not in the index")
+	}
+	if r, res := c.Insert(&a, 1); res != Exists || r != ra {
+		t.Errorf("same connection, original entry missed: %v %v", r, res)
+	}
+	if r, res := c.InsertRetry(&a, 1); res != Exists || r != ra {
+		t.Errorf("same connection, original entry missed, retried: %v %v", r, res)
+	}
+	if !tab.link(&po, ra.idx()) {
+		t.Fatal("the original tuple's entry could not be put back")
+	}
 	// Equal tuples and no state are refused.
 	f := NewFlow{Orig: a.Orig, Reply: a.Orig, Status: uint32(TCPSynSent)}
 	if _, res := c.Insert(&f, 1); res != BadFlow {
