@@ -246,10 +246,7 @@ func (c *Core) lookupBatch(keys []Tuple, refs []Ref, now Time) int {
 	for ; rescan != 0; rescan &= rescan - 1 {
 		i := bits.TrailingZeros64(rescan) & (batchMax - 1)
 		b := &bb[i]
-		r := t.scan(&t.buckets[b.b1], b.tag, &keys[i], now)
-		if r == 0 {
-			r = t.scan(&t.buckets[b.b2], b.tag, &keys[i], now)
-		}
+		r := t.scanBoth(b.b1, b.b2, b.tag, &keys[i], now)
 		refs[i] = r
 		if r != 0 {
 			found++

@@ -410,6 +410,14 @@ func match(f *Flow, k *Tuple) (Dir, bool) {
 	return 0, false
 }
 
+// scanBoth is scan over a tuple's first bucket, then its second.
+func (t *Table) scanBoth(b1, b2 uint64, tag uint32, k *Tuple, now Time) Ref {
+	if r := t.scan(&t.buckets[b1], tag, k, now); r != 0 {
+		return r
+	}
+	return t.scan(&t.buckets[b2], tag, k, now)
+}
+
 // scan looks for a live record under k in one bucket.
 func (t *Table) scan(b *bucket, tag uint32, k *Tuple, now Time) Ref {
 	mask := t.idxMask
@@ -439,10 +447,7 @@ func (t *Table) lookup(k *Tuple, now Time, restarts *uint64) Ref {
 	b1, b2, tag := t.place(t.h.hash(k))
 	for ; ; *restarts++ {
 		moved := t.relocs.Load()
-		if r := t.scan(&t.buckets[b1], tag, k, now); r != 0 {
-			return r
-		}
-		if r := t.scan(&t.buckets[b2], tag, k, now); r != 0 {
+		if r := t.scanBoth(b1, b2, tag, k, now); r != 0 {
 			return r
 		}
 		if t.relocs.Load() == moved {

@@ -155,11 +155,7 @@ func (t *Table) lookupSmall(keys []Tuple, refs []Ref, now Time) (int, bool) {
 	for ; unsure != 0; unsure &= unsure - 1 {
 		i := bits.TrailingZeros64(unsure) & (batchMax - 1)
 		b1, b2, tag := t.place(t.h.hash(&keys[i]))
-		r := t.scan(&t.buckets[b1], tag, &keys[i], now)
-		if r == 0 {
-			r = t.scan(&t.buckets[b2], tag, &keys[i], now)
-		}
-		if refs[i] = r; r != 0 {
+		if refs[i] = t.scanBoth(b1, b2, tag, &keys[i], now); refs[i] != 0 {
 			found++
 		}
 	}

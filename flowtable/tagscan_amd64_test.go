@@ -128,10 +128,7 @@ func TestLookupOne(t *testing.T) {
 	}
 	scan := func(tab *Table, k *Tuple, now Time) Ref {
 		p := tab.at(k)
-		if r := tab.scan(&tab.buckets[p.b1], p.tag, k, now); r != 0 {
-			return r
-		}
-		return tab.scan(&tab.buckets[p.b2], p.tag, k, now)
+		return tab.scanBoth(p.b1, p.b2, p.tag, k, now)
 	}
 	// The one-pass lookup of a batch (lookupSmallAMD64, for tables in the
 	// caches) the same way: every key it is sure of gets the scan's
