@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	"xnat/flowtable"
+	"xnat/internal/prefault"
 )
 
 // Pool is a set of external addresses and ports.
@@ -166,7 +167,7 @@ func New(pool Pool, cores int, limiter *SourceLimiter) ([]*Allocator, error) {
 		for k := range a.uses {
 			a.uses[k] = make([]uint16, uint64(a.n)*naddrs)
 			if uint64(a.n)*naddrs*2*numClasses <= prefaultMax {
-				prefault(a.uses[k])
+				prefault.Slice(a.uses[k])
 			}
 		}
 		var seed [32]byte
@@ -259,23 +260,12 @@ func (a *Allocator) Likely(orig *flowtable.Tuple, addr uint32) (ports [2]uint16,
 }
 
 // prefaultMax bounds the use counts New commits at once for one core
-// (prefault). The counts of a pool of one address take 378 KiB in all
+// (prefault.Slice: no connection's first use of a port then waits on a
+// page fault). The counts of a pool of one address take 378 KiB in all
 // (split between the cores), of 256 addresses 95 MiB, of 65,536 about
 // 24 GiB, of which a gateway only ever uses the pages its traffic
 // reaches.
 const prefaultMax = 128 << 20
-
-// prefault writes a zero into every 4 KiB page of a fresh array of use
-// counts, so that the kernel backs it now instead of at the first
-// connection to take a port counted in each page: a page fault in the
-// packet path, some microseconds in a virtual machine, and a pool's first
-// thousand connections reached a hundred pages. (The flow table commits
-// its arrays at creation for the same reason.)
-func prefault(u []uint16) {
-	for i := 0; i < len(u); i += 4096 / 2 {
-		u[i] = 0
-	}
-}
 
 // clashShift sets the weight of each try in the clash average: 1/32.
 const clashShift = 5
