@@ -5,7 +5,7 @@ CMDS      := $(notdir $(wildcard cmd/*))
 FUZZTIME  ?= 20s
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: all build test race bench fuzz lint demo clean instructions
+.PHONY: all build test race bench fuzz lint demo clean instructions deps
 
 all: build
 
@@ -13,9 +13,16 @@ build:
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ ./cmd/...
 
+# make deps: install the Debian packages make test and make demo need and
+# the machine lacks (as root; scripts/deps.sh). Both targets run it first.
+deps:
+	GO=$(GO) bash scripts/deps.sh
+
 # make test: unit, golden, fuzz-corpus, stress and namespace tests (root),
 # then all of them again under the race detector.
-test: build
+test:
+	GO=$(GO) bash scripts/deps.sh test
+	@$(MAKE) --no-print-directory build
 	$(GO) vet ./...
 	$(GO) test -count=1 ./...
 	$(GO) test -count=1 -race ./...
@@ -47,7 +54,8 @@ lint:
 # make demo: as root — a throwaway namespace topology (two inside hosts,
 # xnat, a server), xnatd with MASQUERADE and a small table, real traffic,
 # xnatctl's view of it, then everything removed (scripts/demo.sh).
-demo: build
+demo:
+	GO=$(GO) bash scripts/deps.sh demo
 	bash scripts/demo.sh
 
 clean:

@@ -6,13 +6,14 @@
 #                                              ├ xnat (ip_forward=0) out 192.0.2.1/24 ── s0 192.0.2.2/24 :server
 #   insideB: b0 10.0.2.2/24 ── inb 10.0.2.1/24 ┘
 #
-# Needs root, ip (iproute2), ethtool and go. Runs in well under a minute.
+# Needs root, ip (iproute2), ethtool, sysctl (procps) and go; make demo
+# installs the packages first (scripts/deps.sh). Runs in well under a minute.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "demo: needs root (network namespaces, XDP)" >&2; exit 1; }
-for cmd in ip ethtool go; do
-  command -v "$cmd" >/dev/null || { echo "demo: needs $cmd (Debian: iproute2, ethtool, golang)" >&2; exit 1; }
+for cmd in ip ethtool sysctl go; do
+  command -v "$cmd" >/dev/null || { echo "demo: needs $cmd: run scripts/deps.sh as root (make demo does)" >&2; exit 1; }
 done
 
 MAX_CONNS=${MAX_CONNS:-64}
