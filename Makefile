@@ -53,7 +53,10 @@ lint:
 
 # make demo: as root — a throwaway namespace topology (two inside hosts,
 # xnat, a server), xnatd with MASQUERADE and a small table, real traffic,
-# xnatctl's view of it, then everything removed (scripts/demo.sh).
+# xnatctl's view of it, then the table filled with ASSURED connections and
+# one more burst refused: the "table full, dropping packet" event and the
+# table_full counter, checked (the demo fails without them); everything it
+# made is removed on exit (scripts/demo.sh).
 demo:
 	GO=$(GO) bash scripts/deps.sh demo
 	bash scripts/demo.sh

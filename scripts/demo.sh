@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # make demo: build xnat, run it between throwaway network namespaces with
-# real traffic, show what xnatctl sees, and remove everything it created.
+# real traffic, show what xnatctl sees, fill the connection table and show
+# the "table full, dropping packet" event and the table_full counter (exit 1
+# if either is missing), and remove everything it created.
 #
 #   insideA: a0 10.0.1.2/24 ── ina 10.0.1.1/24 ┐
 #                                              ├ xnat (ip_forward=0) out 192.0.2.1/24 ── s0 192.0.2.2/24 :server
@@ -38,6 +40,12 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+fail() {
+  echo "demo: FAILED: $*" >&2
+  echo "demo: xnatd's log:" >&2
+  sed 's/^/  /' "$tmp/xnatd.log" >&2
+  exit 1
+}
 nsx() { local n=$1; shift; ip netns exec "$n" "$@"; }
 
 say "building xnatd, xnatctl and the demo's traffic tool"
@@ -115,31 +123,71 @@ nsx "$B" demotraffic udp 192.0.2.2:7000 20
 nsx "$A" demotraffic tcp 192.0.2.2:8000 1000000
 nsx "$B" demotraffic tcp 192.0.2.2:8000 1000000
 
-say "filling the table: $((MAX_CONNS - 8)) held connections, then a burst of 32 more"
-ip netns exec "$A" demotraffic burst 192.0.2.2:8000 $((MAX_CONNS - 8)) 30s >"$tmp/wave1" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do grep -q burst "$tmp/wave1" 2>/dev/null && break; sleep 0.1; done
-cat "$tmp/wave1"
-nsx "$B" demotraffic burst 192.0.2.2:8000 32 0s || true
-sleep 0.5 # the event monitor reads the counters four times a second
-
-say "xnatctl stats"
-ctl stats
-say "xnatctl conntrack -L (first lines)"
-ctl conntrack -L 2>/dev/null | head -n 8 || true
-echo "... $(ctl conntrack -C) connections"
+say "xnatctl conntrack -L"
+ctl conntrack -L
 say "xnatctl iptables -t nat -L -n -v"
 ctl iptables -t nat -L -n -v
 say "xnatctl iptables -L FORWARD -n -v"
 ctl iptables -L FORWARD -n -v
-say "xnatctl conntrack -D -p tcp --dport 8000: the held connections go, the table empties"
-ctl conntrack -D -p tcp --dport 8000
-sleep 2.5 # no table_full drop for 2 s: the condition ends
 
-say "xnatctl events"
-ctl events
-say "xnatd's log: table full"
-grep -E 'table (full|no longer full)' "$tmp/xnatd.log" | sed 's/^/  /' || true
+# A full table makes room for a new connection by evicting one that is not
+# ASSURED (early_drop); only when every entry is ASSURED does it refuse the
+# new connection: "nf_conntrack: table full, dropping packet", counted
+# table_full. The ping and the short UDP flows are not ASSURED (a UDP flow
+# becomes so after replies over 2 s): they go first, and held TCP
+# connections, ASSURED once established, fill the table.
+say "filling the table with ASSURED connections up to nf_conntrack_max"
+ctl sysctl net.netfilter.nf_conntrack_max
+ctl conntrack -D -p icmp
+ctl conntrack -D -p udp
+for round in 1 2 3; do
+  have=$(ctl conntrack -C)
+  [ "$have" -lt "$MAX_CONNS" ] || break
+  out="$tmp/hold$round"
+  ip netns exec "$A" demotraffic burst 192.0.2.2:8000 $((MAX_CONNS - have)) 10m >"$out" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 300); do [ -s "$out" ] && break; sleep 0.1; done
+  cat "$out"
+done
+have=$(ctl conntrack -C)
+assured=$(ctl conntrack -L 2>/dev/null | grep -c '\[ASSURED\]' || true)
+echo "table: $have/$MAX_CONNS connections, $assured of them ASSURED"
+[ "$have" -eq "$MAX_CONNS" ] && [ "$assured" -eq "$have" ] ||
+  fail "the table did not fill with ASSURED connections"
+
+NEW=16
+say "$NEW more new connections into the full table"
+# Each is refused (its SYN and the retransmission dropped), so the tool
+# reports none opened; that is the point.
+nsx "$B" demotraffic burst 192.0.2.2:8000 "$NEW" 0s 2>&1 | grep -v '^demotraffic: no connection opened$' || true
+# The control API's monitor reads the counters four times a second.
+for _ in $(seq 50); do
+  ctl events | grep -q 'table full, dropping packet' && break
+  sleep 0.1
+done
+
+say "xnatctl stats"
+ctl stats
+
+say "table full: xnatctl events, the table_full counter, xnatd's log"
+events=$(ctl events)
+table_full=$(ctl --json stats | tr -d ' \t\n' | grep -o '"name":"table_full","value":[0-9]*' | head -n 1 | grep -o '[0-9]*$' || true)
+echo "xnatctl events:"
+printf '%s\n' "$events" | sed 's/^/  /'
+echo "xnatctl stats:"
+ctl stats | grep -E '^conntrack ' | sed 's/^/  /'
+ctl stats | grep -oE 'table_full +[0-9.]+( k| M)?' | sed 's/^/  drops       /'
+echo "xnatctl conntrack -S:"
+ctl conntrack -S | sed 's/^/  /'
+echo "xnatd's log:"
+grep -E 'kind=table_full' "$tmp/xnatd.log" | sed 's/^/  /' || true
+grep -q 'table full, dropping packet' <<<"$events" || fail "xnatctl events shows no table-full event"
+[ "${table_full:-0}" -gt 0 ] || fail "the table_full counter is ${table_full:-missing}"
+grep -q 'kind=table_full' "$tmp/xnatd.log" || fail "xnatd logged no table-full event"
+full_event=$(grep 'table full, dropping packet' <<<"$events" | head -n 1)
+echo
+echo "table full: event  $full_event"
+echo "table full: counter table_full $table_full (packets of refused new connections: SYNs and their retransmissions)"
 
 say "cleaning up"
 kill -TERM "${pids[0]}"
