@@ -39,18 +39,12 @@
 //     quiet TCP or UDP packet of a known connection, with no filter rules
 //     — does this in one loop without a call, and computes the checksums
 //     from what the parser read (the key, the TTL, both checksums), so it
-//     writes the headers without reading them again. On amd64 that loop,
-//     and the parser's for the common frames (step 1), are assembly
-//     (fastpath_amd64.s: the Pipeline's fields at the offsets
-//     go_asm.h gives, a record's from flowtable's layout, what else they
-//     assume checked at compile time in unsafe.go); the Go loops run
-//     elsewhere and under the race detector, and the tests hold each pair
-//     to each other and to the general path, batch by batch
-//     (TestEstablishedAsmMatchesGo, TestParseFastAsmMatchesGo,
+//     writes the headers without reading them again. The tests hold it,
+//     and the parser's fast path, to the general path batch by batch
+//     (TestEstablishedPathRandomBatches, TestParseFastBatches,
 //     checkEstablishedPath and checkParseFast with their fuzz tests), and
 //     run frames that end where an unmapped page begins through both
-//     (TestParseFastReadsWithinFrames,
-//     TestEstablishedPathExactFrames).
+//     (TestParseFastReadsWithinFrames, TestEstablishedPathExactFrames).
 //     The connections' counters (nf_conntrack_acct) of the packets it
 //     took are added after it, in a pass of their own.
 //  4. A miss is a new connection. When a batch has misses, the reply

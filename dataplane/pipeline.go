@@ -207,10 +207,6 @@ type Pipeline struct {
 	// handle.
 	noFast   bool
 	fastLast uint64
-	// goFast runs the fast path's Go loops (the parser's and the
-	// established path's) where the assembly ones would run: for the
-	// tests that hold each pair to each other.
-	goFast bool
 	// fastPkts and fastBytes: the packets and IP bytes the established
 	// path forwarded in this batch (kept here, in memory, rather than in
 	// two of the loop's registers).
@@ -430,11 +426,7 @@ const (
 // frames it left to parse (any other frame, good or bad: parse then finds
 // what is wrong with it or what else it is), and how many it took. The
 // batch holds at most batchMax frames.
-//
-// This is the Go loop; on amd64 the same loop in assembly runs it
-// (fastpath_amd64.s, TestParseFastAsmMatchesGo), except under the race
-// detector.
-func (p *Pipeline) parseFastGo(frames [][]byte, sizes []int, in []uint16) (rest uint64, took int) {
+func (p *Pipeline) parseFast(frames [][]byte, sizes []int, in []uint16) (rest uint64, took int) {
 	metas, keys := p.meta[:len(frames)], p.keys[:len(frames)]
 	sizes, in = sizes[:len(frames)], in[:len(frames)]
 	// The receive counters are kept for a run of frames from one port (a
@@ -808,11 +800,7 @@ func (p *Pipeline) forward(frame []byte, size int, m *meta, ref flowtable.Ref, c
 // forwarded to fastPkts and fastBytes, which the caller adds to Forwarded
 // and the FORWARD policy's counters; handle then takes that packet from
 // the start.
-//
-// This is the Go loop; on amd64 the same loop in assembly runs it
-// (fastpath_amd64.s, TestEstablishedAsmMatchesGo), except under the
-// race detector.
-func (p *Pipeline) establishedGo(from int, frames [][]byte, sizes []int, out []Result) int {
+func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Result) int {
 	metas, keys, refs := p.meta[:len(frames)], p.keys[:len(frames)], p.refs[:len(frames)]
 	sizes, out = sizes[:len(frames)], out[:len(frames)]
 	tab := p.d.Table
