@@ -1,6 +1,8 @@
 package dataplane
 
 import (
+	"encoding/binary"
+
 	"xnat/dataplane/header"
 )
 
@@ -21,6 +23,7 @@ func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Res
 	sizes, out = sizes[:len(frames)], out[:len(frames)]
 	tab := p.d.Table
 	now := p.now
+	be := binary.BigEndian
 	i := from
 	for ; i < len(frames); i++ {
 		m := &metas[i]
@@ -45,24 +48,26 @@ func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Res
 			break
 		}
 		f.Touch(now)
-		// header.RewriteNATFields, its parts inlined, on fields found
-		// without bounds checks (natFields: parse has checked them all).
+		// header.RewriteNAT, on fields found without bounds checks
+		// (natFields: parse has checked them all). What the parser read of
+		// the headers (the key, the meta's TTL and checksums) is what they
+		// hold, so they are written, not read: with a batch's frames in a
+		// UMEM's chunks of a power of two, their headers share a few sets
+		// of the first-level cache, and a read would miss there.
 		udp := m.kind == kUDP
 		eth, ip, l4, csum := natFields(frames[i], m.l3, udp)
-		// What the parser read of the headers (the key, the meta's TTL and
-		// checksums) is what they hold, so they are written, not read: with
-		// a batch's frames in a UMEM's chunks of a power of two, their
-		// headers share a few sets of the first-level cache, and a read
-		// would miss there.
 		k := &keys[i]
 		ports := uint32(other.DstPort)<<16 | uint32(other.SrcPort)
-		dA := header.AddrsDelta(k.Src, k.Dst, other.Dst, other.Src)
-		dP := header.PortsDelta(uint32(k.SrcPort)<<16|uint32(k.DstPort), ports)
-		header.PutIPv4NAT(ip, other.Dst, other.Src, m.ttl, m.ipCsum, dA)
-		header.PutPorts(l4, ports)
-		header.PutL4Checksum(csum, udp, m.l4Csum, dA+dP)
-		*(*[6]byte)(eth[0:]) = nh.mac
-		*(*[6]byte)(eth[6:]) = nh.srcMAC
+		d := header.Delta(0).Add32(k.Src, other.Dst).Add32(k.Dst, other.Src)
+		be.PutUint32(ip[header.IPv4SrcAddr:], other.Dst)
+		be.PutUint32(ip[header.IPv4DstAddr:], other.Src)
+		ip[header.IPv4TTL] = m.ttl - 1
+		be.PutUint16(ip[header.IPv4Checksum:], d.DecTTL().Apply(m.ipCsum))
+		be.PutUint32(l4[:], ports)
+		d = d.Add32(uint32(k.SrcPort)<<16|uint32(k.DstPort), ports)
+		be.PutUint16(csum[:], d.ApplyL4(m.l4Csum, udp))
+		*(*[6]byte)(eth[header.EthernetDst:]) = nh.mac
+		*(*[6]byte)(eth[header.EthernetSrc:]) = nh.srcMAC
 		size := sizes[i]
 		out[i] = Result{Action: ActForward, Port: nh.port, Len: size}
 		pc := &p.cnt.Ports[nh.port]

@@ -237,14 +237,13 @@ func zeroSumUDP(t *testing.T, sport uint16) []byte {
 	f := p.bytes(t)
 	udp := f[14+20 : 14+20+8+2]
 	pseudo := header.PseudoSum(addrA, remote, header.ProtoUDP, uint16(len(udp)))
-	d := header.AddrsDelta(addrA, remote, addrExt, remote) + header.PortsDelta(uint32(sport)<<16|53, uint32(sport)<<16|53)
+	d := header.Delta(0).Add32(addrA, addrExt).Add32(remote, remote).Add32(uint32(sport)<<16|53, uint32(sport)<<16|53)
 	for w := range 1 << 16 {
 		binary.BigEndian.PutUint16(udp[8:], uint16(w))
 		binary.BigEndian.PutUint16(udp[6:], 0)
 		c := header.Checksum(udp, pseudo)
 		binary.BigEndian.PutUint16(udp[6:], c)
-		var out [2]byte
-		if header.PutL4Checksum(&out, true, c, d); c != 0 && out == [2]byte{0xff, 0xff} {
+		if c != 0 && d.ApplyL4(c, true) == 0xffff {
 			return f
 		}
 	}

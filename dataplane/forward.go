@@ -1,8 +1,6 @@
 package dataplane
 
 import (
-	"encoding/binary"
-
 	"xnat/dataplane/header"
 	"xnat/dataplane/rules"
 	"xnat/flowtable"
@@ -139,18 +137,17 @@ func (p *Pipeline) translate(frame []byte, m *meta, other *flowtable.Tuple) {
 	}
 	ip := header.IPv4(frame[m.l3:])
 	src, dst := ip.Src(), ip.Dst()
-	var dAddr header.Delta
+	var d header.Delta
 	if src != other.Dst {
-		dAddr = dAddr.Add32(src, other.Dst)
+		d = d.Add32(src, other.Dst)
 		ip.SetSrc(other.Dst)
 	}
 	if dst != other.Src {
-		dAddr = dAddr.Add32(dst, other.Src)
+		d = d.Add32(dst, other.Src)
 		ip.SetDst(other.Src)
 	}
-	ttlProto := binary.BigEndian.Uint16(ip[8:10])
-	ip[8]--
-	ip.SetChecksum(header.Adjust(ip.Checksum(), dAddr.Add16(ttlProto, ttlProto-0x100)))
+	ip.SetTTL(ip.TTL() - 1)
+	ip.SetChecksum(d.DecTTL().Apply(ip.Checksum()))
 	l4 := frame[m.l4:]
 	switch m.kind {
 	case kICMPQuery:
@@ -161,36 +158,9 @@ func (p *Pipeline) translate(frame []byte, m *meta, other *flowtable.Tuple) {
 		}
 		if old := c.ID(); old != id {
 			c.SetID(id)
-			c.SetChecksum(header.Adjust(c.Checksum(), header.Delta(0).Add16(old, id)))
+			c.SetChecksum(header.Delta(0).Add16(old, id).Apply(c.Checksum()))
 		}
 	}
-}
-
-// rewritePorts sets a TCP or UDP header's ports (bytes 0–3 in both) and
-// folds their change and the address delta d into the transport checksum
-// at csumOff, when the header reaches it. A UDP checksum of zero means none
-// and stays zero; a computed zero is sent as 0xffff (RFC 768).
-func rewritePorts(l4 []byte, csumOff int, udp bool, sport, dport uint16, d header.Delta) {
-	if sp := binary.BigEndian.Uint16(l4[0:2]); sp != sport {
-		d = d.Add16(sp, sport)
-		binary.BigEndian.PutUint16(l4[0:2], sport)
-	}
-	if dp := binary.BigEndian.Uint16(l4[2:4]); dp != dport {
-		d = d.Add16(dp, dport)
-		binary.BigEndian.PutUint16(l4[2:4], dport)
-	}
-	if d == 0 || len(l4) < csumOff+2 {
-		return
-	}
-	c := binary.BigEndian.Uint16(l4[csumOff:])
-	if udp && c == 0 {
-		return
-	}
-	c = header.Adjust(c, d)
-	if udp && c == 0 {
-		c = 0xffff
-	}
-	binary.BigEndian.PutUint16(l4[csumOff:], c)
 }
 
 // emit finishes a forwarded frame whose TTL has been decremented: MAC

@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"encoding/binary"
 	"math/bits"
 
 	"xnat/dataplane/header"
@@ -75,15 +76,15 @@ func (p *Pipeline) handleICMPError(frame []byte, size int, m *meta, ref flowtabl
 		eip.SetDst(n.Src)
 	}
 	if d != 0 {
-		eip.SetChecksum(header.Adjust(eip.Checksum(), d))
+		eip.SetChecksum(d.Apply(eip.Checksum()))
 	}
 	el4 := frame[m.eL4:end]
 	switch m.eProto {
 	case header.ProtoTCP:
 		// The quote may stop before the checksum; rewritePorts then leaves it.
-		rewritePorts(el4, 16, false, n.DstPort, n.SrcPort, d)
+		rewritePorts(el4, header.TCPChecksum, false, n.DstPort, n.SrcPort, d)
 	case header.ProtoUDP:
-		rewritePorts(el4, 6, true, n.DstPort, n.SrcPort, d)
+		rewritePorts(el4, header.UDPChecksum, true, n.DstPort, n.SrcPort, d)
 	case header.ProtoICMP:
 		c := header.ICMPv4(el4)
 		id := n.DstPort // a quoted request went out with the id in its SrcPort slot
@@ -92,7 +93,7 @@ func (p *Pipeline) handleICMPError(frame []byte, size int, m *meta, ref flowtabl
 		}
 		if old := c.ID(); old != id {
 			c.SetID(id)
-			c.SetChecksum(header.Adjust(c.Checksum(), header.Delta(0).Add16(old, id)))
+			c.SetChecksum(header.Delta(0).Add16(old, id).Apply(c.Checksum()))
 		}
 	}
 	// The outer header, then the ICMP checksum over the whole message.
@@ -106,13 +107,34 @@ func (p *Pipeline) handleICMPError(frame []byte, size int, m *meta, ref flowtabl
 		ip.SetDst(newDst)
 	}
 	if od != 0 {
-		ip.SetChecksum(header.Adjust(ip.Checksum(), od))
+		ip.SetChecksum(od.Apply(ip.Checksum()))
 	}
 	icmp := header.ICMPv4(frame[m.l4:end])
 	icmp.SetChecksum(0)
 	icmp.SetChecksum(header.Checksum(icmp, 0))
 	ip.DecTTL()
 	p.emit(frame, size, m, port, &mac, out)
+}
+
+// rewritePorts sets a quoted TCP or UDP header's ports and folds their
+// change and the address delta d into its checksum at csumOff
+// (header.TCPChecksum or header.UDPChecksum), when the quote reaches it
+// (Delta.ApplyL4: a UDP checksum of zero stays zero).
+func rewritePorts(l4 []byte, csumOff int, udp bool, sport, dport uint16, d header.Delta) {
+	h := header.UDP(l4) // TCP's ports lie where UDP's do
+	if sp := h.SrcPort(); sp != sport {
+		d = d.Add16(sp, sport)
+		h.SetSrcPort(sport)
+	}
+	if dp := h.DstPort(); dp != dport {
+		d = d.Add16(dp, dport)
+		h.SetDstPort(dport)
+	}
+	if d == 0 || len(l4) < csumOff+2 {
+		return
+	}
+	c := binary.BigEndian.Uint16(l4[csumOff:])
+	binary.BigEndian.PutUint16(l4[csumOff:], d.ApplyL4(c, udp))
 }
 
 // icmpAllowed takes a token from the core's ICMP error budget.

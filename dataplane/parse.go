@@ -38,11 +38,14 @@ type meta struct {
 	ipCsum, l4Csum uint16
 }
 
-// The shortest frames parseFast takes: untagged Ethernet, IPv4 without
-// options, and a whole UDP header or TCP header.
+// The frames parseFast takes: untagged Ethernet, IPv4 without options at
+// fastL3, the transport header at fastL4, and the shortest of them, with a
+// whole UDP header or TCP header.
 const (
-	fastUDPLen = header.EthernetLen + header.IPv4MinLen + header.UDPLen
-	fastTCPLen = header.EthernetLen + header.IPv4MinLen + header.TCPMinLen
+	fastL3     = header.EthernetLen
+	fastL4     = fastL3 + header.IPv4MinLen
+	fastUDPLen = fastL4 + header.UDPLen
+	fastTCPLen = fastL4 + header.TCPMinLen
 )
 
 // parseFast counts each frame of the batch in on its port, and parses
@@ -61,6 +64,7 @@ func (p *Pipeline) parseFast(frames [][]byte, sizes []int, in []uint16) (rest ui
 	// queue's batch is one run) and added when the port changes.
 	var rx rxRun
 	nports := len(p.env.Ports)
+	be := binary.BigEndian
 	for i := range frames {
 		m := &metas[i]
 		frame := frames[i][:sizes[i]]
@@ -79,45 +83,47 @@ func (p *Pipeline) parseFast(frames [][]byte, sizes []int, in []uint16) (rest ui
 			continue
 		}
 		h := (*[fastUDPLen]byte)(frame)
-		ip := (*[header.IPv4MinLen]byte)(h[header.EthernetLen:])
-		tl := int(binary.BigEndian.Uint16(ip[2:]))
+		ip := (*[header.IPv4MinLen]byte)(h[fastL3:])
+		tl := int(be.Uint16(ip[header.IPv4TotalLen:]))
 		// EtherType IPv4, then version 4 with IHL 5: three bytes, one compare.
-		if binary.BigEndian.Uint32(h[12:])>>8 != header.EtherTypeIPv4<<8|0x45 ||
-			header.EthernetLen+tl > len(frame) || ip[6]&0x1f != 0 || ip[7] != 0 || ip[8] <= 1 || !header.Valid20(ip) {
+		if be.Uint32(h[header.EthernetType:])>>8 != header.EtherTypeIPv4<<8|header.IPv4VersionIHL5 ||
+			fastL3+tl > len(frame) || be.Uint16(ip[header.IPv4FlagsFrag:])&header.IPv4OffsetMask != 0 ||
+			ip[header.IPv4TTL] <= 1 || !header.IsValidChecksum20(ip) {
 			rest |= 1 << i
 			continue
 		}
-		l4 := (*[header.UDPLen]byte)(h[header.EthernetLen+header.IPv4MinLen:])
-		proto := ip[9]
+		udp := (*[header.UDPLen]byte)(h[fastL4:]) // TCP's ports, too
+		proto := ip[header.IPv4Protocol]
 		switch proto {
 		case header.ProtoUDP:
-			n := int(binary.BigEndian.Uint16(l4[4:]))
+			n := int(be.Uint16(udp[header.UDPLength:]))
 			if tl < header.IPv4MinLen+header.UDPLen || n < header.UDPLen || n > tl-header.IPv4MinLen {
 				rest |= 1 << i
 				continue
 			}
 			m.kind, m.qbase = kUDP, quietBase(kUDP, 0, true)
-			m.l4Csum = binary.BigEndian.Uint16(l4[6:])
+			m.l4Csum = be.Uint16(udp[header.UDPChecksum:])
 		case header.ProtoTCP:
 			if tl < header.IPv4MinLen+header.TCPMinLen { // then the frame holds fastTCPLen bytes
 				rest |= 1 << i
 				continue
 			}
-			t := (*[fastTCPLen]byte)(frame)
-			if off := int(t[fastUDPLen+4]>>4) * 4; off < header.TCPMinLen || off > tl-header.IPv4MinLen {
+			tcp := (*[header.TCPMinLen]byte)((*[fastTCPLen]byte)(frame)[fastL4:])
+			if off := int(tcp[header.TCPDataOffset]>>4) * 4; off < header.TCPMinLen || off > tl-header.IPv4MinLen {
 				rest |= 1 << i
 				continue
 			}
-			m.kind, m.tcpFlags = kTCP, t[fastUDPLen+5]
+			m.kind, m.tcpFlags = kTCP, tcp[header.TCPFlags]
 			m.qbase = quietBase(kTCP, m.tcpFlags, true)
-			m.l4Csum = binary.BigEndian.Uint16(t[fastUDPLen+8:])
+			m.l4Csum = be.Uint16(tcp[header.TCPChecksum:])
 		default:
 			rest |= 1 << i
 			continue
 		}
-		m.l3, m.l4, m.ipLen, m.proto = header.EthernetLen, header.EthernetLen+header.IPv4MinLen, uint16(tl), proto
-		m.ttl, m.ipCsum = ip[8], binary.BigEndian.Uint16(ip[10:])
-		keys[i].Set(proto, binary.BigEndian.Uint32(ip[12:]), binary.BigEndian.Uint16(l4[0:]), binary.BigEndian.Uint32(ip[16:]), binary.BigEndian.Uint16(l4[2:]))
+		m.l3, m.l4, m.ipLen, m.proto = fastL3, fastL4, uint16(tl), proto
+		m.ttl, m.ipCsum = ip[header.IPv4TTL], be.Uint16(ip[header.IPv4Checksum:])
+		keys[i].Set(proto, be.Uint32(ip[header.IPv4SrcAddr:]), be.Uint16(udp[header.UDPSrcPort:]),
+			be.Uint32(ip[header.IPv4DstAddr:]), be.Uint16(udp[header.UDPDstPort:]))
 		took++
 	}
 	rx.flush(p)
@@ -173,11 +179,7 @@ func (p *Pipeline) parse(frame []byte, m *meta, key *flowtable.Tuple) Reason {
 	if tl < hl || l3+tl > len(frame) {
 		return ReasonIPTotalLen
 	}
-	if hl == header.IPv4MinLen {
-		if !ip.IsValidChecksum20() {
-			return ReasonIPChecksum
-		}
-	} else if !ip.IsValidChecksum() {
+	if !ip.IsValidChecksum() {
 		return ReasonIPChecksum
 	}
 	if ip.FragOffset() != 0 {

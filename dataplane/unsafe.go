@@ -35,13 +35,13 @@ const (
 // and parse and parseFast give it that kind only after finding both
 // headers whole within the frame's size, which Process has resliced the
 // frame to (so the size is within its capacity).
-func natFields(frame []byte, l3 uint16, udp bool) (eth *[12]byte, ip *[header.IPv4MinLen]byte, l4 *[4]byte, csum *[2]byte) {
+func natFields(frame []byte, l3 uint16, udp bool) (eth *[2 * header.EthernetAddrLen]byte, ip *[header.IPv4MinLen]byte, ports *[4]byte, csum *[2]byte) {
 	base := unsafe.Pointer(unsafe.SliceData(frame))
 	ipp := unsafe.Add(base, l3)
-	off := uintptr(header.IPv4MinLen + 16) // the TCP checksum
+	off := uintptr(header.IPv4MinLen + header.TCPChecksum)
 	if udp {
-		off = header.IPv4MinLen + 6
+		off = header.IPv4MinLen + header.UDPChecksum
 	}
-	return (*[12]byte)(base), (*[header.IPv4MinLen]byte)(ipp),
-		(*[4]byte)(unsafe.Add(ipp, header.IPv4MinLen)), (*[2]byte)(unsafe.Add(ipp, off))
+	return (*[2 * header.EthernetAddrLen]byte)(base), (*[header.IPv4MinLen]byte)(ipp),
+		(*[4]byte)(unsafe.Add(ipp, header.IPv4MinLen+header.TCPSrcPort)), (*[2]byte)(unsafe.Add(ipp, off))
 }
