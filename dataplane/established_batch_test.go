@@ -68,7 +68,7 @@ func TestEstablishedPathRandomBatches(t *testing.T) {
 				add(&probes, back, portOut)
 			} else if !vlan { // no UDP checksum: zero stays zero
 				z := out.bytes(t)
-				z[14+20+6], z[14+20+7] = 0, 0
+				binary.BigEndian.PutUint16(z[offL4+header.UDPChecksum:], 0)
 				probes = append(probes, probe{z, portIn})
 			}
 			continue
@@ -169,7 +169,8 @@ func TestEstablishedPathRandomBatches(t *testing.T) {
 			}
 		}
 		for i, r := range results[0] {
-			if f := frames[0][i]; r.Action == ActForward && r.Port == portOut && len(f) >= 42 && f[23] == 17 && f[40] == 0xff && f[41] == 0xff {
+			if f := frames[0][i]; r.Action == ActForward && r.Port == portOut && len(f) >= offL4+header.UDPLen &&
+				f[offIP+header.IPv4Protocol] == header.ProtoUDP && binary.BigEndian.Uint16(f[offL4+header.UDPChecksum:]) == 0xffff {
 				zeroSums++
 			}
 		}
@@ -235,14 +236,14 @@ func zeroSumUDP(t *testing.T, sport uint16) []byte {
 	p := udpPkt(macA, macIn0, addrA, sport, remote, 53)
 	p.payload = []byte{0, 0}
 	f := p.bytes(t)
-	udp := f[14+20 : 14+20+8+2]
+	udp := f[offL4 : offL4+header.UDPLen+2]
 	pseudo := header.PseudoSum(addrA, remote, header.ProtoUDP, uint16(len(udp)))
 	d := header.Delta(0).Add32(addrA, addrExt).Add32(remote, remote).Add32(uint32(sport)<<16|53, uint32(sport)<<16|53)
 	for w := range 1 << 16 {
-		binary.BigEndian.PutUint16(udp[8:], uint16(w))
-		binary.BigEndian.PutUint16(udp[6:], 0)
+		binary.BigEndian.PutUint16(udp[header.UDPLen:], uint16(w))
+		binary.BigEndian.PutUint16(udp[header.UDPChecksum:], 0)
 		c := header.Checksum(udp, pseudo)
-		binary.BigEndian.PutUint16(udp[6:], c)
+		binary.BigEndian.PutUint16(udp[header.UDPChecksum:], c)
 		if c != 0 && d.ApplyL4(c, true) == 0xffff {
 			return f
 		}

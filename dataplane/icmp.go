@@ -250,6 +250,8 @@ func (p *Pipeline) icmpError(frame []byte, size int, m *meta, typ, code uint8, r
 	eth := header.Ethernet(frame)
 	eth.SetDst(eth.Src())
 	eth.SetSrc(in.MAC)
+	// The error's TOS: the packet's, without its ECN bits, at precedence
+	// 6, internetwork control (RFC 1812 4.3.2.5).
 	writeIPv4(frame[l3:], tos&^0x03|0xc0, uint16(header.IPv4MinLen+header.ICMPLen+q), header.ProtoICMP, src, origSrc)
 	icmp := header.ICMPv4(frame[l3+header.IPv4MinLen:])
 	icmp.SetType(typ)
@@ -267,7 +269,8 @@ func (p *Pipeline) icmpError(frame []byte, size int, m *meta, typ, code uint8, r
 // writeIPv4 writes a 20-byte IPv4 header with its checksum.
 func writeIPv4(b []byte, tos uint8, total uint16, proto uint8, src, dst uint32) {
 	ip := header.IPv4(b[:header.IPv4MinLen])
-	b[0], b[1] = 0x45, tos
+	ip.SetVersionIHL(header.IPv4VersionIHL5)
+	ip.SetTOS(tos)
 	ip.SetTotalLen(total)
 	ip.SetID(0)
 	ip.SetFlagsFrag(header.IPv4DontFragment)

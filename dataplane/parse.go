@@ -249,6 +249,11 @@ func icmpKey(src, dst uint32, typ uint8, id uint16) flowtable.Tuple {
 	return flowtable.MakeTuple(header.ProtoICMP, src, 0, dst, id)
 }
 
+// icmpQuoteMin is the least of the datagram's data past its IP header an
+// ICMP error carries (RFC 792: 64 bits), enough for TCP's and UDP's ports
+// and an ICMP query's identifier.
+const icmpQuoteMin = 8
+
 // parseEmbedded reads the datagram an ICMP error carries and makes the
 // lookup key: the reverse of the embedded datagram's tuple, which is the
 // tuple of the direction the error travels in.
@@ -259,7 +264,7 @@ func parseEmbedded(payload []byte, m *meta, key *flowtable.Tuple) Reason {
 	}
 	eip := header.IPv4(inner)
 	ehl := eip.HeaderLen()
-	if eip.Version() != 4 || ehl < header.IPv4MinLen || len(inner) < ehl+8 {
+	if eip.Version() != 4 || ehl < header.IPv4MinLen || len(inner) < ehl+icmpQuoteMin {
 		return ReasonL4Header
 	}
 	m.eL3 = m.l4 + header.ICMPLen
@@ -269,7 +274,8 @@ func parseEmbedded(payload []byte, m *meta, key *flowtable.Tuple) Reason {
 	var t flowtable.Tuple
 	switch m.eProto {
 	case header.ProtoTCP, header.ProtoUDP:
-		t = flowtable.MakeTuple(m.eProto, eip.Src(), binary.BigEndian.Uint16(l4[0:2]), eip.Dst(), binary.BigEndian.Uint16(l4[2:4]))
+		u := header.UDP(l4) // TCP's ports lie where UDP's do
+		t = flowtable.MakeTuple(m.eProto, eip.Src(), u.SrcPort(), eip.Dst(), u.DstPort())
 	case header.ProtoICMP:
 		c := header.ICMPv4(l4)
 		if !header.ICMPIsQuery(c.Type()) {

@@ -18,7 +18,7 @@ func parseSeeds(t testing.TB) [][]byte {
 	vlan, opts, ttl := udp, tcp, udp
 	vlan.vlan, opts.options, ttl.ttl = true, true, 1
 	frag := udp.bytes(t)
-	frag[20] = 0x01 // fragment offset 8 bytes (the checksum no longer verifies: parse says which is wrong)
+	frag[offIP+header.IPv4FlagsFrag+1] = 0x01 // fragment offset 8 bytes (the checksum no longer verifies: parse says which is wrong)
 	return [][]byte{
 		udp.bytes(t), tcp.bytes(t), vlan.bytes(t), opts.bytes(t), ttl.bytes(t), frag,
 		icmpPkt(macA, macIn0, addrA, remote, 8, 0, 99, 1, []byte("x")).bytes(t),
@@ -92,8 +92,8 @@ func checkParseFastBatch(t *testing.T, p *Pipeline, frames [][]byte, in []uint16
 			}
 			continue
 		}
-		common := r == ReasonNone && (sm.kind == kTCP || sm.kind == kUDP) && sm.l3 == 14 && sm.l4 == 34 &&
-			frame[14+8] > 1 && int(in[i]) < len(p.env.Ports)
+		common := r == ReasonNone && (sm.kind == kTCP || sm.kind == kUDP) && sm.l3 == offIP && sm.l4 == offL4 &&
+			frame[offIP+header.IPv4TTL] > 1 && int(in[i]) < len(p.env.Ports)
 		if common {
 			t.Fatalf("parseFast left % x to parse, which found the common case: %+v", frame, sm)
 		}
@@ -122,8 +122,8 @@ func TestParseFastBatches(t *testing.T) {
 				f[j] = byte(rng.Uint32())
 				// A changed IPv4 header's checksum made good half the
 				// time, so the checks after it are reached.
-				if j >= 14 && j < 34 && f[14] == 0x45 && rng.IntN(2) == 0 {
-					ip := header.IPv4(f[14:34])
+				if j >= offIP && j < offL4 && f[offIP] == header.IPv4VersionIHL5 && rng.IntN(2) == 0 {
+					ip := header.IPv4(f[offIP:offL4])
 					ip.SetChecksum(0)
 					ip.SetChecksum(header.Checksum(ip, 0))
 				}

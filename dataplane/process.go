@@ -4,6 +4,7 @@ import (
 	"math/bits"
 	"time"
 
+	"xnat/dataplane/header"
 	"xnat/dataplane/rules"
 	"xnat/flowtable"
 )
@@ -68,7 +69,7 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 		if m.kind == kDone {
 			continue
 		}
-		if frame[m.l3+8] <= 1 { // the TTL
+		if frame[int(m.l3)+header.IPv4TTL] <= 1 {
 			p.ttlExceeded(frames[i], sizes[i], m, &out[i])
 			m.kind = kDone
 			continue
