@@ -147,7 +147,7 @@ func (p *Pipeline) icmpAllowed() bool {
 		// The tokens earned since the last refill, el·rate/1e9, in 128
 		// bits: after a long enough quiet spell (at the sysctl's largest
 		// rate, under three hours) el·rate leaves int64, and a negative
-		// product stopped the refills for good. The remainder, time not
+		// product would stop the refills for good. The remainder, time not
 		// yet worth a token, is carried.
 		hi, lo := bits.Mul64(uint64(el), uint64(rate))
 		if hi >= 1e9 { // a quotient beyond 64 bits: far more than any bucket
