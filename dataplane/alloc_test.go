@@ -1,6 +1,11 @@
 package dataplane
 
-import "testing"
+import (
+	"encoding/binary"
+	"testing"
+
+	"xnat/dataplane/header"
+)
 
 // TestNoAllocsPerBatch asserts the packet path allocates nothing: a batch
 // of established traffic in both directions, and a batch of new
@@ -36,7 +41,7 @@ func TestNoAllocsPerBatch(t *testing.T) {
 	reset(origOut, fOut, sOut, iOut, portIn)
 	p.Process(fOut, sOut, iOut, out)
 	origBack, fBack, sBack, iBack := mk(func(i int) []byte {
-		ext := uint16(fOut[i][14+20])<<8 | uint16(fOut[i][14+21])
+		ext := binary.BigEndian.Uint16(fOut[i][offL4+header.UDPSrcPort:])
 		return udpPkt(macGW, macOut0, remote, 7000, addrExt, ext).bytes(t)
 	})
 	est := testing.AllocsPerRun(100, func() {
@@ -77,8 +82,8 @@ func TestNoAllocsPerBatch(t *testing.T) {
 		reset(origNew, fNew, sNew, iNew, portIn)
 		for i := range fNew {
 			sp := uint16(round*n + i)
-			fNew[i][14+20], fNew[i][14+21] = byte(sp>>8), byte(sp)
-			fNew[i][14+26], fNew[i][14+27] = 0, 0 // no UDP checksum: the port changed
+			binary.BigEndian.PutUint16(fNew[i][offL4+header.UDPSrcPort:], sp)
+			binary.BigEndian.PutUint16(fNew[i][offL4+header.UDPChecksum:], 0) // no UDP checksum: the port changed
 		}
 		p.Process(fNew, sNew, iNew, out)
 	})

@@ -19,55 +19,71 @@
 //
 // # A batch, step by step
 //
-//  1. Parse every frame: Ethernet with one optional 802.1Q tag; IPv4 with
-//     options, checked (version, IHL, total length against the frame, header
-//     checksum); TCP, UDP, ICMP. A malformed frame is dropped with its own
-//     reason; nothing can read out of bounds (FuzzPipeline). A packet whose
-//     TTL would reach zero is answered with ICMP time exceeded here, before
-//     it can create a connection. Non-first fragments are dropped.
-//  2. Look every frame's tuple up in the flow table in one batch, so their
-//     cache misses overlap. An ICMP error is looked up by the datagram it
-//     quotes.
-//  3. A hit updates the connection (Linux's TCP transition table, UDP
-//     streams, SEEN_REPLY and ASSURED, the last-seen time), runs filter
-//     FORWARD with the conntrack state (skipped, its policy still counted,
-//     when the chain has no rules), translates the packet to the reverse of
-//     the other direction's tuple with incremental checksums, decrements the
-//     TTL and sets the MAC addresses from a per-core next-hop cache
-//     (destinations mapped in 8 bytes each to the few next hops they
-//     share, emptied when the Env changes). The established path — a
-//     quiet TCP or UDP packet of a known connection, with no filter rules
-//     — does this in one loop without a call, and computes the checksums
-//     from what the parser read (the key, the TTL, both checksums), so it
-//     writes the headers without reading them again. On amd64 that loop,
-//     and the parser's for the common frames (step 1), are assembly
-//     (fastpath_amd64.s: the Pipeline's fields at the offsets
-//     go_asm.h gives, a record's from flowtable's layout, what else they
-//     assume checked at compile time in unsafe.go); the Go loops run
-//     elsewhere and under the race detector, and the tests hold each pair
-//     to each other and to the general path, batch by batch
-//     (TestEstablishedAsmMatchesGo, TestParseFastAsmMatchesGo,
-//     checkEstablishedPath and checkParseFast with their fuzz tests), and
-//     run frames that end where an unmapped page begins through both
-//     (TestParseFastReadsWithinFrames,
-//     TestEstablishedPathExactFrames).
-//     The connections' counters (nf_conntrack_acct) of the packets it
-//     took are added after it, in a pass of their own.
-//  4. A miss is a new connection. When a batch has misses, the reply
-//     tuples their inserts will most likely check are prefetched first,
-//     together: behind the external address last given out, the source
-//     port kept, and the port the allocator's search starts at where the
-//     kept one may be taken (portalloc's Likely). Then, connection by
-//     connection: nat PREROUTING (DNAT; a
-//     backend range is chosen per connection), the route, filter FORWARD,
-//     nat POSTROUTING (SNAT or MASQUERADE), then the port from this core's
+// The files follow a frame through the pipeline, in the order it meets
+// them: pipeline.go (the types, New), process.go (Process and the batch
+// driver), parse.go, established.go, forward.go, newconn.go and
+// nexthop.go; beside them conntrack.go (connection tracking), icmp.go
+// (ICMP errors, TCP resets), env.go (the environment), counters.go and
+// unsafe.go (the package's uses of unsafe).
+//
+//  1. Parse every frame (parse.go): Ethernet with one optional 802.1Q tag;
+//     IPv4 with options, checked (version, IHL, total length against the
+//     frame, header checksum); TCP, UDP, ICMP. The common frames —
+//     untagged, IPv4 without options, TCP or UDP — take parseFast, which
+//     reads fixed offsets of arrays whose length it checks once; the rest
+//     take parse, which fills the same meta and key. A malformed frame is
+//     dropped with its own reason; nothing can read out of bounds
+//     (FuzzPipeline, FuzzParseFast). A packet whose TTL would reach zero
+//     is answered with ICMP time exceeded here, before it can create a
+//     connection. Non-first fragments are dropped.
+//  2. Look every frame's tuple up in the flow table in one batch
+//     (process.go), so their cache misses overlap. An ICMP error is looked
+//     up by the datagram it quotes.
+//  3. The established path (established.go) takes the batch in order as
+//     far as it can: a quiet TCP or UDP packet of a known connection, IPv4
+//     without options, while filter FORWARD has no rules and accepts. It
+//     forwards each in one loop without a call, the connection touched,
+//     the checksums computed from what the parser read (the key, the TTL,
+//     both checksums), so that it writes the headers without reading them
+//     again, and the MAC addresses taken from the per-core next-hop cache
+//     (nexthop.go: destinations mapped in 8 bytes each to the few next
+//     hops they share, emptied when the Env changes). At a packet it
+//     cannot take, handle (forward.go) takes that one and the path goes on
+//     after it, so every connection's packets are tracked in the order
+//     they came. The connections' counters (nf_conntrack_acct) of the
+//     packets it took are added after it, in a pass of their own.
+//  4. handle (forward.go): a hit updates the connection (conntrack.go:
+//     Linux's TCP transition table, UDP streams, SEEN_REPLY and ASSURED,
+//     the last-seen time), runs filter FORWARD with the conntrack state
+//     (skipped, its policy still counted, when the chain has no rules),
+//     translates the packet to the reverse of the other direction's tuple
+//     with incremental checksums (header.Delta), decrements the TTL and
+//     sets the MAC addresses. An ICMP error about a connection is
+//     translated with the datagram it quotes (icmp.go).
+//  5. A miss is a new connection (newconn.go). When a batch has misses,
+//     the reply tuples their inserts will most likely check are
+//     prefetched first, together: behind the external address last given
+//     out, the source port kept, and the port the allocator's search
+//     starts at where the kept one may be taken (portalloc's Likely).
+//     Then, connection by connection: nat PREROUTING (DNAT; a backend
+//     range is chosen per connection), the route, filter FORWARD, nat
+//     POSTROUTING (SNAT or MASQUERADE), then the port from this core's
 //     allocator and the insert into the flow table, whose answer settles
-//     port clashes and the table limit. Packets from an outside port need a DNAT rule or a
-//     connection (else `unsolicited`). Hairpinned connections are
-//     source-translated to the outside address the inside host aimed at.
-//  5. The core's bounded expiry sweep runs, and the ports of connections
-//     that left go back to their allocators. Rule counters and pipeline
-//     counters are published; the flow table's critical section ends.
+//     port clashes and the table limit. Packets from an outside port need
+//     a DNAT rule or a connection (else `unsolicited`). Hairpinned
+//     connections are source-translated to the outside address the inside
+//     host aimed at.
+//  6. The core's bounded expiry sweep runs (process.go), and the ports of
+//     connections that left go back to their allocators. Rule counters
+//     and pipeline counters are published; the flow table's critical
+//     section ends.
+//
+// The tests hold the fast paths to the general ones batch by batch: the
+// established path to handle (TestEstablishedPathRandomBatches,
+// checkEstablishedPath, FuzzEstablishedPath) and parseFast to parse
+// (TestParseFastBatches, checkParseFast, FuzzParseFast); frames that end
+// where an unmapped page begins go through both
+// (TestParseFastReadsWithinFrames, TestEstablishedPathExactFrames).
 //
 // # Environment
 //

@@ -5,6 +5,8 @@ import (
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
+
+	"xnat/dataplane/header"
 )
 
 // fuzzRules: dnatRules (established_test.go) and two REJECT rules.
@@ -47,7 +49,7 @@ func FuzzPipeline(f *testing.F) {
 	ttl.ttl = 1
 	seeds = append(seeds, ttl.bytes(f))
 	sent := udpPkt(macA, macIn0, addrA, 5000, remote, 7000).bytes(f)
-	seeds = append(seeds, icmpPkt(macGW, macOut0, remote, addrExt, 3, 3, 0, 0, sent[14:14+28]).bytes(f))
+	seeds = append(seeds, icmpPkt(macGW, macOut0, remote, addrExt, 3, 3, 0, 0, sent[offIP:offL4+header.UDPLen]).bytes(f))
 	for i, s := range seeds {
 		f.Add(s, seeds[(i+1)%len(seeds)], byte(i))
 	}

@@ -1,11 +1,13 @@
 package dataplane
 
 import (
+	"encoding/binary"
 	"math"
 	"testing"
 
 	"github.com/gopacket/gopacket/layers"
 
+	"xnat/dataplane/header"
 	"xnat/flowtable"
 )
 
@@ -66,7 +68,7 @@ func TestMasqueradeUDPBothDirections(t *testing.T) {
 func TestZeroUDPChecksumStaysZero(t *testing.T) {
 	tb := newTestbed(t, masqRules, 1500, 1)
 	f := udpPkt(macA, macIn0, addrA, 5000, remote, 7000).bytes(t)
-	f[14+20+6], f[14+20+7] = 0, 0
+	binary.BigEndian.PutUint16(f[offL4+header.UDPChecksum:], 0)
 	r, out := tb.run(f, portIn)
 	expect(t, r, ActForward, portOut)
 	if d := decode(t, out); d.udp.Checksum != 0 {
@@ -211,7 +213,7 @@ func TestICMPErrorTranslatedBack(t *testing.T) {
 		t.Fatal("expected a remapped port")
 	}
 	// The server answers port unreachable, quoting what it received.
-	quote := out[14 : 14+28]
+	quote := out[offIP : offL4+header.UDPLen]
 	r, out = tb.run(icmpPkt(macGW, macOut0, remote, addrExt, 3, 3, 0, 0, quote).bytes(t), portOut)
 	expect(t, r, ActForward, portIn)
 	d := decode(t, out)
@@ -222,14 +224,14 @@ func TestICMPErrorTranslatedBack(t *testing.T) {
 	}
 	ipEq(t, "quoted src", d.inner.SrcIP, addrA)
 	ipEq(t, "quoted dst", d.inner.DstIP, remote)
-	if !validIPChecksum(out[14+28:]) {
+	if !validIPChecksum(out[offQuote:]) {
 		t.Error("quoted IP checksum wrong")
 	}
-	qudp := out[14+28+20:]
-	if sp := uint16(qudp[0])<<8 | uint16(qudp[1]); sp != 33434 {
+	qudp := header.UDP(out[offQuote+header.IPv4MinLen:])
+	if sp := qudp.SrcPort(); sp != 33434 {
 		t.Errorf("quoted source port %d, want 33434", sp)
 	}
-	if !validQuotedUDP(out[14+28:]) {
+	if !validQuotedUDP(out[offQuote:]) {
 		t.Error("quoted UDP checksum wrong")
 	}
 	// An error never refreshes the connection: its last-seen time stays.
@@ -238,7 +240,7 @@ func TestICMPErrorTranslatedBack(t *testing.T) {
 		t.Error("an ICMP error counted as a reply")
 	}
 	// An ICMP error quoting nothing xnat tracks, from outside: dropped.
-	r, _ = tb.run(icmpPkt(macGW, macOut0, remote, addrExt, 3, 3, 0, 0, quote[:20+8]).bytes(t), portOut)
+	r, _ = tb.run(icmpPkt(macGW, macOut0, remote, addrExt, 3, 3, 0, 0, quote[:header.IPv4MinLen+header.UDPLen]).bytes(t), portOut)
 	_ = r
 }
 
@@ -433,8 +435,8 @@ func TestMalformedFramesCountedByReason(t *testing.T) {
 	}
 	frag := udpPkt(macA, macIn0, addrA, 5000, remote, 7000)
 	f := frag.bytes(t)
-	f[20], f[21] = 0x00, 0x10 // offset 16
-	fixIPChecksum(f[14:])
+	binary.BigEndian.PutUint16(f[offIP+header.IPv4FlagsFrag:], 0x0010) // fragment offset 16 (128 bytes)
+	fixIPChecksum(f[offIP:])
 	if r, _ := tb.run(f, portIn); r.Reason != ReasonFragment {
 		t.Errorf("non-first fragment: %v", r.Reason)
 	}

@@ -25,8 +25,8 @@ func guardedMemory(t *testing.T) func(n int) []byte {
 
 // TestParseFastReadsWithinFrames: each seed, cut to every length, placed
 // so that its last byte is the last of a page whose next page is
-// unmapped, goes through both loops of the parser's fast path: a read
-// beyond a frame's size would fault there.
+// unmapped, goes through the parser's fast path and through parse
+// (checkParseFastBatch): a read beyond a frame's size would fault there.
 func TestParseFastReadsWithinFrames(t *testing.T) {
 	guarded := guardedMemory(t)
 	p := fastParser(t)

@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"encoding/binary"
 	"math/bits"
 
 	"xnat/dataplane/header"
@@ -75,15 +76,15 @@ func (p *Pipeline) handleICMPError(frame []byte, size int, m *meta, ref flowtabl
 		eip.SetDst(n.Src)
 	}
 	if d != 0 {
-		eip.SetChecksum(header.Adjust(eip.Checksum(), d))
+		eip.SetChecksum(d.Apply(eip.Checksum()))
 	}
 	el4 := frame[m.eL4:end]
 	switch m.eProto {
 	case header.ProtoTCP:
 		// The quote may stop before the checksum; rewritePorts then leaves it.
-		rewritePorts(el4, 16, false, n.DstPort, n.SrcPort, d)
+		rewritePorts(el4, header.TCPChecksum, false, n.DstPort, n.SrcPort, d)
 	case header.ProtoUDP:
-		rewritePorts(el4, 6, true, n.DstPort, n.SrcPort, d)
+		rewritePorts(el4, header.UDPChecksum, true, n.DstPort, n.SrcPort, d)
 	case header.ProtoICMP:
 		c := header.ICMPv4(el4)
 		id := n.DstPort // a quoted request went out with the id in its SrcPort slot
@@ -92,7 +93,7 @@ func (p *Pipeline) handleICMPError(frame []byte, size int, m *meta, ref flowtabl
 		}
 		if old := c.ID(); old != id {
 			c.SetID(id)
-			c.SetChecksum(header.Adjust(c.Checksum(), header.Delta(0).Add16(old, id)))
+			c.SetChecksum(header.Delta(0).Add16(old, id).Apply(c.Checksum()))
 		}
 	}
 	// The outer header, then the ICMP checksum over the whole message.
@@ -106,13 +107,34 @@ func (p *Pipeline) handleICMPError(frame []byte, size int, m *meta, ref flowtabl
 		ip.SetDst(newDst)
 	}
 	if od != 0 {
-		ip.SetChecksum(header.Adjust(ip.Checksum(), od))
+		ip.SetChecksum(od.Apply(ip.Checksum()))
 	}
 	icmp := header.ICMPv4(frame[m.l4:end])
 	icmp.SetChecksum(0)
 	icmp.SetChecksum(header.Checksum(icmp, 0))
 	ip.DecTTL()
 	p.emit(frame, size, m, port, &mac, out)
+}
+
+// rewritePorts sets a quoted TCP or UDP header's ports and folds their
+// change and the address delta d into its checksum at csumOff
+// (header.TCPChecksum or header.UDPChecksum), when the quote reaches it
+// (Delta.ApplyL4: a UDP checksum of zero stays zero).
+func rewritePorts(l4 []byte, csumOff int, udp bool, sport, dport uint16, d header.Delta) {
+	h := header.UDP(l4) // TCP's ports lie where UDP's do
+	if sp := h.SrcPort(); sp != sport {
+		d = d.Add16(sp, sport)
+		h.SetSrcPort(sport)
+	}
+	if dp := h.DstPort(); dp != dport {
+		d = d.Add16(dp, dport)
+		h.SetDstPort(dport)
+	}
+	if d == 0 || len(l4) < csumOff+2 {
+		return
+	}
+	c := binary.BigEndian.Uint16(l4[csumOff:])
+	binary.BigEndian.PutUint16(l4[csumOff:], d.ApplyL4(c, udp))
 }
 
 // icmpAllowed takes a token from the core's ICMP error budget.
@@ -125,7 +147,7 @@ func (p *Pipeline) icmpAllowed() bool {
 		// The tokens earned since the last refill, el·rate/1e9, in 128
 		// bits: after a long enough quiet spell (at the sysctl's largest
 		// rate, under three hours) el·rate leaves int64, and a negative
-		// product stopped the refills for good. The remainder, time not
+		// product would stop the refills for good. The remainder, time not
 		// yet worth a token, is carried.
 		hi, lo := bits.Mul64(uint64(el), uint64(rate))
 		if hi >= 1e9 { // a quotient beyond 64 bits: far more than any bucket
@@ -228,6 +250,8 @@ func (p *Pipeline) icmpError(frame []byte, size int, m *meta, typ, code uint8, r
 	eth := header.Ethernet(frame)
 	eth.SetDst(eth.Src())
 	eth.SetSrc(in.MAC)
+	// The error's TOS: the packet's, without its ECN bits, at precedence
+	// 6, internetwork control (RFC 1812 4.3.2.5).
 	writeIPv4(frame[l3:], tos&^0x03|0xc0, uint16(header.IPv4MinLen+header.ICMPLen+q), header.ProtoICMP, src, origSrc)
 	icmp := header.ICMPv4(frame[l3+header.IPv4MinLen:])
 	icmp.SetType(typ)
@@ -245,7 +269,8 @@ func (p *Pipeline) icmpError(frame []byte, size int, m *meta, typ, code uint8, r
 // writeIPv4 writes a 20-byte IPv4 header with its checksum.
 func writeIPv4(b []byte, tos uint8, total uint16, proto uint8, src, dst uint32) {
 	ip := header.IPv4(b[:header.IPv4MinLen])
-	b[0], b[1] = 0x45, tos
+	ip.SetVersionIHL(header.IPv4VersionIHL5)
+	ip.SetTOS(tos)
 	ip.SetTotalLen(total)
 	ip.SetID(0)
 	ip.SetFlagsFrag(header.IPv4DontFragment)

@@ -1,18 +1,17 @@
 package dataplane
 
 import (
-	"encoding/binary"
 	"testing"
 	"time"
 
 	"xnat/dataplane/header"
 )
 
-// quotedPorts returns the source and destination port (or ICMP id) of the
-// datagram an ICMP error frame quotes.
+// quotedL4 returns the transport header of the datagram an ICMP error
+// frame quotes.
 func quotedL4(frame []byte) []byte {
-	inner := frame[14+20+8:]
-	return inner[int(inner[0]&0xf)*4:]
+	inner := frame[offQuote:]
+	return inner[header.IPv4(inner).HeaderLen():]
 }
 
 // TestICMPErrorAboutTCP: a router past the gateway answers time exceeded
@@ -25,7 +24,7 @@ func TestICMPErrorAboutTCP(t *testing.T) {
 	expect(t, r, ActForward, portOut)
 	ext := decode(t, out).tcp.SrcPort
 	router := ip4(198, 51, 100, 1)
-	quote := append([]byte(nil), out[14:14+20+20]...) // IP header and the whole TCP header
+	quote := append([]byte(nil), out[offIP:offL4+header.TCPMinLen]...) // IP header and the whole TCP header
 	r, out = tb.run(icmpPkt(macGW, macOut0, router, addrExt, 11, 0, 0, 0, quote).bytes(t), portOut)
 	expect(t, r, ActForward, portIn)
 	d := decode(t, out)
@@ -33,12 +32,12 @@ func TestICMPErrorAboutTCP(t *testing.T) {
 	ipEq(t, "outer dst", d.ip.DstIP, addrA)
 	ipEq(t, "quoted src", d.inner.SrcIP, addrA)
 	q := quotedL4(out)
-	if sp := binary.BigEndian.Uint16(q[0:2]); sp != 40000 || uint16(ext) == 40000 {
+	if sp := header.TCP(q).SrcPort(); sp != 40000 || uint16(ext) == 40000 {
 		t.Errorf("quoted source port %d (external was %d)", sp, ext)
 	}
 	// The quoted TCP checksum is valid for the translated quote.
-	inner := out[14+20+8 : 14+20+8+40]
-	sum := header.Sum(inner[20:40], header.PseudoSum(binary.BigEndian.Uint32(inner[12:16]), binary.BigEndian.Uint32(inner[16:20]), 6, 20))
+	inner := header.IPv4(out[offQuote : offQuote+header.IPv4MinLen+header.TCPMinLen])
+	sum := header.Sum(inner[header.IPv4MinLen:], header.PseudoSum(inner.Src(), inner.Dst(), header.ProtoTCP, header.TCPMinLen))
 	if sum != 0xffff {
 		t.Errorf("quoted TCP checksum wrong after translation (sum %#x)", sum)
 	}
@@ -57,16 +56,16 @@ func TestICMPErrorAboutPing(t *testing.T) {
 	if decode(t, out).icmp.Id == 321 {
 		t.Fatal("expected a remapped id")
 	}
-	quote := append([]byte(nil), out[14:14+30]...) // the whole echo: headers and "tr"
+	quote := append([]byte(nil), out[offIP:offL4+header.ICMPLen+2]...) // the whole echo: headers and "tr"
 	r, out = tb.run(icmpPkt(macGW, macOut0, ip4(198, 51, 100, 1), addrExt, 11, 0, 0, 0, quote).bytes(t), portOut)
 	expect(t, r, ActForward, portIn)
 	d := decode(t, out)
 	ipEq(t, "outer dst", d.ip.DstIP, addrA)
 	q := quotedL4(out)
-	if id := binary.BigEndian.Uint16(q[4:6]); id != 321 {
+	if id := header.ICMPv4(q).ID(); id != 321 {
 		t.Errorf("quoted id %d, want 321", id)
 	}
-	if header.Sum(q[:8+2], 0) != 0xffff {
+	if header.Sum(q[:header.ICMPLen+2], 0) != 0xffff {
 		t.Error("quoted ICMP checksum wrong")
 	}
 }
@@ -84,7 +83,7 @@ COMMIT
 `, 1500, 1)
 	r, out := tb.run(udpPkt(macGW, macOut0, remote, 6000, addrExt, 5353).bytes(t), portOut)
 	expect(t, r, ActForward, portIn)
-	quote := append([]byte(nil), out[14:14+28]...) // what B received: remote:6000 -> B:53
+	quote := append([]byte(nil), out[offIP:offL4+header.UDPLen]...) // what B received: remote:6000 -> B:53
 	r, out = tb.run(icmpPkt(macB, macIn0, addrB, remote, 3, 3, 0, 0, quote).bytes(t), portIn)
 	expect(t, r, ActForward, portOut)
 	d := decode(t, out)
@@ -93,10 +92,10 @@ COMMIT
 	ipEq(t, "quoted dst", d.inner.DstIP, addrExt)
 	ipEq(t, "quoted src", d.inner.SrcIP, remote)
 	q := quotedL4(out)
-	if dp := binary.BigEndian.Uint16(q[2:4]); dp != 5353 {
+	if dp := header.UDP(q).DstPort(); dp != 5353 {
 		t.Errorf("quoted destination port %d, want 5353", dp)
 	}
-	if !validQuotedUDP(out[14+28:]) {
+	if !validQuotedUDP(out[offQuote:]) {
 		t.Error("quoted UDP checksum wrong")
 	}
 }

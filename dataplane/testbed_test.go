@@ -11,6 +11,7 @@ import (
 	"github.com/gopacket/gopacket/layers"
 
 	"xnat/control/iptables"
+	"xnat/dataplane/header"
 	"xnat/dataplane/rules"
 	"xnat/dataplane/topo"
 	"xnat/flowtable"
@@ -39,6 +40,14 @@ var (
 const (
 	portIn  = 0
 	portOut = 1
+)
+
+// Where the headers of an untagged test frame without IP options start,
+// and where an ICMP error's quoted datagram starts in one.
+const (
+	offIP    = header.EthernetLen
+	offL4    = offIP + header.IPv4MinLen
+	offQuote = offL4 + header.ICMPLen
 )
 
 func ip4(a, b, c, d byte) uint32 { return uint32(a)<<24 | uint32(b)<<16 | uint32(c)<<8 | uint32(d) }

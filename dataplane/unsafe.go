@@ -4,7 +4,6 @@ import (
 	"unsafe"
 
 	"xnat/dataplane/header"
-	"xnat/flowtable"
 )
 
 // This file holds the package's uses of unsafe.
@@ -36,48 +35,13 @@ const (
 // and parse and parseFast give it that kind only after finding both
 // headers whole within the frame's size, which Process has resliced the
 // frame to (so the size is within its capacity).
-func natFields(frame []byte, l3 uint16, udp bool) (eth *[12]byte, ip *[header.IPv4MinLen]byte, l4 *[4]byte, csum *[2]byte) {
+func natFields(frame []byte, l3 uint16, udp bool) (eth *[2 * header.EthernetAddrLen]byte, ip *[header.IPv4MinLen]byte, ports *[4]byte, csum *[2]byte) {
 	base := unsafe.Pointer(unsafe.SliceData(frame))
 	ipp := unsafe.Add(base, l3)
-	off := uintptr(header.IPv4MinLen + 16) // the TCP checksum
+	off := uintptr(header.IPv4MinLen + header.TCPChecksum)
 	if udp {
-		off = header.IPv4MinLen + 6
+		off = header.IPv4MinLen + header.UDPChecksum
 	}
-	return (*[12]byte)(base), (*[header.IPv4MinLen]byte)(ipp),
-		(*[4]byte)(unsafe.Add(ipp, header.IPv4MinLen)), (*[2]byte)(unsafe.Add(ipp, off))
+	return (*[2 * header.EthernetAddrLen]byte)(base), (*[header.IPv4MinLen]byte)(ipp),
+		(*[4]byte)(unsafe.Add(ipp, header.IPv4MinLen+header.TCPSrcPort)), (*[2]byte)(unsafe.Add(ipp, off))
 }
-
-// The layout fastpath_amd64.s reads records, tuples, next hops and
-// results by (go_asm.h gives these as const_flowStatus, …): a record's
-// status and last-seen words; a tuple's addresses, and its ports as one
-// word, SrcPort | DstPort<<16. (Staticcheck sees no use of them, so a
-// blank array names them all.)
-const (
-	flowStatus = int(flowtable.FlowStatusOffset)
-	flowLast   = int(flowtable.FlowLastOffset)
-	tupleSrc   = int(unsafe.Offsetof(flowtable.Tuple{}.Src))
-	tupleDst   = int(unsafe.Offsetof(flowtable.Tuple{}.Dst))
-	tuplePorts = int(unsafe.Offsetof(flowtable.Tuple{}.SrcPort))
-)
-
-var _ = [...]int{flowStatus, flowLast, tupleSrc, tupleDst, tuplePorts}
-
-// And what it assumes beyond them; these fail to compile otherwise: a
-// record of 48 bytes (3·16), its tuples at 0 and 16 (the opposite one at
-// (dir^1)·16); the destination port just after the source port; a next
-// hop's egress MAC address just after its own (twelve bytes copied
-// whole); a result's Reason just after its Action (both stored as one
-// 16-bit word).
-const (
-	_ = -uint(flowtable.FlowSize - 48)
-	_ = uint(48 - flowtable.FlowSize)
-	_ = -uint(flowtable.FlowOrigOffset)
-	_ = -uint(flowtable.FlowReplyOffset - 16)
-	_ = uint(16 - flowtable.FlowReplyOffset)
-	_ = -uint(unsafe.Offsetof(flowtable.Tuple{}.DstPort) - unsafe.Offsetof(flowtable.Tuple{}.SrcPort) - 2)
-	_ = uint(unsafe.Offsetof(flowtable.Tuple{}.DstPort) - unsafe.Offsetof(flowtable.Tuple{}.SrcPort) - 2)
-	_ = -uint(unsafe.Offsetof(nhEntry{}.srcMAC) - unsafe.Offsetof(nhEntry{}.mac) - 6)
-	_ = uint(unsafe.Offsetof(nhEntry{}.srcMAC) - unsafe.Offsetof(nhEntry{}.mac) - 6)
-	_ = -uint(unsafe.Offsetof(Result{}.Reason) - unsafe.Offsetof(Result{}.Action) - 1)
-	_ = uint(unsafe.Offsetof(Result{}.Reason) - unsafe.Offsetof(Result{}.Action) - 1)
-)

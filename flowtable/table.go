@@ -332,12 +332,6 @@ func TimeAt(el time.Duration) Time { return Time(el / Tick) }
 // in which the Ref was obtained.
 func (t *Table) Flow(r Ref) *Flow { return &t.recs[r.idx()] }
 
-// Records returns the record array's first record and its length, for
-// assembly that reads records in place (dataplane's established path):
-// a Ref's record is number Ref>>1 - 1. What Flow's methods allow is all a
-// reader may do with them.
-func (t *Table) Records() (*Flow, int) { return &t.recs[0], len(t.recs) }
-
 // Owner returns the core that owns (created, and expires) a connection.
 func (t *Table) Owner(r Ref) int { return int(r.idx() / t.perCore) }
 

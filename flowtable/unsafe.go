@@ -56,15 +56,3 @@ func (f *Flow) tupleAt(d Dir) *Tuple {
 
 // The reply tuple follows the original one (tupleAt).
 const _ = -uint(unsafe.Offsetof(Flow{}.reply) - unsafe.Sizeof(Tuple{}))
-
-// Where a record's fields lie, for assembly outside this package that
-// reads records in place (dataplane's established path, whose tests hold
-// its own constants to these): the original tuple, then the reply tuple,
-// then the status and last-seen words.
-const (
-	FlowSize         = unsafe.Sizeof(Flow{})
-	FlowOrigOffset   = unsafe.Offsetof(Flow{}.orig)
-	FlowReplyOffset  = unsafe.Offsetof(Flow{}.reply)
-	FlowStatusOffset = unsafe.Offsetof(Flow{}.status)
-	FlowLastOffset   = unsafe.Offsetof(Flow{}.last)
-)

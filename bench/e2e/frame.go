@@ -234,7 +234,7 @@ func (t *Template) Write(dst []byte, base uint32, s Stamp, syn bool) {
 	var d header.Delta
 	d = d.Add32(t.src, src)
 	binary.BigEndian.PutUint32(ip[12:], src)
-	binary.BigEndian.PutUint16(ip[10:], header.Adjust(t.ipCsum, d))
+	binary.BigEndian.PutUint16(ip[10:], d.Apply(t.ipCsum))
 	// The L4 checksum covers the pseudo-header's source address too.
 	d = d.Add16(t.sport, sport).Add16(t.dport, dport)
 	binary.BigEndian.PutUint16(dst[t.l4Off:], sport)
@@ -251,7 +251,7 @@ func (t *Template) Write(dst []byte, base uint32, s Stamp, syn bool) {
 		binary.BigEndian.PutUint32(dst[t.l4Off+8:], 0) // no ACK number on a SYN
 		d = d.Add32(tcpAck, 0)
 	}
-	c := header.Adjust(t.l4Csum, d)
+	c := d.Apply(t.l4Csum)
 	if t.Proto == UDP && c == 0 {
 		c = 0xffff
 	}
@@ -461,5 +461,5 @@ func Reflect(b []byte) {
 	binary.BigEndian.PutUint32(l4[4:], nseq)
 	binary.BigEndian.PutUint32(l4[8:], nack)
 	binary.BigEndian.PutUint16(l4[12:], newFlags)
-	binary.BigEndian.PutUint16(l4[16:], header.Adjust(binary.BigEndian.Uint16(l4[16:]), d))
+	binary.BigEndian.PutUint16(l4[16:], d.Apply(binary.BigEndian.Uint16(l4[16:])))
 }

@@ -40,24 +40,21 @@ func Sum(b []byte, initial uint16) uint16 {
 	return fold64(acc)
 }
 
-// valid20 reports whether a 20-byte IPv4 header's checksum verifies: its
-// one's-complement sum (RFC 1071) is 0xffff. The header is read as five
-// words in the machine's byte order, with no byte reversal: the sum is
-// independent of byte order but for a swap of its two bytes (§2.B), which
-// leaves 0xffff as it is. A 64-bit sum of the words is congruent modulo
-// 0xffff to the folded sum, and folding a sum other than zero never gives
-// zero, so the folded sum is 0xffff exactly when the 64-bit sum is a
-// non-zero multiple of 0xffff (a multiply and a shift, not four folds).
-func valid20(b *[20]byte) bool {
+// IsValidChecksum20 reports whether an IPv4 header without options (IHL
+// 5) verifies: its one's-complement sum (RFC 1071) is 0xffff. The header
+// is read as five words in the machine's byte order, with no byte
+// reversal: the sum is independent of byte order but for a swap of its
+// two bytes (§2.B), which leaves 0xffff as it is. A 64-bit sum of the
+// words is congruent modulo 0xffff to the folded sum, and folding a sum
+// other than zero never gives zero, so the folded sum is 0xffff exactly
+// when the 64-bit sum is a non-zero multiple of 0xffff (a multiply and a
+// shift, not four folds).
+func IsValidChecksum20(h *[IPv4MinLen]byte) bool {
 	ne := binary.NativeEndian
-	acc := uint64(ne.Uint32(b[0:])) + uint64(ne.Uint32(b[4:])) + uint64(ne.Uint32(b[8:])) +
-		uint64(ne.Uint32(b[12:])) + uint64(ne.Uint32(b[16:]))
+	acc := uint64(ne.Uint32(h[0:])) + uint64(ne.Uint32(h[4:])) + uint64(ne.Uint32(h[8:])) +
+		uint64(ne.Uint32(h[12:])) + uint64(ne.Uint32(h[16:]))
 	return acc != 0 && acc%0xffff == 0
 }
-
-// Valid20 is valid20 for callers outside the package that hold a header
-// without options as an array (the parser's fast path).
-func Valid20(b *[20]byte) bool { return valid20(b) }
 
 // fold64 folds a 64-bit sum to 16 bits with end-around carries. Adding a
 // word to itself rotated by half its width leaves in the high half the
@@ -73,126 +70,88 @@ func fold64(acc uint64) uint16 {
 // Checksum is the Internet checksum of b: the complement of its sum.
 func Checksum(b []byte, initial uint16) uint16 { return ^Sum(b, initial) }
 
-// Combine adds two one's-complement sums.
-func Combine(a, b uint16) uint16 {
-	s := uint32(a) + uint32(b)
-	return uint16(s + s>>16)
-}
-
 // PseudoSum is the sum of the TCP/UDP pseudo-header.
 func PseudoSum(src, dst uint32, proto uint8, length uint16) uint16 {
 	acc := uint64(src>>16) + uint64(src&0xffff) + uint64(dst>>16) + uint64(dst&0xffff) + uint64(proto) + uint64(length)
 	return fold64(acc)
 }
 
-// Delta accumulates the changes to checksummed 16-bit words, for Adjust:
-// RFC 1624's HC' = ~(~HC + ~m + m') summed over every changed word m.
-type Delta uint32
+// Delta is a change to the words a checksum covers, to be applied to the
+// checksum without summing the words again (RFC 1624 eqn. 3: HC' = ~(~HC
+// + ~m + m') summed over every changed word m). Fields are added as they
+// change, 16 or 32 bits at a time, and the one Delta is applied to each
+// checksum that covers them: a NAT rewrite's addresses to the IPv4 header
+// checksum and, through the pseudo-header, to the TCP or UDP checksum.
+//
+// A Delta holds an unfolded 64-bit sum, folded once when applied: the
+// one's-complement sum of 16-bit words is congruent to that of 32-bit
+// words modulo 0xffff (RFC 1071 §2.A, §2.B), so a 32-bit field is added
+// whole, and a word complemented is congruent to its negation whatever
+// its width.
+type Delta uint64
 
 // Add16 records that a 16-bit word changed from old to new.
 func (d Delta) Add16(old, new uint16) Delta {
 	return d + Delta(^old) + Delta(new)
 }
 
-// Add32 records that a 32-bit field changed from old to new.
+// Add32 records that a 32-bit field (an address; two ports as source<<16
+// | destination) changed from old to new.
 func (d Delta) Add32(old, new uint32) Delta {
-	return d.Add16(uint16(old>>16), uint16(new>>16)).Add16(uint16(old), uint16(new))
+	return d + Delta(^old) + Delta(new)
 }
 
-// Adjust applies the recorded changes to a checksum field value.
-func Adjust(csum uint16, d Delta) uint16 {
+// ttlDecrement is the change of decrementing a TTL above zero: the word it
+// shares with the protocol goes from m to m - 0x100, and ^m + (m - 0x100)
+// is 0xfeff whatever m is.
+const ttlDecrement = 0xfeff
+
+// DecTTL records that an IPv4 header's TTL, above zero, was decremented;
+// the change is the same whatever the TTL and the protocol.
+func (d Delta) DecTTL() Delta { return d + ttlDecrement }
+
+// Apply returns the checksum field value csum updated for the changes.
+func (d Delta) Apply(csum uint16) uint16 {
 	return ^fold64(uint64(^csum) + uint64(d))
+}
+
+// ApplyL4 is Apply for a TCP or UDP checksum: with udp, a checksum of
+// zero means none and stays zero, and a computed zero is sent as 0xffff
+// (RFC 768).
+func (d Delta) ApplyL4(csum uint16, udp bool) uint16 {
+	if udp && csum == 0 {
+		return 0
+	}
+	csum = d.Apply(csum)
+	if udp && csum == 0 {
+		csum = 0xffff
+	}
+	return csum
 }
 
 // RewriteNAT is NAT's rewrite of a TCP or UDP packet: in the frame whose
 // IPv4 header starts at l3 and transport header at l4, it sets the source
-// and destination addresses to src and dst, the ports to ports>>16
+// and destination addresses to src and dst and the ports to ports>>16
 // (source) and ports&0xffff (destination), decrements the TTL, and
-// updates the header checksum and the TCP or UDP checksum incrementally
-// (RewriteNATFields). The caller has checked that the frame holds an IPv4
-// header at l3 (20 bytes or more: options are left as they are) whose TTL
-// exceeds one, and a whole TCP or UDP header at l4.
+// updates the header checksum and the TCP or UDP checksum by one Delta.
+// The caller has checked that the frame holds an IPv4 header at l3 (20
+// bytes or more: options are left as they are) whose TTL exceeds one,
+// and a whole TCP or UDP header at l4.
 func RewriteNAT(frame []byte, l3, l4 int, udp bool, src, dst, ports uint32) {
-	csum := l4 + 16
+	be := binary.BigEndian
+	ip := (*[IPv4MinLen]byte)(frame[l3:])
+	pp := (*[4]byte)(frame[l4+TCPSrcPort:]) // both ports, at UDP's offsets too
+	csum := l4 + TCPChecksum
 	if udp {
-		csum = l4 + 6
+		csum = l4 + UDPChecksum
 	}
-	RewriteNATFields((*[20]byte)(frame[l3:]), (*[4]byte)(frame[l4:]), (*[2]byte)(frame[csum:]), udp, src, dst, ports)
-}
-
-// RewriteNATFields is RewriteNAT on the fields it changes, which the
-// established path finds at fixed offsets with no bounds to check: ip is
-// the IPv4 header's first 20 bytes, l4 the transport header's ports and
-// csum its checksum field. The checksums are updated by RFC 1624 eqn. 3;
-// with udp, a checksum of zero means none and stays zero, and a computed
-// zero is sent as 0xffff (RFC 768). It reads the old values and hands
-// them to parts small enough to inline (AddrsDelta, PortsDelta,
-// PutIPv4NAT, PutPorts, PutL4Checksum), which the established path calls
-// with the values its parser read, writing the header without reading it
-// again.
-func RewriteNATFields(ip *[20]byte, l4 *[4]byte, csum *[2]byte, udp bool, src, dst, ports uint32) {
-	be := binary.BigEndian
-	dA := AddrsDelta(be.Uint32(ip[12:]), be.Uint32(ip[16:]), src, dst)
-	dP := PortsDelta(be.Uint32(l4[:]), ports)
-	PutIPv4NAT(ip, src, dst, ip[8], be.Uint16(ip[10:]), dA)
-	PutPorts(l4, ports)
-	PutL4Checksum(csum, udp, be.Uint16(csum[:]), dA+dP)
-}
-
-// AddrsDelta is the change of an IPv4 header's addresses from oldSrc and
-// oldDst to src and dst, for the header checksum and the transport
-// checksum's pseudo-header.
-//
-// A change is the sum of the new words and of the old ones complemented,
-// taken on whole 32-bit words and folded once, by the checksum update the
-// change goes to: the one's-complement sum of 16-bit words is congruent to
-// that of 32-bit words modulo 0xffff (RFC 1071 §2.A, §2.B), and a word
-// complemented is congruent to its negation.
-func AddrsDelta(oldSrc, oldDst, src, dst uint32) uint64 {
-	return uint64(^oldSrc) + uint64(^oldDst) + uint64(src) + uint64(dst)
-}
-
-// PortsDelta is the change of a TCP or UDP header's ports (source << 16 |
-// destination) from old to ports, as AddrsDelta.
-func PortsDelta(old, ports uint32) uint64 {
-	return uint64(^old) + uint64(ports)
-}
-
-// ttlDecrement is the checksum change of decrementing a TTL above zero:
-// the word it shares with the protocol goes from m to m - 0x100, and
-// ^m + (m - 0x100) is 0xfeff whatever m is.
-const ttlDecrement = 0xfeff
-
-// PutIPv4NAT writes an IPv4 header's addresses (src and dst), its TTL
-// (ttl, the TTL it had, decremented) and its checksum: csum, the checksum
-// it had, updated for dA (AddrsDelta) and the TTL's decrement. Nothing is
-// read from the header: the old values come from the caller, who has
-// read them already.
-func PutIPv4NAT(ip *[20]byte, src, dst uint32, ttl uint8, csum uint16, dA uint64) {
-	be := binary.BigEndian
-	be.PutUint32(ip[12:], src)
-	be.PutUint32(ip[16:], dst)
-	ip[8] = ttl - 1
-	be.PutUint16(ip[10:], ^fold64(uint64(^csum)+dA+ttlDecrement))
-}
-
-// PutPorts sets a TCP or UDP header's ports to ports>>16 (source) and
-// ports&0xffff (destination).
-func PutPorts(l4 *[4]byte, ports uint32) {
-	binary.BigEndian.PutUint32(l4[:], ports)
-}
-
-// PutL4Checksum writes a TCP or UDP checksum field: c, its value before,
-// updated for d (the changes of AddrsDelta and PortsDelta). A UDP checksum
-// of zero means none and stays zero, and a computed zero is sent as 0xffff
-// (RFC 768).
-func PutL4Checksum(csum *[2]byte, udp bool, c uint16, d uint64) {
-	if udp && c == 0 {
-		return
-	}
-	c = ^fold64(uint64(^c) + d)
-	if udp && c == 0 {
-		c = 0xffff
-	}
-	binary.BigEndian.PutUint16(csum[:], c)
+	c := (*[2]byte)(frame[csum:])
+	d := Delta(0).Add32(be.Uint32(ip[IPv4SrcAddr:]), src).Add32(be.Uint32(ip[IPv4DstAddr:]), dst)
+	be.PutUint32(ip[IPv4SrcAddr:], src)
+	be.PutUint32(ip[IPv4DstAddr:], dst)
+	ip[IPv4TTL]--
+	be.PutUint16(ip[IPv4Checksum:], d.DecTTL().Apply(be.Uint16(ip[IPv4Checksum:])))
+	d = d.Add32(be.Uint32(pp[:]), ports)
+	be.PutUint32(pp[:], ports)
+	be.PutUint16(c[:], d.ApplyL4(be.Uint16(c[:]), udp))
 }

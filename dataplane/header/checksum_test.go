@@ -39,7 +39,7 @@ func TestSumMatchesReference(t *testing.T) {
 }
 
 // TestIncrementalMatchesFull rewrites random 16- and 32-bit fields of
-// random buffers and checks that Adjust gives the checksum a full
+// random buffers and checks that Delta.Apply gives the checksum a full
 // recomputation gives (RFC 1624 eqn. 3).
 func TestIncrementalMatchesFull(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
@@ -74,7 +74,7 @@ func TestIncrementalMatchesFull(t *testing.T) {
 				d = d.Add16(old, nw)
 			}
 		}
-		inc := Adjust(binary.BigEndian.Uint16(b[10:]), d)
+		inc := d.Apply(binary.BigEndian.Uint16(b[10:]))
 		binary.BigEndian.PutUint16(b[10:], inc)
 		if Sum(b, 0) != 0xffff {
 			binary.BigEndian.PutUint16(b[10:], 0)
@@ -122,10 +122,10 @@ func BenchmarkSum1500(b *testing.B) {
 	}
 }
 
-// TestValid20 checks the native-order header check against Sum on random
-// headers, and IsValidChecksum on headers with and without a right
-// checksum, with options and without.
-func TestValid20(t *testing.T) {
+// TestIsValidChecksum20 checks the native-order header check against Sum
+// on random headers, and IsValidChecksum on headers with and without a
+// right checksum, with options and without.
+func TestIsValidChecksum20(t *testing.T) {
 	rng := rand.New(rand.NewPCG(5, 6))
 	for n := 0; n < 20000; n++ {
 		b := make([]byte, 60)
@@ -135,14 +135,14 @@ func TestValid20(t *testing.T) {
 		if n%7 == 0 {
 			clear(b[:20]) // the all-zero sum
 		}
-		if got, want := valid20((*[20]byte)(b)), Sum(b[:20], 0) == 0xffff; got != want {
-			t.Fatalf("valid20 of % x: %v, Sum %v", b[:20], got, want)
+		if got, want := IsValidChecksum20((*[20]byte)(b)), Sum(b[:20], 0) == 0xffff; got != want {
+			t.Fatalf("IsValidChecksum20 of % x: %v, Sum %v", b[:20], got, want)
 		}
 		if n%5 == 0 { // make it verify: the last word completes the sum
 			binary.BigEndian.PutUint16(b[18:], 0)
 			binary.BigEndian.PutUint16(b[18:], ^Sum(b[:20], 0))
-			if !valid20((*[20]byte)(b)) {
-				t.Fatalf("valid20 of % x: false, Sum %#x", b[:20], Sum(b[:20], 0))
+			if !IsValidChecksum20((*[20]byte)(b)) {
+				t.Fatalf("IsValidChecksum20 of % x: false, Sum %#x", b[:20], Sum(b[:20], 0))
 			}
 		}
 		ip := IPv4(b)
