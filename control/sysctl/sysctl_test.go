@@ -14,7 +14,10 @@ func target(t *testing.T) *Target {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lim, _ := portalloc.NewSourceLimiter(0, 16)
+	lim, err := portalloc.NewSourceLimiter(portalloc.LimiterConfig{Cores: 1, Conns: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
 	return &Target{Table: tab, Settings: dataplane.NewSettings(), Limiter: lim}
 }
 
