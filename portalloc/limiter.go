@@ -22,7 +22,7 @@ type SourceLimiter struct {
 	maxConns atomic.Int64
 	maxPorts atomic.Int64
 	slots    []srcSlot
-	bmask    uint64 // buckets of srcBucket slots, less one
+	buckets  uint64 // of srcBucket slots
 	k0, k1   uint64
 	cores    int
 	pairs    []*pairTable // per core
@@ -97,9 +97,9 @@ const (
 )
 
 // NewSourceLimiter makes a limiter. Its memory, committed at once, is 32
-// bytes a source (a table twice Sources, rounded up to a power of two)
-// plus 32 bytes a connection (a table twice Conns a core), and 32 KiB of
-// refusal counts: Memory says how much.
+// bytes a source (a table of twice Sources slots) plus 32 bytes a
+// connection (a table twice Conns a core), and 32 KiB of refusal counts:
+// Memory says how much.
 func NewSourceLimiter(cfg LimiterConfig) (*SourceLimiter, error) {
 	if cfg.Cores < 1 || cfg.Cores > 1024 {
 		return nil, fmt.Errorf("%w: %d cores (1 to 1024)", ErrLimiter, cfg.Cores)
@@ -119,8 +119,9 @@ func NewSourceLimiter(cfg LimiterConfig) (*SourceLimiter, error) {
 	if err := checkLimit("per_source_ports", cfg.MaxPorts); err != nil {
 		return nil, err
 	}
-	n := max(uint64(1)<<bits.Len64(uint64(2*cfg.Sources-1)), srcWindow)
-	l := &SourceLimiter{slots: make([]srcSlot, n), bmask: n/srcBucket - 1, cores: cfg.Cores, st: new(limStats)}
+	nb := max((2*uint64(cfg.Sources)+srcBucket-1)/srcBucket, 2)
+	n := nb * srcBucket
+	l := &SourceLimiter{slots: make([]srcSlot, n), buckets: nb, cores: cfg.Cores, st: new(limStats)}
 	var seed [32]byte
 	if _, err := rand.Read(seed[:]); err != nil {
 		return nil, fmt.Errorf("limiter seed: %w", err)
@@ -182,9 +183,9 @@ func (l *SourceLimiter) PortLimit() int { return int(l.maxPorts.Load()) }
 // so that inside hosts cannot choose addresses that crowd a bucket.
 func (l *SourceLimiter) home(src uint32) (b1, b2 uint64) {
 	h := l.hash(src)
-	b1, b2 = h&l.bmask, h>>32&l.bmask
+	b1, b2 = uint64(uint32(h))*l.buckets>>32, h>>32*l.buckets>>32
 	if b1 == b2 {
-		b2 ^= 1
+		b2 = (b2 + 1) % l.buckets
 	}
 	return b1 * srcBucket, b2 * srcBucket
 }

@@ -40,6 +40,9 @@ func TestLimiterConfigErrors(t *testing.T) {
 		}
 	}
 	l := limiter(t, 1, 10, 5, 6)
+	if m := limiter(t, 3, 1000, 0, 0).Memory(); m != 32*3000+3*32*1000+32<<10 {
+		t.Errorf("memory of a limiter for 3 cores of 1000 connections: %d", m)
+	}
 	if l.Limit() != 5 || l.PortLimit() != 6 {
 		t.Errorf("limits %d %d", l.Limit(), l.PortLimit())
 	}
@@ -374,7 +377,7 @@ func TestLimiterConcurrentExact(t *testing.T) {
 		maxConns = 5
 		maxPorts = 3
 	)
-	l, err := NewSourceLimiter(LimiterConfig{Cores: 1, Conns: 1, Sources: 16, MaxConns: maxConns, MaxPorts: maxPorts}) // 32 slots
+	l, err := NewSourceLimiter(LimiterConfig{Cores: 1, Conns: 1, Sources: 16, MaxConns: maxConns, MaxPorts: maxPorts}) // 32 slots, 4 buckets
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -582,5 +585,95 @@ func TestLimiterRefusalsNoAllocs(t *testing.T) {
 	}
 	if s := lim.Stats(); s.RefusedConns != 101 || s.RefusedPorts != 101 {
 		t.Errorf("refusals %+v", s)
+	}
+}
+
+// TestReleasedOnEveryEnd: however a connection ends — deleted on the
+// packet path, deleted or flushed by the control plane, evicted by early
+// drop, expired — its owner's sweep reports it once and Release gives
+// its source's counts back: after each way, the limiter's counts are the
+// table's connections, and at the end nothing is counted.
+func TestReleasedOnEveryEnd(t *testing.T) {
+	tab := table(t, 1, 1000)
+	_, recs := tab.Records()
+	lim := limiter(t, 1, recs, 0, 0)
+	as, _ := New(Pool{AddrLo: extA, AddrHi: extA}, 1, NewShared(1, lim))
+	a, c := as[0], tab.Core(0)
+	host := ip(10, 0, 0, 1)
+	var gone [64]flowtable.Gone
+	released := 0
+	sweep := func(now flowtable.Time) {
+		for {
+			c.Enter()
+			n := c.Sweep(now, 2000, gone[:])
+			for _, g := range gone[:n] {
+				if !a.Release(&g.Orig, &g.Reply) {
+					t.Fatalf("release %v", g.Reply)
+				}
+				released++
+			}
+			c.Exit()
+			if n == 0 {
+				return
+			}
+		}
+	}
+	open := func(sport uint16) flowtable.NewFlow {
+		c.Enter()
+		defer c.Exit()
+		nf := conn(flowtable.ProtoUDP, host, sport, remote, 53)
+		if _, res, _ := a.Allocate(c, &nf, Options{}, 0); res != OK {
+			t.Fatalf("open %d: %v", sport, res)
+		}
+		return nf
+	}
+	check := func(how string) {
+		t.Helper()
+		sweep(0)
+		if got, want := count(lim, host), (tab.Count()); got != [2]int{want, want} {
+			t.Fatalf("after %s: limiter %v, table %d", how, got, want)
+		}
+	}
+	var flows []flowtable.NewFlow
+	for i := range 10 {
+		flows = append(flows, open(uint16(5000+i)))
+	}
+	check("opening")
+	c.Enter()
+	c.Kill(c.Lookup(&flows[0].Orig, 0))
+	c.Exit()
+	check("a delete on the packet path")
+	tab.Delete(flows[1].Reply)
+	check("a delete through the control plane")
+	tab.DeleteMatching(func(fi *flowtable.FlowInfo) bool { return fi.Orig.SrcPort == 5002 })
+	check("conntrack -D")
+	// Early drop: at the limit, a new connection evicts an unassured one.
+	if err := tab.SetMax(tab.Count()); err != nil {
+		t.Fatal(err)
+	}
+	open(6000)
+	if s := tab.TotalStats(); s.EarlyDrop != 1 {
+		t.Fatalf("early drops %d", s.EarlyDrop)
+	}
+	check("an early drop")
+	tab.SetMax(1000)
+	// Expiry: the rest, an hour on.
+	sweep(flowtable.Ticks(time.Hour))
+	if tab.Count() != 0 {
+		t.Fatalf("%d left after expiry", tab.Count())
+	}
+	check("expiry")
+	for i := range 5 {
+		open(uint16(7000 + i))
+	}
+	if n := tab.Flush(); n != 5 {
+		t.Fatalf("flushed %d", n)
+	}
+	check("a flush")
+	if s := a.Stats(); int(s.Allocated) != released || s.Released != s.Allocated {
+		t.Errorf("allocated %d, released %d (%d reports)", s.Allocated, s.Released, released)
+	}
+	if top := lim.Top(1); top.Sources != 0 || top.Conns != 0 || top.Ports != 0 {
+		t.Errorf("limiter at the end: %+v", top)
 	}
 }
