@@ -677,3 +677,92 @@ func TestReleasedOnEveryEnd(t *testing.T) {
 		t.Errorf("limiter at the end: %+v", top)
 	}
 }
+
+// FuzzLimiter: any sequence of acquires, releases, port reservations and
+// limit changes on a limiter of 32 slots keeps its counts equal to a
+// model's; a refusal at the limit comes only at the limit, and one for
+// want of a slot only when both the source's buckets hold live sources.
+// Each op is two bytes: the op and its argument.
+func FuzzLimiter(f *testing.F) {
+	f.Add([]byte{0, 1, 0, 1, 0, 2, 1, 0, 2, 0, 1, 1})
+	f.Add([]byte{3, 2, 0, 1, 0, 1, 0, 1, 2, 0, 2, 1, 1, 0, 1, 0})
+	seq := make([]byte, 0, 200)
+	for i := range 100 {
+		seq = append(seq, 0, byte(i))
+	}
+	f.Add(seq)
+	f.Fuzz(func(t *testing.T, ops []byte) {
+		l, err := NewSourceLimiter(LimiterConfig{Cores: 1, Conns: 1, Sources: 16})
+		if err != nil {
+			t.Fatal(err)
+		}
+		type held struct {
+			src  uint32
+			slot int
+			port bool
+		}
+		var hs []held
+		conns, ports := map[uint32]int{}, map[uint32]int{}
+		for i := 0; i+2 <= len(ops); i += 2 {
+			arg := ops[i+1]
+			switch ops[i] % 4 {
+			case 0:
+				src := uint32(arg % 40)
+				j, why := l.acquire(src)
+				switch why {
+				case limOK:
+					hs = append(hs, held{src: src, slot: j})
+					conns[src]++
+				case limConns:
+					if lim := l.Limit(); lim == 0 || conns[src] < lim {
+						t.Fatalf("source %d refused at %d connections, limit %d", src, conns[src], lim)
+					}
+				case limFull:
+					if conns[src] != 0 {
+						t.Fatalf("source %d with %d connections had no slot", src, conns[src])
+					}
+					b1, b2 := l.home(src)
+					for k := range uint64(srcWindow) {
+						if v := l.slots[at(b1, b2, k)].key.Load(); v&countMask == 0 {
+							t.Fatalf("source %d refused with slot %d free or dead", src, at(b1, b2, k))
+						}
+					}
+				}
+			case 1:
+				if len(hs) == 0 {
+					continue
+				}
+				k := int(arg) % len(hs)
+				h := hs[k]
+				hs = append(hs[:k], hs[k+1:]...)
+				l.release(h.src, h.port)
+				conns[h.src]--
+				if h.port {
+					ports[h.src]--
+				}
+			case 2:
+				if len(hs) == 0 {
+					continue
+				}
+				h := &hs[int(arg)%len(hs)]
+				if h.port {
+					continue
+				}
+				if l.reservePort(h.slot) {
+					h.port = true
+					ports[h.src]++
+				} else if lim := l.PortLimit(); lim == 0 || ports[h.src] < lim {
+					t.Fatalf("source %d refused a port at %d, limit %d", h.src, ports[h.src], lim)
+				}
+			case 3:
+				l.SetLimit(int(arg % 4))
+				l.SetPortLimit(int(arg >> 2 % 4))
+			}
+		}
+		for src := range uint32(40) {
+			if c, p := l.Count(src); c != conns[src] || p != ports[src] {
+				t.Fatalf("source %d: %d connections %d ports, model %d %d", src, c, p, conns[src], ports[src])
+			}
+		}
+	})
+}
