@@ -26,12 +26,13 @@ const (
 	ReasonUnsolicited   // from outside, matching no connection and no DNAT
 	ReasonTableFull     // the connection table is full
 	ReasonOutOfPorts    // no free external port
-	ReasonPerSource     // the inside host is at its connection limit
+	ReasonPerSource     // the inside host is at its connection or port limit
 	ReasonInsertFailed  // the new connection lost an insert race or clashed
 	ReasonNoAddress     // MASQUERADE on an interface without an address
 	ReasonNotIPv4       // not IPv4: passed to the kernel
 	ReasonICMPRateLimit // an ICMP error was due but the rate limit held it back
 	ReasonNoPort        // received on a port the current environment lacks (an interface gone while its frames were in flight)
+	ReasonPerSourceFull // the per-source limiter had no slot for the inside host
 	numReasons
 )
 
@@ -60,6 +61,7 @@ var reasonNames = [numReasons]string{
 	ReasonNotIPv4:       "not_ipv4",
 	ReasonICMPRateLimit: "icmp_rate_limited",
 	ReasonNoPort:        "no_port",
+	ReasonPerSourceFull: "per_source_full",
 }
 
 func (r Reason) String() string {

@@ -233,7 +233,7 @@ type Pools struct {
 	byKey   map[poolKey]uint16
 	list    atomic.Pointer[[]*pool] // index ID-1; copy on write
 	cores   int
-	limiter *portalloc.SourceLimiter
+	paState *portalloc.Shared // port allocators' shared state
 	log     *rules.LogRings
 }
 
@@ -245,14 +245,14 @@ type pool struct {
 // NewPools makes a registry for cores worker cores with a shared
 // per-source limiter (may be nil).
 func NewPools(cores int, limiter *portalloc.SourceLimiter) *Pools {
-	p := &Pools{byKey: map[poolKey]uint16{}, cores: cores, limiter: limiter, log: rules.NewLogRings(cores, rules.DefaultLogCapacity, 10, 50)}
+	p := &Pools{byKey: map[poolKey]uint16{}, cores: cores, paState: portalloc.NewShared(cores, limiter), log: rules.NewLogRings(cores, rules.DefaultLogCapacity, 10, 50)}
 	empty := []*pool{}
 	p.list.Store(&empty)
 	return p
 }
 
 // Limiter returns the per-source limiter.
-func (p *Pools) Limiter() *portalloc.SourceLimiter { return p.limiter }
+func (p *Pools) Limiter() *portalloc.SourceLimiter { return p.paState.Limiter() }
 
 // LogRings returns where LOG rules record.
 func (p *Pools) LogRings() *rules.LogRings { return p.log }
@@ -267,7 +267,7 @@ func (p *Pools) get(k poolKey) (uint16, error) {
 	if len(old) >= 1<<16-2 {
 		return 0, fmt.Errorf("%w: too many NAT pools", ErrEnv)
 	}
-	allocs, err := portalloc.New(portalloc.Pool{AddrLo: k.lo, AddrHi: k.hi, PortLo: k.plo, PortHi: k.phi}, p.cores, p.limiter)
+	allocs, err := portalloc.New(portalloc.Pool{AddrLo: k.lo, AddrHi: k.hi, PortLo: k.plo, PortHi: k.phi}, p.cores, p.paState)
 	if err != nil {
 		return 0, fmt.Errorf("NAT pool %s-%s: %w", flowtable.FormatAddr(k.lo), flowtable.FormatAddr(k.hi), err)
 	}

@@ -152,6 +152,9 @@ func (p *Pipeline) newConnection(frame []byte, size int, m *meta, key *flowtable
 		case portalloc.PerSourceLimit:
 			p.finish(out, ActDrop, ReasonPerSource, 0, 0)
 			return
+		case portalloc.LimiterFull:
+			p.finish(out, ActDrop, ReasonPerSourceFull, 0, 0)
+			return
 		}
 	} else {
 		ref, res = p.ct.Insert(&nf, p.now)

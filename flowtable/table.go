@@ -295,6 +295,10 @@ func (t *Table) Core(i int) *Core { return t.cores[i] }
 func (t *Table) Cores() int { return len(t.cores) }
 
 // Capacity returns the capacity the table was built with.
+// RecordsPerCore is the number of records in each core's share: its part
+// of the capacity and its records awaiting their grace period.
+func (t *Table) RecordsPerCore() int { return int(t.perCore) }
+
 func (t *Table) Capacity() int { return t.capacity }
 
 // Max returns the run-time limit.

@@ -43,30 +43,102 @@
 // count of connections per port, for the statistics and to stop one port
 // carrying more than 65535 connections.
 //
+// # Memory of the pools
+//
+// Those counts take 16 bits a port, per protocol class and external
+// address: 378 KiB an address over the default port range, split between
+// the cores. The pools of one dataplane share a budget of DenseMax (128
+// MiB) for them (Shared); a pool that would not fit in what is left keeps
+// no counts (a sparse pool: the flow table alone tells a free port from a
+// taken one, and its ports in use are not in the statistics). So an SNAT
+// range of 65,536 addresses, whose counts would take 23.6 GiB, costs a few
+// hundred bytes, and no rule set takes more than DenseMax of port state
+// beyond the limiter's tables, which are sized once, at start, from the
+// flow table. Dense counts are committed when their pool is made
+// (prefault), so that no packet waits on a page fault for them.
+//
 // # Giving ports back
 //
 // A connection's port goes back when its owner core's flow-table sweep
 // reports it gone: the dataplane hands the report to Release on the same
 // core's allocator (the core that allocated a port is always the owner of
-// its connection, because it inserted it).
+// its connection, because it inserted it). The table reports every
+// connection it confirmed exactly once, however it ended (expired,
+// deleted through the API or by a flush, evicted by early drop), so
+// every Allocate that inserted one has exactly one Release: the flow
+// record needs no mark of having been counted.
 //
-// # Per-source limit
+// # Per-source limits
 //
-// A SourceLimiter, shared by all cores, counts connections per inside
-// source address and, when a limit is set, refuses a new one beyond it
-// (RFC 6888 REQ-4: no single subscriber may exhaust the pool). It is off
-// (limit 0) by default but always counts, so a limit set at run time
-// applies to connections already open. It is a fixed open-addressing table
-// of 64-bit words (address, count), updated by CAS; an address, once
-// bound to a slot, keeps it. When no slot is left for a new address the
-// connection is allowed and counted as untracked.
+// A SourceLimiter, shared by all cores, counts per inside source address
+// the connections it has through NAT and the external ports those hold
+// (RFC 6888 REQ-4: no single subscriber may exhaust the pool), and
+// refuses a new connection beyond xnat.per_source_max connections or
+// xnat.per_source_ports ports (0: no limit). It always counts, so a limit
+// set at run time applies to connections already open.
+//
+// A source's ports are the distinct external endpoints (address, port,
+// protocol class: TCP and UDP ports and ICMP identifiers) its
+// connections hold. Ports are shared: one may carry many connections of
+// one source, and connections of several sources to different remote
+// endpoints. Each core therefore keeps a table of (source, endpoint)
+// pairs with a connection count (its core alone touches it: the
+// endpoints of its slices are its own): a source's port count goes up
+// when a connection lands on an endpoint the source had no connection on,
+// and down when its last one there goes. (An endpoint reachable through
+// two overlapping pools whose port ranges split differently between the
+// cores may count twice.) Allocate reserves one port for the source
+// before its search, and gives it back if the connection landed on a
+// port the source held; at the port limit only the connection's own
+// port, when the source holds it, may serve, so a source at its limit is
+// refused after one lookup, not a search. Connections of protocols
+// without ports count as connections only.
+//
+// The limiter's table has 16-byte slots (a key word and a port count) in
+// buckets of eight; a source's slot is in one of its two buckets (a keyed
+// hash of its address). Every operation reads those 16 slots at most: a
+// source whose buckets are taken by others is refused at once and counted
+// (per_source_full), never let through uncounted. The key word holds the
+// address, a bound bit, a pending bit and the connection count (30 bits):
+// 0 is a free slot; bound with count 0 a dead one, still its address's
+// but free for any.
+//
+// Who writes what, all by atomic operations (sequentially consistent):
+//
+//   - A slot's count: any core, by CAS from (address, n) to (address,
+//     n+1), refusing at the limit, and by atomic decrement for a
+//     connection it holds. A slot whose count reaches 0 is dead; its
+//     address may revive it by the same CAS from 0 to 1.
+//   - Taking a slot for a source that has none: CAS of a free or dead slot
+//     (in the emptier bucket) to (address, pending, 1), then a look over
+//     both buckets for another slot bound to the address; if there is one
+//     the claim is withdrawn (the slot set free) and the acquire starts
+//     over, else the pending bit is cleared. Of two cores claiming for one
+//     address at once, each stores its claim before it looks, so at least
+//     one sees the other and withdraws: an address is never counted in two
+//     slots. No one else writes a pending slot, and an acquire that meets
+//     its address pending starts over (eight times at most, then refuses:
+//     a claim lasts a few instructions).
+//   - Reusing a dead slot: the claim's CAS expects the dead word, so it
+//     fails if the address revived it meanwhile, and a revival fails if
+//     the slot was taken. There is nothing to free but the word: a dead
+//     slot's port count is already 0.
+//   - A slot's port count: only by a core holding one of its source's
+//     connections (so the slot stays that source's): a CAS up to the limit
+//     (Allocate's reservation) and an atomic decrement (a release). A
+//     release decrements the port count before the connection count, so a
+//     slot is never dead with ports left.
+//
+// Refusals are counted in total by reason and per source, in a table of
+// 4096 (address, count) words whose least-refused entries give way to new
+// refusers (Space-Saving), for SourceLimiter.Top, which also returns the
+// sources with the most connections and the most ports.
 //
 // # Concurrency
 //
 // An Allocator belongs to one core: Allocate and Release are called only
-// by that core's goroutine, and its counts are plain memory: a 16-bit
-// count a port, per protocol class and external address, committed at
-// New (every page written, up to 128 MiB a core, so that no packet waits
-// on a page fault). Its statistics are atomics on its own cache lines, read by anyone. The
-// SourceLimiter is safe for concurrent use.
+// by that core's goroutine, and its counts are plain memory, as is its
+// core's table of source and port pairs. Its statistics are atomics on
+// its own cache lines, read by anyone. The SourceLimiter is safe for
+// concurrent use.
 package portalloc

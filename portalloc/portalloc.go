@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
+	"sync"
 	"sync/atomic"
 
 	"xnat/flowtable"
@@ -50,11 +51,15 @@ const (
 	OK Result = iota
 	// OutOfPorts: no free port was found in this core's slice.
 	OutOfPorts
-	// PerSourceLimit: the inside host has its limit of connections.
+	// PerSourceLimit: the inside host has its limit of connections
+	// (xnat.per_source_max) or of ports (xnat.per_source_ports).
 	PerSourceLimit
 	// TableRefused: the flow table refused the connection; its own result
 	// (Exists, Full, NoRecord, IndexFull, BadFlow) says why.
 	TableRefused
+	// LimiterFull: the per-source limiter had no slot for the inside
+	// host, so could not count the connection.
+	LimiterFull
 )
 
 func (r Result) String() string {
@@ -65,6 +70,8 @@ func (r Result) String() string {
 		return "out of ports"
 	case PerSourceLimit:
 		return "per-source limit"
+	case LimiterFull:
+		return "per-source limiter full"
 	}
 	return "refused by the flow table"
 }
@@ -99,8 +106,9 @@ type Stats struct {
 	Preserved      uint64 // of those, keeping their original port
 	Released       uint64 // connections whose port came back
 	OutOfPorts     uint64 // allocations that found no free port
-	PerSourceLimit uint64 // allocations refused by the per-source limit
-	PortsInUse     uint64 // ports carrying at least one connection now
+	PerSourceLimit uint64 // allocations refused by a per-source limit
+	LimiterFull    uint64 // allocations refused for want of a limiter slot
+	PortsInUse     uint64 // ports carrying at least one connection now (dense pools)
 }
 
 // Add adds o to s.
@@ -110,13 +118,14 @@ func (s *Stats) Add(o Stats) {
 	s.Released += o.Released
 	s.OutOfPorts += o.OutOfPorts
 	s.PerSourceLimit += o.PerSourceLimit
+	s.LimiterFull += o.LimiterFull
 	s.PortsInUse += o.PortsInUse
 }
 
 type pubStats struct {
-	allocated, preserved, released, outOfPorts, perSource atomic.Uint64
-	inUse                                                 atomic.Int64
-	_                                                     [128 - 48]byte
+	allocated, preserved, released, outOfPorts, perSource, full atomic.Uint64
+	inUse                                                       atomic.Int64
+	_                                                           [128 - 56]byte
 }
 
 // Allocator gives out external endpoints from one core's slice of a pool.
@@ -125,20 +134,72 @@ type Allocator struct {
 	core           int
 	addrLo, naddrs uint32
 	lo, n          uint32 // this core's ports: [lo, lo+n)
-	uses           [numClasses][]uint16
-	rng            uint64
-	key0, key1     uint64
+	// uses counts connections per port, per class and address; nil for a
+	// sparse pool (see Shared).
+	uses       [numClasses][]uint16
+	rng        uint64
+	key0, key1 uint64
 	// clash follows how often a connection's own port, tried, was taken
 	// for its remote endpoint: a moving average of the last few dozen
 	// tries, 1<<16 for always (Likely).
 	clash   uint32
 	limiter *SourceLimiter
+	pairs   *pairTable // the limiter's table for this core
 	st      *pubStats
 }
 
-// New splits pool between cores and returns one allocator per core. The
-// limiter may be nil (no per-source counting).
-func New(pool Pool, cores int, limiter *SourceLimiter) ([]*Allocator, error) {
+// Shared is what the pools of one dataplane share: the per-source limiter
+// (nil: none) and the budget of dense port counts.
+//
+// A pool's port counts (16 bits a port, per protocol class and address:
+// 378 KiB an address over the default port range) are dense while all
+// the pools' together fit in DenseMax, and committed at once. A pool
+// beyond that is sparse: it keeps no count per port, the flow table alone
+// deciding whether a port is free for a remote endpoint (as it does for
+// every pool); its ports in use are not counted in Stats.PortsInUse, nor
+// is a port limited to 65535 connections. A pool of any size thus costs
+// at most DenseMax of port state, and the limiter's tables are fixed at
+// its creation: no rule set can make the port state outgrow that.
+type Shared struct {
+	cores     int
+	limiter   *SourceLimiter
+	mu        sync.Mutex
+	denseLeft int64
+}
+
+// DenseMax is the most memory the dense port counts of all the pools of
+// one Shared take.
+const DenseMax = 128 << 20
+
+// NewShared makes the shared state of the pools of cores cores.
+func NewShared(cores int, limiter *SourceLimiter) *Shared {
+	return &Shared{cores: cores, limiter: limiter, denseLeft: DenseMax}
+}
+
+// Limiter returns the per-source limiter (nil if none, or if s is nil).
+func (s *Shared) Limiter() *SourceLimiter {
+	if s == nil {
+		return nil
+	}
+	return s.limiter
+}
+
+// DenseLeft returns how much of DenseMax is still free.
+func (s *Shared) DenseLeft() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.denseLeft
+}
+
+// denseBytes is the memory of a pool's dense port counts.
+func denseBytes(naddrs uint64, span uint32) int64 {
+	return int64(naddrs) * int64(span) * 2 * numClasses
+}
+
+// New splits pool between cores and returns one allocator per core. sh
+// is shared by every pool of a dataplane; nil gives this pool a Shared of
+// its own, without a limiter.
+func New(pool Pool, cores int, sh *Shared) ([]*Allocator, error) {
 	if pool.PortLo == 0 && pool.PortHi == 0 {
 		pool.PortLo, pool.PortHi = DefaultPortLo, DefaultPortHi
 	}
@@ -156,6 +217,30 @@ func New(pool Pool, cores int, limiter *SourceLimiter) ([]*Allocator, error) {
 	if cores < 1 || uint32(cores) > span {
 		return nil, fmt.Errorf("%w: %d ports cannot be split between %d cores", ErrPool, span, cores)
 	}
+	if sh == nil {
+		sh = NewShared(cores, nil)
+	}
+	if sh.cores != cores {
+		return nil, fmt.Errorf("%w: %d cores, shared state made for %d", ErrPool, cores, sh.cores)
+	}
+	limiter := sh.limiter
+	if limiter != nil && limiter.cores != cores {
+		return nil, fmt.Errorf("%w: %d cores, per-source limiter made for %d", ErrPool, cores, limiter.cores)
+	}
+	var seed [32]byte
+	if _, err := rand.Read(seed[:]); err != nil {
+		return nil, fmt.Errorf("port allocator seed: %w", err)
+	}
+	// The address hash is keyed alike on every core, so a host maps to
+	// the same address whichever core sees its connection.
+	key0, key1 := binary.LittleEndian.Uint64(seed[8:])|1, binary.LittleEndian.Uint64(seed[16:])|1
+	cost := denseBytes(naddrs, span)
+	sh.mu.Lock()
+	dense := cost <= sh.denseLeft
+	if dense {
+		sh.denseLeft -= cost
+	}
+	sh.mu.Unlock()
 	as := make([]*Allocator, cores)
 	for c := range as {
 		lo := uint32(pool.PortLo) + span*uint32(c)/uint32(cores)
@@ -163,29 +248,29 @@ func New(pool Pool, cores int, limiter *SourceLimiter) ([]*Allocator, error) {
 		a := &Allocator{
 			core: c, addrLo: pool.AddrLo, naddrs: uint32(naddrs),
 			lo: lo, n: hi - lo, limiter: limiter, st: new(pubStats),
+			key0: key0, key1: key1,
 		}
-		for k := range a.uses {
-			a.uses[k] = make([]uint16, uint64(a.n)*naddrs)
-			if uint64(a.n)*naddrs*2*numClasses <= prefaultMax {
+		if limiter != nil {
+			a.pairs = limiter.pairs[c]
+		}
+		if dense {
+			for k := range a.uses {
+				a.uses[k] = make([]uint16, uint64(a.n)*naddrs)
 				prefault.Slice(a.uses[k])
 			}
 		}
-		var seed [32]byte
-		if _, err := rand.Read(seed[:]); err != nil {
+		var rs [8]byte
+		if _, err := rand.Read(rs[:]); err != nil {
 			return nil, fmt.Errorf("port allocator seed: %w", err)
 		}
-		a.rng = binary.LittleEndian.Uint64(seed[0:])
-		// The address hash is keyed alike on every core, so a host maps to
-		// the same address whichever core sees its connection.
-		if c == 0 {
-			a.key0, a.key1 = binary.LittleEndian.Uint64(seed[8:])|1, binary.LittleEndian.Uint64(seed[16:])|1
-		} else {
-			a.key0, a.key1 = as[0].key0, as[0].key1
-		}
+		a.rng = binary.LittleEndian.Uint64(rs[:])
 		as[c] = a
 	}
 	return as, nil
 }
+
+// Dense reports whether the pool keeps a count per port (see Shared).
+func (a *Allocator) Dense() bool { return a.uses[0] != nil }
 
 // Slice returns this allocator's ports, inclusive.
 func (a *Allocator) Slice() (lo, hi uint16) { return uint16(a.lo), uint16(a.lo + a.n - 1) }
@@ -251,21 +336,13 @@ func (a *Allocator) Likely(orig *flowtable.Tuple, addr uint32) (ports [2]uint16,
 	}
 	if own := uint32(orig.SrcPort); own-a.lo < a.n {
 		ports[0], n = orig.SrcPort, 1
-		if a.clash < 1<<16/8 || a.uses[cl][uint64(addr-a.addrLo)*uint64(a.n)+uint64(own-a.lo)] == 0 {
+		if a.clash < 1<<16/8 || a.uses[cl] != nil && a.uses[cl][uint64(addr-a.addrLo)*uint64(a.n)+uint64(own-a.lo)] == 0 {
 			return ports, 1
 		}
 	}
 	ports[n] = a.SearchPort(orig)
 	return ports, n + 1
 }
-
-// prefaultMax bounds the use counts New commits at once for one core
-// (prefault.Slice: no connection's first use of a port then waits on a
-// page fault). The counts of a pool of one address take 378 KiB in all
-// (split between the cores), of 256 addresses 95 MiB, of 65,536 about
-// 24 GiB, of which a gateway only ever uses the pages its traffic
-// reaches.
-const prefaultMax = 128 << 20
 
 // clashShift sets the weight of each try in the clash average: 1/32.
 const clashShift = 5
@@ -283,39 +360,68 @@ type Options struct {
 // its destination address and port with the external endpoint. On
 // TableRefused the flow table's own result is returned too (with the
 // existing connection's Ref on Exists).
+//
+// With a limiter, the connection is counted for its inside source first
+// (refused at xnat.per_source_max, or when the limiter has no slot for
+// the source), then one port is reserved for it in case it lands on a
+// port its source does not hold yet. Without that reservation (the
+// source is at xnat.per_source_ports) only the connection's own port, if
+// the source holds it already, may serve it: a source at its port limit
+// costs one lookup a connection, not a search.
 func (a *Allocator) Allocate(c *flowtable.Core, nf *flowtable.NewFlow, opt Options, now flowtable.Time) (flowtable.Ref, Result, flowtable.InsertResult) {
-	src := nf.Orig.Src
-	if a.limiter != nil && !a.limiter.Acquire(src) {
-		a.st.perSource.Add(1)
-		return 0, PerSourceLimit, flowtable.Inserted
+	at := attempt{src: nf.Orig.Src, slot: -1, canNew: true}
+	if a.limiter != nil {
+		var why int
+		if at.slot, why = a.limiter.acquire(at.src); why != limOK {
+			if why == limFull {
+				a.st.full.Add(1)
+				return 0, LimiterFull, flowtable.Inserted
+			}
+			a.st.perSource.Add(1)
+			return 0, PerSourceLimit, flowtable.Inserted
+		}
 	}
-	nf.Reply.Dst = a.pickAddr(src, nf.Orig.Dst, opt.Persistent)
-	cl := class(nf.Orig.Proto)
-	if cl == classNone {
+	nf.Reply.Dst = a.pickAddr(at.src, nf.Orig.Dst, opt.Persistent)
+	at.addr = nf.Reply.Dst
+	at.cl = class(nf.Orig.Proto)
+	if at.cl == classNone {
 		// Address only: the reply tuple keeps the ports it has.
 		r, res := c.Insert(nf, now)
 		if res != flowtable.Inserted {
-			a.unacquire(src)
+			a.unacquire(&at)
 			return r, TableRefused, res
 		}
 		a.st.allocated.Add(1)
 		return r, OK, res
 	}
-	uses := a.uses[cl][uint64(nf.Reply.Dst-a.addrLo)*uint64(a.n):][:a.n]
+	if u := a.uses[at.cl]; u != nil {
+		at.uses = u[uint64(at.addr-a.addrLo)*uint64(a.n):][:a.n]
+	}
+	if a.limiter != nil {
+		at.canNew = a.limiter.reservePort(at.slot)
+	}
 	orig := uint32(nf.Orig.SrcPort)
-	var retry bool // an Insert refused the reply tuple: the original is free
 	if opt.Mode == ModeDefault && orig-a.lo < a.n {
-		r, res, done := a.try(c, nf, uses, orig, now, &retry)
-		if done {
-			a.clash -= a.clash >> clashShift
-			if res == flowtable.Inserted {
-				a.st.preserved.Add(1)
-				return r, OK, res
+		r, res, st := a.try(c, nf, &at, orig, now)
+		if st != trySkipped {
+			if st == tryDone {
+				a.clash -= a.clash >> clashShift
+				if res == flowtable.Inserted {
+					a.st.preserved.Add(1)
+					a.settle(&at)
+					return r, OK, res
+				}
+				a.unacquire(&at)
+				return r, TableRefused, res
 			}
-			a.unacquire(src)
-			return r, TableRefused, res
+			a.clash += (1<<16 - a.clash) >> clashShift
 		}
-		a.clash += (1<<16 - a.clash) >> clashShift
+	}
+	if !at.canNew {
+		a.unacquire(&at)
+		a.limiter.refusePorts(at.src)
+		a.st.perSource.Add(1)
+		return 0, PerSourceLimit, flowtable.Inserted
 	}
 	for attempts := min(a.n, 128); attempts > 0; attempts /= 2 {
 		var off uint32
@@ -326,93 +432,159 @@ func (a *Allocator) Allocate(c *flowtable.Core, nf *flowtable.NewFlow, opt Optio
 		}
 		for i := range attempts {
 			p := a.lo + (off+i)%a.n
-			if r, res, done := a.try(c, nf, uses, p, now, &retry); done {
+			if r, res, st := a.try(c, nf, &at, p, now); st == tryDone {
 				if res == flowtable.Inserted {
+					a.settle(&at)
 					return r, OK, res
 				}
-				a.unacquire(src)
+				a.unacquire(&at)
 				return r, TableRefused, res
 			}
 		}
 	}
 	a.st.outOfPorts.Add(1)
-	a.unacquire(src)
+	a.unacquire(&at)
 	return 0, OutOfPorts, flowtable.ReplyClash
 }
 
-// try inserts the connection with external port p. done is false when the
-// port is taken for this remote endpoint and the search goes on. retry
-// says whether an earlier try's Insert found the original tuple free and
+// attempt is one Allocate's state, on its stack.
+type attempt struct {
+	src, addr uint32
+	cl        int
+	uses      []uint16 // the address's dense counts, nil in a sparse pool
+	slot      int      // the source's limiter slot, -1 without a limiter
+	retry     bool     // an Insert refused the reply tuple: the original is free
+	canNew    bool     // a port may be one the source does not hold (reserved)
+	newPort   bool     // the inserted connection took a port new to its source
+}
+
+// try's outcomes
+const (
+	tryDone    = iota // inserted, or refused by the table for good
+	tryClash          // the port is taken for this remote endpoint
+	trySkipped        // the port is not to be tried (full, or beyond the source's ports)
+)
+
+// try inserts the connection with external port p. at.retry says
+// whether an earlier try's Insert found the original tuple free and
 // refused only the reply tuple, so that this one need not look again
 // (InsertRetry); try sets it when its own Insert does.
-func (a *Allocator) try(c *flowtable.Core, nf *flowtable.NewFlow, uses []uint16, p uint32, now flowtable.Time, retry *bool) (flowtable.Ref, flowtable.InsertResult, bool) {
-	u := &uses[p-a.lo]
-	if *u == maxUses {
-		return 0, flowtable.ReplyClash, false
+func (a *Allocator) try(c *flowtable.Core, nf *flowtable.NewFlow, at *attempt, p uint32, now flowtable.Time) (flowtable.Ref, flowtable.InsertResult, int) {
+	var u *uint16
+	if at.uses != nil {
+		u = &at.uses[p-a.lo]
+		if *u == maxUses {
+			return 0, flowtable.ReplyClash, trySkipped
+		}
+	}
+	pi, held := -1, false
+	if a.pairs != nil {
+		pi, held = a.pairs.find(uint64(at.src)<<32|uint64(at.addr), pairX(uint16(p), at.cl))
+		if !held && (pi < 0 || !at.canNew) {
+			return 0, flowtable.ReplyClash, trySkipped
+		}
 	}
 	nf.Reply.DstPort = uint16(p)
 	var r flowtable.Ref
 	var res flowtable.InsertResult
-	if *retry {
+	if at.retry {
 		r, res = c.InsertRetry(nf, now)
 	} else {
 		r, res = c.Insert(nf, now)
 	}
 	switch res {
 	case flowtable.Inserted:
-		if *u == 0 {
-			a.st.inUse.Add(1)
+		if u != nil {
+			if *u == 0 {
+				a.st.inUse.Add(1)
+			}
+			*u++
 		}
-		*u++
+		if a.pairs != nil {
+			if held {
+				a.pairs.e[pi].n++
+			} else {
+				a.pairs.put(pi, uint64(at.src)<<32|uint64(at.addr), pairX(uint16(p), at.cl))
+				at.newPort = true
+			}
+		}
 		a.st.allocated.Add(1)
-		return r, res, true
+		return r, res, tryDone
 	case flowtable.ReplyClash:
-		*retry = true
-		return 0, res, false
+		at.retry = true
+		return 0, res, tryClash
 	}
-	return r, res, true
+	return r, res, tryDone
 }
 
-func (a *Allocator) unacquire(src uint32) {
+// settle gives back the port reservation of an inserted connection that
+// took a port its source held already.
+func (a *Allocator) settle(at *attempt) {
+	if a.limiter != nil && at.canNew && !at.newPort {
+		a.limiter.unreservePort(at.slot)
+	}
+}
+
+// unacquire undoes the limiter's counting of a connection not inserted.
+func (a *Allocator) unacquire(at *attempt) {
 	if a.limiter != nil {
-		a.limiter.Release(src)
+		if at.cl != classNone && at.canNew {
+			a.limiter.unreservePort(at.slot)
+		}
+		a.limiter.unacquire(at.slot)
 	}
 }
 
 // Release gives back the external endpoint of a connection this
 // allocator gave one: orig and reply as the flow table reported them. It
 // reports false for a connection whose endpoint is not from this slice.
+// Its source's counts in the limiter go down: one connection, and one
+// port if it was the source's last connection on its port.
 func (a *Allocator) Release(orig, reply *flowtable.Tuple) bool {
-	if reply.Dst-a.addrLo >= a.naddrs {
+	ai := reply.Dst - a.addrLo
+	if ai >= a.naddrs {
 		return false
 	}
 	cl := class(orig.Proto)
+	lastOnPort := false
 	if cl != classNone {
 		p := uint32(reply.DstPort)
 		if p-a.lo >= a.n {
 			return false
 		}
-		u := &a.uses[cl][uint64(reply.Dst-a.addrLo)*uint64(a.n)+uint64(p-a.lo)]
-		if *u == 0 {
-			return false
+		if a.uses[cl] != nil {
+			u := &a.uses[cl][uint64(ai)*uint64(a.n)+uint64(p-a.lo)]
+			if *u == 0 {
+				return false
+			}
+			*u--
+			if *u == 0 {
+				a.st.inUse.Add(-1)
+			}
 		}
-		*u--
-		if *u == 0 {
-			a.st.inUse.Add(-1)
+		if a.pairs != nil {
+			if i, held := a.pairs.find(uint64(orig.Src)<<32|uint64(reply.Dst), pairX(reply.DstPort, cl)); held {
+				if a.pairs.e[i].n--; a.pairs.e[i].n == 0 {
+					a.pairs.remove(i)
+					lastOnPort = true
+				}
+			}
 		}
 	}
-	a.unacquire(orig.Src)
+	if a.limiter != nil {
+		a.limiter.release(orig.Src, lastOnPort)
+	}
 	a.st.released.Add(1)
 	return true
 }
 
 // Uses returns how many connections use an external endpoint (tests and
 // the control plane's diagnostics; only this core's goroutine may call it
-// while traffic flows).
+// while traffic flows); 0 in a sparse pool.
 func (a *Allocator) Uses(proto uint8, addr uint32, port uint16) int {
 	cl := class(proto)
 	p := uint32(port)
-	if cl == classNone || addr-a.addrLo >= a.naddrs || p-a.lo >= a.n {
+	if cl == classNone || a.uses[cl] == nil || addr-a.addrLo >= a.naddrs || p-a.lo >= a.n {
 		return 0
 	}
 	return int(a.uses[cl][uint64(addr-a.addrLo)*uint64(a.n)+uint64(p-a.lo)])
@@ -426,6 +598,7 @@ func (a *Allocator) Stats() Stats {
 		Released:       a.st.released.Load(),
 		OutOfPorts:     a.st.outOfPorts.Load(),
 		PerSourceLimit: a.st.perSource.Load(),
+		LimiterFull:    a.st.full.Load(),
 		PortsInUse:     uint64(a.st.inUse.Load()),
 	}
 }

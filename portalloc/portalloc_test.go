@@ -285,90 +285,10 @@ func TestICMPAndOtherProtocols(t *testing.T) {
 	}
 }
 
-func TestPerSourceLimit(t *testing.T) {
-	tab := table(t, 1, 100)
-	lim, err := NewSourceLimiter(0, 16)
-	if err != nil {
-		t.Fatal(err)
-	}
-	as, _ := New(Pool{AddrLo: extA, AddrHi: extA}, 1, lim)
-	a, c := as[0], tab.Core(0)
-	c.Enter()
-	defer c.Exit()
-	host := ip(10, 0, 0, 1)
-	var flows []flowtable.NewFlow
-	for i := range 3 { // off by default: counts, never refuses
-		nf := conn(flowtable.ProtoTCP, host, uint16(3000+i), remote, 80)
-		if _, res, _ := a.Allocate(c, &nf, Options{}, 0); res != OK {
-			t.Fatal(res)
-		}
-		flows = append(flows, nf)
-	}
-	if lim.Count(host) != 3 {
-		t.Fatalf("count %d", lim.Count(host))
-	}
-	if err := lim.SetLimit(3); err != nil {
-		t.Fatal(err)
-	}
-	nf := conn(flowtable.ProtoTCP, host, 4000, remote, 80)
-	if _, res, _ := a.Allocate(c, &nf, Options{}, 0); res != PerSourceLimit {
-		t.Fatalf("over the limit: %v", res)
-	}
-	if a.Stats().PerSourceLimit != 1 || lim.Refused() != 1 {
-		t.Errorf("refusals not counted")
-	}
-	// Another host is not affected.
-	o := conn(flowtable.ProtoTCP, ip(10, 0, 0, 2), 4000, remote, 80)
-	if _, res, _ := a.Allocate(c, &o, Options{}, 0); res != OK {
-		t.Fatal(res)
-	}
-	// A refused allocation that the table refuses gives its count back.
-	dup := flows[0]
-	lim.SetLimit(10)
-	a.Allocate(c, &dup, Options{}, 0)
-	if lim.Count(host) != 3 {
-		t.Errorf("count after a table refusal %d", lim.Count(host))
-	}
-	lim.SetLimit(3)
-	// One connection goes: the host may open another.
-	if !a.Release(&flows[0].Orig, &flows[0].Reply) {
-		t.Fatal("release")
-	}
-	if _, res, _ := a.Allocate(c, &nf, Options{}, 0); res != OK {
-		t.Fatalf("after release: %v", res)
-	}
-	if err := lim.SetLimit(-1); !errors.Is(err, ErrLimiter) {
-		t.Errorf("SetLimit(-1) = %v", err)
-	}
-	if _, err := NewSourceLimiter(0, 0); !errors.Is(err, ErrLimiter) {
-		t.Errorf("NewSourceLimiter hosts 0 = %v", err)
-	}
-}
-
-func TestLimiterFullIsUntracked(t *testing.T) {
-	lim, _ := NewSourceLimiter(1, 1) // two slots
-	for i := range 4 {
-		if !lim.Acquire(uint32(i + 1)) {
-			t.Fatalf("host %d refused", i)
-		}
-	}
-	if lim.Untracked() != 2 {
-		t.Errorf("untracked %d", lim.Untracked())
-	}
-	if lim.Acquire(1) {
-		t.Error("tracked host over its limit allowed")
-	}
-	lim.Release(4) // untracked: no effect, no panic
-	lim.Release(1)
-	if !lim.Acquire(1) {
-		t.Error("host refused after release")
-	}
-}
-
 func TestNoAllocs(t *testing.T) {
 	tab := table(t, 1, 100000)
-	lim, _ := NewSourceLimiter(0, 1024)
-	as, _ := New(Pool{AddrLo: extA, AddrHi: extA}, 1, lim)
+	lim := limiter(t, 1, 100000, 0, 0)
+	as, _ := New(Pool{AddrLo: extA, AddrHi: extA}, 1, NewShared(1, lim))
 	a, c := as[0], tab.Core(0)
 	var gone [64]flowtable.Gone
 	i := 0
@@ -397,8 +317,8 @@ func TestNoAllocs(t *testing.T) {
 func TestConcurrentCores(t *testing.T) {
 	const cores = 4
 	tab := table(t, cores, 40000)
-	lim, _ := NewSourceLimiter(0, 256)
-	as, err := New(Pool{AddrLo: extA, AddrHi: ip(203, 0, 113, 2), PortLo: 10000, PortHi: 10999}, cores, lim)
+	lim := limiter(t, cores, 40000, 0, 0)
+	as, err := New(Pool{AddrLo: extA, AddrHi: ip(203, 0, 113, 2), PortLo: 10000, PortHi: 10999}, cores, NewShared(cores, lim))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -456,9 +376,12 @@ func TestConcurrentCores(t *testing.T) {
 		t.Errorf("after expiry: %+v", total)
 	}
 	for i := range 64 {
-		if n := lim.Count(ip(10, 0, 0, byte(i))); n != 0 {
-			t.Errorf("host %d still counts %d", i, n)
+		if n, p := lim.Count(ip(10, 0, 0, byte(i))); n != 0 || p != 0 {
+			t.Errorf("host %d still counts %d connections, %d ports", i, n, p)
 		}
+	}
+	if top := lim.Top(1); top.Sources != 0 || top.Conns != 0 || top.Ports != 0 {
+		t.Errorf("limiter after expiry: %+v", top)
 	}
 }
 

@@ -11,6 +11,7 @@
 //	iptables-restore --test [--print] [FILE]   validate a file offline (no daemon needed)
 //	sysctl [-a] [NAME[=VALUE]]...              timeouts and limits by conntrack sysctl names and xnat.*
 //	events [--follow] [--after N]              table full, out of ports, rules replaced, ...
+//	top [-n N]                                 inside addresses with the most connections, ports, refusals
 //
 // --socket (default /run/xnat/xnat.sock) and --json go before or right
 // after the command. --json prints the API's JSON (package control/api)
@@ -84,6 +85,7 @@ func init() {
 		"iptables-restore": {"load a rules file [-c] [-n] [FILE]; --test [--print] validates offline", iptablesRestore},
 		"sysctl":           {"[-a] [NAME[=VALUE]]...: conntrack sysctls and xnat.* keys", sysctlCmd},
 		"events":           {"[--follow] [--after N]: table full, out of ports, rules replaced ...", events},
+		"top":              {"[-n N]: inside addresses with the most connections, ports and refusals", topCmd},
 	}
 }
 

@@ -95,6 +95,7 @@ func newCollector(d *daemon.Daemon, names []string, nInside int) *collector {
 		{desc("nat_released_total", "Ports given back."), false, func(s *daemon.Stats) uint64 { return s.Ports.Released }},
 		{desc("nat_out_of_ports_total", "Allocations that found no free port."), false, func(s *daemon.Stats) uint64 { return s.Ports.OutOfPorts }},
 		{desc("nat_per_source_limit_total", "Allocations refused by the per-source limit."), false, func(s *daemon.Stats) uint64 { return s.Ports.PerSourceLimit }},
+		{desc("nat_per_source_full_total", "Allocations refused for want of a slot in the per-source limiter."), false, func(s *daemon.Stats) uint64 { return s.Ports.LimiterFull }},
 		{desc("nat_ports_in_use", "Ports carrying at least one connection."), true, func(s *daemon.Stats) uint64 { return s.Ports.PortsInUse }},
 	}
 	rl := []string{"queue", "interface"}

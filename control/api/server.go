@@ -101,6 +101,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET "+Version+"/sysctl", s.sysctlGet)
 	mux.HandleFunc("POST "+Version+"/sysctl", s.sysctlSet)
 	mux.HandleFunc("GET "+Version+"/events", s.eventsGet)
+	mux.HandleFunc("GET "+Version+"/top", s.top)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusNotFound, fmt.Errorf("no route %s %s", r.Method, r.URL.Path))
 	})

@@ -19,7 +19,7 @@ func StatsOf(s *daemon.Stats, names []string, nInside int, now time.Time) Stats 
 	out.Pipeline = pipeline(&s.Pipeline)
 	out.Drops = drops(&s.Pipeline)
 	out.NAT = NATStats{Allocated: s.Ports.Allocated, Preserved: s.Ports.Preserved, Released: s.Ports.Released,
-		OutOfPorts: s.Ports.OutOfPorts, PerSourceLimit: s.Ports.PerSourceLimit, PortsInUse: s.Ports.PortsInUse}
+		OutOfPorts: s.Ports.OutOfPorts, PerSourceLimit: s.Ports.PerSourceLimit, PerSourceFull: s.Ports.LimiterFull, PortsInUse: s.Ports.PortsInUse}
 	for _, p := range s.Programs {
 		c := p.Counters
 		out.XDP = append(out.XDP, XDPStats{Interface: p.Interface, Mode: p.Mode,

@@ -79,6 +79,7 @@ type NATStats struct {
 	Released       uint64 `json:"released"`
 	OutOfPorts     uint64 `json:"out_of_ports"`
 	PerSourceLimit uint64 `json:"per_source_limit"`
+	PerSourceFull  uint64 `json:"per_source_full"`
 	PortsInUse     uint64 `json:"ports_in_use"`
 }
 

@@ -18,6 +18,7 @@ import (
 	"xnat/dataplane"
 	"xnat/dataplane/xdpprog"
 	"xnat/flowtable"
+	"xnat/portalloc"
 	"xnat/ring"
 )
 
@@ -78,6 +79,12 @@ type Config struct {
 	// unless MetricsAllowRemote is set.
 	Metrics            string `toml:"metrics"`
 	MetricsAllowRemote bool   `toml:"metrics_allow_remote"`
+	// PerSourceMax and PerSourcePorts are the connections, and the
+	// external ports, one inside address may have through NAT (RFC 6888
+	// REQ-4; 0: no limit): xnat.per_source_max and xnat.per_source_ports,
+	// which xnatctl sysctl changes at run time.
+	PerSourceMax   int `toml:"per_source_max"`
+	PerSourcePorts int `toml:"per_source_ports"`
 }
 
 // LoadFile reads a TOML config file. Unknown keys are errors, so a
@@ -195,6 +202,12 @@ func (c *Config) Validate() error {
 	}
 	if _, err := c.attachMode(); err != nil {
 		return err
+	}
+	if c.PerSourceMax < 0 || c.PerSourceMax > portalloc.MaxSourceLimit {
+		return bad("per_source_max %d (0 to %d)", c.PerSourceMax, portalloc.MaxSourceLimit)
+	}
+	if c.PerSourcePorts < 0 || c.PerSourcePorts > portalloc.MaxSourceLimit {
+		return bad("per_source_ports %d (0 to %d)", c.PerSourcePorts, portalloc.MaxSourceLimit)
 	}
 	if c.LocalPorts != "warn" && c.LocalPorts != "refuse" {
 		return bad("local_ports %q (warn or refuse)", c.LocalPorts)

@@ -73,6 +73,19 @@ type Daemon struct {
 	flushed, resolves, resolveErrs, reloads, envErrors atomic.Uint64
 }
 
+// newLimiter makes the per-source limiter with the config's limits
+// (xnat.per_source_max, xnat.per_source_ports; xnatctl sysctl changes
+// them at run time). It can count as many connections a core as the
+// core has records in tab, from as many inside addresses.
+func newLimiter(c *Config, tab *flowtable.Table) (*portalloc.SourceLimiter, error) {
+	l, err := portalloc.NewSourceLimiter(portalloc.LimiterConfig{Cores: tab.Cores(), Conns: tab.RecordsPerCore(),
+		MaxConns: c.PerSourceMax, MaxPorts: c.PerSourcePorts})
+	if err != nil {
+		return nil, fmt.Errorf("per-source limiter: %w", err)
+	}
+	return l, nil
+}
+
 // Start starts xnat as planned: it creates the table and the dataplane,
 // starts the kernel mirror, attaches the XDP programs, opens one UMEM per
 // queue with a socket on every interface, and starts the workers and
@@ -110,13 +123,11 @@ func Start(plan *Plan, opts Options) (d *Daemon, err error) {
 		}
 	}
 	d.emit(info("flow table", "capacity", c.Capacity, "max_conns", c.MaxConns, "cores", c.Queues))
-	// The per-source limiter starts with no limit (xnat.per_source_max
-	// 0); xnatctl sysctl sets one at run time. It can track as many
-	// inside addresses as the table has connections.
-	limiter, err := portalloc.NewSourceLimiter(0, c.Capacity)
+	limiter, err := newLimiter(&c, d.tab)
 	if err != nil {
-		return d, fmt.Errorf("per-source limiter: %w", err)
+		return d, err
 	}
+	d.emit(info("per-source limiter", "per_source_max", c.PerSourceMax, "per_source_ports", c.PerSourcePorts, "memory", limiter.Memory()))
 	pools := dataplane.NewPools(c.Queues, limiter)
 	// The mirror's first snapshot arrives before Start returns; later
 	// ones rebuild the Env.

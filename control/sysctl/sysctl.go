@@ -22,7 +22,7 @@ import (
 type Target struct {
 	Table    *flowtable.Table
 	Settings *dataplane.Settings
-	Limiter  *portalloc.SourceLimiter // may be nil: xnat.per_source_max is then read-only 0
+	Limiter  *portalloc.SourceLimiter // may be nil: xnat.per_source_max and _ports are then read-only 0
 }
 
 // Errors.
@@ -71,13 +71,17 @@ func init() {
 				}
 				return int64(t.Limiter.Limit())
 			},
-			check: func(t *Target, v int64) error {
+			check: limiterCheck,
+			set:   func(t *Target, v int64) { _ = t.Limiter.SetLimit(int(v)) }},
+		{Name: "xnat.per_source_ports", Help: "external ports one inside address may hold through NAT (0: no limit)",
+			get: func(t *Target) int64 {
 				if t.Limiter == nil {
-					return fmt.Errorf("%w: no per-source limiter in this daemon", ErrReadOnly)
+					return 0
 				}
-				return rangeCheck(v, 0, 1<<31-1)
+				return int64(t.Limiter.PortLimit())
 			},
-			set: func(t *Target, v int64) { _ = t.Limiter.SetLimit(int(v)) }},
+			check: limiterCheck,
+			set:   func(t *Target, v int64) { _ = t.Limiter.SetPortLimit(int(v)) }},
 		{Name: "xnat.tcp_loose", Help: "the same as net.netfilter.nf_conntrack_tcp_loose",
 			get:   func(t *Target) int64 { return b2i(t.Settings.TCPLoose.Load()) },
 			check: func(_ *Target, v int64) error { return rangeCheck(v, 0, 1) },
@@ -107,6 +111,13 @@ func init() {
 			set: func(t *Target, v int64) { _ = t.Table.SetTimeout(name, time.Duration(v)*time.Second) }})
 	}
 	sort.Slice(keys, func(i, j int) bool { return keys[i].Name < keys[j].Name })
+}
+
+func limiterCheck(t *Target, v int64) error {
+	if t.Limiter == nil {
+		return fmt.Errorf("%w: no per-source limiter in this daemon", ErrReadOnly)
+	}
+	return rangeCheck(v, 0, portalloc.MaxSourceLimit)
 }
 
 func b2i(b bool) int64 {

@@ -14,7 +14,10 @@ func target(t *testing.T) *Target {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lim, _ := portalloc.NewSourceLimiter(0, 16)
+	lim, err := portalloc.NewSourceLimiter(portalloc.LimiterConfig{Cores: 1, Conns: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
 	return &Target{Table: tab, Settings: dataplane.NewSettings(), Limiter: lim}
 }
 
@@ -30,6 +33,7 @@ func TestDefaultsAndNames(t *testing.T) {
 		"net.netfilter.nf_conntrack_icmp_timeout":            30,
 		"net.netfilter.nf_conntrack_generic_timeout":         600,
 		"xnat.per_source_max":                                0,
+		"xnat.per_source_ports":                              0,
 		"xnat.tcp_loose":                                     1,
 	}
 	all := All(tg)
@@ -46,12 +50,12 @@ func TestDefaultsAndNames(t *testing.T) {
 
 func TestSetIsAllOrNothing(t *testing.T) {
 	tg := target(t)
-	ok := []Assignment{{"net.netfilter.nf_conntrack_max", 500}, {"net.netfilter.nf_conntrack_udp_timeout", 10}, {"xnat.per_source_max", 50}}
+	ok := []Assignment{{"net.netfilter.nf_conntrack_max", 500}, {"net.netfilter.nf_conntrack_udp_timeout", 10}, {"xnat.per_source_max", 50}, {"xnat.per_source_ports", 20}}
 	if err := Set(tg, ok); err != nil {
 		t.Fatal(err)
 	}
-	if tg.Table.Max() != 500 || tg.Limiter.Limit() != 50 {
-		t.Errorf("not applied: max %d limit %d", tg.Table.Max(), tg.Limiter.Limit())
+	if tg.Table.Max() != 500 || tg.Limiter.Limit() != 50 || tg.Limiter.PortLimit() != 20 {
+		t.Errorf("not applied: max %d limit %d ports %d", tg.Table.Max(), tg.Limiter.Limit(), tg.Limiter.PortLimit())
 	}
 	for _, bad := range []struct {
 		as   []Assignment
@@ -61,6 +65,8 @@ func TestSetIsAllOrNothing(t *testing.T) {
 		{[]Assignment{{"net.netfilter.nf_conntrack_udp_timeout", 20}, {"net.netfilter.nf_conntrack_count", 5}}, ErrReadOnly},
 		{[]Assignment{{"net.netfilter.nf_conntrack_udp_timeout", 20}, {"net.netfilter.bogus", 5}}, ErrUnknown},
 		{[]Assignment{{"xnat.tcp_loose", 2}}, ErrValue},
+		{[]Assignment{{"xnat.per_source_max", 10}, {"xnat.per_source_ports", -1}}, ErrValue},
+		{[]Assignment{{"xnat.per_source_ports", portalloc.MaxSourceLimit + 1}}, ErrValue},
 		{[]Assignment{{"net.netfilter.nf_conntrack_udp_timeout", 0}}, ErrValue},
 	} {
 		if err := Set(tg, bad.as); !errors.Is(err, bad.want) {
@@ -73,6 +79,27 @@ func TestSetIsAllOrNothing(t *testing.T) {
 	}
 	if v, _ := Get(tg, "net.netfilter.nf_conntrack_udp_timeout"); v != 10 {
 		t.Errorf("udp timeout %d after rejected changes", v)
+	}
+	if v, _ := Get(tg, "xnat.per_source_max"); v != 50 {
+		t.Errorf("per_source_max %d after rejected changes", v)
+	}
+	if v, _ := Get(tg, "xnat.per_source_ports"); v != 20 {
+		t.Errorf("per_source_ports %d after rejected changes", v)
+	}
+}
+
+// TestSysctlNoLimiter: without a limiter both per-source keys read 0 and
+// refuse a change.
+func TestSysctlNoLimiter(t *testing.T) {
+	tg := target(t)
+	tg.Limiter = nil
+	for _, k := range []string{"xnat.per_source_max", "xnat.per_source_ports"} {
+		if v, err := Get(tg, k); v != 0 || err != nil {
+			t.Errorf("%s = %d %v", k, v, err)
+		}
+		if err := Set(tg, []Assignment{{k, 5}}); !errors.Is(err, ErrReadOnly) {
+			t.Errorf("set %s: %v", k, err)
+		}
 	}
 }
 
