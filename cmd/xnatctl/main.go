@@ -7,7 +7,7 @@
 //	conntrack -L|-D [filters] | -F | -C | -S   conntrack-tools commands and formats
 //	iptables ARGS...                           iptables command lines (-A, -D, -L -n -v, -S, -Z, ...)
 //	iptables-save [-c] [-t TABLE]              the rules in force, iptables-save format
-//	iptables-restore [-c] [-n] [FILE]          load a rules file, all or nothing
+//	iptables-restore [-c] [-n] [FILE]          load a rules file, all or nothing; only the tables it names change
 //	iptables-restore --test [--print] [FILE]   validate a file offline (no daemon needed)
 //	sysctl [-a] [NAME[=VALUE]]...              timeouts and limits by conntrack sysctl names and xnat.*
 //	events [--follow] [--after N]              table full, out of ports, rules replaced, ...
