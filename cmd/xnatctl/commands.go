@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -41,23 +42,7 @@ func conntrackCmd(e *env, args []string) int {
 	c := e.client()
 	switch a.Command {
 	case conntrack.List:
-		l, err := c.Conntrack(e.ctx, &a.Filter)
-		if err != nil {
-			return e.fail(err)
-		}
-		if e.json {
-			return e.printJSON(l)
-		}
-		for i := range l.Conns {
-			fi, err := l.Conns[i].FlowInfo()
-			if err != nil {
-				return e.failf(1, "%v", err)
-			}
-			if err := conntrack.WriteEntry(e.stdout, &fi, l.Acct); err != nil {
-				return e.failf(1, "%v", err)
-			}
-		}
-		fmt.Fprintln(e.stderr, conntrack.Summary(a.Command, len(l.Conns)))
+		return e.conntrackList(c, &a.Filter)
 	case conntrack.Delete:
 		n, err := c.ConntrackDelete(e.ctx, &a.Filter)
 		if err != nil {
@@ -102,6 +87,116 @@ func conntrackCmd(e *env, args []string) int {
 		}
 	}
 	return 0
+}
+
+// conntrackList prints the listing as it arrives: conntrack's lines and
+// summary, or with --json the ConntrackList as printJSON prints it.
+func (e *env) conntrackList(c *api.Client, f *conntrack.Filter) int {
+	st, err := c.ConntrackStream(e.ctx, f)
+	if err != nil {
+		return e.fail(err)
+	}
+	defer st.Close()
+	out := bufio.NewWriterSize(e.stdout, 64<<10)
+	var jl *jsonList
+	if e.json {
+		jl = &jsonList{w: out}
+	}
+	n := 0
+	flushed := time.Now()
+	for {
+		if time.Since(flushed) > 200*time.Millisecond {
+			// A slow or filtered listing shows as it comes.
+			if err := out.Flush(); err != nil {
+				return e.failf(1, "%v", err)
+			}
+			flushed = time.Now()
+		}
+		var cn api.Conn
+		ok, err := st.Next(&cn)
+		if err != nil {
+			out.Flush()
+			return e.fail(err)
+		}
+		if !ok {
+			break
+		}
+		n++
+		if jl != nil {
+			err = jl.add(st.Acct, &cn)
+		} else {
+			var fi flowtable.FlowInfo
+			if fi, err = cn.FlowInfo(); err == nil {
+				err = conntrack.WriteEntry(out, &fi, st.Acct)
+			}
+		}
+		if err != nil {
+			out.Flush()
+			return e.failf(1, "%v", err)
+		}
+	}
+	if jl != nil {
+		if err := jl.end(st.Acct); err != nil {
+			return e.failf(1, "%v", err)
+		}
+	}
+	if err := out.Flush(); err != nil {
+		return e.failf(1, "%v", err)
+	}
+	if jl == nil {
+		fmt.Fprintln(e.stderr, conntrack.Summary(conntrack.List, n))
+	}
+	return 0
+}
+
+// jsonList writes a ConntrackList one connection at a time, in the form
+// printJSON gives the whole list.
+type jsonList struct {
+	w       io.Writer
+	started bool
+	n       int
+}
+
+func (j *jsonList) head(acct bool) error {
+	j.started = true
+	_, err := fmt.Fprintf(j.w, "{\n  \"acct\": %t,\n  \"conns\": [", acct)
+	return err
+}
+
+func (j *jsonList) add(acct bool, c *api.Conn) error {
+	if !j.started {
+		if err := j.head(acct); err != nil {
+			return err
+		}
+	}
+	b, err := json.MarshalIndent(c, "    ", "  ")
+	if err != nil {
+		return err
+	}
+	sep := ",\n    "
+	if j.n == 0 {
+		sep = "\n    "
+	}
+	j.n++
+	if _, err := io.WriteString(j.w, sep); err != nil {
+		return err
+	}
+	_, err = j.w.Write(b)
+	return err
+}
+
+func (j *jsonList) end(acct bool) error {
+	if !j.started {
+		if err := j.head(acct); err != nil {
+			return err
+		}
+	}
+	tail := "]\n}\n"
+	if j.n > 0 {
+		tail = "\n  ]\n}\n"
+	}
+	_, err := io.WriteString(j.w, tail)
+	return err
 }
 
 // iptablesCmd runs one iptables command line against the rules in force.
@@ -156,9 +251,12 @@ func iptablesSave(e *env, args []string) int {
 
 // restoreToDaemon loads a rules file into the running daemon.
 func restoreToDaemon(e *env, in io.Reader, name string, counters, noflush bool) int {
-	b, err := io.ReadAll(io.LimitReader(in, 64<<20))
+	b, err := io.ReadAll(io.LimitReader(in, api.MaxRestoreBody+1))
 	if err != nil {
 		return e.failf(1, "%s: %v", name, err)
+	}
+	if len(b) > api.MaxRestoreBody {
+		return e.failf(1, "%s: larger than %d bytes, the most the daemon takes in one restore", name, api.MaxRestoreBody)
 	}
 	r, err := e.client().Restore(e.ctx, &api.RestoreRequest{Rules: string(b), Counters: counters, NoFlush: noflush})
 	if err != nil {

@@ -1,22 +1,27 @@
 // Command xnatctl controls a running xnatd through its control socket, with
 // the commands and output formats of the Linux tools it stands in for:
 //
-//	xnatctl [--socket PATH] [--json] COMMAND [args]
+//	xnatctl [--socket PATH] [--timeout DURATION] [--json] COMMAND [args]
 //
 //	stats [--watch [--count N]] [--per-core]   every counter, humanized; rates with --watch
 //	conntrack -L|-D [filters] | -F | -C | -S   conntrack-tools commands and formats
 //	iptables ARGS...                           iptables command lines (-A, -D, -L -n -v, -S, -Z, ...)
 //	iptables-save [-c] [-t TABLE]              the rules in force, iptables-save format
-//	iptables-restore [-c] [-n] [FILE]          load a rules file, all or nothing
+//	iptables-restore [-c] [-n] [FILE]          load a rules file, all or nothing; only the tables it names change
 //	iptables-restore --test [--print] [FILE]   validate a file offline (no daemon needed)
 //	sysctl [-a] [NAME[=VALUE]]...              timeouts and limits by conntrack sysctl names and xnat.*
 //	events [--follow] [--after N]              table full, out of ports, rules replaced, ...
 //	top [-n N]                                 inside addresses with the most connections, ports, refusals
 //
-// --socket (default /run/xnat/xnat.sock) and --json go before or right
-// after the command. --json prints the API's JSON (package control/api)
-// instead of text. Exit status: 0 done, 1 refused or failed (the reason on
-// standard error, one line), 2 bad usage.
+// --socket (default /run/xnat/xnat.sock), --timeout and --json go before
+// or right after the command. --timeout (default 10s; a duration such as
+// 500ms or 1m, or seconds; 0 for none) bounds connecting and each request
+// with its whole answer; for a streamed answer (conntrack -L, events
+// --follow) it bounds each silence of the daemon instead, so a listing of
+// millions of connections is printed as it arrives, however long it takes.
+// --json prints the API's JSON (package control/api) instead of text. Exit
+// status: 0 done, 1 refused or failed (the reason on standard error, one
+// line), 2 bad usage.
 package main
 
 import (
@@ -25,11 +30,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/signal"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"xnat/control/api"
 	"xnat/control/iptables"
@@ -40,13 +48,35 @@ import (
 type env struct {
 	name           string // the subcommand, for messages
 	socket         string
+	timeout        time.Duration
 	json           bool
 	stdin          io.Reader
 	stdout, stderr io.Writer
 	ctx            context.Context
 }
 
-func (e *env) client() *api.Client { return api.NewClient(e.socket) }
+func (e *env) client() *api.Client {
+	c := api.NewClient(e.socket)
+	c.SetTimeout(e.timeout)
+	return c
+}
+
+// parseTimeout reads --timeout: a Go duration (10s, 1m30s) or a number of
+// seconds; 0 means no limit.
+func parseTimeout(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		f, ferr := strconv.ParseFloat(s, 64)
+		if ferr != nil || math.IsNaN(f) || math.IsInf(f, 0) || f > math.MaxInt64/float64(time.Second) {
+			return 0, fmt.Errorf("--timeout %q: want a duration such as 10s or 500ms, or seconds", s)
+		}
+		d = time.Duration(f * float64(time.Second))
+	}
+	if d < 0 {
+		return 0, fmt.Errorf("--timeout %q: negative", s)
+	}
+	return d, nil
+}
 
 // failf prints one line and returns code.
 func (e *env) failf(code int, format string, args ...any) int {
@@ -90,7 +120,7 @@ func init() {
 }
 
 func usage(w io.Writer) {
-	fmt.Fprintln(w, "usage: xnatctl [--socket PATH] [--json] COMMAND [args]")
+	fmt.Fprintln(w, "usage: xnatctl [--socket PATH] [--timeout DURATION] [--json] COMMAND [args]")
 	fmt.Fprintln(w, "\ncommands:")
 	var names []string
 	for n := range subcommands {
@@ -112,7 +142,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	return runCtx(context.Background(), args, stdin, stdout, stderr)
 }
 
-// globals takes --socket and --json from the front of args.
+// globals takes --socket, --timeout and --json from the front of args.
 func globals(e *env, args []string) ([]string, error) {
 	for len(args) > 0 {
 		a := args[0]
@@ -120,6 +150,22 @@ func globals(e *env, args []string) ([]string, error) {
 		case a == "--json" || a == "-json":
 			e.json = true
 			args = args[1:]
+			continue
+		case a == "--timeout" || a == "-timeout" || strings.HasPrefix(a, "--timeout="):
+			v, rest, ok := strings.Cut(a, "=")
+			args = args[1:]
+			if !ok {
+				if len(args) == 0 {
+					return nil, fmt.Errorf("%s needs a duration", v)
+				}
+				rest, args = args[0], args[1:]
+			}
+			d, err := parseTimeout(rest)
+			if err != nil {
+				return nil, err
+			}
+			e.timeout = d
+			continue
 		case a == "--socket" || a == "-socket":
 			if len(args) < 2 {
 				return nil, errors.New("--socket needs a path")
@@ -140,7 +186,7 @@ func globals(e *env, args []string) ([]string, error) {
 }
 
 func runCtx(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	e := &env{name: "", socket: api.DefaultSocket, stdin: stdin, stdout: stdout, stderr: stderr, ctx: ctx}
+	e := &env{name: "", socket: api.DefaultSocket, timeout: api.DefaultTimeout, stdin: stdin, stdout: stdout, stderr: stderr, ctx: ctx}
 	args, err := globals(e, args)
 	if err != nil {
 		fmt.Fprintf(stderr, "xnatctl: %v\n", err)
@@ -175,6 +221,11 @@ func (e *env) flags() *flag.FlagSet {
 	fs.SetOutput(io.Discard)
 	fs.BoolVar(&e.json, "json", e.json, "print JSON")
 	fs.StringVar(&e.socket, "socket", e.socket, "control socket")
+	fs.Func("timeout", "request timeout (10s, 500ms, 0 for none)", func(s string) error {
+		d, err := parseTimeout(s)
+		e.timeout = d
+		return err
+	})
 	return fs
 }
 

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"strconv"
 	"syscall"
+	"time"
 
 	"xnat/control/conntrack"
 )
@@ -33,29 +34,59 @@ func (e *Error) Error() string { return e.Msg }
 // argument, an unknown key) rather than refusing a well-formed change.
 func (e *Error) Usage() bool { return e.Status == http.StatusBadRequest }
 
+// ErrTimeout is wrapped by the client's error when the daemon took longer
+// than the client's timeout.
+var ErrTimeout = errors.New("timed out")
+
+// DefaultTimeout is a new client's timeout.
+const DefaultTimeout = 10 * time.Second
+
 // Client talks to xnatd's control socket.
 type Client struct {
-	socket string
-	hc     *http.Client
+	socket  string
+	timeout time.Duration
+	tr      *http.Transport
+	hc      *http.Client
 }
 
-// NewClient returns a client for the socket at path ("" for DefaultSocket).
+// NewClient returns a client for the socket at path ("" for DefaultSocket),
+// with DefaultTimeout.
 func NewClient(path string) *Client {
 	if path == "" {
 		path = DefaultSocket
 	}
-	tr := &http.Transport{
+	c := &Client{socket: path}
+	c.tr = &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
+			d := net.Dialer{Timeout: c.timeout}
 			return d.DialContext(ctx, "unix", path)
 		},
 		DisableCompression: true,
 	}
-	return &Client{socket: path, hc: &http.Client{Transport: tr}}
+	c.hc = &http.Client{Transport: c.tr}
+	c.SetTimeout(DefaultTimeout)
+	return c
 }
+
+// SetTimeout sets how long a request may take, connecting, sending it and
+// reading the whole answer included. A streamed answer (ConntrackStream,
+// FollowEvents) has no total limit: the daemon may stay silent this long
+// at most (a followed event stream, whose daemon writes an empty line every
+// FollowHeartbeat, at least three heartbeats). 0 means no limit.
+func (c *Client) SetTimeout(d time.Duration) {
+	c.timeout = max(d, 0)
+	c.tr.ResponseHeaderTimeout = c.timeout
+}
+
+// Timeout returns the client's timeout.
+func (c *Client) Timeout() time.Duration { return c.timeout }
 
 // Socket returns the socket path.
 func (c *Client) Socket() string { return c.socket }
+
+func (c *Client) timeoutError(what string, d time.Duration) error {
+	return fmt.Errorf("xnatd on %s: %s: no answer within %v: %w", c.socket, what, d, ErrTimeout)
+}
 
 // dialError turns a failed connection into the message a shell user
 // expects.
@@ -72,6 +103,11 @@ func (c *Client) dialError(err error) error {
 }
 
 func (c *Client) do(ctx context.Context, method, path string, q url.Values, body, out any) error {
+	if c.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, c.timeout, c.timeoutError(method+" "+path, c.timeout))
+		defer cancel()
+	}
 	resp, err := c.send(ctx, method, path, q, body)
 	if err != nil {
 		return err
@@ -81,6 +117,9 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, body
 		return nil
 	}
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		if cause := context.Cause(ctx); cause != nil && ctx.Err() != nil {
+			return cause
+		}
 		return fmt.Errorf("reading the daemon's answer: %w", err)
 	}
 	return nil
@@ -109,7 +148,11 @@ func (c *Client) send(ctx context.Context, method, path string, q url.Values, bo
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, ctx.Err()
+			return nil, context.Cause(ctx)
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return nil, c.timeoutError(method+" "+path, c.timeout)
 		}
 		return nil, c.dialError(err)
 	}
@@ -131,10 +174,28 @@ func (c *Client) Stats(ctx context.Context) (*Stats, error) {
 	return &s, c.do(ctx, http.MethodGet, "/stats", nil, nil, &s)
 }
 
-// Conntrack lists the connections passing the filter.
+// Conntrack lists the connections passing the filter, all of them in
+// memory; ConntrackStream reads them one at a time.
 func (c *Client) Conntrack(ctx context.Context, f *conntrack.Filter) (*ConntrackList, error) {
-	var l ConntrackList
-	return &l, c.do(ctx, http.MethodGet, "/conntrack", FilterQuery(f), nil, &l)
+	st, err := c.ConntrackStream(ctx, f)
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	l := &ConntrackList{Conns: []Conn{}}
+	for {
+		var cn Conn
+		ok, err := st.Next(&cn)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			break
+		}
+		l.Conns = append(l.Conns, cn)
+	}
+	l.Acct = st.Acct
+	return l, nil
 }
 
 // ConntrackDelete deletes the connections passing the filter.
@@ -179,12 +240,20 @@ func (c *Client) Save(ctx context.Context, counters bool, tables []string) (stri
 	for _, t := range tables {
 		q.Add("table", t)
 	}
+	if c.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, c.timeout, c.timeoutError("GET /iptables/save", c.timeout))
+		defer cancel()
+	}
 	resp, err := c.send(ctx, http.MethodGet, "/iptables/save", q, nil)
 	if err != nil {
 		return "", err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
+	if err != nil && ctx.Err() != nil {
+		err = context.Cause(ctx)
+	}
 	return string(b), err
 }
 
@@ -220,20 +289,28 @@ func (c *Client) Events(ctx context.Context, after uint64) (*EventList, error) {
 }
 
 // FollowEvents calls fn with every event after seq as it is recorded,
-// until ctx ends (nil), fn fails, or the daemon goes away.
+// until ctx ends (nil), fn fails, or the daemon goes away or stays silent
+// past the timeout (see SetTimeout).
 func (c *Client) FollowEvents(ctx context.Context, after uint64, fn func(Event) error) error {
 	q := url.Values{"after": {strconv.FormatUint(after, 10)}, "follow": {"1"}}
-	resp, err := c.send(ctx, http.MethodGet, "/events", q, nil)
+	idle := c.timeout
+	if idle > 0 {
+		idle = max(idle, 3*FollowHeartbeat)
+	}
+	body, err := c.stream(ctx, "/events", q, idle)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
 		return err
 	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
+	defer body.Close()
+	sc := bufio.NewScanner(body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
+		if len(bytes.TrimSpace(sc.Bytes())) == 0 {
+			continue // the daemon's heartbeat
+		}
 		var e Event
 		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
 			return fmt.Errorf("reading an event: %w", err)

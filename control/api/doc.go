@@ -10,10 +10,11 @@
 // names something that does not exist (a bad iptables command line, an
 // unknown sysctl key, a bad value), 422 for a well-formed change the daemon
 // refuses (a rule set that does not compile, a rule that does not exist,
-// a read-only key). A refused change leaves everything as it was.
+// a read-only key), 413 for a body over the route's limit. A refused
+// change leaves everything as it was.
 //
 //	GET  /v1/stats                    Stats
-//	GET  /v1/conntrack?FILTER         ConntrackList (FILTER: proto src dst sport dport state mark)
+//	GET  /v1/conntrack?FILTER         ConntrackList, streamed (FILTER: proto src dst sport dport state mark)
 //	GET  /v1/conntrack/count          ConntrackCount
 //	GET  /v1/conntrack/stats          ConntrackStats
 //	POST /v1/conntrack/delete?FILTER  ConntrackDeleted
@@ -24,6 +25,37 @@
 //	GET  /v1/sysctl[?name=KEY]        SysctlValues
 //	POST /v1/sysctl                   SysctlRequest → SysctlValues
 //	GET  /v1/events?after=N[&follow=1]  EventList, or with follow JSON lines (one Event each) as they happen
+//
+// # Streamed answers
+//
+// A connection listing is written while the table is walked: a batch of
+// connections is copied out of the table (one short critical section of
+// the control plane; the packet path takes no lock and is never waited
+// for), encoded and written, and the answer is flushed every 64 KiB. It is
+// still one ConntrackList JSON object, "acct" before "conns", so any JSON
+// reader takes it whole, and Client.ConntrackStream reads it a connection
+// at a time: neither side's memory grows with the table. While a filter
+// drops every connection for a second, a blank (JSON whitespace) keeps the
+// client informed that the walk goes on. A followed event stream
+// (application/x-ndjson) carries an empty line every FollowHeartbeat when
+// there is no event.
+//
+// # Limits
+//
+// A client has ReadHeaderTimeout (5 s) to send a request's headers and
+// ReadTimeout (30 s) for its body; a body is at most MaxBody (1 MiB), or
+// MaxRestoreBody (16 MiB) for iptables-restore, and a larger one is cut off
+// with 413 without being read. Every write of an answer must finish within
+// WriteTimeout (30 s): a client that stops reading is disconnected, however
+// long the answer, and the walk behind it stops. Kept-alive connections
+// close after IdleTimeout (2 min) without a request; at most MaxConns (128)
+// connections are served at once, further ones wait to be accepted. The
+// handlers share no lock but the one that serialises rule and sysctl
+// changes and the table's control-plane section a listing takes per batch,
+// so one client's long listing holds up no other for longer than a batch.
+// The client (NewClient) gives every request DefaultTimeout (10 s) in
+// total, connecting included; a streamed answer has no total limit, only a
+// limit on each silence of the daemon.
 //
 // # Changes
 //

@@ -21,7 +21,6 @@ import (
 	"xnat/control/iptables"
 	"xnat/control/sysctl"
 	"xnat/dataplane/rules"
-	"xnat/flowtable"
 )
 
 // DefaultSocket is where xnatd serves the API unless told otherwise.
@@ -43,11 +42,29 @@ type Options struct {
 	// ClearAfter is how long without a table_full drop (and with the
 	// count below the limit) ends the condition; 0 means 2 s.
 	ClearAfter time.Duration
+
+	// The connections' limits; 0 means the Default... constant of the
+	// same name. ReadHeaderTimeout bounds a request's headers, ReadTimeout
+	// its body, WriteTimeout each write of the answer (not the answer as a
+	// whole: a listing of millions of connections streams for as long as
+	// the client keeps reading), IdleTimeout a kept-alive connection
+	// between requests.
+	ReadHeaderTimeout, ReadTimeout, WriteTimeout, IdleTimeout time.Duration
+	// MaxConns is how many connections are served at once (0: 128);
+	// further clients wait to be accepted.
+	MaxConns int
+	// MaxBody and MaxRestoreBody bound request bodies (0: MaxBody and
+	// MaxRestoreBody); a larger one is refused with 413.
+	MaxBody, MaxRestoreBody int64
+	// Heartbeat is how often a quiet followed event stream carries an
+	// empty line (0: FollowHeartbeat).
+	Heartbeat time.Duration
 }
 
 // Server serves the control API of one daemon.
 type Server struct {
 	d       *daemon.Daemon
+	conns   connLister // the daemon's flow table
 	opts    Options
 	names   []string
 	nInside int
@@ -79,8 +96,9 @@ func New(d *daemon.Daemon, opts Options) *Server {
 	if opts.ClearAfter <= 0 {
 		opts.ClearAfter = 2 * time.Second
 	}
+	opts.setDefaults()
 	cfg := d.Config()
-	s := &Server{d: d, opts: opts, names: cfg.Interfaces(), nInside: len(cfg.Inside),
+	s := &Server{d: d, conns: d.Table(), opts: opts, names: cfg.Interfaces(), nInside: len(cfg.Inside),
 		events: newEventLog(opts.Events, opts.OnEvent), stop: make(chan struct{}), monDone: make(chan struct{})}
 	go s.monitorLoop()
 	return s
@@ -169,7 +187,7 @@ func (s *Server) serve(ln net.Listener) error {
 }
 
 func (s *Server) serveHandler(ln net.Listener, h http.Handler) error {
-	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	hs := s.httpServer(h)
 	s.hmu.Lock()
 	if s.closed {
 		s.hmu.Unlock()
@@ -178,7 +196,7 @@ func (s *Server) serveHandler(ln net.Listener, h http.Handler) error {
 	}
 	s.servers = append(s.servers, hs)
 	s.hmu.Unlock()
-	go func() { _ = hs.Serve(ln) }()
+	go func() { _ = hs.Serve(newLimitListener(ln, s.opts.MaxConns)) }()
 	return nil
 }
 
@@ -269,12 +287,31 @@ func reply(w http.ResponseWriter, v any, err error) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// decode reads a JSON body (at most 64 MB: a large restore file).
-func decode(r *http.Request, v any) error {
-	dec := json.NewDecoder(io.LimitReader(r.Body, 64<<20))
+// decode reads a request's JSON body into v: one JSON object with known
+// fields only, nothing after it. The body's size is bounded by limits.
+func decode(w http.ResponseWriter, r *http.Request, v any) error {
+	err := decodeBody(r.Body, v)
+	if err := bodyRead(w, err); err != nil {
+		var he *httpError
+		if errors.As(err, &he) {
+			return err
+		}
+		return badRequest(fmt.Errorf("request body: %w", err))
+	}
+	return nil
+}
+
+func decodeBody(body io.Reader, v any) error {
+	dec := json.NewDecoder(body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return badRequest(fmt.Errorf("request body: %w", err))
+		return err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		if err == nil {
+			return errors.New("more data after the JSON object")
+		}
+		return err
 	}
 	return nil
 }
@@ -294,19 +331,8 @@ func (s *Server) conntrackList(w http.ResponseWriter, r *http.Request) {
 		reply(w, nil, badRequest(err))
 		return
 	}
-	tab := s.d.Table()
-	out := ConntrackList{Acct: tab.Acct(), Conns: []Conn{}}
-	buf := make([]flowtable.FlowInfo, 256)
-	for cursor := 0; cursor >= 0; {
-		var n int
-		n, cursor = tab.List(cursor, buf)
-		for i := range buf[:n] {
-			if args.Filter.Match(&buf[i]) {
-				out.Conns = append(out.Conns, ConnOf(&buf[i], out.Acct))
-			}
-		}
-	}
-	reply(w, out, nil)
+	// A write error means the client is gone or too slow: nothing to tell.
+	_ = writeConnList(r.Context(), w, s.conns, args.Filter.Match)
 }
 
 func (s *Server) conntrackCount(w http.ResponseWriter, r *http.Request) {
@@ -338,7 +364,7 @@ func (s *Server) conntrackFlush(w http.ResponseWriter, r *http.Request) {
 // iptables runs one iptables command line against the rules in force.
 func (s *Server) iptables(w http.ResponseWriter, r *http.Request) {
 	var req IptablesRequest
-	if err := decode(r, &req); err != nil {
+	if err := decode(w, r, &req); err != nil {
 		reply(w, nil, err)
 		return
 	}
@@ -438,7 +464,7 @@ func (s *Server) iptablesSave(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) iptablesRestore(w http.ResponseWriter, r *http.Request) {
 	var req RestoreRequest
-	if err := decode(r, &req); err != nil {
+	if err := decode(w, r, &req); err != nil {
 		reply(w, nil, err)
 		return
 	}
@@ -504,7 +530,7 @@ func (s *Server) sysctlGet(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) sysctlSet(w http.ResponseWriter, r *http.Request) {
 	var req SysctlRequest
-	if err := decode(r, &req); err != nil {
+	if err := decode(w, r, &req); err != nil {
 		reply(w, nil, err)
 		return
 	}
@@ -568,23 +594,34 @@ func (s *Server) eventsGet(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
-	_ = rc.Flush()
-	enc := json.NewEncoder(w)
+	if rc.Flush() != nil {
+		return
+	}
+	beat := time.NewTicker(s.opts.Heartbeat)
+	defer beat.Stop()
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
 	for {
 		ev, changed := s.events.since(after)
 		for _, e := range ev {
-			if err := enc.Encode(e); err != nil {
+			if enc.Encode(e) != nil {
 				return
 			}
 			after = e.Seq
 		}
-		if len(ev) > 0 {
-			if err := rc.Flush(); err != nil {
+		if buf.Len() > 0 {
+			if _, err := w.Write(buf.Bytes()); err != nil || rc.Flush() != nil {
 				return
 			}
+			buf.Reset()
+			beat.Reset(s.opts.Heartbeat)
 		}
 		select {
 		case <-changed:
+		case <-beat.C:
+			if _, err := w.Write([]byte("\n")); err != nil || rc.Flush() != nil {
+				return
+			}
 		case <-r.Context().Done():
 			return
 		case <-s.stop:

@@ -53,8 +53,10 @@ type Plan struct {
 	Facts []Event
 }
 
-// ParseRules parses an iptables-save text into a rule model (the tables
-// it does not mention stay empty with policy ACCEPT).
+// ParseRules parses a rules file into the whole rule set: it is restored
+// onto an empty model, so the tables it does not mention are empty with
+// policy ACCEPT (unlike iptables-restore onto running rules, which leaves
+// such tables as they are; xnatctl iptables-restore does that).
 func ParseRules(text []byte) (*rules.Model, error) {
 	m, _, err := iptables.Restore(bytes.NewReader(text), rules.NewModel(), iptables.RestoreOptions{})
 	if err != nil {

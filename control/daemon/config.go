@@ -55,8 +55,11 @@ type Config struct {
 	Timeouts map[string]int64 `toml:"timeouts"`
 	// Rules is an iptables-save file (filter and nat tables); empty
 	// means no rules (every built-in chain empty, policy ACCEPT: xnat
-	// forwards without translation). A relative path in a config file is
-	// relative to the file's directory.
+	// forwards without translation). The file is the whole rule set, at
+	// start and on every reload (SIGHUP): a table it does not name is
+	// empty with policy ACCEPT, and a reload drops the changes made since
+	// through xnatctl, so a reload and a restart give the same rules. A
+	// relative path in a config file is relative to the file's directory.
 	Rules string `toml:"rules"`
 	// Socket is the path of the control socket (for xnatctl; the daemon
 	// checks its directory exists).

@@ -364,7 +364,8 @@ func (d *Daemon) ReplaceRules(model *rules.Model) error {
 }
 
 // ReloadRules reads, parses and compiles the configured rules file and
-// swaps it in (SIGHUP); on any error the rules in force stay.
+// swaps it in (SIGHUP) as the whole rule set, as at start (see
+// Config.Rules); on any error the rules in force stay.
 func (d *Daemon) ReloadRules() error {
 	text, err := d.cfg.readRules()
 	if err != nil {

@@ -16,7 +16,7 @@
 //	cpus        = [2, 3]            # --cpus 2,3 or 2-3: worker q on cpus[q]
 //	capacity    = 1048576           # --capacity N: flow table size, fixed
 //	max_conns   = 262144            # --max-conns N: nf_conntrack_max
-//	rules       = "rules.v4"        # --rules FILE: iptables-save format
+//	rules       = "rules.v4"        # --rules FILE: iptables-save format, the whole rule set
 //	socket      = "/run/xnat.sock"  # --socket PATH: control socket
 //	poll        = "sleep"           # --poll sleep|busy
 //	bind        = "auto"            # --bind auto|copy|zerocopy

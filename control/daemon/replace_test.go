@@ -16,7 +16,8 @@ import (
 // working, with the same translation, while the rule set is replaced 50
 // times; the counters of a rule present in every set carry over (its
 // count ends equal to the packets it saw); a rules file that does not parse
-// leaves the rules in force.
+// leaves the rules in force; a reload replaces every table, the ones the
+// file does not name included.
 func TestRulesReplacedUnderTraffic(t *testing.T) {
 	const withFilter = baseRules + "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A FORWARD -p udp -j ACCEPT\nCOMMIT\n"
 	b := newBed(t, bedOpts{rules: withFilter})
@@ -111,6 +112,18 @@ func TestRulesReplacedUnderTraffic(t *testing.T) {
 	}
 	if got, err := ask(u, "after", 1); err != nil || !strings.HasPrefix(got, seenAs) {
 		t.Fatalf("after the failed reload: %q, %v", got, err)
+	}
+
+	// The file is the whole rule set: reloading one that names only the
+	// nat table empties the filter table (a change made meanwhile
+	// through the API goes too), as a restart with that file would.
+	must(t, b.d.ReplaceRules(m2))
+	must(t, writeFile(b.rulesFile, baseRules))
+	must(t, b.d.ReloadRules())
+	fresh, err := ParseRules([]byte(baseRules))
+	must(t, err)
+	if got, want := saveText(t, b.d.Rules()), saveText(t, fresh); got != want {
+		t.Fatalf("after reloading a nat-only file:\n%s\nwant\n%s", got, want)
 	}
 }
 

@@ -31,6 +31,8 @@
 //	line 7: unknown target "TPROXY": not supported by xnat
 //
 // Host names are not resolved (addresses must be numeric); service names
-// are taken from a small built-in table; -w is accepted and ignored
-// (commits are atomic, there is no lock to wait for).
+// are taken from a small built-in table, and protocol names (-p gre, as
+// iptables prints them) from a built-in copy of a Linux system's protocols
+// database, so nothing is read from /etc at run time; -w is accepted and
+// ignored (commits are atomic, there is no lock to wait for).
 package iptables

@@ -239,7 +239,7 @@ func RuleSpec(r *rules.Rule, counters bool) string {
 	saveIface(&b, "o", r.OutIface)
 	if r.Proto != 0 {
 		b.WriteString(inv(r.ProtoInvert) + " -p ")
-		if n := protoName(r.Proto); n != "" {
+		if n := protoName(r.Proto, false); n != "" {
 			b.WriteString(n)
 		} else {
 			fmt.Fprintf(&b, "%d", r.Proto)
@@ -578,7 +578,7 @@ func ruleLine(b *strings.Builder, r *rules.Rule, num int, o ListOptions) {
 	} else {
 		b.WriteByte(' ')
 	}
-	if n := protoName(r.Proto); n != "" {
+	if n := protoName(r.Proto, o.Numeric); n != "" {
 		fmt.Fprintf(b, "%-4s ", n)
 	} else {
 		fmt.Fprintf(b, "%-4d ", r.Proto)

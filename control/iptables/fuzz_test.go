@@ -24,6 +24,9 @@ func FuzzParseLine(f *testing.F) {
 	f.Add("iptables -A FORWARD -p tcp --dport=22 -j ACCEPT")
 	f.Add("iptables -L -n -v -x --line-numbers")
 	f.Add("iptables -t nat -S POSTROUTING 1")
+	f.Add("iptables -A FORWARD -p 0x2f -j ACCEPT")
+	f.Add("iptables -A FORWARD ! -p ax.25 -j DROP")
+	f.Add("iptables -A FORWARD -p IPv6-ICMP -j ACCEPT")
 	f.Fuzz(func(t *testing.T, line string) {
 		cmd, err := ParseLine(line)
 		if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -25,9 +26,31 @@ const MaxLineLength = 1 << 20
 
 // Restore reads an iptables-save format file and applies it to base,
 // returning the new model and the tables the file contained, in order.
-// Each table section replaces that table (unless NoFlush) when its COMMIT
-// is reached. On any error nothing is returned: a file with an error
-// changes nothing. Errors are *Error with the line number.
+// It follows iptables-restore:
+//
+//   - Only the tables the file names change; every other table of base is
+//     returned as it was.
+//   - A table section ("*filter" ... "COMMIT") first flushes the table:
+//     every rule goes and every user chain is deleted; the built-in chains'
+//     policies stay as they were unless a ":CHAIN POLICY" line sets them
+//     (as iptables-legacy-restore does; iptables-nft-restore recreates the
+//     table, so its policies fall back to ACCEPT).
+//   - With NoFlush nothing is flushed: rules are added to the chains as
+//     they are; ":CHAIN - [p:b]" creates a user chain, or flushes it when
+//     it exists (declaring it again later in the section flushes it
+//     again); ":BUILTIN POLICY" sets the policy and leaves the rules.
+//   - ":BUILTIN - [p:b]" leaves the policy as it is; declaring a built-in
+//     chain twice is allowed, the last policy counts. Without NoFlush a
+//     user chain declared twice is an error (iptables-legacy-restore's
+//     "chain exists"); a policy other than "-" on a user chain is one too.
+//   - Policy counters and rule counters are kept only with Counters.
+//   - A table may have several sections; each is applied in turn as
+//     another run of iptables-restore would apply it.
+//
+// Unlike iptables-restore, which commits each table at its COMMIT, a file
+// is all or nothing: each section is validated at its COMMIT, and on any
+// error nothing is returned, so a file with an error changes nothing.
+// Errors are *Error with the line number.
 func Restore(r io.Reader, base *rules.Model, opt RestoreOptions) (*rules.Model, []rules.TableID, error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 64*1024), MaxLineLength)
@@ -66,11 +89,6 @@ func Restore(r io.Reader, base *rules.Model, opt RestoreOptions) (*rules.Model, 
 			if err != nil {
 				return nil, nil, lerr(&Error{Word: text[1:], Err: err})
 			}
-			for _, seen := range tables {
-				if seen == t {
-					return nil, nil, lerr(fmt.Errorf("table %q given twice: %w", t, ErrSyntax))
-				}
-			}
 			cur, inTable = t, true
 			work = m.Clone()
 			declared = map[string]bool{}
@@ -102,7 +120,9 @@ func Restore(r io.Reader, base *rules.Model, opt RestoreOptions) (*rules.Model, 
 				return nil, nil, lerr(err)
 			}
 			m.Tables[cur] = work.Tables[cur]
-			tables = append(tables, cur)
+			if !slices.Contains(tables, cur) {
+				tables = append(tables, cur)
+			}
 			inTable = false
 		case !inTable:
 			return nil, nil, lerr(fmt.Errorf("%q outside a table (expected *filter or *nat first): %w", firstWord(text), ErrSyntax))
@@ -160,14 +180,12 @@ func declareChain(m *rules.Model, t rules.TableID, text string, declared map[str
 		}
 		cnt = c
 	}
-	if declared[name] {
-		return &Error{Word: name, Err: fmt.Errorf("chain %q declared twice: %w", name, rules.ErrChainExists)}
-	}
-	declared[name] = true
 	tb := &m.Tables[t]
 	if _, builtin := rules.HookByName(t, name); builtin {
 		c := &tb.Chains[tb.Chain(name)]
 		switch pol {
+		case "-":
+			return nil // the policy and its counters stay
 		case "ACCEPT":
 			c.Policy = rules.PolicyAccept
 		case "DROP":
@@ -189,6 +207,10 @@ func declareChain(m *rules.Model, t rules.TableID, text string, declared map[str
 	if err := rules.CheckChainName(name); err != nil {
 		return &Error{Word: name, Err: err}
 	}
+	if declared[name] && !opt.NoFlush {
+		return &Error{Word: name, Err: fmt.Errorf("chain %q declared twice: %w", name, rules.ErrChainExists)}
+	}
+	declared[name] = true
 	if ci := tb.Chain(name); ci >= 0 {
 		tb.Chains[ci].Rules = nil // -n: an existing chain is flushed
 		return nil

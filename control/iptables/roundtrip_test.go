@@ -95,7 +95,7 @@ func TestRestoreErrors(t *testing.T) {
 		{"*nat\n:PREROUTING DROP [0:0]\nCOMMIT\n", "line 2: policy DROP in nat"},
 		{"*filter\n:a - [0:0]\n:b - [0:0]\n-A a -j b\n-A b -j a\nCOMMIT\n", "line 5: filter chain b rule 1: jump to \"a\" closes a loop"},
 		{"*nat\n:x - [0:0]\n-A x -j SNAT --to-source 1.2.3.4\n-A PREROUTING -j x\nCOMMIT\n", "line 3: nat chain x rule 1: SNAT target used from hook PREROUTING, but only usable from INPUT/POSTROUTING"},
-		{"*filter\nCOMMIT\n*filter\nCOMMIT\n", `line 3: table "filter" given twice`},
+		{"*filter\n:a - [0:0]\n:a - [0:0]\nCOMMIT\n", `line 3: chain "a" declared twice`},
 		{"*filter\n*nat\nCOMMIT\n", "line 2: table \"filter\" not committed"},
 		{"*filter\n[1:2 -A INPUT\nCOMMIT\n", "line 2: bad counters"},
 		{"*filter\n-L\nCOMMIT\n", "line 2: -L cannot be used in a restore file"},

@@ -78,53 +78,6 @@ func maskLen(m uint32) int {
 	return n
 }
 
-// protocol names, as iptables knows them without /etc/protocols.
-var protoNames = []struct {
-	name string
-	num  uint8
-}{
-	{"tcp", 6}, {"sctp", 132}, {"udp", 17}, {"udplite", 136}, {"icmp", 1},
-	{"esp", 50}, {"ah", 51}, {"dccp", 33}, {"ipcomp", 108}, {"all", 0},
-}
-
-// protoFileNames are further names resolved as /etc/protocols would.
-var protoFileNames = []struct {
-	name string
-	num  uint8
-}{
-	{"ip", 0}, {"igmp", 2}, {"ipencap", 4}, {"egp", 8}, {"pup", 12}, {"gre", 47}, {"ipv6", 41},
-	{"ospf", 89}, {"pim", 103}, {"vrrp", 112}, {"l2tp", 115}, {"isis", 124},
-}
-
-func parseProto(s string) (uint8, error) {
-	l := strings.ToLower(s)
-	for _, p := range protoNames {
-		if p.name == l {
-			return p.num, nil
-		}
-	}
-	for _, p := range protoFileNames {
-		if p.name == l {
-			return p.num, nil
-		}
-	}
-	n, err := strconv.ParseUint(s, 10, 8)
-	if err != nil {
-		return 0, fmt.Errorf("unknown protocol %q: %w", s, ErrBadValue)
-	}
-	return uint8(n), nil
-}
-
-// protoName returns the name iptables prints for a protocol, or "".
-func protoName(n uint8) string {
-	for _, p := range protoNames {
-		if p.num == n {
-			return p.name
-		}
-	}
-	return ""
-}
-
 // services is the small table of service names accepted for ports and
 // printed by -L without -n.
 var services = []struct {
