@@ -466,8 +466,7 @@ func TestLimiterConcurrentExact(t *testing.T) {
 func TestAllocateConcurrentCounts(t *testing.T) {
 	const cores = 3
 	tab := table(t, cores, 30000)
-	_, recs := tab.Records()
-	lim := limiter(t, cores, recs/cores, 40, 25)
+	lim := limiter(t, cores, tab.RecordsPerCore(), 40, 25)
 	as, err := New(Pool{AddrLo: extA, AddrHi: extA + 1, PortLo: 20000, PortHi: 20299}, cores, NewShared(cores, lim))
 	if err != nil {
 		t.Fatal(err)
@@ -595,8 +594,7 @@ func TestLimiterRefusalsNoAllocs(t *testing.T) {
 // table's connections, and at the end nothing is counted.
 func TestReleasedOnEveryEnd(t *testing.T) {
 	tab := table(t, 1, 1000)
-	_, recs := tab.Records()
-	lim := limiter(t, 1, recs, 0, 0)
+	lim := limiter(t, 1, tab.RecordsPerCore(), 0, 0)
 	as, _ := New(Pool{AddrLo: extA, AddrHi: extA}, 1, NewShared(1, lim))
 	a, c := as[0], tab.Core(0)
 	host := ip(10, 0, 0, 1)

@@ -14,8 +14,7 @@ import (
 func TestHugePoolIsSparse(t *testing.T) {
 	const cores = 2
 	tab := table(t, cores, 20000)
-	_, recs := tab.Records()
-	lim := limiter(t, cores, recs/cores, 0, 0)
+	lim := limiter(t, cores, tab.RecordsPerCore(), 0, 0)
 	sh := NewShared(cores, lim)
 	pool := Pool{AddrLo: ip(100, 64, 0, 0), AddrHi: ip(100, 64, 255, 255)}
 	if want := int64(65536) * 64512 * 6; denseBytes(65536, 64512) != want || want < 23<<30 {
