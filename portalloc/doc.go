@@ -50,6 +50,39 @@
 // core's allocator (the core that allocated a port is always the owner of
 // its connection, because it inserted it).
 //
+// # Ports on the box's own addresses
+//
+// A pool whose addresses include one of the box's own (MASQUERADE always)
+// shares those addresses with the box's own sockets. Two things keep them
+// apart, both through a Steering (Pool.Steering) the daemon gives every
+// pool:
+//
+//   - The XDP program gives xnat a packet for one of the box's addresses
+//     only when xnat holds its port (dataplane/xdpprog): every allocator
+//     adds a holder to a port's use count, in memory the program reads,
+//     when its first connection on the port is inserted, and takes it
+//     away when its last one is released. The count is per address, per
+//     protocol and per port, changed with one atomic add — no system call
+//     — and only on those two transitions; connections after the first
+//     find the port marked in the allocator's own bitmap. A port used by
+//     several pools (a SNAT and a MASQUERADE on one address, or a pool
+//     replaced by a rule change while its connections live on) counts
+//     each. So a pool removed from the rules keeps its ports steered
+//     until its last connection ends, and a port no connection uses is
+//     the kernel's again at once.
+//   - The kernel never picks for its own sockets a port xnat may give
+//     out: such a pool is created without the kernel's ephemeral ports
+//     (net.ipv4.ip_local_port_range less ip_local_reserved_ports, as
+//     SetKernelPorts gives them), and its remaining ports are split evenly
+//     between the cores. With the defaults (pool 1024–65535, kernel
+//     32768–60999) xnat uses 1024–32767 and 61000–65535 on the box's
+//     addresses; a port in ip_local_reserved_ports is xnat's to use. The
+//     kernel's range is read when the pool is created: a pool keeps its
+//     ports when the sysctl changes later (the daemon warns). A socket
+//     the box binds explicitly to a port in the pool is the
+//     administrator's choice and is not checked: while an xnat connection
+//     holds that port on that address, its packets go to xnat.
+//
 // # Per-source limit
 //
 // A SourceLimiter, shared by all cores, counts connections per inside

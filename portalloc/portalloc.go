@@ -16,6 +16,10 @@ import (
 type Pool struct {
 	AddrLo, AddrHi uint32 // inclusive range of IPv4 addresses (big-endian values)
 	PortLo, PortHi uint16 // inclusive port range; both 0 means 1024–65535
+	// Steering, when set, receives the pool's ports in use on the box's
+	// own addresses (for the XDP program), and decides which ports such a
+	// pool leaves to the kernel.
+	Steering *Steering
 }
 
 // Default port range, as Linux uses for source NAT of unprivileged ports.
@@ -124,10 +128,17 @@ type pubStats struct {
 type Allocator struct {
 	core           int
 	addrLo, naddrs uint32
-	lo, n          uint32 // this core's ports: [lo, lo+n)
-	uses           [numClasses][]uint16
-	rng            uint64
-	key0, key1     uint64
+	// This core's ports: n of them, at offsets 0..n-1, in segs (one
+	// segment, lo..lo+n-1, unless the pool leaves ports to the kernel).
+	lo, n uint32
+	segs  []seg
+	uses  [numClasses][]uint16
+	// steer gets a holder for every port in use on one of the box's
+	// addresses; held marks (by the index of uses) the ports it holds.
+	steer      *Steering
+	held       [numClasses][]uint64
+	rng        uint64
+	key0, key1 uint64
 	// clash follows how often a connection's own port, tried, was taken
 	// for its remote endpoint: a moving average of the last few dozen
 	// tries, 1<<16 for always (Likely).
@@ -152,22 +163,33 @@ func New(pool Pool, cores int, limiter *SourceLimiter) ([]*Allocator, error) {
 	if naddrs > 1<<16 {
 		return nil, fmt.Errorf("%w: %d addresses (at most 65536)", ErrPool, naddrs)
 	}
-	span := uint32(pool.PortHi) - uint32(pool.PortLo) + 1
+	ranges := []PortRange{{pool.PortLo, pool.PortHi}}
+	if st := pool.Steering; st != nil && st.local(pool.AddrLo, pool.AddrHi) {
+		ranges = usable(pool.PortLo, pool.PortHi, st.KernelPorts())
+	}
+	var span uint32
+	for _, r := range ranges {
+		span += uint32(r.Hi) - uint32(r.Lo) + 1
+	}
 	if cores < 1 || uint32(cores) > span {
-		return nil, fmt.Errorf("%w: %d ports cannot be split between %d cores", ErrPool, span, cores)
+		return nil, fmt.Errorf("%w: %d ports (%d-%d less the kernel's) cannot be split between %d cores", ErrPool, span, pool.PortLo, pool.PortHi, cores)
 	}
 	as := make([]*Allocator, cores)
 	for c := range as {
-		lo := uint32(pool.PortLo) + span*uint32(c)/uint32(cores)
-		hi := uint32(pool.PortLo) + span*uint32(c+1)/uint32(cores)
+		segs := split(ranges, cores, c)
+		last := segs[len(segs)-1]
 		a := &Allocator{
 			core: c, addrLo: pool.AddrLo, naddrs: uint32(naddrs),
-			lo: lo, n: hi - lo, limiter: limiter, st: new(pubStats),
+			lo: segs[0].port, n: last.off + last.n, segs: segs, limiter: limiter, st: new(pubStats),
+			steer: pool.Steering,
 		}
 		for k := range a.uses {
 			a.uses[k] = make([]uint16, uint64(a.n)*naddrs)
 			if uint64(a.n)*naddrs*2*numClasses <= prefaultMax {
 				prefault.Slice(a.uses[k])
+			}
+			if a.steer != nil {
+				a.held[k] = make([]uint64, (uint64(a.n)*naddrs+63)/64)
 			}
 		}
 		var seed [32]byte
@@ -187,8 +209,39 @@ func New(pool Pool, cores int, limiter *SourceLimiter) ([]*Allocator, error) {
 	return as, nil
 }
 
-// Slice returns this allocator's ports, inclusive.
-func (a *Allocator) Slice() (lo, hi uint16) { return uint16(a.lo), uint16(a.lo + a.n - 1) }
+// Slice returns this allocator's first and last port. Without ports left
+// to the kernel, its ports are all those between.
+func (a *Allocator) Slice() (lo, hi uint16) {
+	last := a.segs[len(a.segs)-1]
+	return uint16(a.lo), uint16(last.port + last.n - 1)
+}
+
+// port returns the port at offset off of the slice.
+func (a *Allocator) port(off uint32) uint32 {
+	if len(a.segs) == 1 {
+		return a.lo + off
+	}
+	for i := len(a.segs) - 1; i > 0; i-- {
+		if s := &a.segs[i]; off >= s.off {
+			return s.port + off - s.off
+		}
+	}
+	return a.lo + off
+}
+
+// offset returns the offset of port p in the slice; ok is false when p
+// is not in it.
+func (a *Allocator) offset(p uint32) (off uint32, ok bool) {
+	if len(a.segs) == 1 {
+		return p - a.lo, p-a.lo < a.n
+	}
+	for i := range a.segs {
+		if s := &a.segs[i]; p-s.port < s.n {
+			return s.off + p - s.port, true
+		}
+	}
+	return 0, false
+}
 
 // next is wyrand: a fast generator, seeded from crypto/rand.
 func (a *Allocator) next() uint64 {
@@ -233,7 +286,7 @@ func (a *Allocator) searchStart(orig *flowtable.Tuple) uint32 {
 // SearchPort is the first port ModeDefault searches for orig's connection
 // when its own port is taken or outside this core's slice.
 func (a *Allocator) SearchPort(orig *flowtable.Tuple) uint16 {
-	return uint16(a.lo + a.searchStart(orig))
+	return uint16(a.port(a.searchStart(orig)))
 }
 
 // Likely returns the ports ModeDefault most likely gives orig's
@@ -249,9 +302,9 @@ func (a *Allocator) Likely(orig *flowtable.Tuple, addr uint32) (ports [2]uint16,
 	if cl == classNone || addr-a.addrLo >= a.naddrs {
 		return ports, 0
 	}
-	if own := uint32(orig.SrcPort); own-a.lo < a.n {
+	if off, ok := a.offset(uint32(orig.SrcPort)); ok {
 		ports[0], n = orig.SrcPort, 1
-		if a.clash < 1<<16/8 || a.uses[cl][uint64(addr-a.addrLo)*uint64(a.n)+uint64(own-a.lo)] == 0 {
+		if a.clash < 1<<16/8 || a.uses[cl][uint64(addr-a.addrLo)*uint64(a.n)+uint64(off)] == 0 {
 			return ports, 1
 		}
 	}
@@ -301,11 +354,11 @@ func (a *Allocator) Allocate(c *flowtable.Core, nf *flowtable.NewFlow, opt Optio
 		a.st.allocated.Add(1)
 		return r, OK, res
 	}
-	uses := a.uses[cl][uint64(nf.Reply.Dst-a.addrLo)*uint64(a.n):][:a.n]
-	orig := uint32(nf.Orig.SrcPort)
+	base := uint64(nf.Reply.Dst-a.addrLo) * uint64(a.n)
+	uses := a.uses[cl][base:][:a.n]
 	var retry bool // an Insert refused the reply tuple: the original is free
-	if opt.Mode == ModeDefault && orig-a.lo < a.n {
-		r, res, done := a.try(c, nf, uses, orig, now, &retry)
+	if own, ok := a.offset(uint32(nf.Orig.SrcPort)); opt.Mode == ModeDefault && ok {
+		r, res, done := a.try(c, nf, cl, base, uses, own, now, &retry)
 		if done {
 			a.clash -= a.clash >> clashShift
 			if res == flowtable.Inserted {
@@ -325,8 +378,7 @@ func (a *Allocator) Allocate(c *flowtable.Core, nf *flowtable.NewFlow, opt Optio
 			off = uint32(uint64(uint32(a.next())) * uint64(a.n) >> 32)
 		}
 		for i := range attempts {
-			p := a.lo + (off+i)%a.n
-			if r, res, done := a.try(c, nf, uses, p, now, &retry); done {
+			if r, res, done := a.try(c, nf, cl, base, uses, (off+i)%a.n, now, &retry); done {
 				if res == flowtable.Inserted {
 					return r, OK, res
 				}
@@ -340,17 +392,18 @@ func (a *Allocator) Allocate(c *flowtable.Core, nf *flowtable.NewFlow, opt Optio
 	return 0, OutOfPorts, flowtable.ReplyClash
 }
 
-// try inserts the connection with external port p. done is false when the
-// port is taken for this remote endpoint and the search goes on. retry
-// says whether an earlier try's Insert found the original tuple free and
-// refused only the reply tuple, so that this one need not look again
-// (InsertRetry); try sets it when its own Insert does.
-func (a *Allocator) try(c *flowtable.Core, nf *flowtable.NewFlow, uses []uint16, p uint32, now flowtable.Time, retry *bool) (flowtable.Ref, flowtable.InsertResult, bool) {
-	u := &uses[p-a.lo]
+// try inserts the connection with the external port at offset off of the
+// slice (uses are the counts of its address, at base in the class's). done
+// is false when the port is taken for this remote endpoint and the search
+// goes on. retry says whether an earlier try's Insert found the original
+// tuple free and refused only the reply tuple, so that this one need not
+// look again (InsertRetry); try sets it when its own Insert does.
+func (a *Allocator) try(c *flowtable.Core, nf *flowtable.NewFlow, cl int, base uint64, uses []uint16, off uint32, now flowtable.Time, retry *bool) (flowtable.Ref, flowtable.InsertResult, bool) {
+	u := &uses[off]
 	if *u == maxUses {
 		return 0, flowtable.ReplyClash, false
 	}
-	nf.Reply.DstPort = uint16(p)
+	nf.Reply.DstPort = uint16(a.port(off))
 	var r flowtable.Ref
 	var res flowtable.InsertResult
 	if *retry {
@@ -364,6 +417,9 @@ func (a *Allocator) try(c *flowtable.Core, nf *flowtable.NewFlow, uses []uint16,
 			a.st.inUse.Add(1)
 		}
 		*u++
+		if a.steer != nil {
+			a.hold(cl, base+uint64(off), nf.Reply.Dst, nf.Orig.Proto, nf.Reply.DstPort)
+		}
 		a.st.allocated.Add(1)
 		return r, res, true
 	case flowtable.ReplyClash:
@@ -388,17 +444,21 @@ func (a *Allocator) Release(orig, reply *flowtable.Tuple) bool {
 	}
 	cl := class(orig.Proto)
 	if cl != classNone {
-		p := uint32(reply.DstPort)
-		if p-a.lo >= a.n {
+		off, ok := a.offset(uint32(reply.DstPort))
+		if !ok {
 			return false
 		}
-		u := &a.uses[cl][uint64(reply.Dst-a.addrLo)*uint64(a.n)+uint64(p-a.lo)]
+		i := uint64(reply.Dst-a.addrLo)*uint64(a.n) + uint64(off)
+		u := &a.uses[cl][i]
 		if *u == 0 {
 			return false
 		}
 		*u--
 		if *u == 0 {
 			a.st.inUse.Add(-1)
+			if a.steer != nil {
+				a.unhold(cl, i, reply.Dst, orig.Proto, reply.DstPort)
+			}
 		}
 	}
 	a.unacquire(orig.Src)
@@ -411,11 +471,30 @@ func (a *Allocator) Release(orig, reply *flowtable.Tuple) bool {
 // while traffic flows).
 func (a *Allocator) Uses(proto uint8, addr uint32, port uint16) int {
 	cl := class(proto)
-	p := uint32(port)
-	if cl == classNone || addr-a.addrLo >= a.naddrs || p-a.lo >= a.n {
+	off, ok := a.offset(uint32(port))
+	if cl == classNone || addr-a.addrLo >= a.naddrs || !ok {
 		return 0
 	}
-	return int(a.uses[cl][uint64(addr-a.addrLo)*uint64(a.n)+uint64(p-a.lo)])
+	return int(a.uses[cl][uint64(addr-a.addrLo)*uint64(a.n)+uint64(off)])
+}
+
+// hold makes the port at index i of class cl's counts (addr, port) a
+// port the XDP program gives xnat, once: a connection after the first on
+// the port finds it held, unless the address had no slot then.
+func (a *Allocator) hold(cl int, i uint64, addr uint32, proto uint8, port uint16) {
+	w, bit := &a.held[cl][i>>6], uint64(1)<<(i&63)
+	if *w&bit == 0 && a.steer.Hold(addr, proto, port) {
+		*w |= bit
+	}
+}
+
+// unhold gives the port back to the kernel when this allocator held it.
+func (a *Allocator) unhold(cl int, i uint64, addr uint32, proto uint8, port uint16) {
+	w, bit := &a.held[cl][i>>6], uint64(1)<<(i&63)
+	if *w&bit != 0 {
+		*w &^= bit
+		a.steer.Drop(addr, proto, port)
+	}
 }
 
 // Stats returns the allocator's counters; safe from any goroutine.
