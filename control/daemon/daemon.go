@@ -161,7 +161,8 @@ func Start(plan *Plan, opts Options) (d *Daemon, err error) {
 		return d, fmt.Errorf("kernel mirror: %w", err)
 	}
 	d.mu.Lock()
-	sp, _, err := d.planSteering(d.snap, d.model)
+	sp, facts, err := d.planSteering(d.snap, d.model)
+	d.lastPorts = fmt.Sprint(facts) // Prepare reported them
 	var env *dataplane.Env
 	if err == nil {
 		d.prepareSlots(sp)

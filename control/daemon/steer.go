@@ -497,7 +497,9 @@ func groupsEqual(a, b [][]xdpprog.Group) bool {
 
 // dnatEndpoints returns the local endpoints (address, protocol,
 // destination port) of live destination-translated TCP and UDP
-// connections to the box's addresses.
+// connections to the box's addresses. A TCP connection that has ended —
+// TIME_WAIT, CLOSE, or LAST_ACK (both sides have sent their FIN; only the
+// last ACK is to come) — needs its endpoint no more.
 func (d *Daemon) dnatEndpoints(locals []uint32) map[heldKey]bool {
 	out := map[heldKey]bool{}
 	var buf [256]flowtable.FlowInfo
@@ -507,6 +509,9 @@ func (d *Daemon) dnatEndpoints(locals []uint32) map[heldKey]bool {
 		for i := range buf[:n] {
 			fi := &buf[i]
 			if fi.Status&flowtable.FlagDstNAT == 0 || fi.Orig.Proto != flowtable.ProtoTCP && fi.Orig.Proto != flowtable.ProtoUDP {
+				continue
+			}
+			if st := fi.State(); st == flowtable.TCPTimeWait || st == flowtable.TCPClose || st == flowtable.TCPLastAck {
 				continue
 			}
 			if _, ok := slices.BinarySearch(locals, fi.Orig.Dst); !ok {
