@@ -320,6 +320,15 @@ func (d *Daemon) reconcileIO() {
 	d.runWorkers(next, make(chan error, len(next.workers)))
 	d.mu.Lock()
 	d.io = next
+	// A rule change while the programs were attached wrote its groups
+	// into the old ones: give the new ones the groups in force.
+	for i, p := range next.progs {
+		if p != nil && p != cur.progs[i] && i < len(d.groups) {
+			if err := p.SetDNAT(d.groups[i]); err != nil {
+				d.emit(warn("DNAT steering", "interface", d.names[i], "err", err))
+			}
+		}
+	}
 	d.mu.Unlock()
 	d.ioChanges.Add(1)
 	d.emit(info("interfaces re-attached", "frame_size", frame, "workers", len(next.workers)))

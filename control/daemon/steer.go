@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -469,7 +470,9 @@ func (d *Daemon) commitSteering(p *steerPlan) error {
 		if prog == nil {
 			continue
 		}
-		if err := prog.SetDNAT(p.groups[i]); err != nil {
+		// A program closed meanwhile is being replaced; its successor
+		// takes the groups in force when it is swapped in.
+		if err := prog.SetDNAT(p.groups[i]); err != nil && !errors.Is(err, xdpprog.ErrClosed) {
 			return fmt.Errorf("DNAT steering of %s: %w", d.names[i], err)
 		}
 	}

@@ -393,9 +393,10 @@ COMMIT
 	}
 }
 
-// TestQueuesRefused: xnat refuses interfaces with more receive queues
-// than workers, naming the fixes.
-func TestQueuesRefused(t *testing.T) {
+// TestQueuesAndMTURefused: xnat refuses interfaces with more receive
+// queues than workers, and an MTU its frames do not hold, naming the
+// fixes.
+func TestQueuesAndMTURefused(t *testing.T) {
 	tp := nattest.New(t, nattest.Options{Queues: 2})
 	must(t, tp.X.Do(func() error {
 		_, err := Prepare(Config{Inside: nattest.Inside, Outside: nattest.Outside, Queues: 1})
@@ -405,6 +406,41 @@ func TestQueuesRefused(t *testing.T) {
 		_, err = Prepare(Config{Inside: nattest.Inside, Outside: nattest.Outside, Queues: 2})
 		return err
 	}))
+	must(t, setMTU(tp.X, "x1", 9000))
+	must(t, tp.X.Do(func() error {
+		_, err := Prepare(Config{Inside: nattest.Inside, Outside: nattest.Outside, Queues: 2})
+		if err == nil || !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "interface x1: MTU 9000") || !strings.Contains(err.Error(), "mtu 3822") {
+			return fmt.Errorf("MTU 9000: %v", err)
+		}
+		return nil
+	}))
+}
+
+// TestLocalPortsCheckedOnChange: the NAT pools are checked against the
+// kernel's ephemeral ports on every rule change, with the sysctls read
+// again: refused while they overlap (local_ports = "refuse"), accepted
+// once the ports are reserved; with "warn" the overlap a change brings is
+// reported.
+func TestLocalPortsCheckedOnChange(t *testing.T) {
+	const filterOnly = "*filter\n-A FORWARD -j ACCEPT\nCOMMIT\n"
+	masq, err := ParseRules([]byte("*nat\n-A POSTROUTING -o x1 -j MASQUERADE\nCOMMIT\n"))
+	must(t, err)
+	b := newBed(t, bedOpts{rules: filterOnly, localPorts: "refuse"})
+	err = b.d.ReplaceRules(masq)
+	if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), overlapMsg) {
+		t.Fatalf("MASQUERADE over the kernel's ports with local_ports refuse: %v", err)
+	}
+	must(t, b.x.SetSysctl("net.ipv4.ip_local_reserved_ports", "32768-60999"))
+	must(t, b.d.ReplaceRules(masq))
+
+	w := newBed(t, bedOpts{rules: filterOnly})
+	if _, ok := w.event(overlapMsg); ok {
+		t.Fatal("overlap reported without a pool on the box's addresses")
+	}
+	must(t, w.d.ReplaceRules(masq))
+	if _, ok := w.event(overlapMsg); !ok {
+		t.Fatal("the overlap a rule change brought was not reported")
+	}
 }
 
 // TestUnservedQueue: with the kernel forwarding (ip_forward=1) and a
@@ -517,6 +553,25 @@ func TestInterfaceRecreated(t *testing.T) {
 	}
 	old, err := b.x.Index("x1")
 	must(t, err)
+	// Traffic runs through the change: another host's flow, its answers
+	// lost while x1 is gone.
+	stop := make(chan struct{})
+	done := make(chan int)
+	bc := udpDial(t, b.insB, &net.UDPAddr{IP: ipB, Port: 5001}, &net.UDPAddr{IP: ipSrv, Port: 7000})
+	go func() {
+		answered := 0
+		for {
+			select {
+			case <-stop:
+				done <- answered
+				return
+			default:
+			}
+			if _, err := ask(bc, "during", 1); err == nil {
+				answered++
+			}
+		}
+	}()
 	recreateOutside(t, b, 2)
 	nw, err := b.x.Index("x1")
 	must(t, err)
@@ -536,6 +591,8 @@ func TestInterfaceRecreated(t *testing.T) {
 	if !strings.HasPrefix(got, ipExt.String()) {
 		t.Fatalf("after: %q", got)
 	}
+	close(stop)
+	t.Logf("the flow running through the change had %d answers", <-done)
 	if !xdpOn(t, b.x, "x1") {
 		t.Fatal("no XDP program on the new x1")
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 	"unsafe"
 
@@ -241,6 +242,9 @@ func (m AttachMode) String() string {
 // (queue → socket), DNAT steering groups and counters, reading the
 // Filter's shared maps.
 type Program struct {
+	// mu guards the fields against Close: the methods may be called
+	// from several goroutines, Close included.
+	mu         sync.RWMutex
 	prog       *ebpf.Program
 	xsks       *ebpf.Map
 	counters   *ebpf.Map
@@ -294,6 +298,8 @@ func (f *Filter) Load() (*Program, error) {
 // MaxDNATGroups). The program reads one copy while the other is written,
 // then switches, so a packet sees either the old groups or the new ones.
 func (p *Program) SetDNAT(groups []Group) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if p.dnat == nil {
 		return ErrClosed
 	}
@@ -337,6 +343,8 @@ func (p *Program) SetDNAT(groups []Group) error {
 // returned (and by Mode). It must run in the network namespace of the
 // interface.
 func (p *Program) Attach(ifindex int, mode AttachMode, replace bool) (AttachMode, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if p.prog == nil {
 		return 0, ErrClosed
 	}
@@ -482,6 +490,8 @@ func (p *Program) Replaced() uint32 { return p.replaced }
 
 // ID is the kernel's id of the loaded program.
 func (p *Program) ID() (uint32, error) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
 	if p.prog == nil {
 		return 0, ErrClosed
 	}
@@ -496,6 +506,8 @@ func (p *Program) ID() (uint32, error) {
 // Register makes the socket fd the receiver of the queue's redirected
 // packets. Closing the socket removes it from the map.
 func (p *Program) Register(queue uint32, fd int) error {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
 	if p.xsks == nil {
 		return ErrClosed
 	}
@@ -508,6 +520,8 @@ func (p *Program) Register(queue uint32, fd int) error {
 // Unregister removes the queue's socket: the packets meant for xnat that
 // arrive on the queue are dropped (and counted).
 func (p *Program) Unregister(queue uint32) error {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
 	if p.xsks == nil {
 		return ErrClosed
 	}
@@ -538,6 +552,8 @@ func (s Stats) RedirectFailed() uint64 { return s.Counters[CtrRedirectFailed] }
 
 // Stats reads the per-CPU counters.
 func (p *Program) Stats() (Stats, error) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
 	var st Stats
 	if p.counters == nil {
 		return st, ErrClosed
@@ -558,6 +574,8 @@ func (p *Program) Stats() (Stats, error) {
 // a dummy device) and returns its verdict. It is for tests and
 // diagnostics.
 func (p *Program) Run(frame []byte) (uint32, error) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
 	if p.prog == nil {
 		return 0, ErrClosed
 	}
@@ -572,6 +590,8 @@ const detachTimeout = 2 * time.Second
 // its maps. It waits at most two seconds for the kernel to report the
 // interface without the program; it never hangs.
 func (p *Program) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	var errs []error
 	if p.link != nil {
 		if err := p.link.Close(); err != nil {
