@@ -161,7 +161,7 @@ func Start(plan *Plan, opts Options) (d *Daemon, err error) {
 		return d, fmt.Errorf("kernel mirror: %w", err)
 	}
 	d.mu.Lock()
-	sp, facts, err := d.planSteering(d.snap, d.model)
+	sp, facts, err := d.planSteering(d.snap, d.model, false)
 	d.lastPorts = fmt.Sprint(facts) // Prepare reported them
 	var env *dataplane.Env
 	if err == nil {
@@ -338,7 +338,7 @@ func (d *Daemon) ReplaceRules(model *rules.Model) error {
 		return ErrStopped
 	}
 	d.settlePending(true)
-	sp, facts, err := d.planSteering(d.snap, model)
+	sp, facts, err := d.planSteering(d.snap, model, false)
 	if err != nil {
 		return err
 	}

@@ -50,7 +50,7 @@ func (d *Daemon) onSnapshot(s *topo.Snapshot) {
 	default:
 	}
 	d.settlePending(true)
-	sp, facts, err := d.planSteering(s, d.model)
+	sp, facts, err := d.planSteering(s, d.model, true)
 	if err != nil {
 		d.envErrors.Add(1)
 		d.emit(Event{Level: slog.LevelError, Msg: "kernel change not applied: the previous interfaces, routes and neighbours stay", Args: []any{"err", err}})

@@ -3,6 +3,7 @@ package daemon
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
 	"sort"
@@ -35,9 +36,11 @@ type steerPlan struct {
 }
 
 // planSteering computes the steering for a snapshot and a rule set and
-// checks the NAT pools against the kernel's ephemeral ports. It changes
+// checks the NAT pools against the kernel's ephemeral ports. With
+// kernelChange the check never refuses (a change of the kernel's view is
+// applied whatever it finds; the finding is reported). It changes
 // nothing.
-func (d *Daemon) planSteering(s *topo.Snapshot, m *rules.Model) (*steerPlan, []Event, error) {
+func (d *Daemon) planSteering(s *topo.Snapshot, m *rules.Model, kernelChange bool) (*steerPlan, []Event, error) {
 	lp, err := d.localPorts()
 	if err != nil {
 		return nil, nil, err
@@ -52,9 +55,16 @@ func (d *Daemon) planSteering(s *topo.Snapshot, m *rules.Model) (*steerPlan, []E
 	}
 	p.locals = localAddrs(s)
 	p.poolAddrs = poolAddrs(s, m, d.cfg.Outside, p.locals)
-	facts, err := checkLocalPorts(localPoolPorts(m, p.locals), lp, d.cfg.LocalPorts, d.cfg.Queues)
+	mode := d.cfg.LocalPorts
+	if kernelChange {
+		mode = "warn"
+	}
+	facts, err := checkLocalPorts(localPoolPorts(m, p.locals), lp, mode, d.cfg.Queues)
 	if err != nil {
-		return nil, nil, err
+		if !kernelChange {
+			return nil, nil, err
+		}
+		facts = []Event{{Level: slog.LevelError, Msg: "NAT pools and the kernel's ephemeral ports", Args: []any{"err", err}}}
 	}
 	return p, facts, nil
 }
