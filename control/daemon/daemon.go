@@ -59,7 +59,11 @@ type Daemon struct {
 	lpFiles [2]*os.File
 
 	ioMu sync.Mutex // serialises changes of io
-	io   *ioSet     // read under mu, replaced under ioMu and mu
+	// io is replaced (installIO) under ioMu, ioReadMu and mu; mu guards
+	// the pointer, ioReadMu (read-locked by Stats) what it points to
+	// against being stopped and closed.
+	ioReadMu sync.RWMutex
+	io       *ioSet
 	// ioKick wakes the control goroutine to reconcile io with the kernel.
 	ioKick  chan struct{}
 	ioRetry bool // a reconcile failed: try again (control goroutine only)
@@ -173,25 +177,36 @@ func Start(plan *Plan, opts Options) (d *Daemon, err error) {
 	}
 	if err == nil {
 		d.dp = dataplane.New(d.tab, pools, dataplane.NewSettings(), env)
-		d.io = &ioSet{progs: make([]*xdpprog.Program, len(d.names)), ifindex: make([]int, len(d.names)), frameSize: plan.FrameSize}
+		d.io = &ioSet{progs: make([]*xdpprog.Program, len(d.names)), ifindex: make([]int, len(d.names))}
 		err = d.commitSteering(sp)
 	}
 	d.mu.Unlock()
 	if err != nil {
 		return d, err
 	}
+	io := &ioSet{progs: make([]*xdpprog.Program, len(d.names)), ifindex: make([]int, len(d.names)), frameSize: plan.FrameSize}
+	// Installed as it grows, so that teardown finds what is there.
+	d.installIO(io, nil)
 	for i, p := range env.Ports {
 		prog, err := d.attach(i, p.IfIndex)
 		if err != nil {
 			return d, err
 		}
-		d.io.progs[i], d.io.ifindex[i] = prog, p.IfIndex
+		d.ioReadMu.Lock()
+		d.mu.Lock()
+		io.progs[i], io.ifindex[i] = prog, p.IfIndex
+		d.mu.Unlock()
+		d.ioReadMu.Unlock()
 	}
-	if err := d.openQueues(d.io); err != nil {
+	d.ioReadMu.Lock()
+	err = d.openQueues(io)
+	d.ioReadMu.Unlock()
+	if err != nil {
 		return d, err
 	}
-	errc := make(chan error, len(d.io.workers))
-	d.runWorkers(d.io, errc)
+	d.installIO(io, io)
+	errc := make(chan error, len(io.workers))
+	d.runWorkers(io, errc)
 	cpus := "unpinned"
 	if len(c.CPUs) > 0 {
 		cpus = fmt.Sprint(c.CPUs)
@@ -259,6 +274,7 @@ func (d *Daemon) teardown() error {
 	d.mu.Lock()
 	io := d.io
 	d.mu.Unlock()
+	d.installIO(nil, io)
 	if io != nil {
 		stopWorkers(io)
 	}
@@ -449,13 +465,15 @@ func (d *Daemon) Stats() Stats {
 	for i := range s.Cores {
 		s.Pipeline.Add(&s.Cores[i])
 	}
+	s.IOChanges = d.ioChanges.Load()
+	d.ioReadMu.RLock()
+	defer d.ioReadMu.RUnlock()
 	d.mu.Lock()
 	var progs []*xdpprog.Program
 	var workers []*worker.Worker
 	if d.io != nil {
 		progs, workers = slices.Clone(d.io.progs), slices.Clone(d.io.workers)
 	}
-	s.IOChanges = d.ioChanges.Load()
 	d.mu.Unlock()
 	for _, w := range workers {
 		s.Workers = append(s.Workers, w.Stats())

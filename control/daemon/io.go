@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"slices"
 
 	vnetns "github.com/vishvananda/netns"
 
@@ -197,6 +198,28 @@ func (d *Daemon) runWorkers(io *ioSet, errc chan<- error) {
 	}
 }
 
+// installIO makes next the daemon's I/O; Stats sees the previous one no
+// more once it returns. Programs of next that prev did not have get the
+// DNAT groups in force (a rule change meanwhile wrote only the old ones).
+func (d *Daemon) installIO(next, prev *ioSet) {
+	d.ioReadMu.Lock()
+	defer d.ioReadMu.Unlock()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.io = next
+	if next == nil {
+		return
+	}
+	for i, p := range next.progs {
+		if p == nil || prev != nil && i < len(prev.progs) && p == prev.progs[i] || i >= len(d.groups) {
+			continue
+		}
+		if err := p.SetDNAT(d.groups[i]); err != nil {
+			d.emit(warn("DNAT steering", "interface", d.names[i], "err", err))
+		}
+	}
+}
+
 // stopWorkers stops io's workers and waits for them.
 func stopWorkers(io *ioSet) {
 	for _, w := range io.workers {
@@ -277,11 +300,14 @@ func (d *Daemon) reconcileIO() {
 		return
 	}
 	d.ioRetry = false
-	next := &ioSet{progs: append([]*xdpprog.Program(nil), cur.progs...), ifindex: append([]int(nil), cur.ifindex...), frameSize: frame}
+	// Out of Stats' sight first, then stopped and closed.
+	idle := &ioSet{progs: slices.Clone(cur.progs), ifindex: slices.Clone(cur.ifindex), frameSize: cur.frameSize}
+	d.installIO(idle, cur)
 	stopWorkers(cur)
 	if err := d.closeQueues(cur); err != nil {
 		d.emit(warn("closing sockets", "err", err))
 	}
+	next := &ioSet{progs: slices.Clone(cur.progs), ifindex: slices.Clone(cur.ifindex), frameSize: frame}
 	err := d.inNS(func() error {
 		var errs []error
 		for i, w := range want {
@@ -318,18 +344,7 @@ func (d *Daemon) reconcileIO() {
 		d.ioRetry = true
 	}
 	d.runWorkers(next, make(chan error, len(next.workers)))
-	d.mu.Lock()
-	d.io = next
-	// A rule change while the programs were attached wrote its groups
-	// into the old ones: give the new ones the groups in force.
-	for i, p := range next.progs {
-		if p != nil && p != cur.progs[i] && i < len(d.groups) {
-			if err := p.SetDNAT(d.groups[i]); err != nil {
-				d.emit(warn("DNAT steering", "interface", d.names[i], "err", err))
-			}
-		}
-	}
-	d.mu.Unlock()
+	d.installIO(next, cur)
 	d.ioChanges.Add(1)
 	d.emit(info("interfaces re-attached", "frame_size", frame, "workers", len(next.workers)))
 }

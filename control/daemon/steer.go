@@ -476,6 +476,9 @@ func (d *Daemon) commitSteering(p *steerPlan) error {
 	if err := d.writeLocals(p.locals); err != nil {
 		return err
 	}
+	if d.io == nil {
+		return nil
+	}
 	for i, prog := range d.io.progs {
 		if prog == nil {
 			continue
