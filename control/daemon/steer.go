@@ -448,15 +448,32 @@ func (d *Daemon) publishSlots() {
 }
 
 // writeLocals writes the box's addresses with their slots into the XDP
-// locals map. Called with mu held.
+// locals map, and the broadcast addresses of its subnets (the kernel's, as
+// its local routing table has them) without one. Called with mu held.
 func (d *Daemon) writeLocals(locals []uint32) error {
 	ls := make([]xdpprog.Local, 0, len(locals))
+	seen := map[uint32]bool{}
+	add := func(a, slot uint32) {
+		if !seen[a] {
+			seen[a] = true
+			ls = append(ls, xdpprog.Local{Addr: [4]byte{byte(a >> 24), byte(a >> 16), byte(a >> 8), byte(a)}, Slot: slot})
+		}
+	}
 	for _, a := range locals {
 		slot := uint32(xdpprog.NoSlot)
 		if s, ok := d.slots[a]; ok {
 			slot = s
 		}
-		ls = append(ls, xdpprog.Local{Addr: [4]byte{byte(a >> 24), byte(a >> 16), byte(a >> 8), byte(a)}, Slot: slot})
+		add(a, slot)
+	}
+	if d.snap != nil {
+		for _, ifc := range d.snap.Ifaces {
+			for _, p := range ifc.Addrs {
+				if p.Len > 0 && p.Len <= 30 {
+					add(p.Addr|^uint32(0)>>p.Len, xdpprog.NoSlot)
+				}
+			}
+		}
 	}
 	return d.filter.SetLocals(ls)
 }

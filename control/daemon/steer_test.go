@@ -262,6 +262,37 @@ func TestBoxOwnTraffic(t *testing.T) {
 				}
 			}
 
+			// Broadcasts to the box: the subnet's and the limited one.
+			var bsock *net.UDPConn
+			must(t, b.x.Do(func() error {
+				var err error
+				bsock, err = net.ListenUDP("udp4", &net.UDPAddr{Port: 6767})
+				return err
+			}))
+			defer bsock.Close()
+			must(t, b.insA.Do(func() error {
+				fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+				if err != nil {
+					return err
+				}
+				defer unix.Close(fd)
+				if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_BROADCAST, 1); err != nil {
+					return err
+				}
+				for _, dst := range [][4]byte{{10, 0, 1, 255}, {255, 255, 255, 255}} {
+					if err := unix.Sendto(fd, []byte("broadcast"), 0, &unix.SockaddrInet4{Port: 6767, Addr: dst}); err != nil {
+						return fmt.Errorf("to %v: %w", dst, err)
+					}
+				}
+				return nil
+			}))
+			for i := range 2 {
+				must(t, bsock.SetReadDeadline(time.Now().Add(time.Second)))
+				if _, _, err := bsock.ReadFrom(make([]byte, 64)); err != nil {
+					t.Fatalf("broadcast %d of 2 to the box: %v", i+1, err)
+				}
+			}
+
 			// The box's own TCP service on its inside address, port 2222,
 			// reached from inside; the same port from outside is DNAT's.
 			listenTCP(t, b.x, fmtAddr(ipGwA, 2222), "the box")

@@ -12,8 +12,13 @@
 // xnat takes exactly what it owns; everything else for the box is the
 // kernel's. Ethernet with at most one 802.1Q tag, IPv4 only:
 //
-//   - destination not one of the box's addresses (the locals map) →
-//     xnat (it forwards), fragments included;
+//   - destination multicast (224.0.0.0/4: VRRP, OSPF, IGMP, mDNS) or the
+//     limited broadcast → the kernel; xnat forwards unicast;
+//   - destination not one of the box's addresses (the locals map, which
+//     holds the broadcast addresses of its subnets too) → xnat (it
+//     forwards), fragments included — except UDP to port 68, a DHCP
+//     server's answer to a client, which may come to the address the box
+//     is being offered before it is the box's: the kernel's;
 //   - destination local and a non-first fragment → the kernel. A later
 //     fragment carries no port to decide by; the kernel reassembles the
 //     datagrams meant for the box's own sockets, and xnat, which drops
@@ -38,7 +43,7 @@
 //   - destination local, another protocol → xnat when a DNAT group takes
 //     every protocol (a rule without -p) for that address;
 //   - everything else — ARP, IPv6, other EtherTypes, the box's own
-//     sockets on any port, echo requests, DHCP, VRRP, OSPF — passes to
+//     sockets on any port, echo requests, OSPF to the box — passes to
 //     the kernel, the slow path. Frames too short for the headers they
 //     announce (and IPv4 headers with a bad version or IHL) pass too: the
 //     kernel drops them and counts them where an administrator looks.

@@ -23,8 +23,9 @@ const (
 	CtrRedirectFailed
 	// CtrPassNotIPv4: ARP, IPv6 and any other EtherType.
 	CtrPassNotIPv4
-	// CtrPassLocal: IPv4 to the box, not xnat's: the box's own sockets,
-	// echo requests, non-first fragments, other protocols.
+	// CtrPassLocal: IPv4 for the box, not xnat's: the box's own sockets,
+	// echo requests, non-first fragments, other protocols, multicast and
+	// broadcast, DHCP to a client.
 	CtrPassLocal
 	// CtrPassMalformed: truncated frames, IPv4 headers with a bad
 	// version or length, L4 headers cut short.
@@ -86,8 +87,13 @@ const (
 // Frame constants, in the byte order a 16-bit load of network-order data
 // yields on a little-endian machine.
 const (
-	ethPVLANle = 0x0081 // 0x8100
-	ethPIPv4le = 0x0008 // 0x0800
+	ethPVLANle   = 0x0081 // 0x8100
+	ethPIPv4le   = 0x0008 // 0x0800
+	dhcpClientLE = 0x4400 // port 68
+	// The first octet of an address loaded as a 32-bit word is its low
+	// byte: multicast is 224.0.0.0/4.
+	mcastMask  = 0xf0
+	mcastValue = 0xe0
 )
 
 // noPort in r8 at "steer": the packet has no port (an echo request,
@@ -149,14 +155,21 @@ func instructions(m maps) asm.Instructions {
 		asm.Mov.Reg(R2, R9),
 		asm.Add.Reg(R2, R3),
 		asm.JGT.Reg(R2, R8, "malformed"),
-		// Is the destination one of the box's addresses?
+		// Multicast (VRRP, OSPF, IGMP, mDNS) and the limited broadcast
+		// are the kernel's; xnat forwards unicast.
 		asm.LoadMem(R2, R9, 16, asm.Word),
 		asm.StoreMem(R10, stDst, R2, asm.Word),
+		asm.JEq.Imm32(R2, -1, "pass_local"),
+		asm.Mov.Reg(R4, R2),
+		asm.And.Imm(R4, mcastMask),
+		asm.JEq.Imm(R4, mcastValue, "pass_local"),
+		// Is the destination one of the box's addresses (or broadcast
+		// addresses)?
 		asm.Mov.Reg(R2, R10),
 		asm.Add.Imm(R2, stDst),
 		asm.LoadMapPtr(R1, m.locals.FD()),
 		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(R0, 0, "to_xnat_forward"),
+		asm.JEq.Imm(R0, 0, "not_local"),
 		asm.LoadMem(R1, R0, 0, asm.Word),
 		asm.StoreMem(R10, stSlot, R1, asm.Word),
 		// Addressed to the box. A non-first fragment has no port to
@@ -178,6 +191,27 @@ func instructions(m maps) asm.Instructions {
 		asm.Mov.Imm(R8, noPort),
 		asm.Mov.Imm(R9, checkDNAT),
 		asm.Ja.Label("steer"),
+
+		// Not for the box: xnat forwards it, except a DHCP message to a
+		// client (UDP port 68), which may come to an address the box is
+		// being offered and is not yet its own.
+		asm.LoadMem(R4, R9, 9, asm.Byte).WithSymbol("not_local"),
+		asm.JNE.Imm(R4, 17, "to_xnat_forward"),
+		asm.LoadMem(R3, R9, 6, asm.Half),
+		asm.HostTo(asm.BE, R3, asm.Half),
+		asm.And.Imm(R3, 0x1fff),
+		asm.JNE.Imm(R3, 0, "to_xnat_forward"),
+		asm.LoadMem(R3, R9, 0, asm.Byte),
+		asm.And.Imm(R3, 0x0f),
+		asm.LSh.Imm(R3, 2),
+		asm.Mov.Reg(R5, R9),
+		asm.Add.Reg(R5, R3),
+		asm.Mov.Reg(R2, R5),
+		asm.Add.Imm(R2, 4),
+		asm.JGT.Reg(R2, R8, "to_xnat_forward"),
+		asm.LoadMem(R2, R5, 2, asm.Half),
+		asm.JEq.Imm(R2, dhcpClientLE, "pass_local"),
+		asm.Ja.Label("to_xnat_forward"),
 
 		// TCP or UDP: the destination port.
 		asm.StoreImm(R10, stProto, protoTCP, asm.Word).WithSymbol("tcp"),

@@ -234,6 +234,22 @@ func TestBranches(t *testing.T) {
 		{"forward gre", frame{proto: 47, src: remote, dst: [4]byte{8, 8, 4, 4}}.bytes(), fwd},
 		{"forward l4 cut short", frame{proto: 6, src: remote, dst: [4]byte{8, 8, 4, 4}, l4: ports(1, 2, 2)}.bytes(), fwd},
 		{"forward non-first fragment", frame{proto: 17, src: remote, dst: [4]byte{8, 8, 8, 8}, fragOff: 100, l4: make([]byte, 8)}.bytes(), fwd},
+		{"forward non-first fragment at udp 68's place", frame{proto: 17, src: remote, dst: [4]byte{8, 8, 8, 8}, fragOff: 100, l4: ports(67, 68, 8)}.bytes(), fwd},
+		{"forward udp to 67", udp([4]byte{8, 8, 8, 8}, 67), fwd},
+		{"forward udp cut short", frame{proto: 17, src: remote, dst: [4]byte{8, 8, 8, 8}, l4: ports(67, 68, 3)}.bytes(), fwd},
+
+		// The kernel's whatever the address: multicast, the limited
+		// broadcast, DHCP to a client.
+		{"dhcp offer to an address not yet the box's", frame{proto: 17, src: remote, dst: [4]byte{10, 9, 9, 9}, l4: ports(67, 68, 8)}.bytes(), pl},
+		{"dhcp offer with ip options", frame{ihl: 7, proto: 17, src: remote, dst: [4]byte{10, 9, 9, 9}, l4: ports(67, 68, 8)}.bytes(), pl},
+		{"limited broadcast", udp([4]byte{255, 255, 255, 255}, 68), pl},
+		{"limited broadcast tcp", frame{proto: 6, src: remote, dst: [4]byte{255, 255, 255, 255}, l4: ports(1, 40005, 20)}.bytes(), pl},
+		{"vrrp", frame{proto: 112, src: remote, dst: [4]byte{224, 0, 0, 18}, l4: make([]byte, 8)}.bytes(), pl},
+		{"ospf", frame{proto: 89, src: remote, dst: [4]byte{224, 0, 0, 5}, l4: make([]byte, 8)}.bytes(), pl},
+		{"multicast udp", udp([4]byte{239, 255, 255, 250}, 1900), pl},
+		{"top of class d", udp([4]byte{239, 255, 255, 255}, 5353), pl},
+		{"class e is forwarded", udp([4]byte{240, 0, 0, 1}, 5353), fwd},
+		{"below class d is forwarded", udp([4]byte{223, 255, 255, 255}, 5353), fwd},
 
 		// Use counts: per address, protocol and port.
 		{"held tcp port", tcp(local, 40005), loc},
