@@ -81,7 +81,11 @@
 //     ports when the sysctl changes later (the daemon warns). A socket
 //     the box binds explicitly to a port in the pool is the
 //     administrator's choice and is not checked: while an xnat connection
-//     holds that port on that address, its packets go to xnat.
+//     holds that port on that address, its packets go to xnat. ICMP echo
+//     identifiers have no such split: the kernel's ping sockets and raw
+//     pings pick theirs from the whole space, so a ping from the box that
+//     happens to use an identifier an xnat connection holds on the same
+//     address loses its replies while that connection lives.
 //
 // # Per-source limit
 //
