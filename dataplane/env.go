@@ -235,6 +235,7 @@ type Pools struct {
 	cores   int
 	paState *portalloc.Shared // port allocators' shared state
 	log     *rules.LogRings
+	steer   *portalloc.Steering // the box's own addresses (SetSteering)
 }
 
 type pool struct {
@@ -249,6 +250,14 @@ func NewPools(cores int, limiter *portalloc.SourceLimiter) *Pools {
 	empty := []*pool{}
 	p.list.Store(&empty)
 	return p
+}
+
+// SetSteering gives every pool created from now on the steering of the
+// box's own addresses (portalloc.Pool.Steering).
+func (p *Pools) SetSteering(s *portalloc.Steering) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.steer = s
 }
 
 // Limiter returns the per-source limiter.
@@ -267,7 +276,7 @@ func (p *Pools) get(k poolKey) (uint16, error) {
 	if len(old) >= 1<<16-2 {
 		return 0, fmt.Errorf("%w: too many NAT pools", ErrEnv)
 	}
-	allocs, err := portalloc.New(portalloc.Pool{AddrLo: k.lo, AddrHi: k.hi, PortLo: k.plo, PortHi: k.phi}, p.cores, p.paState)
+	allocs, err := portalloc.New(portalloc.Pool{AddrLo: k.lo, AddrHi: k.hi, PortLo: k.plo, PortHi: k.phi, Steering: p.steer}, p.cores, p.paState)
 	if err != nil {
 		return 0, fmt.Errorf("NAT pool %s-%s: %w", flowtable.FormatAddr(k.lo), flowtable.FormatAddr(k.hi), err)
 	}

@@ -54,7 +54,9 @@
 // range of 65,536 addresses, whose counts would take 23.6 GiB, costs a few
 // hundred bytes, and no rule set takes more than DenseMax of port state
 // beyond the limiter's tables, which are sized once, at start, from the
-// flow table. Dense counts are committed when their pool is made
+// flow table. A dense pool given a Steering also keeps a bit a port (per
+// class and address) marking the ports it holds there, within the same
+// budget. Dense counts are committed when their pool is made
 // (prefault), so that no packet waits on a page fault for them.
 //
 // # Giving ports back
@@ -67,6 +69,58 @@
 // deleted through the API or by a flush, evicted by early drop), so
 // every Allocate that inserted one has exactly one Release: the flow
 // record needs no mark of having been counted.
+//
+// # Ports on the box's own addresses
+//
+// A pool whose addresses include one of the box's own (MASQUERADE always)
+// shares those addresses with the box's own sockets. Two things keep them
+// apart, both through a Steering (Pool.Steering) the daemon gives every
+// pool:
+//
+//   - The XDP program gives xnat a packet for one of the box's addresses
+//     only when xnat holds its port (dataplane/xdpprog): every allocator
+//     adds a holder to a port's use count, in memory the program reads,
+//     when its first connection on the port is inserted, and takes it
+//     away when its last one is released. The count is per address, per
+//     protocol and per port, changed with one atomic add — no system call
+//     — and only on those two transitions; connections after the first
+//     find the port marked in the allocator's own bitmap (while the
+//     address has no slot, each new connection on the port looks again).
+//     A port used by several pools (a SNAT and a MASQUERADE on one
+//     address, or a pool replaced by a rule change while its connections
+//     live on) counts each. So a pool removed from the rules keeps its
+//     ports steered until its last connection ends, and a port no
+//     connection uses is the kernel's again at once.
+//   - The kernel never picks for its own sockets a port xnat may give
+//     out: such a pool is created without the kernel's ephemeral ports
+//     (net.ipv4.ip_local_port_range less ip_local_reserved_ports, as
+//     SetKernelPorts gives them), and its remaining ports are split evenly
+//     between the cores. With the defaults (pool 1024–65535, kernel
+//     32768–60999) xnat uses 1024–32767 and 61000–65535 on the box's
+//     addresses; a port in ip_local_reserved_ports is xnat's to use. The
+//     kernel's range is read when the pool is created: a pool keeps its
+//     ports when the sysctl changes later (the daemon warns). A socket
+//     the box binds explicitly to a port in the pool is the
+//     administrator's choice and is not checked: while an xnat connection
+//     holds that port on that address, its packets go to xnat. ICMP echo
+//     identifiers have no such split: the kernel's ping sockets and raw
+//     pings pick theirs from the whole space, so a ping from the box that
+//     happens to use an identifier an xnat connection holds on the same
+//     address loses its replies while that connection lives.
+//
+// Only a dense pool knows when a port's first connection starts and its
+// last one ends, so only a dense pool steers. A pool on the box's own
+// addresses (one of its addresses has a slot when it is made) must
+// therefore fit in what is left of DenseMax, or New refuses it with an
+// error saying so. Such pools are few and small (a MASQUERADE pool is one
+// address: at most 378 KiB of counts and 24 KiB of bitmaps), so in
+// practice only a rule set that has taken nearly all of DenseMax with
+// large SNAT ranges meets that refusal. A pool too large for the budget,
+// made while none of its addresses was the box's, stays sparse and never
+// holds a port: should one of its addresses become the box's later (and
+// get a slot), the replies to that pool's connections on it go to the
+// kernel, as they do for any port the Steering does not count. The daemon
+// gives addresses their slots before it makes the pools of a rule set.
 //
 // # Per-source limits
 //

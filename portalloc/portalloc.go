@@ -17,6 +17,12 @@ import (
 type Pool struct {
 	AddrLo, AddrHi uint32 // inclusive range of IPv4 addresses (big-endian values)
 	PortLo, PortHi uint16 // inclusive port range; both 0 means 1024–65535
+	// Steering, when set, receives the pool's ports in use on the box's
+	// own addresses (for the XDP program), and decides which ports such a
+	// pool leaves to the kernel. A pool with one of the box's addresses
+	// must keep dense port counts to steer (see Shared): New refuses it
+	// when they do not fit.
+	Steering *Steering
 }
 
 // Default port range, as Linux uses for source NAT of unprivileged ports.
@@ -133,10 +139,18 @@ type pubStats struct {
 type Allocator struct {
 	core           int
 	addrLo, naddrs uint32
-	lo, n          uint32 // this core's ports: [lo, lo+n)
-	// uses counts connections per port, per class and address; nil for a
-	// sparse pool (see Shared).
-	uses       [numClasses][]uint16
+	// This core's ports: n of them, at offsets 0..n-1, in segs (one
+	// segment, lo..lo+n-1, unless the pool leaves ports to the kernel).
+	lo, n uint32
+	segs  []seg
+	// uses counts connections per port (by offset), per class and
+	// address; nil for a sparse pool (see Shared).
+	uses [numClasses][]uint16
+	// steer gets a holder for every port in use on one of the box's
+	// addresses; held marks (by the index of uses) the ports it holds.
+	// Both nil in a sparse pool, which cannot steer (see Steering).
+	steer      *Steering
+	held       [numClasses][]uint64
 	rng        uint64
 	key0, key1 uint64
 	// clash follows how often a connection's own port, tried, was taken
@@ -157,9 +171,10 @@ type Allocator struct {
 // beyond that is sparse: it keeps no count per port, the flow table alone
 // deciding whether a port is free for a remote endpoint (as it does for
 // every pool); its ports in use are not counted in Stats.PortsInUse, nor
-// is a port limited to 65535 connections. A pool of any size thus costs
-// at most DenseMax of port state, and the limiter's tables are fixed at
-// its creation: no rule set can make the port state outgrow that.
+// is a port limited to 65535 connections, and it holds no ports in a
+// Steering. A pool of any size thus costs at most DenseMax of port state,
+// and the limiter's tables are fixed at its creation: no rule set can
+// make the port state outgrow that.
 type Shared struct {
 	cores     int
 	limiter   *SourceLimiter
@@ -196,6 +211,21 @@ func denseBytes(naddrs uint64, span uint32) int64 {
 	return int64(naddrs) * int64(span) * 2 * numClasses
 }
 
+// heldBytes is the memory of the bitmaps of the ports a dense pool holds
+// in a Steering: a bit a port, per class and address, in 64-bit words
+// per core.
+func heldBytes(ranges []PortRange, cores int, naddrs uint64) int64 {
+	var b int64
+	for c := range cores {
+		var n uint64
+		for _, s := range split(ranges, cores, c) {
+			n += uint64(s.n)
+		}
+		b += int64((n*naddrs+63)/64) * 8 * numClasses
+	}
+	return b
+}
+
 // New splits pool between cores and returns one allocator per core. sh
 // is shared by every pool of a dataplane; nil gives this pool a Shared of
 // its own, without a limiter.
@@ -213,9 +243,18 @@ func New(pool Pool, cores int, sh *Shared) ([]*Allocator, error) {
 	if naddrs > 1<<16 {
 		return nil, fmt.Errorf("%w: %d addresses (at most 65536)", ErrPool, naddrs)
 	}
-	span := uint32(pool.PortHi) - uint32(pool.PortLo) + 1
+	ranges := []PortRange{{pool.PortLo, pool.PortHi}}
+	st := pool.Steering
+	local := st != nil && st.local(pool.AddrLo, pool.AddrHi)
+	if local {
+		ranges = usable(pool.PortLo, pool.PortHi, st.KernelPorts())
+	}
+	var span uint32
+	for _, r := range ranges {
+		span += uint32(r.Hi) - uint32(r.Lo) + 1
+	}
 	if cores < 1 || uint32(cores) > span {
-		return nil, fmt.Errorf("%w: %d ports cannot be split between %d cores", ErrPool, span, cores)
+		return nil, fmt.Errorf("%w: %d ports (%d-%d less the kernel's) cannot be split between %d cores", ErrPool, span, pool.PortLo, pool.PortHi, cores)
 	}
 	if sh == nil {
 		sh = NewShared(cores, nil)
@@ -235,19 +274,32 @@ func New(pool Pool, cores int, sh *Shared) ([]*Allocator, error) {
 	// the same address whichever core sees its connection.
 	key0, key1 := binary.LittleEndian.Uint64(seed[8:])|1, binary.LittleEndian.Uint64(seed[16:])|1
 	cost := denseBytes(naddrs, span)
+	if st != nil {
+		cost += heldBytes(ranges, cores, naddrs)
+	}
 	sh.mu.Lock()
 	dense := cost <= sh.denseLeft
 	if dense {
 		sh.denseLeft -= cost
 	}
+	left := sh.denseLeft
 	sh.mu.Unlock()
+	if local && !dense {
+		// Steering needs to know when a port's first connection starts and
+		// its last ends, which only the per-port counts tell.
+		return nil, fmt.Errorf("%w: a pool on the box's own addresses keeps a count per port to steer its ports to xnat: %s-%s needs %d KiB for them, and %d KiB of the %d MiB the pools share is left",
+			ErrPool, flowtable.FormatAddr(pool.AddrLo), flowtable.FormatAddr(pool.AddrHi), (cost+1023)>>10, left>>10, DenseMax>>20)
+	}
+	if !dense {
+		st = nil
+	}
 	as := make([]*Allocator, cores)
 	for c := range as {
-		lo := uint32(pool.PortLo) + span*uint32(c)/uint32(cores)
-		hi := uint32(pool.PortLo) + span*uint32(c+1)/uint32(cores)
+		segs := split(ranges, cores, c)
+		last := segs[len(segs)-1]
 		a := &Allocator{
 			core: c, addrLo: pool.AddrLo, naddrs: uint32(naddrs),
-			lo: lo, n: hi - lo, limiter: limiter, st: new(pubStats),
+			lo: segs[0].port, n: last.off + last.n, segs: segs, limiter: limiter, st: new(pubStats),
 			key0: key0, key1: key1,
 		}
 		if limiter != nil {
@@ -257,6 +309,13 @@ func New(pool Pool, cores int, sh *Shared) ([]*Allocator, error) {
 			for k := range a.uses {
 				a.uses[k] = make([]uint16, uint64(a.n)*naddrs)
 				prefault.Slice(a.uses[k])
+			}
+			if st != nil {
+				a.steer = st
+				for k := range a.held {
+					a.held[k] = make([]uint64, (uint64(a.n)*naddrs+63)/64)
+					prefault.Slice(a.held[k])
+				}
 			}
 		}
 		var rs [8]byte
@@ -272,8 +331,44 @@ func New(pool Pool, cores int, sh *Shared) ([]*Allocator, error) {
 // Dense reports whether the pool keeps a count per port (see Shared).
 func (a *Allocator) Dense() bool { return a.uses[0] != nil }
 
-// Slice returns this allocator's ports, inclusive.
-func (a *Allocator) Slice() (lo, hi uint16) { return uint16(a.lo), uint16(a.lo + a.n - 1) }
+// Steers reports whether the allocator holds its ports in use on the
+// box's addresses in the Steering's use counts (a dense pool given a
+// Steering).
+func (a *Allocator) Steers() bool { return a.steer != nil }
+
+// Slice returns this allocator's first and last port. Without ports left
+// to the kernel, its ports are all those between.
+func (a *Allocator) Slice() (lo, hi uint16) {
+	last := a.segs[len(a.segs)-1]
+	return uint16(a.lo), uint16(last.port + last.n - 1)
+}
+
+// port returns the port at offset off of the slice.
+func (a *Allocator) port(off uint32) uint32 {
+	if len(a.segs) == 1 {
+		return a.lo + off
+	}
+	for i := len(a.segs) - 1; i > 0; i-- {
+		if s := &a.segs[i]; off >= s.off {
+			return s.port + off - s.off
+		}
+	}
+	return a.lo + off
+}
+
+// offset returns the offset of port p in the slice; ok is false when p
+// is not in it.
+func (a *Allocator) offset(p uint32) (off uint32, ok bool) {
+	if len(a.segs) == 1 {
+		return p - a.lo, p-a.lo < a.n
+	}
+	for i := range a.segs {
+		if s := &a.segs[i]; p-s.port < s.n {
+			return s.off + p - s.port, true
+		}
+	}
+	return 0, false
+}
 
 // next is wyrand: a fast generator, seeded from crypto/rand.
 func (a *Allocator) next() uint64 {
@@ -318,7 +413,7 @@ func (a *Allocator) searchStart(orig *flowtable.Tuple) uint32 {
 // SearchPort is the first port ModeDefault searches for orig's connection
 // when its own port is taken or outside this core's slice.
 func (a *Allocator) SearchPort(orig *flowtable.Tuple) uint16 {
-	return uint16(a.lo + a.searchStart(orig))
+	return uint16(a.port(a.searchStart(orig)))
 }
 
 // Likely returns the ports ModeDefault most likely gives orig's
@@ -334,9 +429,9 @@ func (a *Allocator) Likely(orig *flowtable.Tuple, addr uint32) (ports [2]uint16,
 	if cl == classNone || addr-a.addrLo >= a.naddrs {
 		return ports, 0
 	}
-	if own := uint32(orig.SrcPort); own-a.lo < a.n {
+	if off, ok := a.offset(uint32(orig.SrcPort)); ok {
 		ports[0], n = orig.SrcPort, 1
-		if a.clash < 1<<16/8 || a.uses[cl] != nil && a.uses[cl][uint64(addr-a.addrLo)*uint64(a.n)+uint64(own-a.lo)] == 0 {
+		if a.clash < 1<<16/8 || a.uses[cl] != nil && a.uses[cl][uint64(addr-a.addrLo)*uint64(a.n)+uint64(off)] == 0 {
 			return ports, 1
 		}
 	}
@@ -394,15 +489,15 @@ func (a *Allocator) Allocate(c *flowtable.Core, nf *flowtable.NewFlow, opt Optio
 		a.st.allocated.Add(1)
 		return r, OK, res
 	}
+	at.base = uint64(at.addr-a.addrLo) * uint64(a.n)
 	if u := a.uses[at.cl]; u != nil {
-		at.uses = u[uint64(at.addr-a.addrLo)*uint64(a.n):][:a.n]
+		at.uses = u[at.base:][:a.n]
 	}
 	if a.limiter != nil {
 		at.canNew = a.limiter.reservePort(at.slot)
 	}
-	orig := uint32(nf.Orig.SrcPort)
-	if opt.Mode == ModeDefault && orig-a.lo < a.n {
-		r, res, st := a.try(c, nf, &at, orig, now)
+	if own, ok := a.offset(uint32(nf.Orig.SrcPort)); opt.Mode == ModeDefault && ok {
+		r, res, st := a.try(c, nf, &at, own, now)
 		if st != trySkipped {
 			if st == tryDone {
 				a.clash -= a.clash >> clashShift
@@ -431,8 +526,7 @@ func (a *Allocator) Allocate(c *flowtable.Core, nf *flowtable.NewFlow, opt Optio
 			off = uint32(uint64(uint32(a.next())) * uint64(a.n) >> 32)
 		}
 		for i := range attempts {
-			p := a.lo + (off+i)%a.n
-			if r, res, st := a.try(c, nf, &at, p, now); st == tryDone {
+			if r, res, st := a.try(c, nf, &at, (off+i)%a.n, now); st == tryDone {
 				if res == flowtable.Inserted {
 					a.settle(&at)
 					return r, OK, res
@@ -451,6 +545,7 @@ func (a *Allocator) Allocate(c *flowtable.Core, nf *flowtable.NewFlow, opt Optio
 type attempt struct {
 	src, addr uint32
 	cl        int
+	base      uint64   // index of the address's first port in the class's counts
 	uses      []uint16 // the address's dense counts, nil in a sparse pool
 	slot      int      // the source's limiter slot, -1 without a limiter
 	retry     bool     // an Insert refused the reply tuple: the original is free
@@ -465,26 +560,27 @@ const (
 	trySkipped        // the port is not to be tried (full, or beyond the source's ports)
 )
 
-// try inserts the connection with external port p. at.retry says
-// whether an earlier try's Insert found the original tuple free and
-// refused only the reply tuple, so that this one need not look again
-// (InsertRetry); try sets it when its own Insert does.
-func (a *Allocator) try(c *flowtable.Core, nf *flowtable.NewFlow, at *attempt, p uint32, now flowtable.Time) (flowtable.Ref, flowtable.InsertResult, int) {
+// try inserts the connection with the external port at offset off of the
+// slice. at.retry says whether an earlier try's Insert found the original
+// tuple free and refused only the reply tuple, so that this one need not
+// look again (InsertRetry); try sets it when its own Insert does.
+func (a *Allocator) try(c *flowtable.Core, nf *flowtable.NewFlow, at *attempt, off uint32, now flowtable.Time) (flowtable.Ref, flowtable.InsertResult, int) {
 	var u *uint16
 	if at.uses != nil {
-		u = &at.uses[p-a.lo]
+		u = &at.uses[off]
 		if *u == maxUses {
 			return 0, flowtable.ReplyClash, trySkipped
 		}
 	}
+	p := uint16(a.port(off))
 	pi, held := -1, false
 	if a.pairs != nil {
-		pi, held = a.pairs.find(uint64(at.src)<<32|uint64(at.addr), pairX(uint16(p), at.cl))
+		pi, held = a.pairs.find(uint64(at.src)<<32|uint64(at.addr), pairX(p, at.cl))
 		if !held && (pi < 0 || !at.canNew) {
 			return 0, flowtable.ReplyClash, trySkipped
 		}
 	}
-	nf.Reply.DstPort = uint16(p)
+	nf.Reply.DstPort = uint16(a.port(off))
 	var r flowtable.Ref
 	var res flowtable.InsertResult
 	if at.retry {
@@ -504,9 +600,12 @@ func (a *Allocator) try(c *flowtable.Core, nf *flowtable.NewFlow, at *attempt, p
 			if held {
 				a.pairs.e[pi].n++
 			} else {
-				a.pairs.put(pi, uint64(at.src)<<32|uint64(at.addr), pairX(uint16(p), at.cl))
+				a.pairs.put(pi, uint64(at.src)<<32|uint64(at.addr), pairX(p, at.cl))
 				at.newPort = true
 			}
+		}
+		if a.steer != nil {
+			a.hold(at.cl, at.base+uint64(off), at.addr, nf.Orig.Proto, p)
 		}
 		a.st.allocated.Add(1)
 		return r, res, tryDone
@@ -548,18 +647,22 @@ func (a *Allocator) Release(orig, reply *flowtable.Tuple) bool {
 	cl := class(orig.Proto)
 	lastOnPort := false
 	if cl != classNone {
-		p := uint32(reply.DstPort)
-		if p-a.lo >= a.n {
+		off, ok := a.offset(uint32(reply.DstPort))
+		if !ok {
 			return false
 		}
 		if a.uses[cl] != nil {
-			u := &a.uses[cl][uint64(ai)*uint64(a.n)+uint64(p-a.lo)]
+			i := uint64(ai)*uint64(a.n) + uint64(off)
+			u := &a.uses[cl][i]
 			if *u == 0 {
 				return false
 			}
 			*u--
 			if *u == 0 {
 				a.st.inUse.Add(-1)
+				if a.steer != nil {
+					a.unhold(cl, i, reply.Dst, orig.Proto, reply.DstPort)
+				}
 			}
 		}
 		if a.pairs != nil {
@@ -583,11 +686,30 @@ func (a *Allocator) Release(orig, reply *flowtable.Tuple) bool {
 // while traffic flows); 0 in a sparse pool.
 func (a *Allocator) Uses(proto uint8, addr uint32, port uint16) int {
 	cl := class(proto)
-	p := uint32(port)
-	if cl == classNone || a.uses[cl] == nil || addr-a.addrLo >= a.naddrs || p-a.lo >= a.n {
+	off, ok := a.offset(uint32(port))
+	if cl == classNone || a.uses[cl] == nil || addr-a.addrLo >= a.naddrs || !ok {
 		return 0
 	}
-	return int(a.uses[cl][uint64(addr-a.addrLo)*uint64(a.n)+uint64(p-a.lo)])
+	return int(a.uses[cl][uint64(addr-a.addrLo)*uint64(a.n)+uint64(off)])
+}
+
+// hold makes the port at index i of class cl's counts (addr, port) a
+// port the XDP program gives xnat, once: a connection after the first on
+// the port finds it held, unless the address had no slot then.
+func (a *Allocator) hold(cl int, i uint64, addr uint32, proto uint8, port uint16) {
+	w, bit := &a.held[cl][i>>6], uint64(1)<<(i&63)
+	if *w&bit == 0 && a.steer.Hold(addr, proto, port) {
+		*w |= bit
+	}
+}
+
+// unhold gives the port back to the kernel when this allocator held it.
+func (a *Allocator) unhold(cl int, i uint64, addr uint32, proto uint8, port uint16) {
+	w, bit := &a.held[cl][i>>6], uint64(1)<<(i&63)
+	if *w&bit != 0 {
+		*w &^= bit
+		a.steer.Drop(addr, proto, port)
+	}
 }
 
 // Stats returns the allocator's counters; safe from any goroutine.

@@ -452,7 +452,7 @@ func steer(n *NS, ifindex int, gens []*xskPort) (*xskPort, error) {
 				return fmt.Errorf("e2e: %w", err)
 			}
 		}
-		if _, err := p.prog.Attach(ifindex, 0); err != nil {
+		if _, err := p.prog.Attach(ifindex, 0, false); err != nil {
 			return fmt.Errorf("e2e: %s: %w", n.Name, err)
 		}
 		return nil

@@ -79,7 +79,7 @@ func openXSK(n *NS, ifindex, queues int, cfg ring.Config, steer bool) (*xskPort,
 				return fmt.Errorf("e2e: %w", err)
 			}
 		}
-		if _, err := p.prog.Attach(ifindex, xdpprog.AttachAuto); err != nil {
+		if _, err := p.prog.Attach(ifindex, xdpprog.AttachAuto, false); err != nil {
 			return fmt.Errorf("e2e: %s: %w", n.Name, err)
 		}
 		return nil
@@ -92,7 +92,7 @@ func openXSK(n *NS, ifindex, queues int, cfg ring.Config, steer bool) (*xskPort,
 
 // socketDrops sums the frames lost at the sockets that the veth does not
 // count itself: descriptors the kernel refused on TX, and frames the
-// program meant for a socket that found none (passed to the kernel).
+// program meant for a socket that found none (dropped by the program).
 // Frames the kernel could not put on an RX ring (XDP_STATISTICS
 // rx_dropped, rx_ring_full) are not added: veth counts a failed
 // redirect in the receiving link's rx_dropped, which the accounting

@@ -5,13 +5,16 @@
 //	      [--queues N] [--cpus LIST] [--max-conns N] [--capacity N]
 //	      [--socket PATH] [--poll sleep|busy] [--bind auto|copy|zerocopy]
 //	      [--xdp-mode auto|native|generic] [--local-ports warn|refuse]
-//	      [--check-config] [--log-level debug|info|warn|error]
+//	      [--replace-xdp] [--check-config] [--log-level debug|info|warn|error]
 //
 // It starts from a TOML config file (see package control/daemon), from
 // flags alone, or both, flags overriding the file (a repeated flag such as
 // --inside replaces the file's list). It validates everything before it
 // touches an interface: a bad configuration is one line on stderr and exit
-// status 2. --check-config validates and exits 0. It logs with log/slog
+// status 2 — among them an xnat interface with more receive queues than
+// workers, an MTU larger than xnat's frames hold, and an XDP program of
+// another program on an xnat interface (--replace-xdp replaces it).
+// --check-config validates and exits 0. It logs with log/slog
 // (text, on stderr), one line per start-up fact. SIGHUP reloads the rules
 // file (parsed and compiled first; on error the rules in force stay);
 // SIGINT and SIGTERM stop it cleanly (workers stopped, XDP programs
@@ -59,7 +62,7 @@ func run(args []string, stderr io.Writer) int {
 		configFile, rulesFile, cpus, socket    string
 		poll, bind, xdpMode, localPorts, level string
 		queues, maxConns, capacity             int
-		checkOnly                              bool
+		checkOnly, replaceXDP                  bool
 	)
 	fs.StringVar(&configFile, "config", "", "TOML config file")
 	fs.Var(&inside, "inside", "inside interface (repeat for more)")
@@ -74,6 +77,7 @@ func run(args []string, stderr io.Writer) int {
 	fs.StringVar(&bind, "bind", "", "AF_XDP bind: auto (default), copy or zerocopy")
 	fs.StringVar(&xdpMode, "xdp-mode", "", "XDP attach: auto (default), native or generic")
 	fs.StringVar(&localPorts, "local-ports", "", "NAT pool overlapping ip_local_port_range: warn (default) or refuse")
+	fs.BoolVar(&replaceXDP, "replace-xdp", false, "replace an XDP program another program left on an xnat interface")
 	fs.BoolVar(&checkOnly, "check-config", false, "validate the configuration against the system and exit")
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
@@ -128,6 +132,8 @@ func run(args []string, stderr io.Writer) int {
 			cfg.XDPMode = xdpMode
 		case "local-ports":
 			cfg.LocalPorts = localPorts
+		case "replace-xdp":
+			cfg.ReplaceXDP = replaceXDP
 		}
 	})
 	if flagErr != nil {

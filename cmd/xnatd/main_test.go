@@ -16,6 +16,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
 	"xnat/internal/netns"
 )
 
@@ -353,5 +358,63 @@ func TestBadCPUsFlag(t *testing.T) {
 		if code := run([]string{"--inside", "x0", "--outside", "x1", "--cpus", in}, &stderr); code != 2 || !strings.Contains(stderr.String(), "--cpus") {
 			t.Errorf("--cpus %q: exit %d, %q", in, code, stderr.String())
 		}
+	}
+}
+
+// TestXnatdRefusesUnservedQueuesAndForeignXDP: an interface with more
+// receive queues than workers is refused with the fixes named; an XDP
+// program of another program on an interface is refused unless
+// --replace-xdp, which replaces it; after xnatd stops nothing is
+// attached.
+func TestXnatdRefusesUnservedQueuesAndForeignXDP(t *testing.T) {
+	tp := netns.New(t)
+	o := &topo{cli: tp.NS("cli"), x: tp.NS("xnat"), srv: tp.NS("srv"), dir: t.TempDir()}
+	must(t, tp.AddVeth(o.cli, "c0", o.x, "x0", 2))
+	must(t, tp.AddVeth(o.x, "x1", o.srv, "s0", 2))
+	must(t, o.x.SetSysctl("net.ipv4.ip_forward", "0"))
+	must(t, o.x.AddAddr("x0", "10.9.1.1/24"))
+	must(t, o.x.AddAddr("x1", "198.51.100.1/24"))
+	rulesFile := o.write(t, "rules.v4", masqRules)
+	args := []string{"--inside", "x0", "--outside", "x1", "--rules", rulesFile, "--socket", filepath.Join(o.dir, "xnat.sock")}
+
+	p := start(t, o.x, args...)
+	if code := p.exit(t); code != 2 || !strings.Contains(p.output(), "x0 has 2 receive queues") ||
+		!strings.Contains(p.output(), "--queues 2") || !strings.Contains(p.output(), "ethtool -L x0") {
+		t.Fatalf("2 receive queues, 1 worker: exit %d, %q", code, p.output())
+	}
+	args = append(args, "--queues", "2")
+
+	// Another program's XDP program on x1.
+	x1, err := o.x.Index("x1")
+	must(t, err)
+	must(t, o.x.Do(func() error {
+		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "other_xdp", Type: ebpf.XDP, License: "MIT",
+			Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()}})
+		if err != nil {
+			return err
+		}
+		defer prog.Close()
+		l, err := netlink.LinkByIndex(x1)
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetXdpFdWithFlags(l, prog.FD(), unix.XDP_FLAGS_SKB_MODE)
+	}))
+	p = start(t, o.x, args...)
+	if code := p.exit(t); code != 2 || !strings.Contains(p.output(), "other_xdp") || !strings.Contains(p.output(), "--replace-xdp") {
+		t.Fatalf("another program's XDP program: exit %d, %q", code, p.output())
+	}
+	if !xdpAttached(t, o.x, "x1") || xdpAttached(t, o.x, "x0") {
+		t.Fatal("the refused start changed the interfaces' XDP programs")
+	}
+	p = start(t, o.x, append(args, "--replace-xdp")...)
+	p.wait(t, "msg=running")
+	p.wait(t, "msg=\"xdp attached\"", "interface=x1", "replaced_program=")
+	must(t, p.cmd.Process.Signal(syscall.SIGTERM))
+	if code := p.exit(t); code != 0 {
+		t.Fatalf("exit %d after SIGTERM:\n%s", code, p.output())
+	}
+	if xdpAttached(t, o.x, "x0") || xdpAttached(t, o.x, "x1") {
+		t.Fatal("an XDP program is still attached after xnatd stopped")
 	}
 }

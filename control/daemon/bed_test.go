@@ -58,6 +58,8 @@ type bedOpts struct {
 	maxConns int
 	rules    string
 	noNeigh  bool // no permanent neighbour for the server in xnat
+	// localPorts is Config.LocalPorts ("" for the default).
+	localPorts string
 }
 
 type bed struct {
@@ -82,7 +84,7 @@ func newBed(t *testing.T, o bedOpts) *bed {
 	b.rulesFile = t.TempDir() + "/rules.v4"
 	must(t, writeFile(b.rulesFile, o.rules))
 	cfg := Config{Inside: nattest.Inside, Outside: nattest.Outside, Queues: o.queues,
-		Capacity: 4096, MaxConns: o.maxConns, Rules: b.rulesFile}
+		Capacity: 4096, MaxConns: o.maxConns, Rules: b.rulesFile, LocalPorts: o.localPorts}
 	if runtime.NumCPU() >= o.queues {
 		for q := range o.queues {
 			cfg.CPUs = append(cfg.CPUs, q)

@@ -19,7 +19,7 @@ import (
 	"xnat/dataplane/kernel"
 	"xnat/dataplane/rules"
 	"xnat/dataplane/topo"
-	"xnat/portalloc"
+	"xnat/dataplane/xdpprog"
 )
 
 // Event is something the daemon reports: a start-up fact, a change in the
@@ -45,10 +45,13 @@ type Plan struct {
 	// Channels is each interface's queue count (ethtool channels, or the
 	// number of RX queues when the driver has no channel count).
 	Channels map[string]int
-	// PoolPorts are the port ranges of the rule set's NAT pools.
+	// PoolPorts are the port ranges of the rule set's NAT pools on the
+	// box's own addresses.
 	PoolPorts []kernel.PortRange
 	// LocalPorts is the kernel's ephemeral port choice.
 	LocalPorts kernel.LocalPorts
+	// FrameSize is the AF_XDP frame size the interfaces' MTUs need.
+	FrameSize uint32
 	// Facts are the start-up facts, in order.
 	Facts []Event
 }
@@ -108,6 +111,28 @@ func Prepare(cfg Config) (*Plan, error) {
 		if c.Queues > n {
 			return nil, fmt.Errorf("%w: interface %s has %d queues (%s), %d configured", ErrConfig, name, n, src, c.Queues)
 		}
+		if n > c.Queues {
+			return nil, fmt.Errorf("%w: interface %s has %d receive queues (%s) and xnatd would run %d workers: the queues without one would get no service (their packets are dropped); start xnatd with --queues %d (queues = %d), or lower the interface's queues to %d with ethtool -L %s combined %d (or rx %d)",
+				ErrConfig, name, n, src, c.Queues, n, n, c.Queues, name, c.Queues, c.Queues)
+		}
+		if a, ok, err := xdpprog.Query(ifc.Index); err != nil {
+			return nil, fmt.Errorf("%w: interface %s: %w", ErrConfig, name, err)
+		} else if ok && a.Name != xdpprog.ProgramName && !c.ReplaceXDP {
+			prog := a.Name
+			if prog == "" {
+				prog = "unnamed"
+			}
+			return nil, fmt.Errorf("%w: interface %s runs XDP program %d (%s) of another program: xnatd does not replace it unless started with --replace-xdp (replace_xdp = true)", ErrConfig, name, a.ID, prog)
+		}
+		fs, err := frameSizeFor(ifc.MTU)
+		if err != nil {
+			return nil, fmt.Errorf("%w: interface %s: %w", ErrConfig, name, err)
+		}
+		p.FrameSize = max(p.FrameSize, fs)
+		if fwd, err := os.ReadFile("/proc/sys/net/ipv4/conf/" + name + "/forwarding"); err == nil && strings.TrimSpace(string(fwd)) == "1" {
+			p.Facts = append(p.Facts, warn("the kernel forwards IPv4 on an xnat interface: what xnat does not take is routed by the kernel untranslated, and while xnatd is stopped everything is; set it to 0",
+				"interface", name, "sysctl", "net.ipv4.conf."+name+".forwarding", "value", 1))
+		}
 		p.Channels[name] = n
 		addrs := make([]string, len(ifc.Addrs))
 		for j, a := range ifc.Addrs {
@@ -132,7 +157,7 @@ func Prepare(cfg Config) (*Plan, error) {
 			return nil, fmt.Errorf("%w: socket %s: directory %s does not exist", ErrConfig, c.Socket, filepath.Dir(c.Socket))
 		}
 	}
-	env, err := dataplane.NewEnv(dataplane.EnvConfig{Snapshot: p.Snapshot, Inside: c.Inside, Outside: c.Outside,
+	_, err = dataplane.NewEnv(dataplane.EnvConfig{Snapshot: p.Snapshot, Inside: c.Inside, Outside: c.Outside,
 		Model: p.Model, Pools: dataplane.NewPools(c.Queues, nil)})
 	if err != nil {
 		return nil, fmt.Errorf("%w: rules %s: %w", ErrConfig, c.Rules, err)
@@ -140,61 +165,16 @@ func Prepare(cfg Config) (*Plan, error) {
 	for _, w := range rules.Warnings(p.Model) {
 		p.Facts = append(p.Facts, warn("rules", "warning", w))
 	}
-	p.PoolPorts = poolPorts(env.Rules)
 	if p.LocalPorts, err = kernel.ReadLocalPorts(); err != nil {
 		return nil, fmt.Errorf("reading the kernel's local port range: %w", err)
 	}
-	var overlaps []string
-	for _, r := range p.PoolPorts {
-		for _, o := range p.LocalPorts.Overlap(r) {
-			overlaps = append(overlaps, o.String())
-		}
+	p.PoolPorts = localPoolPorts(p.Model, localAddrs(p.Snapshot))
+	facts, err := checkLocalPorts(p.PoolPorts, p.LocalPorts, c.LocalPorts, c.Queues)
+	if err != nil {
+		return nil, err
 	}
-	pools := make([]string, len(p.PoolPorts))
-	for i, r := range p.PoolPorts {
-		pools[i] = r.String()
-	}
-	p.Facts = append(p.Facts, info("nat pools", "ports", strings.Join(pools, ",")))
-	if len(overlaps) > 0 {
-		msg := "NAT pool overlaps the kernel's ephemeral ports: the box's own connections on these ports would be taken by xnat; move the pool (--to-ports) or add them to net.ipv4.ip_local_reserved_ports"
-		args := []any{"ip_local_port_range", p.LocalPorts.Range.String(), "overlap", strings.Join(overlaps, ",")}
-		if c.LocalPorts == "refuse" {
-			return nil, fmt.Errorf("%w: %s (%s %s; local_ports = \"warn\" accepts it)", ErrConfig, msg, args[1], args[3])
-		}
-		p.Facts = append(p.Facts, warn(msg, args...))
-	} else {
-		p.Facts = append(p.Facts, info("local ports", "ip_local_port_range", p.LocalPorts.Range.String(), "overlap", "none"))
-	}
+	p.Facts = append(p.Facts, facts...)
 	return p, nil
-}
-
-// poolPorts returns the port ranges of a rule set's source NAT pools:
-// each SNAT or MASQUERADE target's --to-ports, or portalloc's default
-// range, and the default range for hairpinning when there are DNAT rules.
-func poolPorts(rs *rules.Ruleset) []kernel.PortRange {
-	var out []kernel.PortRange
-	add := func(r kernel.PortRange) {
-		for _, o := range out {
-			if o == r {
-				return
-			}
-		}
-		out = append(out, r)
-	}
-	def := kernel.PortRange{Lo: portalloc.DefaultPortLo, Hi: portalloc.DefaultPortHi}
-	for _, tg := range rs.NATTargets() {
-		switch tg.Kind {
-		case rules.NATSNAT, rules.NATMasquerade:
-			if tg.Range.Flags&rules.NATProtoSpecified != 0 {
-				add(kernel.PortRange{Lo: tg.Range.MinPort, Hi: tg.Range.MaxPort})
-			} else {
-				add(def)
-			}
-		case rules.NATDNAT:
-			add(def) // hairpinned connections take ports from the default range
-		}
-	}
-	return out
 }
 
 // queueCount returns how many queues an interface has: the ethtool channel

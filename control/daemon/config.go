@@ -77,6 +77,10 @@ type Config struct {
 	// kernel's ephemeral ports (net.ipv4.ip_local_port_range less
 	// ip_local_reserved_ports): "warn" (the default) or "refuse".
 	LocalPorts string `toml:"local_ports"`
+	// ReplaceXDP lets xnatd replace an XDP program another program left
+	// attached to an xnat interface; without it xnatd refuses to start
+	// (an XDP program of xnat's own is always replaced).
+	ReplaceXDP bool `toml:"replace_xdp"`
 	// Metrics is the address of the Prometheus endpoint (host:port);
 	// empty (the default) serves none. It must be a loopback address
 	// unless MetricsAllowRemote is set.

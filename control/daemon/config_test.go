@@ -2,14 +2,15 @@ package daemon
 
 import (
 	"errors"
+	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 
-	"xnat/dataplane"
-	"xnat/dataplane/rules"
+	"xnat/dataplane/kernel"
 	"xnat/dataplane/topo"
 	"xnat/dataplane/xdpprog"
 )
@@ -100,52 +101,92 @@ func TestValidate(t *testing.T) {
 	}
 }
 
-// TestPortSets: the XDP port sets hold the pools' ranges (default or
-// --to-ports) and DNAT rules' destination ports; a DNAT rule without a
-// port claims its protocol's every port.
-func TestPortSets(t *testing.T) {
-	snap := &topo.Snapshot{Ifaces: []topo.Iface{
-		{Index: 2, Name: "in0", Up: true, MTU: 1500, Addrs: []topo.Prefix{{Addr: 0x0a000001, Len: 24}}},
-		{Index: 3, Name: "out0", Up: true, MTU: 1500, Addrs: []topo.Prefix{{Addr: 0xc0000201, Len: 24}}},
-	}}
-	compile := func(text string) (*rules.Model, *rules.Ruleset) {
-		m, err := ParseRules([]byte(text))
-		must(t, err)
-		env, err := dataplane.NewEnv(dataplane.EnvConfig{Snapshot: snap, Inside: []string{"in0"}, Outside: []string{"out0"}, Model: m, Pools: dataplane.NewPools(1, nil)})
-		must(t, err)
-		return m, env.Rules
-	}
-	const tcp, udp, icmp = 0, 1, 2
+// TestDNATGroups: each interface's DNAT groups take the destination, the
+// protocol and the ports of the DNAT rules reachable from PREROUTING
+// whose -i (or a jump's) matches the interface, and nothing else.
+func TestDNATGroups(t *testing.T) {
+	const ext, in = 0xc0000201, 0x0a000001
 	type probe struct {
-		set  int
-		port uint16
-		in   bool
+		iface string
+		addr  uint32
+		proto uint8
+		port  uint16
+		in    bool
 	}
+	const tcp, udp, icmp, gre = 6, 17, 1, 47
+	many := "*nat\n"
+	for i := range 70 {
+		many += fmt.Sprintf("-A PREROUTING -d 198.51.100.%d -p tcp --dport %d -j DNAT --to-destination 10.0.0.2\n", i+1, 1000+i)
+	}
+	many += "COMMIT\n"
 	for _, c := range []struct {
 		rules  string
 		probes []probe
 	}{
-		{"*nat\n-A POSTROUTING -o out0 -j MASQUERADE\nCOMMIT\n", []probe{
-			{tcp, 1023, false}, {tcp, 1024, true}, {udp, 65535, true}, {icmp, 1024, true}, {icmp, 80, false}}},
-		{"*nat\n-A POSTROUTING -o out0 -p udp -j MASQUERADE --to-ports 40000-40999\nCOMMIT\n", []probe{
-			{udp, 39999, false}, {udp, 40000, true}, {tcp, 40999, true}, {icmp, 41000, false}}},
-		{"*nat\n-A PREROUTING -p tcp --dport 443 -j DNAT --to-destination 10.0.0.2\n-A PREROUTING -p udp -m multiport --dports 53,100:101 -j DNAT --to-destination 10.0.0.2\nCOMMIT\n", []probe{
-			{tcp, 443, true}, {tcp, 444, false}, {udp, 53, true}, {udp, 101, true}, {udp, 102, false}, {udp, 443, false},
-			{tcp, 2000, true}}}, // hairpinning's default pool
+		{"*nat\n-A PREROUTING -i out0 -p tcp --dport 2222 -j DNAT --to-destination 10.0.0.2:22\nCOMMIT\n", []probe{
+			{"out0", ext, tcp, 2222, true}, {"out0", in, tcp, 2222, true}, {"in0", in, tcp, 2222, false},
+			{"out0", ext, tcp, 2223, false}, {"out0", ext, udp, 2222, false}, {"out0", ext, icmp, 0, false}}},
+		{"*nat\n-A PREROUTING -d 192.0.2.1 -p udp -m multiport --dports 53,100:101 -j DNAT --to-destination 10.0.0.2\nCOMMIT\n", []probe{
+			{"out0", ext, udp, 53, true}, {"in0", ext, udp, 101, true}, {"out0", ext, udp, 102, false},
+			{"out0", in, udp, 53, false}, {"out0", ext, tcp, 53, false}}},
 		{"*nat\n-A PREROUTING -d 192.0.2.1 -j DNAT --to-destination 10.0.0.2\nCOMMIT\n", []probe{
-			{tcp, 22, true}, {udp, 1, true}, {icmp, 22, false}}},
-		{"*filter\n-A FORWARD -j ACCEPT\nCOMMIT\n", []probe{{tcp, 2000, false}, {udp, 2000, false}}},
+			{"out0", ext, tcp, 22, true}, {"in0", ext, udp, 1, true}, {"out0", ext, icmp, 0, true}, {"out0", ext, gre, 0, true},
+			{"out0", in, tcp, 22, false}}},
+		{"*nat\n:FWD - [0:0]\n-A PREROUTING -i out0 -j FWD\n-A FWD -p tcp --dport 80 -j DNAT --to-destination 10.0.0.2\nCOMMIT\n", []probe{
+			{"out0", ext, tcp, 80, true}, {"in0", ext, tcp, 80, false}}},
+		{"*nat\n-A PREROUTING ! -i out0 -p tcp --dport 80 -j DNAT --to-destination 10.0.0.2\n-A PREROUTING -i out+ -p udp --dport 81 -j DNAT --to-destination 10.0.0.2\nCOMMIT\n", []probe{
+			{"in0", ext, tcp, 80, true}, {"out0", ext, tcp, 80, false}, {"out0", ext, udp, 81, true}, {"in0", ext, udp, 81, false}}},
+		{"*nat\n-A PREROUTING ! -d 192.0.2.0/24 -p tcp ! --dport 22 -j DNAT --to-destination 10.0.0.2\nCOMMIT\n", []probe{
+			{"out0", in, tcp, 23, true}, {"out0", in, tcp, 22, true}, {"out0", ext, tcp, 23, false}}},
+		{"*nat\n-A POSTROUTING -o out0 -j MASQUERADE\n-A PREROUTING -p tcp --dport 80 -j ACCEPT\nCOMMIT\n", []probe{
+			{"out0", ext, tcp, 80, false}, {"out0", ext, tcp, 2000, false}}},
+		{many, []probe{{"out0", 0xc6336401, tcp, 1000, true}, {"out0", 0xc6336446, tcp, 1069, true}, {"out0", ext, udp, 1000, false}}},
 	} {
-		m, rs := compile(c.rules)
-		sets := portSets(m, rs)
+		m, err := ParseRules([]byte(c.rules))
+		must(t, err)
 		for _, p := range c.probes {
-			if got := sets[p.set].Has(p.port); got != p.in {
-				t.Errorf("%q: set %d port %d: %v, want %v", c.rules, p.set, p.port, got, p.in)
+			gs, err := dnatGroups(m, p.iface)
+			must(t, err)
+			if len(gs) > xdpprog.MaxDNATGroups {
+				t.Fatalf("%d groups", len(gs))
+			}
+			if got := groupsMatch(gs, heldKey{p.addr, p.proto, p.port}); got != p.in {
+				t.Errorf("%q on %s: %+v taken %v, want %v", c.rules, p.iface, p, got, p.in)
 			}
 		}
 	}
-	var empty xdpprog.PortSet
-	if empty.Has(0) {
-		t.Fatal("empty set has port 0")
+}
+
+// TestPoolAddrs: the box's addresses that pools translate to are the
+// outside interfaces' primaries and the local addresses in SNAT ranges;
+// only pools on them are checked against the kernel's ports.
+func TestPoolAddrs(t *testing.T) {
+	snap := &topo.Snapshot{Ifaces: []topo.Iface{
+		{Index: 2, Name: "in0", Up: true, MTU: 1500, Addrs: []topo.Prefix{{Addr: 0x0a000001, Len: 24}}},
+		{Index: 3, Name: "out0", Up: true, MTU: 1500, Addrs: []topo.Prefix{{Addr: 0xc0000201, Len: 24}, {Addr: 0xc0000202, Len: 24}}},
+	}}
+	m, err := ParseRules([]byte("*nat\n-A POSTROUTING -s 10.1.0.0/16 -p udp -j SNAT --to-source 192.0.2.2:5000-6000\n-A POSTROUTING -s 10.2.0.0/16 -j SNAT --to-source 203.0.113.1-203.0.113.9\nCOMMIT\n"))
+	must(t, err)
+	locals := localAddrs(snap)
+	if got := poolAddrs(snap, m, []string{"out0"}, locals); len(got) != 2 || got[0] != 0xc0000201 || got[1] != 0xc0000202 {
+		t.Fatalf("pool addresses %x", got)
+	}
+	if got := localPoolPorts(m, locals); len(got) != 1 || got[0] != (kernel.PortRange{Lo: 5000, Hi: 6000}) {
+		t.Fatalf("pools on local addresses: %v", got)
+	}
+	lp := kernel.LocalPorts{Range: kernel.PortRange{Lo: 32768, Hi: 60999}}
+	if _, err := checkLocalPorts([]kernel.PortRange{{Lo: 40000, Hi: 50000}}, lp, "warn", 2); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "ip_local_reserved_ports=40000-50000") {
+		t.Fatalf("a pool within the kernel's ports: %v", err)
+	}
+	facts, err := checkLocalPorts([]kernel.PortRange{{Lo: 1024, Hi: 65535}}, lp, "warn", 2)
+	if err != nil || len(facts) != 2 || facts[1].Level != slog.LevelWarn || !strings.Contains(facts[1].Msg, overlapMsg) {
+		t.Fatalf("default pool: %v %v", facts, err)
+	}
+	if _, err := checkLocalPorts([]kernel.PortRange{{Lo: 1024, Hi: 65535}}, lp, "refuse", 2); !errors.Is(err, ErrConfig) {
+		t.Fatalf("refuse: %v", err)
+	}
+	lp.Reserved = []kernel.PortRange{{Lo: 32768, Hi: 60999}}
+	if facts, err := checkLocalPorts([]kernel.PortRange{{Lo: 1024, Hi: 65535}}, lp, "refuse", 2); err != nil || facts[1].Level != slog.LevelInfo {
+		t.Fatalf("every kernel port reserved: %v %v", facts, err)
 	}
 }

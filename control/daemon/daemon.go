@@ -3,7 +3,7 @@ package daemon
 import (
 	"errors"
 	"fmt"
-	"log/slog"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -18,6 +18,8 @@ import (
 	"xnat/flowtable"
 	"xnat/portalloc"
 	"xnat/ring"
+
+	vnetns "github.com/vishvananda/netns"
 )
 
 // ErrStopped is returned by methods that change a stopped daemon.
@@ -50,11 +52,23 @@ type Daemon struct {
 	tab    *flowtable.Table
 	dp     *dataplane.Dataplane
 	filter *xdpprog.Filter
-	progs  []*xdpprog.Program // per interface, port ID order
-	umems  []*ring.UMEM       // per queue
-	// workers and their Run results
-	workers []*worker.Worker
-	wg      sync.WaitGroup
+	steer  *portalloc.Steering
+	ns     vnetns.NsHandle // the namespace Start ran in
+	// lpFiles are the kernel's local port sysctls, opened in that
+	// namespace.
+	lpFiles [2]*os.File
+
+	ioMu sync.Mutex // serialises changes of io
+	// io is replaced (installIO) under ioMu, ioReadMu and mu; mu guards
+	// the pointer, ioReadMu (read-locked by Stats) what it points to
+	// against being stopped and closed.
+	ioReadMu sync.RWMutex
+	io       *ioSet
+	// ioKick wakes the control goroutine to reconcile io with the kernel.
+	ioKick  chan struct{}
+	ioRetry bool // a reconcile failed: try again (control goroutine only)
+	mtuErr  int  // the MTU last reported too large (control goroutine only)
+
 	ctlStop chan struct{}
 	ctlDone chan struct{}
 	// ctlStarted: the control goroutine runs (set before Start returns).
@@ -62,15 +76,25 @@ type Daemon struct {
 
 	evMu sync.Mutex // serialises OnEvent
 
-	mu       sync.Mutex // control path: the model, the snapshot, Env rebuilds, the filter maps
+	mu       sync.Mutex // control path: the model, the snapshot, Env rebuilds, the XDP maps
 	model    *rules.Model
 	snap     *topo.Snapshot
 	mirror   *kernel.Mirror
 	settle   *rules.Ruleset // waiting for every core to pass two batches
 	settleAt []uint64       // each core's batch count when settle was set
 	stopped  bool
+	// Steering: the use-count slot of each external address of the
+	// box's, the DNAT groups in force per interface, the groups a rule
+	// change replaced (until the connections created meanwhile are
+	// found), the DNAT endpoints held for connections whose rule went, and
+	// the last local-ports check.
+	slots      map[uint32]uint32
+	groups     [][]xdpprog.Group
+	retireFrom [][]xdpprog.Group
+	dnatHeld   map[heldKey]bool
+	lastPorts  string
 
-	flushed, resolves, resolveErrs, reloads, envErrors atomic.Uint64
+	flushed, resolves, resolveErrs, reloads, envErrors, ioChanges atomic.Uint64
 }
 
 // newLimiter makes the per-source limiter with the config's limits
@@ -103,7 +127,8 @@ func Start(plan *Plan, opts Options) (d *Daemon, err error) {
 		opts.PollTimeout = 50 * time.Millisecond
 	}
 	d = &Daemon{cfg: c, opts: opts, names: c.Interfaces(), model: plan.Model, snap: plan.Snapshot,
-		ctlStop: make(chan struct{}), ctlDone: make(chan struct{})}
+		ctlStop: make(chan struct{}), ctlDone: make(chan struct{}), ioKick: make(chan struct{}, 1),
+		slots: map[uint32]uint32{}, dnatHeld: map[heldKey]bool{}}
 	defer func() {
 		if err != nil {
 			d.teardown()
@@ -112,6 +137,12 @@ func Start(plan *Plan, opts Options) (d *Daemon, err error) {
 	}()
 	for _, f := range plan.Facts {
 		d.emit(f)
+	}
+	if d.ns, err = vnetns.Get(); err != nil {
+		return d, fmt.Errorf("current network namespace: %w", err)
+	}
+	if d.lpFiles, err = openLocalPorts(); err != nil {
+		return d, err
 	}
 	d.tab, err = flowtable.New(flowtable.Config{Capacity: c.Capacity, Max: c.MaxConns, Cores: c.Queues})
 	if err != nil {
@@ -128,7 +159,14 @@ func Start(plan *Plan, opts Options) (d *Daemon, err error) {
 		return d, err
 	}
 	d.emit(info("per-source limiter", "per_source_max", c.PerSourceMax, "per_source_ports", c.PerSourcePorts, "memory", limiter.Memory()))
+	if d.filter, err = xdpprog.NewFilter(xdpprog.Options{Queues: uint32(c.Queues)}); err != nil {
+		return d, fmt.Errorf("XDP maps: %w", err)
+	}
+	if d.steer, err = portalloc.NewSteering(d.filter.UseCounts(), d.filter.Slots()); err != nil {
+		return d, fmt.Errorf("XDP maps: %w", err)
+	}
 	pools := dataplane.NewPools(c.Queues, limiter)
+	pools.SetSteering(d.steer)
 	// The mirror's first snapshot arrives before Start returns; later
 	// ones rebuild the Env.
 	d.mirror, err = kernel.Start(kernel.Options{OnChange: d.onSnapshot, OnError: func(e error) {
@@ -138,85 +176,48 @@ func Start(plan *Plan, opts Options) (d *Daemon, err error) {
 		return d, fmt.Errorf("kernel mirror: %w", err)
 	}
 	d.mu.Lock()
-	env, err := dataplane.NewEnv(dataplane.EnvConfig{Snapshot: d.snap, Inside: c.Inside, Outside: c.Outside, Model: d.model, Pools: pools})
+	sp, facts, err := d.planSteering(d.snap, d.model, false)
+	d.lastPorts = fmt.Sprint(facts) // Prepare reported them
+	var env *dataplane.Env
+	if err == nil {
+		d.prepareSlots(sp)
+		env, err = dataplane.NewEnv(dataplane.EnvConfig{Snapshot: d.snap, Inside: c.Inside, Outside: c.Outside, Model: d.model, Pools: pools})
+		if err != nil {
+			err = fmt.Errorf("%w: %w", ErrConfig, err)
+		}
+	}
 	if err == nil {
 		d.dp = dataplane.New(d.tab, pools, dataplane.NewSettings(), env)
+		d.io = &ioSet{progs: make([]*xdpprog.Program, len(d.names)), ifindex: make([]int, len(d.names))}
+		err = d.commitSteering(sp)
 	}
-	d.mu.Unlock()
-	if err != nil {
-		return d, fmt.Errorf("%w: %w", ErrConfig, err)
-	}
-	if d.filter, err = xdpprog.NewFilter(xdpprog.Options{Queues: uint32(c.Queues)}); err != nil {
-		return d, fmt.Errorf("XDP maps: %w", err)
-	}
-	d.mu.Lock()
-	err = d.updateFilter(d.snap, env)
 	d.mu.Unlock()
 	if err != nil {
 		return d, err
 	}
-	mode, _ := c.attachMode()
-	for _, p := range env.Ports {
-		prog, err := d.filter.Load()
+	io := &ioSet{progs: make([]*xdpprog.Program, len(d.names)), ifindex: make([]int, len(d.names)), frameSize: plan.FrameSize}
+	// Installed as it grows, so that teardown finds what is there.
+	d.installIO(io, nil)
+	for i, p := range env.Ports {
+		prog, err := d.attach(i, p.IfIndex)
 		if err != nil {
-			return d, fmt.Errorf("loading the XDP program for %s: %w", p.Name, err)
+			return d, err
 		}
-		d.progs = append(d.progs, prog)
-		got, err := prog.Attach(p.IfIndex, mode)
-		if err != nil {
-			return d, fmt.Errorf("attaching XDP to %s: %w", p.Name, err)
-		}
-		args := []any{"interface", p.Name, "mode", xdpModeName(got)}
-		if r := prog.Replaced(); r != 0 {
-			args = append(args, "replaced_program", r)
-		}
-		d.emit(info("xdp attached", args...))
+		d.ioReadMu.Lock()
+		d.mu.Lock()
+		io.progs[i], io.ifindex[i] = prog, p.IfIndex
+		d.mu.Unlock()
+		d.ioReadMu.Unlock()
 	}
-	bind, _ := c.bindMode()
-	poll, _ := c.pollMode()
-	rcfg := ring.Config{Bind: bind, Poll: poll, PollTimeout: opts.PollTimeout,
-		NumFrames: uint32(2 * ring.DefaultRingSize * len(env.Ports))}
-	for q := range c.Queues {
-		eps := make([]ring.Endpoint, len(env.Ports))
-		ports := make([]uint16, len(env.Ports))
-		for i, p := range env.Ports {
-			eps[i] = ring.Endpoint{Ifindex: p.IfIndex, Queue: uint32(q)}
-			ports[i] = p.ID
-		}
-		u, err := ring.Open(rcfg, eps...)
-		if err != nil {
-			return d, fmt.Errorf("AF_XDP sockets of queue %d: %w", q, err)
-		}
-		d.umems = append(d.umems, u)
-		for i, s := range u.Sockets() {
-			if err := d.progs[i].Register(uint32(q), s.FD()); err != nil {
-				return d, fmt.Errorf("registering the socket of %s queue %d: %w", env.Ports[i].Name, q, err)
-			}
-			inf := s.Info()
-			d.emit(info("af_xdp socket", "interface", env.Ports[i].Name, "queue", q,
-				"bind", bindName(inf.ZeroCopy), "need_wakeup", inf.NeedWakeup, "poll", poll.String()))
-		}
-		cpu := -1
-		if len(c.CPUs) > 0 {
-			cpu = c.CPUs[q]
-		}
-		w, err := worker.New(d.dp.Pipeline(q), u, ports, worker.Config{Queue: uint32(q), CPU: cpu})
-		if err != nil {
-			return d, fmt.Errorf("worker %d: %w", q, err)
-		}
-		d.workers = append(d.workers, w)
+	d.ioReadMu.Lock()
+	err = d.openQueues(io)
+	d.ioReadMu.Unlock()
+	if err != nil {
+		return d, err
 	}
-	errc := make(chan error, len(d.workers))
-	for _, w := range d.workers {
-		d.wg.Add(1)
-		go func() {
-			defer d.wg.Done()
-			if err := w.Run(); err != nil {
-				errc <- err
-				d.emit(Event{Level: slog.LevelError, Msg: "worker stopped", Args: []any{"queue", w.Queue(), "err", err}})
-			}
-		}()
-	}
+	d.installIO(io, io)
+	errc := make(chan error, len(io.workers))
+	d.runWorkers(io, errc)
 	cpus := "unpinned"
 	if len(c.CPUs) > 0 {
 		cpus = fmt.Sprint(c.CPUs)
@@ -276,37 +277,50 @@ func (d *Daemon) Stop() error {
 func (d *Daemon) teardown() error {
 	var errs []error
 	close(d.ctlStop)
-	for _, w := range d.workers {
-		w.Stop()
-	}
-	d.wg.Wait()
 	if d.ctlStarted {
 		<-d.ctlDone
 	}
-	// The mirror first: its OnChange takes mu.
+	d.ioMu.Lock()
+	defer d.ioMu.Unlock()
+	d.mu.Lock()
+	io := d.io
+	d.mu.Unlock()
+	d.installIO(nil, io)
+	if io != nil {
+		stopWorkers(io)
+	}
+	// The mirror next: its OnChange takes mu.
 	if d.mirror != nil {
 		if err := d.mirror.Close(); err != nil && !errors.Is(err, kernel.ErrClosed) {
 			errs = append(errs, err)
 		}
 	}
+	if io != nil {
+		for i := range io.progs {
+			if err := d.detach(io, i); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if err := d.closeQueues(io); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	d.mu.Lock()
-	progs, umems, filter := d.progs, d.umems, d.filter
-	d.progs, d.umems, d.filter = nil, nil, nil
+	filter := d.filter
+	d.filter = nil
 	d.mu.Unlock()
-	for i, p := range progs {
-		if err := p.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("detaching XDP from %s: %w", d.names[i], err))
-		}
-	}
-	for q, u := range umems {
-		if err := u.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("closing the sockets of queue %d: %w", q, err))
-		}
-	}
 	if filter != nil {
 		if err := filter.Close(); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	for _, f := range d.lpFiles {
+		if f != nil {
+			f.Close()
+		}
+	}
+	if d.ns.IsOpen() {
+		d.ns.Close()
 	}
 	return errors.Join(errs...)
 }
@@ -350,17 +364,37 @@ func (d *Daemon) ReplaceRules(model *rules.Model) error {
 	if d.stopped {
 		return ErrStopped
 	}
+	d.settlePending(true)
+	sp, facts, err := d.planSteering(d.snap, model, false)
+	if err != nil {
+		return err
+	}
+	d.prepareSlots(sp)
 	env, err := d.newEnv(d.snap, model)
 	if err != nil {
 		return err
 	}
-	if err := d.updateFilter(d.snap, env); err != nil {
+	if err := d.commitSteering(sp); err != nil {
 		return err
 	}
 	d.model = model
 	d.setEnv(env)
 	d.reloads.Add(1)
+	d.reportPorts(facts)
 	return nil
+}
+
+// reportPorts emits the local-ports check's facts when they differ from
+// the last ones reported. Called with mu held.
+func (d *Daemon) reportPorts(facts []Event) {
+	s := fmt.Sprint(facts)
+	if s == d.lastPorts {
+		return
+	}
+	d.lastPorts = s
+	for _, f := range facts {
+		d.emit(f)
+	}
 }
 
 // ReloadRules reads, parses and compiles the configured rules file and
@@ -422,6 +456,9 @@ type Stats struct {
 	// RuleReplacements counts rule sets swapped in; EnvErrors kernel
 	// snapshots that could not be compiled (the previous Env stayed).
 	RuleReplacements, EnvErrors uint64
+	// IOChanges counts the times the programs, sockets and workers were
+	// rebuilt for interfaces that went, came back or changed MTU.
+	IOChanges uint64
 }
 
 // ProgramStats are one interface's XDP program counters.
@@ -440,7 +477,17 @@ func (d *Daemon) Stats() Stats {
 	for i := range s.Cores {
 		s.Pipeline.Add(&s.Cores[i])
 	}
-	for _, w := range d.workers {
+	s.IOChanges = d.ioChanges.Load()
+	d.ioReadMu.RLock()
+	defer d.ioReadMu.RUnlock()
+	d.mu.Lock()
+	var progs []*xdpprog.Program
+	var workers []*worker.Worker
+	if d.io != nil {
+		progs, workers = slices.Clone(d.io.progs), slices.Clone(d.io.workers)
+	}
+	d.mu.Unlock()
+	for _, w := range workers {
 		s.Workers = append(s.Workers, w.Stats())
 		var ss []ring.SocketStats
 		for _, sock := range w.UMEM().Sockets() {
@@ -451,10 +498,10 @@ func (d *Daemon) Stats() Stats {
 		}
 		s.Sockets = append(s.Sockets, ss)
 	}
-	d.mu.Lock()
-	progs := slices.Clone(d.progs)
-	d.mu.Unlock()
 	for i, p := range progs {
+		if p == nil {
+			continue
+		}
 		st, err := p.Stats()
 		if err == nil {
 			s.Programs = append(s.Programs, ProgramStats{Interface: d.names[i], Mode: xdpModeName(p.Mode()), Stats: st})

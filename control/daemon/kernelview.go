@@ -8,7 +8,6 @@ import (
 	"xnat/dataplane"
 	"xnat/dataplane/rules"
 	"xnat/dataplane/topo"
-	"xnat/dataplane/xdpprog"
 	"xnat/flowtable"
 )
 
@@ -44,16 +43,35 @@ func (d *Daemon) onSnapshot(s *topo.Snapshot) {
 				"reason", reason, "connections", n))
 		}
 	}
-	env, err := d.newEnv(s, d.model)
+	// The programs, sockets and workers follow interfaces that go and
+	// come back (the control goroutine does it).
+	select {
+	case d.ioKick <- struct{}{}:
+	default:
+	}
+	d.settlePending(true)
+	sp, facts, err := d.planSteering(s, d.model, true)
 	if err != nil {
 		d.envErrors.Add(1)
 		d.emit(Event{Level: slog.LevelError, Msg: "kernel change not applied: the previous interfaces, routes and neighbours stay", Args: []any{"err", err}})
 		return
 	}
-	if err := d.updateFilter(s, env); err != nil {
+	d.prepareSlots(sp)
+	env, err := d.newEnv(s, d.model)
+	if err != nil {
+		d.envErrors.Add(1)
+		d.emit(Event{Level: slog.LevelError, Msg: "kernel change not applied: the previous interfaces, routes and neighbours stay", Args: []any{"err", err}})
+		// The box's addresses changed all the same.
+		if err := d.writeLocals(sp.locals); err != nil {
+			d.emit(Event{Level: slog.LevelError, Msg: "updating the XDP maps", Args: []any{"err", err}})
+		}
+		return
+	}
+	if err := d.commitSteering(sp); err != nil {
 		d.emit(Event{Level: slog.LevelError, Msg: "updating the XDP maps", Args: []any{"err", err}})
 	}
 	d.setEnv(env)
+	d.reportPorts(facts)
 }
 
 // flushMasqueraded deletes the source-translated connections whose
@@ -67,90 +85,6 @@ func (d *Daemon) flushMasqueraded(addr uint32) int {
 	return n
 }
 
-// updateFilter writes the box's addresses and the NAT port sets into the
-// XDP program's maps. Called with mu held.
-func (d *Daemon) updateFilter(s *topo.Snapshot, env *dataplane.Env) error {
-	if d.filter == nil {
-		return nil
-	}
-	var locals [][4]byte
-	for _, ifc := range s.Ifaces {
-		for _, a := range ifc.Addrs {
-			locals = append(locals, [4]byte{byte(a.Addr >> 24), byte(a.Addr >> 16), byte(a.Addr >> 8), byte(a.Addr)})
-		}
-	}
-	if err := d.filter.SetLocals(locals); err != nil {
-		return err
-	}
-	sets := portSets(d.model, env.Rules)
-	for i, p := range []xdpprog.Proto{xdpprog.TCP, xdpprog.UDP, xdpprog.ICMP} {
-		if err := d.filter.SetPorts(p, &sets[i]); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// portSets computes which TCP ports, UDP ports and ICMP echo identifiers
-// arriving for the box's own addresses belong to xnat: the ports of every
-// source NAT pool (its --to-ports, or portalloc's default 1024–65535; the
-// default range too for hairpinning when there are DNAT rules), in all
-// three sets, and the destination ports of nat-table DNAT rules. A DNAT
-// rule without a destination port match (or with a negated one) claims
-// every port of its protocol — of TCP and UDP both when it names no
-// protocol — so the box's own services on those ports are no longer
-// reachable: give DNAT rules a --dport.
-func portSets(m *rules.Model, rs *rules.Ruleset) (sets [3]xdpprog.PortSet) {
-	for _, r := range poolPorts(rs) {
-		for i := range sets {
-			sets[i].AddRange(r.Lo, r.Hi)
-		}
-	}
-	const tcp, udp = 0, 1
-	for _, ch := range m.Tables[rules.NAT].Chains {
-		for i := range ch.Rules {
-			r := &ch.Rules[i]
-			if r.Target.Kind != rules.TargetDNAT {
-				continue
-			}
-			var which []int
-			switch {
-			case r.ProtoInvert || r.Proto == 0:
-				which = []int{tcp, udp}
-			case r.Proto == flowtable.ProtoTCP:
-				which = []int{tcp}
-			case r.Proto == flowtable.ProtoUDP:
-				which = []int{udp}
-			default:
-				continue // other protocols are translated by address only
-			}
-			var ranges []rules.PortRange
-			all := true
-			for _, mt := range r.Matches {
-				switch mt.Kind {
-				case rules.MatchTCP, rules.MatchUDP:
-					if mt.DstPort != rules.AllPorts && !mt.DstPortInvert {
-						ranges, all = append(ranges, mt.DstPort), false
-					}
-				case rules.MatchMultiport:
-					if !mt.Invert && (mt.Multi == rules.MultiDest || mt.Multi == rules.MultiEither) {
-						ranges, all = append(ranges, mt.Ports...), false
-					}
-				}
-			}
-			if all {
-				ranges = []rules.PortRange{{Lo: 0, Hi: 65535}}
-			}
-			for _, w := range which {
-				for _, pr := range ranges {
-					sets[w].AddRange(pr.Lo, pr.Hi)
-				}
-			}
-		}
-	}
-	return sets
-}
-
 // control is the control goroutine: it asks the kernel to resolve the next
 // hops the pipelines missed, reports table-full events and LOG records,
 // and settles rule counters after a replacement.
@@ -161,12 +95,26 @@ func (d *Daemon) control() {
 	misses := make([]dataplane.NeighMiss, 64)
 	logs := make([]rules.LogRecord, 64)
 	var fullSeen uint64
-	var lastResolveErr time.Time
+	var lastResolveErr, lastSlow time.Time
 	for {
 		select {
 		case <-d.ctlStop:
 			return
+		case <-d.ioKick:
+			d.reconcileIO()
+			continue
 		case <-tick.C:
+		}
+		d.retirePending()
+		// Once a second: retry a failed reconcile, let go of DNAT
+		// endpoints no connection uses, free unused slots.
+		if time.Since(lastSlow) >= time.Second {
+			lastSlow = time.Now()
+			if d.ioRetry {
+				d.reconcileIO()
+			}
+			d.releaseRetired()
+			d.gcSlots()
 		}
 		cores := d.tab.Cores()
 		for c := range cores {

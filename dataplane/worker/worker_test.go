@@ -77,12 +77,9 @@ func newBed(t *testing.T, poll ...ring.PollMode) *bed {
 	b.filter, err = xdpprog.NewFilter(xdpprog.Options{Queues: 1})
 	check(t, err)
 	t.Cleanup(func() { b.filter.Close() })
-	check(t, b.filter.SetLocals([][4]byte{{10, 1, 0, 1}, {10, 2, 0, 1}}))
-	var ports xdpprog.PortSet
-	ports.AddRange(1024, 65535)
-	for _, p := range []xdpprog.Proto{xdpprog.TCP, xdpprog.UDP, xdpprog.ICMP} {
-		check(t, b.filter.SetPorts(p, &ports))
-	}
+	// Every port of the box's addresses is xnat's here (the daemon counts
+	// the ones connections hold instead).
+	check(t, b.filter.SetLocals([]xdpprog.Local{{Addr: [4]byte{10, 1, 0, 1}, Slot: xdpprog.SlotAll}, {Addr: [4]byte{10, 2, 0, 1}, Slot: xdpprog.SlotAll}}))
 	ifx := []int{env.Ports[0].IfIndex, env.Ports[1].IfIndex}
 	check(t, b.x.Do(func() error {
 		for _, ix := range ifx {
@@ -91,7 +88,7 @@ func newBed(t *testing.T, poll ...ring.PollMode) *bed {
 				return err
 			}
 			b.progs = append(b.progs, p)
-			if _, err := p.Attach(ix, xdpprog.AttachAuto); err != nil {
+			if _, err := p.Attach(ix, xdpprog.AttachAuto, false); err != nil {
 				return err
 			}
 		}

@@ -9,58 +9,97 @@
 //
 // # What goes to xnat
 //
-// Ethernet with at most one 802.1Q tag, IPv4 only:
+// xnat takes exactly what it owns; everything else for the box is the
+// kernel's. Ethernet with at most one 802.1Q tag, IPv4 only:
 //
-//   - destination not one of the box's addresses (the locals map) →
-//     xnat (it forwards);
-//   - destination local and a non-first fragment → xnat (it tracks
-//     fragments; note this includes fragments of datagrams for the box's
-//     own services, which xnat must hand back or reassemble);
-//   - destination local, TCP or UDP, destination port in that protocol's
-//     set → xnat;
-//   - destination local, ICMP echo request or reply whose id is in the ICMP
-//     set (the reply to a translated ping comes back to the external
-//     address with the translated id) → xnat;
+//   - destination multicast (224.0.0.0/4: VRRP, OSPF, IGMP, mDNS) or the
+//     limited broadcast → the kernel; xnat forwards unicast;
+//   - destination not one of the box's addresses (the locals map, which
+//     holds the broadcast addresses of its subnets too) → xnat (it
+//     forwards), fragments included — except UDP to port 68, a DHCP
+//     server's answer to a client, which may come to the address the box
+//     is being offered before it is the box's: the kernel's;
+//   - destination local and a non-first fragment → the kernel. A later
+//     fragment carries no port to decide by; the kernel reassembles the
+//     datagrams meant for the box's own sockets, and xnat, which drops
+//     non-first fragments, loses nothing it would have used;
+//   - destination local, TCP or UDP, the destination port held by a live
+//     xnat connection on that address (its use count, below, is not 0) →
+//     xnat: the replies of translated connections;
+//   - destination local, TCP or UDP, matched by one of the interface's
+//     DNAT groups (below) → xnat: the new connections a DNAT rule may
+//     take on that interface;
+//   - destination local, ICMP echo reply whose id is held on that address
+//     → xnat (the reply to a translated ping); an echo request goes to
+//     xnat only when a DNAT group takes ICMP for that address, else the
+//     kernel answers it;
 //   - destination local, ICMP destination unreachable, time exceeded or
-//     parameter problem whose embedded datagram — one the box sent, so
-//     its source port or echo id is the translated one — has its TCP/UDP
-//     source port or echo id in the set → xnat. Errors about the box's
-//     own connections stay with the kernel (path MTU discovery for its
-//     own sockets keeps working);
-//   - everything else — ARP, IPv6, other EtherTypes, local traffic for
-//     other ports or protocols — passes to the kernel, the slow path.
-//     Frames too short for the headers they announce (and IPv4 headers
-//     with a bad version or IHL) pass too: the kernel drops them and
-//     counts them where an administrator looks.
+//     parameter problem whose quoted datagram — one the box sent, so its
+//     source port or echo id is the external one — has its TCP/UDP source
+//     port or echo id held on that address, or its source port matched by
+//     a DNAT group → xnat. Errors about the box's own connections stay
+//     with the kernel (path MTU discovery for its own sockets keeps
+//     working);
+//   - destination local, another protocol → xnat when a DNAT group takes
+//     every protocol (a rule without -p) for that address;
+//   - everything else — ARP, IPv6, other EtherTypes, the box's own
+//     sockets on any port, echo requests, OSPF to the box — passes to
+//     the kernel, the slow path. Frames too short for the headers they
+//     announce (and IPv4 headers with a bad version or IHL) pass too: the
+//     kernel drops them and counts them where an administrator looks.
 //
 // A frame meant for xnat is redirected with bpf_redirect_map on the
-// XSKMAP with ctx->rx_queue_index as key and XDP_PASS as the fallback
-// action, so a queue without a socket passes to the kernel (counted as a
-// failed redirect).
+// XSKMAP with ctx->rx_queue_index as key and XDP_DROP as the fallback
+// action: a queue without a socket (no worker serves it, or its worker is
+// restarting) drops xnat's frames and counts them (CtrRedirectFailed). It
+// never passes them: the kernel would forward them untranslated, or
+// answer a translated connection's reply with a reset.
 //
 // # Maps
 //
-// A Filter holds the maps every interface shares and the daemon keeps
-// current: locals (hash, 4-byte IPv4 address in network order → 1) and
-// ports (array of three 8 KiB bitmaps: TCP, UDP, ICMP id; bit p&7 of byte
-// p>>3). Each Program (one per interface, from Filter.Load) has its own
-// XSKMAP (queue → socket; sockets are per interface and queue) and its
-// own per-CPU counters: CtrToXnatForward, CtrToXnatLocal,
+// A Filter holds the maps every interface shares:
+//
+//   - locals: hash, 4-byte IPv4 address in network order → its slot: an
+//     index into the use counts, NoSlot (xnat holds no port there), or
+//     SlotAll (xnat takes every TCP/UDP port and echo id there: an
+//     external address for which no slot was left);
+//   - uses: the use counts, an array of Options.MaxSlots slots created
+//     with BPF_F_MMAPABLE and mapped into the process (UseCounts). A slot
+//     is SlotBytes: per protocol (TCP, UDP, ICMP echo id) a 16-bit count
+//     per port, in host byte order. The port allocators (package
+//     portalloc) change them with atomic adds on the 32-bit words that
+//     hold two counts, without a system call; a count is the number of
+//     holders of the port — each pool's allocator that has at least one
+//     connection on it, and the daemon for connections that outlive their
+//     DNAT rule — so a port leaves xnat when its last connection ends,
+//     whatever rule or pool it came from.
+//
+// Each Program (one per interface, from Filter.Load) has its own XSKMAP
+// (queue → socket; sockets are per interface and queue), its own DNAT
+// groups and its own per-CPU counters: CtrToXnatForward, CtrToXnatLocal,
 // CtrRedirectFailed, CtrPassNotIPv4, CtrPassLocal, CtrPassMalformed.
 // Stats sums them over CPUs; Redirected, Passed and RedirectFailed
 // summarise.
 //
+// A DNAT group (SetDNAT) is a destination prefix (or its complement), a
+// protocol (or any) and a port bitmap (or every port). The program checks
+// up to MaxDNATGroups of them in order, unrolled; the daemon merges the
+// DNAT rules of an interface into groups by destination and protocol. Two
+// copies are kept and a one-word map says which one the program reads, so
+// a rule change is seen whole.
+//
 // # Attaching
 //
-// Attach detaches a program left on the interface by an earlier run
-// (found with netlink's IFLA_XDP query; a crashed run that attached
-// through netlink leaves one, a BPF link dies with its process), then
-// attaches through a BPF link in native (driver) mode, or generic (SKB)
-// mode when the driver refuses native, and reports the mode obtained. A
-// program held by another live process's BPF link is not taken over:
-// Attach fails with ErrBusy. Close closes the link (detaching the
-// program), waits at most two seconds to see the interface without it,
-// and releases the program and its maps.
+// Attach leaves an XDP program of another program alone: it fails with
+// ErrForeign naming it, unless replacing it was asked for (xnatd's
+// --replace-xdp). An xnat program (by name, xnat_xdp) left attached
+// through netlink by an earlier run is replaced; one held by another live
+// process's BPF link is never taken over (ErrBusy). The program is then
+// attached through a BPF link in native (driver) mode, or generic (SKB)
+// mode when the driver refuses native, and reports the mode obtained.
+// Close closes the link (detaching the program), waits at most two
+// seconds to see the interface without it, and releases the program and
+// its maps. Query reports the program an interface runs.
 //
 // veth takes native XDP (Linux 6.18), and redirecting from it into an
 // XSKMAP needs no program on its peer; only XDP_TX or redirects to a

@@ -11,15 +11,21 @@ import (
 const (
 	// CtrToXnatForward: IPv4 to an address that is not the box's.
 	CtrToXnatForward = iota
-	// CtrToXnatLocal: IPv4 to the box for a port or ICMP id in the NAT
-	// sets, an ICMP error about such a flow, or a non-first fragment.
+	// CtrToXnatLocal: IPv4 to the box that xnat owns: a reply to an
+	// external port or ICMP id a connection holds, a new connection a
+	// DNAT rule of the interface may match, or an ICMP error about one
+	// of those.
 	CtrToXnatLocal
-	// CtrRedirectFailed: meant for xnat but no socket on the queue;
-	// passed to the kernel.
+	// CtrRedirectFailed: meant for xnat but no socket is bound on the
+	// queue (a queue without a worker, or a worker restarting): dropped,
+	// never passed to the kernel, which would forward it untranslated or
+	// answer it with a reset.
 	CtrRedirectFailed
 	// CtrPassNotIPv4: ARP, IPv6 and any other EtherType.
 	CtrPassNotIPv4
-	// CtrPassLocal: IPv4 to the box, not for xnat (its own services).
+	// CtrPassLocal: IPv4 for the box, not xnat's: the box's own sockets,
+	// echo requests, non-first fragments, other protocols, multicast and
+	// broadcast, DHCP to a client.
 	CtrPassLocal
 	// CtrPassMalformed: truncated frames, IPv4 headers with a bad
 	// version or length, L4 headers cut short.
@@ -28,7 +34,7 @@ const (
 	NumCounters
 )
 
-// Protocol indexes of the port-set map.
+// Protocol indexes of a slot's use counts.
 const (
 	protoTCP  = 0
 	protoUDP  = 1
@@ -36,10 +42,44 @@ const (
 	numProtos = 3
 )
 
-// PortSetBytes is the size of one port set: a bit per port (or ICMP id).
+// Local address slots (the value of the locals map).
+const (
+	// NoSlot marks a local address on which xnat holds no port.
+	NoSlot = 0xffffffff
+	// SlotAll marks a local address whose every TCP and UDP port and ICMP
+	// echo id xnat takes (an external address for which no slot was
+	// left).
+	SlotAll = 0xfffffffe
+)
+
+// PortSetBytes is the size of one port set: a bit per port.
 const PortSetBytes = 65536 / 8
 
+// Use counts: per slot, per protocol (TCP, UDP, ICMP id), a 16-bit count
+// per port in host byte order.
 const (
+	// ProtoCountBytes is the size of one protocol's counts in a slot.
+	ProtoCountBytes = 65536 * 2
+	// SlotBytes is the size of one slot's counts.
+	SlotBytes = numProtos * ProtoCountBytes
+)
+
+// DNAT steering groups: per interface, up to MaxDNATGroups (destination
+// prefix, protocol) pairs with a port bitmap each.
+const (
+	// MaxDNATGroups is how many groups one interface's program checks.
+	MaxDNATGroups = 64
+	groupHeader   = 16
+	groupBytes    = groupHeader + PortSetBytes
+	groupsBytes   = MaxDNATGroups * groupBytes
+
+	groupUsed     = 1
+	groupInvert   = 2
+	groupAllPorts = 4
+)
+
+const (
+	xdpDrop     = 1
 	xdpPass     = 2
 	xdpRedirect = 4
 )
@@ -47,17 +87,47 @@ const (
 // Frame constants, in the byte order a 16-bit load of network-order data
 // yields on a little-endian machine.
 const (
-	ethPVLANle = 0x0081 // 0x8100
-	ethPIPv4le = 0x0008 // 0x0800
+	ethPVLANle   = 0x0081 // 0x8100
+	ethPIPv4le   = 0x0008 // 0x0800
+	dhcpClientLE = 0x4400 // port 68
+	// The first octet of an address loaded as a 32-bit word is its low
+	// byte: multicast is 224.0.0.0/4.
+	mcastMask  = 0xf0
+	mcastValue = 0xe0
 )
 
-// instructions assembles the program. The maps are referenced by file
-// descriptor. Registers: r6 ctx, r7 data, r8 data_end, r9 the header
-// being examined (later the port or id looked up).
-func instructions(xsks, counters, locals, ports *ebpf.Map) asm.Instructions {
+// noPort in r8 at "steer": the packet has no port (an echo request,
+// another protocol), so a group's port bitmap is not consulted.
+const noPort = 0x10000
+
+// What "steer" checks (r9).
+const (
+	checkUses = 1
+	checkDNAT = 2
+)
+
+// Stack slots.
+const (
+	stKey   = -4  // scratch map key
+	stCtr   = -8  // counter key
+	stDst   = -12 // destination address, as loaded (network order)
+	stSlot  = -16 // the destination's slot
+	stProto = -20 // protocol index of the use counts
+)
+
+// maps are the maps a program instance references by file descriptor.
+type maps struct {
+	xsks, counters, locals, uses, dnat, dnatActive *ebpf.Map
+}
+
+// instructions assembles the program. Registers while parsing: r6 ctx, r7
+// data, r8 data_end, r9 the header being examined. At "steer" the
+// packet is no longer read: r7 is the IP protocol, r8 the port (host
+// order) or noPort, r9 what to check.
+func instructions(m maps) asm.Instructions {
 	var b builder
-	b.counters = counters
-	R0, R1, R2, R3, R4, R6, R7, R8, R9, R10 := asm.R0, asm.R1, asm.R2, asm.R3, asm.R4, asm.R6, asm.R7, asm.R8, asm.R9, asm.R10
+	b.counters = m.counters
+	R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10 := asm.R0, asm.R1, asm.R2, asm.R3, asm.R4, asm.R5, asm.R6, asm.R7, asm.R8, asm.R9, asm.R10
 
 	b.add(
 		asm.Mov.Reg(R6, asm.R1),
@@ -85,20 +155,29 @@ func instructions(xsks, counters, locals, ports *ebpf.Map) asm.Instructions {
 		asm.Mov.Reg(R2, R9),
 		asm.Add.Reg(R2, R3),
 		asm.JGT.Reg(R2, R8, "malformed"),
-		// Is the destination one of the box's addresses?
+		// Multicast (VRRP, OSPF, IGMP, mDNS) and the limited broadcast
+		// are the kernel's; xnat forwards unicast.
 		asm.LoadMem(R2, R9, 16, asm.Word),
-		asm.StoreMem(R10, -4, R2, asm.Word),
+		asm.StoreMem(R10, stDst, R2, asm.Word),
+		asm.JEq.Imm32(R2, -1, "pass_local"),
+		asm.Mov.Reg(R4, R2),
+		asm.And.Imm(R4, mcastMask),
+		asm.JEq.Imm(R4, mcastValue, "pass_local"),
+		// Is the destination one of the box's addresses (or broadcast
+		// addresses)?
 		asm.Mov.Reg(R2, R10),
-		asm.Add.Imm(R2, -4),
-		asm.LoadMapPtr(R1, locals.FD()),
+		asm.Add.Imm(R2, stDst),
+		asm.LoadMapPtr(R1, m.locals.FD()),
 		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(R0, 0, "to_xnat_forward"),
-		// Addressed to the box. A non-first fragment goes to xnat, which
-		// tracks fragments.
+		asm.JEq.Imm(R0, 0, "not_local"),
+		asm.LoadMem(R1, R0, 0, asm.Word),
+		asm.StoreMem(R10, stSlot, R1, asm.Word),
+		// Addressed to the box. A non-first fragment has no port to
+		// decide by: the kernel reassembles it (xnat would drop it).
 		asm.LoadMem(R3, R9, 6, asm.Half),
 		asm.HostTo(asm.BE, R3, asm.Half),
 		asm.And.Imm(R3, 0x1fff),
-		asm.JNE.Imm(R3, 0, "to_xnat_local"),
+		asm.JNE.Imm(R3, 0, "pass_local"),
 		asm.LoadMem(R4, R9, 9, asm.Byte), // protocol
 		asm.LoadMem(R3, R9, 0, asm.Byte),
 		asm.And.Imm(R3, 0x0f),
@@ -107,35 +186,68 @@ func instructions(xsks, counters, locals, ports *ebpf.Map) asm.Instructions {
 		asm.JEq.Imm(R4, 6, "tcp"),
 		asm.JEq.Imm(R4, 17, "udp"),
 		asm.JEq.Imm(R4, 1, "icmp"),
-		asm.Ja.Label("pass_local"),
+		// Another protocol: a DNAT rule may take it whole.
+		asm.Mov.Reg(R7, R4),
+		asm.Mov.Imm(R8, noPort),
+		asm.Mov.Imm(R9, checkDNAT),
+		asm.Ja.Label("steer"),
 
-		// TCP or UDP: destination port in the set?
-		asm.StoreImm(R10, -4, protoTCP, asm.Word).WithSymbol("tcp"),
+		// Not for the box: xnat forwards it, except a DHCP message to a
+		// client (UDP port 68), which may come to an address the box is
+		// being offered and is not yet its own.
+		asm.LoadMem(R4, R9, 9, asm.Byte).WithSymbol("not_local"),
+		asm.JNE.Imm(R4, 17, "to_xnat_forward"),
+		asm.LoadMem(R3, R9, 6, asm.Half),
+		asm.HostTo(asm.BE, R3, asm.Half),
+		asm.And.Imm(R3, 0x1fff),
+		asm.JNE.Imm(R3, 0, "to_xnat_forward"),
+		asm.LoadMem(R3, R9, 0, asm.Byte),
+		asm.And.Imm(R3, 0x0f),
+		asm.LSh.Imm(R3, 2),
+		asm.Mov.Reg(R5, R9),
+		asm.Add.Reg(R5, R3),
+		asm.Mov.Reg(R2, R5),
+		asm.Add.Imm(R2, 4),
+		asm.JGT.Reg(R2, R8, "to_xnat_forward"),
+		asm.LoadMem(R2, R5, 2, asm.Half),
+		asm.JEq.Imm(R2, dhcpClientLE, "pass_local"),
+		asm.Ja.Label("to_xnat_forward"),
+
+		// TCP or UDP: the destination port.
+		asm.StoreImm(R10, stProto, protoTCP, asm.Word).WithSymbol("tcp"),
 		asm.Ja.Label("l4_dport"),
-		asm.StoreImm(R10, -4, protoUDP, asm.Word).WithSymbol("udp"),
+		asm.StoreImm(R10, stProto, protoUDP, asm.Word).WithSymbol("udp"),
 		asm.Mov.Reg(R2, R9).WithSymbol("l4_dport"),
 		asm.Add.Imm(R2, 4),
 		asm.JGT.Reg(R2, R8, "malformed"),
-		asm.LoadMem(R9, R9, 2, asm.Half),
-		asm.Ja.Label("check_port"),
+		asm.LoadMem(R2, R9, 2, asm.Half),
+		asm.Ja.Label("port_steer"),
 
 		// ICMP.
 		asm.Mov.Reg(R2, R9).WithSymbol("icmp"),
 		asm.Add.Imm(R2, 8),
 		asm.JGT.Reg(R2, R8, "malformed"),
 		asm.LoadMem(R3, R9, 0, asm.Byte),
-		asm.JEq.Imm(R3, 0, "icmp_echo"),
-		asm.JEq.Imm(R3, 8, "icmp_echo"),
+		asm.JEq.Imm(R3, 0, "echo_reply"),
+		asm.JEq.Imm(R3, 8, "echo_request"),
 		asm.JEq.Imm(R3, 3, "icmp_error"),
 		asm.JEq.Imm(R3, 11, "icmp_error"),
 		asm.JEq.Imm(R3, 12, "icmp_error"),
 		asm.Ja.Label("pass_local"),
-		// Echo request or reply: its id in the ICMP set?
-		asm.StoreImm(R10, -4, protoICMP, asm.Word).WithSymbol("icmp_echo"),
-		asm.LoadMem(R9, R9, 4, asm.Half),
-		asm.Ja.Label("check_port"),
-		// Error: the embedded datagram is one the box sent, so its source
-		// port (or echo id) is the translated one.
+		// An echo reply is xnat's when its id is held (the reply to a
+		// translated ping).
+		asm.StoreImm(R10, stProto, protoICMP, asm.Word).WithSymbol("echo_reply"),
+		asm.LoadMem(R2, R9, 4, asm.Half),
+		asm.Mov.Imm(R4, 1),
+		asm.Mov.Imm(R5, checkUses),
+		asm.Ja.Label("id_steer"),
+		// An echo request is the kernel's unless a DNAT rule takes ICMP.
+		asm.Mov.Imm(R7, 1).WithSymbol("echo_request"),
+		asm.Mov.Imm(R8, noPort),
+		asm.Mov.Imm(R9, checkDNAT),
+		asm.Ja.Label("steer"),
+		// An error: the datagram it quotes is one the box sent, so its
+		// source port (or echo id) is the one to look up.
 		asm.Add.Imm(R9, 8).WithSymbol("icmp_error"),
 	)
 	b.add(ipv4HeaderCheck()...)
@@ -149,38 +261,132 @@ func instructions(xsks, counters, locals, ports *ebpf.Map) asm.Instructions {
 		asm.JEq.Imm(R4, 17, "inner_udp"),
 		asm.JEq.Imm(R4, 1, "inner_icmp"),
 		asm.Ja.Label("pass_local"),
-		asm.StoreImm(R10, -4, protoTCP, asm.Word).WithSymbol("inner_tcp"),
+		asm.StoreImm(R10, stProto, protoTCP, asm.Word).WithSymbol("inner_tcp"),
 		asm.Ja.Label("inner_sport"),
-		asm.StoreImm(R10, -4, protoUDP, asm.Word).WithSymbol("inner_udp"),
-		asm.LoadMem(R9, R9, 0, asm.Half).WithSymbol("inner_sport"),
-		asm.Ja.Label("check_port"),
+		asm.StoreImm(R10, stProto, protoUDP, asm.Word).WithSymbol("inner_udp"),
+		asm.LoadMem(R2, R9, 0, asm.Half).WithSymbol("inner_sport"),
+		asm.Ja.Label("port_steer"),
 		asm.LoadMem(R3, R9, 0, asm.Byte).WithSymbol("inner_icmp"),
 		asm.JEq.Imm(R3, 8, "inner_echo"),
 		asm.JEq.Imm(R3, 0, "inner_echo"),
 		asm.Ja.Label("pass_local"),
-		asm.StoreImm(R10, -4, protoICMP, asm.Word).WithSymbol("inner_echo"),
-		asm.LoadMem(R9, R9, 4, asm.Half),
+		asm.StoreImm(R10, stProto, protoICMP, asm.Word).WithSymbol("inner_echo"),
+		asm.LoadMem(R2, R9, 4, asm.Half),
+		asm.Mov.Imm(R4, 1),
+		asm.Mov.Imm(R5, checkUses),
+		asm.Ja.Label("id_steer"),
 
-		// r9: port or id in network order; the key at r10-4 names the
-		// set. Test bit port&7 of byte port>>3.
-		asm.HostTo(asm.BE, R9, asm.Half).WithSymbol("check_port"),
-		asm.And.Imm(R9, 0xffff),
+		// r2: a TCP or UDP port in network order, r4 the protocol: check
+		// the use counts and the DNAT groups.
+		asm.Mov.Imm(R5, checkUses|checkDNAT).WithSymbol("port_steer"),
+		// r2: a port or id in network order, r4 the protocol, r5 what to
+		// check.
+		asm.HostTo(asm.BE, R2, asm.Half).WithSymbol("id_steer"),
+		asm.And.Imm(R2, 0xffff),
+		asm.Mov.Reg(R8, R2),
+		asm.Mov.Reg(R7, R4),
+		asm.Mov.Reg(R9, R5),
+
+		// steer: r7 protocol, r8 port or noPort, r9 what to check; the
+		// stack holds the destination, its slot and the protocol index.
+		// Use counts first: a port a connection holds.
+		asm.Mov.Reg(R1, R9).WithSymbol("steer"),
+		asm.And.Imm(R1, checkUses),
+		asm.JEq.Imm(R1, 0, "dnat"),
+		asm.LoadMem(R1, R10, stSlot, asm.Word),
+		asm.JEq.Imm32(R1, -1, "dnat"),          // NoSlot
+		asm.JEq.Imm32(R1, -2, "to_xnat_local"), // SlotAll
 		asm.Mov.Reg(R2, R10),
-		asm.Add.Imm(R2, -4),
-		asm.LoadMapPtr(R1, ports.FD()),
+		asm.Add.Imm(R2, stSlot),
+		asm.LoadMapPtr(R1, m.uses.FD()),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(R0, 0, "dnat"),
+		asm.LoadMem(R1, R10, stProto, asm.Word),
+		asm.And.Imm(R1, 3),
+		asm.JGT.Imm(R1, protoICMP, "dnat"),
+		asm.LSh.Imm(R1, 17),
+		asm.Mov.Reg(R2, R8),
+		asm.And.Imm(R2, 0xffff),
+		asm.LSh.Imm(R2, 1),
+		asm.Add.Reg(R1, R2),
+		asm.Add.Reg(R0, R1),
+		asm.LoadMem(R1, R0, 0, asm.Half),
+		asm.JNE.Imm(R1, 0, "to_xnat_local"),
+
+		// Then the interface's DNAT groups: a new connection a DNAT rule
+		// may take.
+		asm.Mov.Reg(R1, R9).WithSymbol("dnat"),
+		asm.And.Imm(R1, checkDNAT),
+		asm.JEq.Imm(R1, 0, "pass_local"),
+		asm.StoreImm(R10, stKey, 0, asm.Word),
+		asm.Mov.Reg(R2, R10),
+		asm.Add.Imm(R2, stKey),
+		asm.LoadMapPtr(R1, m.dnatActive.FD()),
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(R0, 0, "pass_local"),
-		asm.Mov.Reg(R1, R9),
-		asm.RSh.Imm(R1, 3),
-		asm.Add.Reg(R0, R1),
-		asm.LoadMem(R1, R0, 0, asm.Byte),
-		asm.Mov.Reg(R2, R9),
-		asm.And.Imm(R2, 7),
-		asm.RSh.Reg(R1, R2),
+		asm.LoadMem(R1, R0, 0, asm.Word),
 		asm.And.Imm(R1, 1),
-		asm.JEq.Imm(R1, 0, "pass_local"),
-		asm.Ja.Label("to_xnat_local"),
+		asm.StoreMem(R10, stKey, R1, asm.Word),
+		asm.Mov.Reg(R2, R10),
+		asm.Add.Imm(R2, stKey),
+		asm.LoadMapPtr(R1, m.dnat.FD()),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(R0, 0, "pass_local"),
+		asm.Mov.Reg(R9, R0),
+		asm.LoadMem(R1, R10, stDst, asm.Word),
 	)
+	// One block per group, in order; the first unused one ends the list.
+	// r9 points at the group examined (offsets of a load are 16-bit, so
+	// the pointer moves on rather than the offset).
+	for g := range MaxDNATGroups {
+		next := fmt.Sprintf("group_%d", g+1)
+		if g == MaxDNATGroups-1 {
+			next = "pass_local"
+		}
+		addrOK := fmt.Sprintf("group_%d_addr", g)
+		inv := fmt.Sprintf("group_%d_inv", g)
+		port := fmt.Sprintf("group_%d_port", g)
+		var ins []asm.Instruction
+		if g > 0 {
+			ins = append(ins, asm.Add.Imm(R9, groupBytes).WithSymbol(fmt.Sprintf("group_%d", g)))
+		}
+		ins = append(ins,
+			asm.LoadMem(R2, R9, 8, asm.Byte), // flags
+			asm.Mov.Reg(R3, R2),
+			asm.And.Imm(R3, groupUsed),
+			asm.JEq.Imm(R3, 0, "pass_local"),
+			asm.LoadMem(R3, R9, 9, asm.Byte), // protocol, 0 for any
+			asm.JEq.Imm(R3, 0, addrOK),
+			asm.JNE.Reg(R3, R7, next),
+			asm.LoadMem(R4, R9, 4, asm.Word).WithSymbol(addrOK), // mask
+			asm.Mov.Reg(R3, R1),
+			asm.And.Reg(R3, R4),
+			asm.LoadMem(R4, R9, 0, asm.Word), // masked address
+			asm.Mov.Reg(R5, R2),
+			asm.And.Imm(R5, groupInvert),
+			asm.JNE.Imm(R5, 0, inv),
+			asm.JNE.Reg(R3, R4, next),
+			asm.Ja.Label(port),
+			asm.JEq.Reg(R3, R4, next).WithSymbol(inv),
+			asm.Mov.Reg(R5, R2).WithSymbol(port),
+			asm.And.Imm(R5, groupAllPorts),
+			asm.JNE.Imm(R5, 0, "to_xnat_local"),
+			asm.JGT.Imm(R8, 0xffff, "to_xnat_local"),
+			asm.Mov.Reg(R3, R8),
+			asm.RSh.Imm(R3, 3),
+			asm.Mov.Reg(R4, R9),
+			asm.Add.Imm(R4, groupHeader),
+			asm.Add.Reg(R4, R3),
+			asm.LoadMem(R3, R4, 0, asm.Byte),
+			asm.Mov.Reg(R5, R8),
+			asm.And.Imm(R5, 7),
+			asm.RSh.Reg(R3, R5),
+			asm.And.Imm(R3, 1),
+			asm.JNE.Imm(R3, 0, "to_xnat_local"),
+		)
+		b.add(ins...)
+	}
+	b.add(asm.Ja.Label("pass_local"))
 
 	b.label("to_xnat_forward")
 	b.count(CtrToXnatForward)
@@ -190,8 +396,8 @@ func instructions(xsks, counters, locals, ports *ebpf.Map) asm.Instructions {
 	b.label("redirect")
 	b.add(
 		asm.LoadMem(R2, R6, 16, asm.Word), // rx_queue_index
-		asm.LoadMapPtr(R1, xsks.FD()),
-		asm.Mov.Imm(R3, xdpPass), // no socket on the queue: pass
+		asm.LoadMapPtr(R1, m.xsks.FD()),
+		asm.Mov.Imm(R3, xdpDrop), // no socket on the queue: drop
 		asm.FnRedirectMap.Call(),
 		asm.Mov.Reg(R7, R0),
 		asm.JEq.Imm(R7, xdpRedirect, "return_r7"),
@@ -263,9 +469,9 @@ func (b *builder) count(idx int) {
 	b.n++
 	skip := fmt.Sprintf("count_done_%d", b.n)
 	b.add(
-		asm.StoreImm(asm.R10, -8, int64(idx), asm.Word),
+		asm.StoreImm(asm.R10, stCtr, int64(idx), asm.Word),
 		asm.Mov.Reg(asm.R2, asm.R10),
-		asm.Add.Imm(asm.R2, -8),
+		asm.Add.Imm(asm.R2, stCtr),
 		asm.LoadMapPtr(asm.R1, b.counters.FD()),
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, skip),

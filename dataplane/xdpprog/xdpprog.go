@@ -1,9 +1,12 @@
 package xdpprog
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -17,11 +20,19 @@ var (
 	// ErrBusy: the interface has an XDP program attached through a BPF
 	// link that another live process holds; it cannot be replaced.
 	ErrBusy = errors.New("xdpprog: interface has an XDP program held by another process")
+	// ErrForeign: the interface runs another program's XDP program and
+	// replacing it was not asked for.
+	ErrForeign = errors.New("xdpprog: interface runs another program's XDP program")
 	// ErrClosed: the Program or Filter was closed.
 	ErrClosed = errors.New("xdpprog: closed")
 	// ErrAttach: neither native nor generic XDP could be attached.
 	ErrAttach = errors.New("xdpprog: cannot attach XDP program")
+	// ErrGroups: more DNAT steering groups than a program checks.
+	ErrGroups = errors.New("xdpprog: too many DNAT steering groups")
 )
+
+// ProgramName is the name xnat's XDP program is loaded with.
+const ProgramName = "xnat_xdp"
 
 // DefaultQueues is the XSKMAP size used when Options.Queues is 0.
 const DefaultQueues = 64
@@ -30,19 +41,29 @@ const DefaultQueues = 64
 // Options.MaxLocals is 0.
 const DefaultMaxLocals = 256
 
+// DefaultMaxSlots is the number of use-count slots used when
+// Options.MaxSlots is 0.
+const DefaultMaxSlots = 16
+
 // Options size the maps.
 type Options struct {
 	Queues    uint32 // XSKMAP entries: highest queue index + 1
 	MaxLocals uint32 // local addresses the box can have
+	// MaxSlots is how many of the box's addresses can be external
+	// addresses of xnat's connections with their ports counted one by
+	// one (SlotBytes of memory each).
+	MaxSlots uint32
 }
 
-// Filter holds the maps every interface's program reads: the box's
-// local IPv4 addresses and the port sets (TCP, UDP, ICMP id) of the NAT
-// pools and DNAT rules. The daemon keeps them current.
+// Filter holds the maps every interface's program reads: the box's local
+// IPv4 addresses with their slots, and the use counts of the slots. The
+// daemon keeps the addresses current; the port allocators write the
+// counts through UseCounts.
 type Filter struct {
 	opts   Options
 	locals *ebpf.Map
-	ports  *ebpf.Map
+	uses   *ebpf.Map
+	mem    []byte // the use counts, mapped
 }
 
 // NewFilter creates the shared maps, empty.
@@ -53,54 +74,92 @@ func NewFilter(opts Options) (*Filter, error) {
 	if opts.MaxLocals == 0 {
 		opts.MaxLocals = DefaultMaxLocals
 	}
+	if opts.MaxSlots == 0 {
+		opts.MaxSlots = DefaultMaxSlots
+	}
+	if opts.MaxSlots >= SlotAll {
+		return nil, fmt.Errorf("xdpprog: %d slots", opts.MaxSlots)
+	}
 	locals, err := ebpf.NewMap(&ebpf.MapSpec{
-		Name: "xnat_locals", Type: ebpf.Hash, KeySize: 4, ValueSize: 1, MaxEntries: opts.MaxLocals,
+		Name: "xnat_locals", Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: opts.MaxLocals,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("xdpprog: creating the local address map: %w", err)
 	}
-	ports, err := ebpf.NewMap(&ebpf.MapSpec{
-		Name: "xnat_ports", Type: ebpf.Array, KeySize: 4, ValueSize: PortSetBytes, MaxEntries: numProtos,
+	uses, err := ebpf.NewMap(&ebpf.MapSpec{
+		Name: "xnat_uses", Type: ebpf.Array, KeySize: 4, ValueSize: SlotBytes, MaxEntries: opts.MaxSlots,
+		Flags: unix.BPF_F_MMAPABLE,
 	})
 	if err != nil {
 		locals.Close()
-		return nil, fmt.Errorf("xdpprog: creating the port set map: %w", err)
+		return nil, fmt.Errorf("xdpprog: creating the use counts: %w", err)
 	}
-	return &Filter{opts: opts, locals: locals, ports: ports}, nil
+	mem, err := unix.Mmap(uses.FD(), 0, int(opts.MaxSlots)*SlotBytes, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		locals.Close()
+		uses.Close()
+		return nil, fmt.Errorf("xdpprog: mapping the use counts: %w", err)
+	}
+	return &Filter{opts: opts, locals: locals, uses: uses, mem: mem}, nil
 }
 
 // Close releases the maps (programs loaded from the Filter keep their
-// own references).
+// own references). UseCounts' memory must not be used afterwards.
 func (f *Filter) Close() error {
 	if f.locals == nil {
 		return nil
 	}
-	err := errors.Join(f.locals.Close(), f.ports.Close())
-	f.locals, f.ports = nil, nil
+	err := errors.Join(unix.Munmap(f.mem), f.locals.Close(), f.uses.Close())
+	f.locals, f.uses, f.mem = nil, nil, nil
 	return err
 }
 
-// SetLocals makes addrs (IPv4, as 4 bytes in network order) the box's
-// local addresses: it adds the new ones, then removes the others, so a
-// packet to an address in both the old and the new set never sees it
-// missing.
-func (f *Filter) SetLocals(addrs [][4]byte) error {
+// Slots is how many use-count slots the Filter has.
+func (f *Filter) Slots() int { return int(f.opts.MaxSlots) }
+
+// UseCounts returns the use counts, mapped into this process: per slot
+// SlotBytes, per protocol (TCP, UDP, ICMP echo id) ProtoCountBytes, per
+// port a 16-bit count in host byte order, as 32-bit words (two ports a
+// word, the even port in the word's first two bytes) so that they can be
+// changed with sync/atomic. The program takes a packet to a local
+// address whose slot counts its port as not 0. nil after Close.
+func (f *Filter) UseCounts() []uint32 {
+	if f.mem == nil {
+		return nil
+	}
+	return unsafe.Slice((*uint32)(unsafe.Pointer(&f.mem[0])), len(f.mem)/4)
+}
+
+// Local is one of the box's addresses with its slot (NoSlot, SlotAll, or
+// below Slots).
+type Local struct {
+	Addr [4]byte // network order
+	Slot uint32
+}
+
+// SetLocals makes locals the box's local addresses: it adds or updates
+// the new ones, then removes the others, so a packet to an address in
+// both the old and the new set never sees it missing.
+func (f *Filter) SetLocals(locals []Local) error {
 	if f.locals == nil {
 		return ErrClosed
 	}
-	if uint32(len(addrs)) > f.opts.MaxLocals {
-		return fmt.Errorf("xdpprog: %d local addresses, map holds %d", len(addrs), f.opts.MaxLocals)
+	if uint32(len(locals)) > f.opts.MaxLocals {
+		return fmt.Errorf("xdpprog: %d local addresses, map holds %d", len(locals), f.opts.MaxLocals)
 	}
-	want := make(map[[4]byte]bool, len(addrs))
-	for _, a := range addrs {
-		want[a] = true
-		if err := f.locals.Put(a, uint8(1)); err != nil {
-			return fmt.Errorf("xdpprog: adding local address %v: %w", a, err)
+	want := make(map[[4]byte]bool, len(locals))
+	for _, l := range locals {
+		if l.Slot >= f.opts.MaxSlots && l.Slot != NoSlot && l.Slot != SlotAll {
+			return fmt.Errorf("xdpprog: local address %v: slot %d of %d", l.Addr, l.Slot, f.opts.MaxSlots)
+		}
+		want[l.Addr] = true
+		if err := f.locals.Put(l.Addr, l.Slot); err != nil {
+			return fmt.Errorf("xdpprog: adding local address %v: %w", l.Addr, err)
 		}
 	}
 	var stale [][4]byte
 	var k [4]byte
-	var v uint8
+	var v uint32
 	it := f.locals.Iterate()
 	for it.Next(&k, &v) {
 		if !want[k] {
@@ -118,7 +177,7 @@ func (f *Filter) SetLocals(addrs [][4]byte) error {
 	return nil
 }
 
-// Proto names a port set.
+// Proto names a protocol of the use counts.
 type Proto uint8
 
 const (
@@ -127,7 +186,7 @@ const (
 	ICMP Proto = protoICMP // echo identifiers
 )
 
-// PortSet is a set of ports (or ICMP ids): bit p&7 of byte p>>3.
+// PortSet is a set of ports: bit p&7 of byte p>>3.
 type PortSet [PortSetBytes]byte
 
 // Add adds port p.
@@ -143,21 +202,18 @@ func (s *PortSet) AddRange(lo, hi uint16) {
 // Has reports whether p is in the set.
 func (s *PortSet) Has(p uint16) bool { return s[p>>3]&(1<<(p&7)) != 0 }
 
-// SetPorts replaces the set of a protocol. A program reading the set
-// during the update sees each port either in the old or the new state.
-func (f *Filter) SetPorts(proto Proto, set *PortSet) error {
-	if f.ports == nil {
-		return ErrClosed
-	}
-	if proto >= numProtos {
-		return fmt.Errorf("xdpprog: unknown protocol index %d", proto)
-	}
-	if err := f.ports.Put(uint32(proto), set[:]); err != nil {
-		return fmt.Errorf("xdpprog: setting port set %d: %w", proto, err)
-	}
-	return nil
+// Group is a DNAT steering group of one interface: packets arriving on
+// it for a local address in Addr/Mask (or outside it, with Invert), of
+// protocol Proto (0: any), for a port in Ports (nil: any port, and
+// packets without ports) go to xnat.
+type Group struct {
+	Addr, Mask uint32 // host order
+	Invert     bool
+	Proto      uint8
+	Ports      *PortSet
 }
 
+// AttachMode is how a program is attached.
 // AttachMode is how a program is attached.
 type AttachMode uint8
 
@@ -183,65 +239,119 @@ func (m AttachMode) String() string {
 }
 
 // Program is the XDP program of one interface with its own XSKMAP
-// (queue → socket) and counters, reading the Filter's shared maps.
+// (queue → socket), DNAT steering groups and counters, reading the
+// Filter's shared maps.
 type Program struct {
-	prog     *ebpf.Program
-	xsks     *ebpf.Map
-	counters *ebpf.Map
-	link     link.Link
-	ifindex  int
-	mode     AttachMode
-	replaced uint32 // id of a leftover program replaced at attach, 0 if none
-	ns       vnetns.NsHandle
+	// mu guards the fields against Close: the methods may be called
+	// from several goroutines, Close included.
+	mu         sync.RWMutex
+	prog       *ebpf.Program
+	xsks       *ebpf.Map
+	counters   *ebpf.Map
+	dnat       *ebpf.Map // two copies of the groups
+	dnatActive *ebpf.Map // which copy the program reads
+	active     uint32
+	link       link.Link
+	ifindex    int
+	mode       AttachMode
+	replaced   uint32 // id of a program replaced at attach, 0 if none
+	ns         vnetns.NsHandle
 }
 
-// Load loads a program instance for one interface.
+// Load loads a program instance for one interface, with no DNAT groups.
 func (f *Filter) Load() (*Program, error) {
 	if f.locals == nil {
 		return nil, ErrClosed
 	}
-	xsks, err := ebpf.NewMap(&ebpf.MapSpec{
-		Name: "xnat_xsks", Type: ebpf.XSKMap, KeySize: 4, ValueSize: 4, MaxEntries: f.opts.Queues,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("xdpprog: creating the XSKMAP: %w", err)
+	p := &Program{}
+	var err error
+	specs := []struct {
+		m    **ebpf.Map
+		spec ebpf.MapSpec
+	}{
+		{&p.xsks, ebpf.MapSpec{Name: "xnat_xsks", Type: ebpf.XSKMap, KeySize: 4, ValueSize: 4, MaxEntries: f.opts.Queues}},
+		{&p.counters, ebpf.MapSpec{Name: "xnat_counters", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: NumCounters}},
+		{&p.dnat, ebpf.MapSpec{Name: "xnat_dnat", Type: ebpf.Array, KeySize: 4, ValueSize: groupsBytes, MaxEntries: 2}},
+		{&p.dnatActive, ebpf.MapSpec{Name: "xnat_dnat_on", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1}},
 	}
-	counters, err := ebpf.NewMap(&ebpf.MapSpec{
-		Name: "xnat_counters", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: NumCounters,
-	})
-	if err != nil {
-		xsks.Close()
-		return nil, fmt.Errorf("xdpprog: creating the counters: %w", err)
+	for _, s := range specs {
+		if *s.m, err = ebpf.NewMap(&s.spec); err != nil {
+			p.Close()
+			return nil, fmt.Errorf("xdpprog: creating map %s: %w", s.spec.Name, err)
+		}
 	}
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name:         "xnat_xdp",
-		Type:         ebpf.XDP,
-		License:      "Dual BSD/GPL",
-		Instructions: instructions(xsks, counters, f.locals, f.ports),
+	p.prog, err = ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:    ProgramName,
+		Type:    ebpf.XDP,
+		License: "Dual BSD/GPL",
+		Instructions: instructions(maps{xsks: p.xsks, counters: p.counters, locals: f.locals, uses: f.uses,
+			dnat: p.dnat, dnatActive: p.dnatActive}),
 	})
 	if err != nil {
-		xsks.Close()
-		counters.Close()
+		p.Close()
 		return nil, fmt.Errorf("xdpprog: loading the program: %w", err)
 	}
-	return &Program{prog: prog, xsks: xsks, counters: counters}, nil
+	return p, nil
+}
+
+// SetDNAT makes groups the interface's DNAT steering groups (at most
+// MaxDNATGroups). The program reads one copy while the other is written,
+// then switches, so a packet sees either the old groups or the new ones.
+func (p *Program) SetDNAT(groups []Group) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.dnat == nil {
+		return ErrClosed
+	}
+	if len(groups) > MaxDNATGroups {
+		return fmt.Errorf("%w: %d (at most %d per interface)", ErrGroups, len(groups), MaxDNATGroups)
+	}
+	buf := make([]byte, groupsBytes)
+	for i, g := range groups {
+		h := buf[i*groupBytes:]
+		binary.BigEndian.PutUint32(h[0:], g.Addr&g.Mask)
+		binary.BigEndian.PutUint32(h[4:], g.Mask)
+		flags := byte(groupUsed)
+		if g.Invert {
+			flags |= groupInvert
+		}
+		if g.Ports == nil {
+			flags |= groupAllPorts
+		} else {
+			copy(h[groupHeader:groupBytes], g.Ports[:])
+		}
+		h[8], h[9] = flags, g.Proto
+	}
+	next := p.active ^ 1
+	if err := p.dnat.Put(next, buf); err != nil {
+		return fmt.Errorf("xdpprog: writing DNAT groups: %w", err)
+	}
+	if err := p.dnatActive.Put(uint32(0), next); err != nil {
+		return fmt.Errorf("xdpprog: switching DNAT groups: %w", err)
+	}
+	p.active = next
+	return nil
 }
 
 // Attach attaches the program to ifindex through a BPF link, in native
 // mode or, with AttachAuto, in generic mode if the driver refuses native.
-// A program left on the interface by an earlier run (attached through
-// netlink, as BPF links die with their process) is detached first; a
-// program held by another live process's BPF link makes Attach fail with
-// ErrBusy. The mode obtained is returned (and by Mode). It must run in
-// the network namespace of the interface.
-func (p *Program) Attach(ifindex int, mode AttachMode) (AttachMode, error) {
+// A program already on the interface is left alone — Attach fails with
+// ErrForeign — unless it is an xnat program left by an earlier run
+// (attached through netlink: BPF links die with their process) or
+// replace is set; a program held by another live process's BPF link
+// makes Attach fail with ErrBusy either way. The mode obtained is
+// returned (and by Mode). It must run in the network namespace of the
+// interface.
+func (p *Program) Attach(ifindex int, mode AttachMode, replace bool) (AttachMode, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if p.prog == nil {
 		return 0, ErrClosed
 	}
 	if p.link != nil {
 		return 0, fmt.Errorf("xdpprog: already attached to ifindex %d", p.ifindex)
 	}
-	replaced, err := removeLeftover(ifindex)
+	replaced, err := removeLeftover(ifindex, replace)
 	if err != nil {
 		return 0, err
 	}
@@ -278,9 +388,44 @@ func (p *Program) Attach(ifindex int, mode AttachMode) (AttachMode, error) {
 	return 0, fmt.Errorf("%w to ifindex %d: %w", ErrAttach, ifindex, errors.Join(errs...))
 }
 
-// removeLeftover detaches a program attached through netlink to
-// ifindex and returns its id (0 if there was none).
-func removeLeftover(ifindex int) (uint32, error) {
+// Attached describes the XDP program an interface runs.
+type Attached struct {
+	ID   uint32
+	Name string // "" when it cannot be read
+	Mode AttachMode
+}
+
+// Query returns the XDP program attached to ifindex, if any (ok false
+// when none). It must run in the network namespace of the interface.
+func Query(ifindex int) (a Attached, ok bool, err error) {
+	l, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		return a, false, fmt.Errorf("xdpprog: interface %d: %w", ifindex, err)
+	}
+	x := l.Attrs().Xdp
+	if x == nil || !x.Attached || x.ProgId == 0 {
+		return a, false, nil
+	}
+	a.ID = x.ProgId
+	switch x.AttachMode {
+	case xdpAttachedDrv:
+		a.Mode = AttachNative
+	case xdpAttachedSKB:
+		a.Mode = AttachGeneric
+	}
+	if prog, err := ebpf.NewProgramFromID(ebpf.ProgramID(x.ProgId)); err == nil {
+		if info, err := prog.Info(); err == nil {
+			a.Name = info.Name
+		}
+		prog.Close()
+	}
+	return a, true, nil
+}
+
+// removeLeftover detaches a program attached through netlink to ifindex
+// — an xnat program always, another only with replace — and returns its
+// id (0 if there was none).
+func removeLeftover(ifindex int, replace bool) (uint32, error) {
 	// netlink's package functions open a socket per request, in the
 	// calling thread's namespace.
 	l, err := netlink.LinkByIndex(ifindex)
@@ -292,6 +437,19 @@ func removeLeftover(ifindex int) (uint32, error) {
 		return 0, nil
 	}
 	id := x.ProgId
+	if !replace {
+		cur, ok, err := Query(ifindex)
+		if err != nil {
+			return 0, err
+		}
+		if ok && cur.Name != ProgramName {
+			name := cur.Name
+			if name == "" {
+				name = "unnamed"
+			}
+			return 0, fmt.Errorf("%w: %s has XDP program %d (%s) attached", ErrForeign, l.Attrs().Name, id, name)
+		}
+	}
 	var flags []int
 	switch x.AttachMode {
 	case xdpAttachedDrv:
@@ -327,11 +485,13 @@ const (
 // Mode is the attach mode obtained, or AttachAuto before Attach.
 func (p *Program) Mode() AttachMode { return p.mode }
 
-// Replaced is the id of the leftover program Attach replaced, 0 if none.
+// Replaced is the id of the program Attach replaced, 0 if none.
 func (p *Program) Replaced() uint32 { return p.replaced }
 
 // ID is the kernel's id of the loaded program.
 func (p *Program) ID() (uint32, error) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
 	if p.prog == nil {
 		return 0, ErrClosed
 	}
@@ -346,6 +506,8 @@ func (p *Program) ID() (uint32, error) {
 // Register makes the socket fd the receiver of the queue's redirected
 // packets. Closing the socket removes it from the map.
 func (p *Program) Register(queue uint32, fd int) error {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
 	if p.xsks == nil {
 		return ErrClosed
 	}
@@ -355,9 +517,11 @@ func (p *Program) Register(queue uint32, fd int) error {
 	return nil
 }
 
-// Unregister removes the queue's socket: its packets are passed to the
-// kernel.
+// Unregister removes the queue's socket: the packets meant for xnat that
+// arrive on the queue are dropped (and counted).
 func (p *Program) Unregister(queue uint32) error {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
 	if p.xsks == nil {
 		return ErrClosed
 	}
@@ -379,15 +543,17 @@ func (s Stats) Redirected() uint64 {
 
 // Passed counts packets passed to the kernel, for any reason.
 func (s Stats) Passed() uint64 {
-	return s.Counters[CtrRedirectFailed] + s.Counters[CtrPassNotIPv4] + s.Counters[CtrPassLocal] + s.Counters[CtrPassMalformed]
+	return s.Counters[CtrPassNotIPv4] + s.Counters[CtrPassLocal] + s.Counters[CtrPassMalformed]
 }
 
 // RedirectFailed counts packets meant for xnat that found no socket on
-// their queue (and were passed).
+// their queue (and were dropped).
 func (s Stats) RedirectFailed() uint64 { return s.Counters[CtrRedirectFailed] }
 
 // Stats reads the per-CPU counters.
 func (p *Program) Stats() (Stats, error) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
 	var st Stats
 	if p.counters == nil {
 		return st, ErrClosed
@@ -408,6 +574,8 @@ func (p *Program) Stats() (Stats, error) {
 // a dummy device) and returns its verdict. It is for tests and
 // diagnostics.
 func (p *Program) Run(frame []byte) (uint32, error) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
 	if p.prog == nil {
 		return 0, ErrClosed
 	}
@@ -422,6 +590,8 @@ const detachTimeout = 2 * time.Second
 // its maps. It waits at most two seconds for the kernel to report the
 // interface without the program; it never hangs.
 func (p *Program) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	var errs []error
 	if p.link != nil {
 		if err := p.link.Close(); err != nil {
@@ -432,14 +602,19 @@ func (p *Program) Close() error {
 		p.link = nil
 		p.ns.Close()
 	}
-	for _, c := range []interface{ Close() error }{p.prog, p.xsks, p.counters} {
-		if c != nil {
-			if err := c.Close(); err != nil {
+	if p.prog != nil {
+		if err := p.prog.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, m := range []*ebpf.Map{p.xsks, p.counters, p.dnat, p.dnatActive} {
+		if m != nil {
+			if err := m.Close(); err != nil {
 				errs = append(errs, err)
 			}
 		}
 	}
-	p.prog, p.xsks, p.counters = nil, nil, nil
+	p.prog, p.xsks, p.counters, p.dnat, p.dnatActive = nil, nil, nil, nil, nil
 	return errors.Join(errs...)
 }
 

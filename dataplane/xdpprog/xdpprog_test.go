@@ -5,6 +5,8 @@ import (
 	"errors"
 	"net"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -88,42 +90,71 @@ func icmpEcho(typ byte, id uint16) []byte {
 	return l4
 }
 
-// icmpError embeds the IPv4 header of a datagram the box sent and the
-// first 8 bytes of its payload.
-func icmpError(typ byte, innerProto byte, innerL4 []byte) []byte {
-	inner := frame{proto: innerProto, src: local, dst: remote, l4: innerL4}.bytes()[14:]
+// icmpError embeds the IPv4 header of a datagram the box sent from src
+// and the first 8 bytes of its payload.
+func icmpError(typ byte, src [4]byte, innerProto byte, innerL4 []byte) []byte {
+	inner := frame{proto: innerProto, src: src, dst: remote, l4: innerL4}.bytes()[14:]
 	return append([]byte{typ, 0, 0, 0, 0, 0, 0, 0}, inner...)
 }
 
 var (
-	local  = [4]byte{10, 0, 0, 1}
+	local  = [4]byte{10, 0, 0, 1} // slot 0
+	local2 = [4]byte{10, 0, 0, 2} // slot 1
+	local3 = [4]byte{10, 0, 0, 3} // no slot
+	local4 = [4]byte{10, 0, 0, 4} // every port xnat's
+	local5 = [4]byte{10, 1, 0, 1} // no slot, outside 10.0.0.0/24
 	remote = [4]byte{192, 0, 2, 9}
 )
+
+// addUse changes the use count of (slot, proto, port) by delta, as the
+// port allocators do.
+func addUse(t *testing.T, f *Filter, slot uint32, proto Proto, port uint16, delta int32) {
+	t.Helper()
+	words := f.UseCounts()
+	i := (int(slot)*SlotBytes + int(proto)*ProtoCountBytes + int(port)*2) / 4
+	shift := 16 * uint(port&1)
+	if binary.NativeEndian.Uint16([]byte{1, 0}) != 1 {
+		shift = 16 - shift
+	}
+	atomic.AddUint32(&words[i], uint32(delta)<<shift)
+}
 
 func newFilter(t *testing.T) *Filter {
 	t.Helper()
 	netns.RequireRoot(t)
-	f, err := NewFilter(Options{})
+	f, err := NewFilter(Options{MaxSlots: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.Close() })
-	if err := f.SetLocals([][4]byte{local, {10, 0, 0, 2}}); err != nil {
+	if err := f.SetLocals([]Local{{local, 0}, {local2, 1}, {local3, NoSlot}, {local4, SlotAll}, {local5, NoSlot}}); err != nil {
 		t.Fatal(err)
 	}
-	var tcp, udp, icmp PortSet
-	tcp.AddRange(40000, 40009)
-	udp.Add(5353)
-	icmp.Add(777)
-	for _, s := range []struct {
-		p   Proto
-		set *PortSet
-	}{{TCP, &tcp}, {UDP, &udp}, {ICMP, &icmp}} {
-		if err := f.SetPorts(s.p, s.set); err != nil {
-			t.Fatal(err)
-		}
+	for p := uint16(40000); p <= 40009; p++ {
+		addUse(t, f, 0, TCP, p, 1)
 	}
+	addUse(t, f, 0, TCP, 40005, 1) // two holders
+	addUse(t, f, 1, UDP, 5353, 1)
+	addUse(t, f, 0, ICMP, 777, 1)
 	return f
+}
+
+func set(ports ...uint16) *PortSet {
+	var s PortSet
+	for _, p := range ports {
+		s.Add(p)
+	}
+	return &s
+}
+
+// testGroups are the DNAT groups of TestBranches: TCP 2222 on every
+// address of 10.0.0.0/24, UDP 5000-5001 on 10.0.0.1, everything on
+// 10.0.0.3 (a 1:1 DNAT), TCP 8080 on any address outside 10.0.0.0/24.
+var testGroups = []Group{
+	{Addr: 0x0a000000, Mask: 0xffffff00, Proto: 6, Ports: set(2222)},
+	{Addr: 0x0a000001, Mask: 0xffffffff, Proto: 17, Ports: set(5000, 5001)},
+	{Addr: 0x0a000003, Mask: 0xffffffff},
+	{Addr: 0x0a000000, Mask: 0xffffff00, Invert: true, Proto: 6, Ports: set(8080)},
 }
 
 func load(t *testing.T, f *Filter) *Program {
@@ -166,87 +197,171 @@ func runCase(t *testing.T, p *Program, name string, b []byte, wantRet uint32, wa
 	}
 }
 
+type branchCase struct {
+	name string
+	b    []byte
+	want []int
+}
+
 // TestBranches runs the program with BPF_PROG_TEST_RUN on a crafted
 // frame for every branch. No socket is registered, so every packet meant
-// for xnat is passed and counted as a failed redirect as well as by the
-// reason it was meant for xnat.
+// for xnat is dropped and counted as a failed redirect as well as by the
+// reason it was meant for xnat; every other one is passed.
 func TestBranches(t *testing.T) {
 	f := newFilter(t)
 	p := load(t, f)
+	if err := p.SetDNAT(testGroups); err != nil {
+		t.Fatal(err)
+	}
 	fwd := []int{CtrToXnatForward, CtrRedirectFailed}
 	loc := []int{CtrToXnatLocal, CtrRedirectFailed}
 	pl := []int{CtrPassLocal}
 	bad := []int{CtrPassMalformed}
 	other := []int{CtrPassNotIPv4}
-	for _, c := range []struct {
-		name string
-		b    []byte
-		want []int
-	}{
+	tcp := func(dst [4]byte, dport uint16) []byte {
+		return frame{proto: 6, src: remote, dst: dst, l4: ports(50000, dport, 20)}.bytes()
+	}
+	udp := func(dst [4]byte, dport uint16) []byte {
+		return frame{proto: 17, src: remote, dst: dst, l4: ports(53, dport, 8)}.bytes()
+	}
+	icmp := func(dst [4]byte, l4 []byte) []byte { return frame{proto: 1, src: remote, dst: dst, l4: l4}.bytes() }
+	for _, c := range []branchCase{
 		{"arp", frame{etherType: 0x0806}.bytes(), other},
 		{"ipv6", frame{etherType: 0x86dd}.bytes(), other},
 		{"vlan arp", frame{vlan: true, etherType: 0x0806}.bytes(), other},
-		{"forward udp", frame{proto: 17, src: remote, dst: [4]byte{8, 8, 8, 8}, l4: ports(1, 53, 8)}.bytes(), fwd},
+		{"forward udp", udp([4]byte{8, 8, 8, 8}, 53), fwd},
 		{"forward vlan", frame{vlan: true, proto: 6, src: remote, dst: [4]byte{8, 8, 4, 4}, l4: ports(1, 443, 20)}.bytes(), fwd},
 		{"forward gre", frame{proto: 47, src: remote, dst: [4]byte{8, 8, 4, 4}}.bytes(), fwd},
 		{"forward l4 cut short", frame{proto: 6, src: remote, dst: [4]byte{8, 8, 4, 4}, l4: ports(1, 2, 2)}.bytes(), fwd},
-		{"local tcp pool port", frame{proto: 6, src: remote, dst: local, l4: ports(80, 40005, 20)}.bytes(), loc},
-		{"local tcp pool edge", frame{proto: 6, src: remote, dst: local, l4: ports(80, 40009, 20)}.bytes(), loc},
-		{"local tcp other port", frame{proto: 6, src: remote, dst: local, l4: ports(50000, 22, 20)}.bytes(), pl},
-		{"local tcp next to pool", frame{proto: 6, src: remote, dst: local, l4: ports(50000, 40010, 20)}.bytes(), pl},
-		{"second local address", frame{proto: 17, src: remote, dst: [4]byte{10, 0, 0, 2}, l4: ports(53, 5353, 8)}.bytes(), loc},
-		{"local udp set port", frame{proto: 17, src: remote, dst: local, l4: ports(53, 5353, 8)}.bytes(), loc},
-		{"local udp other port", frame{proto: 17, src: remote, dst: local, l4: ports(53, 53, 8)}.bytes(), pl},
-		{"local udp port in tcp set", frame{proto: 17, src: remote, dst: local, l4: ports(53, 40001, 8)}.bytes(), pl},
-		{"local vlan tcp", frame{vlan: true, proto: 6, src: remote, dst: local, l4: ports(80, 40000, 20)}.bytes(), loc},
-		{"local ip options", frame{ihl: 6, proto: 6, src: remote, dst: local, l4: ports(80, 40001, 20)}.bytes(), loc},
-		{"local max ip options", frame{ihl: 15, proto: 17, src: remote, dst: local, l4: ports(80, 5353, 8)}.bytes(), loc},
-		{"echo reply set id", frame{proto: 1, src: remote, dst: local, l4: icmpEcho(0, 777)}.bytes(), loc},
-		{"echo reply other id", frame{proto: 1, src: remote, dst: local, l4: icmpEcho(0, 778)}.bytes(), pl},
-		{"echo request set id", frame{proto: 1, src: remote, dst: local, l4: icmpEcho(8, 777)}.bytes(), loc},
-		{"echo request other id", frame{proto: 1, src: remote, dst: local, l4: icmpEcho(8, 1)}.bytes(), pl},
-		{"icmp timestamp", frame{proto: 1, src: remote, dst: local, l4: icmpEcho(13, 777)}.bytes(), pl},
-		{"unreachable about nat udp", frame{proto: 1, src: remote, dst: local, l4: icmpError(3, 17, ports(5353, 53, 8))}.bytes(), loc},
-		{"unreachable about own udp", frame{proto: 1, src: remote, dst: local, l4: icmpError(3, 17, ports(9999, 53, 8))}.bytes(), pl},
-		{"time exceeded about nat tcp", frame{proto: 1, src: remote, dst: local, l4: icmpError(11, 6, ports(40002, 80, 8))}.bytes(), loc},
-		{"param problem about own tcp", frame{proto: 1, src: remote, dst: local, l4: icmpError(12, 6, ports(22, 80, 8))}.bytes(), pl},
-		{"unreachable about nat ping", frame{proto: 1, src: remote, dst: local, l4: icmpError(3, 1, icmpEcho(8, 777)[:8])}.bytes(), loc},
-		{"unreachable about own ping", frame{proto: 1, src: remote, dst: local, l4: icmpError(3, 1, icmpEcho(8, 3)[:8])}.bytes(), pl},
-		{"unreachable about gre", frame{proto: 1, src: remote, dst: local, l4: icmpError(3, 47, make([]byte, 8))}.bytes(), pl},
-		{"unreachable inner cut", frame{proto: 1, src: remote, dst: local, l4: icmpError(3, 17, ports(5353, 53, 8)), cut: 4}.bytes(), bad},
-		{"unreachable inner header cut", frame{proto: 1, src: remote, dst: local, l4: icmpError(3, 17, ports(5353, 53, 8)), cut: 20}.bytes(), bad},
+		{"forward non-first fragment", frame{proto: 17, src: remote, dst: [4]byte{8, 8, 8, 8}, fragOff: 100, l4: make([]byte, 8)}.bytes(), fwd},
+		{"forward non-first fragment at udp 68's place", frame{proto: 17, src: remote, dst: [4]byte{8, 8, 8, 8}, fragOff: 100, l4: ports(67, 68, 8)}.bytes(), fwd},
+		{"forward udp to 67", udp([4]byte{8, 8, 8, 8}, 67), fwd},
+		{"forward udp cut short", frame{proto: 17, src: remote, dst: [4]byte{8, 8, 8, 8}, l4: ports(67, 68, 3)}.bytes(), fwd},
+
+		// The kernel's whatever the address: multicast, the limited
+		// broadcast, DHCP to a client.
+		{"dhcp offer to an address not yet the box's", frame{proto: 17, src: remote, dst: [4]byte{10, 9, 9, 9}, l4: ports(67, 68, 8)}.bytes(), pl},
+		{"dhcp offer with ip options", frame{ihl: 7, proto: 17, src: remote, dst: [4]byte{10, 9, 9, 9}, l4: ports(67, 68, 8)}.bytes(), pl},
+		{"limited broadcast", udp([4]byte{255, 255, 255, 255}, 68), pl},
+		{"limited broadcast tcp", frame{proto: 6, src: remote, dst: [4]byte{255, 255, 255, 255}, l4: ports(1, 40005, 20)}.bytes(), pl},
+		{"vrrp", frame{proto: 112, src: remote, dst: [4]byte{224, 0, 0, 18}, l4: make([]byte, 8)}.bytes(), pl},
+		{"ospf", frame{proto: 89, src: remote, dst: [4]byte{224, 0, 0, 5}, l4: make([]byte, 8)}.bytes(), pl},
+		{"multicast udp", udp([4]byte{239, 255, 255, 250}, 1900), pl},
+		{"top of class d", udp([4]byte{239, 255, 255, 255}, 5353), pl},
+		{"class e is forwarded", udp([4]byte{240, 0, 0, 1}, 5353), fwd},
+		{"below class d is forwarded", udp([4]byte{223, 255, 255, 255}, 5353), fwd},
+
+		// Use counts: per address, protocol and port.
+		{"held tcp port", tcp(local, 40005), loc},
+		{"held tcp port, range edge", tcp(local, 40009), loc},
+		{"held tcp port, range start", tcp(local, 40000), loc},
+		{"tcp port next to held ones", tcp(local, 40010), pl},
+		{"tcp own service", tcp(local, 22), pl},
+		{"tcp port held on another address", tcp(local2, 40005), pl},
+		{"held udp port", udp(local2, 5353), loc},
+		{"udp port held on another address", udp(local, 5353), pl},
+		{"udp port held for tcp", udp(local, 40001), pl},
+		{"address without a slot", tcp(local5, 40005), pl},
+		{"address with every port", udp(local4, 9999), loc},
+		{"address with every port, tcp", tcp(local4, 1), loc},
+		{"address with every port, echo reply", icmp(local4, icmpEcho(0, 4242)), loc},
+		{"address with every port, echo request", icmp(local4, icmpEcho(8, 4242)), pl},
+		{"vlan held port", frame{vlan: true, proto: 6, src: remote, dst: local, l4: ports(80, 40000, 20)}.bytes(), loc},
+		{"ip options held port", frame{ihl: 6, proto: 6, src: remote, dst: local, l4: ports(80, 40001, 20)}.bytes(), loc},
+		{"max ip options held port", frame{ihl: 15, proto: 17, src: remote, dst: local2, l4: ports(80, 5353, 8)}.bytes(), loc},
+
+		// DNAT groups.
+		{"dnat tcp port", tcp(local, 2222), loc},
+		{"dnat tcp port, other address of the prefix", tcp(local2, 2222), loc},
+		{"dnat tcp port, address outside the prefix", tcp(local5, 2222), pl},
+		{"dnat port, other protocol", udp(local, 2222), pl},
+		{"dnat neighbouring port", tcp(local, 2223), pl},
+		{"dnat udp ports", udp(local, 5001), loc},
+		{"dnat udp ports, other address", udp(local2, 5001), pl},
+		{"dnat every protocol: gre", frame{proto: 47, src: remote, dst: local3, l4: make([]byte, 8)}.bytes(), loc},
+		{"dnat every protocol: echo request", icmp(local3, icmpEcho(8, 1)), loc},
+		{"dnat every protocol: tcp", tcp(local3, 1), loc},
+		{"dnat inverted prefix", tcp(local5, 8080), loc},
+		{"dnat inverted prefix, address inside", tcp(local, 8080), pl},
+
+		// ICMP.
+		{"echo reply held id", icmp(local, icmpEcho(0, 777)), loc},
+		{"echo reply other id", icmp(local, icmpEcho(0, 778)), pl},
+		{"echo reply id held on another address", icmp(local2, icmpEcho(0, 777)), pl},
+		{"echo request held id", icmp(local, icmpEcho(8, 777)), pl},
+		{"echo request", icmp(local2, icmpEcho(8, 1)), pl},
+		{"icmp timestamp", icmp(local, icmpEcho(13, 777)), pl},
+		{"unreachable about held udp", icmp(local2, icmpError(3, local2, 17, ports(5353, 53, 8))), loc},
+		{"unreachable about own udp", icmp(local2, icmpError(3, local2, 17, ports(9999, 53, 8))), pl},
+		{"time exceeded about held tcp", icmp(local, icmpError(11, local, 6, ports(40002, 80, 8))), loc},
+		{"param problem about own tcp", icmp(local, icmpError(12, local, 6, ports(22, 80, 8))), pl},
+		{"unreachable about held ping", icmp(local, icmpError(3, local, 1, icmpEcho(8, 777)[:8])), loc},
+		{"unreachable about own ping", icmp(local, icmpError(3, local, 1, icmpEcho(8, 3)[:8])), pl},
+		{"unreachable about a dnat connection's reply", icmp(local, icmpError(3, local, 6, ports(2222, 5555, 8))), loc},
+		{"unreachable about gre", icmp(local, icmpError(3, local, 47, make([]byte, 8))), pl},
+		{"unreachable inner cut", frame{proto: 1, src: remote, dst: local2, l4: icmpError(3, local2, 17, ports(5353, 53, 8)), cut: 4}.bytes(), bad},
+		{"unreachable inner header cut", frame{proto: 1, src: remote, dst: local2, l4: icmpError(3, local2, 17, ports(5353, 53, 8)), cut: 20}.bytes(), bad},
+
+		// Other protocols and fragments.
 		{"local gre", frame{proto: 47, src: remote, dst: local, l4: make([]byte, 8)}.bytes(), pl},
-		{"local non-first fragment", frame{proto: 17, src: remote, dst: local, fragOff: 100, l4: make([]byte, 8)}.bytes(), loc},
-		{"local last fragment", frame{proto: 6, src: remote, dst: local, fragOff: 1, l4: make([]byte, 8)}.bytes(), loc},
-		{"local first fragment other port", frame{proto: 17, src: remote, dst: local, mf: true, l4: ports(1, 53, 8)}.bytes(), pl},
-		{"local first fragment set port", frame{proto: 17, src: remote, dst: local, mf: true, l4: ports(1, 5353, 8)}.bytes(), loc},
+		{"local non-first fragment", frame{proto: 17, src: remote, dst: local2, fragOff: 100, l4: ports(53, 5353, 8)}.bytes(), pl},
+		{"local last fragment", frame{proto: 6, src: remote, dst: local, fragOff: 1, l4: ports(80, 40005, 8)}.bytes(), pl},
+		{"local non-first fragment, every port xnat's", frame{proto: 17, src: remote, dst: local4, fragOff: 185, l4: make([]byte, 8)}.bytes(), pl},
+		{"local first fragment own port", frame{proto: 17, src: remote, dst: local, mf: true, l4: ports(1, 53, 8)}.bytes(), pl},
+		{"local first fragment held port", frame{proto: 17, src: remote, dst: local2, mf: true, l4: ports(1, 5353, 8)}.bytes(), loc},
+
+		// Malformed.
 		{"ethernet only", frame{etherType: 0x0800}.bytes()[:14], bad},
 		{"vlan tag cut", append(frame{etherType: 0x0806}.bytes()[:12], 0x81, 0x00, 0x00)[:15], bad},
-		{"ipv4 header cut", frame{proto: 17, src: remote, dst: local, l4: ports(1, 5353, 8)}.bytes()[:30], bad},
+		{"ipv4 header cut", udp(local, 5353)[:30], bad},
 		{"ip version 6 in ipv4", frame{version: 6, proto: 17, src: remote, dst: local, l4: ports(1, 5353, 8)}.bytes(), bad},
 		{"ihl 4", frame{ihl: 4, proto: 17, src: remote, dst: local}.bytes(), bad},
 		{"ihl past the frame", frame{ihl: 15, proto: 17, src: remote, dst: local}.bytes()[:14+40], bad},
 		{"local tcp ports cut", frame{proto: 6, src: remote, dst: local, l4: ports(1, 40000, 3)}.bytes(), bad},
 		{"local icmp cut", frame{proto: 1, src: remote, dst: local, l4: icmpEcho(0, 777)[:6]}.bytes(), bad},
 	} {
-		runCase(t, p, c.name, c.b, xdpPass, c.want...)
+		ret := uint32(xdpPass)
+		if c.want[0] == CtrToXnatForward || c.want[0] == CtrToXnatLocal {
+			ret = xdpDrop
+		}
+		runCase(t, p, c.name, c.b, ret, c.want...)
 	}
 
 	// The maps are live: removing the address makes the same frame a
-	// forwarded one, emptying the set makes a pool port a local one.
-	b := frame{proto: 6, src: remote, dst: local, l4: ports(80, 40005, 20)}.bytes()
-	if err := f.SetLocals([][4]byte{{10, 0, 0, 2}}); err != nil {
+	// forwarded one; a count back to 0 gives the port to the kernel; new
+	// DNAT groups replace the old ones.
+	b := tcp(local, 40003)
+	if err := f.SetLocals([]Local{{local2, 1}}); err != nil {
 		t.Fatal(err)
 	}
-	runCase(t, p, "address removed", b, xdpPass, fwd...)
-	if err := f.SetLocals([][4]byte{local}); err != nil {
+	runCase(t, p, "address removed", b, xdpDrop, fwd...)
+	if err := f.SetLocals([]Local{{local, 0}, {local2, 1}}); err != nil {
 		t.Fatal(err)
 	}
-	runCase(t, p, "address back", b, xdpPass, loc...)
-	if err := f.SetPorts(TCP, &PortSet{}); err != nil {
+	runCase(t, p, "address back", b, xdpDrop, loc...)
+	addUse(t, f, 0, TCP, 40003, -1)
+	runCase(t, p, "count back to 0", b, xdpPass, pl...)
+	addUse(t, f, 0, TCP, 40005, -1)
+	runCase(t, p, "one holder of two left", tcp(local, 40005), xdpDrop, loc...)
+	if err := p.SetDNAT([]Group{{Addr: 0x0a000001, Mask: 0xffffffff, Proto: 6, Ports: set(2223)}}); err != nil {
 		t.Fatal(err)
 	}
-	runCase(t, p, "tcp set emptied", b, xdpPass, pl...)
+	runCase(t, p, "dnat group removed", tcp(local, 2222), xdpPass, pl...)
+	runCase(t, p, "dnat group added", tcp(local, 2223), xdpDrop, loc...)
+	runCase(t, p, "dnat groups after the first unused", udp(local, 5001), xdpPass, pl...)
+	// Every group slot in use: the last one is still checked.
+	many := make([]Group, MaxDNATGroups)
+	for i := range many {
+		many[i] = Group{Addr: 0x0a000001, Mask: 0xffffffff, Proto: 17, Ports: set(uint16(6000 + i))}
+	}
+	if err := p.SetDNAT(many); err != nil {
+		t.Fatal(err)
+	}
+	runCase(t, p, "last of 64 groups", udp(local, 6000+MaxDNATGroups-1), xdpDrop, loc...)
+	runCase(t, p, "past 64 groups", udp(local, 6000+MaxDNATGroups), xdpPass, pl...)
+	if err := p.SetDNAT(append(many, many[0])); !errors.Is(err, ErrGroups) {
+		t.Fatalf("65 groups: %v, want ErrGroups", err)
+	}
 	st, err := p.Stats()
 	if err != nil {
 		t.Fatal(err)
@@ -323,7 +438,7 @@ func TestRedirectVerdict(t *testing.T) {
 	if err := p.Unregister(0); err != nil {
 		t.Fatal(err)
 	}
-	runCase(t, p, "unregistered", frame{proto: 6, src: remote, dst: local, l4: ports(80, 40003, 20)}.bytes(), xdpPass, CtrToXnatLocal, CtrRedirectFailed)
+	runCase(t, p, "unregistered", frame{proto: 6, src: remote, dst: local, l4: ports(80, 40003, 20)}.bytes(), xdpDrop, CtrToXnatLocal, CtrRedirectFailed)
 }
 
 // TestOnVeth attaches the program to a veth end in a namespace with an
@@ -334,21 +449,17 @@ func TestRedirectVerdict(t *testing.T) {
 func TestOnVeth(t *testing.T) {
 	f := newFilter(t)
 	a, b, b0 := vethPair(t)
-	if err := f.SetLocals([][4]byte{{10, 0, 1, 1}}); err != nil {
+	if err := f.SetLocals([]Local{{[4]byte{10, 0, 1, 1}, 2}}); err != nil {
 		t.Fatal(err)
 	}
-	var udp PortSet
-	udp.Add(6000)
-	if err := f.SetPorts(UDP, &udp); err != nil {
-		t.Fatal(err)
-	}
+	addUse(t, f, 2, UDP, 6000, 1)
 	p := load(t, f)
 	var mode AttachMode
 	var u *ring.UMEM
 	var svc *net.UDPConn
 	if err := b.Do(func() error {
 		var err error
-		if mode, err = p.Attach(b0, AttachAuto); err != nil {
+		if mode, err = p.Attach(b0, AttachAuto, false); err != nil {
 			return err
 		}
 		if u, err = ring.Open(ring.Config{NumFrames: 256, FillSize: 64, CompletionSize: 64, RxSize: 64, TxSize: 64}, ring.Endpoint{Ifindex: b0}); err != nil {
@@ -454,41 +565,59 @@ func progID(t *testing.T, ns *netns.NS, ifindex int) uint32 {
 	return 0
 }
 
-// TestReplaceLeftover leaves a program attached through netlink with
-// its file descriptor closed — what a crashed run leaves — and checks
-// that Attach replaces it; a program held by a live BPF link is not
-// replaced (ErrBusy); Close leaves the interface clean.
-func TestReplaceLeftover(t *testing.T) {
-	f := newFilter(t)
-	_, b, b0 := vethPair(t)
-	var leftoverID uint32
-	if err := b.Do(func() error {
-		lp, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-			Type: ebpf.XDP, License: "MIT",
-			Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, xdpPass), asm.Return()},
-		})
+// attachNetlink attaches prog to ifindex through netlink in generic
+// mode, as other tools (and crashed runs of older tools) leave programs.
+func attachNetlink(t *testing.T, ns *netns.NS, ifindex int, prog *ebpf.Program) uint32 {
+	t.Helper()
+	if err := ns.Do(func() error {
+		l, err := netlink.LinkByIndex(ifindex)
 		if err != nil {
 			return err
 		}
-		defer lp.Close()
-		l, err := netlink.LinkByIndex(b0)
-		if err != nil {
-			return err
-		}
-		return netlink.LinkSetXdpFdWithFlags(l, lp.FD(), unix.XDP_FLAGS_SKB_MODE)
+		return netlink.LinkSetXdpFdWithFlags(l, prog.FD(), unix.XDP_FLAGS_SKB_MODE)
 	}); err != nil {
 		t.Fatal(err)
 	}
-	leftoverID = progID(t, b, b0)
-	if leftoverID == 0 {
-		t.Fatal("leftover program not attached")
+	id := progID(t, ns, ifindex)
+	if id == 0 {
+		t.Fatal("program not attached through netlink")
+	}
+	return id
+}
+
+// TestReplaceLeftover: another program's XDP program is not replaced
+// unless asked (ErrForeign, the program stays); asked, it is, and
+// Replaced reports it. An xnat program left attached through netlink is
+// replaced without asking. A program held by a live BPF link is never
+// replaced (ErrBusy). Close leaves the interface clean.
+func TestReplaceLeftover(t *testing.T) {
+	f := newFilter(t)
+	_, b, b0 := vethPair(t)
+	other, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "other_xdp", Type: ebpf.XDP, License: "MIT",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, xdpPass), asm.Return()},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherID := attachNetlink(t, b, b0, other)
+	other.Close()
+	if a, ok, err := queryIn(b, b0); err != nil || !ok || a.Name != "other_xdp" || a.ID != otherID || a.Mode != AttachGeneric {
+		t.Fatalf("Query: %+v %v %v", a, ok, err)
 	}
 	p := load(t, f)
-	if err := b.Do(func() error { _, err := p.Attach(b0, AttachAuto); return err }); err != nil {
-		t.Fatalf("attach over a leftover: %v", err)
+	err = b.Do(func() error { _, err := p.Attach(b0, AttachAuto, false); return err })
+	if !errors.Is(err, ErrForeign) || !strings.Contains(err.Error(), "other_xdp") {
+		t.Fatalf("attach over another program's XDP program: %v, want ErrForeign naming it", err)
 	}
-	if p.Replaced() != leftoverID {
-		t.Fatalf("Replaced() = %d, want %d", p.Replaced(), leftoverID)
+	if got := progID(t, b, b0); got != otherID {
+		t.Fatalf("a refused attach changed the program from %d to %d", otherID, got)
+	}
+	if err := b.Do(func() error { _, err := p.Attach(b0, AttachAuto, true); return err }); err != nil {
+		t.Fatalf("attach with replace: %v", err)
+	}
+	if p.Replaced() != otherID {
+		t.Fatalf("Replaced() = %d, want %d", p.Replaced(), otherID)
 	}
 	id, err := p.ID()
 	if err != nil {
@@ -498,7 +627,7 @@ func TestReplaceLeftover(t *testing.T) {
 		t.Fatalf("interface runs program %d, ours is %d", got, id)
 	}
 	q := load(t, f)
-	err = b.Do(func() error { _, err := q.Attach(b0, AttachAuto); return err })
+	err = b.Do(func() error { _, err := q.Attach(b0, AttachAuto, true); return err })
 	if !errors.Is(err, ErrBusy) {
 		t.Fatalf("attach over a live link: %v, want ErrBusy", err)
 	}
@@ -518,7 +647,158 @@ func TestReplaceLeftover(t *testing.T) {
 	if err := p.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
 	}
-	if _, err := p.Attach(b0, AttachAuto); !errors.Is(err, ErrClosed) {
+	if _, err := p.Attach(b0, AttachAuto, false); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Attach after Close: %v", err)
+	}
+
+	// An xnat program left attached through netlink is replaced.
+	left := load(t, f)
+	leftID := attachNetlink(t, b, b0, left.prog)
+	left.Close()
+	r := load(t, f)
+	if err := b.Do(func() error { _, err := r.Attach(b0, AttachAuto, false); return err }); err != nil {
+		t.Fatalf("attach over a leftover xnat program: %v", err)
+	}
+	if r.Replaced() != leftID {
+		t.Fatalf("Replaced() = %d, want the leftover %d", r.Replaced(), leftID)
+	}
+	if err := b.Do(r.Close); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func queryIn(ns *netns.NS, ifindex int) (a Attached, ok bool, err error) {
+	err = ns.Do(func() error {
+		var qerr error
+		a, ok, qerr = Query(ifindex)
+		return qerr
+	})
+	return a, ok, err
+}
+
+// TestUnservedQueueDrops: a veth with two queues, the program attached
+// with a socket on queue 0 only, and the kernel forwarding (ip_forward=1):
+// datagrams to be forwarded that arrive on queue 1 are dropped and
+// counted, never forwarded by the kernel untranslated; those on queue 0
+// reach the socket. With the program detached the same datagrams do
+// reach the far host, so the topology itself forwards.
+func TestUnservedQueueDrops(t *testing.T) {
+	netns.RequireRoot(t)
+	tp := netns.New(t)
+	a, b, c := tp.NS("a"), tp.NS("b"), tp.NS("c")
+	for _, err := range []error{
+		tp.AddVeth(a, "a0", b, "b0", 2),
+		tp.AddVeth(b, "b1", c, "c0", 1),
+		b.SetSysctl("net.ipv4.ip_forward", "1"),
+		a.AddAddr("a0", "10.0.1.2/24"),
+		b.AddAddr("b0", "10.0.1.1/24"),
+		b.AddAddr("b1", "10.0.2.1/24"),
+		c.AddAddr("c0", "10.0.2.2/24"),
+		a.AddRoute("10.0.2.0/24", "10.0.1.1", "a0"),
+		c.AddRoute("10.0.1.0/24", "10.0.2.1", "c0"),
+		a.SetTxChecksum("a0", false),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	b0, err := b.Index("b0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sink *net.UDPConn
+	if err := c.Do(func() error {
+		var err error
+		sink, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(10, 0, 2, 2), Port: 9000})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	// send sends one datagram from each of n source ports (flows spread
+	// over a0's two transmit queues, which are b0's receive queues).
+	send := func(n int) {
+		t.Helper()
+		if err := a.Do(func() error {
+			for i := range n {
+				conn, err := net.DialUDP("udp4", &net.UDPAddr{IP: net.IPv4(10, 0, 1, 2), Port: 20000 + i}, &net.UDPAddr{IP: net.IPv4(10, 0, 2, 2), Port: 9000})
+				if err != nil {
+					return err
+				}
+				_, err = conn.Write([]byte("flow"))
+				conn.Close()
+				if err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	received := func(wait time.Duration) int {
+		n := 0
+		buf := make([]byte, 64)
+		for {
+			_ = sink.SetReadDeadline(time.Now().Add(wait))
+			if _, err := sink.Read(buf); err != nil {
+				return n
+			}
+			n++
+		}
+	}
+	// The kernel alone forwards them.
+	const flows = 32
+	send(flows)
+	if n := received(500 * time.Millisecond); n != flows {
+		t.Fatalf("without xnat's program the far host got %d of %d datagrams", n, flows)
+	}
+
+	f := newFilter(t)
+	if err := f.SetLocals([]Local{{[4]byte{10, 0, 1, 1}, NoSlot}, {[4]byte{10, 0, 2, 1}, NoSlot}}); err != nil {
+		t.Fatal(err)
+	}
+	p := load(t, f)
+	var u *ring.UMEM
+	if err := b.Do(func() error {
+		if _, err := p.Attach(b0, AttachAuto, false); err != nil {
+			return err
+		}
+		var err error
+		u, err = ring.Open(ring.Config{NumFrames: 256, FillSize: 64, CompletionSize: 64, RxSize: 64, TxSize: 64}, ring.Endpoint{Ifindex: b0, Queue: 0})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	if err := p.Register(0, u.Socket(0).FD()); err != nil {
+		t.Fatal(err)
+	}
+	send(flows)
+	if n := received(500 * time.Millisecond); n != 0 {
+		t.Fatalf("%d datagrams were forwarded by the kernel, untranslated, while xnat's program was attached", n)
+	}
+	descs := make([]ring.Desc, 64)
+	onSocket := 0
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) {
+		n := u.Socket(0).Receive(descs)
+		u.Release(descs[:n])
+		onSocket += n
+		u.Socket(0).Fill()
+		if n == 0 {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	st, err := p.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d flows: %d on queue 0's socket, %d dropped for want of a socket on queue 1", flows, onSocket, st.RedirectFailed())
+	if st.RedirectFailed() == 0 || onSocket == 0 {
+		t.Fatalf("counters %v, %d on the socket: want flows on both queues", st.Counters, onSocket)
+	}
+	if uint64(onSocket)+st.RedirectFailed() != st.Counters[CtrToXnatForward] {
+		t.Fatalf("%d on the socket and %d dropped, of %d meant for xnat", onSocket, st.RedirectFailed(), st.Counters[CtrToXnatForward])
 	}
 }
