@@ -35,7 +35,11 @@
 //     dropped with its own reason; nothing can read out of bounds
 //     (FuzzPipeline, FuzzParseFast). A packet whose TTL would reach zero
 //     is answered with ICMP time exceeded here, before it can create a
-//     connection. Non-first fragments are dropped.
+//     connection. A first fragment is taken like a whole datagram (its
+//     transport header, all that is rewritten, is in it whole; a UDP
+//     length beyond it is the whole datagram's, and the checksum over the
+//     whole datagram is updated incrementally); later fragments are
+//     counted and dropped (fragment).
 //  2. Look every frame's tuple up in the flow table in one batch
 //     (process.go), so their cache misses overlap. An ICMP error is looked
 //     up by the datagram it quotes.
