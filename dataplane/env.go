@@ -72,7 +72,8 @@ type Env struct {
 	neigh  map[neighKey][6]byte
 	local  map[uint32]uint16 // box address -> port that has it
 	// NAT pools by target: SNAT targets by ID, MASQUERADE targets by ID and
-	// egress port, hairpin by port (hairpinTarget).
+	// egress port (every port with an address), hairpin by outside port
+	// (hairpinTarget).
 	snatPool map[uint16]uint16
 	masqPool map[[2]uint16]uint16
 	gen      uint64
@@ -164,8 +165,11 @@ func NewEnv(cfg EnvConfig) (*Env, error) {
 		return nil, fmt.Errorf("compiling rules: %w", err)
 	}
 	env.Rules = rs
-	// Pools: every SNAT target, every MASQUERADE target on every outside
-	// port with an address, and hairpinning on every outside address.
+	// Pools: every SNAT target, every MASQUERADE target on every port with
+	// an address (as Linux, MASQUERADE takes the egress interface's
+	// address, an inside one included: a hairpinned connection leaves
+	// through the port it came in on), and hairpinning on every outside
+	// address.
 	for _, tg := range rs.NATTargets() {
 		switch tg.Kind {
 		case rules.NATSNAT:
@@ -176,7 +180,7 @@ func NewEnv(cfg EnvConfig) (*Env, error) {
 			env.snatPool[tg.ID] = id
 		case rules.NATMasquerade:
 			for _, p := range env.Ports {
-				if a := p.Primary(); a != 0 && p.Outside {
+				if a := p.Primary(); a != 0 {
 					id, err := cfg.Pools.get(poolFor(a, a, tg.Range, true))
 					if err != nil {
 						return nil, err

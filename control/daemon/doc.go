@@ -66,8 +66,8 @@
 // Every new snapshot of the mirror rebuilds the Env (same rule model,
 // previous Env for counters, same pools) and swaps it in; if it cannot be
 // built (an interface vanished) the previous one stays and an event says
-// so. When an address of an outside interface goes away, or the interface
-// goes down, the connections masqueraded through it — source-translated,
+// so. When an address of an interface xnat forwards on goes away, or the
+// interface goes down, the connections masqueraded through it — source-translated,
 // with that address as the reply's destination — are deleted, as Linux's
 // MASQUERADE does on NETDEV_DOWN and address removal; later connections
 // use the interface's current address. The XDP maps are rewritten from

@@ -23,7 +23,7 @@ func (d *Daemon) onSnapshot(s *topo.Snapshot) {
 	if d.dp == nil || d.stopped {
 		return // Start builds the first Env from it
 	}
-	for _, name := range d.cfg.Outside {
+	for _, name := range d.names {
 		old, ok := prev.IfaceByName(name)
 		if !ok {
 			continue
