@@ -44,11 +44,6 @@ type route struct {
 	port    uint16
 }
 
-type neighKey struct {
-	port uint16
-	ip   uint32
-}
-
 // poolKey names a NAT pool: a rule set's SNAT target (by its range), or
 // MASQUERADE/hairpin on one address.
 type poolKey struct {
@@ -69,7 +64,9 @@ type Env struct {
 	Ports  []Port
 	Rules  *rules.Ruleset
 	routes []route
-	neigh  map[neighKey][6]byte
+	// neighs are the snapshot's neighbours, which a new Dataplane's
+	// neighbour table starts with.
+	neighs []topo.Neigh
 	local  map[uint32]uint16 // box address -> port that has it
 	// NAT pools by target: SNAT targets by ID, MASQUERADE targets by ID and
 	// egress port (every port with an address), hairpin by outside port
@@ -109,7 +106,6 @@ func NewEnv(cfg EnvConfig) (*Env, error) {
 		return nil, fmt.Errorf("%w: %d interfaces (1 to %d)", ErrEnv, len(names), MaxPorts)
 	}
 	env := &Env{
-		neigh:    map[neighKey][6]byte{},
 		local:    map[uint32]uint16{},
 		snatPool: map[uint16]uint16{},
 		masqPool: map[[2]uint16]uint16{},
@@ -151,11 +147,7 @@ func NewEnv(cfg EnvConfig) (*Env, error) {
 		}
 	}
 	sort.SliceStable(env.routes, func(i, j int) bool { return env.routes[i].dst.Len > env.routes[j].dst.Len })
-	for _, n := range cfg.Snapshot.Neighs {
-		if port, ok := byIndex[n.IfIndex]; ok && n.State == topo.NeighValid {
-			env.neigh[neighKey{port, n.IP}] = n.MAC
-		}
-	}
+	env.neighs = cfg.Snapshot.Neighs
 	var prevRules *rules.Ruleset
 	if cfg.Prev != nil {
 		prevRules = cfg.Prev.Rules

@@ -42,11 +42,11 @@ func (p *Pipeline) handleICMPError(frame []byte, size int, m *meta, ref flowtabl
 		newSrc = n.Src
 	}
 	nh, r := p.nextHop(newDst)
-	if r != ReasonNone {
+	if r != ReasonNone && r != ReasonNoNeighbour {
 		p.finish(out, ActDrop, r, 0, 0)
 		return
 	}
-	port, mac := nh.port, nh.mac
+	port := nh.port
 	var pk rules.Packet
 	p.packetFor(frame, m, &pk)
 	pk.OutIf, pk.CtState, pk.CtMark = port, ctstate, f.Mark()
@@ -113,7 +113,7 @@ func (p *Pipeline) handleICMPError(frame []byte, size int, m *meta, ref flowtabl
 	icmp.SetChecksum(0)
 	icmp.SetChecksum(header.Checksum(icmp, 0))
 	ip.DecTTL()
-	p.emit(frame, size, m, port, &mac, out)
+	p.deliver(frame, size, m, nh, out)
 }
 
 // rewritePorts sets a quoted TCP or UDP header's ports and folds their

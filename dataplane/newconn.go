@@ -80,8 +80,10 @@ func (p *Pipeline) newConnection(frame []byte, size int, m *meta, key *flowtable
 		p.finish(out, ActDrop, ReasonUnsolicited, 0, 0)
 		return
 	}
+	// Only the egress port matters here: a next hop being resolved holds
+	// the packet after its connection is created (forwardFirst).
 	nh, r := p.nextHop(dst)
-	if r != ReasonNone {
+	if r != ReasonNone && r != ReasonNoNeighbour {
 		p.finish(out, ActDrop, r, 0, 0)
 		return
 	}
@@ -193,11 +195,11 @@ func backendHash(k *flowtable.Tuple, seed uint64) uint32 {
 func (p *Pipeline) forwardFirst(frame []byte, size int, m *meta, ref flowtable.Ref, out *Result) {
 	other := p.d.Table.Flow(ref).TuplePtr(1 - ref.Dir())
 	nh, r := p.nextHop(other.Src)
-	if r != ReasonNone {
+	if r != ReasonNone && r != ReasonNoNeighbour {
 		p.finish(out, ActDrop, r, 0, 0)
 		return
 	}
-	p.send(frame, size, m, ref, other, nh.port, &nh.mac, out)
+	p.send(frame, size, m, ref, other, nh, out)
 }
 
 // untracked handles a packet conntrack cannot track (state INVALID): the
@@ -213,15 +215,14 @@ func (p *Pipeline) untracked(frame []byte, size int, m *meta, out *Result) {
 		return
 	}
 	nh, r := p.nextHop(ip.Dst())
-	if r != ReasonNone {
+	if r != ReasonNone && r != ReasonNoNeighbour {
 		p.finish(out, ActDrop, r, 0, 0)
 		return
 	}
-	port, mac := nh.port, nh.mac
-	pk.OutIf = port
+	pk.OutIf = nh.port
 	v := p.env.Rules.Filter(rules.Forward, &pk, p.core, p.nowNs)
 	if p.refused(frame, size, m, v, ReasonInvalid, out) {
 		return
 	}
-	p.send(frame, size, m, 0, nil, port, &mac, out)
+	p.send(frame, size, m, 0, nil, nh, out)
 }

@@ -14,6 +14,7 @@ import (
 // generated reply may use. out[i] receives the decision; forwarded and
 // generated frames are rewritten in place. It allocates nothing.
 func (p *Pipeline) Process(frames [][]byte, sizes []int, in []uint16, out []Result) {
+	p.held.recycle()
 	for len(frames) > 0 {
 		n := min(len(frames), batchMax)
 		p.process(frames[:n], sizes[:n], in[:n], out[:n])
@@ -28,6 +29,7 @@ func (p *Pipeline) Process(frames [][]byte, sizes []int, in []uint16, out []Resu
 // calls it when its sockets received nothing, so that expiry and port
 // reuse do not wait for traffic. It allocates nothing.
 func (p *Pipeline) Idle() {
+	p.held.recycle()
 	p.process(nil, nil, nil, nil)
 }
 
@@ -49,6 +51,7 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 	p.now = flowtable.TimeAt(el)
 	p.nowSec = uint32(el / time.Second)
 	p.ct.Enter()
+	p.neighCheck()
 
 	// Count every frame in and parse it, the common ones on the fast path
 	// and the rest (rest) on the full one; collect the keys to look up.
