@@ -62,6 +62,10 @@ type Daemon struct {
 
 	evMu sync.Mutex // serialises OnEvent
 
+	// neigh is the dataplane's neighbour table, kept current from the
+	// kernel's notifications (the mirror's OnNeigh) and its dumps.
+	neigh *dataplane.NeighTable
+
 	mu       sync.Mutex // control path: the model, the snapshot, Env rebuilds, the filter maps
 	model    *rules.Model
 	snap     *topo.Snapshot
@@ -120,7 +124,8 @@ func Start(plan *Plan, opts Options) (d *Daemon, err error) {
 	pools := dataplane.NewPools(c.Queues, limiter)
 	// The mirror's first snapshot arrives before Start returns; later
 	// ones rebuild the Env.
-	d.mirror, err = kernel.Start(kernel.Options{OnChange: d.onSnapshot, OnError: func(e error) {
+	d.neigh = dataplane.NewNeighTable()
+	d.mirror, err = kernel.Start(kernel.Options{OnChange: d.onSnapshot, OnNeigh: d.neigh.Update, OnError: func(e error) {
 		d.emit(warn("kernel mirror", "err", e))
 	}})
 	if err != nil {
@@ -130,6 +135,7 @@ func Start(plan *Plan, opts Options) (d *Daemon, err error) {
 	env, err := dataplane.NewEnv(dataplane.EnvConfig{Snapshot: d.snap, Inside: c.Inside, Outside: c.Outside, Model: d.model, Pools: pools})
 	if err == nil {
 		d.dp = dataplane.New(d.tab, pools, dataplane.NewSettings(), env)
+		d.dp.UseNeighbours(d.neigh)
 	}
 	d.mu.Unlock()
 	if err != nil {

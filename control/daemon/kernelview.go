@@ -16,6 +16,9 @@ import (
 // state, flush connections masqueraded through an outside address that went
 // away or whose interface went down, and keep the XDP maps current.
 func (d *Daemon) onSnapshot(s *topo.Snapshot) {
+	// The dump's neighbours, in order with the notifications before and
+	// after it (both come from the mirror's goroutine).
+	d.neigh.Sync(s.Neighs)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	prev := d.snap
