@@ -456,9 +456,7 @@ func cmpU32(a, b uint32) int {
 // with NTF_USE creates the entry if needed and triggers the kernel's
 // resolution (neigh_event_send) — an ARP request — without setting a
 // state or link-layer address. The kernel then owns the entry: the
-// result arrives through the neighbour subscription. It returns at once;
-// packets for the next hop are dropped (and counted by the caller)
-// until the entry is valid.
+// result arrives through the neighbour subscription. It returns at once.
 func ResolveNeighbour(h *netlink.Handle, ifindex int, ip uint32) error {
 	addr := make(net.IP, 4)
 	binary.BigEndian.PutUint32(addr, ip)
