@@ -68,6 +68,8 @@ type Env struct {
 	// neighbour table starts with.
 	neighs []topo.Neigh
 	local  map[uint32]uint16 // box address -> port that has it
+	// bcast are the directed broadcast addresses of the ports' subnets.
+	bcast []uint32
 	// NAT pools by target: SNAT targets by ID, MASQUERADE targets by ID and
 	// egress port (every port with an address), hairpin by outside port
 	// (hairpinTarget).
@@ -129,6 +131,9 @@ func NewEnv(cfg EnvConfig) (*Env, error) {
 		for _, a := range ifc.Addrs {
 			p.Addrs = append(p.Addrs, a.Addr)
 			env.local[a.Addr] = p.ID
+			if a.Len < 31 {
+				env.bcast = append(env.bcast, a.Addr|^uint32(0)>>a.Len)
+			}
 		}
 		byIndex[ifc.Index] = p.ID
 		env.Ports = append(env.Ports, p)
@@ -204,6 +209,38 @@ func poolFor(lo, hi uint32, r rules.NATRange, masq bool) poolKey {
 
 // NoPort is "no port".
 const NoPort = ^uint16(0)
+
+// martian says whether a router must not forward a packet from src to
+// dst (RFC 1812 4.2.2.11, 5.3.7; Linux's ip_route_input_slow): a limited
+// or directed broadcast or a multicast destination is the box's own
+// (ReasonBroadcast: DHCP, VRRP, routing protocols), and a source or
+// destination in 0.0.0.0/8, 127.0.0.0/8, 169.254.0.0/16 (link-local:
+// never routed, RFC 3927) or 240.0.0.0/4, or a multicast or broadcast
+// source, is a martian (ReasonMartian). ReasonNone for a packet that may
+// be forwarded.
+func (e *Env) martian(src, dst uint32) Reason {
+	if dst == 0xffffffff || dst>>28 == 0xe {
+		return ReasonBroadcast
+	}
+	for _, b := range e.bcast {
+		if dst == b {
+			return ReasonBroadcast
+		}
+		if src == b {
+			return ReasonMartian
+		}
+	}
+	if martianAddr(src) || src>>28 == 0xe || martianAddr(dst) {
+		return ReasonMartian
+	}
+	return ReasonNone
+}
+
+// martianAddr reports an address no router forwards to or from.
+func martianAddr(a uint32) bool {
+	n := a >> 24
+	return n == 0 || n == 127 || a>>28 == 0xf || a>>16 == 0xa9fe
+}
 
 // lookupRoute finds the route for dst: the egress port and the next hop.
 func (e *Env) lookupRoute(dst uint32) (port uint16, nexthop uint32, ok bool) {

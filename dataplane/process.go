@@ -82,6 +82,10 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 		if m.kind == kDone {
 			continue
 		}
+		if p.routerMustNot(frame, m, &out[i]) {
+			m.kind = kDone
+			continue
+		}
 		if frame[int(m.l3)+header.IPv4TTL] <= 1 {
 			p.ttlExceeded(frames[i], sizes[i], m, &out[i])
 			m.kind = kDone
@@ -138,11 +142,28 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 	p.env.Rules.Flush(p.core)
 	p.ct.Exit()
 	p.cnt.Batches++
-	if fastPkts == uint64(len(frames)) {
+	if fastPkts == uint64(len(frames)) && p.held.nrel == 0 {
 		p.pub.storeFast(&p.cnt, len(p.env.Ports))
 	} else {
 		p.pub.store(&p.cnt)
 	}
+}
+
+// routerMustNot decides a packet a router never forwards (Env.martian):
+// a broadcast or multicast one goes to the kernel, a martian is dropped;
+// both are counted under their reason. It reports whether it decided.
+func (p *Pipeline) routerMustNot(frame []byte, m *meta, out *Result) bool {
+	ip := header.IPv4(frame[m.l3:])
+	r := p.env.martian(ip.Src(), ip.Dst())
+	if r == ReasonNone {
+		return false
+	}
+	p.finish(out, ActDrop, r, 0, 0)
+	if r == ReasonBroadcast {
+		out.Action = ActKernel
+		p.cnt.ToKernel++
+	}
+	return true
 }
 
 // finish records a frame's decision, and counts a drop under its reason.
