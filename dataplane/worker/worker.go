@@ -165,8 +165,7 @@ func (w *Worker) Run() error {
 			continue
 		}
 		if w.cnt.idleWaits&idleMask == 0 {
-			w.pipe.Idle()
-			w.dispatch(0)
+			w.idle()
 		}
 		w.cnt.idleWaits++
 		if err := w.u.Wait(); err != nil {
@@ -182,6 +181,13 @@ func (w *Worker) Run() error {
 	w.dispatch(0)
 	w.publish()
 	return nil
+}
+
+// idle runs the pipeline's housekeeping (Pipeline.Idle) and carries out
+// what it decided for held frames.
+func (w *Worker) idle() {
+	w.pipe.Idle()
+	w.dispatch(0)
 }
 
 // Stop asks the loop to end; Run returns after the current iteration (at
