@@ -262,8 +262,18 @@ func (p *Pipeline) failHeld(i int16) {
 	if m.kind == kICMPError || int(m.in) >= len(p.env.Ports) {
 		p.finish(&r, ActDrop, ReasonNeighFailed, 0, 0)
 	} else {
+		// Linux answers the packet as it was when it waited, translated:
+		// the error goes to its source, and when that is the box's own
+		// address (source NAT) the error leaves from it, translated back
+		// to the sender with the packet it quotes.
+		src := p.env.Ports[m.in].Primary()
+		if ts := header.IPv4(hf.frame[m.l3:]).Src(); ts != hf.orig.Src {
+			if _, local := p.env.local[ts]; local {
+				src = ts
+			}
+		}
 		untranslate(hf.frame, m, &hf.orig)
-		p.icmpError(hf.frame, hf.size, m, header.ICMPDestUnreach, header.ICMPHostUnreach, 0, ReasonNeighFailed, &r)
+		p.icmpErrorFrom(src, hf.frame, hf.size, m, header.ICMPDestUnreach, header.ICMPHostUnreach, 0, ReasonNeighFailed, &r)
 	}
 	p.release(i, r)
 }

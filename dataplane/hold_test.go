@@ -151,7 +151,7 @@ func TestHoldFailedResolution(t *testing.T) {
 	if d.icmp == nil || d.icmp.TypeCode.Type() != 3 || d.icmp.TypeCode.Code() != 1 {
 		t.Fatalf("reply %+v, want ICMP host unreachable", d.icmp)
 	}
-	ipEq(t, "error source", d.ip.SrcIP, addrIn0)
+	ipEq(t, "error source", d.ip.SrcIP, addrExt) // the masqueraded source, as Linux
 	ipEq(t, "error destination", d.ip.DstIP, addrA)
 	macEq(t, "error destination MAC", d.eth.DstMAC, macA)
 	if d.inner == nil {

@@ -223,9 +223,13 @@ func (p *Pipeline) reject(frame []byte, size int, m *meta, rt rules.RejectType, 
 // out of its ingress port; or drops it with reason when no error may or
 // can be sent. The reason is counted either way.
 func (p *Pipeline) icmpError(frame []byte, size int, m *meta, typ, code uint8, rest uint32, reason Reason, out *Result) {
+	p.icmpErrorFrom(p.env.Ports[m.in].Primary(), frame, size, m, typ, code, rest, reason, out)
+}
+
+// icmpErrorFrom is icmpError with the error's source address given.
+func (p *Pipeline) icmpErrorFrom(src uint32, frame []byte, size int, m *meta, typ, code uint8, rest uint32, reason Reason, out *Result) {
 	p.cnt.Drops[reason]++
 	in := &p.env.Ports[m.in]
-	src := in.Primary()
 	if src == 0 || !mayAnswer(frame, m) {
 		*out = Result{Action: ActDrop, Reason: reason}
 		return
