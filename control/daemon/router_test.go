@@ -308,19 +308,22 @@ func TestBroadcastNotForwarded(t *testing.T) {
 			net.IPv4(224, 0, 0, 251),
 			net.IPv4(239, 1, 2, 3),
 		}
-		for _, dst := range dsts {
-			sendUDP(t, r.insA, dst, port)
-		}
-		// A unicast datagram after them shows the path works and that the
-		// captures see what crosses it.
+		// Unicast datagrams before and after them show the path works (its
+		// next hop resolved) and that the captures see what crosses it.
 		udpEcho(t, r.sv, ipSrv, port)
 		c := udpDial(t, r.insA, nil, &net.UDPAddr{IP: ipSrv, Port: port})
 		if _, err := ask(c, "unicast", 4); err != nil {
 			t.Fatalf("unicast: %v", err)
 		}
+		for _, dst := range dsts {
+			sendUDP(t, r.insA, dst, port)
+		}
+		if _, err := ask(c, "unicast", 4); err != nil {
+			t.Fatalf("unicast: %v", err)
+		}
 		time.Sleep(100 * time.Millisecond)
-		if n := out.Load(); n != 1 {
-			t.Fatalf("%d datagrams to port %d reached the server's link, want only the unicast one", n, port)
+		if n := out.Load(); n != 2 {
+			t.Fatalf("%d datagrams to port %d reached the server's link, want only the 2 unicast ones", n, port)
 		}
 		if n := other.Load(); n != 0 {
 			t.Fatalf("%d datagrams to port %d reached the other inside host's link", n, port)
