@@ -12,8 +12,11 @@
 // checksums, TTL, source and destination MAC; transmit Result.Len bytes on
 // Result.Port), ActReply (xnat wrote an ICMP error or a TCP reset over the
 // frame, in the same buffer, up to its capacity; transmit it on
-// Result.Port), ActDrop with a Reason, or ActKernel (not IPv4: the slow
-// path's). Process allocates nothing, takes no lock, makes no interface
+// Result.Port), ActDrop with a Reason, ActKernel (not IPv4, or broadcast
+// or multicast: the slow path's), or ActHold (hold.go: the frame is
+// decided and translated, and its next hop is being resolved; the caller
+// keeps its buffer, named by Result.Hold, until Pipeline.Released gives
+// the frame's final decision after a later Process or Idle, or DropHeld). Process allocates nothing, takes no lock, makes no interface
 // call and formats nothing; testing.AllocsPerRun asserts it for the
 // established and the new-connection paths.
 //
@@ -22,9 +25,10 @@
 // The files follow a frame through the pipeline, in the order it meets
 // them: pipeline.go (the types, New), process.go (Process and the batch
 // driver), parse.go, established.go, forward.go, newconn.go and
-// nexthop.go; beside them conntrack.go (connection tracking), icmp.go
-// (ICMP errors, TCP resets), env.go (the environment), counters.go and
-// unsafe.go (the package's uses of unsafe).
+// nexthop.go, and hold.go for frames whose next hop is being resolved;
+// beside them neigh.go (the neighbour table), conntrack.go (connection
+// tracking), icmp.go (ICMP errors, TCP resets), env.go (the environment),
+// counters.go and unsafe.go (the package's uses of unsafe).
 //
 //  1. Parse every frame (parse.go): Ethernet with one optional 802.1Q tag;
 //     IPv4 with options, checked (version, IHL, total length against the
@@ -33,7 +37,11 @@
 //     reads fixed offsets of arrays whose length it checks once; the rest
 //     take parse, which fills the same meta and key. A malformed frame is
 //     dropped with its own reason; nothing can read out of bounds
-//     (FuzzPipeline, FuzzParseFast). A packet whose TTL would reach zero
+//     (FuzzPipeline, FuzzParseFast). What a router never forwards is
+//     decided here for the frames the full parser takes, and for the rest
+//     before a connection is created (Env.martian): broadcast and
+//     multicast go to the kernel, martian addresses are dropped. A packet
+//     whose TTL would reach zero
 //     is answered with ICMP time exceeded here, before it can create a
 //     connection. A first fragment is taken like a whole datagram (its
 //     transport header, all that is rewritten, is in it whole; a UDP
