@@ -59,7 +59,8 @@
 //     both checksums), so that it writes the headers without reading them
 //     again, and the MAC addresses taken from the per-core next-hop cache
 //     (nexthop.go: destinations mapped in 8 bytes each to the few next
-//     hops they share, emptied when the Env changes). At a packet it
+//     hops they share, emptied when the Env changes; an entry whose
+//     neighbour changes is updated or retired alone). At a packet it
 //     cannot take, handle (forward.go) takes that one and the path goes on
 //     after it, so every connection's packets are tracked in the order
 //     they came. The connections' counters (nf_conntrack_acct) of the
@@ -81,7 +82,9 @@
 //     range is chosen per connection), the route, filter FORWARD, nat
 //     POSTROUTING (SNAT or MASQUERADE), then the port from this core's
 //     allocator and the insert into the flow table, whose answer settles
-//     port clashes and the table limit. Packets from an outside port need
+//     port clashes and the table limit. A next hop being resolved does not
+//     stop any of it: the packet is held after its connection is created
+//     (hold.go). Packets from an outside port need
 //     a DNAT rule or a connection (else `unsolicited`). Hairpinned
 //     connections are source-translated to the outside address the inside
 //     host aimed at.
@@ -100,11 +103,17 @@
 // # Environment
 //
 // Everything the packet path reads that changes only by replacement — the
-// ports, routes, neighbours, the box's addresses, the compiled rule set,
+// ports, routes, the box's addresses, the compiled rule set,
 // which NAT pool serves which target — is an immutable Env, built by NewEnv
 // from a topo.Snapshot and an iptables model and swapped in with
 // Dataplane.SetEnv; every core picks it up at its next batch, connections
-// and their NAT untouched. NAT pools live in a Pools registry that outlives
+// and their NAT untouched. Neighbours are not in the Env: they change one
+// at a time, in a NeighTable (neigh.go) the cores read without a lock,
+// whose writer (the daemon, from the kernel's notifications) changes an
+// entry in place; each core notices a change at its next batch by one
+// generation counter, updates or retires only the next-hop cache entries
+// of the neighbours that changed, and sends or answers the frames it
+// holds for them. NAT pools live in a Pools registry that outlives
 // Envs, so a connection can always give its port back to the pool it came
 // from; a connection's flow-table caller word holds its pool's ID and its
 // creation second.

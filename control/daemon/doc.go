@@ -63,7 +63,10 @@
 //
 // # The kernel's view
 //
-// Every new snapshot of the mirror rebuilds the Env (same rule model,
+// The kernel's neighbour notifications go straight into the dataplane's
+// neighbour table, one entry at a time (kernel.Options.OnNeigh), and
+// every snapshot's neighbours reconcile it; a neighbour change rebuilds
+// nothing. Every new snapshot of the mirror rebuilds the Env (same rule model,
 // previous Env for counters, same pools) and swaps it in; if it cannot be
 // built (an interface vanished) the previous one stays and an event says
 // so. When an address of an interface xnat forwards on goes away, or the
@@ -82,7 +85,7 @@
 //
 // Every Options.ControlInterval it drains each pipeline's next hops that
 // lacked a neighbour (a lock-free ring per core) and asks the kernel to
-// resolve them (NTF_USE; packets meanwhile are dropped as no_neighbour); it
+// resolve them (NTF_USE; the pipelines hold their packets meanwhile); it
 // reports the table's "table full, dropping packet" events and LOG records
 // as Events; and once every core has passed two batches on a new rule set it
 // settles the rule counters carried over from the old one.
