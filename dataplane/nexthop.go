@@ -149,13 +149,12 @@ type NeighMiss struct {
 	IP      uint32
 }
 
-// neighMiss records a next hop to resolve, at most once a second per
-// address in a row, in a small ring the control path drains.
+// neighMiss records a next hop to resolve in a small ring the control
+// path drains. It is called when a core starts holding frames for the
+// next hop (hold), so at most once per round of the kernel's probes per
+// next hop and core, and again for a packet after a failure, which makes
+// the kernel probe again, as a packet to a FAILED entry does in Linux.
 func (p *Pipeline) neighMiss(ifindex int, ip uint32) {
-	if ip == p.lastMiss && p.now-p.lastMissT < 100 {
-		return
-	}
-	p.lastMiss, p.lastMissT = ip, p.now
 	h, t := p.missHead.Load(), p.missTail.Load()
 	if t-h == uint32(len(p.misses)) {
 		return

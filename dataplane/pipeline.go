@@ -209,11 +209,9 @@ type Pipeline struct {
 	curKey *flowtable.Tuple
 	held   holdState
 
-	misses    [64]NeighMiss
-	missHead  atomic.Uint32
-	missTail  atomic.Uint32
-	lastMiss  uint32
-	lastMissT flowtable.Time
+	misses   [64]NeighMiss
+	missHead atomic.Uint32
+	missTail atomic.Uint32
 
 	// noFast turns the established path off, and fastLast is how many of
 	// the last batch's packets took it: for the tests that hold the path to
