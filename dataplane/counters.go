@@ -9,59 +9,67 @@ type Reason uint8
 const (
 	ReasonNone Reason = iota
 	// Malformed frames, each kind its own reason.
-	ReasonShortFrame    // too short for its Ethernet or VLAN header
-	ReasonIPVersion     // IPv4 ethertype but not version 4
-	ReasonIPHeaderLen   // IHL below 5 or beyond the frame
-	ReasonIPTotalLen    // total length shorter than the header or beyond the frame
-	ReasonIPChecksum    // header checksum wrong
-	ReasonL4Header      // TCP/UDP/ICMP header truncated or inconsistent
-	ReasonFragment      // a non-first fragment (not tracked; see README)
-	ReasonTTLExceeded   // TTL would reach zero (ICMP time exceeded sent when allowed)
-	ReasonNoRoute       // no route to the destination through an xnat port
-	ReasonNoNeighbour   // no link-layer address for the next hop yet
-	ReasonMTU           // larger than the egress MTU (ICMP fragmentation needed sent if DF)
-	ReasonFiltered      // a filter rule or policy dropped it
-	ReasonRejected      // a REJECT rule answered it
-	ReasonInvalid       // conntrack state INVALID and not forwarded
-	ReasonUnsolicited   // from outside, matching no connection and no DNAT
-	ReasonTableFull     // the connection table is full
-	ReasonOutOfPorts    // no free external port
-	ReasonPerSource     // the inside host is at its connection or port limit
-	ReasonInsertFailed  // the new connection lost an insert race or clashed
-	ReasonNoAddress     // MASQUERADE on an interface without an address
-	ReasonNotIPv4       // not IPv4: passed to the kernel
-	ReasonICMPRateLimit // an ICMP error was due but the rate limit held it back
-	ReasonNoPort        // received on a port the current environment lacks (an interface gone while its frames were in flight)
-	ReasonPerSourceFull // the per-source limiter had no slot for the inside host
+	ReasonShortFrame     // too short for its Ethernet or VLAN header
+	ReasonIPVersion      // IPv4 ethertype but not version 4
+	ReasonIPHeaderLen    // IHL below 5 or beyond the frame
+	ReasonIPTotalLen     // total length shorter than the header or beyond the frame
+	ReasonIPChecksum     // header checksum wrong
+	ReasonL4Header       // TCP/UDP/ICMP header truncated or inconsistent
+	ReasonFragment       // a non-first fragment (not tracked; see README)
+	ReasonTTLExceeded    // TTL would reach zero (ICMP time exceeded sent when allowed)
+	ReasonNoRoute        // no route to the destination through an xnat port
+	ReasonNoNeighbour    // no link-layer address for the next hop yet
+	ReasonMTU            // larger than the egress MTU (ICMP fragmentation needed sent if DF)
+	ReasonFiltered       // a filter rule or policy dropped it
+	ReasonRejected       // a REJECT rule answered it
+	ReasonInvalid        // conntrack state INVALID and not forwarded
+	ReasonUnsolicited    // from outside, matching no connection and no DNAT
+	ReasonTableFull      // the connection table is full
+	ReasonOutOfPorts     // no free external port
+	ReasonPerSource      // the inside host is at its connection or port limit
+	ReasonInsertFailed   // the new connection lost an insert race or clashed
+	ReasonNoAddress      // MASQUERADE on an interface without an address
+	ReasonNotIPv4        // not IPv4: passed to the kernel
+	ReasonICMPRateLimit  // an ICMP error was due but the rate limit held it back
+	ReasonNoPort         // received on a port the current environment lacks (an interface gone while its frames were in flight)
+	ReasonNeighQueueFull // held for a next hop being resolved, and pushed out of its full queue (unres_qlen_bytes)
+	ReasonNeighFailed    // held for a next hop whose resolution failed (ICMP host unreachable sent when allowed)
+	ReasonMartian        // a source or destination a router never forwards (0/8, 127/8, 169.254/16, 240/4)
+	ReasonBroadcast      // broadcast or multicast: never forwarded; passed to the kernel
+	ReasonPerSourceFull  // the per-source limiter had no slot for the inside host
 	numReasons
 )
 
 var reasonNames = [numReasons]string{
-	ReasonNone:          "none",
-	ReasonShortFrame:    "malformed_short_frame",
-	ReasonIPVersion:     "malformed_ip_version",
-	ReasonIPHeaderLen:   "malformed_ip_header_length",
-	ReasonIPTotalLen:    "malformed_ip_total_length",
-	ReasonIPChecksum:    "malformed_ip_checksum",
-	ReasonL4Header:      "malformed_l4_header",
-	ReasonFragment:      "fragment",
-	ReasonTTLExceeded:   "ttl_exceeded",
-	ReasonNoRoute:       "no_route",
-	ReasonNoNeighbour:   "no_neighbour",
-	ReasonMTU:           "mtu",
-	ReasonFiltered:      "filtered",
-	ReasonRejected:      "rejected",
-	ReasonInvalid:       "invalid",
-	ReasonUnsolicited:   "unsolicited",
-	ReasonTableFull:     "table_full",
-	ReasonOutOfPorts:    "out_of_ports",
-	ReasonPerSource:     "per_source_limit",
-	ReasonInsertFailed:  "insert_failed",
-	ReasonNoAddress:     "no_address",
-	ReasonNotIPv4:       "not_ipv4",
-	ReasonICMPRateLimit: "icmp_rate_limited",
-	ReasonNoPort:        "no_port",
-	ReasonPerSourceFull: "per_source_full",
+	ReasonNone:           "none",
+	ReasonShortFrame:     "malformed_short_frame",
+	ReasonIPVersion:      "malformed_ip_version",
+	ReasonIPHeaderLen:    "malformed_ip_header_length",
+	ReasonIPTotalLen:     "malformed_ip_total_length",
+	ReasonIPChecksum:     "malformed_ip_checksum",
+	ReasonL4Header:       "malformed_l4_header",
+	ReasonFragment:       "fragment",
+	ReasonTTLExceeded:    "ttl_exceeded",
+	ReasonNoRoute:        "no_route",
+	ReasonNoNeighbour:    "no_neighbour",
+	ReasonMTU:            "mtu",
+	ReasonFiltered:       "filtered",
+	ReasonRejected:       "rejected",
+	ReasonInvalid:        "invalid",
+	ReasonUnsolicited:    "unsolicited",
+	ReasonTableFull:      "table_full",
+	ReasonOutOfPorts:     "out_of_ports",
+	ReasonPerSource:      "per_source_limit",
+	ReasonInsertFailed:   "insert_failed",
+	ReasonNoAddress:      "no_address",
+	ReasonNotIPv4:        "not_ipv4",
+	ReasonICMPRateLimit:  "icmp_rate_limited",
+	ReasonNoPort:         "no_port",
+	ReasonNeighQueueFull: "neigh_queue_full",
+	ReasonNeighFailed:    "neigh_failed",
+	ReasonMartian:        "martian",
+	ReasonBroadcast:      "broadcast",
+	ReasonPerSourceFull:  "per_source_full",
 }
 
 func (r Reason) String() string {
@@ -96,7 +104,9 @@ type Counters struct {
 	Forwarded uint64             // frames forwarded
 	Replies   uint64             // ICMP errors and TCP resets generated
 	ToKernel  uint64             // frames passed to the kernel
-	Batches   uint64
+	// NeighQueued counts frames held while their next hop was resolved.
+	NeighQueued uint64
+	Batches     uint64
 }
 
 // Drop returns the count of one reason.
@@ -126,12 +136,13 @@ func (c *Counters) Add(o *Counters) {
 	c.Forwarded += o.Forwarded
 	c.Replies += o.Replies
 	c.ToKernel += o.ToKernel
+	c.NeighQueued += o.NeighQueued
 	c.Batches += o.Batches
 }
 
 // counterWords is the number of words in Counters, which is nothing but
 // uint64s (flat views it as an array of them, for publishing).
-const counterWords = MaxPorts*4 + int(numReasons) + 5
+const counterWords = MaxPorts*4 + int(numReasons) + 6
 
 // published is a core's counters as readers see them: atomic copies made
 // at the end of every batch, on cache lines only this core writes.

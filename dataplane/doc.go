@@ -12,8 +12,11 @@
 // checksums, TTL, source and destination MAC; transmit Result.Len bytes on
 // Result.Port), ActReply (xnat wrote an ICMP error or a TCP reset over the
 // frame, in the same buffer, up to its capacity; transmit it on
-// Result.Port), ActDrop with a Reason, or ActKernel (not IPv4: the slow
-// path's). Process allocates nothing, takes no lock, makes no interface
+// Result.Port), ActDrop with a Reason, ActKernel (not IPv4, or broadcast
+// or multicast: the slow path's), or ActHold (hold.go: the frame is
+// decided and translated, and its next hop is being resolved; the caller
+// keeps its buffer, named by Result.Hold, until Pipeline.Released gives
+// the frame's final decision after a later Process or Idle, or DropHeld). Process allocates nothing, takes no lock, makes no interface
 // call and formats nothing; testing.AllocsPerRun asserts it for the
 // established and the new-connection paths.
 //
@@ -22,9 +25,10 @@
 // The files follow a frame through the pipeline, in the order it meets
 // them: pipeline.go (the types, New), process.go (Process and the batch
 // driver), parse.go, established.go, forward.go, newconn.go and
-// nexthop.go; beside them conntrack.go (connection tracking), icmp.go
-// (ICMP errors, TCP resets), env.go (the environment), counters.go and
-// unsafe.go (the package's uses of unsafe).
+// nexthop.go, and hold.go for frames whose next hop is being resolved;
+// beside them neigh.go (the neighbour table), conntrack.go (connection
+// tracking), icmp.go (ICMP errors, TCP resets), env.go (the environment),
+// counters.go and unsafe.go (the package's uses of unsafe).
 //
 //  1. Parse every frame (parse.go): Ethernet with one optional 802.1Q tag;
 //     IPv4 with options, checked (version, IHL, total length against the
@@ -33,9 +37,17 @@
 //     reads fixed offsets of arrays whose length it checks once; the rest
 //     take parse, which fills the same meta and key. A malformed frame is
 //     dropped with its own reason; nothing can read out of bounds
-//     (FuzzPipeline, FuzzParseFast). A packet whose TTL would reach zero
+//     (FuzzPipeline, FuzzParseFast). What a router never forwards is
+//     decided here for the frames the full parser takes, and for the rest
+//     before a connection is created (Env.martian): broadcast and
+//     multicast go to the kernel, martian addresses are dropped. A packet
+//     whose TTL would reach zero
 //     is answered with ICMP time exceeded here, before it can create a
-//     connection. Non-first fragments are dropped.
+//     connection. A first fragment is taken like a whole datagram (its
+//     transport header, all that is rewritten, is in it whole; a UDP
+//     length beyond it is the whole datagram's, and the checksum over the
+//     whole datagram is updated incrementally); later fragments are
+//     counted and dropped (fragment).
 //  2. Look every frame's tuple up in the flow table in one batch
 //     (process.go), so their cache misses overlap. An ICMP error is looked
 //     up by the datagram it quotes.
@@ -47,7 +59,8 @@
 //     both checksums), so that it writes the headers without reading them
 //     again, and the MAC addresses taken from the per-core next-hop cache
 //     (nexthop.go: destinations mapped in 8 bytes each to the few next
-//     hops they share, emptied when the Env changes). At a packet it
+//     hops they share, emptied when the Env changes; an entry whose
+//     neighbour changes is updated or retired alone). At a packet it
 //     cannot take, handle (forward.go) takes that one and the path goes on
 //     after it, so every connection's packets are tracked in the order
 //     they came. The connections' counters (nf_conntrack_acct) of the
@@ -69,7 +82,9 @@
 //     range is chosen per connection), the route, filter FORWARD, nat
 //     POSTROUTING (SNAT or MASQUERADE), then the port from this core's
 //     allocator and the insert into the flow table, whose answer settles
-//     port clashes and the table limit. Packets from an outside port need
+//     port clashes and the table limit. A next hop being resolved does not
+//     stop any of it: the packet is held after its connection is created
+//     (hold.go). Packets from an outside port need
 //     a DNAT rule or a connection (else `unsolicited`). Hairpinned
 //     connections are source-translated to the outside address the inside
 //     host aimed at.
@@ -88,11 +103,17 @@
 // # Environment
 //
 // Everything the packet path reads that changes only by replacement — the
-// ports, routes, neighbours, the box's addresses, the compiled rule set,
+// ports, routes, the box's addresses, the compiled rule set,
 // which NAT pool serves which target — is an immutable Env, built by NewEnv
 // from a topo.Snapshot and an iptables model and swapped in with
 // Dataplane.SetEnv; every core picks it up at its next batch, connections
-// and their NAT untouched. NAT pools live in a Pools registry that outlives
+// and their NAT untouched. Neighbours are not in the Env: they change one
+// at a time, in a NeighTable (neigh.go) the cores read without a lock,
+// whose writer (the daemon, from the kernel's notifications) changes an
+// entry in place; each core notices a change at its next batch by one
+// generation counter, updates or retires only the next-hop cache entries
+// of the neighbours that changed, and sends or answers the frames it
+// holds for them. NAT pools live in a Pools registry that outlives
 // Envs, so a connection can always give its port back to the pool it came
 // from; a connection's flow-table caller word holds its pool's ID and its
 // creation second.

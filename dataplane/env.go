@@ -44,11 +44,6 @@ type route struct {
 	port    uint16
 }
 
-type neighKey struct {
-	port uint16
-	ip   uint32
-}
-
 // poolKey names a NAT pool: a rule set's SNAT target (by its range), or
 // MASQUERADE/hairpin on one address.
 type poolKey struct {
@@ -69,10 +64,15 @@ type Env struct {
 	Ports  []Port
 	Rules  *rules.Ruleset
 	routes []route
-	neigh  map[neighKey][6]byte
+	// neighs are the snapshot's neighbours, which a new Dataplane's
+	// neighbour table starts with.
+	neighs []topo.Neigh
 	local  map[uint32]uint16 // box address -> port that has it
+	// bcast are the directed broadcast addresses of the ports' subnets.
+	bcast []uint32
 	// NAT pools by target: SNAT targets by ID, MASQUERADE targets by ID and
-	// egress port, hairpin by port (hairpinTarget).
+	// egress port (every port with an address), hairpin by outside port
+	// (hairpinTarget).
 	snatPool map[uint16]uint16
 	masqPool map[[2]uint16]uint16
 	gen      uint64
@@ -108,7 +108,6 @@ func NewEnv(cfg EnvConfig) (*Env, error) {
 		return nil, fmt.Errorf("%w: %d interfaces (1 to %d)", ErrEnv, len(names), MaxPorts)
 	}
 	env := &Env{
-		neigh:    map[neighKey][6]byte{},
 		local:    map[uint32]uint16{},
 		snatPool: map[uint16]uint16{},
 		masqPool: map[[2]uint16]uint16{},
@@ -132,6 +131,9 @@ func NewEnv(cfg EnvConfig) (*Env, error) {
 		for _, a := range ifc.Addrs {
 			p.Addrs = append(p.Addrs, a.Addr)
 			env.local[a.Addr] = p.ID
+			if a.Len < 31 {
+				env.bcast = append(env.bcast, a.Addr|^uint32(0)>>a.Len)
+			}
 		}
 		byIndex[ifc.Index] = p.ID
 		env.Ports = append(env.Ports, p)
@@ -150,11 +152,7 @@ func NewEnv(cfg EnvConfig) (*Env, error) {
 		}
 	}
 	sort.SliceStable(env.routes, func(i, j int) bool { return env.routes[i].dst.Len > env.routes[j].dst.Len })
-	for _, n := range cfg.Snapshot.Neighs {
-		if port, ok := byIndex[n.IfIndex]; ok && n.State == topo.NeighValid {
-			env.neigh[neighKey{port, n.IP}] = n.MAC
-		}
-	}
+	env.neighs = cfg.Snapshot.Neighs
 	var prevRules *rules.Ruleset
 	if cfg.Prev != nil {
 		prevRules = cfg.Prev.Rules
@@ -164,8 +162,11 @@ func NewEnv(cfg EnvConfig) (*Env, error) {
 		return nil, fmt.Errorf("compiling rules: %w", err)
 	}
 	env.Rules = rs
-	// Pools: every SNAT target, every MASQUERADE target on every outside
-	// port with an address, and hairpinning on every outside address.
+	// Pools: every SNAT target, every MASQUERADE target on every port with
+	// an address (as Linux, MASQUERADE takes the egress interface's
+	// address, an inside one included: a hairpinned connection leaves
+	// through the port it came in on), and hairpinning on every outside
+	// address.
 	for _, tg := range rs.NATTargets() {
 		switch tg.Kind {
 		case rules.NATSNAT:
@@ -176,7 +177,7 @@ func NewEnv(cfg EnvConfig) (*Env, error) {
 			env.snatPool[tg.ID] = id
 		case rules.NATMasquerade:
 			for _, p := range env.Ports {
-				if a := p.Primary(); a != 0 && p.Outside {
+				if a := p.Primary(); a != 0 {
 					id, err := cfg.Pools.get(poolFor(a, a, tg.Range, true))
 					if err != nil {
 						return nil, err
@@ -208,6 +209,38 @@ func poolFor(lo, hi uint32, r rules.NATRange, masq bool) poolKey {
 
 // NoPort is "no port".
 const NoPort = ^uint16(0)
+
+// martian says whether a router must not forward a packet from src to
+// dst (RFC 1812 4.2.2.11, 5.3.7; Linux's ip_route_input_slow): a limited
+// or directed broadcast or a multicast destination is the box's own
+// (ReasonBroadcast: DHCP, VRRP, routing protocols), and a source or
+// destination in 0.0.0.0/8, 127.0.0.0/8, 169.254.0.0/16 (link-local:
+// never routed, RFC 3927) or 240.0.0.0/4, or a multicast or broadcast
+// source, is a martian (ReasonMartian). ReasonNone for a packet that may
+// be forwarded.
+func (e *Env) martian(src, dst uint32) Reason {
+	if dst == 0xffffffff || dst>>28 == 0xe {
+		return ReasonBroadcast
+	}
+	for _, b := range e.bcast {
+		if dst == b {
+			return ReasonBroadcast
+		}
+		if src == b {
+			return ReasonMartian
+		}
+	}
+	if martianAddr(src) || src>>28 == 0xe || martianAddr(dst) {
+		return ReasonMartian
+	}
+	return ReasonNone
+}
+
+// martianAddr reports an address no router forwards to or from.
+func martianAddr(a uint32) bool {
+	n := a >> 24
+	return n == 0 || n == 127 || a>>28 == 0xf || a>>16 == 0xa9fe
+}
 
 // lookupRoute finds the route for dst: the egress port and the next hop.
 func (e *Env) lookupRoute(dst uint32) (port uint16, nexthop uint32, ok bool) {

@@ -9,6 +9,7 @@ import (
 // handle decides one parsed frame whose key has been looked up.
 func (p *Pipeline) handle(frame []byte, size int, m *meta, key *flowtable.Tuple, ref flowtable.Ref, out *Result) {
 	tab := p.d.Table
+	p.curKey = key
 	if m.kind == kICMPError {
 		p.handleICMPError(frame, size, m, ref, out)
 		return
@@ -60,7 +61,7 @@ func (p *Pipeline) forward(frame []byte, size int, m *meta, ref flowtable.Ref, c
 	nh := p.nhHit(other.Src)
 	if nh == nil {
 		var r Reason
-		if nh, r = p.resolveNextHop(other.Src); r != ReasonNone {
+		if nh, r = p.resolveNextHop(other.Src); r != ReasonNone && r != ReasonNoNeighbour {
 			p.finish(out, ActDrop, r, 0, 0)
 			return
 		}
@@ -101,7 +102,7 @@ func (p *Pipeline) forward(frame []byte, size int, m *meta, ref flowtable.Ref, c
 		return
 	}
 	p.translate(frame, m, other)
-	p.emit(frame, size, m, port, &nh.mac, out)
+	p.deliver(frame, size, m, nh, out)
 	p.d.Table.Account(ref, int(m.ipLen))
 }
 
@@ -176,14 +177,14 @@ func (p *Pipeline) emit(frame []byte, size int, m *meta, port uint16, mac *[6]by
 	pc.TxBytes += uint64(size)
 }
 
-// send forwards an accepted packet on port to mac: too big for the port's
+// send forwards an accepted packet to next hop nh: too big for the port's
 // MTU, it gets the router's answer; else it is translated to the reverse
 // of other, its connection's opposite direction (or, with no other, only
-// has its TTL decremented), sent, and counted on its connection when it
-// has one.
-func (p *Pipeline) send(frame []byte, size int, m *meta, ref flowtable.Ref, other *flowtable.Tuple, port uint16, mac *[6]byte, out *Result) {
-	if int(m.ipLen) > p.env.Ports[port].MTU {
-		p.tooBig(frame, size, m, port, out)
+// has its TTL decremented), sent (or held while nh is resolved), and
+// counted on its connection when it has one.
+func (p *Pipeline) send(frame []byte, size int, m *meta, ref flowtable.Ref, other *flowtable.Tuple, nh *nhEntry, out *Result) {
+	if int(m.ipLen) > p.env.Ports[nh.port].MTU {
+		p.tooBig(frame, size, m, nh.port, out)
 		return
 	}
 	if other != nil {
@@ -191,7 +192,7 @@ func (p *Pipeline) send(frame []byte, size int, m *meta, ref flowtable.Ref, othe
 	} else {
 		header.IPv4(frame[m.l3:]).DecTTL()
 	}
-	p.emit(frame, size, m, port, mac, out)
+	p.deliver(frame, size, m, nh, out)
 	if ref != 0 {
 		p.d.Table.Account(ref, int(m.ipLen))
 	}

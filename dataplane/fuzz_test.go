@@ -7,6 +7,7 @@ import (
 	"github.com/gopacket/gopacket/layers"
 
 	"xnat/dataplane/header"
+	"xnat/dataplane/topo"
 )
 
 // fuzzRules: dnatRules (established_test.go) and two REJECT rules.
@@ -50,9 +51,19 @@ func FuzzPipeline(f *testing.F) {
 	seeds = append(seeds, ttl.bytes(f))
 	sent := udpPkt(macA, macIn0, addrA, 5000, remote, 7000).bytes(f)
 	seeds = append(seeds, icmpPkt(macGW, macOut0, remote, addrExt, 3, 3, 0, 0, sent[offIP:offL4+header.UDPLen]).bytes(f))
+	// To inside hosts without a neighbour entry: held, then answered.
+	seeds = append(seeds, udpPkt(macA, macIn0, addrA, 5000, ip4(10, 0, 0, 99), 7000).bytes(f),
+		tcpPkt(macGW, macOut0, remote, 4000, addrExt, 8080, 0x02, 1, 0).bytes(f),
+		icmpPkt(macA, macIn0, addrA, ip4(10, 0, 0, 98), 8, 0, 99, 1, []byte("x")).bytes(f),
+		udpPkt(macA, macIn0, addrA, 5000, ip4(203, 0, 113, 50), 7000).bytes(f))
 	for i, s := range seeds {
 		f.Add(s, seeds[(i+1)%len(seeds)], byte(i))
 	}
+	// A DNAT connection from an outside peer not resolved yet: the
+	// answer is held translated.
+	peer := ip4(203, 0, 113, 50)
+	f.Add(tcpPkt(macPeer, macOut0, peer, 4000, addrExt, 8080, 0x02, 1, 0).bytes(f),
+		tcpPkt(macB, macIn0, addrB, 80, peer, 4000, 0x12, 9, 2).bytes(f), byte(1))
 	f.Fuzz(func(t *testing.T, a, b []byte, ports byte) {
 		if len(a) > 1600 || len(b) > 1600 {
 			return
@@ -65,7 +76,32 @@ func FuzzPipeline(f *testing.F) {
 		sizes := []int{len(a), len(b)}
 		in := []uint16{uint16(ports & 1), uint16(ports >> 1 & 1)}
 		out := make([]Result, 2)
-		tb.dp.Pipeline(0).Process(frames, sizes, in, out)
+		p := tb.dp.Pipeline(0)
+		p.Process(frames, sizes, in, out)
+		// A frame held for a next hop is answered when its resolution
+		// fails: its translation undone, an ICMP error over it.
+		byHold := map[uint16]int{}
+		for i, r := range out {
+			if r.Action == ActHold {
+				byHold[r.Hold] = i
+			}
+		}
+		if len(byHold) > 0 {
+			for _, pn := range p.held.pend[:p.held.npend] {
+				tb.dp.Neighbours().Update(topo.Neigh{IfIndex: pn.ifindex, IP: pn.ip, State: topo.NeighFailed}, true)
+			}
+			p.Idle()
+			if len(p.Released()) != len(byHold) {
+				t.Fatalf("%d frames held, %d released on failure", len(byHold), len(p.Released()))
+			}
+			for _, rl := range p.Released() {
+				i, ok := byHold[rl.Hold]
+				if !ok {
+					t.Fatalf("release of a slot never held: %+v", rl)
+				}
+				out[i] = rl.Result
+			}
+		}
 		for i, r := range out {
 			switch r.Action {
 			case ActForward, ActReply:

@@ -153,18 +153,12 @@ COMMIT
 	}
 }
 
-// resolveAll gives hosts on in0 neighbour entries (as the kernel would
-// after resolving them) by rebuilding the Env.
+// resolveAll gives hosts on in0 neighbour entries, as the kernel's
+// notifications would after resolving them.
 func (tb *testbed) resolveAll(hosts ...uint32) {
-	snap := testSnapshot(tb.dp.Env().Ports[portOut].MTU)
 	for i, h := range hosts {
-		snap.Neighs = append(snap.Neighs, neighFor(2, h, byte(0x40+i)))
+		tb.dp.Neighbours().Update(neighFor(2, h, byte(0x40+i)), true)
 	}
-	env, err := NewEnv(EnvConfig{Snapshot: snap, Inside: []string{"in0"}, Outside: []string{"out0"}, Model: tb.dp.Env().Rules.Model(), Prev: tb.dp.Env(), Pools: tb.dp.Pools})
-	if err != nil {
-		tb.t.Fatal(err)
-	}
-	tb.dp.SetEnv(env)
 }
 
 func TestICMPEchoThroughMasquerade(t *testing.T) {

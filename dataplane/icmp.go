@@ -42,11 +42,11 @@ func (p *Pipeline) handleICMPError(frame []byte, size int, m *meta, ref flowtabl
 		newSrc = n.Src
 	}
 	nh, r := p.nextHop(newDst)
-	if r != ReasonNone {
+	if r != ReasonNone && r != ReasonNoNeighbour {
 		p.finish(out, ActDrop, r, 0, 0)
 		return
 	}
-	port, mac := nh.port, nh.mac
+	port := nh.port
 	var pk rules.Packet
 	p.packetFor(frame, m, &pk)
 	pk.OutIf, pk.CtState, pk.CtMark = port, ctstate, f.Mark()
@@ -113,7 +113,7 @@ func (p *Pipeline) handleICMPError(frame []byte, size int, m *meta, ref flowtabl
 	icmp.SetChecksum(0)
 	icmp.SetChecksum(header.Checksum(icmp, 0))
 	ip.DecTTL()
-	p.emit(frame, size, m, port, &mac, out)
+	p.deliver(frame, size, m, nh, out)
 }
 
 // rewritePorts sets a quoted TCP or UDP header's ports and folds their
@@ -223,9 +223,13 @@ func (p *Pipeline) reject(frame []byte, size int, m *meta, rt rules.RejectType, 
 // out of its ingress port; or drops it with reason when no error may or
 // can be sent. The reason is counted either way.
 func (p *Pipeline) icmpError(frame []byte, size int, m *meta, typ, code uint8, rest uint32, reason Reason, out *Result) {
+	p.icmpErrorFrom(p.env.Ports[m.in].Primary(), frame, size, m, typ, code, rest, reason, out)
+}
+
+// icmpErrorFrom is icmpError with the error's source address given.
+func (p *Pipeline) icmpErrorFrom(src uint32, frame []byte, size int, m *meta, typ, code uint8, rest uint32, reason Reason, out *Result) {
 	p.cnt.Drops[reason]++
 	in := &p.env.Ports[m.in]
-	src := in.Primary()
 	if src == 0 || !mayAnswer(frame, m) {
 		*out = Result{Action: ActDrop, Reason: reason}
 		return

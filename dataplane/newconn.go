@@ -41,6 +41,9 @@ func (p *Pipeline) prefetchReplies(metas []meta, keys []flowtable.Tuple, refs []
 // filter tables, creates the connection and forwards the packet.
 func (p *Pipeline) newConnection(frame []byte, size int, m *meta, key *flowtable.Tuple, out *Result) {
 	env := p.env
+	if p.routerMustNot(frame, m, out) {
+		return
+	}
 	rs := env.Rules
 	var state flowtable.State
 	switch m.kind {
@@ -80,8 +83,10 @@ func (p *Pipeline) newConnection(frame []byte, size int, m *meta, key *flowtable
 		p.finish(out, ActDrop, ReasonUnsolicited, 0, 0)
 		return
 	}
+	// Only the egress port matters here: a next hop being resolved holds
+	// the packet after its connection is created (forwardFirst).
 	nh, r := p.nextHop(dst)
-	if r != ReasonNone {
+	if r != ReasonNone && r != ReasonNoNeighbour {
 		p.finish(out, ActDrop, r, 0, 0)
 		return
 	}
@@ -196,16 +201,19 @@ func backendHash(k *flowtable.Tuple, seed uint64) uint32 {
 func (p *Pipeline) forwardFirst(frame []byte, size int, m *meta, ref flowtable.Ref, out *Result) {
 	other := p.d.Table.Flow(ref).TuplePtr(1 - ref.Dir())
 	nh, r := p.nextHop(other.Src)
-	if r != ReasonNone {
+	if r != ReasonNone && r != ReasonNoNeighbour {
 		p.finish(out, ActDrop, r, 0, 0)
 		return
 	}
-	p.send(frame, size, m, ref, other, nh.port, &nh.mac, out)
+	p.send(frame, size, m, ref, other, nh, out)
 }
 
 // untracked handles a packet conntrack cannot track (state INVALID): the
 // filter decides, as in Linux, and an accepted one is forwarded as it is.
 func (p *Pipeline) untracked(frame []byte, size int, m *meta, out *Result) {
+	if p.routerMustNot(frame, m, out) {
+		return
+	}
 	p.ct.CountInvalid()
 	var pk rules.Packet
 	p.packetFor(frame, m, &pk)
@@ -216,15 +224,14 @@ func (p *Pipeline) untracked(frame []byte, size int, m *meta, out *Result) {
 		return
 	}
 	nh, r := p.nextHop(ip.Dst())
-	if r != ReasonNone {
+	if r != ReasonNone && r != ReasonNoNeighbour {
 		p.finish(out, ActDrop, r, 0, 0)
 		return
 	}
-	port, mac := nh.port, nh.mac
-	pk.OutIf = port
+	pk.OutIf = nh.port
 	v := p.env.Rules.Filter(rules.Forward, &pk, p.core, p.nowNs)
 	if p.refused(frame, size, m, v, ReasonInvalid, out) {
 		return
 	}
-	p.send(frame, size, m, 0, nil, port, &mac, out)
+	p.send(frame, size, m, 0, nil, nh, out)
 }

@@ -7,9 +7,9 @@ import (
 )
 
 // TestNextHopCacheShared: destinations behind one gateway share its one
-// entry of nh, and a new Env (the gateway's MAC address changed) empties
-// the cache, so that the next batches, established path included, send to
-// the new address.
+// entry of nh, and a neighbour change (the gateway's MAC address changed)
+// updates that entry in place, without emptying the cache: the next
+// packet takes the established path to the new address.
 func TestNextHopCacheShared(t *testing.T) {
 	tb := newTestbed(t, masqRules, 1500, 1)
 	p := tb.dp.Pipeline(0)
@@ -28,31 +28,34 @@ func TestNextHopCacheShared(t *testing.T) {
 	if p.nh[0] != (nhEntry{}) {
 		t.Fatalf("next-hop entry 0 was written: %+v", p.nh[0])
 	}
-
+	envGen := p.envGen
 	newGW := [6]byte{2, 0, 0, 0, 1, 0xfd}
-	snap := testSnapshot(1500)
-	for i := range snap.Neighs {
-		if snap.Neighs[i].IP == addrGW {
-			snap.Neighs[i].MAC = newGW
-		}
-	}
-	env, err := NewEnv(EnvConfig{Snapshot: snap, Inside: []string{"in0"}, Outside: []string{"out0"}, Model: tb.dp.Env().Rules.Model(), Prev: tb.dp.Env(), Pools: tb.dp.Pools})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tb.dp.SetEnv(env)
-	// The first packet after the change finds the cache empty and goes
-	// through handle, which resolves the next hop again; the second takes
-	// the established path.
+	tb.dp.Neighbours().Update(topo.Neigh{IfIndex: 3, IP: addrGW, MAC: newGW, State: topo.NeighValid}, true)
 	for i := range 2 {
 		r, out := tb.run(udpPkt(macA, macIn0, addrA, 5000, remote, 7000).bytes(t), portIn)
 		expect(t, r, ActForward, portOut)
-		if p.fastLast != uint64(i) {
-			t.Fatalf("packet %d after the change: %d took the established path", i, p.fastLast)
+		if p.fastLast != 1 {
+			t.Fatalf("packet %d after the change did not take the established path", i)
 		}
 		if got := [6]byte(out[0:6]); got != newGW {
 			t.Fatalf("packet %d after the gateway's change sent to %x, want %x", i, got, newGW)
 		}
+	}
+	if p.nhLen != 2 || p.envGen != envGen || p.nhHit(remote+1) == nil {
+		t.Fatalf("the neighbour change rebuilt the cache: %d entries, Env generation %d (was %d)", p.nhLen-1, p.envGen, envGen)
+	}
+	// The gateway becomes unusable: its entry is retired, and a packet to
+	// it is held; when it is usable again, the held packet leaves first.
+	tb.dp.Neighbours().Update(topo.Neigh{IfIndex: 3, IP: addrGW, State: topo.NeighIncomplete}, true)
+	r, _ := tb.run(udpPkt(macA, macIn0, addrA, 5000, remote, 7000).bytes(t), portIn)
+	if r.Action != ActHold {
+		t.Fatalf("packet to an unusable gateway: %v %v, want held", r.Action, r.Reason)
+	}
+	tb.dp.Neighbours().Update(topo.Neigh{IfIndex: 3, IP: addrGW, MAC: macGW, State: topo.NeighValid}, true)
+	p.Idle()
+	rel := p.Released()
+	if len(rel) != 1 || rel[0].Result.Action != ActForward || rel[0].Hold != r.Hold || rel[0].Result.Port != portOut {
+		t.Fatalf("releases after the gateway resolved: %+v, want the held frame forwarded", rel)
 	}
 }
 
@@ -76,7 +79,9 @@ func TestNextHopCacheFull(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.env, p.envGen = env, env.gen
+	tb.dp.Neighbours().Sync(snap.Neighs)
 	p.resetNextHops()
+	p.neighCheck()
 	check := func(i int) {
 		t.Helper()
 		nh, r := p.nextHop(host(i))

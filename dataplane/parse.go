@@ -208,7 +208,9 @@ func (p *Pipeline) parse(frame []byte, m *meta, key *flowtable.Tuple) Reason {
 			return ReasonL4Header
 		}
 		u := header.UDP(payload)
-		if n := int(u.Length()); n < header.UDPLen || n > len(payload) {
+		// A first fragment carries the length of the whole datagram;
+		// its header, which is all xnat rewrites, is here whole.
+		if n := int(u.Length()); n < header.UDPLen || n > len(payload) && !ip.MoreFragments() {
 			return ReasonL4Header
 		}
 		m.kind, m.qbase = kUDP, quietBase(kUDP, 0, hl == header.IPv4MinLen)

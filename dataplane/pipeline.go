@@ -22,13 +22,22 @@ const (
 	// TCP reset), written over the original in the same buffer; transmit
 	// Result.Len bytes on Result.Port. The original is consumed.
 	ActReply
-	// ActKernel: the frame is not for xnat (not IPv4); hand it to the
-	// kernel.
+	// ActKernel: the frame is not for xnat (not IPv4, or broadcast or
+	// multicast); hand it to the kernel.
 	ActKernel
+	// ActHold: the pipeline keeps the frame, translated, while its next
+	// hop's link-layer address is resolved; Result.Hold names it. The
+	// caller keeps the frame's buffer (a UMEM frame: accounted as in the
+	// pipeline) until the pipeline releases it (Pipeline.Released) to be
+	// transmitted, or dropped.
+	ActHold
 )
 
 func (a Action) String() string {
-	return [...]string{"drop", "forward", "reply", "kernel"}[a]
+	if a > ActHold {
+		return "unknown"
+	}
+	return [...]string{"drop", "forward", "reply", "kernel", "hold"}[a]
 }
 
 // Result is the pipeline's decision for one frame.
@@ -36,7 +45,9 @@ type Result struct {
 	Action Action
 	Reason Reason
 	Port   uint16
-	Len    int
+	// Hold is the slot of a held frame (ActHold), below HoldCapacity.
+	Hold uint16
+	Len  int
 }
 
 // Settings are the pipeline's run-time knobs, shared by all cores and
@@ -48,6 +59,12 @@ type Settings struct {
 	// ICMPRate and ICMPBurst limit the ICMP errors each core generates
 	// (per second, token bucket).
 	ICMPRate, ICMPBurst atomic.Int64
+	// UnresQlenBytes bounds the frames each core holds for one next hop
+	// being resolved (Linux's unres_qlen_bytes, whose default it takes),
+	// each charged its whole buffer (a UMEM frame), as Linux charges an
+	// skb's truesize: 104 frames of 2 KiB. A frame beyond it pushes the
+	// oldest out (neigh_queue_full).
+	UnresQlenBytes atomic.Int64
 	// SweepBudget is how many records a core's expiry sweep examines per
 	// batch; 0 (the default) paces it by the clock instead: each core
 	// passes over its connections once a second (sweepPass), whatever the
@@ -60,6 +77,9 @@ type Settings struct {
 	SweepBudget atomic.Int64
 }
 
+// DefaultUnresQlenBytes is Linux's net.ipv4.neigh.default.unres_qlen_bytes.
+const DefaultUnresQlenBytes = 212992
+
 // NewSettings returns the defaults.
 func NewSettings() *Settings {
 	s := &Settings{}
@@ -67,6 +87,7 @@ func NewSettings() *Settings {
 	s.ICMPRate.Store(1000)
 	s.ICMPBurst.Store(50)
 	s.SweepBudget.Store(0)
+	s.UnresQlenBytes.Store(DefaultUnresQlenBytes)
 	return s
 }
 
@@ -77,6 +98,7 @@ type Dataplane struct {
 	Pools    *Pools
 	Settings *Settings
 	env      atomic.Pointer[Env]
+	neigh    *NeighTable
 	start    time.Time
 	pubs     []published
 	pipes    []*Pipeline
@@ -88,11 +110,24 @@ func New(tab *flowtable.Table, pools *Pools, settings *Settings, env *Env) *Data
 	d.env.Store(env)
 	seed := uint64(time.Now().UnixNano()) | 1
 	for c := range tab.Cores() {
-		d.pipes = append(d.pipes, &Pipeline{d: d, core: c, ct: tab.Core(c), pub: &d.pubs[c],
-			icmpTokens: settings.ICMPBurst.Load(), backendSeed: seed})
+		p := &Pipeline{d: d, core: c, ct: tab.Core(c), pub: &d.pubs[c],
+			icmpTokens: settings.ICMPBurst.Load(), backendSeed: seed}
+		p.held.init()
+		d.pipes = append(d.pipes, p)
 	}
+	d.neigh = NewNeighTable()
+	d.neigh.Sync(env.neighs)
 	return d
 }
+
+// Neighbours returns the neighbour table the cores read; it starts with
+// the first Env's snapshot's neighbours.
+func (d *Dataplane) Neighbours() *NeighTable { return d.neigh }
+
+// UseNeighbours makes the cores read t: for a caller that keeps the
+// table current from its own start (the daemon, from the kernel's
+// notifications). Call it before any pipeline runs.
+func (d *Dataplane) UseNeighbours(t *NeighTable) { d.neigh = t }
 
 // Env returns the current environment.
 func (d *Dataplane) Env() *Env { return d.env.Load() }
@@ -151,6 +186,7 @@ type Pipeline struct {
 
 	nhDst [nhDstSize]uint64
 	nh    [nhSize]nhEntry
+	nhNb  [nhSize]nhNeigh
 	nhLen int // entries of nh in use, counting the unused 0
 
 	icmpTokens int64
@@ -158,11 +194,24 @@ type Pipeline struct {
 
 	backendSeed uint64
 
-	misses    [64]NeighMiss
-	missHead  atomic.Uint32
-	missTail  atomic.Uint32
-	lastMiss  uint32
-	lastMissT flowtable.Time
+	// The neighbour table as this core last saw it (neighGen, and its
+	// slot array, which the next-hop cache's entries point into).
+	neighGen   uint64
+	neighSlots *neighSlots
+	// unres is the next hop resolveNextHop found without a usable
+	// neighbour (port and MTU; no address): frames sent to it are held
+	// for unresIf and unresIP.
+	unres   nhEntry
+	unresIf int
+	unresIP uint32
+	// curKey is the lookup key of the frame handle is deciding: a held
+	// frame keeps it, so its translation can be undone to answer it.
+	curKey *flowtable.Tuple
+	held   holdState
+
+	misses   [64]NeighMiss
+	missHead atomic.Uint32
+	missTail atomic.Uint32
 
 	// noFast turns the established path off, and fastLast is how many of
 	// the last batch's packets took it: for the tests that hold the path to

@@ -14,6 +14,7 @@ import (
 // generated reply may use. out[i] receives the decision; forwarded and
 // generated frames are rewritten in place. It allocates nothing.
 func (p *Pipeline) Process(frames [][]byte, sizes []int, in []uint16, out []Result) {
+	p.held.recycle()
 	for len(frames) > 0 {
 		n := min(len(frames), batchMax)
 		p.process(frames[:n], sizes[:n], in[:n], out[:n])
@@ -28,6 +29,7 @@ func (p *Pipeline) Process(frames [][]byte, sizes []int, in []uint16, out []Resu
 // calls it when its sockets received nothing, so that expiry and port
 // reuse do not wait for traffic. It allocates nothing.
 func (p *Pipeline) Idle() {
+	p.held.recycle()
 	p.process(nil, nil, nil, nil)
 }
 
@@ -49,6 +51,7 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 	p.now = flowtable.TimeAt(el)
 	p.nowSec = uint32(el / time.Second)
 	p.ct.Enter()
+	p.neighCheck()
 
 	// Count every frame in and parse it, the common ones on the fast path
 	// and the rest (rest) on the full one; collect the keys to look up.
@@ -77,6 +80,10 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 			continue
 		}
 		if m.kind == kDone {
+			continue
+		}
+		if p.routerMustNot(frame, m, &out[i]) {
+			m.kind = kDone
 			continue
 		}
 		if frame[int(m.l3)+header.IPv4TTL] <= 1 {
@@ -135,11 +142,28 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 	p.env.Rules.Flush(p.core)
 	p.ct.Exit()
 	p.cnt.Batches++
-	if fastPkts == uint64(len(frames)) {
+	if fastPkts == uint64(len(frames)) && p.held.nrel == 0 {
 		p.pub.storeFast(&p.cnt, len(p.env.Ports))
 	} else {
 		p.pub.store(&p.cnt)
 	}
+}
+
+// routerMustNot decides a packet a router never forwards (Env.martian):
+// a broadcast or multicast one goes to the kernel, a martian is dropped;
+// both are counted under their reason. It reports whether it decided.
+func (p *Pipeline) routerMustNot(frame []byte, m *meta, out *Result) bool {
+	ip := header.IPv4(frame[m.l3:])
+	r := p.env.martian(ip.Src(), ip.Dst())
+	if r == ReasonNone {
+		return false
+	}
+	p.finish(out, ActDrop, r, 0, 0)
+	if r == ReasonBroadcast {
+		out.Action = ActKernel
+		p.cnt.ToKernel++
+	}
+	return true
 }
 
 // finish records a frame's decision, and counts a drop under its reason.

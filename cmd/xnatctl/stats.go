@@ -79,7 +79,7 @@ func writeStats(w io.Writer, s *api.Stats, perCore bool) {
 		"insert_failed", num(c.InsertFailed, ""), "drop", num(c.Drop, ""), "early_drop", num(c.EarlyDrop, ""))
 	p := s.Pipeline
 	line(w, "pipeline", "forwarded", num(p.Forwarded, "pkts"), "replies", num(p.Replies, ""), "to_kernel", num(p.ToKernel, ""),
-		"dropped", num(p.Dropped, "pkts"), "batches", num(p.Batches, ""))
+		"neigh_queued", num(p.NeighQueued, ""), "dropped", num(p.Dropped, "pkts"), "batches", num(p.Batches, ""))
 	writeDrops(w, "drops", s.Drops)
 	n := s.NAT
 	line(w, "nat", "allocated", num(n.Allocated, ""), "preserved", num(n.Preserved, ""), "released", num(n.Released, ""),

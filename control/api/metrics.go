@@ -87,6 +87,7 @@ func newCollector(d *daemon.Daemon, names []string, nInside int) *collector {
 		{desc("forwarded_total", "Frames forwarded."), func(p *dataplane.Counters) uint64 { return p.Forwarded }},
 		{desc("replies_total", "ICMP errors and TCP resets generated."), func(p *dataplane.Counters) uint64 { return p.Replies }},
 		{desc("to_kernel_total", "Frames handed to the kernel."), func(p *dataplane.Counters) uint64 { return p.ToKernel }},
+		{desc("neigh_queued_total", "Frames held while their next hop was resolved."), func(p *dataplane.Counters) uint64 { return p.NeighQueued }},
 		{desc("batches_total", "Pipeline batches."), func(p *dataplane.Counters) uint64 { return p.Batches }},
 	}
 	c.nat = []natMetric{

@@ -75,9 +75,9 @@ func ifaces(c *dataplane.Counters, names []string, nInside int) []IfaceStats {
 }
 
 func pipeline(c *dataplane.Counters) PipelineStats {
-	p := PipelineStats{Forwarded: c.Forwarded, Replies: c.Replies, ToKernel: c.ToKernel, Batches: c.Batches}
+	p := PipelineStats{Forwarded: c.Forwarded, Replies: c.Replies, ToKernel: c.ToKernel, NeighQueued: c.NeighQueued, Batches: c.Batches}
 	for _, r := range dataplane.Reasons() {
-		if r != dataplane.ReasonNotIPv4 {
+		if r != dataplane.ReasonNotIPv4 && r != dataplane.ReasonBroadcast { // passed to the kernel
 			p.Dropped += c.Drop(r)
 		}
 	}

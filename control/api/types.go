@@ -68,8 +68,10 @@ type PipelineStats struct {
 	Forwarded uint64 `json:"forwarded"`
 	Replies   uint64 `json:"replies"`
 	ToKernel  uint64 `json:"to_kernel"`
-	Dropped   uint64 `json:"dropped"`
-	Batches   uint64 `json:"batches"`
+	// NeighQueued counts frames held while their next hop was resolved.
+	NeighQueued uint64 `json:"neigh_queued"`
+	Dropped     uint64 `json:"dropped"`
+	Batches     uint64 `json:"batches"`
 }
 
 // NATStats are the port allocators' counters, summed over pools and cores.

@@ -60,6 +60,8 @@ type bedOpts struct {
 	noNeigh  bool // no permanent neighbour for the server in xnat
 	// localPorts is Config.LocalPorts ("" for the default).
 	localPorts string
+	// noNeighbours: no permanent neighbour at all, as a router just booted
+	noNeighbours bool
 }
 
 type bed struct {
@@ -79,7 +81,7 @@ func newBed(t *testing.T, o bedOpts) *bed {
 	if o.rules == "" {
 		o.rules = baseRules
 	}
-	tp := nattest.New(t, nattest.Options{Queues: 2, NoServerNeighbour: o.noNeigh})
+	tp := nattest.New(t, nattest.Options{Queues: 2, NoServerNeighbour: o.noNeigh, NoNeighbours: o.noNeighbours})
 	b := &bed{t: t, insA: tp.InsA, insB: tp.InsB, x: tp.X, sv: tp.Srv}
 	b.rulesFile = t.TempDir() + "/rules.v4"
 	must(t, writeFile(b.rulesFile, o.rules))

@@ -76,7 +76,11 @@ type Daemon struct {
 
 	evMu sync.Mutex // serialises OnEvent
 
-	mu       sync.Mutex // control path: the model, the snapshot, Env rebuilds, the XDP maps
+	// neigh is the dataplane's neighbour table, kept current from the
+	// kernel's notifications (the mirror's OnNeigh) and its dumps.
+	neigh *dataplane.NeighTable
+
+	mu       sync.Mutex // control path: the model, the snapshot, Env rebuilds, the filter maps
 	model    *rules.Model
 	snap     *topo.Snapshot
 	mirror   *kernel.Mirror
@@ -169,7 +173,8 @@ func Start(plan *Plan, opts Options) (d *Daemon, err error) {
 	pools.SetSteering(d.steer)
 	// The mirror's first snapshot arrives before Start returns; later
 	// ones rebuild the Env.
-	d.mirror, err = kernel.Start(kernel.Options{OnChange: d.onSnapshot, OnError: func(e error) {
+	d.neigh = dataplane.NewNeighTable()
+	d.mirror, err = kernel.Start(kernel.Options{OnChange: d.onSnapshot, OnNeigh: d.neigh.Update, OnError: func(e error) {
 		d.emit(warn("kernel mirror", "err", e))
 	}})
 	if err != nil {
@@ -190,6 +195,7 @@ func Start(plan *Plan, opts Options) (d *Daemon, err error) {
 		d.dp = dataplane.New(d.tab, pools, dataplane.NewSettings(), env)
 		d.io = &ioSet{progs: make([]*xdpprog.Program, len(d.names)), ifindex: make([]int, len(d.names))}
 		err = d.commitSteering(sp)
+		d.dp.UseNeighbours(d.neigh)
 	}
 	d.mu.Unlock()
 	if err != nil {

@@ -117,11 +117,14 @@
 //
 // # The kernel's view
 //
-// Every new snapshot of the mirror rebuilds the Env (same rule model,
+// The kernel's neighbour notifications go straight into the dataplane's
+// neighbour table, one entry at a time (kernel.Options.OnNeigh), and
+// every snapshot's neighbours reconcile it; a neighbour change rebuilds
+// nothing. Every new snapshot of the mirror rebuilds the Env (same rule model,
 // previous Env for counters, same pools) and swaps it in; if it cannot be
 // built (an interface vanished) the previous one stays and an event says
-// so. When an address of an outside interface goes away, or the interface
-// goes down, the connections masqueraded through it — source-translated,
+// so. When an address of an interface xnat forwards on goes away, or the
+// interface goes down, the connections masqueraded through it — source-translated,
 // with that address as the reply's destination — are deleted, as Linux's
 // MASQUERADE does on NETDEV_DOWN and address removal; later connections
 // use the interface's current address. The XDP maps follow every
@@ -143,7 +146,7 @@
 //
 // Every Options.ControlInterval it drains each pipeline's next hops that
 // lacked a neighbour (a lock-free ring per core) and asks the kernel to
-// resolve them (NTF_USE; packets meanwhile are dropped as no_neighbour); it
+// resolve them (NTF_USE; the pipelines hold their packets meanwhile); it
 // reports the table's "table full, dropping packet" events and LOG records
 // as Events; and once every core has passed two batches on a new rule set it
 // settles the rule counters carried over from the old one.

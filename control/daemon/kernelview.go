@@ -15,6 +15,9 @@ import (
 // state, flush connections masqueraded through an outside address that went
 // away or whose interface went down, and keep the XDP maps current.
 func (d *Daemon) onSnapshot(s *topo.Snapshot) {
+	// The dump's neighbours, in order with the notifications before and
+	// after it (both come from the mirror's goroutine).
+	d.neigh.Sync(s.Neighs)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	prev := d.snap
@@ -22,7 +25,7 @@ func (d *Daemon) onSnapshot(s *topo.Snapshot) {
 	if d.dp == nil || d.stopped {
 		return // Start builds the first Env from it
 	}
-	for _, name := range d.cfg.Outside {
+	for _, name := range d.names {
 		old, ok := prev.IfaceByName(name)
 		if !ok {
 			continue

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"reflect"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -41,6 +42,42 @@ func hasRoute(s *topo.Snapshot, dst string, gw uint32) bool {
 	return false
 }
 
+// neighRecorder keeps the last OnNeigh notification of every neighbour.
+type neighRecorder struct {
+	mu   sync.Mutex
+	last map[[2]uint32]topo.Neigh
+}
+
+func (r *neighRecorder) on(n topo.Neigh, present bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.last == nil {
+		r.last = map[[2]uint32]topo.Neigh{}
+	}
+	if !present {
+		n.State = 255
+	}
+	r.last[[2]uint32{uint32(n.IfIndex), n.IP}] = n
+}
+
+// waitNeigh waits for a notification of the neighbour that satisfies cond.
+func (r *neighRecorder) wait(t *testing.T, what string, ifindex int, ip uint32, within time.Duration, cond func(topo.Neigh) bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		r.mu.Lock()
+		n, ok := r.last[[2]uint32{uint32(ifindex), ip}]
+		r.mu.Unlock()
+		if ok && cond(n) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no notification of %s (last: %+v, %v)", what, n, ok)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func neigh(s *topo.Snapshot, ifindex int, ip uint32) (topo.Neigh, bool) {
 	for _, n := range s.Neighs {
 		if n.IfIndex == ifindex && n.IP == ip {
@@ -59,8 +96,9 @@ func TestMirrorFollowsKernel(t *testing.T) {
 	x, y := tp.NS("x"), tp.NS("y")
 	tp.Veth(x, "x0", y, "y0")
 	var calls atomic.Int64
+	var nr neighRecorder
 	h := x.Handle()
-	m, err := Start(Options{Namespace: &h, OnChange: func(*topo.Snapshot) { calls.Add(1) }})
+	m, err := Start(Options{Namespace: &h, OnChange: func(*topo.Snapshot) { calls.Add(1) }, OnNeigh: nr.on})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,11 +135,17 @@ func TestMirrorFollowsKernel(t *testing.T) {
 	must(t, x.AddRoute("0.0.0.0/0", "10.5.0.2", "x0"))
 	waitFor(t, m, "default route", func(s *topo.Snapshot) bool { return hasRoute(s, "0.0.0.0/0", addr("10.5.0.2")) })
 	nmac := net.HardwareAddr{2, 0, 0, 0, 0, 0x42}
+	// A neighbour is notified at once, without a dump.
+	time.Sleep(5 * DefaultDebounce) // the route's dump is over
+	dumps := m.Dumps()
 	must(t, x.AddNeigh("x0", "10.5.0.2", nmac))
-	waitFor(t, m, "neighbour", func(s *topo.Snapshot) bool {
-		n, ok := neigh(s, x0, addr("10.5.0.2"))
-		return ok && n.State == topo.NeighValid && n.MAC == [6]byte(nmac)
+	nr.wait(t, "the neighbour", x0, addr("10.5.0.2"), time.Second, func(n topo.Neigh) bool {
+		return n.State == topo.NeighValid && n.MAC == [6]byte(nmac)
 	})
+	time.Sleep(5 * DefaultDebounce)
+	if m.Dumps() != dumps {
+		t.Fatalf("a neighbour change made %d dumps", m.Dumps()-dumps)
+	}
 
 	must(t, x.DelRoute("10.6.0.0/16", "10.5.0.2", "x0"))
 	waitFor(t, m, "route removed", func(s *topo.Snapshot) bool { return !hasRoute(s, "10.6.0.0/16", addr("10.5.0.2")) })
@@ -115,7 +159,7 @@ func TestMirrorFollowsKernel(t *testing.T) {
 		i, ok := s.Iface(x0)
 		return ok && !i.Up
 	})
-	if calls.Load() < 8 {
+	if calls.Load() < 7 {
 		t.Fatalf("OnChange called %d times", calls.Load())
 	}
 	if !reflect.DeepEqual(first, firstCopy) {
@@ -143,7 +187,8 @@ func TestResolveNeighbour(t *testing.T) {
 	must(t, x.AddAddr("x0", "10.7.0.1/24"))
 	must(t, y.AddAddr("y0", "10.7.0.2/24"))
 	h := x.Handle()
-	m, err := Start(Options{Namespace: &h})
+	var nr neighRecorder
+	m, err := Start(Options{Namespace: &h, OnNeigh: nr.on})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,9 +199,8 @@ func TestResolveNeighbour(t *testing.T) {
 		t.Fatal("neighbour known before resolution")
 	}
 	must(t, m.Resolve(x0, addr("10.7.0.2")))
-	waitFor(t, m, "resolved neighbour", func(s *topo.Snapshot) bool {
-		n, ok := neigh(s, x0, addr("10.7.0.2"))
-		return ok && n.State == topo.NeighValid && n.MAC == [6]byte(ymac)
+	nr.wait(t, "the resolved neighbour", x0, addr("10.7.0.2"), 3*time.Second, func(n topo.Neigh) bool {
+		return n.State == topo.NeighValid && n.MAC == [6]byte(ymac)
 	})
 	// An address nobody answers for is incomplete while the kernel
 	// probes (the kernel sends no notification for that state: a dump
@@ -167,6 +211,10 @@ func TestResolveNeighbour(t *testing.T) {
 	if n, ok := neigh(s, x0, addr("10.7.0.99")); !ok || n.State != topo.NeighIncomplete {
 		t.Fatalf("neighbour being resolved: %+v %v", n, ok)
 	}
+	// The kernel gives up after mcast_solicit probes, retrans_time apart.
+	nr.wait(t, "the failed resolution", x0, addr("10.7.0.99"), 6*time.Second, func(n topo.Neigh) bool {
+		return n.State == topo.NeighFailed
+	})
 }
 
 // TestResync injects a subscription failure: the mirror resubscribes,

@@ -34,6 +34,12 @@ type Options struct {
 	// the previous), one call at a time, from the mirror's goroutine.
 	// The snapshot is immutable and may be kept.
 	OnChange func(*topo.Snapshot)
+	// OnNeigh is called with every IPv4 neighbour change the kernel
+	// notifies (present false: deleted), at once and one at a time, from
+	// the mirror's goroutine, in order with OnChange. A neighbour change
+	// makes no dump and no snapshot: each snapshot still lists the
+	// neighbours as its dump found them. Optional.
+	OnNeigh func(n topo.Neigh, present bool)
 	// OnError is told of subscription failures and failed dumps; the
 	// mirror resubscribes and dumps again by itself. Optional.
 	OnError func(error)
@@ -96,7 +102,7 @@ func Start(opts Options) (*Mirror, error) {
 		return nil, err
 	}
 	m.dumps.Add(1)
-	m.publish(snap)
+	m.publish(snap, false)
 	go m.run(subs)
 	return m, nil
 }
@@ -133,8 +139,12 @@ func (m *Mirror) Resolve(ifindex int, ip uint32) error {
 	return ResolveNeighbour(m.h, ifindex, ip)
 }
 
-func (m *Mirror) publish(s *topo.Snapshot) {
-	if prev := m.snap.Load(); prev != nil && reflect.DeepEqual(prev, s) {
+// publish stores a new snapshot and calls OnChange with it; one equal
+// to the last is passed over unless forced (after a resynchronisation,
+// whose OnChange lets the caller catch up with neighbours it may have
+// missed).
+func (m *Mirror) publish(s *topo.Snapshot, force bool) {
+	if prev := m.snap.Load(); !force && prev != nil && reflect.DeepEqual(prev, s) {
 		return
 	}
 	m.snap.Store(s)
@@ -203,6 +213,7 @@ func (m *Mirror) run(s *subscriptions) {
 	var timer *time.Timer
 	var fire <-chan time.Time
 	var burstStart time.Time
+	forced := false // the next snapshot follows a resynchronisation
 	changed := func() {
 		now := time.Now()
 		if fire == nil {
@@ -219,6 +230,7 @@ func (m *Mirror) run(s *subscriptions) {
 		// Counted before it is reported, so that whoever hears of a
 		// resync also sees it in Resyncs.
 		m.resyncs.Add(1)
+		forced = true
 		m.report(fmt.Errorf("kernel: subscription failed, resynchronising: %w", cause))
 		s.close()
 		for {
@@ -272,7 +284,9 @@ func (m *Mirror) run(s *subscriptions) {
 				continue
 			}
 			if u.Family == netlink.FAMILY_V4 || u.IP.To4() != nil {
-				changed()
+				if n, ok := neighOf(&u.Neigh); ok && m.opts.OnNeigh != nil {
+					m.opts.OnNeigh(n, u.Type != unix.RTM_DELNEIGH)
+				}
 			}
 		case err := <-s.errs:
 			resync(err)
@@ -287,7 +301,8 @@ func (m *Mirror) run(s *subscriptions) {
 				changed() // try again after another debounce period
 				continue
 			}
-			m.publish(snap)
+			m.publish(snap, forced)
+			forced = false
 		}
 	}
 }
@@ -384,18 +399,10 @@ func Dump(h *netlink.Handle) (*topo.Snapshot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kernel: listing neighbours: %w", err)
 	}
-	const valid = netlink.NUD_REACHABLE | netlink.NUD_STALE | netlink.NUD_DELAY | netlink.NUD_PROBE | netlink.NUD_PERMANENT | netlink.NUD_NOARP
-	for _, n := range neighs {
-		ip := n.IP.To4()
-		if ip == nil || n.State == netlink.NUD_NOARP && len(n.HardwareAddr) != 6 {
-			continue
+	for i := range neighs {
+		if e, ok := neighOf(&neighs[i]); ok {
+			s.Neighs = append(s.Neighs, e)
 		}
-		e := topo.Neigh{IfIndex: n.LinkIndex, IP: ip4(ip), State: topo.NeighIncomplete}
-		if n.State&valid != 0 && len(n.HardwareAddr) == 6 {
-			e.State = topo.NeighValid
-			copy(e.MAC[:], n.HardwareAddr)
-		}
-		s.Neighs = append(s.Neighs, e)
 	}
 	slices.SortFunc(s.Neighs, func(a, b topo.Neigh) int {
 		if a.IfIndex != b.IfIndex {
@@ -404,6 +411,27 @@ func Dump(h *netlink.Handle) (*topo.Snapshot, error) {
 		return cmpU32(a.IP, b.IP)
 	})
 	return s, nil
+}
+
+// neighOf converts an IPv4 neighbour entry: NeighValid with a usable
+// link-layer address (REACHABLE, STALE, DELAY, PROBE, PERMANENT, NOARP),
+// NeighFailed after failed resolution, else NeighIncomplete. A NOARP
+// entry without an Ethernet address (a point-to-point link) is left out.
+func neighOf(n *netlink.Neigh) (topo.Neigh, bool) {
+	const valid = netlink.NUD_REACHABLE | netlink.NUD_STALE | netlink.NUD_DELAY | netlink.NUD_PROBE | netlink.NUD_PERMANENT | netlink.NUD_NOARP
+	ip := n.IP.To4()
+	if ip == nil || n.State == netlink.NUD_NOARP && len(n.HardwareAddr) != 6 {
+		return topo.Neigh{}, false
+	}
+	e := topo.Neigh{IfIndex: n.LinkIndex, IP: ip4(ip), State: topo.NeighIncomplete}
+	switch {
+	case n.State&valid != 0 && len(n.HardwareAddr) == 6:
+		e.State = topo.NeighValid
+		copy(e.MAC[:], n.HardwareAddr)
+	case n.State&netlink.NUD_FAILED != 0:
+		e.State = topo.NeighFailed
+	}
+	return e, true
 }
 
 func ip4(ip net.IP) uint32 {
@@ -428,9 +456,7 @@ func cmpU32(a, b uint32) int {
 // with NTF_USE creates the entry if needed and triggers the kernel's
 // resolution (neigh_event_send) — an ARP request — without setting a
 // state or link-layer address. The kernel then owns the entry: the
-// result arrives through the neighbour subscription. It returns at once;
-// packets for the next hop are dropped (and counted by the caller)
-// until the entry is valid.
+// result arrives through the neighbour subscription. It returns at once.
 func ResolveNeighbour(h *netlink.Handle, ifindex int, ip uint32) error {
 	addr := make(net.IP, 4)
 	binary.BigEndian.PutUint32(addr, ip)

@@ -52,11 +52,13 @@ type Route struct {
 type NeighState uint8
 
 const (
-	// NeighIncomplete: resolution is under way or failed; no address.
+	// NeighIncomplete: resolution is under way; no address.
 	NeighIncomplete NeighState = iota
 	// NeighValid: the link-layer address can be used (REACHABLE, STALE,
 	// DELAY, PROBE, PERMANENT, NOARP).
 	NeighValid
+	// NeighFailed: resolution failed after the kernel's probes (FAILED).
+	NeighFailed
 )
 
 // Neigh is an IPv4 neighbour (ARP) entry.

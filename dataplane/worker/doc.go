@@ -27,7 +27,13 @@
 //     (the pipeline counts the reason). ActKernel: released and counted
 //     (Kernel) — xnat does not reinject frames into the kernel; the XDP program
 //     (dataplane/xdpprog) redirects only IPv4 that xnat handles, so this
-//     happens only for frames the pipeline finds are not IPv4.
+//     happens only for frames the pipeline finds are not IPv4, or are
+//     broadcast or multicast (which the XDP program should pass). ActHold:
+//     the descriptor is kept by Result.Hold (the frame stays in the
+//     pipeline, as an audit counts it: Held) until the pipeline releases it
+//     (Pipeline.Released, after Process and after Idle) to be transmitted
+//     or released like any decided frame; when Run ends, the frames still
+//     held are released (Pipeline.DropHeld) before it returns.
 //  4. Complete and Fill on every socket: transmitted frames back to the free
 //     stack, free frames to the fill rings.
 //  5. When nothing was received: Pipeline.Idle (the expiry sweep and port
@@ -59,5 +65,7 @@
 // The pipeline records next hops it lacked a link-layer address for in a
 // lock-free single-reader ring per core; the daemon's control goroutine
 // drains it (dataplane.Pipeline.DrainNeighMisses) and asks the kernel to
-// resolve them. The worker does no netlink I/O.
+// resolve them, while the pipeline holds their frames. The worker does no
+// netlink I/O; a sleeping worker sends held frames at its next wake-up
+// (at most the poll timeout after the neighbour resolves).
 package worker

@@ -47,18 +47,19 @@ type Stats struct {
 	TxRefused  uint64 // frames a full TX ring refused (released)
 	Dropped    uint64 // frames the pipeline dropped (released)
 	Kernel     uint64 // frames the pipeline handed to the kernel (released: xnat does not reinject)
+	Held       uint64 // frames the pipeline held for a next hop being resolved
 }
 
 // counters are the plain counts, in Stats order after Queue and CPU.
 type counters struct {
-	iterations, idleWaits, waitErrors, rx, tx, txRefused, dropped, kernel uint64
+	iterations, idleWaits, waitErrors, rx, tx, txRefused, dropped, kernel, held uint64
 }
 
 // published holds atomic copies of the counters on cache lines of their own.
 type published struct {
-	_                                                                     [64]byte
-	iterations, idleWaits, waitErrors, rx, tx, txRefused, dropped, kernel atomic.Uint64
-	_                                                                     [64]byte
+	_                                                                           [64]byte
+	iterations, idleWaits, waitErrors, rx, tx, txRefused, dropped, kernel, held atomic.Uint64
+	_                                                                           [64]byte
 }
 
 // Worker is the packet loop of one queue.
@@ -77,6 +78,9 @@ type Worker struct {
 	res    []dataplane.Result
 	tx     [][]ring.Desc // per socket
 	rel    []ring.Desc
+	// held are the descriptors of the frames the pipeline holds, by
+	// Result.Hold.
+	held [dataplane.HoldCapacity]ring.Desc
 
 	cnt counters
 	pub published
@@ -123,10 +127,10 @@ func New(pipe *dataplane.Pipeline, u *ring.UMEM, ports []uint16, cfg Config) (*W
 	w.sizes = make([]int, total)
 	w.in = make([]uint16, total)
 	w.res = make([]dataplane.Result, total)
-	w.rel = make([]ring.Desc, 0, total)
+	w.rel = make([]ring.Desc, 0, total+dataplane.HoldCapacity)
 	w.tx = make([][]ring.Desc, len(socks))
 	for i := range w.tx {
-		w.tx[i] = make([]ring.Desc, 0, total)
+		w.tx[i] = make([]ring.Desc, 0, total+dataplane.HoldCapacity)
 	}
 	return w, nil
 }
@@ -161,7 +165,7 @@ func (w *Worker) Run() error {
 			continue
 		}
 		if w.cnt.idleWaits&idleMask == 0 {
-			w.pipe.Idle()
+			w.idle()
 		}
 		w.cnt.idleWaits++
 		if err := w.u.Wait(); err != nil {
@@ -172,8 +176,18 @@ func (w *Worker) Run() error {
 			}
 		}
 	}
+	// The frames the pipeline still holds go back to the UMEM.
+	w.pipe.DropHeld()
+	w.dispatch(0)
 	w.publish()
 	return nil
+}
+
+// idle runs the pipeline's housekeeping (Pipeline.Idle) and carries out
+// what it decided for held frames.
+func (w *Worker) idle() {
+	w.pipe.Idle()
+	w.dispatch(0)
 }
 
 // Stop asks the loop to end; Run returns after the current iteration (at
@@ -214,30 +228,22 @@ func (w *Worker) step() int {
 	return rx
 }
 
-// dispatch sends, releases and counts the decided frames of a batch.
+// dispatch sends, releases and counts the decided frames of a batch,
+// and the held frames the pipeline released.
 func (w *Worker) dispatch(n int) {
 	for i := range n {
 		r := &w.res[i]
-		d := w.descs[i]
-		switch r.Action {
-		case dataplane.ActForward, dataplane.ActReply:
-			si := int8(-1)
-			if int(r.Port) < len(w.sockOf) {
-				si = w.sockOf[r.Port]
-			}
-			if si < 0 || r.Len <= 0 || r.Len > cap(w.frames[i]) {
-				w.rel = append(w.rel, d)
-				w.cnt.dropped++
-				continue
-			}
-			d.Len = uint32(r.Len)
-			w.tx[si] = append(w.tx[si], d)
-		case dataplane.ActKernel:
-			w.rel = append(w.rel, d)
-			w.cnt.kernel++
-		default:
-			w.rel = append(w.rel, d)
-			w.cnt.dropped++
+		if r.Action == dataplane.ActHold && int(r.Hold) < len(w.held) {
+			w.held[r.Hold] = w.descs[i]
+			w.cnt.held++
+			continue
+		}
+		w.decide(r, w.descs[i], cap(w.frames[i]))
+	}
+	for _, rl := range w.pipe.Released() {
+		if int(rl.Hold) < len(w.held) {
+			d := w.held[rl.Hold]
+			w.decide(&rl.Result, d, cap(w.u.Frame(d)))
 		}
 	}
 	for si, s := range w.socks {
@@ -259,6 +265,43 @@ func (w *Worker) dispatch(n int) {
 	}
 }
 
+// decide queues a decided frame for transmission, or releases it.
+func (w *Worker) decide(r *dataplane.Result, d ring.Desc, capacity int) {
+	switch r.Action {
+	case dataplane.ActForward, dataplane.ActReply:
+		si := int8(-1)
+		if int(r.Port) < len(w.sockOf) {
+			si = w.sockOf[r.Port]
+		}
+		if si < 0 || r.Len <= 0 || r.Len > capacity {
+			w.rel = append(w.rel, d)
+			w.cnt.dropped++
+			return
+		}
+		d.Len = uint32(r.Len)
+		w.tx[si] = append(w.tx[si], d)
+	case dataplane.ActKernel:
+		w.rel = append(w.rel, d)
+		w.cnt.kernel++
+	default:
+		w.rel = append(w.rel, d)
+		w.cnt.dropped++
+	}
+}
+
+// Held returns the descriptors of the frames the pipeline holds: for an
+// audit of the UMEM (ring.UMEM.Audit), from the worker's goroutine or
+// after Run returned.
+func (w *Worker) Held() []ring.Desc {
+	var out []ring.Desc
+	for i := range w.held {
+		if w.pipe.IsHeld(uint16(i)) {
+			out = append(out, w.held[i])
+		}
+	}
+	return out
+}
+
 func (w *Worker) publish() {
 	c, p := &w.cnt, &w.pub
 	p.iterations.Store(c.iterations)
@@ -269,6 +312,7 @@ func (w *Worker) publish() {
 	p.txRefused.Store(c.txRefused)
 	p.dropped.Store(c.dropped)
 	p.kernel.Store(c.kernel)
+	p.held.Store(c.held)
 }
 
 // Stats returns the worker's published counters; any goroutine may call it.
@@ -277,7 +321,7 @@ func (w *Worker) Stats() Stats {
 	return Stats{
 		Queue: w.cfg.Queue, CPU: w.cfg.CPU,
 		Iterations: p.iterations.Load(), IdleWaits: p.idleWaits.Load(), WaitErrors: p.waitErrors.Load(),
-		Rx: p.rx.Load(), Tx: p.tx.Load(), TxRefused: p.txRefused.Load(), Dropped: p.dropped.Load(), Kernel: p.kernel.Load(),
+		Rx: p.rx.Load(), Tx: p.tx.Load(), TxRefused: p.txRefused.Load(), Dropped: p.dropped.Load(), Kernel: p.kernel.Load(), Held: p.held.Load(),
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"xnat/dataplane"
 	"xnat/dataplane/kernel"
 	"xnat/dataplane/rules"
+	"xnat/dataplane/topo"
 	"xnat/dataplane/xdpprog"
 	"xnat/flowtable"
 	"xnat/internal/netns"
@@ -325,5 +326,92 @@ func TestWorkerIdleSweeps(t *testing.T) {
 	}
 	if el := time.Since(start); el > 200*time.Millisecond {
 		t.Fatalf("Stop took %v with a 10 ms poll timeout", el)
+	}
+}
+
+// TestWorkerHoldsUntilResolved: datagrams to a next hop the dataplane has
+// no address for are held in their UMEM frames (an audit finds them in
+// the pipeline), sent in order once the neighbour resolves, and a frame
+// still held when the worker stops goes back to the UMEM.
+func TestWorkerHoldsUntilResolved(t *testing.T) {
+	b := newBed(t)
+	x1, err := b.x.Index("x1")
+	check(t, err)
+	cMAC, err := b.c.MAC("c1")
+	check(t, err)
+	nt := b.dp.Neighbours()
+	c := topo.Neigh{IfIndex: x1, IP: 0x0a020002}
+	nt.Update(c, false)
+	echoServer(t, b.c, 7000)
+	var conn *net.UDPConn
+	check(t, b.a.Do(func() error {
+		var err error
+		conn, err = net.DialUDP("udp4", &net.UDPAddr{IP: net.IPv4(10, 1, 0, 2), Port: 40001}, &net.UDPAddr{IP: net.IPv4(10, 2, 0, 2), Port: 7000})
+		return err
+	}))
+	defer conn.Close()
+	for i := range 3 {
+		if _, err := conn.Write(fmt.Appendf(nil, "held %d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for b.w.pipe.Held() < 3 && time.Now().Before(deadline) {
+		b.w.step()
+		time.Sleep(time.Millisecond)
+	}
+	if b.w.pipe.Held() != 3 || len(b.w.Held()) != 3 {
+		t.Fatalf("%d frames held (%d descriptors), want 3", b.w.pipe.Held(), len(b.w.Held()))
+	}
+	acc, err := b.u.Audit(b.w.Held())
+	check(t, err)
+	if acc.Pipeline != 3 {
+		t.Fatalf("audit: %+v, want 3 frames in the pipeline", acc)
+	}
+	c.MAC, c.State = [6]byte(cMAC), topo.NeighValid
+	nt.Update(c, true)
+	buf := make([]byte, 2048)
+	got := 0
+	for got < 3 {
+		if b.w.step() == 0 {
+			b.w.idle()
+		}
+		check(t, conn.SetReadDeadline(time.Now().Add(20*time.Millisecond)))
+		n, err := conn.Read(buf)
+		if err != nil {
+			if time.Now().After(deadline.Add(2 * time.Second)) {
+				t.Fatalf("%d answers of 3", got)
+			}
+			continue
+		}
+		if want := fmt.Sprintf("10.2.0.1:40001|held %d", got); string(buf[:n]) != want {
+			t.Fatalf("answer %q, want %q", buf[:n], want)
+		}
+		got++
+	}
+	if s := b.w.Stats(); s.Held != 3 {
+		t.Fatalf("worker stats %+v: want 3 held", s)
+	}
+	// Held when the worker stops: released to the UMEM.
+	nt.Update(c, false)
+	if _, err := conn.Write([]byte("never")); err != nil {
+		t.Fatal(err)
+	}
+	for b.w.pipe.Held() < 1 && time.Now().Before(deadline.Add(4*time.Second)) {
+		b.w.step()
+		time.Sleep(time.Millisecond)
+	}
+	if b.w.pipe.Held() != 1 {
+		t.Fatal("the last datagram was not held")
+	}
+	b.w.Stop()
+	check(t, b.w.Run())
+	if b.w.pipe.Held() != 0 {
+		t.Fatalf("%d frames held after Run returned", b.w.pipe.Held())
+	}
+	acc, err = b.u.Audit(nil)
+	check(t, err)
+	if acc.Pipeline != 0 {
+		t.Fatalf("audit after stop: %+v", acc)
 	}
 }

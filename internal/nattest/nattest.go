@@ -11,7 +11,7 @@
 // forward (ip_forward=0): a packet wrongly passed to its kernel is lost and
 // the test fails. The server has no route to the inside networks: it can
 // only answer the translated address. xnat has permanent neighbour entries
-// for the hosts unless asked otherwise. The package starts no daemon: the
+// for the hosts unless asked otherwise (Options). The package starts no daemon: the
 // daemon's own tests and the API's each start theirs on this topology.
 package nattest
 
@@ -50,6 +50,9 @@ type Options struct {
 	// NoServerNeighbour leaves xnat without a neighbour entry for the
 	// server, so that xnat must have the kernel resolve it.
 	NoServerNeighbour bool
+	// NoNeighbours leaves xnat's namespace with empty neighbour tables, as
+	// a router that just booted: every next hop must be resolved.
+	NoNeighbours bool
 }
 
 // Topology is the four namespaces, wired and addressed.
@@ -102,6 +105,9 @@ func New(t *testing.T, o Options) *Topology {
 			link, via string
 			ip        string
 		}{b.Srv, "s0", "x1", "192.0.2.2"})
+	}
+	if o.NoNeighbours {
+		neighs = nil
 	}
 	for _, n := range neighs {
 		mac, err := n.ns.MAC(n.link)
