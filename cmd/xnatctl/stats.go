@@ -86,7 +86,7 @@ func writeStats(w io.Writer, s *api.Stats, perCore bool) {
 		"out_of_ports", num(n.OutOfPorts, ""), "per_source_limit", num(n.PerSourceLimit, ""), "per_source_full", num(n.PerSourceFull, ""), "ports_in_use", num(n.PortsInUse, ""))
 	for _, x := range s.XDP {
 		line(w, "xdp", x.Interface, "("+x.Mode+")", "to_xnat_forward", num(x.ToXnatForward, ""), "to_xnat_local", num(x.ToXnatLocal, ""),
-			"redirect_failed", num(x.RedirectFailed, ""), "pass_not_ipv4", num(x.PassNotIPv4, ""), "pass_local", num(x.PassLocal, ""),
+			"redirect_failed", num(x.RedirectFailed, ""), "pass_not_ipv4", num(x.PassNotIPv4, ""), "pass_local", num(x.PassLocal, ""), "pass_broadcast", num(x.PassBroadcast, ""),
 			"pass_malformed", num(x.PassMalformed, ""))
 	}
 	for _, r := range s.Rings {

@@ -128,6 +128,7 @@ var xdpActions = [xdpprog.NumCounters]string{
 	xdpprog.CtrPassNotIPv4:    "pass_not_ipv4",
 	xdpprog.CtrPassLocal:      "pass_local",
 	xdpprog.CtrPassMalformed:  "pass_malformed",
+	xdpprog.CtrPassBroadcast:  "pass_broadcast",
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {

@@ -94,6 +94,7 @@ type XDPStats struct {
 	RedirectFailed uint64 `json:"redirect_failed"`
 	PassNotIPv4    uint64 `json:"pass_not_ipv4"`
 	PassLocal      uint64 `json:"pass_local"`
+	PassBroadcast  uint64 `json:"pass_broadcast"`
 	PassMalformed  uint64 `json:"pass_malformed"`
 }
 

@@ -54,7 +54,7 @@ func (d *Daemon) planSteering(s *topo.Snapshot, m *rules.Model, kernelChange boo
 		p.groups = append(p.groups, g)
 	}
 	p.locals = localAddrs(s)
-	p.poolAddrs = poolAddrs(s, m, d.cfg.Outside, p.locals)
+	p.poolAddrs = poolAddrs(s, m, d.names, p.locals)
 	mode := d.cfg.LocalPorts
 	if kernelChange {
 		mode = "warn"
@@ -115,11 +115,12 @@ func localAddrs(s *topo.Snapshot) []uint32 {
 }
 
 // poolAddrs returns the box's addresses that NAT pools translate to: the
-// primary address of every outside interface (MASQUERADE and
-// hairpinning), and the local addresses within SNAT ranges.
-func poolAddrs(s *topo.Snapshot, m *rules.Model, outside []string, locals []uint32) []uint32 {
+// primary address of every xnat interface (MASQUERADE takes the egress
+// interface's, an inside one's included, and hairpinning an outside
+// one's), and the local addresses within SNAT ranges.
+func poolAddrs(s *topo.Snapshot, m *rules.Model, ifaces []string, locals []uint32) []uint32 {
 	var out []uint32
-	for _, name := range outside {
+	for _, name := range ifaces {
 		if ifc, ok := s.IfaceByName(name); ok && len(ifc.Addrs) > 0 {
 			out = append(out, ifc.Addrs[0].Addr)
 		}
@@ -470,7 +471,7 @@ func (d *Daemon) writeLocals(locals []uint32) error {
 		for _, ifc := range d.snap.Ifaces {
 			for _, p := range ifc.Addrs {
 				if p.Len > 0 && p.Len <= 30 {
-					add(p.Addr|^uint32(0)>>p.Len, xdpprog.NoSlot)
+					add(p.Addr|^uint32(0)>>p.Len, xdpprog.SlotBroadcast)
 				}
 			}
 		}
@@ -635,7 +636,7 @@ func (d *Daemon) gcSlots() {
 	}
 	locals := localAddrs(d.snap)
 	want := map[uint32]bool{}
-	for _, a := range poolAddrs(d.snap, d.model, d.cfg.Outside, locals) {
+	for _, a := range poolAddrs(d.snap, d.model, d.names, locals) {
 		want[a] = true
 	}
 	for k := range d.dnatHeld {

@@ -24,12 +24,16 @@ const (
 	// CtrPassNotIPv4: ARP, IPv6 and any other EtherType.
 	CtrPassNotIPv4
 	// CtrPassLocal: IPv4 for the box, not xnat's: the box's own sockets,
-	// echo requests, non-first fragments, other protocols, multicast and
-	// broadcast, DHCP to a client.
+	// echo requests, non-first fragments, other protocols, DHCP to a
+	// client.
 	CtrPassLocal
 	// CtrPassMalformed: truncated frames, IPv4 headers with a bad
 	// version or length, L4 headers cut short.
 	CtrPassMalformed
+	// CtrPassBroadcast: multicast, the limited broadcast and the
+	// directed broadcasts of the box's subnets: never forwarded (RFC
+	// 1812 §5.3.5), the kernel's (VRRP, OSPF, DHCP).
+	CtrPassBroadcast
 	// NumCounters is the number of counters.
 	NumCounters
 )
@@ -50,6 +54,9 @@ const (
 	// echo id xnat takes (an external address for which no slot was
 	// left).
 	SlotAll = 0xfffffffe
+	// SlotBroadcast marks a directed broadcast address of one of the
+	// box's subnets: the kernel's, counted as CtrPassBroadcast.
+	SlotBroadcast = 0xfffffffd
 )
 
 // PortSetBytes is the size of one port set: a bit per port.
@@ -159,10 +166,10 @@ func instructions(m maps) asm.Instructions {
 		// are the kernel's; xnat forwards unicast.
 		asm.LoadMem(R2, R9, 16, asm.Word),
 		asm.StoreMem(R10, stDst, R2, asm.Word),
-		asm.JEq.Imm32(R2, -1, "pass_local"),
+		asm.JEq.Imm32(R2, -1, "pass_broadcast"),
 		asm.Mov.Reg(R4, R2),
 		asm.And.Imm(R4, mcastMask),
-		asm.JEq.Imm(R4, mcastValue, "pass_local"),
+		asm.JEq.Imm(R4, mcastValue, "pass_broadcast"),
 		// Is the destination one of the box's addresses (or broadcast
 		// addresses)?
 		asm.Mov.Reg(R2, R10),
@@ -171,6 +178,7 @@ func instructions(m maps) asm.Instructions {
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(R0, 0, "not_local"),
 		asm.LoadMem(R1, R0, 0, asm.Word),
+		asm.JEq.Imm32(R1, -3, "pass_broadcast"), // SlotBroadcast
 		asm.StoreMem(R10, stSlot, R1, asm.Word),
 		// Addressed to the box. A non-first fragment has no port to
 		// decide by: the kernel reassembles it (xnat would drop it).
@@ -409,7 +417,7 @@ func instructions(m maps) asm.Instructions {
 	for _, p := range []struct {
 		label string
 		ctr   int
-	}{{"pass_not_ipv4", CtrPassNotIPv4}, {"pass_local", CtrPassLocal}, {"malformed", CtrPassMalformed}} {
+	}{{"pass_not_ipv4", CtrPassNotIPv4}, {"pass_local", CtrPassLocal}, {"malformed", CtrPassMalformed}, {"pass_broadcast", CtrPassBroadcast}} {
 		b.label(p.label)
 		b.count(p.ctr)
 		b.add(asm.Mov.Imm(R0, xdpPass), asm.Return())

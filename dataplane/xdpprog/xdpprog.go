@@ -149,7 +149,7 @@ func (f *Filter) SetLocals(locals []Local) error {
 	}
 	want := make(map[[4]byte]bool, len(locals))
 	for _, l := range locals {
-		if l.Slot >= f.opts.MaxSlots && l.Slot != NoSlot && l.Slot != SlotAll {
+		if l.Slot >= f.opts.MaxSlots && l.Slot != NoSlot && l.Slot != SlotAll && l.Slot != SlotBroadcast {
 			return fmt.Errorf("xdpprog: local address %v: slot %d of %d", l.Addr, l.Slot, f.opts.MaxSlots)
 		}
 		want[l.Addr] = true
@@ -543,7 +543,7 @@ func (s Stats) Redirected() uint64 {
 
 // Passed counts packets passed to the kernel, for any reason.
 func (s Stats) Passed() uint64 {
-	return s.Counters[CtrPassNotIPv4] + s.Counters[CtrPassLocal] + s.Counters[CtrPassMalformed]
+	return s.Counters[CtrPassNotIPv4] + s.Counters[CtrPassLocal] + s.Counters[CtrPassMalformed] + s.Counters[CtrPassBroadcast]
 }
 
 // RedirectFailed counts packets meant for xnat that found no socket on

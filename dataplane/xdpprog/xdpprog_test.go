@@ -98,11 +98,12 @@ func icmpError(typ byte, src [4]byte, innerProto byte, innerL4 []byte) []byte {
 }
 
 var (
-	local  = [4]byte{10, 0, 0, 1} // slot 0
-	local2 = [4]byte{10, 0, 0, 2} // slot 1
-	local3 = [4]byte{10, 0, 0, 3} // no slot
-	local4 = [4]byte{10, 0, 0, 4} // every port xnat's
-	local5 = [4]byte{10, 1, 0, 1} // no slot, outside 10.0.0.0/24
+	local  = [4]byte{10, 0, 0, 1}   // slot 0
+	local2 = [4]byte{10, 0, 0, 2}   // slot 1
+	local3 = [4]byte{10, 0, 0, 3}   // no slot
+	local4 = [4]byte{10, 0, 0, 4}   // every port xnat's
+	local5 = [4]byte{10, 1, 0, 1}   // no slot, outside 10.0.0.0/24
+	bcast  = [4]byte{10, 1, 0, 255} // a directed broadcast of one of the box's subnets
 	remote = [4]byte{192, 0, 2, 9}
 )
 
@@ -127,7 +128,7 @@ func newFilter(t *testing.T) *Filter {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.Close() })
-	if err := f.SetLocals([]Local{{local, 0}, {local2, 1}, {local3, NoSlot}, {local4, SlotAll}, {local5, NoSlot}}); err != nil {
+	if err := f.SetLocals([]Local{{local, 0}, {local2, 1}, {local3, NoSlot}, {local4, SlotAll}, {local5, NoSlot}, {bcast, SlotBroadcast}}); err != nil {
 		t.Fatal(err)
 	}
 	for p := uint16(40000); p <= 40009; p++ {
@@ -216,6 +217,7 @@ func TestBranches(t *testing.T) {
 	fwd := []int{CtrToXnatForward, CtrRedirectFailed}
 	loc := []int{CtrToXnatLocal, CtrRedirectFailed}
 	pl := []int{CtrPassLocal}
+	pb := []int{CtrPassBroadcast}
 	bad := []int{CtrPassMalformed}
 	other := []int{CtrPassNotIPv4}
 	tcp := func(dst [4]byte, dport uint16) []byte {
@@ -242,12 +244,13 @@ func TestBranches(t *testing.T) {
 		// broadcast, DHCP to a client.
 		{"dhcp offer to an address not yet the box's", frame{proto: 17, src: remote, dst: [4]byte{10, 9, 9, 9}, l4: ports(67, 68, 8)}.bytes(), pl},
 		{"dhcp offer with ip options", frame{ihl: 7, proto: 17, src: remote, dst: [4]byte{10, 9, 9, 9}, l4: ports(67, 68, 8)}.bytes(), pl},
-		{"limited broadcast", udp([4]byte{255, 255, 255, 255}, 68), pl},
-		{"limited broadcast tcp", frame{proto: 6, src: remote, dst: [4]byte{255, 255, 255, 255}, l4: ports(1, 40005, 20)}.bytes(), pl},
-		{"vrrp", frame{proto: 112, src: remote, dst: [4]byte{224, 0, 0, 18}, l4: make([]byte, 8)}.bytes(), pl},
-		{"ospf", frame{proto: 89, src: remote, dst: [4]byte{224, 0, 0, 5}, l4: make([]byte, 8)}.bytes(), pl},
-		{"multicast udp", udp([4]byte{239, 255, 255, 250}, 1900), pl},
-		{"top of class d", udp([4]byte{239, 255, 255, 255}, 5353), pl},
+		{"limited broadcast", udp([4]byte{255, 255, 255, 255}, 68), pb},
+		{"limited broadcast tcp", frame{proto: 6, src: remote, dst: [4]byte{255, 255, 255, 255}, l4: ports(1, 40005, 20)}.bytes(), pb},
+		{"vrrp", frame{proto: 112, src: remote, dst: [4]byte{224, 0, 0, 18}, l4: make([]byte, 8)}.bytes(), pb},
+		{"ospf", frame{proto: 89, src: remote, dst: [4]byte{224, 0, 0, 5}, l4: make([]byte, 8)}.bytes(), pb},
+		{"multicast udp", udp([4]byte{239, 255, 255, 250}, 1900), pb},
+		{"directed broadcast of a subnet", udp(bcast, 9999), pb},
+		{"top of class d", udp([4]byte{239, 255, 255, 255}, 5353), pb},
 		{"class e is forwarded", udp([4]byte{240, 0, 0, 1}, 5353), fwd},
 		{"below class d is forwarded", udp([4]byte{223, 255, 255, 255}, 5353), fwd},
 
