@@ -7,14 +7,13 @@ import (
 	"unsafe"
 )
 
-// The assembly scan reads probes by offset.
-func TestProbeLayout(t *testing.T) {
-	var p probe
-	if unsafe.Offsetof(p.b1) != 0 || unsafe.Offsetof(p.b2) != 8 || unsafe.Offsetof(p.tag) != 16 || unsafe.Offsetof(p.idx) != 20 || unsafe.Sizeof(p) != 24 {
-		t.Fatalf("probe layout changed: tagscan_amd64.s reads b1 at 0, b2 at 8, tag at 16, idx at 20, 24 bytes apart")
-	}
-	if unsafe.Sizeof(bucket{}) != 64 {
-		t.Fatalf("bucket is %d bytes; tagscan_amd64.s reads 64", unsafe.Sizeof(bucket{}))
+// The assembly reads fields at go_asm.h's offsets, but steps over some
+// sizes by shifts, which it names: BUCKET_SHIFT, TUPLE_SHIFT,
+// REC_SIZE_SHIFT (after ·3) and REF_SIZE.
+func TestAsmLayout(t *testing.T) {
+	if unsafe.Sizeof(bucket{}) != 1<<6 || unsafe.Sizeof(Tuple{}) != 1<<4 || unsafe.Sizeof(Flow{}) != 3<<4 || unsafe.Sizeof(Ref(0)) != 4 {
+		t.Fatalf("bucket %d, tuple %d, record %d, Ref %d bytes; tagscan_amd64.s steps over 64, 16, 48 and 4",
+			unsafe.Sizeof(bucket{}), unsafe.Sizeof(Tuple{}), unsafe.Sizeof(Flow{}), unsafe.Sizeof(Ref(0)))
 	}
 }
 
