@@ -1,3 +1,5 @@
+//go:build amd64 && !purego
+
 #include "textflag.h"
 #include "go_asm.h"
 
@@ -489,3 +491,13 @@ snext:
 	VZEROUPPER
 	RET
 
+// func cpuid(leaf, sub uint32) (a, b, c, d uint32)
+TEXT ·cpuid(SB), NOSPLIT, $0-24
+	MOVL         leaf+0(FP), AX
+	MOVL         sub+4(FP), CX
+	CPUID
+	MOVL         AX, a+8(FP)
+	MOVL         BX, b+12(FP)
+	MOVL         CX, c+16(FP)
+	MOVL         DX, d+20(FP)
+	RET

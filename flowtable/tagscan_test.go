@@ -2,6 +2,7 @@ package flowtable
 
 import (
 	"encoding/binary"
+	"errors"
 	"math/rand/v2"
 	"testing"
 	"unsafe"
@@ -17,8 +18,61 @@ func TestAsmLayout(t *testing.T) {
 	}
 }
 
-// checkTagScan runs the scan the build uses and the Go scan on copies of
-// the same probes, both passes, and compares every candidate and count.
+// forEachImpl runs f under each implementation this build can run on
+// this CPU (ImplGo everywhere, ImplAVX2 where the vector code runs), and
+// then restores the one in use.
+func forEachImpl(t *testing.T, f func(t *testing.T)) {
+	t.Helper()
+	prev := ActiveImpl()
+	defer SetImpl(prev)
+	for _, impl := range []Impl{ImplGo, ImplAVX2} {
+		if impl == ImplAVX2 && !vectorAvailable() {
+			continue
+		}
+		if err := SetImpl(impl); err != nil {
+			t.Fatal(err)
+		}
+		t.Run(impl.String(), f)
+	}
+}
+
+func TestImpl(t *testing.T) {
+	for _, impl := range []Impl{ImplAuto, ImplGo, ImplAVX2} {
+		if got, err := ParseImpl(impl.String()); err != nil || got != impl {
+			t.Errorf("ParseImpl(%q) = %v, %v", impl.String(), got, err)
+		}
+	}
+	for _, bad := range []string{"", "Go", "avx512", "sse"} {
+		if _, err := ParseImpl(bad); !errors.Is(err, ErrImpl) {
+			t.Errorf("ParseImpl(%q): %v, want ErrImpl", bad, err)
+		}
+	}
+	prev := ActiveImpl()
+	defer SetImpl(prev)
+	if err := SetImpl(Impl(9)); !errors.Is(err, ErrImpl) {
+		t.Errorf("SetImpl(9): %v, want ErrImpl", err)
+	}
+	if err := SetImpl(ImplGo); err != nil || ActiveImpl() != ImplGo {
+		t.Errorf("SetImpl(go): %v, active %v", err, ActiveImpl())
+	}
+	err := SetImpl(ImplAVX2)
+	if vectorAvailable() != (err == nil) || vectorAvailable() != (ActiveImpl() == ImplAVX2) {
+		t.Errorf("SetImpl(avx2) with the vector code available %v: %v, active %v", vectorAvailable(), err, ActiveImpl())
+	}
+	if err != nil && !errors.Is(err, ErrImpl) {
+		t.Errorf("SetImpl(avx2): %v, want ErrImpl", err)
+	}
+	if err := SetImpl(ImplAuto); err != nil || ActiveImpl() != autoImpl() || ActiveImpl() == ImplAuto {
+		t.Errorf("SetImpl(auto): %v, active %v, want %v", err, ActiveImpl(), autoImpl())
+	}
+	if autoImpl() == ImplAVX2 && !vectorAvailable() {
+		t.Error("auto chose the vector code where it cannot run")
+	}
+}
+
+// checkTagScan runs the scan of the implementation in use and the Go scan
+// on copies of the same probes, both passes, and compares every candidate
+// and count.
 func checkTagScan(t *testing.T, buckets []bucket, bb []probe, mask uint32) {
 	t.Helper()
 	for _, second := range []bool{false, true} {
@@ -60,7 +114,9 @@ func makeScanCase(rng *rand.Rand, nb, np int, idxBits uint32) ([]bucket, []probe
 	return buckets, bb
 }
 
-func TestTagScanMatchesGo(t *testing.T) {
+func TestTagScanMatchesGo(t *testing.T) { forEachImpl(t, testTagScanMatchesGo) }
+
+func testTagScanMatchesGo(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	for range 2000 {
 		idxBits := uint32(4 + rng.IntN(24))
@@ -70,7 +126,9 @@ func TestTagScanMatchesGo(t *testing.T) {
 }
 
 // The scan on the last bucket of the table reads nothing beyond it.
-func TestTagScanLastBucket(t *testing.T) {
+func TestTagScanLastBucket(t *testing.T) { forEachImpl(t, testTagScanLastBucket) }
+
+func testTagScanLastBucket(t *testing.T) {
 	buckets := make([]bucket, 3)
 	mask := uint32(1)<<20 - 1
 	buckets[2][15].Store(5<<20 | 77)
@@ -115,14 +173,16 @@ func FuzzTagScan(f *testing.F) {
 		if len(bb) == 0 {
 			return
 		}
-		checkTagScan(t, buckets, bb, mask)
+		forEachImpl(t, func(t *testing.T) { checkTagScan(t, buckets, bb, mask) })
 	})
 }
 
 // TestBucketMatch holds the vector bucket match to the Go one on random
 // buckets, with tags planted in random slots and index masks of every
 // width.
-func TestBucketMatch(t *testing.T) {
+func TestBucketMatch(t *testing.T) { forEachImpl(t, testBucketMatch) }
+
+func testBucketMatch(t *testing.T) {
 	rng := rand.New(rand.NewPCG(11, 12))
 	for n := 0; n < 20000; n++ {
 		bits := 1 + rng.IntN(30)
@@ -147,7 +207,11 @@ func TestBucketMatch(t *testing.T) {
 		for i := range r {
 			r[i].Store(b[len(b)-1-i].Load())
 		}
-		if g1, g2 := bucketMatch2(&b, &r, tag, mask); g1 != want || g2 != bucketMatchGo(&r, tag, mask) {
+		w1, w2 := bucketMatch2Go(&b, &r, tag, mask)
+		if w1 != want || w2 != bucketMatchGo(&r, tag, mask) {
+			t.Fatalf("bucketMatch2Go of %v and %v, tag %#x mask %#x: %#x %#x", &b, &r, tag, mask, w1, w2)
+		}
+		if g1, g2 := bucketMatch2(&b, &r, tag, mask); g1 != w1 || g2 != w2 {
 			t.Fatalf("bucketMatch2 of %v and %v, tag %#x mask %#x: %#x %#x", &b, &r, tag, mask, g1, g2)
 		}
 	}
@@ -156,7 +220,9 @@ func TestBucketMatch(t *testing.T) {
 // TestHashProbes holds the assembly hash pass to the Go one (hash and
 // place) over random keys, on tables of several sizes, with and without
 // its prefetches.
-func TestHashProbes(t *testing.T) {
+func TestHashProbes(t *testing.T) { forEachImpl(t, testHashProbes) }
+
+func testHashProbes(t *testing.T) {
 	rng := rand.New(rand.NewPCG(13, 14))
 	for _, capacity := range []int{16, 1000, 100_000} {
 		tab := newTable(t, Config{Capacity: capacity, Seed: uint64(capacity)})
@@ -180,4 +246,14 @@ func TestHashProbes(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestImplsAgree runs LookupBatch against Lookup, in one pass and in its
+// passes, under each implementation.
+func TestImplsAgree(t *testing.T) {
+	forEachImpl(t, func(t *testing.T) {
+		for _, threePass := range []bool{false, true} {
+			lookupBatchMatchesLookup(t, threePass)
+		}
+	})
 }
