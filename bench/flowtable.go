@@ -80,27 +80,32 @@ func runFlowtable(args []string, w io.Writer) error {
 	if *dur <= 0 {
 		return fmt.Errorf("--time %v: want a positive duration", *dur)
 	}
-	restore, err := useImpl(*impl)
+	impls, restore, err := parseImpls(*impl)
 	if err != nil {
 		return err
 	}
 	defer restore()
 	var rows [][]string
 	for _, n := range ns {
-		r, err := MeasureFlowtable(n, *workers, *dur)
-		if err != nil {
-			return err
-		}
-		if *jsonOut {
-			if err := WriteJSON(w, r); err != nil {
+		for _, im := range impls {
+			if err := flowtable.SetImpl(im); err != nil {
 				return err
 			}
-			continue
+			r, err := MeasureFlowtable(n, *workers, *dur)
+			if err != nil {
+				return err
+			}
+			if *jsonOut {
+				if err := WriteJSON(w, r); err != nil {
+					return err
+				}
+				continue
+			}
+			rows = append(rows,
+				[]string{humanize.Comma(int64(n)), "xnat flowtable (" + r.Impl + ")", dec1(r.BytesPerFlow), dec1(r.LookupNs), dec1(r.LookupBatchNs), dec1(r.InsertDeleteNs), fmt.Sprintf("%.2fx", r.ParallelSpeedup), dec2(r.MixedMops), fmt.Sprintf("%.1fx", r.VsMutexMap), dec2(r.MixedBatchMops), fmt.Sprintf("%.1fx", r.VsMutexMapBatched)},
+				[]string{"", "map+RWMutex", dec1(r.PeerBytesPerFlow), dec1(r.PeerLookupNs), "-", dec1(r.PeerInsertDeleteNs), "-", dec2(r.PeerMixedMops), "1.0x", dec2(r.PeerMixedBatchMops), "1.0x"},
+			)
 		}
-		rows = append(rows,
-			[]string{humanize.Comma(int64(n)), "xnat flowtable (" + r.Impl + ")", dec1(r.BytesPerFlow), dec1(r.LookupNs), dec1(r.LookupBatchNs), dec1(r.InsertDeleteNs), fmt.Sprintf("%.2fx", r.ParallelSpeedup), dec2(r.MixedMops), fmt.Sprintf("%.1fx", r.VsMutexMap), dec2(r.MixedBatchMops), fmt.Sprintf("%.1fx", r.VsMutexMapBatched)},
-			[]string{"", "map+RWMutex", dec1(r.PeerBytesPerFlow), dec1(r.PeerLookupNs), "-", dec1(r.PeerInsertDeleteNs), "-", dec2(r.PeerMixedMops), "1.0x", dec2(r.PeerMixedBatchMops), "1.0x"},
-		)
 	}
 	if *jsonOut {
 		return nil
@@ -110,21 +115,27 @@ func runFlowtable(args []string, w io.Writer) error {
 
 // implFlag adds --impl to a scenario's flags.
 func implFlag(fs *flag.FlagSet) *string {
-	return fs.String("impl", "auto", "flow table implementation: auto (the vector code on the CPUs it was measured faster on, else go), go, or avx2 (the vector code on any CPU that runs it)")
+	return fs.String("impl", "auto", "flow table implementation: auto (the vector code on the CPUs it was measured faster on, else go), go, or avx2 (the vector code on any CPU that runs it); a comma-separated list measures each size under each in turn")
 }
 
-// useImpl makes the flow table implementation named by --impl the one
-// every table uses, and returns what puts back the one in use before.
-func useImpl(name string) (restore func(), err error) {
-	impl, err := flowtable.ParseImpl(name)
-	if err != nil {
-		return nil, fmt.Errorf("--impl: %w", err)
-	}
+// parseImpls reads --impl: implementations the CPU can run, each checked
+// with flowtable.SetImpl. restore puts back the one in use before; the
+// caller sets each in turn.
+func parseImpls(list string) (impls []flowtable.Impl, restore func(), err error) {
 	prev := flowtable.ActiveImpl()
-	if err := flowtable.SetImpl(impl); err != nil {
-		return nil, fmt.Errorf("--impl: %w", err)
+	restore = func() { flowtable.SetImpl(prev) }
+	defer restore()
+	for _, name := range strings.Split(list, ",") {
+		impl, err := flowtable.ParseImpl(strings.TrimSpace(name))
+		if err == nil {
+			err = flowtable.SetImpl(impl)
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("--impl: %w", err)
+		}
+		impls = append(impls, impl)
 	}
-	return func() { flowtable.SetImpl(prev) }, nil
+	return impls, restore, nil
 }
 
 func dec1(v float64) string { return strconv.FormatFloat(v, 'f', 1, 64) }

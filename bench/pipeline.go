@@ -74,7 +74,7 @@ func runPipeline(args []string, w io.Writer) error {
 	if *dur <= 0 {
 		return fmt.Errorf("--time %v: want a positive duration", *dur)
 	}
-	restore, err := useImpl(*impl)
+	impls, restore, err := parseImpls(*impl)
 	if err != nil {
 		return err
 	}
@@ -85,21 +85,26 @@ func runPipeline(args []string, w io.Writer) error {
 		if err != nil || n < 1 || n > 4_000_000 {
 			return fmt.Errorf("--flows %q: want a number from 1 to 4000000", f)
 		}
-		r, err := MeasurePipeline(n, *proto, *ports, *batch, *newConns, *dur)
-		if err != nil {
-			return err
-		}
-		if *jsonOut {
-			if err := WriteJSON(w, r); err != nil {
+		for _, im := range impls {
+			if err := flowtable.SetImpl(im); err != nil {
 				return err
 			}
-			continue
+			r, err := MeasurePipeline(n, *proto, *ports, *batch, *newConns, *dur)
+			if err != nil {
+				return err
+			}
+			if *jsonOut {
+				if err := WriteJSON(w, r); err != nil {
+					return err
+				}
+				continue
+			}
+			nps := "-"
+			if r.NewPerSec > 0 {
+				nps = humanize.Comma(int64(r.NewPerSec))
+			}
+			rows = append(rows, []string{humanize.Comma(int64(n)), r.Impl, r.Proto, strconv.Itoa(r.Batch), dec2(r.Mpps), dec1(r.NsPerPkt), dec1(r.HarnessNsPerPkt), nps, dec2(r.AllocsPerPkt)})
 		}
-		nps := "-"
-		if r.NewPerSec > 0 {
-			nps = humanize.Comma(int64(r.NewPerSec))
-		}
-		rows = append(rows, []string{humanize.Comma(int64(n)), r.Impl, r.Proto, strconv.Itoa(r.Batch), dec2(r.Mpps), dec1(r.NsPerPkt), dec1(r.HarnessNsPerPkt), nps, dec2(r.AllocsPerPkt)})
 	}
 	if *jsonOut {
 		return nil

@@ -44,17 +44,22 @@ func TestPipelineScenarioJSON(t *testing.T) {
 			t.Errorf("line %d: %v allocations a packet", i, r.AllocsPerPkt)
 		}
 	}
-	// --impl go is measured as go, and the implementation in use is
-	// back after the run.
+	// --impl go,auto measures each size under go, then under auto.
 	out.Reset()
-	if err := s.Run([]string{"--flows", "1000", "--time", "20ms", "--impl", "go", "--json"}, &out); err != nil {
+	if err := s.Run([]string{"--flows", "1000", "--time", "20ms", "--impl", "go,auto", "--json"}, &out); err != nil {
 		t.Fatal(err)
 	}
-	var r PipelineResult
-	if err := json.Unmarshal(out.Bytes(), &r); err != nil || r.Impl != "go" || r.Mpps <= 0 {
-		t.Fatalf("--impl go: %v: %s", err, out.String())
+	lines = strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("--impl go,auto: %d lines: %q", len(lines), out.String())
 	}
-	for _, bad := range [][]string{{"--flows", "0"}, {"--proto", "icmp"}, {"--ports", "some"}, {"--batch", "300"}, {"--time", "0s"}, {"--impl", "sse"}, {"extra"}} {
+	for i, l := range lines {
+		var r PipelineResult
+		if err := json.Unmarshal([]byte(l), &r); err != nil || r.Impl != []string{"go", flowtable.ActiveImpl().String()}[i] || r.Mpps <= 0 {
+			t.Fatalf("--impl go,auto, line %d: %v: %s", i, err, l)
+		}
+	}
+	for _, bad := range [][]string{{"--flows", "0"}, {"--proto", "icmp"}, {"--ports", "some"}, {"--batch", "300"}, {"--time", "0s"}, {"--impl", "sse"}, {"--impl", "go,"}, {"extra"}} {
 		if err := s.Run(bad, &out); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
