@@ -257,3 +257,18 @@ func TestImplsAgree(t *testing.T) {
 		}
 	})
 }
+
+// TestBucketsAligned: the vector match loads a bucket as two 32-byte
+// halves, each within one cache line only if the bucket array starts on
+// a 64-byte boundary (a load split over two lines costs more on every
+// core). Go's allocator gives that alignment to arrays of 64-byte
+// buckets (its size classes for them are multiples of 64, and large
+// objects start on pages); this notices if it ever stops.
+func TestBucketsAligned(t *testing.T) {
+	for c := 1; c < 300_000; c = c*5/4 + 1 {
+		tab := newTable(t, Config{Capacity: c})
+		if a := uintptr(unsafe.Pointer(&tab.buckets[0])) % 64; a != 0 {
+			t.Errorf("capacity %d: %d buckets start %d bytes past a cache line", c, len(tab.buckets), a)
+		}
+	}
+}
