@@ -30,6 +30,7 @@ func init() {
 // the ones the README and CI read.
 type FlowtableResult struct {
 	Flows           int     `json:"flows"`
+	Impl            string  `json:"impl"` // the flow table implementation measured: avx2 or go
 	BytesPerFlow    float64 `json:"bytes_per_flow"`
 	LookupNs        float64 `json:"lookup_ns"`
 	LookupBatchNs   float64 `json:"lookup_batch_ns"`
@@ -58,6 +59,7 @@ func runFlowtable(args []string, w io.Writer) error {
 	jsonOut := fs.Bool("json", false, "one JSON object per line instead of a table")
 	dur := fs.Duration("time", time.Second, "how long each timed measurement runs")
 	workers := fs.Int("workers", 2, "goroutines for the parallel measurements")
+	impl := implFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -78,27 +80,62 @@ func runFlowtable(args []string, w io.Writer) error {
 	if *dur <= 0 {
 		return fmt.Errorf("--time %v: want a positive duration", *dur)
 	}
+	impls, restore, err := parseImpls(*impl)
+	if err != nil {
+		return err
+	}
+	defer restore()
 	var rows [][]string
 	for _, n := range ns {
-		r, err := MeasureFlowtable(n, *workers, *dur)
-		if err != nil {
-			return err
-		}
-		if *jsonOut {
-			if err := WriteJSON(w, r); err != nil {
+		for _, im := range impls {
+			if err := flowtable.SetImpl(im); err != nil {
 				return err
 			}
-			continue
+			r, err := MeasureFlowtable(n, *workers, *dur)
+			if err != nil {
+				return err
+			}
+			if *jsonOut {
+				if err := WriteJSON(w, r); err != nil {
+					return err
+				}
+				continue
+			}
+			rows = append(rows,
+				[]string{humanize.Comma(int64(n)), "xnat flowtable (" + r.Impl + ")", dec1(r.BytesPerFlow), dec1(r.LookupNs), dec1(r.LookupBatchNs), dec1(r.InsertDeleteNs), fmt.Sprintf("%.2fx", r.ParallelSpeedup), dec2(r.MixedMops), fmt.Sprintf("%.1fx", r.VsMutexMap), dec2(r.MixedBatchMops), fmt.Sprintf("%.1fx", r.VsMutexMapBatched)},
+				[]string{"", "map+RWMutex", dec1(r.PeerBytesPerFlow), dec1(r.PeerLookupNs), "-", dec1(r.PeerInsertDeleteNs), "-", dec2(r.PeerMixedMops), "1.0x", dec2(r.PeerMixedBatchMops), "1.0x"},
+			)
 		}
-		rows = append(rows,
-			[]string{humanize.Comma(int64(n)), "xnat flowtable", dec1(r.BytesPerFlow), dec1(r.LookupNs), dec1(r.LookupBatchNs), dec1(r.InsertDeleteNs), fmt.Sprintf("%.2fx", r.ParallelSpeedup), dec2(r.MixedMops), fmt.Sprintf("%.1fx", r.VsMutexMap), dec2(r.MixedBatchMops), fmt.Sprintf("%.1fx", r.VsMutexMapBatched)},
-			[]string{"", "map+RWMutex", dec1(r.PeerBytesPerFlow), dec1(r.PeerLookupNs), "-", dec1(r.PeerInsertDeleteNs), "-", dec2(r.PeerMixedMops), "1.0x", dec2(r.PeerMixedBatchMops), "1.0x"},
-		)
 	}
 	if *jsonOut {
 		return nil
 	}
 	return Table(w, []string{"flows", "table", "B/conn", "lookup ns", "batch ns/key", "ins+del ns", fmt.Sprintf("lookup x%d cores", *workers), "mixed Mops", "vs peer", "batched Mops", "vs peer"}, rows)
+}
+
+// implFlag adds --impl to a scenario's flags.
+func implFlag(fs *flag.FlagSet) *string {
+	return fs.String("impl", "auto", "flow table implementation: auto (the vector code on the CPUs it was measured faster on, else go), go, or avx2 (the vector code on any CPU that runs it); a comma-separated list measures each size under each in turn")
+}
+
+// parseImpls reads --impl: implementations the CPU can run, each checked
+// with flowtable.SetImpl. restore puts back the one in use before; the
+// caller sets each in turn.
+func parseImpls(list string) (impls []flowtable.Impl, restore func(), err error) {
+	prev := flowtable.ActiveImpl()
+	restore = func() { flowtable.SetImpl(prev) }
+	defer restore()
+	for _, name := range strings.Split(list, ",") {
+		impl, err := flowtable.ParseImpl(strings.TrimSpace(name))
+		if err == nil {
+			err = flowtable.SetImpl(impl)
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("--impl: %w", err)
+		}
+		impls = append(impls, impl)
+	}
+	return impls, restore, nil
 }
 
 func dec1(v float64) string { return strconv.FormatFloat(v, 'f', 1, 64) }
@@ -178,7 +215,7 @@ func MakeRoom(tab *flowtable.Table, n, workers int) {
 // MeasureFlowtable runs every flowtable measurement at n connections, and
 // the same on the map+RWMutex peer.
 func MeasureFlowtable(n, workers int, dur time.Duration) (FlowtableResult, error) {
-	res := FlowtableResult{Flows: n, Workers: workers}
+	res := FlowtableResult{Flows: n, Impl: flowtable.ActiveImpl().String(), Workers: workers}
 	keys := SampleKeys(n, 99)
 
 	// Ours.

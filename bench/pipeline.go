@@ -31,6 +31,7 @@ func init() {
 // PipelineResult is one row of the pipeline scenario.
 type PipelineResult struct {
 	Flows        int     `json:"flows"`
+	Impl         string  `json:"impl"` // the flow table implementation measured: avx2 or go
 	Proto        string  `json:"proto"`
 	Ports        string  `json:"ports"`
 	Batch        int     `json:"batch"`
@@ -54,6 +55,7 @@ func runPipeline(args []string, w io.Writer) error {
 	ports := fs.String("ports", "shared", "source ports: shared (64 per host, so a kept port's reply tuple is taken for nearly every connection and the allocator searches) or distinct (every kept port is free)")
 	dur := fs.Duration("time", 2*time.Second, "how long the established-traffic measurement runs")
 	jsonOut := fs.Bool("json", false, "one JSON object per line")
+	impl := implFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -72,32 +74,42 @@ func runPipeline(args []string, w io.Writer) error {
 	if *dur <= 0 {
 		return fmt.Errorf("--time %v: want a positive duration", *dur)
 	}
+	impls, restore, err := parseImpls(*impl)
+	if err != nil {
+		return err
+	}
+	defer restore()
 	var rows [][]string
 	for _, f := range strings.Split(*flows, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil || n < 1 || n > 4_000_000 {
 			return fmt.Errorf("--flows %q: want a number from 1 to 4000000", f)
 		}
-		r, err := MeasurePipeline(n, *proto, *ports, *batch, *newConns, *dur)
-		if err != nil {
-			return err
-		}
-		if *jsonOut {
-			if err := WriteJSON(w, r); err != nil {
+		for _, im := range impls {
+			if err := flowtable.SetImpl(im); err != nil {
 				return err
 			}
-			continue
+			r, err := MeasurePipeline(n, *proto, *ports, *batch, *newConns, *dur)
+			if err != nil {
+				return err
+			}
+			if *jsonOut {
+				if err := WriteJSON(w, r); err != nil {
+					return err
+				}
+				continue
+			}
+			nps := "-"
+			if r.NewPerSec > 0 {
+				nps = humanize.Comma(int64(r.NewPerSec))
+			}
+			rows = append(rows, []string{humanize.Comma(int64(n)), r.Impl, r.Proto, strconv.Itoa(r.Batch), dec2(r.Mpps), dec1(r.NsPerPkt), dec1(r.HarnessNsPerPkt), nps, dec2(r.AllocsPerPkt)})
 		}
-		nps := "-"
-		if r.NewPerSec > 0 {
-			nps = humanize.Comma(int64(r.NewPerSec))
-		}
-		rows = append(rows, []string{humanize.Comma(int64(n)), r.Proto, strconv.Itoa(r.Batch), dec2(r.Mpps), dec1(r.NsPerPkt), dec1(r.HarnessNsPerPkt), nps, dec2(r.AllocsPerPkt)})
 	}
 	if *jsonOut {
 		return nil
 	}
-	return Table(w, []string{"flows", "proto", "batch", "Mpps", "ns/pkt", "harness ns/pkt", "new conns/s", "allocs/pkt"}, rows)
+	return Table(w, []string{"flows", "impl", "proto", "batch", "Mpps", "ns/pkt", "harness ns/pkt", "new conns/s", "allocs/pkt"}, rows)
 }
 
 // PipelineBed is a one-core dataplane with an inside and an outside port,
@@ -282,7 +294,7 @@ func (b *PipelineBed) create(n, batch int, frames [][]byte, sizes []int, in []ui
 
 // MeasurePipeline runs the pipeline scenario at n connections.
 func MeasurePipeline(n int, proto, ports string, batch int, measureNew bool, dur time.Duration) (PipelineResult, error) {
-	res := PipelineResult{Flows: n, Proto: proto, Ports: ports, Batch: batch}
+	res := PipelineResult{Flows: n, Impl: flowtable.ActiveImpl().String(), Proto: proto, Ports: ports, Batch: batch}
 	b, err := newPipelineBed(n, proto, ports)
 	if err != nil {
 		return res, err

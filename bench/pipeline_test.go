@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"xnat/dataplane"
+	"xnat/flowtable"
 )
 
 // TestPipelineScenarioJSON runs the pipeline scenario small: every row
@@ -32,7 +33,7 @@ func TestPipelineScenarioJSON(t *testing.T) {
 		if err := json.Unmarshal([]byte(l), &r); err != nil {
 			t.Fatal(err)
 		}
-		if r.Flows != []int{1000, 3000}[i] || r.Proto != "tcp" || r.Ports != "distinct" || r.Batch != 64 || r.Mpps <= 0 || r.NsPerPkt <= 0 || r.NewPerSec <= 0 || r.HarnessNsPerPkt <= 0 {
+		if r.Flows != []int{1000, 3000}[i] || r.Impl != flowtable.ActiveImpl().String() || r.Proto != "tcp" || r.Ports != "distinct" || r.Batch != 64 || r.Mpps <= 0 || r.NsPerPkt <= 0 || r.NewPerSec <= 0 || r.HarnessNsPerPkt <= 0 {
 			t.Fatalf("line %d: %s", i, l)
 		}
 		// The figure is the whole process's mallocs over the window, a
@@ -43,7 +44,22 @@ func TestPipelineScenarioJSON(t *testing.T) {
 			t.Errorf("line %d: %v allocations a packet", i, r.AllocsPerPkt)
 		}
 	}
-	for _, bad := range [][]string{{"--flows", "0"}, {"--proto", "icmp"}, {"--ports", "some"}, {"--batch", "300"}, {"--time", "0s"}, {"extra"}} {
+	// --impl go,auto measures each size under go, then under auto.
+	out.Reset()
+	if err := s.Run([]string{"--flows", "1000", "--time", "20ms", "--impl", "go,auto", "--json"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	lines = strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("--impl go,auto: %d lines: %q", len(lines), out.String())
+	}
+	for i, l := range lines {
+		var r PipelineResult
+		if err := json.Unmarshal([]byte(l), &r); err != nil || r.Impl != []string{"go", flowtable.ActiveImpl().String()}[i] || r.Mpps <= 0 {
+			t.Fatalf("--impl go,auto, line %d: %v: %s", i, err, l)
+		}
+	}
+	for _, bad := range [][]string{{"--flows", "0"}, {"--proto", "icmp"}, {"--ports", "some"}, {"--batch", "300"}, {"--time", "0s"}, {"--impl", "sse"}, {"--impl", "go,"}, {"extra"}} {
 		if err := s.Run(bad, &out); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
@@ -65,11 +81,22 @@ func TestFlowtableScenarioJSON(t *testing.T) {
 	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
 		t.Fatal(err)
 	}
-	if r.Flows != 5000 || r.BytesPerFlow <= 0 || r.LookupNs <= 0 || r.LookupBatchNs <= 0 || r.InsertDeleteNs <= 0 ||
+	if r.Flows != 5000 || r.Impl != flowtable.ActiveImpl().String() || r.BytesPerFlow <= 0 || r.LookupNs <= 0 || r.LookupBatchNs <= 0 || r.InsertDeleteNs <= 0 ||
 		r.ParallelSpeedup <= 0 || r.VsMutexMap <= 0 || r.VsMutexMapBatched <= 0 || r.PeerMixedMops <= 0 {
 		t.Fatalf("%s", out.String())
 	}
-	for _, bad := range [][]string{{"--flows", "10"}, {"--workers", "0"}, {"--time", "-1s"}, {"extra"}} {
+	active := flowtable.ActiveImpl()
+	out.Reset()
+	if err := s.Run([]string{"--flows", "5000", "--time", "10ms", "--impl", "go", "--json"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil || r.Impl != "go" || r.LookupNs <= 0 {
+		t.Fatalf("--impl go: %v: %s", err, out.String())
+	}
+	if flowtable.ActiveImpl() != active {
+		t.Errorf("after --impl go: %v in use, want %v back", flowtable.ActiveImpl(), active)
+	}
+	for _, bad := range [][]string{{"--flows", "10"}, {"--workers", "0"}, {"--time", "-1s"}, {"--impl", "fast"}, {"extra"}} {
 		if err := s.Run(bad, &out); err == nil {
 			t.Errorf("%q accepted", bad)
 		}

@@ -1,6 +1,7 @@
 package flowtable_test
 
 import (
+	"flag"
 	"fmt"
 	"testing"
 	"time"
@@ -13,6 +14,11 @@ import (
 // The peer (map+RWMutex) is measured by bench.MeasureFlowtable.
 
 var sizes = []int{1000, 100_000, 1_000_000}
+
+// -impl chooses the implementation the benchmarks measure (auto, go or
+// avx2), so that runs of each can be alternated:
+// go test -bench Lookup ./flowtable/ -impl go.
+var benchImpl = flag.String("impl", "auto", "flow table implementation the benchmarks measure: auto, go or avx2")
 
 func BenchmarkLookup(b *testing.B) {
 	for _, n := range sizes {
@@ -50,6 +56,14 @@ func BenchmarkLookupBatch(b *testing.B) {
 
 func filled(b *testing.B, n, workers int) (*flowtable.Table, []flowtable.Tuple) {
 	b.Helper()
+	impl, err := flowtable.ParseImpl(*benchImpl)
+	if err == nil {
+		err = flowtable.SetImpl(impl)
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { flowtable.SetImpl(flowtable.ImplAuto) })
 	tab, err := bench.NewFilledTable(n, workers)
 	if err != nil {
 		b.Fatal(err)

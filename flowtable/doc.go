@@ -57,8 +57,8 @@
 //
 // On amd64 the hash pass is assembly (tagscan_amd64.s, baseline
 // instructions: two 128-bit multiplies for the hash, three 64-bit ones for
-// the buckets and the tag). On a table beyond the caches, where the vector
-// scan runs, it prefetches each key's first bucket as soon as it is known,
+// the buckets and the tag). On a table beyond the caches it prefetches
+// each key's first bucket as soon as it is known,
 // so those misses overlap the hashing of the keys after (a prefetch,
 // unlike a load, holds up nothing behind it); the touch loops then wait
 // for lines already on their way. The prefetches bring lines into L2, not
@@ -67,8 +67,8 @@
 // were in flight at once; L2 tracks many more. Table.Prefetch does the
 // same for keys about to be inserted, both buckets of each (an absent
 // key is looked for in both): the pipeline passes it the reply tuples of
-// a batch's new connections. With AVX2 the bucket scan is vector
-// code too: a bucket is compared with the tag as two 8-slot vectors and the
+// a batch's new connections. Under ImplAVX2 (see Implementations below)
+// the bucket scan is vector code too: a bucket is compared with the tag as two 8-slot vectors and the
 // first matching slot taken with TZCNT, so no branch depends on where the
 // tag sits (the scalar loop leaves at a slot that differs from key to
 // key); the scan also prefetches each candidate record, and each second
@@ -121,9 +121,21 @@
 // for the original tuple before publishing: a holder that appeared since
 // the first try is found there as a racing inserter would be. Under the
 // race detector
-// the scalar scan runs and nothing is prefetched: the scan's atomic loads
-// are the happens-before edges between an insert and a lookup that the
-// detector must see.
+// the scalar scan runs: the scan's atomic loads are the happens-before
+// edges between an insert and a lookup that the detector must see.
+//
+// # Implementations
+//
+// The vector code (ImplAVX2) and the Go code (ImplGo) give the same
+// answers; each vector routine has a Go twin it is tested against. Which
+// one runs is the process's choice (SetImpl; ImplAuto by default): auto
+// takes the vector code only on the CPUs it was measured faster on, AMD's
+// Zen cores, and the Go code elsewhere, Intel included. The hash pass and
+// the prefetches are baseline amd64 code that both take; a purego build
+// compiles no assembly at all. The vector routines keep the upper halves
+// of the Y registers clean around every legacy-SSE instruction a Go
+// program runs: VEX encodings only, and VZEROUPPER on every way out
+// (TestVectorUpperState checks the test binary's code).
 //
 // # Relocation
 //

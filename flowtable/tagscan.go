@@ -45,6 +45,12 @@ func bucketMatchGo(b *bucket, tag, mask uint32) uint32 {
 	return m
 }
 
+// bucketMatch2Go is bucketMatchGo on two buckets: a tuple's two, which
+// the insert path reads together.
+func bucketMatch2Go(b1, b2 *bucket, tag, mask uint32) (m1, m2 uint32) {
+	return bucketMatchGo(b1, tag, mask), bucketMatchGo(b2, tag, mask)
+}
+
 // hashProbesGo fills each key's probe: its buckets and tag, as place
 // finds them.
 func (t *Table) hashProbesGo(keys []Tuple, bb []probe) {

@@ -1,8 +1,28 @@
+//go:build amd64 && !purego
+
 #include "textflag.h"
 #include "go_asm.h"
 
-// The probe layout (core.go): b1 at 0, b2 at 8, tag at 16, idx at 20,
-// 24 bytes each. A bucket is 16 four-byte slots, 64 bytes; a record 48.
+// Fields and sizes come from go_asm.h (probe_tag, probe__size,
+// Tuple__size, Flow_status, Table_nb, …). Where a size is used as a shift
+// it is named here, and TestAsmLayout holds it to the Go types: a bucket
+// is 16 four-byte slots, 64 bytes; a tuple 16 bytes; a record
+// Flow__size, 48 = 3·16, reached as (i + 2i) << 4; a Ref 4 bytes.
+#define BUCKET_SHIFT 6
+#define TUPLE_SHIFT 4
+#define REC_SIZE_SHIFT 4
+#define REF_SIZE 4
+
+// The upper halves of the Y registers. Every instruction here that names
+// an X or Y register is VEX-encoded: VMOVD, not MOVL AX, X3, which
+// assembles to the legacy-SSE MOVD. And every way out of a routine that wrote a
+// Y register, returns and calls alike, passes a VZEROUPPER. On Intel
+// cores a legacy-SSE instruction while the upper halves hold data costs
+// a state transition of tens of cycles (or, on some, a merge with the
+// whole register and a dependency on it), and so does the Go code after
+// a return left them dirty; AMD's Zen cores charge nothing for either.
+// TestVectorUpperState decodes these routines in the test binary and
+// holds them to both rules.
 
 // BMATCH compares the bucket at the address in reg with the tag in Y3
 // under ^mask in Y2, leaving the mask of matching slots (slot i, bit i)
@@ -17,17 +37,18 @@
 	SHLL         $8, tmp; \
 	ORL          tmp, out
 
-// PROBE compares the bucket at R8 with the tag at 16(DI) and stores the
-// candidate (or noCand) at 20(DI), adding 1 to R9 when there is none.
+// PROBE compares the bucket number R8 with the tag of the probe at DI and
+// stores the candidate (or noCand) in the probe's idx, adding 1 to R9
+// when there is none.
 // It leaves ZF set when there is none.
 // In: Y2 = ^mask in every lane, AX = mask, R13 = noCand.
 #define PROBE \
-	SHLQ         $6, R8; \
+	SHLQ         $BUCKET_SHIFT, R8; \
 	ADDQ         SI, R8; \
-	VPBROADCASTD 16(DI), Y3; \
+	VPBROADCASTD probe_tag(DI), Y3; \
 	BMATCH(R8, R10, R11); \
 	TZCNTL       R10, R11; \
-	ANDL         $15, R11; \
+	ANDL         $(const_slotsPerBucket-1), R11; \
 	MOVL         (R8)(R11*4), R12; \
 	ANDL         AX, R12; \
 	DECL         R12; \
@@ -36,7 +57,7 @@
 	SETEQ        BX; \
 	MOVBQZX      BX, BX; \
 	ADDQ         BX, R9; \
-	MOVL         R12, 20(DI); \
+	MOVL         R12, probe_idx(DI); \
 	TESTL        R10, R10
 
 // PREC prefetches both lines the candidate record in R12 may span.
@@ -51,7 +72,7 @@
 	MOVQ         recs+8(FP), DX; \
 	MOVL         R12, R12; \
 	LEAQ         (R12)(R12*2), R12; \
-	SHLQ         $4, R12; \
+	SHLQ         $REC_SIZE_SHIFT, R12; \
 	PREFETCHT1   (DX)(R12*1); \
 	PREFETCHT1   32(DX)(R12*1)
 
@@ -61,17 +82,17 @@ TEXT ·tagScanAVX2(SB), NOSPLIT, $0-48
 	MOVQ         bb+16(FP), DI
 	MOVQ         n+24(FP), CX
 	MOVL         notMask+32(FP), AX
-	MOVBLZX      second+36(FP), DX
-	MOVL         AX, X2
+	VMOVD        AX, X2
 	VPBROADCASTD X2, Y2
 	NOTL         AX
+	MOVBLZX      second+36(FP), DX
 	XORQ         R9, R9
-	MOVL         $-1, R13
+	MOVL         $const_noCand, R13
 	TESTL        DX, DX
 	JNZ          second
 
 first:
-	MOVQ         0(DI), R8
+	MOVQ         probe_b1(DI), R8
 	PROBE
 	JZ           miss1
 	PREC
@@ -79,26 +100,26 @@ first:
 
 miss1:
 	// Not in its first bucket: start the second on its way.
-	MOVQ         8(DI), DX
-	SHLQ         $6, DX
+	MOVQ         probe_b2(DI), DX
+	SHLQ         $BUCKET_SHIFT, DX
 	PREFETCHT1   (SI)(DX*1)
 
 next1:
-	ADDQ         $24, DI
+	ADDQ         $probe__size, DI
 	DECQ         CX
 	JNZ          first
 	JMP          done
 
 second:
-	CMPL         20(DI), $-1
+	CMPL         probe_idx(DI), R13
 	JNE          next2
-	MOVQ         8(DI), R8
+	MOVQ         probe_b2(DI), R8
 	PROBE
 	JZ           next2
 	PREC
 
 next2:
-	ADDQ         $24, DI
+	ADDQ         $probe__size, DI
 	DECQ         CX
 	JNZ          second
 
@@ -111,14 +132,14 @@ done:
 TEXT ·bucketMatchAVX2(SB), NOSPLIT, $0-20
 	MOVQ         b+0(FP), SI
 	MOVL         tag+8(FP), AX
-	MOVL         AX, X3
+	MOVL         notMask+12(FP), CX
+	VMOVD        AX, X3
+	VMOVD        CX, X2
 	VPBROADCASTD X3, Y3
-	MOVL         notMask+12(FP), AX
-	MOVL         AX, X2
 	VPBROADCASTD X2, Y2
 	BMATCH(SI, AX, CX)
-	MOVL         AX, ret+16(FP)
 	VZEROUPPER
+	MOVL         AX, ret+16(FP)
 	RET
 
 // func bucketMatch2AVX2(b1, b2 *bucket, tag, notMask uint32) (m1, m2 uint32)
@@ -126,19 +147,20 @@ TEXT ·bucketMatch2AVX2(SB), NOSPLIT, $0-32
 	MOVQ         b1+0(FP), SI
 	MOVQ         b2+8(FP), DI
 	MOVL         tag+16(FP), AX
-	MOVL         AX, X3
+	MOVL         notMask+20(FP), CX
+	VMOVD        AX, X3
+	VMOVD        CX, X2
 	VPBROADCASTD X3, Y3
-	MOVL         notMask+20(FP), AX
-	MOVL         AX, X2
 	VPBROADCASTD X2, Y2
 	BMATCH(SI, AX, CX)
 	MOVL         AX, m1+24(FP)
 	BMATCH(DI, AX, CX)
-	MOVL         AX, m2+28(FP)
 	VZEROUPPER
+	MOVL         AX, m2+28(FP)
 	RET
 
-// HASHPLACE hashes the key at 0(SI) with the hasher at 0(h)
+// HASHPLACE hashes the key at 0(SI), read as its two 8-byte words, with
+// the hasher at 0(h)
 // (hasher.hash: h = mum(mum(w0^s0, w1^s1)^s2, w0^w1^s3), mum(a, b) the
 // hi^lo of a·b) and places it (Table.place): b1 = uint32(h)·nb >> 32 in
 // R10; b2 = (h>>32)·nb >> 32 in R11, the next bucket if equal; the tag,
@@ -149,14 +171,14 @@ TEXT ·bucketMatch2AVX2(SB), NOSPLIT, $0-32
 	MOVQ         0(SI), R8; \
 	MOVQ         8(SI), R9; \
 	MOVQ         R8, AX; \
-	XORQ         0(h), AX; \
+	XORQ         hasher_s0(h), AX; \
 	MOVQ         R9, R10; \
-	XORQ         8(h), R10; \
+	XORQ         hasher_s1(h), R10; \
 	MULQ         R10; \
 	XORQ         DX, AX; \
-	XORQ         16(h), AX; \
+	XORQ         hasher_s2(h), AX; \
 	XORQ         R9, R8; \
-	XORQ         24(h), R8; \
+	XORQ         hasher_s3(h), R8; \
 	MULQ         R8; \
 	XORQ         DX, AX; \
 	MOVL         AX, R10; \
@@ -199,17 +221,17 @@ TEXT ·hashProbesAMD64(SB), NOSPLIT, $0-57
 
 hloop:
 	HASHPLACE(BX, htag, hstore)
-	MOVQ         R10, 0(DI)
-	MOVQ         R11, 8(DI)
-	MOVL         AX, 16(DI)
+	MOVQ         R10, probe_b1(DI)
+	MOVQ         R11, probe_b2(DI)
+	MOVL         AX, probe_tag(DI)
 	CMPB         prefetch+56(FP), $0
 	JEQ          hnext
-	SHLQ         $6, R10
+	SHLQ         $BUCKET_SHIFT, R10
 	PREFETCHT1   (R15)(R10*1)
 
 hnext:
-	ADDQ         $16, SI
-	ADDQ         $24, DI
+	ADDQ         $Tuple__size, SI
+	ADDQ         $probe__size, DI
 	DECQ         CX
 	JNZ          hloop
 	RET
@@ -229,22 +251,20 @@ TEXT ·prefetchBucketsAMD64(SB), NOSPLIT, $0-48
 
 ploop:
 	HASHPLACE(BX, ptag, pdone)
-	SHLQ         $6, R10
+	SHLQ         $BUCKET_SHIFT, R10
 	PREFETCHT1   (R15)(R10*1)
-	SHLQ         $6, R11
+	SHLQ         $BUCKET_SHIFT, R11
 	PREFETCHT1   (R15)(R11*1)
-	ADDQ         $16, SI
+	ADDQ         $Tuple__size, SI
 	DECQ         CX
 	JNZ          ploop
 	RET
 
-// A record's fields are read at go_asm.h's offsets (Flow_orig, …); its
-// 48 bytes are reached as 3·16 (REC_SIZE_SHIFT). Status flags
-// (state.go): confirmed 1<<8, dying 1<<9, the state in the low four
-// bits. TestCompareProbes holds the size and the flags.
-#define REC_SIZE_SHIFT 4
-#define FLAG_CONFIRMED 0x100
-#define FLAG_LIVE_MASK 0x300
+// A record's fields are read at go_asm.h's offsets (Flow_orig, …), and
+// its status flags are go_asm.h's constants (state.go): live is confirmed
+// and not dying; the state is in the bits of stateMask.
+#define FLAG_CONFIRMED const_flagConfirmed
+#define FLAG_LIVE_MASK (const_flagConfirmed|const_flagDying)
 
 // CMPREC compares the key at 0(SI) with both tuples of the record at
 // rec, then checks the record confirmed, not dying, and not past its
@@ -279,7 +299,7 @@ liveL: \
 	MOVL         nowop, tmp; \
 	SUBL         Flow_last(rec), tmp; \
 	JS           foundL; \
-	ANDL         $15, R11; \
+	ANDL         $const_stateMask, R11; \
 	CMPL         tmp, timeop; \
 	JHI          fail; \
 foundL:
@@ -298,7 +318,7 @@ TEXT ·compareProbesAMD64(SB), NOSPLIT, $0-80
 
 cloop:
 	MOVL         $0, (BX)(R8*4)
-	MOVL         20(DI), R9          // candidate
+	MOVL         probe_idx(DI), R9   // candidate
 	CMPQ         R9, R12
 	JAE          cnext               // noCand: not found
 	LEAQ         (R9)(R9*2), R10
@@ -316,8 +336,8 @@ cfail:
 	BTSQ         R8, DX
 
 cnext:
-	ADDQ         $16, SI
-	ADDQ         $24, DI
+	ADDQ         $Tuple__size, SI
+	ADDQ         $probe__size, DI
 	INCQ         R8
 	CMPQ         R8, n+24(FP)
 	JLT          cloop
@@ -334,14 +354,14 @@ cnext:
 // probeL and candL name its labels (one use per function).
 #define FINDCAND(tagL, probeL, candL, absentL) \
 	HASHPLACE(DI, tagL, probeL); \
-	MOVL         AX, X3; \
+	VMOVD        AX, X3; \
 	VPBROADCASTD X3, Y3; \
-	SHLQ         $6, R10; \
+	SHLQ         $BUCKET_SHIFT, R10; \
 	ADDQ         R15, R10; \
 	BMATCH(R10, R9, CX); \
 	TESTL        R9, R9; \
 	JNZ          candL; \
-	SHLQ         $6, R11; \
+	SHLQ         $BUCKET_SHIFT, R11; \
 	LEAQ         (R15)(R11*1), R10; \
 	BMATCH(R10, R9, CX); \
 	TESTL        R9, R9; \
@@ -353,7 +373,7 @@ candL:
 // (noCand) jumps to absentL. The table is in BX, ^mask in R14 (kept).
 #define CANDREC(absentL) \
 	TZCNTL       R9, CX; \
-	ANDL         $15, CX; \
+	ANDL         $(const_slotsPerBucket-1), CX; \
 	MOVL         (R10)(CX*4), R9; \
 	NOTL         R14; \
 	ANDL         R14, R9; \
@@ -385,7 +405,7 @@ TEXT ·lookupOneAMD64(SB), NOSPLIT, $0-29
 	MOVQ         $0x9E3779B97F4A7C15, R13
 	LEAQ         Table_h(BX), DI
 	MOVQ         Table_buckets(BX), R15
-	MOVL         R14, X2
+	VMOVD        R14, X2
 	VPBROADCASTD X2, Y2
 	FINDCAND(otag, oprobe, ocand, oabsent)
 	VZEROUPPER
@@ -422,7 +442,7 @@ TEXT ·lookupSmallAMD64(SB), NOSPLIT, $16-56
 	MOVQ         t+0(FP), BX
 	MOVQ         keys+8(FP), SI
 	MOVQ         n+24(FP), AX
-	SHLQ         $4, AX
+	SHLQ         $TUPLE_SHIFT, AX
 	ADDQ         SI, AX
 	MOVQ         AX, end-8(SP)
 	MOVQ         refs+16(FP), AX
@@ -432,7 +452,7 @@ TEXT ·lookupSmallAMD64(SB), NOSPLIT, $16-56
 	MOVQ         Table_nb(BX), R12
 	MOVL         Table_idxMask(BX), R14
 	NOTL         R14                 // ^mask
-	MOVL         R14, X2
+	VMOVD        R14, X2
 	VPBROADCASTD X2, Y2
 	MOVQ         $0x9E3779B97F4A7C15, R13
 	LEAQ         Table_h(BX), DI
@@ -454,7 +474,7 @@ sunsure:
 	// The key's index, (SI - keys) / 16, as its bit in unsure.
 	MOVQ         SI, CX
 	SUBQ         keys+8(FP), CX
-	SHRQ         $4, CX
+	SHRQ         $TUPLE_SHIFT, CX
 	MOVQ         $1, R8
 	SHLQ         CX, R8
 	ORQ          R8, unsure+48(FP)
@@ -464,9 +484,20 @@ sabsent:
 	MOVL         $0, (R8)
 
 snext:
-	ADDQ         $4, refp-16(SP)
-	ADDQ         $16, SI
+	ADDQ         $REF_SIZE, refp-16(SP)
+	ADDQ         $Tuple__size, SI
 	CMPQ         SI, end-8(SP)
 	JNE          sloop
 	VZEROUPPER
+	RET
+
+// func cpuid(leaf, sub uint32) (a, b, c, d uint32)
+TEXT ·cpuid(SB), NOSPLIT, $0-24
+	MOVL         leaf+0(FP), AX
+	MOVL         sub+4(FP), CX
+	CPUID
+	MOVL         AX, a+8(FP)
+	MOVL         BX, b+12(FP)
+	MOVL         CX, c+16(FP)
+	MOVL         DX, d+20(FP)
 	RET

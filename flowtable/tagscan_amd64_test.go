@@ -1,3 +1,5 @@
+//go:build amd64 && !purego
+
 package flowtable
 
 import (
@@ -159,7 +161,7 @@ func TestLookupOne(t *testing.T) {
 		if found != sureFound {
 			t.Fatalf("batch of %d: found %d, want %d", len(keys), found, sureFound)
 		}
-		if !useAVX2 {
+		if !useAVX2.Load() {
 			return // the race detector's build: lookupSmall declines
 		}
 		if found, ok := tab.lookupSmall(keys, refs, now); !ok || found != allFound {
@@ -275,7 +277,7 @@ func TestPrefetch(t *testing.T) {
 		mustInsert(t, c, nf, 1)
 		orig, reply = append(orig, nf.Orig), append(reply, nf.Reply)
 	}
-	if tab.Count() <= touchAbove || tab.Prefetches() != useAVX2 {
+	if tab.Count() <= touchAbove || !tab.Prefetches() {
 		t.Fatalf("%d connections: Prefetches %v", tab.Count(), tab.Prefetches())
 	}
 	rng := rand.New(rand.NewPCG(17, 18))
@@ -286,9 +288,7 @@ func TestPrefetch(t *testing.T) {
 		}
 		k := 1 + round%len(keys)
 		tab.Prefetch(keys[:k])
-		if useAVX2 {
-			prefetchBucketsAMD64(&keys[0], k, &tab.h, tab.nb, ^tab.idxMask, &tab.buckets[0])
-		}
+		prefetchBucketsAMD64(&keys[0], k, &tab.h, tab.nb, ^tab.idxMask, &tab.buckets[0])
 		for _, key := range keys[:k] {
 			if r := tab.lookup(&key, 1, new(uint64)); r != 0 {
 				t.Fatalf("round %d: a random key %v found", round, key)
@@ -303,4 +303,36 @@ func TestPrefetch(t *testing.T) {
 			t.Fatalf("connection %d: reply tuple %v", i, r)
 		}
 	}
+}
+
+// TestX86CPU: the family decoding on CPUID signatures of known parts,
+// and the vendor string read from this CPU.
+func TestX86CPU(t *testing.T) {
+	for _, c := range []struct {
+		eax, family uint32
+	}{
+		{0x00A10F11, 0x19}, // AMD EPYC 9004 (Zen 4)
+		{0x00830F10, 0x17}, // AMD EPYC 7002 (Zen 2)
+		{0x00600F20, 0x15}, // AMD Opteron 6300 (Piledriver)
+		{0x000806F8, 6},    // Intel Xeon 4th generation (Sapphire Rapids)
+		{0x00050654, 6},    // Intel Xeon Scalable (Skylake-SP)
+	} {
+		if f := x86Family(c.eax); f != c.family {
+			t.Errorf("signature %#x: family %#x, want %#x", c.eax, f, c.family)
+		}
+	}
+	vendor, family := x86CPU()
+	if len(vendor) != 12 || family == 0 {
+		t.Fatalf("vendor %q, family %#x", vendor, family)
+	}
+	for _, r := range vendor {
+		if r < ' ' || r > '~' {
+			t.Fatalf("vendor %q: not printable", vendor)
+		}
+	}
+	wantAVX2 := vectorAvailable() && vendor == "AuthenticAMD" && family >= 0x17
+	if (autoImpl() == ImplAVX2) != wantAVX2 {
+		t.Errorf("%s family %#x, vector code available %v: auto chose %v", vendor, family, vectorAvailable(), autoImpl())
+	}
+	t.Logf("%s family %#x: auto is %v", vendor, family, autoImpl())
 }

@@ -1,6 +1,16 @@
-//go:build !amd64
+//go:build !amd64 || purego
+
+// The Go code alone: on architectures with no assembly here, and in
+// purego builds, which compile none.
 
 package flowtable
+
+// vectorAvailable reports whether the vector code can run: never where
+// none is written, or in a purego build.
+func vectorAvailable() bool { return false }
+
+// autoImpl is ImplAuto's choice: the Go code, the only one here.
+func autoImpl() Impl { return ImplGo }
 
 // tagScan is tagScanGo where no vector scan is written.
 func tagScan(buckets []bucket, recs []Flow, bb []probe, mask uint32, second bool) int {
@@ -12,7 +22,7 @@ func bucketMatch(b *bucket, tag, mask uint32) uint32 { return bucketMatchGo(b, t
 
 // bucketMatch2 is bucketMatch on a tuple's two buckets.
 func bucketMatch2(b1, b2 *bucket, tag, mask uint32) (uint32, uint32) {
-	return bucketMatchGo(b1, tag, mask), bucketMatchGo(b2, tag, mask)
+	return bucketMatch2Go(b1, b2, tag, mask)
 }
 
 // hashProbes is hashProbesGo where no assembly is written (and nothing is

@@ -2,24 +2,77 @@ package flowtable
 
 import (
 	"encoding/binary"
+	"errors"
 	"math/rand/v2"
 	"testing"
 	"unsafe"
 )
 
-// The assembly scan reads probes by offset.
-func TestProbeLayout(t *testing.T) {
-	var p probe
-	if unsafe.Offsetof(p.b1) != 0 || unsafe.Offsetof(p.b2) != 8 || unsafe.Offsetof(p.tag) != 16 || unsafe.Offsetof(p.idx) != 20 || unsafe.Sizeof(p) != 24 {
-		t.Fatalf("probe layout changed: tagscan_amd64.s reads b1 at 0, b2 at 8, tag at 16, idx at 20, 24 bytes apart")
-	}
-	if unsafe.Sizeof(bucket{}) != 64 {
-		t.Fatalf("bucket is %d bytes; tagscan_amd64.s reads 64", unsafe.Sizeof(bucket{}))
+// The assembly reads fields at go_asm.h's offsets, but steps over some
+// sizes by shifts, which it names: BUCKET_SHIFT, TUPLE_SHIFT,
+// REC_SIZE_SHIFT (after ·3) and REF_SIZE.
+func TestAsmLayout(t *testing.T) {
+	if unsafe.Sizeof(bucket{}) != 1<<6 || unsafe.Sizeof(Tuple{}) != 1<<4 || unsafe.Sizeof(Flow{}) != 3<<4 || unsafe.Sizeof(Ref(0)) != 4 {
+		t.Fatalf("bucket %d, tuple %d, record %d, Ref %d bytes; tagscan_amd64.s steps over 64, 16, 48 and 4",
+			unsafe.Sizeof(bucket{}), unsafe.Sizeof(Tuple{}), unsafe.Sizeof(Flow{}), unsafe.Sizeof(Ref(0)))
 	}
 }
 
-// checkTagScan runs the scan the build uses and the Go scan on copies of
-// the same probes, both passes, and compares every candidate and count.
+// forEachImpl runs f under each implementation this build can run on
+// this CPU (ImplGo everywhere, ImplAVX2 where the vector code runs), and
+// then restores the one in use.
+func forEachImpl(t *testing.T, f func(t *testing.T)) {
+	t.Helper()
+	prev := ActiveImpl()
+	defer SetImpl(prev)
+	for _, impl := range []Impl{ImplGo, ImplAVX2} {
+		if impl == ImplAVX2 && !vectorAvailable() {
+			continue
+		}
+		if err := SetImpl(impl); err != nil {
+			t.Fatal(err)
+		}
+		t.Run(impl.String(), f)
+	}
+}
+
+func TestImpl(t *testing.T) {
+	for _, impl := range []Impl{ImplAuto, ImplGo, ImplAVX2} {
+		if got, err := ParseImpl(impl.String()); err != nil || got != impl {
+			t.Errorf("ParseImpl(%q) = %v, %v", impl.String(), got, err)
+		}
+	}
+	for _, bad := range []string{"", "Go", "avx512", "sse"} {
+		if _, err := ParseImpl(bad); !errors.Is(err, ErrImpl) {
+			t.Errorf("ParseImpl(%q): %v, want ErrImpl", bad, err)
+		}
+	}
+	prev := ActiveImpl()
+	defer SetImpl(prev)
+	if err := SetImpl(Impl(9)); !errors.Is(err, ErrImpl) {
+		t.Errorf("SetImpl(9): %v, want ErrImpl", err)
+	}
+	if err := SetImpl(ImplGo); err != nil || ActiveImpl() != ImplGo {
+		t.Errorf("SetImpl(go): %v, active %v", err, ActiveImpl())
+	}
+	err := SetImpl(ImplAVX2)
+	if vectorAvailable() != (err == nil) || vectorAvailable() != (ActiveImpl() == ImplAVX2) {
+		t.Errorf("SetImpl(avx2) with the vector code available %v: %v, active %v", vectorAvailable(), err, ActiveImpl())
+	}
+	if err != nil && !errors.Is(err, ErrImpl) {
+		t.Errorf("SetImpl(avx2): %v, want ErrImpl", err)
+	}
+	if err := SetImpl(ImplAuto); err != nil || ActiveImpl() != autoImpl() || ActiveImpl() == ImplAuto {
+		t.Errorf("SetImpl(auto): %v, active %v, want %v", err, ActiveImpl(), autoImpl())
+	}
+	if autoImpl() == ImplAVX2 && !vectorAvailable() {
+		t.Error("auto chose the vector code where it cannot run")
+	}
+}
+
+// checkTagScan runs the scan of the implementation in use and the Go scan
+// on copies of the same probes, both passes, and compares every candidate
+// and count.
 func checkTagScan(t *testing.T, buckets []bucket, bb []probe, mask uint32) {
 	t.Helper()
 	for _, second := range []bool{false, true} {
@@ -61,7 +114,9 @@ func makeScanCase(rng *rand.Rand, nb, np int, idxBits uint32) ([]bucket, []probe
 	return buckets, bb
 }
 
-func TestTagScanMatchesGo(t *testing.T) {
+func TestTagScanMatchesGo(t *testing.T) { forEachImpl(t, testTagScanMatchesGo) }
+
+func testTagScanMatchesGo(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	for range 2000 {
 		idxBits := uint32(4 + rng.IntN(24))
@@ -71,7 +126,9 @@ func TestTagScanMatchesGo(t *testing.T) {
 }
 
 // The scan on the last bucket of the table reads nothing beyond it.
-func TestTagScanLastBucket(t *testing.T) {
+func TestTagScanLastBucket(t *testing.T) { forEachImpl(t, testTagScanLastBucket) }
+
+func testTagScanLastBucket(t *testing.T) {
 	buckets := make([]bucket, 3)
 	mask := uint32(1)<<20 - 1
 	buckets[2][15].Store(5<<20 | 77)
@@ -116,14 +173,16 @@ func FuzzTagScan(f *testing.F) {
 		if len(bb) == 0 {
 			return
 		}
-		checkTagScan(t, buckets, bb, mask)
+		forEachImpl(t, func(t *testing.T) { checkTagScan(t, buckets, bb, mask) })
 	})
 }
 
 // TestBucketMatch holds the vector bucket match to the Go one on random
 // buckets, with tags planted in random slots and index masks of every
 // width.
-func TestBucketMatch(t *testing.T) {
+func TestBucketMatch(t *testing.T) { forEachImpl(t, testBucketMatch) }
+
+func testBucketMatch(t *testing.T) {
 	rng := rand.New(rand.NewPCG(11, 12))
 	for n := 0; n < 20000; n++ {
 		bits := 1 + rng.IntN(30)
@@ -148,7 +207,11 @@ func TestBucketMatch(t *testing.T) {
 		for i := range r {
 			r[i].Store(b[len(b)-1-i].Load())
 		}
-		if g1, g2 := bucketMatch2(&b, &r, tag, mask); g1 != want || g2 != bucketMatchGo(&r, tag, mask) {
+		w1, w2 := bucketMatch2Go(&b, &r, tag, mask)
+		if w1 != want || w2 != bucketMatchGo(&r, tag, mask) {
+			t.Fatalf("bucketMatch2Go of %v and %v, tag %#x mask %#x: %#x %#x", &b, &r, tag, mask, w1, w2)
+		}
+		if g1, g2 := bucketMatch2(&b, &r, tag, mask); g1 != w1 || g2 != w2 {
 			t.Fatalf("bucketMatch2 of %v and %v, tag %#x mask %#x: %#x %#x", &b, &r, tag, mask, g1, g2)
 		}
 	}
@@ -157,7 +220,9 @@ func TestBucketMatch(t *testing.T) {
 // TestHashProbes holds the assembly hash pass to the Go one (hash and
 // place) over random keys, on tables of several sizes, with and without
 // its prefetches.
-func TestHashProbes(t *testing.T) {
+func TestHashProbes(t *testing.T) { forEachImpl(t, testHashProbes) }
+
+func testHashProbes(t *testing.T) {
 	rng := rand.New(rand.NewPCG(13, 14))
 	for _, capacity := range []int{16, 1000, 100_000} {
 		tab := newTable(t, Config{Capacity: capacity, Seed: uint64(capacity)})
@@ -179,6 +244,31 @@ func TestHashProbes(t *testing.T) {
 					t.Fatalf("capacity %d, key %v: probe %+v, want %+v", capacity, keys[i], *g, *w)
 				}
 			}
+		}
+	}
+}
+
+// TestImplsAgree runs LookupBatch against Lookup, in one pass and in its
+// passes, under each implementation.
+func TestImplsAgree(t *testing.T) {
+	forEachImpl(t, func(t *testing.T) {
+		for _, threePass := range []bool{false, true} {
+			lookupBatchMatchesLookup(t, threePass)
+		}
+	})
+}
+
+// TestBucketsAligned: the vector match loads a bucket as two 32-byte
+// halves, each within one cache line only if the bucket array starts on
+// a 64-byte boundary (a load split over two lines costs more on every
+// core). Go's allocator gives that alignment to arrays of 64-byte
+// buckets (its size classes for them are multiples of 64, and large
+// objects start on pages); this notices if it ever stops.
+func TestBucketsAligned(t *testing.T) {
+	for c := 1; c < 300_000; c = c*5/4 + 1 {
+		tab := newTable(t, Config{Capacity: c})
+		if a := uintptr(unsafe.Pointer(&tab.buckets[0])) % 64; a != 0 {
+			t.Errorf("capacity %d: %d buckets start %d bytes past a cache line", c, len(tab.buckets), a)
 		}
 	}
 }
