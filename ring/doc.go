@@ -59,103 +59,33 @@
 // # Memory ordering of the ring indices
 //
 // Each ring is a single-producer single-consumer queue shared with the
-// kernel: a producer index written only by the producer, a consumer index
-// written only by the consumer, both free-running uint32 (the slot is
-// index & (size-1); differences are taken modulo 2^32), and a flags word
-// the kernel writes (XDP_RING_NEED_WAKEUP).
-//
-//   - Producing (fill, TX): write the descriptors, then store the producer
-//     index with atomic.StoreUint32. The store is a release: the kernel's
-//     smp_load_acquire of the producer index sees the descriptors.
-//   - Consuming (RX, completion): load the producer index with
-//     atomic.LoadUint32 (an acquire, pairing with the kernel's
-//     smp_store_release), read the descriptors, then store the consumer
-//     index with atomic.StoreUint32 (a release: the kernel may overwrite
-//     the slots only after we have read them).
-//   - Free space on a producer ring is checked against the kernel's
-//     consumer index loaded with atomic.LoadUint32 (an acquire: the
-//     kernel has finished with the slots it released).
-//   - need_wakeup: the flags word is loaded atomically after the producer
-//     index is stored. Go's atomic operations are sequentially consistent
-//     (a full fence on amd64 and arm64), which is the smp_mb the kernel
-//     documents between publishing entries and testing the flag, so a
-//     wakeup is never missed.
-//
-// The side owned by this process keeps cached copies of both indices
-// and reloads the kernel's only when the cache shows the ring full (for
-// producing) or empty (for consuming), so a batch touches the shared
-// cache line of the kernel's index at most once. All index arithmetic is
-// in ring.go; all unsafe (mmap views, struct system calls) in sys.go.
+// kernel. A producer stores its index with an atomic store after writing
+// the descriptors (a release); a consumer loads the producer index
+// atomically (an acquire) before reading them, and stores its own index
+// after. The need-wakeup flag is loaded after the producer index is
+// stored; Go's sequentially consistent atomics are the full barrier the
+// kernel requires there. Cached copies of both indices are reloaded only
+// when a ring looks full or empty. All index arithmetic is in ring.go;
+// all unsafe (mmap views, struct system calls) in sys.go.
 //
 // # Kicks, modes and counters
 //
-// With need_wakeup (the default; Config.NoNeedWakeup turns it off),
-// Transmit calls sendto only when the TX ring's flag asks for it, and the
-// receive side calls recvfrom (busy mode) or poll (sleep mode) only when
-// the fill ring's flag asks for it. In copy mode the kernel sends at most
-// a budget of frames per sendto (32 by default): Transmit kicks again
-// while the kernel makes progress, and Complete re-kicks while frames
-// remain on the TX ring. A kick answered EAGAIN, EBUSY or ENOBUFS leaves
-// the frames on the TX ring for the next kick (KickRetries); any other
-// errno is counted (KickErrors, LastKickErrno), never a panic.
-//
-// Transmit never lets more frames be in transmission than the completion
-// ring holds (the kernel would stall on a full completion ring): frames
-// refused for that are counted in CompletionLag, frames refused for a
-// full TX ring in TxRingFull, and both stay the caller's. Counters are
-// per socket, on their own cache lines, written by the owning goroutine
-// with plain atomic stores and readable from any goroutine; Stats adds
-// the kernel's XDP_STATISTICS (RX dropped, invalid descriptors, RX ring
-// full, fill ring empty, TX ring empty).
-//
-// Config.Poll chooses the wait: PollSleep sleeps in ppoll(2) until a
-// socket has received frames or PollTimeout passes (1 ms while frames
-// are in transmission, since completions do not wake poll); PollBusy
-// never sleeps.
-//
-// # Bind modes
+// With need_wakeup (the default), Transmit calls sendto only when the TX
+// ring asks for it; the receive side polls only when the fill ring asks.
+// A kick answered EAGAIN, EBUSY or ENOBUFS leaves the frames for the next
+// kick; any other errno is counted (KickErrors, LastKickErrno), never a
+// panic. Transmit never lets more frames be in flight than the completion
+// ring holds; frames it refuses stay the caller's and are counted
+// (CompletionLag, TxRingFull). Counters are per socket, on their own cache
+// lines, readable from any goroutine.
 //
 // BindAuto binds every socket zero-copy and, if any device refuses,
-// rebinds them all in copy mode: the sockets of one UMEM share its mode
-// (the kernel makes a socket bound with XDP_SHARED_UMEM inherit the
-// owner's zero-copy and need_wakeup settings and refuses those flags on
-// it). Socket.Info reports the mode obtained. veth has no zero-copy
-// AF_XDP: there every socket is in copy mode, and an explicit
-// BindZeroCopy fails with ErrZeroCopy. A queue stays busy for a moment
-// after its previous socket is closed (the kernel frees the buffer pool
-// from a work queue), so Open retries EBUSY for up to two seconds.
+// rebinds them all in copy mode (sockets of one UMEM share its mode).
+// veth has no zero-copy AF_XDP: there an explicit BindZeroCopy fails with
+// ErrZeroCopy. Open retries EBUSY for up to two seconds, while the kernel
+// frees a previous socket's buffer pool.
 //
-// # What comes from github.com/asavie/xdp
-//
-// Nothing in this package's non-test code. asavie/xdp v0.3.3 was read and
-// measured against what xnat needs: its Socket cannot share a UMEM
-// (NewSocket registers a fresh UMEM on every socket and has no
-// XDP_SHARED_UMEM path), has no configurable headroom (it registers
-// headroom 0), reads and writes ring indices with plain loads and stores
-// with the fences commented out, panics in Transmit on an unexpected
-// errno, returns from Poll at once when nothing is filled, marks frames
-// still on the TX ring free when they are put on the fill ring again, and
-// its Detach loops until the program is gone. Those are the parts a
-// socket is made of, so the socket, its rings and its system calls are
-// this package's own code on golang.org/x/sys/unix.
-//
-// What is sound in asavie/xdp — its redirect-by-queue XDP program (a
-// translation of libbpf's default AF_XDP program: look up
-// ctx->rx_queue_index in an XSKMAP and redirect) with its map
-// registration (Program.Register) — is what the package's tests use to
-// steer every packet of a veth into a socket, attached with cilium/ebpf's
-// link.AttachXDP rather than asavie's netlink Attach/Detach. xnat's own
-// program, which chooses what to redirect, is in dataplane/xdpprog.
-//
-// # veth findings (Linux 6.18)
-//
-// AF_XDP on veth works in copy mode only. Native (driver-mode) XDP
-// attaches to a veth, and XDP_REDIRECT into an XSKMAP from it works with
-// no program on the peer: the receiving veth's own NAPI runs the program.
-// (A program or GRO on the peer is needed only when frames are redirected
-// to a veth with ndo_xdp_xmit, i.e. XDP_TX or a devmap redirect, which xnat
-// does not use: it transmits through its AF_XDP TX ring, which veth takes
-// as an ordinary skb transmit.) Frames that a kernel socket sends through
-// a veth with TX checksum offload on carry a partial L4 checksum: the ends
-// sending into xnat must have it off.
+// docs/design.md explains the design: why the socket code is this
+// package's own rather than github.com/asavie/xdp's, and what was found
+// about AF_XDP on veth.
 package ring
