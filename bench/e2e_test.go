@@ -48,7 +48,7 @@ func TestParseE2EPlacement(t *testing.T) {
 }
 
 // xnat-bench e2e --json writes one decodable result per line, with the
-// keys the issue names.
+// keys its documentation names.
 func TestE2EJSONRun(t *testing.T) {
 	netns.RequireRoot(t)
 	var out bytes.Buffer
