@@ -13,7 +13,8 @@ import (
 // rewritten in a loop that makes no call. Frames already decided are
 // passed over. It stops at the first packet it cannot take, having
 // changed nothing for it (a state change, IP options, a next hop not in
-// the cache, a packet too big for the egress MTU, a new connection), and
+// the cache, a packet too big for the egress MTU, a new connection, a TCP
+// segment that is not plainly in its window), and
 // returns its index, or len(frames). It adds the packets and IP bytes it
 // forwarded to fastPkts and fastBytes, which the caller adds to Forwarded
 // and the FORWARD policy's counters; handle then takes that packet from
@@ -24,6 +25,7 @@ func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Res
 	tab := p.d.Table
 	now := p.now
 	be := binary.BigEndian
+	win := tab.HasProto()
 	i := from
 	for ; i < len(frames); i++ {
 		m := &metas[i]
@@ -45,6 +47,9 @@ func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Res
 		e := p.nhDst[nhSlot(other.Src)]
 		nh := &p.nh[uint8(e)]
 		if uint32(e>>32) != other.Src || m.ipLen > nh.mtu {
+			break
+		}
+		if win && m.kind == kTCP && !p.fastWindow(frames[i], m, ref, f) {
 			break
 		}
 		f.Touch(now)

@@ -51,6 +51,7 @@ func (p *Pipeline) newConnection(frame []byte, size int, m *meta, key *flowtable
 			return
 		}
 		state = s
+		p.newTCPProto(frame, m, s)
 	case kUDP:
 		state = flowtable.UDP
 	case kICMPQuery:
@@ -67,6 +68,12 @@ func (p *Pipeline) newConnection(frame []byte, size int, m *meta, key *flowtable
 	pk.CtState = rules.CtNew
 
 	nf := flowtable.NewFlow{Orig: *key, Status: uint32(state)}
+	if m.kind == kTCP {
+		nf.Status |= p.newTCPClass
+		if p.d.Table.HasProto() {
+			nf.Proto = &p.protoInit
+		}
+	}
 	dst, dport := key.Dst, key.DstPort
 	dn := rs.NAT(rules.Prerouting, &pk, p.core, p.nowNs)
 	if dn.Kind == rules.NATDNAT {
