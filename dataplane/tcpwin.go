@@ -87,11 +87,11 @@ type tcpWin struct {
 	retrans                   uint32
 }
 
-func (w *tcpWin) lastWin() uint16       { return uint16(w.last) }
-func (w *tcpWin) lastIndex() int        { return int(w.last >> 16 & 7) }
+func (w *tcpWin) lastWin() uint16        { return uint16(w.last) }
+func (w *tcpWin) lastIndex() int         { return int(w.last >> 16 & 7) }
 func (w *tcpWin) lastDir() flowtable.Dir { return flowtable.Dir(w.last >> 19 & 1) }
-func (w *tcpWin) lastWScale() uint32    { return w.last >> 20 & 0xf }
-func (w *tcpWin) lastFlags() uint32     { return w.last >> 24 }
+func (w *tcpWin) lastWScale() uint32     { return w.last >> 20 & 0xf }
+func (w *tcpWin) lastFlags() uint32      { return w.last >> 24 }
 
 func (w *tcpWin) setLastIndexDir(index int, dir flowtable.Dir) {
 	w.last = w.last&^(0xf<<16) | uint32(index)<<16 | uint32(dir)<<19
@@ -289,10 +289,10 @@ func initSender(sender, receiver *twDir, s *tcpSeg) {
 
 // Window verdicts (Linux's nf_ct_tcp_action).
 const (
-	winAccept = iota // in window; the state was updated
-	winIgnore        // let through, the connection untouched (not even refreshed)
-	winInvalid       // out of window: INVALID
-	winSlow          // (fast only) not a plain in-window segment: nothing changed
+	winAccept  = iota // in window; the state was updated
+	winIgnore         // let through, the connection untouched (not even refreshed)
+	winInvalid        // out of window: INVALID
+	winSlow           // (fast only) not a plain in-window segment: nothing changed
 )
 
 // maxAckWindow is how far below the receiver's end an acknowledgement may
