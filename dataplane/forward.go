@@ -30,6 +30,11 @@ func (p *Pipeline) handle(frame []byte, size int, m *meta, key *flowtable.Tuple,
 			p.ct.Kill(ref)
 			ref = 0
 		case ctInvalid:
+			// Out of window or of step: INVALID, counted, the connection
+			// as it was. The filter decides; let through, it is
+			// translated as its connection's packets are, so that no
+			// inside address leaves untranslated.
+			p.ct.CountInvalid()
 			ctstate = rules.CtInvalid
 		default:
 			if seen {
