@@ -110,9 +110,10 @@ func TestTCPLooseOffAndInvalid(t *testing.T) {
 	tb := newTestbed(t, masqRules, 1500, 1)
 	tb.dp.Settings.TCPLoose.Store(false)
 	r, _ := tb.run(tcpPkt(macA, macIn0, addrA, 40000, remote, 443, fACK, 1, 1).bytes(t), portIn)
-	// Untracked and INVALID: the filter (policy ACCEPT) lets it through
-	// untranslated, as Linux does, and it is counted invalid.
-	if r.Action != ActForward || tb.tab.Count() != 0 {
+	// Untracked and INVALID, counted: the filter (policy ACCEPT) lets it
+	// through, but untranslated it would carry an inside address out, so
+	// it is dropped as invalid.
+	if r.Action != ActDrop || r.Reason != ReasonInvalid || tb.tab.Count() != 0 {
 		t.Errorf("mid-stream ACK without loose: %v, %d connections", r.Action, tb.tab.Count())
 	}
 	if tb.tab.TotalStats().Invalid == 0 {

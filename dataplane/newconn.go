@@ -208,7 +208,10 @@ func (p *Pipeline) forwardFirst(frame []byte, size int, m *meta, ref flowtable.R
 }
 
 // untracked handles a packet conntrack cannot track (state INVALID): the
-// filter decides, as in Linux, and an accepted one is forwarded as it is.
+// filter decides, as in Linux, and an accepted one is forwarded as it is,
+// untranslated, between inside ports. One bound out of an outside port is
+// dropped and counted (invalid): Linux would send it untranslated, and an
+// inside address would appear on the outside wire.
 func (p *Pipeline) untracked(frame []byte, size int, m *meta, out *Result) {
 	p.ct.CountInvalid()
 	var pk rules.Packet
@@ -228,6 +231,10 @@ func (p *Pipeline) untracked(frame []byte, size int, m *meta, out *Result) {
 	pk.OutIf = port
 	v := p.env.Rules.Filter(rules.Forward, &pk, p.core, p.nowNs)
 	if p.refused(frame, size, m, v, ReasonInvalid, out) {
+		return
+	}
+	if p.env.Ports[port].Outside {
+		p.finish(out, ActDrop, ReasonInvalid, 0, 0)
 		return
 	}
 	p.send(frame, size, m, 0, nil, port, &mac, out)
