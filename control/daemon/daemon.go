@@ -100,7 +100,7 @@ func Start(plan *Plan, opts Options) (d *Daemon, err error) {
 	for _, f := range plan.Facts {
 		d.emit(f)
 	}
-	d.tab, err = flowtable.New(flowtable.Config{Capacity: c.Capacity, Max: c.MaxConns, Cores: c.Queues})
+	d.tab, err = flowtable.New(flowtable.Config{Capacity: c.Capacity, Max: c.MaxConns, Cores: c.Queues, Proto: true})
 	if err != nil {
 		return d, fmt.Errorf("flow table: %w", err)
 	}
