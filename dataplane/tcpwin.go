@@ -307,7 +307,8 @@ func maxAckWindow(d *twDir) uint32 {
 // inWindow is Linux's tcp_in_window: it checks the segment against the
 // window of the connection in state st and, when it is in window, updates
 // w. liberal is nf_conntrack_tcp_be_liberal. fast asks for a plain answer:
-// any case but an in-window segment returns winSlow with w unchanged.
+// any case but an in-window segment (or one a liberal connection accepts
+// as it is) returns winSlow with w unchanged.
 func inWindow(w *tcpWin, st flowtable.State, dir flowtable.Dir, s *tcpSeg, liberal, fast bool) int {
 	sender, receiver := &w.seen[dir], &w.seen[dir^1]
 	seq, ack, end := s.seq, s.ack, s.end
@@ -368,11 +369,11 @@ func inWindow(w *tcpWin, st flowtable.State, dir flowtable.Dir, s *tcpSeg, liber
 			// A sender overrunning the window by less than one window:
 			// the data is counted, so that its ACK is not over the bound,
 			// but the segment is not (Linux ignores it).
-			if fast {
-				return winSlow
-			}
 			if liberal {
 				return winAccept
+			}
+			if fast {
+				return winSlow
 			}
 			sender.end = end
 			sender.flags |= twfUnacked
@@ -386,23 +387,11 @@ func inWindow(w *tcpWin, st flowtable.State, dir flowtable.Dir, s *tcpSeg, liber
 	}
 	if receiver.maxWin != 0 && !after(end, sender.end-receiver.maxWin-1) {
 		// Below the window: already acknowledged data, retransmitted.
-		if fast {
-			return winSlow
-		}
-		if liberal {
-			return winAccept
-		}
-		return winIgnore
+		return ignoreUnless(liberal, fast)
 	}
 	if !after(sack, receiver.end-maxAckWindow(sender)-1) {
 		// An acknowledgement far behind: a segment overly delayed.
-		if fast {
-			return winSlow
-		}
-		if liberal {
-			return winAccept
-		}
-		return winIgnore
+		return ignoreUnless(liberal, fast)
 	}
 
 	if !syn {
@@ -450,14 +439,28 @@ func inWindow(w *tcpWin, st flowtable.State, dir flowtable.Dir, s *tcpSeg, liber
 	return winAccept
 }
 
+// invalidUnless and ignoreUnless are the verdicts on a segment out of
+// window: accepted, unchanged, when tracking is liberal (Linux's
+// nf_tcp_log_invalid); else invalid or ignored, or, asked for a plain
+// answer, winSlow.
 func invalidUnless(liberal, fast bool) int {
 	switch {
-	case fast:
-		return winSlow
 	case liberal:
 		return winAccept
+	case fast:
+		return winSlow
 	}
 	return winInvalid
+}
+
+func ignoreUnless(liberal, fast bool) int {
+	switch {
+	case liberal:
+		return winAccept
+	case fast:
+		return winSlow
+	}
+	return winIgnore
 }
 
 // timeoutClass is the timeout a connection gets after an in-window
