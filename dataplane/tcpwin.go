@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"encoding/binary"
+	"sync/atomic"
 
 	"xnat/dataplane/header"
 	"xnat/flowtable"
@@ -545,26 +546,145 @@ func (p *Pipeline) newTCPProto(frame []byte, m *meta, st flowtable.State) {
 // reports true; anything else (out of window, ignored, a first segment of
 // a direction) it leaves to handle, having changed nothing.
 func (p *Pipeline) fastWindow(frame []byte, m *meta, ref flowtable.Ref, f *flowtable.Flow) bool {
-	ps := p.d.Table.Proto(ref)
-	var s tcpSeg
-	readSeg(frame, m, &s)
-	var w, w0 tcpWin
-	w.load(ps)
-	w0 = w
-	dir := ref.Dir()
-	if inWindow(&w, flowtable.TCPEstablished, dir, &s, p.tp.liberal, true) != winAccept {
+	t := frame[m.l4:]
+	if len(t) < header.TCPMinLen {
 		return false
 	}
-	w.setLastIndexDir(tcpAck, dir)
-	class := w.timeoutClass(tcpAck, p.tp.maxRetrans)
-	old := f.Status()
-	if old&flowtable.FlagSeenReply == 0 && class == flowtable.TimeoutOfState {
-		class = flowtable.TimeoutUnacked
+	doff := int(t[header.TCPDataOffset]>>4) * 4
+	if doff > len(t) {
+		return false
 	}
-	w.store(ps, &w0)
-	if old&flowtable.TimeoutClassMask != class {
+	be := binary.BigEndian
+	seg := fastSeg{seq: be.Uint32(t[header.TCPSeqNum:]), ack: be.Uint32(t[header.TCPAckNum:]), win: be.Uint16(t[header.TCPWindow:])}
+	seg.end = seg.seq + uint32(int(m.ipLen)-int(m.l4-m.l3)-doff)
+	if doff > header.TCPMinLen {
+		seg.opts = t[header.TCPMinLen:doff]
+	}
+	class, ok := fastInWindow(p.d.Table.Proto(ref), ref.Dir(), &seg, f.Status(), &p.tp)
+	if !ok {
+		return false
+	}
+	if old := f.Status(); old&flowtable.TimeoutClassMask != class {
 		// Lost to a concurrent change, the class waits for the next segment.
 		f.UpdateStatus(old, old&^flowtable.TimeoutClassMask|class)
 	}
 	return true
+}
+
+// fastSeg is what fastInWindow reads of an ACK segment (no SYN, FIN or
+// RST).
+type fastSeg struct {
+	seq, ack, end uint32
+	win           uint16
+	opts          []byte
+}
+
+// fastInWindow is inWindow, then the timeout class, for an ACK segment
+// of an ESTABLISHED connection with status word status, working on the
+// connection's words in place: it loads what it compares and stores what
+// changes. It returns the class and true for a segment in window (or
+// accepted unchanged by liberal tracking); for any other, false with
+// nothing changed. TestFastInWindow holds it to inWindow.
+func fastInWindow(ps *flowtable.ProtoState, dir flowtable.Dir, s *fastSeg, status uint32, tp *tcpParams) (uint32, bool) {
+	sb := int(dir) * twStride
+	rb := twStride - sb
+	sp := (*[twStride]atomic.Uint32)(ps[sb : sb+twStride])
+	rp := (*[twStride]atomic.Uint32)(ps[rb : rb+twStride])
+	sFlags, rFlags := sp[twFlags].Load(), rp[twFlags].Load()
+	sEnd, sMaxEnd, sMaxWin := sp[twEnd].Load(), sp[twMaxEnd].Load(), sp[twMaxWin].Load()
+	rEnd, rMaxEnd, rMaxWin := rp[twEnd].Load(), rp[twMaxEnd].Load(), rp[twMaxWin].Load()
+	if sMaxWin == 0 {
+		return 0, false
+	}
+	seq, ack, end := s.seq, s.ack, s.end
+	sack := ack
+	if rFlags&twfSackPerm != 0 && s.opts != nil {
+		sack = sackEdge(s.opts, ack)
+	}
+	maxAckWin := sMaxWin // sMaxWin is not zero
+	oFlags, oRFlags := sFlags, rFlags
+	if !before(seq, sMaxEnd+1) || !before(sack, rEnd+1) ||
+		rMaxWin != 0 && !after(end, sEnd-rMaxWin-1) || !after(sack, rEnd-maxAckWin-1) {
+		// Out of window: accepted unchanged only by liberal tracking.
+		if !tp.liberal && sFlags&twfLiberal == 0 {
+			return 0, false
+		}
+		last := ps[twLast].Load()
+		if nl := last&^(0xf<<16) | uint32(tcpAck)<<16 | uint32(dir)<<19; nl != last {
+			ps[twLast].Store(nl)
+		}
+	} else {
+		win := uint32(s.win) << (sFlags & twfScaleMsk)
+		if sw := win + (sack - ack); sMaxWin < sw {
+			sp[twMaxWin].Store(sw)
+		}
+		if after(end, sEnd) {
+			sp[twEnd].Store(end)
+			sFlags |= twfUnacked
+		}
+		if sFlags&twfMaxAck == 0 {
+			sp[twMaxAck].Store(ack)
+			sFlags |= twfMaxAck
+		} else if after(ack, sp[twMaxAck].Load()) {
+			sp[twMaxAck].Store(ack)
+		}
+		if rMaxWin != 0 && after(end, sMaxEnd) {
+			rp[twMaxWin].Store(rMaxWin + end - sMaxEnd)
+		}
+		if after(sack+win, rMaxEnd-1) {
+			v := sack + win
+			if win == 0 {
+				v++
+			}
+			rp[twMaxEnd].Store(v)
+		}
+		if ack == rEnd {
+			rFlags &^= twfUnacked
+		}
+		// Retransmissions: the same segment again, in the same direction.
+		last := ps[twLast].Load()
+		retrans := ps[twRetrans].Load()
+		if flowtable.Dir(last>>19&1) == dir && uint16(last) == s.win && ps[twLastSeq].Load() == seq && ps[twLastAck].Load() == ack && ps[twLastEnd].Load() == end {
+			retrans = min(retrans+1, 255)
+			ps[twRetrans].Store(retrans)
+		} else {
+			ps[twLastSeq].Store(seq)
+			ps[twLastAck].Store(ack)
+			ps[twLastEnd].Store(end)
+			if retrans != 0 {
+				retrans = 0
+				ps[twRetrans].Store(0)
+			}
+		}
+		if nl := last&^(0xffff|0xf<<16) | uint32(s.win) | uint32(tcpAck)<<16 | uint32(dir)<<19; nl != last {
+			ps[twLast].Store(nl)
+		}
+		if sFlags != oFlags {
+			sp[twFlags].Store(sFlags)
+		}
+		if rFlags != oRFlags {
+			rp[twFlags].Store(rFlags)
+		}
+	}
+	return fastClass(ps, sFlags, rFlags, status, tp), true
+}
+
+// fastClass is timeoutClass for an ACK segment from the words in ps (the
+// direction flags as just updated), with a connection not answered yet
+// timed as unacknowledged.
+func fastClass(ps *flowtable.ProtoState, f0, f1, status uint32, tp *tcpParams) uint32 {
+	last := ps[twLast].Load()
+	var class uint32
+	switch {
+	case ps[twRetrans].Load() >= tp.maxRetrans:
+		class = flowtable.TimeoutRetrans
+	case (f0|f1)&twfUnacked != 0:
+		class = flowtable.TimeoutUnacked
+	case uint16(last) == 0:
+		class = flowtable.TimeoutRetrans
+	}
+	if status&flowtable.FlagSeenReply == 0 && class == flowtable.TimeoutOfState {
+		class = flowtable.TimeoutUnacked
+	}
+	return class
 }

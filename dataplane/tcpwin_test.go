@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"encoding/binary"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -413,4 +414,90 @@ func TestTCPWindowCases(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestFastInWindow holds the established path's window step to the
+// general one: for random window states and ACK segments near them,
+// fastInWindow accepts exactly when inWindow in its fast mode does, and
+// then leaves the same words and timeout class as the general path
+// (inWindow, the last segment's class and direction, timeoutClass); when
+// it refuses, it has changed nothing.
+func TestFastInWindow(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 12))
+	near := func(base uint32, spread int) uint32 { return base + uint32(rng.IntN(2*spread+1)-spread) }
+	accepted := 0
+	for i := range 200000 {
+		base := rng.Uint32()
+		var w tcpWin
+		for d := range 2 {
+			b := base + uint32(d)*uint32(rng.IntN(1<<20))
+			sd := &w.seen[d]
+			sd.end = b
+			sd.maxWin = uint32(rng.IntN(3)) * uint32(rng.IntN(70000))
+			sd.maxEnd = near(b+sd.maxWin, 3000)
+			sd.maxAck = near(b, 5000)
+			sd.flags = uint32(rng.IntN(15)) | uint32(rng.IntN(64))<<4&^twfCloseIni
+		}
+		w.lastSeq, w.lastAck, w.lastEnd = rng.Uint32(), rng.Uint32(), rng.Uint32()
+		w.last, w.retrans = rng.Uint32(), uint32(rng.IntN(5))
+		dir := flowtable.Dir(rng.IntN(2))
+		snd, rcv := &w.seen[dir], &w.seen[dir^1]
+		seq := near(snd.end, 6000)
+		s := tcpSeg{seq: seq, ack: near(rcv.end, 8000), win: uint16(rng.IntN(3) * rng.IntN(65536)), flags: fACK, index: tcpAck}
+		s.end = seq + uint32(rng.IntN(3)*rng.IntN(1500))
+		if rng.IntN(8) == 0 { // a retransmission of the last segment
+			w.last = w.last&^(0xffff|1<<19) | uint32(s.win) | uint32(dir)<<19
+			w.lastSeq, w.lastAck, w.lastEnd = s.seq, s.ack, s.end
+		}
+		if rng.IntN(4) == 0 {
+			s.opts = []byte{optNop, optNop, optSack, 10, 0, 0, 0, 0, 0, 0, 0, 0}
+			binary.BigEndian.PutUint32(s.opts[8:], near(rcv.end, 3000))
+		}
+		status := uint32(flowtable.TCPEstablished)
+		if rng.IntN(2) == 0 {
+			status |= flowtable.FlagSeenReply | flowtable.FlagAssured
+		}
+		tp := tcpParams{liberal: rng.IntN(8) == 0, maxRetrans: uint32(rng.IntN(5))}
+
+		var words [flowtable.ProtoWords]uint32
+		w.words(&words)
+		var fast flowtable.ProtoState
+		for j := range words {
+			fast[j].Store(words[j])
+		}
+		fs := fastSeg{seq: s.seq, ack: s.ack, end: s.end, win: s.win, opts: s.opts}
+		class, ok := fastInWindow(&fast, dir, &fs, status, &tp)
+
+		probe := w
+		want := inWindow(&probe, flowtable.TCPEstablished, dir, &s, tp.liberal, true) == winAccept
+		if ok != want {
+			t.Fatalf("case %d: fastInWindow %v, inWindow (fast) %v\nstate %+v\nseg %+v dir %v liberal %v", i, ok, want, w, s, dir, tp.liberal)
+		}
+		var got [flowtable.ProtoWords]uint32
+		for j := range got {
+			got[j] = fast[j].Load()
+		}
+		if !ok {
+			if got != words {
+				t.Fatalf("case %d: refused, but the words changed", i)
+			}
+			continue
+		}
+		accepted++
+		slow := w
+		if inWindow(&slow, flowtable.TCPEstablished, dir, &s, tp.liberal, false) != winAccept {
+			t.Fatalf("case %d: the general path does not accept", i)
+		}
+		slow.setLastIndexDir(tcpAck, dir)
+		wantClass := slow.timeoutClass(tcpAck, tp.maxRetrans)
+		if status&flowtable.FlagSeenReply == 0 && wantClass == flowtable.TimeoutOfState {
+			wantClass = flowtable.TimeoutUnacked
+		}
+		var wantWords [flowtable.ProtoWords]uint32
+		slow.words(&wantWords)
+		if got != wantWords || class != wantClass {
+			t.Fatalf("case %d: fast words %v class %#x\nwant %v class %#x\nstate %+v\nseg %+v dir %v", i, got, class, wantWords, wantClass, w, s, dir)
+		}
+	}
+	t.Logf("%d of 200000 segments accepted", accepted)
 }
