@@ -38,7 +38,8 @@ func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Res
 		}
 		f := tab.Flow(ref)
 		dir := ref.Dir()
-		if !quietSet[quietIndex(f.Status(), dir, m.qbase)] { // TCP or UDP, no IP options
+		status := f.Status()
+		if !quietSet[quietIndex(status, dir, m.qbase)] { // TCP or UDP, no IP options
 			break
 		}
 		other := f.TuplePtr(dir ^ 1)
@@ -49,7 +50,7 @@ func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Res
 		if uint32(e>>32) != other.Src || m.ipLen > nh.mtu {
 			break
 		}
-		if win && m.kind == kTCP && !p.fastWindow(frames[i], m, ref, f) {
+		if win && m.kind == kTCP && !p.fastWindow(frames[i], m, ref, status, f) {
 			break
 		}
 		f.Touch(now)

@@ -542,31 +542,26 @@ func (p *Pipeline) newTCPProto(frame []byte, m *meta, st flowtable.State) {
 
 // fastWindow tracks, for the established path, the window of a quiet TCP
 // segment (an ACK of an ESTABLISHED connection, assured or not answered
-// yet): in window, it updates the window state and the timeout class and
-// reports true; anything else (out of window, ignored, a first segment of
-// a direction) it leaves to handle, having changed nothing.
-func (p *Pipeline) fastWindow(frame []byte, m *meta, ref flowtable.Ref, f *flowtable.Flow) bool {
-	t := frame[m.l4:]
-	if len(t) < header.TCPMinLen {
-		return false
-	}
-	doff := int(t[header.TCPDataOffset]>>4) * 4
-	if doff > len(t) {
-		return false
-	}
+// yet) whose connection's status word was status: in window, it updates
+// the window state and the timeout class and reports true; anything else
+// (out of window, ignored, a first segment of a direction) it leaves to
+// handle, having changed nothing. A class change lost to a concurrent
+// change of the status word waits for the connection's next segment.
+func (p *Pipeline) fastWindow(frame []byte, m *meta, ref flowtable.Ref, status uint32, f *flowtable.Flow) bool {
+	th := tcpFields(frame, m.l3)
 	be := binary.BigEndian
-	seg := fastSeg{seq: be.Uint32(t[header.TCPSeqNum:]), ack: be.Uint32(t[header.TCPAckNum:]), win: be.Uint16(t[header.TCPWindow:])}
-	seg.end = seg.seq + uint32(int(m.ipLen)-int(m.l4-m.l3)-doff)
+	seg := fastSeg{seq: be.Uint32(th[header.TCPSeqNum:]), ack: be.Uint32(th[header.TCPAckNum:]), win: be.Uint16(th[header.TCPWindow:])}
+	doff := int(th[header.TCPDataOffset]>>4) * 4
+	seg.end = seg.seq + uint32(int(m.ipLen)-header.IPv4MinLen-doff)
 	if doff > header.TCPMinLen {
-		seg.opts = t[header.TCPMinLen:doff]
+		seg.opts = frame[int(m.l4)+header.TCPMinLen : int(m.l4)+doff]
 	}
-	class, ok := fastInWindow(p.d.Table.Proto(ref), ref.Dir(), &seg, f.Status(), &p.tp)
+	class, ok := fastInWindow(p.d.Table.Proto(ref), ref.Dir(), &seg, status, &p.tp)
 	if !ok {
 		return false
 	}
-	if old := f.Status(); old&flowtable.TimeoutClassMask != class {
-		// Lost to a concurrent change, the class waits for the next segment.
-		f.UpdateStatus(old, old&^flowtable.TimeoutClassMask|class)
+	if status&flowtable.TimeoutClassMask != class {
+		f.UpdateStatus(status, status&^flowtable.TimeoutClassMask|class)
 	}
 	return true
 }
@@ -592,28 +587,30 @@ func fastInWindow(ps *flowtable.ProtoState, dir flowtable.Dir, s *fastSeg, statu
 	rp := (*[twStride]atomic.Uint32)(ps[rb : rb+twStride])
 	sFlags, rFlags := sp[twFlags].Load(), rp[twFlags].Load()
 	sEnd, sMaxEnd, sMaxWin := sp[twEnd].Load(), sp[twMaxEnd].Load(), sp[twMaxWin].Load()
-	rEnd, rMaxEnd, rMaxWin := rp[twEnd].Load(), rp[twMaxEnd].Load(), rp[twMaxWin].Load()
+	rEnd, rMaxWin := rp[twEnd].Load(), rp[twMaxWin].Load()
 	if sMaxWin == 0 {
 		return 0, false
 	}
 	seq, ack, end := s.seq, s.ack, s.end
 	sack := ack
-	if rFlags&twfSackPerm != 0 && s.opts != nil {
+	if s.opts != nil && rFlags&twfSackPerm != 0 {
 		sack = sackEdge(s.opts, ack)
 	}
-	maxAckWin := sMaxWin // sMaxWin is not zero
-	oFlags, oRFlags := sFlags, rFlags
+	last := ps[twLast].Load()
+	retrans := ps[twRetrans].Load()
+	// sMaxWin, not zero, is the lag an ACK may have (maxAckWindow).
 	if !before(seq, sMaxEnd+1) || !before(sack, rEnd+1) ||
-		rMaxWin != 0 && !after(end, sEnd-rMaxWin-1) || !after(sack, rEnd-maxAckWin-1) {
+		rMaxWin != 0 && !after(end, sEnd-rMaxWin-1) || !after(sack, rEnd-sMaxWin-1) {
 		// Out of window: accepted unchanged only by liberal tracking.
 		if !tp.liberal && sFlags&twfLiberal == 0 {
 			return 0, false
 		}
-		last := ps[twLast].Load()
 		if nl := last&^(0xf<<16) | uint32(tcpAck)<<16 | uint32(dir)<<19; nl != last {
 			ps[twLast].Store(nl)
+			last = nl
 		}
 	} else {
+		oFlags, oRFlags := sFlags, rFlags
 		win := uint32(s.win) << (sFlags & twfScaleMsk)
 		if sw := win + (sack - ack); sMaxWin < sw {
 			sp[twMaxWin].Store(sw)
@@ -631,7 +628,7 @@ func fastInWindow(ps *flowtable.ProtoState, dir flowtable.Dir, s *fastSeg, statu
 		if rMaxWin != 0 && after(end, sMaxEnd) {
 			rp[twMaxWin].Store(rMaxWin + end - sMaxEnd)
 		}
-		if after(sack+win, rMaxEnd-1) {
+		if rMaxEnd := rp[twMaxEnd].Load(); after(sack+win, rMaxEnd-1) {
 			v := sack + win
 			if win == 0 {
 				v++
@@ -641,12 +638,18 @@ func fastInWindow(ps *flowtable.ProtoState, dir flowtable.Dir, s *fastSeg, statu
 		if ack == rEnd {
 			rFlags &^= twfUnacked
 		}
+		if sFlags != oFlags {
+			sp[twFlags].Store(sFlags)
+		}
+		if rFlags != oRFlags {
+			rp[twFlags].Store(rFlags)
+		}
 		// Retransmissions: the same segment again, in the same direction.
-		last := ps[twLast].Load()
-		retrans := ps[twRetrans].Load()
 		if flowtable.Dir(last>>19&1) == dir && uint16(last) == s.win && ps[twLastSeq].Load() == seq && ps[twLastAck].Load() == ack && ps[twLastEnd].Load() == end {
-			retrans = min(retrans+1, 255)
-			ps[twRetrans].Store(retrans)
+			if retrans < 255 {
+				retrans++
+				ps[twRetrans].Store(retrans)
+			}
 		} else {
 			ps[twLastSeq].Store(seq)
 			ps[twLastAck].Store(ack)
@@ -658,27 +661,16 @@ func fastInWindow(ps *flowtable.ProtoState, dir flowtable.Dir, s *fastSeg, statu
 		}
 		if nl := last&^(0xffff|0xf<<16) | uint32(s.win) | uint32(tcpAck)<<16 | uint32(dir)<<19; nl != last {
 			ps[twLast].Store(nl)
-		}
-		if sFlags != oFlags {
-			sp[twFlags].Store(sFlags)
-		}
-		if rFlags != oRFlags {
-			rp[twFlags].Store(rFlags)
+			last = nl
 		}
 	}
-	return fastClass(ps, sFlags, rFlags, status, tp), true
-}
-
-// fastClass is timeoutClass for an ACK segment from the words in ps (the
-// direction flags as just updated), with a connection not answered yet
-// timed as unacknowledged.
-func fastClass(ps *flowtable.ProtoState, f0, f1, status uint32, tp *tcpParams) uint32 {
-	last := ps[twLast].Load()
+	// The timeout class (timeoutClass), a connection not answered yet
+	// timed as unacknowledged.
 	var class uint32
 	switch {
-	case ps[twRetrans].Load() >= tp.maxRetrans:
+	case retrans >= tp.maxRetrans:
 		class = flowtable.TimeoutRetrans
-	case (f0|f1)&twfUnacked != 0:
+	case (sFlags|rFlags)&twfUnacked != 0:
 		class = flowtable.TimeoutUnacked
 	case uint16(last) == 0:
 		class = flowtable.TimeoutRetrans
@@ -686,5 +678,5 @@ func fastClass(ps *flowtable.ProtoState, f0, f1, status uint32, tp *tcpParams) u
 	if status&flowtable.FlagSeenReply == 0 && class == flowtable.TimeoutOfState {
 		class = flowtable.TimeoutUnacked
 	}
-	return class
+	return class, true
 }

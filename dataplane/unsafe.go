@@ -45,3 +45,11 @@ func natFields(frame []byte, l3 uint16, udp bool) (eth *[2 * header.EthernetAddr
 	return (*[2 * header.EthernetAddrLen]byte)(base), (*[header.IPv4MinLen]byte)(ipp),
 		(*[4]byte)(unsafe.Add(ipp, header.IPv4MinLen+header.TCPSrcPort)), (*[2]byte)(unsafe.Add(ipp, off))
 }
+
+// tcpFields returns the TCP header of a frame whose IPv4 header, with no
+// options, starts at l3, checking no bounds, on the argument natFields
+// makes: the established path takes only TCP found whole within the
+// frame with no IP options.
+func tcpFields(frame []byte, l3 uint16) *[header.TCPMinLen]byte {
+	return (*[header.TCPMinLen]byte)(unsafe.Add(unsafe.Pointer(unsafe.SliceData(frame)), uintptr(l3)+header.IPv4MinLen))
+}
