@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 
 	"xnat/dataplane/header"
+	"xnat/flowtable"
 )
 
 // established forwards, from frames[from] on, the packets that change
@@ -50,8 +51,16 @@ func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Res
 		if uint32(e>>32) != other.Src || m.ipLen > nh.mtu {
 			break
 		}
-		if win && m.kind == kTCP && !p.fastWindow(frames[i], m, ref, status, f) {
-			break
+		if win && m.kind == kTCP {
+			class, ok := fastInWindow(tab.Proto(ref), dir, frames[i], m.l4, m.ipLen, status, &p.tp)
+			if !ok {
+				break
+			}
+			if status&flowtable.TimeoutClassMask != class {
+				// Lost to a concurrent change, the class waits for the
+				// connection's next segment.
+				f.UpdateStatus(status, status&^flowtable.TimeoutClassMask|class)
+			}
 		}
 		f.Touch(now)
 		// header.RewriteNAT, on fields found without bounds checks

@@ -2,7 +2,6 @@ package dataplane
 
 import (
 	"encoding/binary"
-	"sync/atomic"
 
 	"xnat/dataplane/header"
 	"xnat/flowtable"
@@ -540,61 +539,34 @@ func (p *Pipeline) newTCPProto(frame []byte, m *meta, st flowtable.State) {
 	w.words(&p.protoInit)
 }
 
-// fastWindow tracks, for the established path, the window of a quiet TCP
-// segment (an ACK of an ESTABLISHED connection, assured or not answered
-// yet) whose connection's status word was status: in window, it updates
-// the window state and the timeout class and reports true; anything else
-// (out of window, ignored, a first segment of a direction) it leaves to
-// handle, having changed nothing. A class change lost to a concurrent
-// change of the status word waits for the connection's next segment.
-func (p *Pipeline) fastWindow(frame []byte, m *meta, ref flowtable.Ref, status uint32, f *flowtable.Flow) bool {
-	th := tcpFields(frame, m.l3)
+// fastInWindow is the established path's window step: inWindow, then
+// the timeout class, for a quiet TCP segment (an ACK of an ESTABLISHED
+// connection, assured or not answered yet) in direction dir of a
+// connection with protocol state ps and status word status. The segment
+// is frame's, its TCP header at l4 behind an IPv4 header without options
+// of ipLen bytes in all. It works on the connection's words in place: it
+// loads what it compares and stores what changes. For a segment in
+// window (or accepted unchanged by liberal tracking) it returns the
+// timeout class and true; for any other (out of window, ignored, a first
+// segment of a direction), false with nothing changed, for handle to
+// take. TestFastInWindow holds it to inWindow.
+func fastInWindow(ps *flowtable.ProtoState, dir flowtable.Dir, frame []byte, l4, ipLen uint16, status uint32, tp *tcpParams) (uint32, bool) {
+	th := tcpFields(frame, l4)
 	be := binary.BigEndian
-	seg := fastSeg{seq: be.Uint32(th[header.TCPSeqNum:]), ack: be.Uint32(th[header.TCPAckNum:]), win: be.Uint16(th[header.TCPWindow:])}
-	doff := int(th[header.TCPDataOffset]>>4) * 4
-	seg.end = seg.seq + uint32(int(m.ipLen)-header.IPv4MinLen-doff)
-	if doff > header.TCPMinLen {
-		seg.opts = frame[int(m.l4)+header.TCPMinLen : int(m.l4)+doff]
-	}
-	class, ok := fastInWindow(p.d.Table.Proto(ref), ref.Dir(), &seg, status, &p.tp)
-	if !ok {
-		return false
-	}
-	if status&flowtable.TimeoutClassMask != class {
-		f.UpdateStatus(status, status&^flowtable.TimeoutClassMask|class)
-	}
-	return true
-}
-
-// fastSeg is what fastInWindow reads of an ACK segment (no SYN, FIN or
-// RST).
-type fastSeg struct {
-	seq, ack, end uint32
-	win           uint16
-	opts          []byte
-}
-
-// fastInWindow is inWindow, then the timeout class, for an ACK segment
-// of an ESTABLISHED connection with status word status, working on the
-// connection's words in place: it loads what it compares and stores what
-// changes. It returns the class and true for a segment in window (or
-// accepted unchanged by liberal tracking); for any other, false with
-// nothing changed. TestFastInWindow holds it to inWindow.
-func fastInWindow(ps *flowtable.ProtoState, dir flowtable.Dir, s *fastSeg, status uint32, tp *tcpParams) (uint32, bool) {
-	sb := int(dir) * twStride
-	rb := twStride - sb
-	sp := (*[twStride]atomic.Uint32)(ps[sb : sb+twStride])
-	rp := (*[twStride]atomic.Uint32)(ps[rb : rb+twStride])
+	seq, ack, rawWin := be.Uint32(th[header.TCPSeqNum:]), be.Uint32(th[header.TCPAckNum:]), be.Uint16(th[header.TCPWindow:])
+	doff := uint16(th[header.TCPDataOffset]>>4) * 4
+	end := seq + uint32(ipLen-header.IPv4MinLen-doff)
+	dirs := tcpDirs(ps)
+	sp, rp := &dirs[dir&1], &dirs[(dir^1)&1]
 	sFlags, rFlags := sp[twFlags].Load(), rp[twFlags].Load()
 	sEnd, sMaxEnd, sMaxWin := sp[twEnd].Load(), sp[twMaxEnd].Load(), sp[twMaxWin].Load()
 	rEnd, rMaxWin := rp[twEnd].Load(), rp[twMaxWin].Load()
 	if sMaxWin == 0 {
 		return 0, false
 	}
-	seq, ack, end := s.seq, s.ack, s.end
 	sack := ack
-	if s.opts != nil && rFlags&twfSackPerm != 0 {
-		sack = sackEdge(s.opts, ack)
+	if doff > header.TCPMinLen && rFlags&twfSackPerm != 0 {
+		sack = sackEdge(frame[l4+header.TCPMinLen:l4+doff], ack)
 	}
 	last := ps[twLast].Load()
 	retrans := ps[twRetrans].Load()
@@ -611,7 +583,7 @@ func fastInWindow(ps *flowtable.ProtoState, dir flowtable.Dir, s *fastSeg, statu
 		}
 	} else {
 		oFlags, oRFlags := sFlags, rFlags
-		win := uint32(s.win) << (sFlags & twfScaleMsk)
+		win := uint32(rawWin) << (sFlags & twfScaleMsk)
 		if sw := win + (sack - ack); sMaxWin < sw {
 			sp[twMaxWin].Store(sw)
 		}
@@ -645,7 +617,7 @@ func fastInWindow(ps *flowtable.ProtoState, dir flowtable.Dir, s *fastSeg, statu
 			rp[twFlags].Store(rFlags)
 		}
 		// Retransmissions: the same segment again, in the same direction.
-		if flowtable.Dir(last>>19&1) == dir && uint16(last) == s.win && ps[twLastSeq].Load() == seq && ps[twLastAck].Load() == ack && ps[twLastEnd].Load() == end {
+		if flowtable.Dir(last>>19&1) == dir && uint16(last) == rawWin && ps[twLastSeq].Load() == seq && ps[twLastAck].Load() == ack && ps[twLastEnd].Load() == end {
 			if retrans < 255 {
 				retrans++
 				ps[twRetrans].Store(retrans)
@@ -659,7 +631,7 @@ func fastInWindow(ps *flowtable.ProtoState, dir flowtable.Dir, s *fastSeg, statu
 				ps[twRetrans].Store(0)
 			}
 		}
-		if nl := last&^(0xffff|0xf<<16) | uint32(s.win) | uint32(tcpAck)<<16 | uint32(dir)<<19; nl != last {
+		if nl := last&^(0xffff|0xf<<16) | uint32(rawWin) | uint32(tcpAck)<<16 | uint32(dir)<<19; nl != last {
 			ps[twLast].Store(nl)
 			last = nl
 		}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/gopacket/gopacket/layers"
 
+	"xnat/dataplane/header"
 	"xnat/flowtable"
 )
 
@@ -465,8 +466,17 @@ func TestFastInWindow(t *testing.T) {
 		for j := range words {
 			fast[j].Store(words[j])
 		}
-		fs := fastSeg{seq: s.seq, ack: s.ack, end: s.end, win: s.win, opts: s.opts}
-		class, ok := fastInWindow(&fast, dir, &fs, status, &tp)
+		// The segment as a frame: the TCP header (and options) behind an
+		// IPv4 header, its payload length given by the IP length.
+		frame := make([]byte, offL4+header.TCPMinLen+len(s.opts))
+		th := header.TCP(frame[offL4:])
+		th.SetSeq(s.seq)
+		th.SetAck(s.ack)
+		th.SetWindow(s.win)
+		th.SetDataOffset(header.TCPMinLen + len(s.opts))
+		copy(frame[offL4+header.TCPMinLen:], s.opts)
+		ipLen := uint16(header.IPv4MinLen + header.TCPMinLen + len(s.opts) + int(s.end-s.seq))
+		class, ok := fastInWindow(&fast, dir, frame, offL4, ipLen, status, &tp)
 
 		probe := w
 		want := inWindow(&probe, flowtable.TCPEstablished, dir, &s, tp.liberal, true) == winAccept

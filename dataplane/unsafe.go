@@ -1,9 +1,11 @@
 package dataplane
 
 import (
+	"sync/atomic"
 	"unsafe"
 
 	"xnat/dataplane/header"
+	"xnat/flowtable"
 )
 
 // This file holds the package's uses of unsafe.
@@ -46,10 +48,18 @@ func natFields(frame []byte, l3 uint16, udp bool) (eth *[2 * header.EthernetAddr
 		(*[4]byte)(unsafe.Add(ipp, header.IPv4MinLen+header.TCPSrcPort)), (*[2]byte)(unsafe.Add(ipp, off))
 }
 
-// tcpFields returns the TCP header of a frame whose IPv4 header, with no
-// options, starts at l3, checking no bounds, on the argument natFields
-// makes: the established path takes only TCP found whole within the
-// frame with no IP options.
-func tcpFields(frame []byte, l3 uint16) *[header.TCPMinLen]byte {
-	return (*[header.TCPMinLen]byte)(unsafe.Add(unsafe.Pointer(unsafe.SliceData(frame)), uintptr(l3)+header.IPv4MinLen))
+// tcpFields returns the TCP header at l4 of a frame, checking no bounds,
+// on the argument natFields makes: the established path takes only TCP
+// found whole within the frame.
+func tcpFields(frame []byte, l4 uint16) *[header.TCPMinLen]byte {
+	return (*[header.TCPMinLen]byte)(unsafe.Add(unsafe.Pointer(unsafe.SliceData(frame)), l4))
 }
+
+// tcpDirs views a connection's protocol state as its two directions'
+// window words (tcpwin.go: twStride words each, from word 0).
+func tcpDirs(ps *flowtable.ProtoState) *[2][twStride]atomic.Uint32 {
+	return (*[2][twStride]atomic.Uint32)(unsafe.Pointer(ps))
+}
+
+// The two directions' words lie within a connection's protocol state.
+var _ [flowtable.ProtoWords - 2*twStride]struct{}
