@@ -238,6 +238,11 @@ func synOptions(opts []byte) (flags uint32) {
 	return flags
 }
 
+// tsAligned is the first word of the options of a segment whose only
+// option is a timestamp, aligned as most stacks send it (RFC 7323
+// appendix A): NOP, NOP, kind 8, length 10.
+const tsAligned = optNop<<24 | optNop<<16 | optTS<<8 | 10
+
 // sackEdge returns the highest right edge of the segment's SACK blocks
 // that lies after ack, or ack. A segment whose only option is an aligned
 // timestamp (the common case) is answered without a scan.
@@ -556,8 +561,7 @@ func fastInWindow(ps *flowtable.ProtoState, dir flowtable.Dir, frame []byte, l4,
 	seq, ack, rawWin := be.Uint32(th[header.TCPSeqNum:]), be.Uint32(th[header.TCPAckNum:]), be.Uint16(th[header.TCPWindow:])
 	doff := uint16(th[header.TCPDataOffset]>>4) * 4
 	end := seq + uint32(ipLen-header.IPv4MinLen-doff)
-	dirs := tcpDirs(ps)
-	sp, rp := &dirs[dir&1], &dirs[(dir^1)&1]
+	sp, rp := tcpDir(ps, dir), tcpDir(ps, dir^1)
 	sFlags, rFlags := sp[twFlags].Load(), rp[twFlags].Load()
 	sEnd, sMaxEnd, sMaxWin := sp[twEnd].Load(), sp[twMaxEnd].Load(), sp[twMaxWin].Load()
 	rEnd, rMaxWin := rp[twEnd].Load(), rp[twMaxWin].Load()
@@ -565,7 +569,10 @@ func fastInWindow(ps *flowtable.ProtoState, dir flowtable.Dir, frame []byte, l4,
 		return 0, false
 	}
 	sack := ack
-	if doff > header.TCPMinLen && rFlags&twfSackPerm != 0 {
+	// Options other than an aligned timestamp alone (the common case) may
+	// hold SACK blocks.
+	if doff > header.TCPMinLen && rFlags&twfSackPerm != 0 &&
+		(doff != header.TCPMinLen+12 || be.Uint32(tcpFields(frame, l4+header.TCPMinLen)[:4]) != tsAligned) {
 		sack = sackEdge(frame[l4+header.TCPMinLen:l4+doff], ack)
 	}
 	last := ps[twLast].Load()

@@ -55,10 +55,10 @@ func tcpFields(frame []byte, l4 uint16) *[header.TCPMinLen]byte {
 	return (*[header.TCPMinLen]byte)(unsafe.Add(unsafe.Pointer(unsafe.SliceData(frame)), l4))
 }
 
-// tcpDirs views a connection's protocol state as its two directions'
-// window words (tcpwin.go: twStride words each, from word 0).
-func tcpDirs(ps *flowtable.ProtoState) *[2][twStride]atomic.Uint32 {
-	return (*[2][twStride]atomic.Uint32)(unsafe.Pointer(ps))
+// tcpDir returns direction d's window words (tcpwin.go: twStride words
+// from word twStride·d) of a connection's protocol state.
+func tcpDir(ps *flowtable.ProtoState, d flowtable.Dir) *[twStride]atomic.Uint32 {
+	return (*[twStride]atomic.Uint32)(unsafe.Add(unsafe.Pointer(ps), uintptr(d&1)*twStride*4))
 }
 
 // The two directions' words lie within a connection's protocol state.
