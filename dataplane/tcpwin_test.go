@@ -568,3 +568,25 @@ func BenchmarkFastInWindow(b *testing.B) {
 		}
 	}
 }
+
+// FuzzTCPOptions: the option parsers read any bytes without a panic; a
+// SYN's window scale is at most 14; options holding one aligned
+// timestamp give the ACK as the SACK edge, by the scan as by the fast
+// check.
+func FuzzTCPOptions(f *testing.F) {
+	f.Add([]byte{optNop, optNop, optTS, 10, 0, 0, 0, 1, 0, 0, 0, 2}, uint32(100))
+	f.Add([]byte{2, 4, 5, 0xb4, optSackPerm, 2, optTS, 10, 0, 0, 0, 1, 0, 0, 0, 0, optNop, optWScale, 3, 7}, uint32(0))
+	f.Add([]byte{optNop, optNop, optSack, 18, 0, 0, 0, 10, 0, 0, 0, 20, 0, 0, 0, 30, 0, 0, 0, 40}, uint32(5))
+	f.Add([]byte{optWScale, 3, 200, optSack, 1}, uint32(1))
+	f.Add([]byte{optSack, 255}, uint32(1))
+	f.Fuzz(func(t *testing.T, opts []byte, ack uint32) {
+		fl := synOptions(opts)
+		if fl&twfScaleMsk > maxWScale {
+			t.Fatalf("window scale %d", fl&twfScaleMsk)
+		}
+		e := sackEdge(opts, ack)
+		if len(opts) == 12 && binary.BigEndian.Uint32(opts) == tsAligned && e != ack {
+			t.Fatalf("timestamp options gave SACK edge %d, ACK %d", e, ack)
+		}
+	})
+}
