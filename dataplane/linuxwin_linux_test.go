@@ -190,3 +190,122 @@ func TestTCPWindowCasesLinux(t *testing.T) {
 		}
 	}
 }
+
+// timeoutCase is a sequence of segments on a fresh connection (client
+// port sport; with hs, after the handshake of TestTCPWindowCasesLinux)
+// and the timeout Linux then gives it, with max_retrans at 200 s and
+// unacknowledged at 250 s so that the two show apart.
+type timeoutCase struct {
+	name string
+	hs   bool
+	segs []winCase
+	want time.Duration
+}
+
+var timeoutCases = []timeoutCase{
+	// Picked up and not answered: no window recorded yet counts as a zero
+	// window (max_retrans), and the unacknowledged timeout caps it.
+	{"picked up mid-stream, unanswered", false, []winCase{{fromClient: true, flags: fACK | 0x08, seq: 7000, ack: 9000, win: 1000, n: 100}}, 200 * time.Second},
+	{"picked up, the answer", false, []winCase{{fromClient: true, flags: fACK | 0x08, seq: 7000, ack: 9000, win: 1000, n: 100},
+		{flags: fACK, seq: 9000, ack: 7100, win: 1000}}, 250 * time.Second},
+	{"picked up, answered, then assured", false, []winCase{{fromClient: true, flags: fACK | 0x08, seq: 7000, ack: 9000, win: 1000, n: 100},
+		{flags: fACK, seq: 9000, ack: 7100, win: 1000}, {fromClient: true, flags: fACK, seq: 7100, ack: 9000, win: 1000}}, 432000 * time.Second},
+	{"data not yet acknowledged", true, []winCase{{fromClient: true, flags: fACK | 0x08, seq: 1001, ack: 5001, win: cWin, n: 100}}, 250 * time.Second},
+	{"data acknowledged", true, []winCase{{fromClient: true, flags: fACK | 0x08, seq: 1001, ack: 5001, win: cWin, n: 100},
+		{flags: fACK, seq: 5001, ack: 1101, win: sWin}}, 432000 * time.Second},
+	{"zero window", true, []winCase{{flags: fACK, seq: 5001, ack: 1001, win: 0}}, 200 * time.Second},
+	{"retransmissions", true, []winCase{{fromClient: true, flags: fACK, seq: 1001, ack: 5001, win: cWin}, {fromClient: true, flags: fACK, seq: 1001, ack: 5001, win: cWin},
+		{fromClient: true, flags: fACK, seq: 1001, ack: 5001, win: cWin}, {fromClient: true, flags: fACK, seq: 1001, ack: 5001, win: cWin}}, 200 * time.Second},
+	{"reset in window, not exact", true, []winCase{{flags: fRST, seq: 5500}}, 10 * time.Second},
+}
+
+// TestTCPTimeoutsLinux runs timeoutCases through Linux's conntrack and
+// through xnat, and finds the timeouts Linux gives in both.
+func TestTCPTimeoutsLinux(t *testing.T) {
+	lr := newLinuxRouter(t)
+	for key, v := range map[string]string{"net.netfilter.nf_conntrack_tcp_timeout_max_retrans": "200", "net.netfilter.nf_conntrack_tcp_timeout_unacknowledged": "250"} {
+		if err := lr.r.SetSysctl(key, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	end := func(mac, dst net.HardwareAddr, src, dstIP uint32, sport, dport uint16) tcpEnd {
+		var e tcpEnd
+		copy(e.srcMAC[:], mac)
+		copy(e.dstMAC[:], dst)
+		e.src, e.dst, e.sport, e.dport = src, dstIP, sport, dport
+		return e
+	}
+	for i, tc := range timeoutCases {
+		sport := uint16(43000 + i)
+		lc := end(lr.cMAC, lr.rInMAC, ip4(10, 0, 0, 2), ip4(203, 0, 113, 9), sport, 443)
+		ls := end(lr.sMAC, lr.rOutMA, ip4(203, 0, 113, 9), ip4(203, 0, 113, 1), 443, sport)
+		xc, xs := masqClient, masqServer
+		xc.sport, xs.dport = sport, sport
+		tb := newTestbed(t, masqRules, 1500, 1)
+		for _, k := range []string{"nf_conntrack_tcp_timeout_max_retrans", "nf_conntrack_tcp_timeout_unacknowledged"} {
+			d := map[bool]time.Duration{true: 200 * time.Second, false: 250 * time.Second}[strings.Contains(k, "retrans")]
+			if err := tb.tab.SetTimeout(k, d); err != nil {
+				t.Fatal(err)
+			}
+		}
+		segs := tc.segs
+		if tc.hs {
+			segs = append([]winCase{
+				{fromClient: true, flags: fSYN, seq: cISN, win: cWin},
+				{flags: fSYNACK, seq: sISN, ack: cISN + 1, win: sWin},
+				{fromClient: true, flags: fACK, seq: cISN + 1, ack: sISN + 1, win: cWin},
+				{flags: fACK, seq: sISN + 1, ack: cISN + 1, win: sWin},
+			}, segs...)
+		}
+		for j, s := range segs {
+			o := noOpt
+			if s.flags&fSYN != 0 {
+				o = tcpOpt{wscale: cScale, sackPerm: true}
+				if !s.fromClient {
+					o.wscale = sScale
+				}
+			}
+			le, xe, xin := ls, xs, uint16(portOut)
+			if s.fromClient {
+				le, xe, xin = lc, xc, portIn
+			}
+			lr.send(s.fromClient, le.seg(t, s.flags, s.seq, s.ack, s.win, s.n, o))
+			lr.settle()
+			if r, _ := tb.run(xe.seg(t, s.flags, s.seq, s.ack, s.win, s.n, o), xin); r.Action != ActForward {
+				t.Fatalf("%s: segment %d: xnat %v %v", tc.name, j, r.Action, r.Reason)
+			}
+		}
+		lt := lr.timeout(sport)
+		fi, _, ok := tb.tab.Get(flowtable.MakeTuple(flowtable.ProtoTCP, addrA, sport, remote, 443))
+		if !ok {
+			t.Fatalf("%s: no connection in xnat", tc.name)
+		}
+		if lt > tc.want || lt < tc.want-2*time.Second {
+			t.Errorf("%s: Linux's timeout %v, want %v", tc.name, lt, tc.want)
+		}
+		if fi.Expires > tc.want || fi.Expires < tc.want-2*time.Second {
+			t.Errorf("%s: xnat's timeout %v, Linux's %v", tc.name, fi.Expires, lt)
+		}
+	}
+}
+
+// timeout is the time left of the TCP connection from client port sport.
+func (lr *linuxRouter) timeout(sport uint16) time.Duration {
+	lr.t.Helper()
+	b, err := lr.r.ReadFile("/proc/thread-self/net/nf_conntrack")
+	if err != nil {
+		lr.t.Fatal(err)
+	}
+	key := []byte(fmt.Sprintf("sport=%d dport=443 ", sport))
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		if f := strings.Fields(string(line)); len(f) > 5 && f[2] == "tcp" && bytes.Contains(line, key) {
+			s, err := strconv.Atoi(f[4])
+			if err != nil {
+				lr.t.Fatalf("timeout %q: %v", f[4], err)
+			}
+			return time.Duration(s) * time.Second
+		}
+	}
+	lr.t.Fatalf("no connection from port %d", sport)
+	return 0
+}

@@ -542,6 +542,10 @@ func (p *Pipeline) newTCPProto(frame []byte, m *meta, st flowtable.State) {
 	readSeg(frame, m, &s)
 	newTCPWin(&w, &s, st)
 	w.words(&p.protoInit)
+	// As Linux times it: a window not yet seen counts as zero.
+	if c := w.timeoutClass(s.index, p.tp.maxRetrans); c != flowtable.TimeoutOfState {
+		p.newTCPClass = c
+	}
 }
 
 // fastInWindow is the established path's window step: inWindow, then
