@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"xnat/dataplane/header"
 	"xnat/flowtable"
 	"xnat/internal/netns"
 )
@@ -308,4 +309,108 @@ func (lr *linuxRouter) timeout(sport uint16) time.Duration {
 	}
 	lr.t.Fatalf("no connection from port %d", sport)
 	return 0
+}
+
+// capture opens a packet socket on the client's (c0) or the server's (s0)
+// link, for frames the router forwards there; it is closed with the test.
+func (lr *linuxRouter) capture(client bool) int {
+	lr.t.Helper()
+	ns, link := lr.s, "s0"
+	if client {
+		ns, link = lr.c, "c0"
+	}
+	idx, err := ns.Index(link)
+	if err != nil {
+		lr.t.Fatal(err)
+	}
+	fd := -1
+	err = ns.Do(func() error {
+		var err error
+		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_IP)))
+		if err != nil {
+			return err
+		}
+		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_IP), Ifindex: idx}); err != nil {
+			return err
+		}
+		tv := unix.Timeval{Usec: 100000}
+		return unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	})
+	if err != nil {
+		lr.t.Fatal(err)
+	}
+	lr.t.Cleanup(func() { unix.Close(fd) })
+	return fd
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// icmpErrors returns the ICMP errors (type 3) read from fd within 200 ms.
+func icmpErrors(fd int) [][]byte {
+	var got [][]byte
+	buf := make([]byte, 2048)
+	deadline := time.Now().Add(200 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil || n < offQuote+header.IPv4MinLen {
+			continue
+		}
+		if ip := header.IPv4(buf[offIP:]); ip.Protocol() == header.ProtoICMP && buf[offL4] == 3 {
+			got = append(got, append([]byte(nil), buf[:n]...))
+		}
+	}
+	return got
+}
+
+// TestICMPErrorRelayLinux checks the ICMP error relay rules xnat follows
+// against Linux's router: an error from outside whose outer destination
+// is the external address reaches the client; one quoting the same
+// datagram but sent to another address is INVALID; an error the client
+// sends with a forged outer source leaves with the router's address as
+// its source.
+func TestICMPErrorRelayLinux(t *testing.T) {
+	lr := newLinuxRouter(t)
+	other := "203.0.113.77"
+	if err := lr.r.AddNeigh("out0", other, lr.sMAC); err != nil {
+		t.Fatal(err)
+	}
+	srv, ext, cl := ip4(203, 0, 113, 9), ip4(203, 0, 113, 1), ip4(10, 0, 0, 2)
+	var cMAC, sMAC, rIn, rOut [6]byte
+	copy(cMAC[:], lr.cMAC)
+	copy(sMAC[:], lr.sMAC)
+	copy(rIn[:], lr.rInMAC)
+	copy(rOut[:], lr.rOutMA)
+	atClient, atServer := lr.capture(true), lr.capture(false)
+	// A datagram out, and its answer back, as the client receives it.
+	lr.send(true, udpPkt(cMAC, rIn, cl, 5000, srv, 7000).bytes(t))
+	lr.settle()
+	lr.send(false, udpPkt(sMAC, rOut, srv, 7000, ext, 5000).bytes(t))
+	lr.settle()
+	out := udpPkt(sMAC, rOut, ext, 5000, srv, 7000).bytes(t) // what left the router
+	quoteOut := append([]byte(nil), out[offIP:offL4+header.UDPLen]...)
+	in := udpPkt(rIn, cMAC, srv, 7000, cl, 5000).bytes(t) // what reached the client
+	quoteIn := append([]byte(nil), in[offIP:offL4+header.UDPLen]...)
+	icmpErrors(atClient)
+	icmpErrors(atServer)
+
+	// To the external address: relayed to the client.
+	lr.send(false, icmpPkt(sMAC, rOut, srv, ext, 3, 3, 0, 0, quoteOut).bytes(t))
+	if got := icmpErrors(atClient); len(got) != 1 || header.IPv4(got[0][offIP:]).Dst() != cl {
+		t.Errorf("Linux relayed %d errors to the client", len(got))
+	}
+	// To another address: INVALID, relayed nowhere.
+	inv := lr.invalid()
+	lr.send(false, icmpPkt(sMAC, rOut, srv, ip4(203, 0, 113, 77), 3, 3, 0, 0, quoteOut).bytes(t))
+	if got := len(icmpErrors(atClient)) + len(icmpErrors(atServer)); got != 0 || lr.invalid() != inv+1 {
+		t.Errorf("error to another address: relayed %d, INVALID +%d", got, lr.invalid()-inv)
+	}
+	// From the client with a forged source: out with the router's.
+	lr.send(true, icmpPkt(cMAC, rIn, ip4(198, 51, 100, 99), srv, 3, 3, 0, 0, quoteIn).bytes(t))
+	got := icmpErrors(atServer)
+	if len(got) != 1 {
+		t.Fatalf("Linux relayed %d errors to the server", len(got))
+	}
+	if src := header.IPv4(got[0][offIP:]).Src(); src != ext {
+		t.Errorf("Linux sent the forged error from %v, want %v", netIP(src), netIP(ext))
+	}
 }
