@@ -413,6 +413,12 @@ inWindow:
 		}
 		old = f.Status()
 		seen = old&flowtable.FlagSeenReply != 0
+		if flowtable.StatusState(old) != st {
+			// Another core's segment moved the state meanwhile: its
+			// transition stands.
+			f.Touch(now)
+			return v, seen
+		}
 	}
 }
 
