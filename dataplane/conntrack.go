@@ -416,7 +416,9 @@ inWindow:
 		if flowtable.StatusState(old) != st {
 			// Another core's segment moved the state meanwhile: its
 			// transition stands.
-			f.Touch(now)
+			if v != ctIgnore {
+				f.Touch(now)
+			}
 			return v, seen
 		}
 	}
