@@ -116,35 +116,35 @@ func (w *tcpWin) store(ps *flowtable.ProtoState, old *tcpWin) {
 		b := d * twStride
 		n, o := &w.seen[d], &old.seen[d]
 		if n.end != o.end {
-			ps[b+twEnd].Store(n.end)
+			storeWord(&ps[b+twEnd], n.end)
 		}
 		if n.maxEnd != o.maxEnd {
-			ps[b+twMaxEnd].Store(n.maxEnd)
+			storeWord(&ps[b+twMaxEnd], n.maxEnd)
 		}
 		if n.maxWin != o.maxWin {
-			ps[b+twMaxWin].Store(n.maxWin)
+			storeWord(&ps[b+twMaxWin], n.maxWin)
 		}
 		if n.maxAck != o.maxAck {
-			ps[b+twMaxAck].Store(n.maxAck)
+			storeWord(&ps[b+twMaxAck], n.maxAck)
 		}
 		if n.flags != o.flags {
-			ps[b+twFlags].Store(n.flags)
+			storeWord(&ps[b+twFlags], n.flags)
 		}
 	}
 	if w.lastSeq != old.lastSeq {
-		ps[twLastSeq].Store(w.lastSeq)
+		storeWord(&ps[twLastSeq], w.lastSeq)
 	}
 	if w.lastAck != old.lastAck {
-		ps[twLastAck].Store(w.lastAck)
+		storeWord(&ps[twLastAck], w.lastAck)
 	}
 	if w.lastEnd != old.lastEnd {
-		ps[twLastEnd].Store(w.lastEnd)
+		storeWord(&ps[twLastEnd], w.lastEnd)
 	}
 	if w.last != old.last {
-		ps[twLast].Store(w.last)
+		storeWord(&ps[twLast], w.last)
 	}
 	if w.retrans != old.retrans {
-		ps[twRetrans].Store(w.retrans)
+		storeWord(&ps[twRetrans], w.retrans)
 	}
 }
 
@@ -589,61 +589,61 @@ func fastInWindow(ps *flowtable.ProtoState, dir flowtable.Dir, frame []byte, l4,
 			return 0, false
 		}
 		if nl := last&^(0xf<<16) | uint32(tcpAck)<<16 | uint32(dir)<<19; nl != last {
-			ps[twLast].Store(nl)
+			storeWord(&ps[twLast], nl)
 			last = nl
 		}
 	} else {
 		oFlags, oRFlags := sFlags, rFlags
 		win := uint32(rawWin) << (sFlags & twfScaleMsk)
 		if sw := win + (sack - ack); sMaxWin < sw {
-			sp[twMaxWin].Store(sw)
+			storeWord(&sp[twMaxWin], sw)
 		}
 		if after(end, sEnd) {
-			sp[twEnd].Store(end)
+			storeWord(&sp[twEnd], end)
 			sFlags |= twfUnacked
 		}
 		if sFlags&twfMaxAck == 0 {
-			sp[twMaxAck].Store(ack)
+			storeWord(&sp[twMaxAck], ack)
 			sFlags |= twfMaxAck
 		} else if after(ack, sp[twMaxAck].Load()) {
-			sp[twMaxAck].Store(ack)
+			storeWord(&sp[twMaxAck], ack)
 		}
 		if rMaxWin != 0 && after(end, sMaxEnd) {
-			rp[twMaxWin].Store(rMaxWin + end - sMaxEnd)
+			storeWord(&rp[twMaxWin], rMaxWin+end-sMaxEnd)
 		}
 		if rMaxEnd := rp[twMaxEnd].Load(); after(sack+win, rMaxEnd-1) {
 			v := sack + win
 			if win == 0 {
 				v++
 			}
-			rp[twMaxEnd].Store(v)
+			storeWord(&rp[twMaxEnd], v)
 		}
 		if ack == rEnd {
 			rFlags &^= twfUnacked
 		}
 		if sFlags != oFlags {
-			sp[twFlags].Store(sFlags)
+			storeWord(&sp[twFlags], sFlags)
 		}
 		if rFlags != oRFlags {
-			rp[twFlags].Store(rFlags)
+			storeWord(&rp[twFlags], rFlags)
 		}
 		// Retransmissions: the same segment again, in the same direction.
 		if flowtable.Dir(last>>19&1) == dir && uint16(last) == rawWin && ps[twLastSeq].Load() == seq && ps[twLastAck].Load() == ack && ps[twLastEnd].Load() == end {
 			if retrans < 255 {
 				retrans++
-				ps[twRetrans].Store(retrans)
+				storeWord(&ps[twRetrans], retrans)
 			}
 		} else {
-			ps[twLastSeq].Store(seq)
-			ps[twLastAck].Store(ack)
-			ps[twLastEnd].Store(end)
+			storeWord(&ps[twLastSeq], seq)
+			storeWord(&ps[twLastAck], ack)
+			storeWord(&ps[twLastEnd], end)
 			if retrans != 0 {
 				retrans = 0
-				ps[twRetrans].Store(0)
+				storeWord(&ps[twRetrans], 0)
 			}
 		}
 		if nl := last&^(0xffff|0xf<<16) | uint32(rawWin) | uint32(tcpAck)<<16 | uint32(dir)<<19; nl != last {
-			ps[twLast].Store(nl)
+			storeWord(&ps[twLast], nl)
 			last = nl
 		}
 	}

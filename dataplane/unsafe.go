@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"runtime"
 	"sync/atomic"
 	"unsafe"
 
@@ -63,3 +64,18 @@ func tcpDir(ps *flowtable.ProtoState, d flowtable.Dir) *[twStride]atomic.Uint32 
 
 // The two directions' words lie within a connection's protocol state.
 var _ [flowtable.ProtoWords - 2*twStride]struct{}
+
+// storeWord stores v in a word of a connection's protocol state. On
+// amd64 that is a plain store: an aligned 32-bit store is written whole,
+// and x86-TSO orders it as a release, which is all the window words ask
+// (each is read on its own; none publishes another), where Go's atomic
+// store is an XCHG, a locked instruction costing tens of cycles, several
+// times a segment. Under the race detector, and elsewhere, it is the
+// atomic store.
+func storeWord(w *atomic.Uint32, v uint32) {
+	if raceEnabled || runtime.GOARCH != "amd64" {
+		w.Store(v)
+		return
+	}
+	*(*uint32)(unsafe.Pointer(w)) = v
+}
