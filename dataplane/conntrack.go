@@ -331,7 +331,7 @@ func trackTCP(f *flowtable.Flow, ps *flowtable.ProtoState, dir flowtable.Dir, s 
 			w.lastAck = s.ack // perhaps a challenge ACK answering the SYN
 		}
 		w.store(ps, &w0)
-		return ctIgnore, seen
+		return ctIgnore, markSeen(f, dir, old)
 	case sIV:
 		return ctInvalid, seen
 	case flowtable.TCPTimeWait:
@@ -340,7 +340,7 @@ func trackTCP(f *flowtable.Flow, ps *flowtable.ProtoState, dir flowtable.Dir, s 
 		if st == flowtable.TCPLastAck && index == tcpAck && w.lastDir() != dir && w.lastIndex() == tcpSyn && w.lastFlags()&twlChallenge != 0 {
 			w.setLastFlags(w.lastFlags() &^ twlChallenge)
 			w.store(ps, &w0)
-			return ctIgnore, seen
+			return ctIgnore, markSeen(f, dir, old)
 		}
 	case flowtable.TCPSynSent2:
 		w.setLastFlags(w.lastFlags() | twlSimOpen)
@@ -351,6 +351,11 @@ func trackTCP(f *flowtable.Flow, ps *flowtable.ProtoState, dir flowtable.Dir, s 
 	case flowtable.TCPClose:
 		if index != tcpRst {
 			break
+		}
+		if closing(st) {
+			// Closing already, the connection's numbers may belong to
+			// one before: the reset is taken without a check.
+			goto inWindow
 		}
 		if r, ok := rstCheck(&w, st, dir, s, old, tp); ok {
 			if r == ctInvalid {
@@ -367,7 +372,7 @@ func trackTCP(f *flowtable.Flow, ps *flowtable.ProtoState, dir flowtable.Dir, s 
 	switch inWindow(&w, st, dir, s, tp.liberal, false) {
 	case winIgnore:
 		w.store(ps, &w0)
-		return ctIgnore, seen
+		return ctIgnore, markSeen(f, dir, old)
 	case winInvalid:
 		handleInvalid(f, &w, dir, index, old)
 		w.store(ps, &w0)
@@ -424,6 +429,30 @@ inWindow:
 	}
 }
 
+// closing reports whether a TCP state is one of a closing connection
+// (Linux's tcp_can_early_drop).
+func closing(st flowtable.State) bool {
+	switch st {
+	case flowtable.TCPFinWait, flowtable.TCPLastAck, flowtable.TCPTimeWait, flowtable.TCPClose, flowtable.TCPCloseWait:
+		return true
+	}
+	return false
+}
+
+// markSeen sets SEEN_REPLY for a segment in the reply direction that
+// conntrack let through without tracking it (ignored): as in Linux, any
+// accepted reply counts. It returns whether the connection has now seen
+// a reply.
+func markSeen(f *flowtable.Flow, dir flowtable.Dir, old uint32) bool {
+	if dir != flowtable.DirReply {
+		return old&flowtable.FlagSeenReply != 0
+	}
+	for old&flowtable.FlagSeenReply == 0 && !f.UpdateStatus(old, old|flowtable.FlagSeenReply) {
+		old = f.Status()
+	}
+	return true
+}
+
 // rstCheck is Linux's scrutiny of a reset before the window check. ok
 // false: nothing special, the window decides. Else ctInvalid (a reset
 // below the acknowledged data), ctIgnore (in window but not at the exact
@@ -455,8 +484,9 @@ func rstCheck(w *tcpWin, st flowtable.State, dir flowtable.Dir, s *tcpSeg, statu
 		// then, or a half-open connection).
 		return ctKill, true
 	}
-	if st == flowtable.TCPSynSent && w.lastIndex() == tcpSyn && w.lastDir() != dir && s.seq == w.lastEnd {
-		// A reset answering a challenge ACK let through.
+	if st == flowtable.TCPSynSent && w.lastIndex() == tcpAck && w.lastDir() == flowtable.DirReply && s.seq == w.lastAck {
+		// A reset answering a challenge ACK let through (the reply's ACK
+		// to a SYN, ignored).
 		return ctKill, true
 	}
 	return r, ok

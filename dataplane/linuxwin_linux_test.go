@@ -218,6 +218,17 @@ var timeoutCases = []timeoutCase{
 	{"retransmissions", true, []winCase{{fromClient: true, flags: fACK, seq: 1001, ack: 5001, win: cWin}, {fromClient: true, flags: fACK, seq: 1001, ack: 5001, win: cWin},
 		{fromClient: true, flags: fACK, seq: 1001, ack: 5001, win: cWin}, {fromClient: true, flags: fACK, seq: 1001, ack: 5001, win: cWin}}, 200 * time.Second},
 	{"reset in window, not exact", true, []winCase{{flags: fRST, seq: 5500}}, 10 * time.Second},
+	// Closing, a reset is taken whatever its sequence number.
+	{"reset out of window while closing", true, []winCase{{flags: fFIN, seq: 5001, ack: 1001, win: sWin}, {fromClient: true, flags: fRST, seq: 0x40000000}}, 10 * time.Second},
+	// The server's challenge ACK to a SYN is let through (ignored); the
+	// client's reset answering it closes the connection.
+	{"reset answering a challenge ACK", false, []winCase{{fromClient: true, flags: fSYN, seq: cISN, win: cWin},
+		{flags: fACK, seq: 7777, ack: 12345, win: sWin}, {fromClient: true, flags: fRST, seq: 12345}}, 10 * time.Second},
+	// A reset with an ACK far below the SYN's is let through (ignored),
+	// and counts as a reply: the server's real refusal then closes the
+	// connection rather than ending it.
+	{"refusal after an ignored reset", false, []winCase{{fromClient: true, flags: fSYN, seq: cISN, win: cWin},
+		{flags: fRST | fACK, seq: 5, ack: 1<<32 + cISN + 1 - 100000}, {flags: fRST | fACK, seq: 0, ack: cISN + 1}}, 10 * time.Second},
 }
 
 // TestTCPTimeoutsLinux runs timeoutCases through Linux's conntrack and
