@@ -147,6 +147,61 @@ func (lr *linuxRouter) settle() { time.Sleep(15 * time.Millisecond) }
 // the verdict and leaves the state TestTCPWindowCases asserts of xnat.
 func TestTCPWindowCasesLinux(t *testing.T) {
 	lr := newLinuxRouter(t)
+	lr.runWinCases(winCases, 42000)
+}
+
+// sysctlCases are winCases under nf_conntrack_tcp_be_liberal=1 (the
+// first) and nf_conntrack_tcp_ignore_invalid_rst=1 (the second list).
+var sysctlCases = [2][]winCase{
+	{
+		{"liberal: a window past the edge", false, fACK, 13002, 1001, sWin, 0, winAccept, flowtable.TCPEstablished},
+		{"liberal: ACK of data not sent", false, fACK, 5001, 1002, sWin, 0, winAccept, flowtable.TCPEstablished},
+		{"liberal: FIN beyond the window", false, fFIN, 20000, 1001, sWin, 0, winAccept, flowtable.TCPFinWait},
+		{"liberal: reset beyond the window", false, fRST, 20000, 0, 0, 0, winAccept, flowtable.TCPEstablished},
+		{"liberal: reset below the acknowledged data", false, fRST, 4000, 0, 0, 0, winInvalid, flowtable.TCPEstablished},
+	},
+	{
+		{"ignore_invalid_rst: reset below the acknowledged data", false, fRST, 4000, 0, 0, 0, winAccept, flowtable.TCPEstablished},
+		{"ignore_invalid_rst: reset beyond the window", false, fRST, 20000, 0, 0, 0, winInvalid, flowtable.TCPEstablished},
+	},
+}
+
+// TestTCPSysctlsLinux runs sysctlCases through Linux's conntrack with the
+// sysctl set, and through xnat with the setting.
+func TestTCPSysctlsLinux(t *testing.T) {
+	for i, key := range []string{"nf_conntrack_tcp_be_liberal", "nf_conntrack_tcp_ignore_invalid_rst"} {
+		lr := newLinuxRouter(t)
+		if err := lr.r.SetSysctl("net.netfilter."+key, "1"); err != nil {
+			t.Fatal(err)
+		}
+		lr.runWinCases(sysctlCases[i], 44000)
+		for _, wc := range sysctlCases[i] {
+			c := handshake(t, dropInvalid, masqClient, masqServer)
+			c.tb.dp.Settings.TCPBeLiberal.Store(i == 0)
+			c.tb.dp.Settings.TCPIgnoreInvalidRst.Store(i == 1)
+			before := c.tb.tab.TotalStats().Invalid
+			from := c.server
+			if wc.fromClient {
+				from = c.client
+			}
+			r := c.send(from, wc.flags, wc.seq, wc.ack, wc.win, wc.n, noOpt)
+			invalid := c.tb.tab.TotalStats().Invalid - before
+			if (wc.verdict == winInvalid) != (r.Action == ActDrop && r.Reason == ReasonInvalid && invalid == 1) {
+				t.Errorf("%s: xnat %v %v, invalid +%d", wc.name, r.Action, r.Reason, invalid)
+			}
+			if fi, _, ok := c.tb.tab.Get(c.orig); !ok || fi.State() != wc.state {
+				t.Errorf("%s: xnat state %v (there %v), want %v", wc.name, fi.State(), ok, wc.state)
+			}
+		}
+	}
+}
+
+// runWinCases replays cases through the router, each on a fresh
+// connection (client ports from portBase) after the handshake of
+// handshake, and checks Linux's verdict and state.
+func (lr *linuxRouter) runWinCases(cases []winCase, portBase uint16) {
+	t := lr.t
+	t.Helper()
 	client := func(sport uint16) tcpEnd {
 		var e tcpEnd
 		copy(e.srcMAC[:], lr.cMAC)
@@ -161,8 +216,8 @@ func TestTCPWindowCasesLinux(t *testing.T) {
 		e.src, e.dst, e.sport, e.dport = ip4(203, 0, 113, 9), ip4(203, 0, 113, 1), 443, sport
 		return e
 	}
-	for i, wc := range winCases {
-		sport := uint16(42000 + i)
+	for i, wc := range cases {
+		sport := portBase + uint16(i)
 		c, s := client(sport), server(sport)
 		inv := lr.invalid()
 		lr.send(true, c.seg(t, fSYN, cISN, 0, cWin, 0, tcpOpt{wscale: cScale, sackPerm: true}))
