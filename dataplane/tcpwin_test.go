@@ -668,3 +668,59 @@ func TestTCPWindowTwoCores(t *testing.T) {
 	}
 	c.wantState(flowtable.TCPEstablished)
 }
+
+// TestNoAllocsTCPWindow: TCP segments tracked with their window allocate
+// nothing, on the established path and on handle's, in window or not
+// (resets at random sequence numbers), and for new connections.
+func TestNoAllocsTCPWindow(t *testing.T) {
+	c := handshake(t, dnatRules, masqClient, masqServer) // no filter rules: the established path runs
+	p := c.tb.dp.Pipeline(0)
+	batch := func(gen func(i int) []byte) ([][]byte, [][]byte, []int, []uint16) {
+		orig, frames := make([][]byte, 64), make([][]byte, 64)
+		sizes, in := make([]int, 64), make([]uint16, 64)
+		for i := range orig {
+			orig[i] = gen(i)
+			frames[i] = make([]byte, len(orig[i]), 2048)
+		}
+		return orig, frames, sizes, in
+	}
+	out := make([]Result, 64)
+	run := func(orig, frames [][]byte, sizes []int, in []uint16, port uint16) {
+		for i := range frames {
+			frames[i] = frames[i][:len(orig[i])]
+			copy(frames[i], orig[i])
+			sizes[i], in[i] = len(orig[i]), port
+		}
+		p.Process(frames, sizes, in, out)
+	}
+	data := func(i int) []byte {
+		return c.client.seg(t, fACK|0x08, c.cseq, c.sseq, cWin, 10, tcpOpt{wscale: -1, ts: true})
+	}
+	rst := func(i int) []byte { return c.server.seg(t, fRST, 0x40000000+uint32(i)*7919, 0, 0, 0, noOpt) }
+	fresh := func(i int) []byte {
+		e := c.client
+		e.sport = uint16(50000 + i)
+		return e.seg(t, fSYN, cISN, 0, cWin, 0, tcpOpt{wscale: cScale, sackPerm: true})
+	}
+	for _, tc := range []struct {
+		name   string
+		gen    func(int) []byte
+		port   uint16
+		noFast bool
+	}{
+		{"in window, established path", data, portIn, false},
+		{"in window, handle", data, portIn, true},
+		{"resets out of window", rst, portOut, false},
+		{"new connections", fresh, portIn, false},
+	} {
+		orig, frames, sizes, in := batch(tc.gen)
+		p.noFast = tc.noFast
+		run(orig, frames, sizes, in, tc.port) // the first run creates what it creates
+		if n := testing.AllocsPerRun(50, func() { run(orig, frames, sizes, in, tc.port) }); n != 0 {
+			t.Errorf("%s: %v allocations a batch", tc.name, n)
+		}
+		if tc.name == "in window, established path" && p.fastLast != 64 {
+			t.Errorf("%s: %d of 64 took the established path", tc.name, p.fastLast)
+		}
+	}
+}
