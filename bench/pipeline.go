@@ -146,7 +146,7 @@ func NewPipelineBed(n int, proto string) (*PipelineBed, error) {
 }
 
 func newPipelineBed(n int, proto, ports string) (*PipelineBed, error) {
-	tab, err := flowtable.New(flowtable.Config{Capacity: n + n/4 + 1024, Cores: 1})
+	tab, err := flowtable.New(flowtable.Config{Capacity: n + n/4 + 1024, Cores: 1, Proto: true})
 	if err != nil {
 		return nil, err
 	}

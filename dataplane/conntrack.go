@@ -104,6 +104,9 @@ func TCPTransition(s flowtable.State, dir flowtable.Dir, flags uint8) (flowtable
 // these flags: SYN_SENT for a SYN, ESTABLISHED for a mid-stream segment
 // when loose pickup is on, else none (invalid).
 func newTCPState(flags uint8, loose bool) (flowtable.State, bool) {
+	if !tcpFlagsValid(flags) {
+		return 0, false
+	}
 	n := tcpStates[0][tcpIndex(flags)][0]
 	switch {
 	case n == flowtable.TCPSynSent:
@@ -132,6 +135,7 @@ const (
 	ctInvalid                  // not valid for the state: INVALID
 	ctReopen                   // a SYN reopening a closed connection: kill it, start anew
 	ctKill                     // forward this packet, then end the connection
+	ctIgnore                   // forward as ctOK, but the connection is not refreshed
 )
 
 // quiet reports whether track would find a packet valid and change
@@ -227,7 +231,10 @@ func track(f *flowtable.Flow, dir flowtable.Dir, proto, tcpFlags uint8, now flow
 			if seen && old&flowtable.FlagAssured == 0 && (st == flowtable.TCPSynRecv || st == flowtable.TCPEstablished) && next == flowtable.TCPEstablished {
 				nw |= flowtable.FlagAssured
 			}
-			nw = flowtable.WithState(nw, next)
+			nw = flowtable.WithState(nw, next) &^ flowtable.TimeoutClassMask
+			if dir == flowtable.DirOrig && !seen && next == flowtable.TCPEstablished {
+				nw |= flowtable.TimeoutUnacked // picked up mid-stream, not answered yet
+			}
 		case header.ProtoUDP:
 			if seen && st == flowtable.UDP && uint16(nowSec)-auxBorn(f.Aux()) >= udpStreamAfter {
 				nw = flowtable.WithState(nw, flowtable.UDPStream) | flowtable.FlagAssured
@@ -243,4 +250,261 @@ func track(f *flowtable.Flow, dir flowtable.Dir, proto, tcpFlags uint8, now flow
 			return v, nw&flowtable.FlagSeenReply != 0
 		}
 	}
+}
+
+// tcpParams are the TCP tracking sysctls, read once a batch.
+type tcpParams struct {
+	liberal    bool   // nf_conntrack_tcp_be_liberal
+	ignoreRst  bool   // nf_conntrack_tcp_ignore_invalid_rst
+	maxRetrans uint32 // nf_conntrack_tcp_max_retrans
+}
+
+// trackTCP is track for a TCP segment of a connection whose window is
+// tracked (ps): Linux's nf_conntrack_tcp_packet, the state transition
+// with its special cases (ignored segments, reopening, resets) and
+// tcp_in_window. An out-of-window segment is INVALID and changes
+// nothing; an ignored one changes nothing but the notes Linux keeps of
+// it, and does not refresh the connection.
+func trackTCP(f *flowtable.Flow, ps *flowtable.ProtoState, dir flowtable.Dir, s *tcpSeg, tp *tcpParams, now flowtable.Time) (ctVerdict, bool) {
+	old := f.Status()
+	seen := old&flowtable.FlagSeenReply != 0
+	if !tcpFlagsValid(s.flags) {
+		return ctInvalid, seen
+	}
+	st := flowtable.StatusState(old)
+	var w, w0 tcpWin
+	w.load(ps)
+	w0 = w
+	index := s.index
+	next := tcpStates[dir][index][tcpColumn(st)]
+	switch next {
+	case flowtable.TCPSynSent:
+		if st < flowtable.TCPTimeWait {
+			break
+		}
+		// A SYN in TIME_WAIT or CLOSE: a closed or aborted connection
+		// reopened. Kill it and start anew.
+		if (w.seen[0].flags|w.seen[1].flags)&twfCloseIni != 0 || w.lastDir() == dir && w.lastIndex() == tcpRst {
+			return ctReopen, seen
+		}
+		fallthrough
+	case sIG:
+		// Ignored: conntrack may be out of step with the endpoints. A
+		// SYN/ACK answering a SYN ignored before resynchronises it.
+		if index == tcpSynAck && w.lastIndex() == tcpSyn && w.lastDir() != dir && s.ack == w.lastEnd {
+			ld := w.lastDir()
+			d := &w.seen[ld]
+			d.end, d.maxEnd = w.lastEnd, w.lastEnd
+			d.maxWin = max(uint32(w.lastWin()), 1)
+			lf := w.lastFlags()
+			d.flags = w.lastWScale()
+			if lf&twlScale != 0 {
+				d.flags |= twfScale
+			}
+			if lf&twlSackPerm != 0 {
+				d.flags |= twfSackPerm
+			}
+			w.setLastFlags(lf &^ twlChallenge)
+			w.seen[dir] = twDir{}
+			st, next = flowtable.TCPSynSent, flowtable.TCPSynRecv
+			break
+		}
+		w.setLastIndexDir(index, dir)
+		w.lastSeq, w.lastEnd = s.seq, s.end
+		w.last = w.last&^0xffff | uint32(s.win)
+		if index == tcpSyn && dir == flowtable.DirOrig {
+			o := synOptions(s.opts)
+			var lf uint32
+			if o&twfScale != 0 {
+				lf |= twlScale
+			}
+			if o&twfSackPerm != 0 {
+				lf |= twlSackPerm
+			}
+			if st == flowtable.TCPLastAck {
+				lf |= twlChallenge
+			}
+			w.last = w.last&^(0xf<<20) | (o&twfScaleMsk)<<20
+			w.setLastFlags(lf)
+		}
+		if st == flowtable.TCPSynSent && index == tcpAck && dir == flowtable.DirReply {
+			w.lastAck = s.ack // perhaps a challenge ACK answering the SYN
+		}
+		w.store(ps, &w0)
+		return ctIgnore, markSeen(f, dir, old)
+	case sIV:
+		return ctInvalid, seen
+	case flowtable.TCPTimeWait:
+		// A challenge ACK (RFC 5961) answering a SYN in LAST_ACK does not
+		// acknowledge the last FIN.
+		if st == flowtable.TCPLastAck && index == tcpAck && w.lastDir() != dir && w.lastIndex() == tcpSyn && w.lastFlags()&twlChallenge != 0 {
+			w.setLastFlags(w.lastFlags() &^ twlChallenge)
+			w.store(ps, &w0)
+			return ctIgnore, markSeen(f, dir, old)
+		}
+	case flowtable.TCPSynSent2:
+		w.setLastFlags(w.lastFlags() | twlSimOpen)
+	case flowtable.TCPSynRecv:
+		if dir == flowtable.DirReply && index == tcpAck && w.lastFlags()&twlSimOpen != 0 {
+			next = flowtable.TCPEstablished
+		}
+	case flowtable.TCPClose:
+		if index != tcpRst {
+			break
+		}
+		if closing(st) {
+			// Closing already, the connection's numbers may belong to
+			// one before: the reset is taken without a check.
+			goto inWindow
+		}
+		if r, ok := rstCheck(&w, st, dir, s, old, tp); ok {
+			if r == ctInvalid {
+				return ctInvalid, seen
+			}
+			if r == ctKill { // in window whatever the window says
+				goto inWindow
+			}
+			if r == ctIgnore { // an inexact reset: the state stays, for the challenge ACK
+				next = st
+			}
+		}
+	}
+	switch inWindow(&w, st, dir, s, tp.liberal, false) {
+	case winIgnore:
+		w.store(ps, &w0)
+		return ctIgnore, markSeen(f, dir, old)
+	case winInvalid:
+		handleInvalid(f, &w, dir, index, old)
+		w.store(ps, &w0)
+		return ctInvalid, seen
+	}
+inWindow:
+	w.setLastIndexDir(index, dir)
+	if st != next && next == flowtable.TCPFinWait {
+		w.seen[dir].flags |= twfCloseIni
+	}
+	class := w.timeoutClass(index, tp.maxRetrans)
+	w.store(ps, &w0)
+	v := ctOK
+	if !seen {
+		switch {
+		case index == tcpRst:
+			// A reset as the only answer: the connection never was.
+			if dir == flowtable.DirReply {
+				return ctKill, true
+			}
+			v = ctKill
+		case index == tcpSyn && st == flowtable.TCPSynSent:
+			// A retransmitted SYN does not renew the timeout.
+			v = ctIgnore
+		case next == flowtable.TCPEstablished && class == flowtable.TimeoutOfState:
+			// Picked up mid-stream and not answered yet.
+			class = flowtable.TimeoutUnacked
+		}
+	}
+	for try := 0; ; try++ {
+		nw := flowtable.WithState(old, next)&^flowtable.TimeoutClassMask | class
+		if seen && old&flowtable.FlagAssured == 0 && (st == flowtable.TCPSynRecv || st == flowtable.TCPEstablished) && next == flowtable.TCPEstablished {
+			nw |= flowtable.FlagAssured
+		}
+		if dir == flowtable.DirReply {
+			nw |= flowtable.FlagSeenReply
+		}
+		if nw == old || f.UpdateStatus(old, nw) || try == 8 {
+			if v != ctIgnore {
+				f.Touch(now)
+			}
+			return v, nw&flowtable.FlagSeenReply != 0
+		}
+		old = f.Status()
+		seen = old&flowtable.FlagSeenReply != 0
+		if flowtable.StatusState(old) != st {
+			// Another core's segment moved the state meanwhile: its
+			// transition stands.
+			if v != ctIgnore {
+				f.Touch(now)
+			}
+			return v, seen
+		}
+	}
+}
+
+// closing reports whether a TCP state is one of a closing connection
+// (Linux's tcp_can_early_drop).
+func closing(st flowtable.State) bool {
+	switch st {
+	case flowtable.TCPFinWait, flowtable.TCPLastAck, flowtable.TCPTimeWait, flowtable.TCPClose, flowtable.TCPCloseWait:
+		return true
+	}
+	return false
+}
+
+// markSeen sets SEEN_REPLY for a segment in the reply direction that
+// conntrack let through without tracking it (ignored): as in Linux, any
+// accepted reply counts. It returns whether the connection has now seen
+// a reply.
+func markSeen(f *flowtable.Flow, dir flowtable.Dir, old uint32) bool {
+	if dir != flowtable.DirReply {
+		return old&flowtable.FlagSeenReply != 0
+	}
+	for old&flowtable.FlagSeenReply == 0 && !f.UpdateStatus(old, old|flowtable.FlagSeenReply) {
+		old = f.Status()
+	}
+	return true
+}
+
+// rstCheck is Linux's scrutiny of a reset before the window check. ok
+// false: nothing special, the window decides. Else ctInvalid (a reset
+// below the acknowledged data), ctIgnore (in window but not at the exact
+// sequence number: the state stays ESTABLISHED, so that the endpoint's
+// challenge ACK (RFC 5961) gets through), or ctKill (a reset answering a
+// segment conntrack let through: accepted without the window check).
+func rstCheck(w *tcpWin, st flowtable.State, dir flowtable.Dir, s *tcpSeg, status uint32, tp *tcpParams) (ctVerdict, bool) {
+	established := st == flowtable.TCPEstablished
+	assured := status&flowtable.FlagAssured != 0
+	other := &w.seen[dir^1]
+	var r ctVerdict
+	ok := false
+	if other.flags&twfMaxAck != 0 && w.lastIndex() != tcpSyn {
+		switch {
+		case s.seq == 0 && !established:
+			// Most likely the answer to a SYN let through.
+		case before(s.seq, other.maxAck) && !tp.ignoreRst:
+			return ctInvalid, true
+		case !established || s.seq == other.maxAck:
+		case w.lastIndex() == tcpAck && w.lastDir() == dir && s.seq == w.lastEnd:
+			// The end of a train of segments.
+		default:
+			r, ok = ctIgnore, true
+		}
+	}
+	seenReply := status&flowtable.FlagSeenReply != 0
+	if (seenReply && w.lastIndex() == tcpSyn || !assured && w.lastIndex() == tcpAck) && s.ack == w.lastEnd {
+		// A reset answering a SYN or ACK let through (a SYN in window
+		// then, or a half-open connection).
+		return ctKill, true
+	}
+	if st == flowtable.TCPSynSent && w.lastIndex() == tcpAck && w.lastDir() == flowtable.DirReply && s.seq == w.lastAck {
+		// A reset answering a challenge ACK let through (the reply's ACK
+		// to a SYN, ignored).
+		return ctKill, true
+	}
+	return r, ok
+}
+
+// handleInvalid is Linux's nf_tcp_handle_invalid: an assured connection
+// whose FIN or reset is out of window, answering the other side's FIN or
+// reset, is timed as unacknowledged, so that one whose endpoints and
+// conntrack disagree does not linger for days.
+func handleInvalid(f *flowtable.Flow, w *tcpWin, dir flowtable.Dir, index int, status uint32) {
+	if status&flowtable.FlagAssured == 0 || index != tcpRst && index != tcpFin {
+		return
+	}
+	if w.lastDir() != dir && (w.lastIndex() == tcpFin || w.lastIndex() == tcpRst) {
+		if status&flowtable.TimeoutClassMask == flowtable.TimeoutOfState {
+			f.UpdateStatus(status, status|flowtable.TimeoutUnacked)
+		}
+		return
+	}
+	w.setLastIndexDir(index, dir)
 }

@@ -24,7 +24,7 @@ const (
 // runTCP sends a sequence of segments between A:40000 and the remote
 // server:443 through MASQUERADE and checks the connection's state after
 // each, and the timeout that then applies (Linux's defaults).
-func runTCP(t *testing.T, name string, segs []seg, wantAssured bool) *testbed {
+func runTCP(t *testing.T, name string, segs []seg, wantAssured bool, timeouts ...time.Duration) *testbed {
 	t.Helper()
 	tb := newTestbed(t, masqRules, 1500, 1)
 	orig := flowtable.MakeTuple(flowtable.ProtoTCP, addrA, 40000, remote, 443)
@@ -54,7 +54,11 @@ func runTCP(t *testing.T, name string, segs []seg, wantAssured bool) *testbed {
 		if fi.State() != s.state {
 			t.Fatalf("%s: segment %d (%#x, reply %v): state %v, want %v", name, i, s.flags, s.reply, fi.State(), s.state)
 		}
-		if want := tb.tab.StateTimeout(s.state); fi.Expires > want || fi.Expires < want-time.Second {
+		want := tb.tab.StateTimeout(s.state)
+		if i < len(timeouts) && timeouts[i] != 0 {
+			want = timeouts[i]
+		}
+		if fi.Expires > want || fi.Expires < want-time.Second {
 			t.Errorf("%s: segment %d: expires in %v, want %v", name, i, fi.Expires, want)
 		}
 	}
@@ -94,17 +98,22 @@ func TestTCPStateSequences(t *testing.T) {
 	// A reset as the only answer ends the connection at once (Linux).
 	runTCP(t, "refused", []seg{{false, fSYN, flowtable.TCPSynSent}, {true, fRST | fACK, 0}}, false)
 	// tcp_loose picks up a connection already established, unassured
-	// until it is answered.
-	runTCP(t, "loose pickup", []seg{{false, fACK, flowtable.TCPEstablished}, {true, fACK, flowtable.TCPEstablished}, {false, fACK, flowtable.TCPEstablished}}, true)
+	// and timed as unacknowledged (300 s) until it is answered; as in
+	// Linux, the answer itself still finds it unreplied, and the segment
+	// after assures it.
+	unack := 300 * time.Second
+	runTCP(t, "loose pickup", []seg{{false, fACK, flowtable.TCPEstablished}, {true, fACK, flowtable.TCPEstablished}, {false, fACK, flowtable.TCPEstablished}}, true,
+		unack, unack, 0)
 }
 
 func TestTCPLooseOffAndInvalid(t *testing.T) {
 	tb := newTestbed(t, masqRules, 1500, 1)
 	tb.dp.Settings.TCPLoose.Store(false)
 	r, _ := tb.run(tcpPkt(macA, macIn0, addrA, 40000, remote, 443, fACK, 1, 1).bytes(t), portIn)
-	// Untracked and INVALID: the filter (policy ACCEPT) lets it through
-	// untranslated, as Linux does, and it is counted invalid.
-	if r.Action != ActForward || tb.tab.Count() != 0 {
+	// Untracked and INVALID, counted: the filter (policy ACCEPT) lets it
+	// through, but untranslated it would carry an inside address out, so
+	// it is dropped as invalid.
+	if r.Action != ActDrop || r.Reason != ReasonInvalid || tb.tab.Count() != 0 {
 		t.Errorf("mid-stream ACK without loose: %v, %d connections", r.Action, tb.tab.Count())
 	}
 	if tb.tab.TotalStats().Invalid == 0 {
@@ -317,6 +326,9 @@ func TestQuietAgreesWithTrack(t *testing.T) {
 							break
 						}
 						status := uint32(st) | fl
+						if kind == kTCP && st == flowtable.TCPEstablished && fl&flowtable.FlagSeenReply == 0 {
+							status |= flowtable.TimeoutUnacked // as picked up mid-stream
+						}
 						set(status)
 						before := f.Status()
 						if !quiet(before, dir, kind, uint8(flags)) {

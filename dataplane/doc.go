@@ -27,8 +27,9 @@
 // driver), parse.go, established.go, forward.go, newconn.go and
 // nexthop.go, and hold.go for frames whose next hop is being resolved;
 // beside them neigh.go (the neighbour table), conntrack.go (connection
-// tracking), icmp.go (ICMP errors, TCP resets), env.go (the environment),
-// counters.go and unsafe.go (the package's uses of unsafe).
+// tracking), tcpwin.go (TCP window tracking), icmp.go (ICMP errors, TCP
+// resets), env.go (the environment), counters.go and unsafe.go (the
+// package's uses of unsafe).
 //
 //  1. Parse every frame (parse.go): Ethernet with one optional 802.1Q tag;
 //     IPv4 with options, checked (version, IHL, total length against the
@@ -54,25 +55,35 @@
 //  3. The established path (established.go) takes the batch in order as
 //     far as it can: a quiet TCP or UDP packet of a known connection, IPv4
 //     without options, while filter FORWARD has no rules and accepts. It
-//     forwards each in one loop without a call, the connection touched,
-//     the checksums computed from what the parser read (the key, the TTL,
-//     both checksums), so that it writes the headers without reading them
+//     forwards each in one loop, the connection touched, the checksums
+//     computed from what the parser read (the key, the TTL, both
+//     checksums), so that it writes the headers without reading them
 //     again, and the MAC addresses taken from the per-core next-hop cache
 //     (nexthop.go: destinations mapped in 8 bytes each to the few next
 //     hops they share, emptied when the Env changes; an entry whose
-//     neighbour changes is updated or retired alone). At a packet it
-//     cannot take, handle (forward.go) takes that one and the path goes on
-//     after it, so every connection's packets are tracked in the order
-//     they came. The connections' counters (nf_conntrack_acct) of the
-//     packets it took are added after it, in a pass of their own.
+//     neighbour changes is updated or retired alone). Its one call is a
+//     TCP segment's window step (fastInWindow, tcpwin.go), which checks
+//     the segment against its connection's window and updates it. At a
+//     packet it cannot take (a segment not plainly in window among them),
+//     handle (forward.go) takes that one and the path goes on after it,
+//     so every connection's packets are tracked in the order they came.
+//     The connections' counters (nf_conntrack_acct) of the packets it took
+//     are added after it, in a pass of their own.
 //  4. handle (forward.go): a hit updates the connection (conntrack.go:
-//     Linux's TCP transition table, UDP streams, SEEN_REPLY and ASSURED,
-//     the last-seen time), runs filter FORWARD with the conntrack state
-//     (skipped, its policy still counted, when the chain has no rules),
-//     translates the packet to the reverse of the other direction's tuple
-//     with incremental checksums (header.Delta), decrements the TTL and
-//     sets the MAC addresses. An ICMP error about a connection is
-//     translated with the datagram it quotes (icmp.go).
+//     Linux's TCP transition table and its window tracking, tcpwin.go:
+//     tcp_in_window's sequence and acknowledgement checks with window
+//     scaling and SACK, and the reset checks, so that a segment out of
+//     window is INVALID and changes nothing; UDP streams, SEEN_REPLY and
+//     ASSURED, the last-seen time and the timeout), runs filter FORWARD
+//     with the conntrack state (skipped, its policy still counted, when
+//     the chain has no rules), translates the packet to the reverse of the
+//     other direction's tuple with incremental checksums (header.Delta),
+//     decrements the TTL and sets the MAC addresses. An ICMP error about a
+//     connection is translated with the datagram it quotes (icmp.go), and
+//     forwarded only to the endpoint the quoted datagram came from, its
+//     outer addresses rewritten as Linux's NAT rewrites them. A packet
+//     that matches no connection and cannot start one is INVALID: the
+//     filter decides, and it never leaves an outside port untranslated.
 //  5. A miss is a new connection (newconn.go). When a batch has misses,
 //     the reply tuples their inserts will most likely check are
 //     prefetched first, together: behind the external address last given

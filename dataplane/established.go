@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 
 	"xnat/dataplane/header"
+	"xnat/flowtable"
 )
 
 // established forwards, from frames[from] on, the packets that change
@@ -13,7 +14,8 @@ import (
 // rewritten in a loop that makes no call. Frames already decided are
 // passed over. It stops at the first packet it cannot take, having
 // changed nothing for it (a state change, IP options, a next hop not in
-// the cache, a packet too big for the egress MTU, a new connection), and
+// the cache, a packet too big for the egress MTU, a new connection, a TCP
+// segment that is not plainly in its window), and
 // returns its index, or len(frames). It adds the packets and IP bytes it
 // forwarded to fastPkts and fastBytes, which the caller adds to Forwarded
 // and the FORWARD policy's counters; handle then takes that packet from
@@ -24,6 +26,7 @@ func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Res
 	tab := p.d.Table
 	now := p.now
 	be := binary.BigEndian
+	win := tab.HasProto()
 	i := from
 	for ; i < len(frames); i++ {
 		m := &metas[i]
@@ -36,7 +39,8 @@ func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Res
 		}
 		f := tab.Flow(ref)
 		dir := ref.Dir()
-		if !quietSet[quietIndex(f.Status(), dir, m.qbase)] { // TCP or UDP, no IP options
+		status := f.Status()
+		if !quietSet[quietIndex(status, dir, m.qbase)] { // TCP or UDP, no IP options
 			break
 		}
 		other := f.TuplePtr(dir ^ 1)
@@ -46,6 +50,17 @@ func (p *Pipeline) established(from int, frames [][]byte, sizes []int, out []Res
 		nh := &p.nh[uint8(e)]
 		if uint32(e>>32) != other.Src || m.ipLen > nh.mtu {
 			break
+		}
+		if win && m.kind == kTCP {
+			class, ok := fastInWindow(tab.Proto(ref), dir, frames[i], m.l4, m.ipLen, status, &p.tp)
+			if !ok {
+				break
+			}
+			if status&flowtable.TimeoutClassMask != class {
+				// Lost to a concurrent change, the class waits for the
+				// connection's next segment.
+				f.UpdateStatus(status, status&^flowtable.TimeoutClassMask|class)
+			}
 		}
 		f.Touch(now)
 		// header.RewriteNAT, on fields found without bounds checks

@@ -17,12 +17,25 @@ func (p *Pipeline) handle(frame []byte, size int, m *meta, key *flowtable.Tuple,
 	ctstate := rules.CtNew
 	if ref != 0 {
 		f := tab.Flow(ref)
-		v, seen := track(f, ref.Dir(), m.proto, m.tcpFlags, p.now, p.nowSec)
+		var v ctVerdict
+		var seen bool
+		if ps := tab.Proto(ref); ps != nil && m.kind == kTCP {
+			var s tcpSeg
+			readSeg(frame, m, &s)
+			v, seen = trackTCP(f, ps, ref.Dir(), &s, &p.tp, p.now)
+		} else {
+			v, seen = track(f, ref.Dir(), m.proto, m.tcpFlags, p.now, p.nowSec)
+		}
 		switch v {
 		case ctReopen:
 			p.ct.Kill(ref)
 			ref = 0
 		case ctInvalid:
+			// Out of window or of step: INVALID, counted, the connection
+			// as it was. The filter decides; let through, it is
+			// translated as its connection's packets are, so that no
+			// inside address leaves untranslated.
+			p.ct.CountInvalid()
 			ctstate = rules.CtInvalid
 		default:
 			if seen {

@@ -15,9 +15,16 @@ const maxICMPError = 576
 
 // handleICMPError forwards an ICMP error about a tracked connection
 // (state RELATED), translating the outer header and the datagram it
-// quotes, with all their checksums (RFC 5508 section 4.2). An error
-// about nothing xnat tracks is INVALID. It never refreshes or ends the
-// connection.
+// quotes, with all their checksums (RFC 5508 section 4.2). As in Linux,
+// the error must travel in the direction the quoted datagram came from:
+// its outer destination must be the quoted datagram's source, the
+// connection's endpoint in that direction; else, as an error about
+// nothing xnat tracks, it is INVALID. The outer addresses are rewritten
+// as Linux rewrites them, whatever they held: the destination to the
+// endpoint behind the NAT, and, where the connection's source is
+// translated in the direction the error travels, the source to the
+// translated address, so that no inside address, and no source an inside
+// host forged, leaves. It never refreshes or ends the connection.
 func (p *Pipeline) handleICMPError(frame []byte, size int, m *meta, ref flowtable.Ref, out *Result) {
 	if ref == 0 {
 		p.untracked(frame, size, m, out)
@@ -25,20 +32,28 @@ func (p *Pipeline) handleICMPError(frame []byte, size int, m *meta, ref flowtabl
 	}
 	f := p.d.Table.Flow(ref)
 	dir := ref.Dir()
-	k := f.Tuple(dir)
+	k := f.TuplePtr(dir)
+	ip := header.IPv4(frame[m.l3:])
+	if ip.Dst() != k.Dst {
+		p.untracked(frame, size, m, out)
+		return
+	}
 	n := f.Tuple(1 - dir).Reverse()
 	ctstate := rules.CtRelated
-	if st := f.Status(); st&flowtable.FlagSrcNAT != 0 {
+	st := f.Status()
+	if st&flowtable.FlagSrcNAT != 0 {
 		ctstate |= rules.CtSNAT
 	} else if st&flowtable.FlagDstNAT != 0 {
 		ctstate |= rules.CtDNAT
 	}
-	ip := header.IPv4(frame[m.l3:])
-	newSrc, newDst := ip.Src(), ip.Dst()
-	if newDst == k.Dst {
-		newDst = n.Dst
+	// The source is translated in this direction: SNAT going out (original
+	// direction), DNAT coming back (reply).
+	srcNAT := flowtable.FlagSrcNAT
+	if dir == flowtable.DirReply {
+		srcNAT = flowtable.FlagDstNAT
 	}
-	if newSrc == k.Src {
+	newSrc, newDst := ip.Src(), n.Dst
+	if st&srcNAT != 0 {
 		newSrc = n.Src
 	}
 	nh, r := p.nextHop(newDst)

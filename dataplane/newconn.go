@@ -54,6 +54,7 @@ func (p *Pipeline) newConnection(frame []byte, size int, m *meta, key *flowtable
 			return
 		}
 		state = s
+		p.newTCPProto(frame, m, s)
 	case kUDP:
 		state = flowtable.UDP
 	case kICMPQuery:
@@ -70,6 +71,12 @@ func (p *Pipeline) newConnection(frame []byte, size int, m *meta, key *flowtable
 	pk.CtState = rules.CtNew
 
 	nf := flowtable.NewFlow{Orig: *key, Status: uint32(state)}
+	if m.kind == kTCP {
+		nf.Status |= p.newTCPClass
+		if p.d.Table.HasProto() {
+			nf.Proto = &p.protoInit
+		}
+	}
 	dst, dport := key.Dst, key.DstPort
 	dn := rs.NAT(rules.Prerouting, &pk, p.core, p.nowNs)
 	if dn.Kind == rules.NATDNAT {
@@ -209,7 +216,10 @@ func (p *Pipeline) forwardFirst(frame []byte, size int, m *meta, ref flowtable.R
 }
 
 // untracked handles a packet conntrack cannot track (state INVALID): the
-// filter decides, as in Linux, and an accepted one is forwarded as it is.
+// filter decides, as in Linux, and an accepted one is forwarded as it is,
+// untranslated, between inside ports. One bound out of an outside port is
+// dropped and counted (invalid): Linux would send it untranslated, and an
+// inside address would appear on the outside wire.
 func (p *Pipeline) untracked(frame []byte, size int, m *meta, out *Result) {
 	if p.routerMustNot(frame, m, out) {
 		return
@@ -231,6 +241,10 @@ func (p *Pipeline) untracked(frame []byte, size int, m *meta, out *Result) {
 	pk.OutIf = nh.port
 	v := p.env.Rules.Filter(rules.Forward, &pk, p.core, p.nowNs)
 	if p.refused(frame, size, m, v, ReasonInvalid, out) {
+		return
+	}
+	if p.env.Ports[nh.port].Outside {
+		p.finish(out, ActDrop, ReasonInvalid, 0, 0)
 		return
 	}
 	p.send(frame, size, m, 0, nil, nh, out)

@@ -56,6 +56,16 @@ type Settings struct {
 	// TCPLoose picks up TCP connections already established
 	// (nf_conntrack_tcp_loose, on by default).
 	TCPLoose atomic.Bool
+	// TCPBeLiberal accepts TCP segments out of window
+	// (nf_conntrack_tcp_be_liberal, off by default).
+	TCPBeLiberal atomic.Bool
+	// TCPIgnoreInvalidRst accepts resets below the acknowledged data
+	// (nf_conntrack_tcp_ignore_invalid_rst, off by default).
+	TCPIgnoreInvalidRst atomic.Bool
+	// TCPMaxRetrans is how many retransmissions of one segment shorten a
+	// connection's timeout to nf_conntrack_tcp_timeout_max_retrans
+	// (nf_conntrack_tcp_max_retrans, 3 by default).
+	TCPMaxRetrans atomic.Int64
 	// ICMPRate and ICMPBurst limit the ICMP errors each core generates
 	// (per second, token bucket).
 	ICMPRate, ICMPBurst atomic.Int64
@@ -84,6 +94,7 @@ const DefaultUnresQlenBytes = 212992
 func NewSettings() *Settings {
 	s := &Settings{}
 	s.TCPLoose.Store(true)
+	s.TCPMaxRetrans.Store(3)
 	s.ICMPRate.Store(1000)
 	s.ICMPBurst.Store(50)
 	s.SweepBudget.Store(0)
@@ -188,6 +199,13 @@ type Pipeline struct {
 	nh    [nhSize]nhEntry
 	nhNb  [nhSize]nhNeigh
 	nhLen int // entries of nh in use, counting the unused 0
+
+	// tp: the TCP tracking sysctls, read once a batch.
+	tp tcpParams
+	// protoInit and newTCPClass: the window state and timeout class of
+	// the TCP connection being created (newTCPProto).
+	protoInit   [flowtable.ProtoWords]uint32
+	newTCPClass uint32
 
 	icmpTokens int64
 	icmpLast   int64

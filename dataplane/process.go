@@ -50,6 +50,9 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 	p.nowNs = int64(el)
 	p.now = flowtable.TimeAt(el)
 	p.nowSec = uint32(el / time.Second)
+	st := d.Settings
+	p.tp = tcpParams{liberal: st.TCPBeLiberal.Load(), ignoreRst: st.TCPIgnoreInvalidRst.Load(),
+		maxRetrans: uint32(min(max(st.TCPMaxRetrans.Load(), 0), 255))}
 	p.ct.Enter()
 	p.neighCheck()
 

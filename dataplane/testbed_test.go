@@ -100,7 +100,7 @@ func model(t testing.TB, text string) *rules.Model {
 
 func newTestbed(t testing.TB, ruleText string, outMTU int, cores int) *testbed {
 	t.Helper()
-	tab, err := flowtable.New(flowtable.Config{Capacity: 4096, Cores: cores, Seed: 5, Acct: true})
+	tab, err := flowtable.New(flowtable.Config{Capacity: 4096, Cores: cores, Seed: 5, Acct: true, Proto: true})
 	if err != nil {
 		t.Fatal(err)
 	}

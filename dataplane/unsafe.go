@@ -1,9 +1,12 @@
 package dataplane
 
 import (
+	"runtime"
+	"sync/atomic"
 	"unsafe"
 
 	"xnat/dataplane/header"
+	"xnat/flowtable"
 )
 
 // This file holds the package's uses of unsafe.
@@ -44,4 +47,35 @@ func natFields(frame []byte, l3 uint16, udp bool) (eth *[2 * header.EthernetAddr
 	}
 	return (*[2 * header.EthernetAddrLen]byte)(base), (*[header.IPv4MinLen]byte)(ipp),
 		(*[4]byte)(unsafe.Add(ipp, header.IPv4MinLen+header.TCPSrcPort)), (*[2]byte)(unsafe.Add(ipp, off))
+}
+
+// tcpFields returns the TCP header at l4 of a frame, checking no bounds,
+// on the argument natFields makes: the established path takes only TCP
+// found whole within the frame.
+func tcpFields(frame []byte, l4 uint16) *[header.TCPMinLen]byte {
+	return (*[header.TCPMinLen]byte)(unsafe.Add(unsafe.Pointer(unsafe.SliceData(frame)), l4))
+}
+
+// tcpDir returns direction d's window words (tcpwin.go: twStride words
+// from word twStride·d) of a connection's protocol state.
+func tcpDir(ps *flowtable.ProtoState, d flowtable.Dir) *[twStride]atomic.Uint32 {
+	return (*[twStride]atomic.Uint32)(unsafe.Add(unsafe.Pointer(ps), uintptr(d&1)*twStride*4))
+}
+
+// The two directions' words lie within a connection's protocol state.
+var _ [flowtable.ProtoWords - 2*twStride]struct{}
+
+// storeWord stores v in a word of a connection's protocol state. On
+// amd64 that is a plain store: an aligned 32-bit store is written whole,
+// and x86-TSO orders it as a release, which is all the window words ask
+// (each is read on its own; none publishes another), where Go's atomic
+// store is an XCHG, a locked instruction costing tens of cycles, several
+// times a segment. Under the race detector, and elsewhere, it is the
+// atomic store.
+func storeWord(w *atomic.Uint32, v uint32) {
+	if raceEnabled || runtime.GOARCH != "amd64" {
+		w.Store(v)
+		return
+	}
+	*(*uint32)(unsafe.Pointer(w)) = v
 }

@@ -41,7 +41,7 @@ func (t *Table) info(idx uint32, now Time) FlowInfo {
 		Mark: f.mark.Load(), Aux: f.aux.Load(),
 		Owner: int(idx / t.perCore),
 	}
-	to := Time(t.timeouts[s&stateMask].Load())
+	to := Time(t.timeouts[timeoutIndex(s)].Load())
 	if d, ok := since(now, Time(f.last.Load())); !ok {
 		fi.Expires = to.Duration()
 	} else if d < to {

@@ -283,6 +283,9 @@ type NewFlow struct {
 	Status uint32
 	Mark   uint32
 	Aux    uint32
+	// Proto is the connection's initial protocol state (Config.Proto);
+	// nil means zero.
+	Proto *[ProtoWords]uint32
 }
 
 // InsertResult says how an insert ended.
@@ -417,6 +420,16 @@ func (c *Core) insert(nf *NewFlow, now Time, checkOrig bool) (Ref, InsertResult)
 		for d := range 2 {
 			a.pkts[d].Store(0)
 			a.bytes[d].Store(0)
+		}
+	}
+	if t.proto != nil {
+		ps := &t.proto[idx]
+		for i := range ps {
+			var v uint32
+			if nf.Proto != nil {
+				v = nf.Proto[i]
+			}
+			ps[i].Store(v)
 		}
 	}
 	f.status.Store(nf.Status & (stateMask | CallerFlags))

@@ -11,9 +11,14 @@
 // sixteen bits for the caller), the time of its last packet, a 32-bit mark
 // and a 32-bit word for the caller. Tuples (Tuple) are 16 bytes, packed and
 // pointer-free. With Config.Acct, a parallel array keeps per-direction
-// packet and byte counters. Timeouts are per state, named and defaulted as
-// Linux's nf_conntrack sysctls, and read at every expiry check, so a change
-// applies to existing connections at once.
+// packet and byte counters; with Config.Proto, another keeps 64 bytes of
+// protocol state for the caller (the dataplane's TCP window tracking),
+// set at insert. Timeouts are per state, named and defaulted as Linux's
+// nf_conntrack sysctls, and read at every expiry check, so a change
+// applies to existing connections at once. Two bits of the status word
+// pick a shorter timeout for a connection, as Linux's TCP tracking does:
+// nf_conntrack_tcp_timeout_unacknowledged, _max_retrans (each only where
+// shorter than the state's) or _close.
 //
 // # Memory layout
 //

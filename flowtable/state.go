@@ -91,6 +91,19 @@ const (
 	// flagTimedOut: set with flagDying when the kill was an expiry.
 	flagTimedOut uint32 = 1 << 11
 
+	// The timeout class (two bits): which timeout runs from the last
+	// packet. TimeoutOfState, the state's own; the others are the shorter
+	// of the state's and nf_conntrack_tcp_timeout_unacknowledged
+	// (TimeoutUnacked), or nf_conntrack_tcp_timeout_max_retrans
+	// (TimeoutRetrans); TimeoutClose is nf_conntrack_tcp_timeout_close
+	// whatever the state (Linux's timeout after a reset that leaves the
+	// state as it was). A caller sets the class with the state.
+	TimeoutOfState   uint32 = 0
+	TimeoutUnacked   uint32 = 1 << 12
+	TimeoutRetrans   uint32 = 2 << 12
+	TimeoutClose     uint32 = 3 << 12
+	TimeoutClassMask uint32 = 3 << 12
+
 	// FlagUserShift is the first bit the caller may use; FlagUserMask
 	// covers all of them.
 	FlagUserShift        = 16
@@ -98,7 +111,19 @@ const (
 
 	// CallerFlags are the flag bits a caller may set at insert and change
 	// with UpdateStatus.
-	CallerFlags = FlagSeenReply | FlagAssured | FlagSrcNAT | FlagDstNAT | FlagUserMask
+	CallerFlags = FlagSeenReply | FlagAssured | FlagSrcNAT | FlagDstNAT | TimeoutClassMask | FlagUserMask
+)
+
+// timeoutIndex is the slot of timeouts that applies to a status word: the
+// state in the low four bits, the timeout class in the next two.
+func timeoutIndex(s uint32) uint32 { return s&stateMask | s>>classShift&classIndexMask }
+
+// classShift and classIndexMask move a status word's timeout class next to
+// its state, as timeoutIndex does (the assembly's CMPREC reads them from
+// go_asm.h).
+const (
+	classShift     = 8
+	classIndexMask = TimeoutClassMask >> classShift
 )
 
 // StatusState extracts the state from a status word.
@@ -120,9 +145,11 @@ var timeoutDefs = []struct {
 	{"nf_conntrack_tcp_timeout_established", []State{TCPEstablished}, 432000 * time.Second},
 	{"nf_conntrack_tcp_timeout_fin_wait", []State{TCPFinWait}, 120 * time.Second},
 	{"nf_conntrack_tcp_timeout_last_ack", []State{TCPLastAck}, 30 * time.Second},
+	{"nf_conntrack_tcp_timeout_max_retrans", nil, 300 * time.Second},
 	{"nf_conntrack_tcp_timeout_syn_recv", []State{TCPSynRecv}, 60 * time.Second},
 	{"nf_conntrack_tcp_timeout_syn_sent", []State{TCPSynSent, TCPSynSent2}, 120 * time.Second},
 	{"nf_conntrack_tcp_timeout_time_wait", []State{TCPTimeWait}, 120 * time.Second},
+	{"nf_conntrack_tcp_timeout_unacknowledged", nil, 300 * time.Second},
 	{"nf_conntrack_udp_timeout", []State{UDP}, 30 * time.Second},
 	{"nf_conntrack_udp_timeout_stream", []State{UDPStream}, 120 * time.Second},
 }
@@ -152,17 +179,69 @@ func DefaultTimeout(name string) (time.Duration, error) {
 	return 0, fmt.Errorf("%w %q", ErrUnknownTimeout, name)
 }
 
-// timeouts holds one timeout per state, in ticks. Writers store, packet
-// paths load: a change is seen by the next lookup, packet or sweep. It has
-// a slot for every value of a status word's state bits, so that indexing
-// it by them needs no bounds check; those past numStates stay zero.
-type timeouts [stateMask + 1]atomic.Uint32
+// timeouts holds the timeout of every state under every timeout class,
+// in ticks, indexed by timeoutIndex. Writers store, packet paths load: a
+// change is seen by the next lookup, packet or sweep. It has a slot for
+// every value of a status word's state and class bits, so that indexing
+// it by them needs no bounds check; states past numStates stay zero.
+type timeouts [64]atomic.Uint32
 
-func (ts *timeouts) setDefaults() {
+// timeoutSet is what the sysctls hold: a timeout per state and the two
+// TCP timeouts that shorten a state's (unacknowledged, max_retrans).
+type timeoutSet struct {
+	state           [numStates]uint32
+	unacked, retran uint32
+}
+
+func (set *timeoutSet) defaults() {
 	for _, d := range timeoutDefs {
-		for _, s := range d.states {
-			ts[s].Store(uint32(Ticks(d.dflt)))
+		set.set(d.name, uint32(Ticks(d.dflt)))
+	}
+}
+
+func (set *timeoutSet) set(name string, v uint32) bool {
+	switch name {
+	case "nf_conntrack_tcp_timeout_unacknowledged":
+		set.unacked = v
+		return true
+	case "nf_conntrack_tcp_timeout_max_retrans":
+		set.retran = v
+		return true
+	}
+	for _, d := range timeoutDefs {
+		if d.name == name {
+			for _, s := range d.states {
+				set.state[s] = v
+			}
+			return true
 		}
+	}
+	return false
+}
+
+func (set *timeoutSet) get(name string) (uint32, bool) {
+	switch name {
+	case "nf_conntrack_tcp_timeout_unacknowledged":
+		return set.unacked, true
+	case "nf_conntrack_tcp_timeout_max_retrans":
+		return set.retran, true
+	}
+	for _, d := range timeoutDefs {
+		if d.name == name {
+			return set.state[d.states[0]], true
+		}
+	}
+	return 0, false
+}
+
+// publish stores every slot of ts from set.
+func (ts *timeouts) publish(set *timeoutSet) {
+	for s := range numStates {
+		v := set.state[s]
+		ts[s].Store(v)
+		ts[16|s].Store(min(v, set.unacked))
+		ts[32|s].Store(min(v, set.retran))
+		ts[48|s].Store(set.state[TCPClose])
 	}
 }
 
@@ -172,25 +251,29 @@ func (t *Table) SetTimeout(name string, d time.Duration) error {
 	if d < Tick || d > MaxTimeout {
 		return fmt.Errorf("%w: %s=%v (from %v to %v)", ErrBadTimeout, name, d, Tick, MaxTimeout)
 	}
-	for _, def := range timeoutDefs {
-		if def.name == name {
-			for _, s := range def.states {
-				t.timeouts[s].Store(uint32(Ticks(d)))
-			}
-			return nil
-		}
+	t.toMu.Lock()
+	defer t.toMu.Unlock()
+	if !t.toSet.set(name, uint32(Ticks(d))) {
+		return fmt.Errorf("%w %q", ErrUnknownTimeout, name)
 	}
-	return fmt.Errorf("%w %q", ErrUnknownTimeout, name)
+	t.timeouts.publish(&t.toSet)
+	return nil
 }
 
 // Timeout returns a timeout by its sysctl name.
 func (t *Table) Timeout(name string) (time.Duration, error) {
-	for _, def := range timeoutDefs {
-		if def.name == name {
-			return Time(t.timeouts[def.states[0]].Load()).Duration(), nil
-		}
+	t.toMu.Lock()
+	defer t.toMu.Unlock()
+	if v, ok := t.toSet.get(name); ok {
+		return Time(v).Duration(), nil
 	}
 	return 0, fmt.Errorf("%w %q", ErrUnknownTimeout, name)
+}
+
+// StatusTimeout returns the timeout that applies now to a connection
+// with status word s (its state and timeout class).
+func (t *Table) StatusTimeout(s uint32) time.Duration {
+	return Time(t.timeouts[timeoutIndex(s)].Load()).Duration()
 }
 
 // StateTimeout returns the timeout that applies to a state now.

@@ -27,6 +27,10 @@ type Config struct {
 	// Acct enables per-direction packet and byte counters
 	// (nf_conntrack_acct); they cost 32 bytes per connection.
 	Acct bool
+	// Proto keeps ProtoWords words of protocol state per connection for
+	// the caller, in a parallel array (the dataplane's TCP window
+	// tracking); they cost 64 bytes per connection.
+	Proto bool
 	// Limbo is how many retired records each core may hold waiting for
 	// the grace period; 0 means an eighth of a core's share, from 256 to
 	// 4096. The records are added to each core's share, so they do not eat
@@ -167,6 +171,16 @@ type acctEntry struct {
 	pkts, bytes [2]atomic.Uint64
 }
 
+// ProtoWords is the size in 32-bit words of a connection's protocol
+// state (Config.Proto): one cache line.
+const ProtoWords = 16
+
+// ProtoState is a connection's protocol state, kept for the caller: any
+// core may load and store its words, as it may the caller word. Insert
+// sets it from NewFlow.Proto (zero without) before the connection can be
+// found.
+type ProtoState [ProtoWords]atomic.Uint32
+
 // Table is the connection table shared by all cores. Its methods are safe
 // for concurrent use; each worker core works through its own Core.
 type Table struct {
@@ -174,12 +188,15 @@ type Table struct {
 	buckets  []bucket
 	recs     []Flow
 	acct     []acctEntry
+	proto    []ProtoState
 	nb       uint64 // number of buckets
 	idxBits  uint32
 	idxMask  uint32
 	perCore  uint32
 	capacity int
 	timeouts timeouts
+	toMu     sync.Mutex // serialises timeout changes; guards toSet
+	toSet    timeoutSet
 	ep       *epochs
 	cores    []*Core
 	start    time.Time
@@ -254,6 +271,9 @@ func New(cfg Config) (*Table, error) {
 	if cfg.Acct {
 		t.acct = make([]acctEntry, nrec)
 	}
+	if cfg.Proto {
+		t.proto = make([]ProtoState, nrec)
+	}
 	hugePages(t.buckets)
 	hugePages(t.recs)
 	hugePages(t.acct)
@@ -262,6 +282,8 @@ func New(cfg Config) (*Table, error) {
 	prefault.Slice(t.buckets)
 	prefault.Slice(t.recs)
 	prefault.Slice(t.acct)
+	hugePages(t.proto)
+	prefault.Slice(t.proto)
 	var seed [32]byte
 	if cfg.Seed != 0 {
 		for i := range 4 {
@@ -276,7 +298,8 @@ func New(cfg Config) (*Table, error) {
 		s2: binary.LittleEndian.Uint64(seed[16:]),
 		s3: binary.LittleEndian.Uint64(seed[24:]),
 	}
-	t.timeouts.setDefaults()
+	t.toSet.defaults()
+	t.timeouts.publish(&t.toSet)
 	t.max.Store(int64(cfg.Max))
 	t.cores = make([]*Core, cfg.Cores)
 	for i := range t.cores {
@@ -339,6 +362,19 @@ func (t *Table) Flow(r Ref) *Flow { return &t.recs[r.idx()] }
 // Owner returns the core that owns (created, and expires) a connection.
 func (t *Table) Owner(r Ref) int { return int(r.idx() / t.perCore) }
 
+// HasProto reports whether the table keeps protocol state (Config.Proto).
+func (t *Table) HasProto() bool { return t.proto != nil }
+
+// Proto returns the connection's protocol state, or nil when the table
+// keeps none. Valid inside the critical section in which the Ref was
+// obtained.
+func (t *Table) Proto(r Ref) *ProtoState {
+	if t.proto == nil {
+		return nil
+	}
+	return &t.proto[r.idx()]
+}
+
 // Account adds one packet of n bytes in direction r.Dir() to the
 // connection's counters, when the table keeps them.
 func (t *Table) Account(r Ref, n int) {
@@ -392,7 +428,7 @@ func slotValue(tag, idx uint32) uint32 { return tag | (idx + 1) }
 // past its timeout at now.
 func (t *Table) expired(s uint32, last, now Time) bool {
 	d, ok := since(now, last)
-	return ok && uint32(d) > t.timeouts[s&stateMask].Load()
+	return ok && uint32(d) > t.timeouts[timeoutIndex(s)].Load()
 }
 
 // liveAt reports whether f is confirmed, not dying and not expired.

@@ -301,18 +301,20 @@ func TestTimeoutChangeAppliesToExisting(t *testing.T) {
 func TestTimeoutNamesAndDefaults(t *testing.T) {
 	tab := newTable(t, Config{Capacity: 10})
 	want := map[string]time.Duration{
-		"nf_conntrack_tcp_timeout_established": 432000 * time.Second,
-		"nf_conntrack_tcp_timeout_syn_sent":    120 * time.Second,
-		"nf_conntrack_tcp_timeout_syn_recv":    60 * time.Second,
-		"nf_conntrack_tcp_timeout_fin_wait":    120 * time.Second,
-		"nf_conntrack_tcp_timeout_close_wait":  60 * time.Second,
-		"nf_conntrack_tcp_timeout_last_ack":    30 * time.Second,
-		"nf_conntrack_tcp_timeout_time_wait":   120 * time.Second,
-		"nf_conntrack_tcp_timeout_close":       10 * time.Second,
-		"nf_conntrack_udp_timeout":             30 * time.Second,
-		"nf_conntrack_udp_timeout_stream":      120 * time.Second,
-		"nf_conntrack_icmp_timeout":            30 * time.Second,
-		"nf_conntrack_generic_timeout":         600 * time.Second,
+		"nf_conntrack_tcp_timeout_established":    432000 * time.Second,
+		"nf_conntrack_tcp_timeout_syn_sent":       120 * time.Second,
+		"nf_conntrack_tcp_timeout_syn_recv":       60 * time.Second,
+		"nf_conntrack_tcp_timeout_fin_wait":       120 * time.Second,
+		"nf_conntrack_tcp_timeout_close_wait":     60 * time.Second,
+		"nf_conntrack_tcp_timeout_last_ack":       30 * time.Second,
+		"nf_conntrack_tcp_timeout_time_wait":      120 * time.Second,
+		"nf_conntrack_tcp_timeout_close":          10 * time.Second,
+		"nf_conntrack_tcp_timeout_unacknowledged": 300 * time.Second,
+		"nf_conntrack_tcp_timeout_max_retrans":    300 * time.Second,
+		"nf_conntrack_udp_timeout":                30 * time.Second,
+		"nf_conntrack_udp_timeout_stream":         120 * time.Second,
+		"nf_conntrack_icmp_timeout":               30 * time.Second,
+		"nf_conntrack_generic_timeout":            600 * time.Second,
 	}
 	if len(TimeoutNames()) != len(want) {
 		t.Errorf("names %v", TimeoutNames())
@@ -800,5 +802,89 @@ func TestCoreStatsAreWorkersOnly(t *testing.T) {
 	}
 	if n := len(tab.Stats()); n != 4 {
 		t.Errorf("Stats has %d entries (3 cores and the control plane)", n)
+	}
+}
+
+// TestTimeoutClasses: a connection's timeout class picks its timeout, in
+// every lookup (single, batched), the sweep and the control plane's view.
+func TestTimeoutClasses(t *testing.T) {
+	tab := newTable(t, Config{Capacity: 100})
+	if err := tab.SetTimeout("nf_conntrack_tcp_timeout_max_retrans", 200*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := tab.SetTimeout("nf_conntrack_tcp_timeout_unacknowledged", 300*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	c := tab.Core(0)
+	cases := []struct {
+		class uint32
+		st    State
+		want  time.Duration
+	}{
+		{TimeoutOfState, TCPEstablished, 432000 * time.Second},
+		{TimeoutUnacked, TCPEstablished, 300 * time.Second},
+		{TimeoutRetrans, TCPEstablished, 200 * time.Second},
+		{TimeoutClose, TCPEstablished, 10 * time.Second},
+		{TimeoutUnacked, TCPSynRecv, 60 * time.Second}, // the state's is shorter
+		{TimeoutRetrans, TCPLastAck, 30 * time.Second},
+	}
+	for i, tc := range cases {
+		c.Enter()
+		nf := snatFlow(uint16(41000+i), uint16(2000+i), tc.st)
+		nf.Status |= tc.class
+		r := mustInsert(t, c, nf, 0)
+		if got := tab.StatusTimeout(tab.Flow(r).Status()); got != tc.want {
+			t.Errorf("case %d: StatusTimeout %v, want %v", i, got, tc.want)
+		}
+		to := Ticks(tc.want)
+		keys := []Tuple{nf.Orig, nf.Reply}
+		refs := make([]Ref, 2)
+		if c.Lookup(&nf.Orig, to) == 0 || c.LookupBatch(keys, refs, to) != 2 {
+			t.Errorf("case %d: gone at its timeout", i)
+		}
+		if c.Lookup(&nf.Reply, to+1) != 0 || c.LookupBatch(keys, refs, to+1) != 0 {
+			t.Errorf("case %d: visible past its timeout %v", i, tc.want)
+		}
+		var out [4]Gone
+		if n := c.Sweep(to+1, 100, out[:]); n != 1 {
+			t.Errorf("case %d: sweep took %d", i, n)
+		}
+		c.Exit()
+	}
+}
+
+// TestProtoState: a connection's protocol state is set at insert from
+// NewFlow.Proto, zero without.
+func TestProtoState(t *testing.T) {
+	tab := newTable(t, Config{Capacity: 10, Proto: true})
+	c := tab.Core(0)
+	c.Enter()
+	defer c.Exit()
+	var init [ProtoWords]uint32
+	for i := range init {
+		init[i] = uint32(i*7 + 1)
+	}
+	nf := snatFlow(40000, 1024, TCPSynSent)
+	nf.Proto = &init
+	r := mustInsert(t, c, nf, 0)
+	ps := tab.Proto(r)
+	for i := range ps {
+		if ps[i].Load() != init[i] {
+			t.Fatalf("word %d = %d, want %d", i, ps[i].Load(), init[i])
+		}
+	}
+	c.Kill(r)
+	var out [4]Gone
+	c.Sweep(0, 100, out[:])
+	nf2 := snatFlow(40001, 1025, TCPSynSent)
+	r2 := mustInsert(t, c, nf2, 0)
+	ps2 := tab.Proto(r2)
+	for i := range ps2 {
+		if w := ps2[i].Load(); w != 0 {
+			t.Fatalf("word %d = %d after an insert without state", i, w)
+		}
+	}
+	if newTable(t, Config{Capacity: 10}).Proto(r) != nil {
+		t.Fatal("a table without Proto returned state")
 	}
 }

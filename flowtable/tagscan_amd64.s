@@ -271,8 +271,8 @@ ploop:
 // state's timeout at now (last-seen time after now counts as not
 // expired). When all holds it falls through, at foundL, with the
 // direction in CX; else it jumps to fail. nowop is now's operand, timeop
-// the state's timeout, indexed by R11 (the state, once the status is
-// read); tmp is clobbered, and R11. replyL, liveL and foundL name its
+// the state's timeout, indexed by R11 (timeoutIndex: the state and the
+// timeout class, once the status is read); tmp is clobbered, and R11. replyL, liveL and foundL name its
 // labels (one use per function).
 #define CMPREC(rec, tmp, nowop, timeop, replyL, liveL, foundL, fail) \
 	MOVQ         0(SI), R11; \
@@ -296,10 +296,14 @@ liveL: \
 	ANDL         $FLAG_LIVE_MASK, tmp; \
 	CMPL         tmp, $FLAG_CONFIRMED; \
 	JNE          fail; \
+	MOVL         R11, tmp; \
+	SHRL         $const_classShift, tmp; \
+	ANDL         $const_classIndexMask, tmp; \
+	ANDL         $const_stateMask, R11; \
+	ORL          tmp, R11; \
 	MOVL         nowop, tmp; \
 	SUBL         Flow_last(rec), tmp; \
 	JS           foundL; \
-	ANDL         $const_stateMask, R11; \
 	CMPL         tmp, timeop; \
 	JHI          fail; \
 foundL:

@@ -215,7 +215,8 @@ func TestLookupOne(t *testing.T) {
 	// Two buckets, a 31-bit index mask, random slots over 64 records.
 	edge := &Table{h: hasher{rng.Uint64() | 1, rng.Uint64() | 1, rng.Uint64(), rng.Uint64()},
 		buckets: make([]bucket, 2), recs: make([]Flow, 64), nb: 2, idxMask: 1<<31 - 1}
-	edge.timeouts.setDefaults()
+	edge.toSet.defaults()
+	edge.timeouts.publish(&edge.toSet)
 	keys := make([]Tuple, 64)
 	var zeroTags, sameBuckets int
 	for range 2000 {

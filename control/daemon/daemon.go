@@ -148,7 +148,7 @@ func Start(plan *Plan, opts Options) (d *Daemon, err error) {
 	if d.lpFiles, err = openLocalPorts(); err != nil {
 		return d, err
 	}
-	d.tab, err = flowtable.New(flowtable.Config{Capacity: c.Capacity, Max: c.MaxConns, Cores: c.Queues})
+	d.tab, err = flowtable.New(flowtable.Config{Capacity: c.Capacity, Max: c.MaxConns, Cores: c.Queues, Proto: true})
 	if err != nil {
 		return d, fmt.Errorf("flow table: %w", err)
 	}

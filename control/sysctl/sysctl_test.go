@@ -24,17 +24,22 @@ func target(t *testing.T) *Target {
 func TestDefaultsAndNames(t *testing.T) {
 	tg := target(t)
 	want := map[string]int64{
-		"net.netfilter.nf_conntrack_max":                     1000,
-		"net.netfilter.nf_conntrack_count":                   0,
-		"net.netfilter.nf_conntrack_tcp_loose":               1,
-		"net.netfilter.nf_conntrack_tcp_timeout_established": 432000,
-		"net.netfilter.nf_conntrack_udp_timeout":             30,
-		"net.netfilter.nf_conntrack_udp_timeout_stream":      120,
-		"net.netfilter.nf_conntrack_icmp_timeout":            30,
-		"net.netfilter.nf_conntrack_generic_timeout":         600,
-		"xnat.per_source_max":                                0,
-		"xnat.per_source_ports":                              0,
-		"xnat.tcp_loose":                                     1,
+		"net.netfilter.nf_conntrack_max":                        1000,
+		"net.netfilter.nf_conntrack_count":                      0,
+		"net.netfilter.nf_conntrack_tcp_loose":                  1,
+		"net.netfilter.nf_conntrack_tcp_timeout_established":    432000,
+		"net.netfilter.nf_conntrack_udp_timeout":                30,
+		"net.netfilter.nf_conntrack_udp_timeout_stream":         120,
+		"net.netfilter.nf_conntrack_icmp_timeout":               30,
+		"net.netfilter.nf_conntrack_generic_timeout":            600,
+		"net.netfilter.nf_conntrack_tcp_be_liberal":             0,
+		"net.netfilter.nf_conntrack_tcp_ignore_invalid_rst":     0,
+		"net.netfilter.nf_conntrack_tcp_max_retrans":            3,
+		"net.netfilter.nf_conntrack_tcp_timeout_max_retrans":    300,
+		"net.netfilter.nf_conntrack_tcp_timeout_unacknowledged": 300,
+		"xnat.per_source_max":                                   0,
+		"xnat.per_source_ports":                                 0,
+		"xnat.tcp_loose":                                        1,
 	}
 	all := All(tg)
 	if len(all) != len(keys) || len(all) < 20 {
@@ -67,6 +72,8 @@ func TestSetIsAllOrNothing(t *testing.T) {
 		{[]Assignment{{"xnat.tcp_loose", 2}}, ErrValue},
 		{[]Assignment{{"xnat.per_source_max", 10}, {"xnat.per_source_ports", -1}}, ErrValue},
 		{[]Assignment{{"xnat.per_source_ports", portalloc.MaxSourceLimit + 1}}, ErrValue},
+		{[]Assignment{{"net.netfilter.nf_conntrack_tcp_be_liberal", 2}}, ErrValue},
+		{[]Assignment{{"net.netfilter.nf_conntrack_tcp_max_retrans", 256}}, ErrValue},
 		{[]Assignment{{"net.netfilter.nf_conntrack_udp_timeout", 0}}, ErrValue},
 	} {
 		if err := Set(tg, bad.as); !errors.Is(err, bad.want) {
@@ -123,4 +130,19 @@ func FuzzParseAssignment(f *testing.F) {
 			t.Fatal(err)
 		}
 	})
+}
+
+func TestTCPTrackingKeys(t *testing.T) {
+	tg := target(t)
+	if err := Set(tg, []Assignment{{"net.netfilter.nf_conntrack_tcp_be_liberal", 1}, {"net.netfilter.nf_conntrack_tcp_ignore_invalid_rst", 1},
+		{"net.netfilter.nf_conntrack_tcp_max_retrans", 5}, {"net.netfilter.nf_conntrack_tcp_timeout_unacknowledged", 120}}); err != nil {
+		t.Fatal(err)
+	}
+	s := tg.Settings
+	if !s.TCPBeLiberal.Load() || !s.TCPIgnoreInvalidRst.Load() || s.TCPMaxRetrans.Load() != 5 {
+		t.Errorf("not applied: liberal %v ignore_invalid_rst %v max_retrans %d", s.TCPBeLiberal.Load(), s.TCPIgnoreInvalidRst.Load(), s.TCPMaxRetrans.Load())
+	}
+	if d, _ := tg.Table.Timeout("nf_conntrack_tcp_timeout_unacknowledged"); d.Seconds() != 120 {
+		t.Errorf("unacknowledged timeout %v", d)
+	}
 }
