@@ -20,173 +20,41 @@
 // nf_conntrack_tcp_timeout_unacknowledged, _max_retrans (each only where
 // shorter than the state's) or _close.
 //
-// # Memory layout
+// # Shares, index and cost
 //
-// Records live in one array, split into equal shares, one per core: core
-// i creates connections only in its share and is their owner — it alone
-// expires, retires and frees them, and gives back their NAT ports. Each
-// share has Config.Limbo records more than Capacity/Cores, for records
-// waiting out their grace period.
+// Records live in one array split into equal shares, one per core. Core i
+// creates connections only in its share and is their owner: it alone
+// expires, retires and frees them, and gives back their NAT ports. The
+// index holds every connection under its original and its reply tuple, in
+// 64-byte buckets of sixteen 32-bit slots (record number and tag); each
+// tuple has two candidate buckets, chosen by a hash keyed from
+// crypto/rand. A connection costs 48 bytes of record and about 11 bytes of
+// index. Every page of the table is written at New, so no insert on the
+// packet path waits for a page fault.
 //
-// The index is an array of 64-byte buckets of sixteen 32-bit slots. A
-// slot holds a record number (plus one; 0 is empty) in its low bits and a
-// never-zero tag from the tuple's hash in the rest, so a slot is matched
-// with one AND and one compare. Each tuple hashes (a keyed wyhash-style
-// mix, the key drawn from crypto/rand, so outside hosts cannot aim at a
-// bucket) to two buckets; it goes to the first while that holds fewer
-// than 12 entries, else to the emptier of the two. The index has
-// 2·Capacity/0.75 slots, and 90% of tuples sit in their first bucket, so
-// a lookup usually reads one bucket line and one record. Rarely, an
-// insert finds both its buckets full (under churn at Capacity, one in
-// 400 million: 40 tables of a million connections, each churned by 10
-// million inserts; BenchmarkChurnAtCapacity); it then relocates an
-// entry of one of them to that entry's other bucket (one cuckoo step,
-// below) and takes the freed slot. Only if no entry of either bucket can
-// move does the insert fail and count insert_failed. A
-// connection thus costs 48 bytes of record and about 11 bytes of index:
-// 59 bytes, against some 320 for Linux's nf_conn with its NAT extension.
-// Tuples are compared as two 64-bit words.
+// LookupBatch resolves up to 64 keys with their cache misses overlapped;
+// Prefetch starts the lines of keys about to be inserted. Which code scans
+// the buckets, the vector code or the Go code, is the process's choice
+// (SetImpl): both give the same answers, and auto takes the vector code
+// only on the CPUs where it was measured faster.
 //
-// The record and index arrays are advised onto transparent huge pages
-// (madvise MADV_HUGEPAGE) before first touch: the table is probed at
-// random, and with 4 KiB pages nearly every probe of a large table is a
-// TLB miss (in a virtual machine, a two-dimensional page walk). New then
-// writes to every page of them, so the kernel backs the whole table at
-// start and no insert in the packet path ever waits for a page fault.
+// # Contract
 //
-// LookupBatch resolves up to 64 keys in passes that alternate computing
-// (hashing, scanning a bucket) with tight loops that only touch the next
-// cache line each key needs (first buckets, the few second buckets,
-// candidate records), so the misses of a whole batch are in flight
-// together instead of one after another.
-//
-// On amd64 the hash pass is assembly (tagscan_amd64.s, baseline
-// instructions: two 128-bit multiplies for the hash, three 64-bit ones for
-// the buckets and the tag). On a table beyond the caches it prefetches
-// each key's first bucket as soon as it is known,
-// so those misses overlap the hashing of the keys after (a prefetch,
-// unlike a load, holds up nothing behind it); the touch loops then wait
-// for lines already on their way. The prefetches bring lines into L2, not
-// L1 (PREFETCHT1): a miss bound for L1 holds one of its few miss buffers
-// until the line arrives, and those capped how many of a batch's misses
-// were in flight at once; L2 tracks many more. Table.Prefetch does the
-// same for keys about to be inserted, both buckets of each (an absent
-// key is looked for in both): the pipeline passes it the reply tuples of
-// a batch's new connections. Under ImplAVX2 (see Implementations below)
-// the bucket scan is vector code too: a bucket is compared with the tag as two 8-slot vectors and the
-// first matching slot taken with TZCNT, so no branch depends on where the
-// tag sits (the scalar loop leaves at a slot that differs from key to
-// key); the scan also prefetches each candidate record, and each second
-// bucket still to be read. A vector load is not one atomic load of the
-// bucket, but each aligned 32-bit slot in it is read whole, and a
-// candidate found this way is only a hint that the compare confirms
-// (tuple and liveness), as with the scalar scan. The record number is
-// read again from the matching slot with a scalar load; a slot emptied
-// in between reads as no candidate, which is the answer of a lookup
-// ordered just after that unlink, and a slot reused in between names a
-// record the compare rejects, sending the key to the full scan. The
-// compare pass is assembly as well where the vector scan runs: each
-// candidate's tuples, status and last-seen time read with plain loads
-// (atomic loads on amd64), the timeouts table likewise; a candidate that
-// fails goes to the Go scan through both buckets, as before.
-//
-// Below touchAbove live connections (16,384: the table then fits in the
-// second-level cache) the passes buy nothing, there being no misses to
-// overlap, and LookupBatch takes each key from hash to answer in one
-// assembly pass over the batch instead (lookupSmallAMD64, the single
-// lookup's path below without a call per key); a key whose candidate
-// fails the compare is scanned in Go. TestLookupOne holds it to the scan,
-// and TestLookupBatchMatchesLookup runs LookupBatch both ways.
-//
-// A single lookup (Lookup, and the control plane's) is one assembly call
-// where the vector scan runs (lookupOneAMD64): hash, place, the vector
-// match of the first bucket (the second only when no slot of the first
-// holds the tag), the candidate's compare, all without a branch that
-// depends on where the tag sits. A lookup is two dependent misses, bucket
-// then record, and what overlaps them with the next lookup's is the core
-// running ahead; a short path with nothing mispredicted lets it (at a
-// million connections, about 225 → 155–210 ns a lookup, alternated runs
-// of xnat-bench flowtable). It reads the table's fields at the offsets
-// the compiler writes into go_asm.h. When the candidate fails, or an
-// absent answer coincides with a relocation, the Go scan decides.
-//
-// The insert path's bucket reads (holder, rival, link's free-slot search,
-// unlink) take the same vector compare (bucketMatch, and bucketMatch2 for
-// a tuple's two buckets in one call): a mask of the slots
-// whose tag matches, or which are free, each then loaded again, or taken
-// by CAS, one by one. A slot that changed since the vector read fails
-// that second look, as it would have failed a scalar scan that reached it
-// later. rival's answer rests on more: that of two inserters racing with
-// the same tuple, at least one sees the other's slot. Each publishes its
-// slot with a CAS before it looks, and on amd64 a CAS is a locked
-// instruction, which no later load, vector loads included, may pass
-// (x86-TSO); so the two CASes are ordered, and the inserter whose CAS came
-// second reads the first one's slot. That same check after publishing is
-// what lets InsertRetry (the port allocator's later tries) skip the look
-// for the original tuple before publishing: a holder that appeared since
-// the first try is found there as a racing inserter would be. Under the
-// race detector
-// the scalar scan runs: the scan's atomic loads are the happens-before
-// edges between an insert and a lookup that the detector must see.
-//
-// # Implementations
-//
-// The vector code (ImplAVX2) and the Go code (ImplGo) give the same
-// answers; each vector routine has a Go twin it is tested against. Which
-// one runs is the process's choice (SetImpl; ImplAuto by default): auto
-// takes the vector code only on the CPUs it was measured faster on, AMD's
-// Zen cores, and the Go code elsewhere, Intel included. The hash pass and
-// the prefetches are baseline amd64 code that both take; a purego build
-// compiles no assembly at all. The vector routines keep the upper halves
-// of the Y registers clean around every legacy-SSE instruction a Go
-// program runs: VEX encodings only, and VZEROUPPER on every way out
-// (TestVectorUpperState checks the test binary's code).
-//
-// # Relocation
-//
-// A relocation moves entry w from its slot s in a full bucket to a free
-// slot of w's other bucket: a CAS 0 → w there (the copy), then an atomic
-// increment of the table's relocation counter, then a CAS w → v on s,
-// which gives s to the inserter's new entry v. The entry is in the index
-// throughout, twice for a moment. But a scan that reads a tuple's two
-// buckets one after the other can miss it: it reads the copy's bucket
-// before the copy lands and the old bucket after s changed. So every
-// scan that must not miss — lookups, batched or not, the insert's rival
-// checks, unlink — reads the counter before and after, and when it moved
-// and the scan found nothing, scans again (the insert's holder checks
-// before publishing may miss: the rival checks after catch what they
-// missed, as they catch a racing inserter; the lookups count it
-// as search_restart, as Linux counts lookups restarted while entries
-// moved between its hash chains; and a reply tuple's holder found before
-// publishing whose original tuple is the new connection's own is that
-// connection, its original entry missed so: the insert answers Exists,
-// not ReplyClash). With sequentially consistent atomics
-// the argument is a seqlock's: if the scan read s after the CAS on s, its
-// second read of the counter follows the increment, which preceded that
-// CAS; if its first read already saw the increment, the copy preceded it,
-// and the scan reads the copy. Relocations are rare enough that the
-// counter's cache line is, in effect, read-only, and a restart costs
-// nothing in practice; a scan can only restart forever if relocations
-// never stop.
-//
-// If w leaves s between the copy and the CAS (its killer unlinked it),
-// the CAS fails and the mover takes its copy back (CAS w → 0). The
-// killer's unlink removes the one copy of w it finds, and it finds one:
-// it scans again while the counter moves. If that was the original, the
-// mover's CAS fails and it takes its copy back; if it was the mover's
-// copy, the mover's CAS then replaces the original. Either way none is
-// left. That takes one mover at a time: with two copying one entry, the
-// killer could remove the second one's copy, the first one's CAS succeed
-// and its copy stay. So a relocation holds a flag for its few CASes, and
-// an insert that finds another relocation under way fails (IndexFull,
-// counted insert_failed) rather than wait: two at once, each about one
-// insert in 400 million, do not happen in practice, and no core ever
-// blocks on another. An entry whose record is dying is not moved, nor
-// one that could stand for either tuple of its record (both tuples in
-// that bucket under one tag), as unlink would then look in the wrong
-// bucket for one of them. A mover reads the entry's record to find its
-// other bucket from inside its critical section, having just loaded the
-// slot, so the record cannot be reused meanwhile, as for a lookup.
+//   - A lookup never blocks and never misses a live connection, also while
+//     an entry moves between its two buckets (a relocation: the scan reads
+//     a counter before and after and scans again, counted search_restart).
+//   - An expired connection is absent to lookups at once, before its owner
+//     sweeps it. A dying record is absent from the moment its dying bit is
+//     set; a record without the confirmed bit is absent.
+//   - Of two inserts of the same tuple at once, at most one wins.
+//   - Every confirmed connection is reported gone exactly once, by its
+//     owner's sweep, however it left (expired, deleted, evicted).
+//   - A record is reused only after an epoch grace period: every
+//     participant brackets its accesses with Enter and Exit (workers once
+//     per batch) and must not block in between.
+//   - At Max live connections, an insert evicts an expired or unassured
+//     connection (early_drop) or refuses; ASSURED connections are never
+//     evicted.
 //
 // # Who writes what
 //
@@ -211,74 +79,6 @@
 //     published with atomic stores at every Exit on cache lines no one else
 //     writes; readers sum what was published.
 //
-// # Life of a record
-//
-// An insert takes a record from its core's free list (or the never-used
-// tail of its share), writes it, then publishes its original and reply
-// tuples by CAS into empty slots. It then looks for a rival: another
-// record, not dying, holding either tuple. All Go atomics are sequentially
-// consistent, so of two cores inserting the same tuple at once at least
-// one sees the other; whoever sees a rival withdraws (unlinks and retires
-// its record) and reports Exists or ReplyClash. Two can both withdraw —
-// then both count insert_failed and the next packet retries — but two can
-// never both win. Only then does the insert set the confirmed bit; a
-// lookup ignores records without it.
-//
-// A record leaves in one of three ways — it expires, it is deleted (by the
-// control plane or a packet path), or it is evicted to make room — and each
-// is the same kill: a CAS that sets the dying bit. The core whose CAS
-// succeeds unlinks both slots and decrements the count; a lookup ignores a
-// dying record from the moment the bit is set. Expiry needs no kill to take
-// effect: a lookup compares the last-seen time with the state's timeout
-// and treats an expired record as absent even before anyone sweeps it.
-//
-// The owner's sweep (Core.Sweep, a bounded number of records per call, so
-// no core ever stalls) walks its share from where it last stopped: it kills
-// what has expired, and retires what is dying — puts it in limbo, tagged
-// with the global epoch — and reports it (Gone) so the caller can give back
-// its NAT port. When the owner itself kills one of its records (a delete
-// on its packet path, an expired connection met by an insert, an early
-// drop of its own), it retires the record at once and queues the report
-// for its next sweep, so churn does not wait for the cursor to come round.
-// Every confirmed connection is reported exactly once, by its owner,
-// whoever killed it.
-//
-// # Reclamation: epochs
-//
-// A record in limbo has been unlinked, but a core that loaded its slot a
-// moment earlier may still be reading it. It may be reused only after
-// every such reader is done. xnat uses epochs (after Fraser's epoch-based
-// reclamation, in the quiescent-state style of RCU): every participant —
-// each worker core, and one more for the control plane — brackets its
-// table accesses with Enter and Exit. Enter reads the global epoch and
-// announces it in the participant's own cache line; Exit announces "none".
-// Workers enter once per batch, so announcements cost two stores a batch,
-// nothing per packet.
-//
-// The global epoch advances from g to g+1 only when every participant
-// inside a critical section has announced g (Core.Exit tries, whenever its
-// limbo has records waiting). A record retired at epoch r is freed once the
-// global epoch reaches r+2. Why that is enough: a reader can reach the
-// record only through a slot it loaded before the unlink, so inside a
-// critical section it entered before the unlink, announcing an epoch e ≤ r.
-// While it stays inside, the epoch cannot pass e+1 ≤ r+1; so by the time it
-// reaches r+2 the reader has left. The announcement is stored before the
-// reader loads any slot and the retirement epoch is read after the unlink;
-// with sequentially consistent atomics that ordering is all the argument
-// needs. The same chain of atomics gives the race detector its
-// happens-before edges: the reader's plain reads of the tuples precede its
-// Exit store, which the advancing core loads, before the owner rewrites
-// the record.
-//
-// A participant must not block inside a critical section: while it is
-// there, no record retired after it entered can be freed. If that happens
-// anyway (a preempted goroutine, a stalled control-plane walk), limbo fills,
-// the owner's sweep pauses, and new connections on that core are refused
-// and counted as drop (result NoRecord) until the participant exits;
-// nothing is lost and nothing is reused early. The control plane's walks
-// (List, DeleteMatching, Flush) therefore work in short critical sections
-// of a few hundred records.
-//
 // # When the table is full
 //
 // At Max live connections, an insert first kills a connection near the new
@@ -300,4 +100,7 @@
 // lost a race and looked up the winner, or a lookup scanned again because
 // an entry was relocated meanwhile), plus expired and deleted.
 // Entries is Table.Count.
+// docs/design.md gives the reasoning: the layout, the batched lookups,
+// relocation's seqlock argument, epoch-based reclamation and the vector
+// code.
 package flowtable
