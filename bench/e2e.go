@@ -85,6 +85,10 @@ func ParseE2E(args []string, w io.Writer) (E2EOptions, error) {
 		c.Scenarios = []string{*scenario}
 	case e2e.ScFlood:
 		c.Scenarios = []string{*scenario}
+		// Zero would mean the default to Validate: refuse it here.
+		if *floodPPS <= 0 || *established <= 0 || *legitRate <= 0 || *synSources <= 0 || *maxConns <= 0 {
+			return o, errors.New("--flood-pps, --established, --legit-rate, --syn-sources and --max-conns must be positive")
+		}
 		o.Flood = &e2e.FloodConfig{
 			Duration: *dur, Settle: *settle, Established: *established, LegitRate: *legitRate,
 			FloodPPS: *floodPPS, SynSources: *synSources, MaxConns: *maxConns,
