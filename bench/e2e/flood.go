@@ -534,13 +534,13 @@ func rstSpray(tp *Topology, ports []uint16) func([]byte) int {
 type echoServer struct {
 	ln    net.Listener
 	mu    sync.Mutex
-	conns []net.Conn
-	peers map[uint32][]uint16 // peer address → ports
+	conns map[net.Conn]struct{} // open connections
+	peers map[uint32][]uint16   // peer address → ports
 	done  chan struct{}
 }
 
 func listenEcho(ns *NS, addr uint32, port uint16) (*echoServer, error) {
-	s := &echoServer{peers: map[uint32][]uint16{}, done: make(chan struct{})}
+	s := &echoServer{conns: map[net.Conn]struct{}{}, peers: map[uint32][]uint16{}, done: make(chan struct{})}
 	err := ns.Do(func() error {
 		var err error
 		s.ln, err = net.Listen("tcp4", net.JoinHostPort(ipString(addr), strconv.Itoa(int(port))))
@@ -561,7 +561,7 @@ func (s *echoServer) serve() {
 			return
 		}
 		s.mu.Lock()
-		s.conns = append(s.conns, c)
+		s.conns[c] = struct{}{}
 		if ra, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 			if a4 := ra.IP.To4(); a4 != nil {
 				k := binary.BigEndian.Uint32(a4)
@@ -569,7 +569,13 @@ func (s *echoServer) serve() {
 			}
 		}
 		s.mu.Unlock()
-		go func() { _, _ = io.Copy(c, c); c.Close() }()
+		go func() {
+			_, _ = io.Copy(c, c)
+			c.Close()
+			s.mu.Lock()
+			delete(s.conns, c)
+			s.mu.Unlock()
+		}()
 	}
 }
 
@@ -595,10 +601,9 @@ func (s *echoServer) Close() error {
 	err := s.ln.Close()
 	<-s.done
 	s.mu.Lock()
-	for _, c := range s.conns {
+	for c := range s.conns {
 		c.Close()
 	}
-	s.conns = nil
 	s.mu.Unlock()
 	if errors.Is(err, net.ErrClosed) {
 		err = nil
