@@ -104,19 +104,22 @@
 // the MASQUERADE: dut1's address, TCP port 8080, to gen's 10.0.0.2:8080,
 // where a listener answers.
 //
-// Before the floods, 500 connections (--established) from gen to an echo
-// server on srv, 203.0.113.2:9000, are opened through MASQUERADE; each
-// then sends 32 bytes every 100 ms and waits for the echo. For --time,
+// Before the floods, 500 connections (--established) are opened: nine in
+// ten from gen to an echo server on srv, 203.0.113.2:9000, through
+// MASQUERADE, and one in ten from srv through the DNAT to an echo server
+// on gen; each then sends 32 bytes every 100 ms and waits for the echo. For --time,
 // three floods run together from AF_PACKET sockets that receive nothing
 // (so the namespaces' stacks see every frame), at --flood-pps in total:
 // half SYNs from up to 100,000 spoofed sources in 198.18.0.0/15
 // (--syn-sources) at the DNAT port; a quarter UDP datagrams from one
 // inside host, 10.0.0.16, each to a new destination; a quarter RSTs
-// from the echo server's address and port at the established
-// connections' external ports (as the server sees them), with random
-// sequence numbers. Meanwhile a legitimate client opens --legit-rate
-// connections per second to the echo server, each to connect, echo once
-// and close within 2 s. The established connections echo for --settle
+// with random sequence numbers at the established connections, from
+// outside: from the echo server's address and port to the masqueraded
+// connections' external ports (as the server sees them), and from the
+// inbound clients' addresses and ports to the DNAT port. Meanwhile a
+// legitimate client opens --legit-rate connections per second, one in
+// five inbound through the DNAT and the others outbound, each to
+// connect, echo once and close within 2 s. The established connections echo for --settle
 // more after the floods stop.
 //
 // The result (FloodResult) counts the established connections lost (any

@@ -131,9 +131,10 @@ type FloodResult struct {
 	Seconds  float64 `json:"seconds"` // the floods' duration as measured
 	// Established connections, and those that saw an error, a RST or
 	// no echo for LegitTimeout (by what they saw).
-	Established       int            `json:"established"`
-	EstablishedLost   int            `json:"established_lost"`
-	EstablishedLostBy map[string]int `json:"established_lost_by,omitempty"`
+	Established        int            `json:"established"`
+	EstablishedInbound int            `json:"established_inbound"` // of them, through the DNAT
+	EstablishedLost    int            `json:"established_lost"`
+	EstablishedLostBy  map[string]int `json:"established_lost_by,omitempty"`
 	// EstablishedStates are the target's conntrack states of the
 	// established connections at the end ("missing": not in the table):
 	// a RST the target accepted leaves CLOSE, which traffic keeps alive
@@ -144,9 +145,12 @@ type FloodResult struct {
 	// + close within the timeout), failures by what they saw.
 	LegitAttempted int            `json:"legit_attempted"`
 	LegitCompleted int            `json:"legit_completed"`
-	LegitFailedBy  map[string]int `json:"legit_failed_by,omitempty"`
-	LegitSuccess   float64        `json:"legit_success"`
-	LegitNewPerSec float64        `json:"legit_new_per_sec"`
+	LegitFailedBy  map[string]int `json:"legit_failed_by,omitempty"` // "out:stalled", "in:reset" …
+	// Of them, inbound through the DNAT.
+	LegitInAttempted int     `json:"legit_in_attempted"`
+	LegitInCompleted int     `json:"legit_in_completed"`
+	LegitSuccess     float64 `json:"legit_success"`
+	LegitNewPerSec   float64 `json:"legit_new_per_sec"`
 	// Flood frames sent (syn, udp, rst; send errors as *_refused) and
 	// their rate in total.
 	FloodSent map[string]uint64 `json:"flood_sent"`
@@ -219,16 +223,27 @@ func RunFlood(cfg FloodConfig) (res *FloodResult, err error) {
 	}
 	closers = append(closers, svc.Close)
 
-	est, err := dialEstablished(tp.Gen, cfg.Established, cfg.LegitTimeout)
+	est, err := dialEstablished(tp, cfg.Established, cfg.LegitTimeout)
 	if err != nil {
 		return nil, err
 	}
 	closers = append(closers, est.Close)
-	// The external ports of the established connections, as the
-	// server sees them: the RST spray's targets.
-	ports, err := echo.waitPeers(cfg.Established, DUTOut, 5*time.Second)
+	// The RST spray's targets: the masqueraded connections' external
+	// ports as the echo server sees them, answered from its port; the
+	// DNAT'd connections' client ports, from the client's address to
+	// the DNAT port.
+	ports, err := echo.waitPeers(cfg.Established-est.inbound, DUTOut, 5*time.Second)
 	if err != nil {
 		return nil, err
+	}
+	var rsts []tuple4
+	for _, p := range ports {
+		rsts = append(rsts, tuple4{src: SrvAddr, sport: EchoPort, dst: DUTOut, dport: p})
+	}
+	for _, c := range est.conns {
+		if tu := connTuple(c); tu.dst == DUTOut {
+			rsts = append(rsts, tuple4{src: SrvAddr, sport: tu.sport, dst: DUTOut, dport: DNATPort})
+		}
 	}
 
 	before, err := floodCounters(target, tp)
@@ -265,7 +280,7 @@ func RunFlood(cfg FloodConfig) (res *FloodResult, err error) {
 	}{
 		{synTx, cfg.FloodPPS / 2, synFlood(tp, cfg.SynSources)},
 		{udpTx, cfg.FloodPPS / 4, udpFlood(tp)},
-		{rstTx, cfg.FloodPPS / 4, rstSpray(tp, ports)},
+		{rstTx, cfg.FloodPPS / 4, rstSpray(tp, rsts)},
 	}
 	start := time.Now()
 	for i, g := range gens {
@@ -275,14 +290,14 @@ func RunFlood(cfg FloodConfig) (res *FloodResult, err error) {
 			outs[i].sent, outs[i].refused = g.tx.flood(stop, g.rate, g.next)
 		}()
 	}
-	legit := runLegit(tp.Gen, cfg.LegitRate, cfg.LegitTimeout, stop)
+	legit := runLegit(tp, cfg.LegitRate, cfg.LegitTimeout, stop)
 	time.Sleep(cfg.Duration)
 	close(stop)
 	wg.Wait()
 	elapsed := time.Since(start)
 	lr := legit.wait()
 	time.Sleep(cfg.Settle)
-	states, err := ctStates(target, tp, est.localPorts())
+	states, err := ctStates(target, tp, est.tuples())
 	if err != nil {
 		return nil, err
 	}
@@ -300,6 +315,7 @@ func RunFlood(cfg FloodConfig) (res *FloodResult, err error) {
 		Target: cfg.Target, Scenario: ScFlood, Seconds: elapsed.Seconds(),
 		Established: cfg.Established, EstablishedLost: lost, EstablishedLostBy: lostBy, EstablishedStates: states, Echoes: echoes,
 		LegitAttempted: lr.attempted, LegitCompleted: lr.completed, LegitFailedBy: lr.failedBy,
+		EstablishedInbound: est.inbound, LegitInAttempted: lr.inAttempted, LegitInCompleted: lr.inCompleted,
 		FloodSent: map[string]uint64{}, DropsByReason: map[string]uint64{}, Conns: conns, MaxConns: cfg.MaxConns,
 	}
 	if lr.attempted > 0 {
@@ -516,17 +532,36 @@ func udpFlood(tp *Topology) func([]byte) int {
 	}
 }
 
-// rstSpray: RSTs from the echo server's address and port to dut1's
-// address at the established connections' external ports in turn, with
+// rstSpray: RSTs from outside at the given connections in turn, with
 // random sequence numbers: a blind attacker who knows the ports.
-func rstSpray(tp *Topology, ports []uint16) func([]byte) int {
+func rstSpray(tp *Topology, to []tuple4) func([]byte) int {
 	r := rand.New(rand.NewPCG(3, 4))
 	var i int
 	return func(b []byte) int {
-		p := ports[i%len(ports)]
+		t := to[i%len(to)]
 		i++
-		return tcpFrame(b, tp.SrvMAC, tp.DUTOutMAC, SrvAddr, DUTOut, EchoPort, p, r.Uint32(), 0, tcpRST, uint16(i))
+		return tcpFrame(b, tp.SrvMAC, tp.DUTOutMAC, t.src, t.dst, t.sport, t.dport, r.Uint32(), 0, tcpRST, uint16(i))
 	}
+}
+
+// tuple4 is a TCP connection's addresses and ports, source first.
+type tuple4 struct {
+	src, dst     uint32
+	sport, dport uint16
+}
+
+// connTuple is a client connection's tuple as the device under test
+// sees its original direction: the client's end, then the address it
+// dialled.
+func connTuple(c net.Conn) tuple4 {
+	var t tuple4
+	if a, ok := c.LocalAddr().(*net.TCPAddr); ok && a.IP.To4() != nil {
+		t.src, t.sport = binary.BigEndian.Uint32(a.IP.To4()), uint16(a.Port)
+	}
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok && a.IP.To4() != nil {
+		t.dst, t.dport = binary.BigEndian.Uint32(a.IP.To4()), uint16(a.Port)
+	}
+	return t
 }
 
 // echoServer echoes every byte on every connection it accepts and
@@ -611,16 +646,26 @@ func (s *echoServer) Close() error {
 	return err
 }
 
-// dialIn connects from inside ns to SrvAddr:EchoPort within timeout.
-func dialIn(ns *NS, timeout time.Duration) (net.Conn, error) {
+// dial connects from ns to addr:port within timeout.
+func dial(ns *NS, addr uint32, port uint16, timeout time.Duration) (net.Conn, error) {
 	var c net.Conn
 	err := ns.Do(func() error {
 		var err error
 		d := net.Dialer{Timeout: timeout}
-		c, err = d.Dial("tcp4", net.JoinHostPort(ipString(SrvAddr), strconv.Itoa(int(EchoPort))))
+		c, err = d.Dial("tcp4", net.JoinHostPort(ipString(addr), strconv.Itoa(int(port))))
 		return err
 	})
 	return c, err
+}
+
+// dialOut connects from gen through MASQUERADE to the echo server;
+// dialIn from srv through the DNAT to gen's service.
+func dialOut(tp *Topology, timeout time.Duration) (net.Conn, error) {
+	return dial(tp.Gen, SrvAddr, EchoPort, timeout)
+}
+
+func dialIn(tp *Topology, timeout time.Duration) (net.Conn, error) {
+	return dial(tp.Srv, DUTOut, DNATPort, timeout)
 }
 
 // echoOnce writes msg and reads it back before the deadline.
@@ -664,17 +709,19 @@ func failure(err error) string {
 
 // established are long-lived connections that echo periodically.
 type established struct {
-	conns  []net.Conn
-	errs   []error
-	echoes atomic.Uint64
-	quit   chan struct{}
-	wg     sync.WaitGroup
+	conns   []net.Conn
+	inbound int // connections dialled through the DNAT
+	errs    []error
+	echoes  atomic.Uint64
+	quit    chan struct{}
+	wg      sync.WaitGroup
 }
 
-// dialEstablished opens n connections from ns and checks each with one
-// echo.
-func dialEstablished(ns *NS, n int, timeout time.Duration) (*established, error) {
-	e := &established{conns: make([]net.Conn, n), errs: make([]error, n), quit: make(chan struct{})}
+// dialEstablished opens n connections, every tenth inbound through the
+// DNAT and the others outbound through MASQUERADE, and checks each with
+// one echo.
+func dialEstablished(tp *Topology, n int, timeout time.Duration) (*established, error) {
+	e := &established{conns: make([]net.Conn, n), errs: make([]error, n), quit: make(chan struct{}), inbound: n / 10}
 	var mu sync.Mutex
 	var first error
 	var wg sync.WaitGroup
@@ -685,7 +732,11 @@ func dialEstablished(ns *NS, n int, timeout time.Duration) (*established, error)
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			c, err := dialIn(ns, timeout)
+			d := dialOut
+			if i%10 == 9 {
+				d = dialIn
+			}
+			c, err := d(tp, timeout)
 			if err == nil {
 				var buf [32]byte
 				err = echoOnce(c, []byte("established connection, check  "), buf[:], time.Now().Add(timeout))
@@ -768,23 +819,23 @@ func (e *established) Close() error {
 
 // legit is the legitimate client: new connections at a steady rate.
 type legit struct {
-	wg        sync.WaitGroup
-	mu        sync.Mutex
-	attempted int
-	completed int
-	failedBy  map[string]int
-	done      chan struct{}
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	res  legitResult
+	done chan struct{}
 }
 
 type legitResult struct {
-	attempted, completed int
-	failedBy             map[string]int
+	attempted, completed     int
+	inAttempted, inCompleted int // inbound through the DNAT
+	failedBy                 map[string]int
 }
 
-// runLegit opens a connection from ns every 1/rate s until stop is
-// closed; each connects, echoes once and closes within timeout.
-func runLegit(ns *NS, rate float64, timeout time.Duration, stop <-chan struct{}) *legit {
-	l := &legit{failedBy: map[string]int{}, done: make(chan struct{})}
+// runLegit opens a connection every 1/rate s until stop is closed, every
+// fifth inbound through the DNAT and the others outbound through
+// MASQUERADE; each connects, echoes once and closes within timeout.
+func runLegit(tp *Topology, rate float64, timeout time.Duration, stop <-chan struct{}) *legit {
+	l := &legit{res: legitResult{failedBy: map[string]int{}}, done: make(chan struct{})}
 	period := time.Duration(float64(time.Second) / rate)
 	go func() {
 		defer close(l.done)
@@ -802,14 +853,22 @@ func runLegit(ns *NS, rate float64, timeout time.Duration, stop <-chan struct{})
 				return
 			default:
 			}
+			in := i%5 == 4
 			l.mu.Lock()
-			l.attempted++
+			l.res.attempted++
+			if in {
+				l.res.inAttempted++
+			}
 			l.mu.Unlock()
 			l.wg.Add(1)
 			go func() {
 				defer l.wg.Done()
 				deadline := time.Now().Add(timeout)
-				c, err := dialIn(ns, timeout)
+				d, dir := dialOut, "out:"
+				if in {
+					d, dir = dialIn, "in:"
+				}
+				c, err := d(tp, timeout)
 				if err == nil {
 					var buf [16]byte
 					err = echoOnce(c, []byte("legitimate conn "), buf[:], deadline)
@@ -818,10 +877,13 @@ func runLegit(ns *NS, rate float64, timeout time.Duration, stop <-chan struct{})
 				l.mu.Lock()
 				defer l.mu.Unlock()
 				if err != nil {
-					l.failedBy[failure(err)]++
+					l.res.failedBy[dir+failure(err)]++
 					return
 				}
-				l.completed++
+				l.res.completed++
+				if in {
+					l.res.inCompleted++
+				}
 			}()
 		}
 	}()
@@ -834,35 +896,40 @@ func (l *legit) wait() legitResult {
 	l.wg.Wait()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return legitResult{l.attempted, l.completed, l.failedBy}
+	return l.res
 }
 
 // FloodHeader is the table header matching FloodResult.Row.
-var FloodHeader = []string{"target", "seconds", "established", "est. lost", "legit tried", "legit ok", "legit success", "legit new/s", "flood pps", "syn", "udp", "rst", "conns", "drops by reason"}
+var FloodHeader = []string{"target", "seconds", "established", "est. lost", "est. states", "legit tried", "legit ok", "legit success", "legit new/s", "flood pps", "syn", "udp", "rst", "conns", "drops by reason"}
 
 // Row formats a flood result for the table.
 func (r *FloodResult) Row() []string {
 	f := func(v float64, prec int) string { return strconv.FormatFloat(v, 'f', prec, 64) }
-	keys := make([]string, 0, len(r.DropsByReason))
-	for k := range r.DropsByReason {
+	lost := strconv.Itoa(r.EstablishedLost)
+	if r.EstablishedLost > 0 {
+		lost += " (" + counts(r.EstablishedLostBy) + ")"
+	}
+	return []string{r.Target, f(r.Seconds, 1), strconv.Itoa(r.Established), lost, counts(r.EstablishedStates),
+		strconv.Itoa(r.LegitAttempted), strconv.Itoa(r.LegitCompleted), f(r.LegitSuccess, 4), f(r.LegitNewPerSec, 0),
+		f(r.FloodPPS, 0), strconv.FormatUint(r.FloodSent["syn"], 10), strconv.FormatUint(r.FloodSent["udp"], 10),
+		strconv.FormatUint(r.FloodSent["rst"], 10), strconv.Itoa(r.Conns), counts(r.DropsByReason)}
+}
+
+// counts formats a map of counts as "k=v" pairs sorted by key.
+func counts[V int | uint64](m map[string]V) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
-	var drops bytes.Buffer
+	var b bytes.Buffer
 	for i, k := range keys {
 		if i > 0 {
-			drops.WriteByte(' ')
+			b.WriteByte(' ')
 		}
-		fmt.Fprintf(&drops, "%s=%d", k, r.DropsByReason[k])
+		fmt.Fprintf(&b, "%s=%d", k, m[k])
 	}
-	lost := strconv.Itoa(r.EstablishedLost)
-	if r.EstablishedLost > 0 {
-		lost += fmt.Sprint(r.EstablishedLostBy)
-	}
-	return []string{r.Target, f(r.Seconds, 1), strconv.Itoa(r.Established), lost,
-		strconv.Itoa(r.LegitAttempted), strconv.Itoa(r.LegitCompleted), f(r.LegitSuccess, 4), f(r.LegitNewPerSec, 0),
-		f(r.FloodPPS, 0), strconv.FormatUint(r.FloodSent["syn"], 10), strconv.FormatUint(r.FloodSent["udp"], 10),
-		strconv.FormatUint(r.FloodSent["rst"], 10), strconv.Itoa(r.Conns), drops.String()}
+	return b.String()
 }
 
 // floodCounters adds xnatd's conntrack and path counters beside its drop
@@ -899,11 +966,17 @@ func (x *Xnat) floodCounters(m map[string]uint64) error {
 var kernelTCPStates = [...]string{"NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT", "CLOSE", "SYN_SENT2"}
 
 // ctStates returns the target's conntrack state of each established
-// connection (GenAddr:port → SrvAddr:EchoPort for port in ports), counted
-// by state name; "missing" counts connections the table does not hold.
-func ctStates(t Target, tp *Topology, ports map[uint16]bool) (map[string]int, error) {
+// connection (by its original tuple), counted by state name; "missing"
+// counts connections the table does not hold.
+func ctStates(t Target, tp *Topology, conns map[tuple4]bool) (map[string]int, error) {
 	out := map[string]int{}
 	seen := 0
+	ip := func(a net.IP) uint32 {
+		if a4 := a.To4(); a4 != nil {
+			return binary.BigEndian.Uint32(a4)
+		}
+		return 0
+	}
 	switch t := t.(type) {
 	case *Kernel:
 		flows, err := tp.DUT.Netlink().ConntrackTableList(netlink.ConntrackTable, netlink.FAMILY_V4)
@@ -912,7 +985,7 @@ func ctStates(t Target, tp *Topology, ports map[uint16]bool) (map[string]int, er
 		}
 		for _, f := range flows {
 			fw := f.Forward
-			if fw.Protocol != header.ProtoTCP || fw.DstPort != EchoPort || !fw.SrcIP.Equal(net.IP(be32(GenAddr))) || !ports[fw.SrcPort] {
+			if fw.Protocol != header.ProtoTCP || !conns[tuple4{ip(fw.SrcIP), ip(fw.DstIP), fw.SrcPort, fw.DstPort}] {
 				continue
 			}
 			name := "unknown"
@@ -928,12 +1001,12 @@ func ctStates(t Target, tp *Topology, ports map[uint16]bool) (map[string]int, er
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		l, err := t.client.Conntrack(ctx, &conntrack.Filter{Proto: header.ProtoTCP, DPort: EchoPort, HasDPort: true, Src: GenAddr, HasSrc: true})
+		l, err := t.client.Conntrack(ctx, &conntrack.Filter{Proto: header.ProtoTCP})
 		if err != nil {
 			return nil, fmt.Errorf("e2e: listing xnatd's connections: %w", err)
 		}
 		for _, c := range l.Conns {
-			if c.Orig.Dst != ipString(SrvAddr) || !ports[c.Orig.SPort] {
+			if !conns[tuple4{ip(net.ParseIP(c.Orig.Src)), ip(net.ParseIP(c.Orig.Dst)), c.Orig.SPort, c.Orig.DPort}] {
 				continue
 			}
 			out[c.State]++
@@ -942,19 +1015,17 @@ func ctStates(t Target, tp *Topology, ports map[uint16]bool) (map[string]int, er
 	default:
 		return nil, fmt.Errorf("%w: no connection listing for target %s", ErrConfig, t.Name())
 	}
-	if m := len(ports) - seen; m > 0 {
+	if m := len(conns) - seen; m > 0 {
 		out["missing"] = m
 	}
 	return out, nil
 }
 
-// localPorts are the established connections' local ports.
-func (e *established) localPorts() map[uint16]bool {
-	m := make(map[uint16]bool, len(e.conns))
+// tuples are the established connections' original tuples.
+func (e *established) tuples() map[tuple4]bool {
+	m := make(map[tuple4]bool, len(e.conns))
 	for _, c := range e.conns {
-		if a, ok := c.LocalAddr().(*net.TCPAddr); ok {
-			m[uint16(a.Port)] = true
-		}
+		m[connTuple(c)] = true
 	}
 	return m
 }

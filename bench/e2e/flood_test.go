@@ -86,11 +86,12 @@ func TestFloodFrames(t *testing.T) {
 	if len(dsts) != 100 {
 		t.Errorf("udp: %d destinations of 100 datagrams", len(dsts))
 	}
-	rst := rstSpray(tp, []uint16{40000, 40001})
+	rst := rstSpray(tp, []tuple4{{SrvAddr, DUTOut, EchoPort, 40000}, {SrvAddr, DUTOut, 40001, DNATPort}})
 	seqs := map[uint32]bool{}
 	for i := range 4 {
 		src, dst, sport, dport, l4 := check("rst", rst(b[:]), header.ProtoTCP)
-		if src != SrvAddr || sport != EchoPort || dst != DUTOut || dport != uint16(40000+i%2) || l4[13] != tcpRST {
+		want := [2][2]uint16{{EchoPort, 40000}, {40001, DNATPort}}[i%2]
+		if src != SrvAddr || sport != want[0] || dst != DUTOut || dport != want[1] || l4[13] != tcpRST {
 			t.Errorf("rst: %s:%d → %s:%d flags %#x", ipString(src), sport, ipString(dst), dport, l4[13])
 		}
 		seqs[binary.BigEndian.Uint32(l4[4:])] = true
@@ -154,6 +155,9 @@ func TestFloodBothTargets(t *testing.T) {
 		if r.LegitAttempted < 100 || r.LegitCompleted <= 0 || r.LegitCompleted > r.LegitAttempted ||
 			r.LegitSuccess != float64(r.LegitCompleted)/float64(r.LegitAttempted) || r.LegitNewPerSec <= 0 {
 			t.Errorf("%s: legitimate %d of %d (%v, %v/s)", target, r.LegitCompleted, r.LegitAttempted, r.LegitSuccess, r.LegitNewPerSec)
+		}
+		if r.LegitInAttempted < r.LegitAttempted/6 || r.LegitInCompleted > r.LegitInAttempted || r.EstablishedInbound != r.Established/10 {
+			t.Errorf("%s: inbound: legitimate %d of %d, established %d", target, r.LegitInCompleted, r.LegitInAttempted, r.EstablishedInbound)
 		}
 		if r.EstablishedLost < 0 || r.EstablishedLost >= r.Established || r.Echoes == 0 {
 			t.Errorf("%s: %d of %d established lost, %d echoes", target, r.EstablishedLost, r.Established, r.Echoes)
