@@ -155,11 +155,13 @@ type FloodResult struct {
 	// their rate in total.
 	FloodSent map[string]uint64 `json:"flood_sent"`
 	FloodPPS  float64           `json:"flood_pps"`
-	// DropsByReason: the target's counters over the run (xnat: xnatd's
-	// drop reasons; kernel: /proc/net/stat/nf_conntrack's drop
-	// (table_full), early_drop, insert_failed, invalid and error
-	// columns and the IP layer's discards from /proc/net/snmp), and the
-	// device under test's veth drops.
+	// DropsByReason: the target's counters that moved over the run
+	// (xnat: xnatd's drop reasons, with ct_early_drop, ct_invalid,
+	// per_source_limit, out_of_ports, xdp_redirect_failed and
+	// xsk_rx_dropped; kernel: /proc/net/stat/nf_conntrack's drop as
+	// table_full, insert_failed, and its early_drop, invalid and error
+	// columns as ct_*, and the IP layer's discards from /proc/net/snmp),
+	// and the device under test's veth drops (dut0_rx_dropped …).
 	DropsByReason map[string]uint64 `json:"drops_by_reason"`
 	Conns         int               `json:"conns"` // connections in the target's table at the end
 	MaxConns      int               `json:"max_conns"`
@@ -167,8 +169,8 @@ type FloodResult struct {
 
 // RunFlood runs the flood scenario against one target: a fresh topology,
 // the target with a DNAT rule (dut1:DNATPort → GenAddr:DNATPort) beside
-// its MASQUERADE, cfg.Established kernel TCP connections from gen to an
-// echo server on srv, then for cfg.Duration the three floods and the
+// its MASQUERADE, cfg.Established kernel TCP connections through it
+// (one in ten inbound through the DNAT), then for cfg.Duration the three floods and the
 // legitimate client together, then cfg.Settle more of the established
 // connections' echoes. Everything it creates is removed before it
 // returns.
