@@ -134,7 +134,7 @@ type FloodResult struct {
 	Established        int            `json:"established"`
 	EstablishedInbound int            `json:"established_inbound"` // of them, through the DNAT
 	EstablishedLost    int            `json:"established_lost"`
-	EstablishedLostBy  map[string]int `json:"established_lost_by,omitempty"`
+	EstablishedLostBy  map[string]int `json:"established_lost_by,omitempty"` // "out:reset", "in:stalled" …
 	// EstablishedStates are the target's conntrack states of the
 	// established connections at the end ("missing": not in the table):
 	// a RST the target accepted leaves CLOSE, which traffic keeps alive
@@ -801,10 +801,14 @@ func (e *established) stop() (lost int, by map[string]int, echoes uint64) {
 	close(e.quit)
 	e.wg.Wait()
 	by = map[string]int{}
-	for _, err := range e.errs {
+	for i, err := range e.errs {
 		if err != nil {
 			lost++
-			by[failure(err)]++
+			dir := "out:"
+			if i%10 == 9 {
+				dir = "in:"
+			}
+			by[dir+failure(err)]++
 		}
 	}
 	return lost, by, e.echoes.Load()
