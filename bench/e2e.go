@@ -28,6 +28,9 @@ type E2EOptions struct {
 	Config e2e.Config
 	JSON   bool
 	Plot   string
+	// Flood is set for --scenario flood (Target and Placement are set per
+	// run from Config).
+	Flood *e2e.FloodConfig
 }
 
 // ParseE2E parses the e2e scenario's flags.
@@ -35,7 +38,7 @@ func ParseE2E(args []string, w io.Writer) (E2EOptions, error) {
 	fs := flag.NewFlagSet("e2e", flag.ContinueOnError)
 	fs.SetOutput(w)
 	target := fs.String("target", "kernel", "xnat, kernel or both (in turn, with the ratio)")
-	scenario := fs.String("scenario", "throughput", "throughput, loss, latency, newconn, scaling, headroom or all")
+	scenario := fs.String("scenario", "throughput", "throughput, loss, latency, newconn, scaling, headroom, all (these six) or flood")
 	flows := fs.String("flows", "1,1000,100000,1000000", "active connections: one number or a comma-separated list")
 	size := fs.String("size", "64", "Ethernet frame size with FCS: 64, 1500, or a list (64,1500)")
 	proto := fs.String("proto", "udp", "udp or tcp")
@@ -53,6 +56,12 @@ func ParseE2E(args []string, w io.Writer) (E2EOptions, error) {
 	sinkCPU := fs.Int("sink-cpu", sinkDef, "CPU of the sink")
 	dutCPUs := fs.String("dut-cpus", dutDef, "CPUs of the device under test, queue q on the q-th (in turn): xnatd --cpus, and the kernel's RPS CPUs with --kernel-rps")
 	kernelRPS := fs.Bool("kernel-rps", false, "steer the kernel's forwarding to --dut-cpus with RPS (on veth it otherwise runs inside the generator's sendto)")
+	floodPPS := fs.Float64("flood-pps", e2e.DefaultFloodPPS, "flood: offered flood frames per second in total (half SYN, a quarter UDP, a quarter RST)")
+	established := fs.Int("established", e2e.DefaultEstablished, "flood: established TCP connections echoing through the device under test")
+	legitRate := fs.Float64("legit-rate", e2e.DefaultLegitRate, "flood: new legitimate TCP connections per second")
+	synSources := fs.Int("syn-sources", e2e.DefaultSynSources, "flood: spoofed outside sources of the SYN flood")
+	maxConns := fs.Int("max-conns", e2e.DefaultFloodMaxConn, "flood: the device under test's connection limit (nf_conntrack_max)")
+	settle := fs.Duration("settle", time.Second, "flood: how long the established connections keep echoing after the floods stop")
 	var o E2EOptions
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -74,8 +83,21 @@ func ParseE2E(args []string, w io.Writer) (E2EOptions, error) {
 		c.Scenarios = e2e.AllScenarios
 	case e2e.ScThroughput, e2e.ScLoss, e2e.ScLatency, e2e.ScNewConn, e2e.ScScaling, e2e.ScHeadroom:
 		c.Scenarios = []string{*scenario}
+	case e2e.ScFlood:
+		c.Scenarios = []string{*scenario}
+		// Zero would mean the default to Validate: refuse it here.
+		if *floodPPS <= 0 || *established <= 0 || *legitRate <= 0 || *synSources <= 0 || *maxConns <= 0 {
+			return o, errors.New("--flood-pps, --established, --legit-rate, --syn-sources and --max-conns must be positive")
+		}
+		o.Flood = &e2e.FloodConfig{
+			Duration: *dur, Settle: *settle, Established: *established, LegitRate: *legitRate,
+			FloodPPS: *floodPPS, SynSources: *synSources, MaxConns: *maxConns,
+		}
+		if err := o.Flood.Validate(); err != nil {
+			return o, err
+		}
 	default:
-		return o, fmt.Errorf("--scenario %q: want throughput, loss, latency, newconn, scaling, headroom or all", *scenario)
+		return o, fmt.Errorf("--scenario %q: want throughput, loss, latency, newconn, scaling, headroom, all or flood", *scenario)
 	}
 	var err error
 	if c.Flows, err = intList(*flows, 1, e2e.MaxFlows/2); err != nil {
@@ -143,6 +165,9 @@ func runE2E(args []string, w io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if o.Flood != nil {
+		return runFlood(o, w)
+	}
 	if o.JSON {
 		// With one target each result is written as soon as it is
 		// measured; with both, at the end, when the ratios are known.
@@ -202,4 +227,35 @@ func writePlot(path string, rs []e2e.Result) error {
 		return err
 	}
 	return f.Close()
+}
+
+// runFlood runs the flood scenario against each target in turn and
+// writes each result as it is measured (a JSON line, or a table at the
+// end).
+func runFlood(o E2EOptions, w io.Writer) error {
+	for _, t := range o.Config.Targets {
+		if err := e2e.Available(t); err != nil {
+			return err
+		}
+	}
+	var rows [][]string
+	for _, t := range o.Config.Targets {
+		fc := *o.Flood
+		fc.Target, fc.Placement = t, o.Config.Placement
+		r, err := e2e.RunFlood(fc)
+		if err != nil {
+			return fmt.Errorf("flood %s: %w", t, err)
+		}
+		if o.JSON {
+			if err := WriteJSON(w, r); err != nil {
+				return err
+			}
+			continue
+		}
+		rows = append(rows, r.Row())
+	}
+	if o.JSON {
+		return nil
+	}
+	return Table(w, e2e.FloodHeader, rows)
 }

@@ -33,6 +33,33 @@ func TestParseE2E(t *testing.T) {
 	}
 }
 
+func TestParseE2EFlood(t *testing.T) {
+	o, err := ParseE2E([]string{"--scenario", "flood", "--target", "both", "--time", "3s", "--flood-pps", "1000", "--established", "50",
+		"--legit-rate", "20", "--syn-sources", "1000", "--max-conns", "4096", "--settle", "11s", "--json"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := o.Flood
+	if f == nil || f.Duration != 3*time.Second || f.FloodPPS != 1000 || f.Established != 50 || f.LegitRate != 20 ||
+		f.SynSources != 1000 || f.MaxConns != 4096 || f.Settle != 11*time.Second || len(o.Config.Targets) != 2 || !o.JSON {
+		t.Fatalf("parsed %+v, flood %+v", o, f)
+	}
+	if o, err := ParseE2E([]string{"--scenario", "flood"}, io.Discard); err != nil || o.Flood == nil || o.Flood.Established != e2e.DefaultEstablished {
+		t.Fatalf("defaults: %+v, %v", o.Flood, err)
+	}
+	if o, err := ParseE2E([]string{"--scenario", "all"}, io.Discard); err != nil || o.Flood != nil {
+		t.Fatalf("all: %+v, %v", o.Flood, err)
+	}
+	for _, bad := range [][]string{
+		{"--flood-pps", "0"}, {"--flood-pps", "-5"}, {"--established", "0"}, {"--established", "100000"},
+		{"--legit-rate", "-1"}, {"--syn-sources", "999999"}, {"--max-conns", "100"}, {"--settle", "-1s"},
+	} {
+		if _, err := ParseE2E(append([]string{"--scenario", "flood"}, bad...), io.Discard); err == nil {
+			t.Errorf("%v accepted", bad)
+		}
+	}
+}
+
 func TestParseE2EPlacement(t *testing.T) {
 	o, err := ParseE2E([]string{"--gen-cpus", "0", "--dut-cpus", "0", "--sink-cpu", "0", "--kernel-rps"}, io.Discard)
 	if err != nil {

@@ -93,4 +93,46 @@
 // than overrunning it, so the maximum rate shows up as the generator's
 // own rate with little loss. The "xdp_drop" point measures the
 // generator alone into an XDP_DROP program on dut0: its headroom.
+//
+// # Flood
+//
+// The flood scenario (RunFlood; --scenario flood, not part of "all")
+// asks whether the device under test keeps its users' connections while
+// it is attacked. It uses real kernel TCP sockets rather than the AF_XDP
+// generator, in the same topology with a route to 198.18.0.0/15 through
+// the server (whose kernel drops what reaches it) and a DNAT rule beside
+// the MASQUERADE: dut1's address, TCP port 8080, to gen's 10.0.0.2:8080,
+// where a listener answers.
+//
+// Before the floods, 500 connections (--established) are opened: nine in
+// ten from gen to an echo server on srv, 203.0.113.2:9000, through
+// MASQUERADE, and one in ten from srv through the DNAT to an echo server
+// on gen; each then sends 32 bytes every 100 ms and waits for the echo. For --time,
+// three floods run together from AF_PACKET sockets that receive nothing
+// (so the namespaces' stacks see every frame), at --flood-pps in total:
+// half SYNs from up to 100,000 spoofed sources in 198.18.0.0/15
+// (--syn-sources) at the DNAT port; a quarter UDP datagrams from one
+// inside host, 10.0.0.16, each to a new destination; a quarter RSTs
+// with random sequence numbers at the established connections, from
+// outside: from the echo server's address and port to the masqueraded
+// connections' external ports (as the server sees them), and from the
+// inbound clients' addresses and ports to the DNAT port. Meanwhile a
+// legitimate client opens --legit-rate connections per second, one in
+// five inbound through the DNAT and the others outbound, each to
+// connect, echo once and close within 2 s. The established connections echo for --settle
+// more after the floods stop.
+//
+// The result (FloodResult) counts the established connections lost (any
+// error, a reset, or an echo not back within 2 s), and their conntrack
+// states at the end as the target holds them (a RST the target accepted
+// leaves CLOSE: traffic keeps such an entry alive, but its timeout is 10
+// s and an early drop may take it); the legitimate connections attempted
+// and completed (legit_success, legit_new_per_sec); the flood frames
+// sent and their rate; and drops_by_reason, the target's counters over
+// the run: xnatd's drop reasons, early drops, invalid packets and
+// per-source refusals, or the kernel's conntrack statistics (drop as
+// table_full, early_drop, insert_failed, invalid, error) and IP
+// discards; with the device under test's veth drops for both. The
+// connection limit is --max-conns (32768 by default, below what the
+// floods offer in a second), so the table is full for most of the run.
 package e2e

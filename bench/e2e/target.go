@@ -48,6 +48,12 @@ type TargetConfig struct {
 	// test's interfaces to CPUs (rps_cpus), so that forwarding runs there
 	// rather than inside the sender's sendto.
 	RPS bool
+	// NATRules are nat-table rules the target applies before its
+	// MASQUERADE rule, each in iptables-save's form without the table
+	// ("-A PREROUTING -i dut1 -p tcp --dport 8080 -j DNAT
+	// --to-destination 10.0.0.2:8080"): the kernel runs iptables with
+	// them, xnat puts them in its rules file.
+	NATRules []string
 }
 
 // ErrNoXnatd is returned by the xnat target while the daemon does not
@@ -104,6 +110,11 @@ func (k *Kernel) Setup(tp *Topology, cfg TargetConfig) error {
 	}
 	if err := tp.DUT.SetSysctl("net.ipv4.ip_forward", "1"); err != nil {
 		return err
+	}
+	for _, r := range cfg.NATRules {
+		if _, err := tp.DUT.Run("iptables", append([]string{"-w", "-t", "nat"}, strings.Fields(r)...)...); err != nil {
+			return err
+		}
 	}
 	if _, err := tp.DUT.Run("iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-o", DUTOutIf, "-j", "MASQUERADE"); err != nil {
 		return err
@@ -265,14 +276,18 @@ type Xnat struct {
 // Name implements Target.
 func (x *Xnat) Name() string { return "xnat" }
 
-const xnatRules = `*nat
-:PREROUTING ACCEPT [0:0]
-:INPUT ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
-:POSTROUTING ACCEPT [0:0]
--A POSTROUTING -o ` + DUTOutIf + ` -j MASQUERADE
-COMMIT
-`
+// xnatRules is xnatd's rules file: the extra nat rules, then
+// MASQUERADE out of dut1.
+func xnatRules(extra []string) string {
+	var b strings.Builder
+	b.WriteString("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n")
+	for _, r := range extra {
+		b.WriteString(r)
+		b.WriteByte('\n')
+	}
+	b.WriteString("-A POSTROUTING -o " + DUTOutIf + " -j MASQUERADE\nCOMMIT\n")
+	return b.String()
+}
 
 // Setup implements Target: it starts xnatd and waits until it logs that
 // it runs.
@@ -288,7 +303,7 @@ func (x *Xnat) Setup(tp *Topology, cfg TargetConfig) error {
 		return fmt.Errorf("e2e: %w", err)
 	}
 	rules := filepath.Join(x.dir, "rules.v4")
-	if err := os.WriteFile(rules, []byte(xnatRules), 0o600); err != nil {
+	if err := os.WriteFile(rules, []byte(xnatRules(cfg.NATRules)), 0o600); err != nil {
 		return fmt.Errorf("e2e: %w", err)
 	}
 	x.stderr = &lockedBuffer{}
