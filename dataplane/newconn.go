@@ -41,7 +41,7 @@ func (p *Pipeline) prefetchReplies(metas []meta, keys []flowtable.Tuple, refs []
 // filter tables, creates the connection and forwards the packet.
 func (p *Pipeline) newConnection(frame []byte, size int, m *meta, key *flowtable.Tuple, out *Result) {
 	env := p.env
-	if p.routerMustNot(frame, m, out) {
+	if p.routerMustNot(frame, m, out) || p.rpFiltered(key.Src, m, out) {
 		return
 	}
 	rs := env.Rules
@@ -211,7 +211,7 @@ func (p *Pipeline) forwardFirst(frame []byte, size int, m *meta, ref flowtable.R
 // untracked handles a packet conntrack cannot track (state INVALID): the
 // filter decides, as in Linux, and an accepted one is forwarded as it is.
 func (p *Pipeline) untracked(frame []byte, size int, m *meta, out *Result) {
-	if p.routerMustNot(frame, m, out) {
+	if p.routerMustNot(frame, m, out) || p.rpFiltered(header.IPv4(frame[m.l3:]).Src(), m, out) {
 		return
 	}
 	p.ct.CountInvalid()
