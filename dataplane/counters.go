@@ -37,6 +37,8 @@ const (
 	ReasonMartian        // a source or destination a router never forwards (0/8, 127/8, 169.254/16, 240/4)
 	ReasonBroadcast      // broadcast or multicast: never forwarded; passed to the kernel
 	ReasonPerSourceFull  // the per-source limiter had no slot for the inside host
+	ReasonRPFilter       // the reverse-path filter refused the source (rp_filter; Linux's IPReversePathFilter)
+	ReasonVLAN           // an 802.1Q-tagged frame: xnat's interfaces carry no VLAN
 	numReasons
 )
 
@@ -70,6 +72,8 @@ var reasonNames = [numReasons]string{
 	ReasonMartian:        "martian",
 	ReasonBroadcast:      "broadcast",
 	ReasonPerSourceFull:  "per_source_full",
+	ReasonRPFilter:       "rp_filter",
+	ReasonVLAN:           "vlan",
 }
 
 func (r Reason) String() string {

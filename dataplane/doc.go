@@ -31,8 +31,10 @@
 // resets), env.go (the environment), counters.go and unsafe.go (the
 // package's uses of unsafe).
 //
-//  1. Parse every frame (parse.go): Ethernet with one optional 802.1Q tag;
-//     IPv4 with options, checked (version, IHL, total length against the
+//  1. Parse every frame (parse.go): untagged Ethernet (xnat's ports
+//     carry no VLAN: a tagged frame, which the XDP program leaves to the
+//     kernel's VLAN sub-interfaces, is dropped and counted, vlan); IPv4
+//     with options, checked (version, IHL, total length against the
 //     frame, header checksum); TCP, UDP, ICMP. The common frames —
 //     untagged, IPv4 without options, TCP or UDP — take parseFast, which
 //     reads fixed offsets of arrays whose length it checks once; the rest
@@ -41,7 +43,9 @@
 //     (FuzzPipeline, FuzzParseFast). What a router never forwards is
 //     decided here for the frames the full parser takes, and for the rest
 //     before a connection is created (Env.martian): broadcast and
-//     multicast go to the kernel, martian addresses are dropped. A packet
+//     multicast go to the kernel, martian addresses are dropped; the
+//     reverse-path filter (rpfilter.go, Linux's rp_filter) checks the
+//     source of a packet that would create a connection. A packet
 //     whose TTL would reach zero
 //     is answered with ICMP time exceeded here, before it can create a
 //     connection. A first fragment is taken like a whole datagram (its

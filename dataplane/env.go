@@ -64,6 +64,8 @@ type Env struct {
 	Ports  []Port
 	Rules  *rules.Ruleset
 	routes []route
+	// rpRoutes are every route, for the reverse-path filter (rpfilter.go).
+	rpRoutes []rpRoute
 	// neighs are the snapshot's neighbours, which a new Dataplane's
 	// neighbour table starts with.
 	neighs []topo.Neigh
@@ -152,6 +154,7 @@ func NewEnv(cfg EnvConfig) (*Env, error) {
 		}
 	}
 	sort.SliceStable(env.routes, func(i, j int) bool { return env.routes[i].dst.Len > env.routes[j].dst.Len })
+	env.rpRoutes = compileRPRoutes(cfg.Snapshot.Routes, byIndex)
 	env.neighs = cfg.Snapshot.Neighs
 	var prevRules *rules.Ruleset
 	if cfg.Prev != nil {

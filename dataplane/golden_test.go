@@ -392,14 +392,43 @@ func TestMTUFragmentationNeeded(t *testing.T) {
 	}
 }
 
+// TestVLANTaggedFrame: xnat's ports carry no VLAN, so a tagged frame —
+// 802.1Q, or 802.1ad's outer tag, a new connection's or a known one's, in
+// either direction — is dropped and counted (vlan), never forwarded with
+// or without its tag; the same frames untagged are forwarded.
 func TestVLANTaggedFrame(t *testing.T) {
 	tb := newTestbed(t, masqRules, 1500, 1)
 	p := udpPkt(macA, macIn0, addrA, 5000, remote, 7000)
 	p.vlan = true
+	r, _ := tb.run(p.bytes(t), portIn)
+	if r.Action != ActDrop || r.Reason != ReasonVLAN {
+		t.Fatalf("tagged new connection: %v %v", r.Action, r.Reason)
+	}
+	p.vlan = false
 	r, out := tb.run(p.bytes(t), portIn)
 	expect(t, r, ActForward, portOut)
 	d := decode(t, out)
 	ipEq(t, "src", d.ip.SrcIP, addrExt)
+	back := udpPkt(macGW, macOut0, remote, 7000, addrExt, uint16(d.udp.SrcPort))
+	back.vlan = true
+	p.vlan = true
+	qinq := p.bytes(t)
+	binary.BigEndian.PutUint16(qinq[header.EthernetType:], header.EtherTypeQinQ)
+	for i, c := range []struct {
+		frame []byte
+		in    uint16
+	}{{p.bytes(t), portIn}, {back.bytes(t), portOut}, {qinq, portIn}} {
+		r, _ := tb.run(c.frame, c.in)
+		if r.Action != ActDrop || r.Reason != ReasonVLAN {
+			t.Fatalf("tagged frame %d of a known connection: %v %v", i, r.Action, r.Reason)
+		}
+	}
+	back.vlan = false
+	r, _ = tb.run(back.bytes(t), portOut)
+	expect(t, r, ActForward, portIn)
+	if c := tb.dp.TotalCounters(); c.Drop(ReasonVLAN) != 4 || ReasonVLAN.String() != "vlan" {
+		t.Fatalf("vlan drops %d", c.Drop(ReasonVLAN))
+	}
 }
 
 func TestMalformedFramesCountedByReason(t *testing.T) {

@@ -30,6 +30,10 @@ func (p *Pipeline) handleICMPError(frame []byte, size int, m *meta, ref flowtabl
 		p.untracked(frame, size, m, out)
 		return
 	}
+	// The error's own source is checked like a new connection's.
+	if p.rpFiltered(header.IPv4(frame[m.l3:]).Src(), m, out) {
+		return
+	}
 	f := p.d.Table.Flow(ref)
 	dir := ref.Dir()
 	k := f.TuplePtr(dir)

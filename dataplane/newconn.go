@@ -41,7 +41,7 @@ func (p *Pipeline) prefetchReplies(metas []meta, keys []flowtable.Tuple, refs []
 // filter tables, creates the connection and forwards the packet.
 func (p *Pipeline) newConnection(frame []byte, size int, m *meta, key *flowtable.Tuple, out *Result) {
 	env := p.env
-	if p.routerMustNot(frame, m, out) {
+	if p.routerMustNot(frame, m, out) || p.rpFiltered(key.Src, m, out) {
 		return
 	}
 	rs := env.Rules
@@ -221,7 +221,7 @@ func (p *Pipeline) forwardFirst(frame []byte, size int, m *meta, ref flowtable.R
 // dropped and counted (invalid): Linux would send it untranslated, and an
 // inside address would appear on the outside wire.
 func (p *Pipeline) untracked(frame []byte, size int, m *meta, out *Result) {
-	if p.routerMustNot(frame, m, out) {
+	if p.routerMustNot(frame, m, out) || p.rpFiltered(header.IPv4(frame[m.l3:]).Src(), m, out) {
 		return
 	}
 	p.ct.CountInvalid()

@@ -154,12 +154,12 @@ func (p *Pipeline) parse(frame []byte, m *meta, key *flowtable.Tuple) Reason {
 	eth := header.Ethernet(frame)
 	l3 := header.EthernetLen
 	et := eth.Type()
-	if et == header.EtherTypeVLAN {
-		if len(frame) < header.EthernetLen+header.VLANLen {
-			return ReasonShortFrame
-		}
-		et = eth.InnerType()
-		l3 += header.VLANLen
+	// xnat's interfaces carry no VLAN: a tagged frame (802.1Q, or
+	// 802.1ad's outer tag) is not for an xnat port, and is never
+	// forwarded with its tag onto another (the XDP program passes them to
+	// the kernel, which owns the box's VLAN sub-interfaces).
+	if et == header.EtherTypeVLAN || et == header.EtherTypeQinQ {
+		return ReasonVLAN
 	}
 	if et != header.EtherTypeIPv4 {
 		return ReasonNotIPv4

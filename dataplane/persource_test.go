@@ -73,7 +73,7 @@ func TestPerSourceDrops(t *testing.T) {
 	// A limiter with room for 8 sources (16 slots): the 17th is refused.
 	tb, _ = newLimitedTestbed(t, portalloc.LimiterConfig{Cores: 1, Conns: 4096, Sources: 8})
 	for i := range 17 {
-		r, _ := tb.run(udpPkt(macA, macIn0, ip4(10, 0, 1, byte(i)), 5000, remote, 7000).bytes(t), portIn)
+		r, _ := tb.run(udpPkt(macA, macIn0, ip4(10, 0, 0, byte(10+i)), 5000, remote, 7000).bytes(t), portIn)
 		want := ActForward
 		if i == 16 {
 			want = ActDrop

@@ -85,6 +85,9 @@ type Settings struct {
 	// records rather than the hundreds a per-batch quota needs to keep
 	// up when batches are few.
 	SweepBudget atomic.Int64
+	// RPFilter is the reverse-path filter (rpfilter.go): strict on every
+	// port by default, as distributions set Linux.
+	RPFilter RPFilter
 }
 
 // DefaultUnresQlenBytes is Linux's net.ipv4.neigh.default.unres_qlen_bytes.
@@ -99,6 +102,8 @@ func NewSettings() *Settings {
 	s.ICMPBurst.Store(50)
 	s.SweepBudget.Store(0)
 	s.UnresQlenBytes.Store(DefaultUnresQlenBytes)
+	s.RPFilter.All.Store(RPFilterStrict)
+	s.RPFilter.Default.Store(RPFilterStrict)
 	return s
 }
 

@@ -87,7 +87,7 @@ func writeStats(w io.Writer, s *api.Stats, perCore bool) {
 	for _, x := range s.XDP {
 		line(w, "xdp", x.Interface, "("+x.Mode+")", "to_xnat_forward", num(x.ToXnatForward, ""), "to_xnat_local", num(x.ToXnatLocal, ""),
 			"redirect_failed", num(x.RedirectFailed, ""), "pass_not_ipv4", num(x.PassNotIPv4, ""), "pass_local", num(x.PassLocal, ""), "pass_broadcast", num(x.PassBroadcast, ""),
-			"pass_malformed", num(x.PassMalformed, ""))
+			"pass_malformed", num(x.PassMalformed, ""), "pass_vlan", num(x.PassVLAN, ""))
 	}
 	for _, r := range s.Rings {
 		mode := "copy"

@@ -157,8 +157,9 @@ func TestSysctl(t *testing.T) {
 	c := b.Client()
 	all, err := c.Sysctl(ctx)
 	must(t, err)
-	keys := sysctl.Keys()
-	if len(all) != len(keys) {
+	cfg := b.D.Config()
+	keys := (&sysctl.Target{Ifaces: cfg.Interfaces()}).Keys()
+	if len(all) != len(keys) || len(keys) != len(sysctl.Keys())+len(cfg.Interfaces()) {
 		t.Fatalf("%d values for %d keys", len(all), len(keys))
 	}
 	for i, k := range keys {

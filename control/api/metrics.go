@@ -129,6 +129,7 @@ var xdpActions = [xdpprog.NumCounters]string{
 	xdpprog.CtrPassLocal:      "pass_local",
 	xdpprog.CtrPassMalformed:  "pass_malformed",
 	xdpprog.CtrPassBroadcast:  "pass_broadcast",
+	xdpprog.CtrPassVLAN:       "pass_vlan",
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {

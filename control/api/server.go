@@ -495,13 +495,13 @@ func (s *Server) restore(req *RestoreRequest) (*IptablesResponse, error) {
 
 func (s *Server) sysctlTarget() *sysctl.Target {
 	dp := s.d.Dataplane()
-	return &sysctl.Target{Table: s.d.Table(), Settings: dp.Settings, Limiter: dp.Pools.Limiter()}
+	return &sysctl.Target{Table: s.d.Table(), Settings: dp.Settings, Limiter: dp.Pools.Limiter(), Ifaces: s.names}
 }
 
 func (s *Server) sysctlValues(names []string) (SysctlValues, error) {
 	t := s.sysctlTarget()
 	out := SysctlValues{Values: []SysctlValue{}}
-	for _, k := range sysctl.Keys() {
+	for _, k := range t.Keys() {
 		if names != nil && !slices.Contains(names, k.Name) {
 			continue
 		}

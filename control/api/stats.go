@@ -25,7 +25,8 @@ func StatsOf(s *daemon.Stats, names []string, nInside int, now time.Time) Stats 
 		out.XDP = append(out.XDP, XDPStats{Interface: p.Interface, Mode: p.Mode,
 			ToXnatForward: c[xdpprog.CtrToXnatForward], ToXnatLocal: c[xdpprog.CtrToXnatLocal],
 			RedirectFailed: c[xdpprog.CtrRedirectFailed], PassNotIPv4: c[xdpprog.CtrPassNotIPv4],
-			PassLocal: c[xdpprog.CtrPassLocal], PassMalformed: c[xdpprog.CtrPassMalformed], PassBroadcast: c[xdpprog.CtrPassBroadcast]})
+			PassLocal: c[xdpprog.CtrPassLocal], PassMalformed: c[xdpprog.CtrPassMalformed], PassBroadcast: c[xdpprog.CtrPassBroadcast],
+			PassVLAN: c[xdpprog.CtrPassVLAN]})
 	}
 	for q, socks := range s.Sockets {
 		for i, r := range socks {

@@ -96,6 +96,7 @@ type XDPStats struct {
 	PassLocal      uint64 `json:"pass_local"`
 	PassBroadcast  uint64 `json:"pass_broadcast"`
 	PassMalformed  uint64 `json:"pass_malformed"`
+	PassVLAN       uint64 `json:"pass_vlan"`
 }
 
 // RingStats are one AF_XDP socket's ring counters (queue, interface).

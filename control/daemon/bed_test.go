@@ -62,6 +62,8 @@ type bedOpts struct {
 	localPorts string
 	// noNeighbours: no permanent neighbour at all, as a router just booted
 	noNeighbours bool
+	// setup runs on the topology before the daemon starts.
+	setup func(tp *nattest.Topology)
 }
 
 type bed struct {
@@ -83,6 +85,9 @@ func newBed(t *testing.T, o bedOpts) *bed {
 	}
 	tp := nattest.New(t, nattest.Options{Queues: 2, NoServerNeighbour: o.noNeigh, NoNeighbours: o.noNeighbours})
 	b := &bed{t: t, insA: tp.InsA, insB: tp.InsB, x: tp.X, sv: tp.Srv}
+	if o.setup != nil {
+		o.setup(tp)
+	}
 	b.rulesFile = t.TempDir() + "/rules.v4"
 	must(t, writeFile(b.rulesFile, o.rules))
 	cfg := Config{Inside: nattest.Inside, Outside: nattest.Outside, Queues: o.queues,

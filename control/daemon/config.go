@@ -92,6 +92,11 @@ type Config struct {
 	// which xnatctl sysctl changes at run time.
 	PerSourceMax   int `toml:"per_source_max"`
 	PerSourcePorts int `toml:"per_source_ports"`
+	// RPFilter is net.ipv4.conf.all.rp_filter for xnat's reverse-path
+	// filter (0 off, 1 strict, 2 loose; xnatctl sysctl changes it at run
+	// time); nil takes the kernel's value at start, as the default's and
+	// each interface's own always are.
+	RPFilter *int `toml:"rp_filter"`
 }
 
 // LoadFile reads a TOML config file. Unknown keys are errors, so a
@@ -215,6 +220,9 @@ func (c *Config) Validate() error {
 	}
 	if c.PerSourcePorts < 0 || c.PerSourcePorts > portalloc.MaxSourceLimit {
 		return bad("per_source_ports %d (0 to %d)", c.PerSourcePorts, portalloc.MaxSourceLimit)
+	}
+	if c.RPFilter != nil && (*c.RPFilter < dataplane.RPFilterOff || *c.RPFilter > dataplane.RPFilterLoose) {
+		return bad("rp_filter %d (0 off, 1 strict, 2 loose)", *c.RPFilter)
 	}
 	if c.LocalPorts != "warn" && c.LocalPorts != "refuse" {
 		return bad("local_ports %q (warn or refuse)", c.LocalPorts)

@@ -192,7 +192,9 @@ func Start(plan *Plan, opts Options) (d *Daemon, err error) {
 		}
 	}
 	if err == nil {
-		d.dp = dataplane.New(d.tab, pools, dataplane.NewSettings(), env)
+		settings := dataplane.NewSettings()
+		d.initRPFilter(&settings.RPFilter)
+		d.dp = dataplane.New(d.tab, pools, settings, env)
 		d.io = &ioSet{progs: make([]*xdpprog.Program, len(d.names)), ifindex: make([]int, len(d.names))}
 		err = d.commitSteering(sp)
 		d.dp.UseNeighbours(d.neigh)

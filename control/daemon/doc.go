@@ -23,10 +23,18 @@
 //	xdp_mode    = "auto"            # --xdp-mode auto|native|generic
 //	local_ports = "warn"            # --local-ports warn|refuse
 //	replace_xdp = false             # --replace-xdp
+//	rp_filter   = 1                 # net.ipv4.conf.all.rp_filter (default: the kernel's)
 //
 //	[timeouts]                      # seconds, by conntrack sysctl name
 //	nf_conntrack_tcp_timeout_established = 7200
 //	nf_conntrack_udp_timeout = 30
+//
+// The reverse-path filter (dataplane/rpfilter.go) starts with the
+// kernel's values of the interfaces' namespace, read at start:
+// net.ipv4.conf.all.rp_filter (or the config's rp_filter),
+// net.ipv4.conf.default.rp_filter and each xnat interface's own; xnatctl
+// sysctl changes them by the same names afterwards. The kernel's values
+// are not changed, nor followed when they change later.
 //
 // Prepare checks everything before anything is attached — the values, the
 // interfaces (present; exactly as many queues as workers, by the ethtool

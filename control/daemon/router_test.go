@@ -222,7 +222,8 @@ COMMIT
 }
 
 // capture counts, on a link of a namespace, the UDP datagrams to a port
-// of ports (any address): an AF_PACKET socket sees every frame.
+// of ports (any address), with or without an 802.1Q tag: an AF_PACKET
+// socket sees every frame.
 func capture(t *testing.T, ns *netns.NS, link string, ports ...uint16) *atomic.Int64 {
 	ix, err := ns.Index(link)
 	must(t, err)
@@ -252,10 +253,14 @@ func capture(t *testing.T, ns *netns.NS, link string, ports ...uint16) *atomic.I
 		buf := make([]byte, 2048)
 		for !stopped.Load() {
 			m, _, err := unix.Recvfrom(fd, buf, 0)
-			if err != nil || m < 14+20+8 || binary.BigEndian.Uint16(buf[12:]) != unix.ETH_P_IP || buf[14+9] != unix.IPPROTO_UDP {
+			l3 := 14
+			if m >= 18 && binary.BigEndian.Uint16(buf[12:]) == unix.ETH_P_8021Q { // a tag in the frame counts too
+				l3 = 18
+			}
+			if err != nil || m < l3+20+8 || binary.BigEndian.Uint16(buf[l3-2:]) != unix.ETH_P_IP || buf[l3+9] != unix.IPPROTO_UDP {
 				continue
 			}
-			l4 := 14 + int(buf[14]&0xf)*4
+			l4 := l3 + int(buf[l3]&0xf)*4
 			if l4+4 > m {
 				continue
 			}

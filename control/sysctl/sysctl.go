@@ -1,6 +1,8 @@
 // Package sysctl is xnat's run-time settings by the names a network
 // engineer knows: the conntrack sysctls (net.netfilter.nf_conntrack_*)
-// for the connection table, and xnat's own keys (xnat.*). A set of
+// for the connection table, the reverse-path filter's
+// (net.ipv4.conf.{all,default,IF}.rp_filter), and xnat's own keys
+// (xnat.*). A set of
 // changes is validated as a whole before any is applied, so a rejected
 // change leaves every value as it was.
 package sysctl
@@ -11,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"xnat/dataplane"
@@ -23,6 +26,10 @@ type Target struct {
 	Table    *flowtable.Table
 	Settings *dataplane.Settings
 	Limiter  *portalloc.SourceLimiter // may be nil: xnat.per_source_max and _ports are then read-only 0
+	// Ifaces are the dataplane's interfaces in port ID order, each with
+	// its own net.ipv4.conf.IF.rp_filter key (a dot in a name is written
+	// as a slash, as Linux writes eth0.100's keys: net.ipv4.conf.eth0/100).
+	Ifaces []string
 }
 
 // Errors.
@@ -110,6 +117,10 @@ func init() {
 			get:   func(t *Target) int64 { return t.Settings.UnresQlenBytes.Load() },
 			check: func(_ *Target, v int64) error { return rangeCheck(v, 0, 1<<31-1) },
 			set:   func(t *Target, v int64) { t.Settings.UnresQlenBytes.Store(v) }},
+		rpKey("all", "reverse-path filter of every interface (0 off, 1 strict, 2 loose); an interface's mode is the larger of this and its own",
+			func(t *Target) *atomic.Int32 { return &t.Settings.RPFilter.All }),
+		rpKey("default", "reverse-path filter Linux gives interfaces created later (0 off, 1 strict, 2 loose)",
+			func(t *Target) *atomic.Int32 { return &t.Settings.RPFilter.Default }),
 		{Name: "xnat.sweep_budget", Help: "records each core's expiry sweep examines per batch (0: paced, one pass over the core's connections a second)",
 			get:   func(t *Target) int64 { return t.Settings.SweepBudget.Load() },
 			check: func(_ *Target, v int64) error { return rangeCheck(v, 0, 65536) },
@@ -127,6 +138,36 @@ func init() {
 			set: func(t *Target, v int64) { _ = t.Table.SetTimeout(name, time.Duration(v)*time.Second) }})
 	}
 	sort.Slice(keys, func(i, j int) bool { return keys[i].Name < keys[j].Name })
+}
+
+// rpKey is net.ipv4.conf.WHICH.rp_filter over the value v gives.
+func rpKey(which, help string, v func(t *Target) *atomic.Int32) Key {
+	return Key{Name: "net.ipv4.conf." + which + ".rp_filter", Help: help,
+		get:   func(t *Target) int64 { return int64(v(t).Load()) },
+		check: func(_ *Target, x int64) error { return rangeCheck(x, dataplane.RPFilterOff, dataplane.RPFilterLoose) },
+		set:   func(t *Target, x int64) { v(t).Store(int32(x)) }}
+}
+
+// RPFilterKey is the name of an interface's rp_filter key.
+func RPFilterKey(iface string) string {
+	return "net.ipv4.conf." + strings.ReplaceAll(iface, ".", "/") + ".rp_filter"
+}
+
+// Keys lists the target's keys, sorted by name: every fixed key (the
+// package's Keys) and each interface's rp_filter.
+func (t *Target) Keys() []Key {
+	out := Keys()
+	for id, name := range t.Ifaces {
+		if id >= dataplane.MaxPorts {
+			break
+		}
+		k := rpKey("", "reverse-path filter of "+name+" (0 off, 1 strict, 2 loose)",
+			func(t *Target) *atomic.Int32 { return &t.Settings.RPFilter.If[id] })
+		k.Name = RPFilterKey(name)
+		out = append(out, k)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
 }
 
 func limiterCheck(t *Target, v int64) error {
@@ -150,13 +191,21 @@ func rangeCheck(v, lo, hi int64) error {
 	return nil
 }
 
-// Keys lists every key, sorted by name.
+// Keys lists every fixed key, sorted by name: those of every target
+// (Target.Keys adds the interfaces').
 func Keys() []Key { return append([]Key(nil), keys...) }
 
-func lookup(name string) (*Key, error) {
+func lookup(t *Target, name string) (*Key, error) {
 	for i := range keys {
 		if keys[i].Name == name {
 			return &keys[i], nil
+		}
+	}
+	if strings.HasPrefix(name, "net.ipv4.conf.") {
+		for _, k := range t.Keys() {
+			if k.Name == name {
+				return &k, nil
+			}
 		}
 	}
 	return nil, fmt.Errorf("%w %q", ErrUnknown, name)
@@ -164,7 +213,7 @@ func lookup(name string) (*Key, error) {
 
 // Get returns a key's value.
 func Get(t *Target, name string) (int64, error) {
-	k, err := lookup(name)
+	k, err := lookup(t, name)
 	if err != nil {
 		return 0, err
 	}
@@ -179,9 +228,10 @@ type Value struct {
 
 // All returns every key with its value, sorted by name.
 func All(t *Target) []Value {
-	out := make([]Value, len(keys))
-	for i := range keys {
-		out[i] = Value{keys[i].Name, keys[i].get(t)}
+	ks := t.Keys()
+	out := make([]Value, len(ks))
+	for i := range ks {
+		out[i] = Value{ks[i].Name, ks[i].get(t)}
 	}
 	return out
 }
@@ -212,7 +262,7 @@ func ParseAssignment(s string) (Assignment, error) {
 func Set(t *Target, as []Assignment) error {
 	ks := make([]*Key, len(as))
 	for i, a := range as {
-		k, err := lookup(a.Name)
+		k, err := lookup(t, a.Name)
 		if err != nil {
 			return err
 		}

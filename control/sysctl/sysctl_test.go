@@ -146,3 +146,47 @@ func TestTCPTrackingKeys(t *testing.T) {
 		t.Errorf("unacknowledged timeout %v", d)
 	}
 }
+
+// TestRPFilterKeys: net.ipv4.conf.{all,default,IF}.rp_filter read and
+// set the dataplane's reverse-path filter, each interface by its port ID,
+// a dot in its name written as a slash; values beyond 0 to 2 are refused.
+func TestRPFilterKeys(t *testing.T) {
+	tg := target(t)
+	tg.Ifaces = []string{"eth1", "eth0.100"}
+	rp := &tg.Settings.RPFilter
+	for name, want := range map[string]int64{"net.ipv4.conf.all.rp_filter": 1, "net.ipv4.conf.default.rp_filter": 1,
+		"net.ipv4.conf.eth1.rp_filter": 0, "net.ipv4.conf.eth0/100.rp_filter": 0} {
+		if v, err := Get(tg, name); v != want || err != nil {
+			t.Errorf("%s = %d %v, want %d", name, v, err, want)
+		}
+	}
+	if n := len(All(tg)); n != len(Keys())+2 {
+		t.Errorf("%d values for %d fixed keys and 2 interfaces", n, len(Keys()))
+	}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(Set(tg, []Assignment{{"net.ipv4.conf.all.rp_filter", 0}, {"net.ipv4.conf.eth0/100.rp_filter", 2}, {"net.ipv4.conf.default.rp_filter", 2}}))
+	if rp.All.Load() != 0 || rp.If[1].Load() != 2 || rp.If[0].Load() != 0 || rp.Default.Load() != 2 || rp.Mode(1) != 2 || rp.Mode(0) != 0 {
+		t.Errorf("not applied: all %d, if %d %d, default %d", rp.All.Load(), rp.If[0].Load(), rp.If[1].Load(), rp.Default.Load())
+	}
+	for _, bad := range []Assignment{{"net.ipv4.conf.eth1.rp_filter", 3}, {"net.ipv4.conf.all.rp_filter", -1}} {
+		if err := Set(tg, []Assignment{{"net.ipv4.conf.eth1.rp_filter", 1}, bad}); !errors.Is(err, ErrValue) {
+			t.Errorf("%v: %v", bad, err)
+		}
+	}
+	if rp.If[0].Load() != 0 {
+		t.Errorf("a refused set changed eth1 to %d", rp.If[0].Load())
+	}
+	for _, name := range []string{"net.ipv4.conf.eth2.rp_filter", "net.ipv4.conf.eth0.100.rp_filter", "net.ipv4.conf.lo.rp_filter"} {
+		if _, err := Get(tg, name); !errors.Is(err, ErrUnknown) {
+			t.Errorf("%s: %v, want unknown", name, err)
+		}
+	}
+	if RPFilterKey("eth0.100") != "net.ipv4.conf.eth0/100.rp_filter" {
+		t.Errorf("key %s", RPFilterKey("eth0.100"))
+	}
+}

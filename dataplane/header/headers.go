@@ -6,7 +6,8 @@ import "encoding/binary"
 const (
 	EtherTypeIPv4 = 0x0800
 	EtherTypeARP  = 0x0806
-	EtherTypeVLAN = 0x8100
+	EtherTypeVLAN = 0x8100 // 802.1Q
+	EtherTypeQinQ = 0x88A8 // 802.1ad (the outer, service tag)
 	EtherTypeIPv6 = 0x86DD
 )
 

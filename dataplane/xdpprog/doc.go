@@ -10,8 +10,12 @@
 // # What goes to xnat
 //
 // xnat takes exactly what it owns; everything else for the box is the
-// kernel's. Ethernet with at most one 802.1Q tag, IPv4 only:
+// kernel's. Untagged Ethernet, IPv4 only:
 //
+//   - an 802.1Q- or 802.1ad-tagged frame → the kernel (CtrPassVLAN).
+//     xnat's interfaces carry no VLAN; the kernel delivers a tagged frame
+//     to the box's VLAN sub-interface of that tag, so those keep working
+//     on an xnat interface, and drops it when there is none;
 //   - destination multicast (224.0.0.0/4: VRRP, OSPF, IGMP, mDNS) or the
 //     limited broadcast → the kernel; xnat forwards unicast;
 //   - destination not one of the box's addresses (the locals map, which
@@ -77,7 +81,8 @@
 // Each Program (one per interface, from Filter.Load) has its own XSKMAP
 // (queue → socket; sockets are per interface and queue), its own DNAT
 // groups and its own per-CPU counters: CtrToXnatForward, CtrToXnatLocal,
-// CtrRedirectFailed, CtrPassNotIPv4, CtrPassLocal, CtrPassMalformed.
+// CtrRedirectFailed, CtrPassNotIPv4, CtrPassLocal, CtrPassMalformed, CtrPassBroadcast,
+// CtrPassVLAN.
 // Stats sums them over CPUs; Redirected, Passed and RedirectFailed
 // summarise.
 //

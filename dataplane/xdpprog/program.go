@@ -34,6 +34,10 @@ const (
 	// directed broadcasts of the box's subnets: never forwarded (RFC
 	// 1812 §5.3.5), the kernel's (VRRP, OSPF, DHCP).
 	CtrPassBroadcast
+	// CtrPassVLAN: 802.1Q- or 802.1ad-tagged frames: xnat's interfaces
+	// carry no VLAN, and the kernel owns the box's VLAN sub-interfaces
+	// (it drops a tag no sub-interface is configured for).
+	CtrPassVLAN
 	// NumCounters is the number of counters.
 	NumCounters
 )
@@ -95,6 +99,7 @@ const (
 // yields on a little-endian machine.
 const (
 	ethPVLANle   = 0x0081 // 0x8100
+	ethPQinQle   = 0xa888 // 0x88a8
 	ethPIPv4le   = 0x0008 // 0x0800
 	dhcpClientLE = 0x4400 // port 68
 	// The first octet of an address loaded as a 32-bit word is its low
@@ -147,14 +152,11 @@ func instructions(m maps) asm.Instructions {
 		asm.LoadMem(R3, R7, 12, asm.Half),
 		asm.Mov.Reg(R9, R7),
 		asm.Add.Imm(R9, 14),
-		asm.JNE.Imm(R3, ethPVLANle, "ethertype"),
-		// One 802.1Q tag.
-		asm.Mov.Reg(R2, R7),
-		asm.Add.Imm(R2, 18),
-		asm.JGT.Reg(R2, R8, "malformed"),
-		asm.LoadMem(R3, R7, 16, asm.Half),
-		asm.Add.Imm(R9, 4),
-		asm.JNE.Imm(R3, ethPIPv4le, "pass_not_ipv4").WithSymbol("ethertype"),
+		// A tagged frame is the kernel's: its VLAN sub-interfaces, or its
+		// drop of a VLAN the box does not have.
+		asm.JEq.Imm(R3, ethPVLANle, "pass_vlan"),
+		asm.JEq.Imm(R3, ethPQinQle, "pass_vlan"),
+		asm.JNE.Imm(R3, ethPIPv4le, "pass_not_ipv4"),
 		// IPv4 header: version 4, IHL >= 5, all of it in the frame.
 	)
 	b.add(ipv4HeaderCheck()...)
@@ -417,7 +419,7 @@ func instructions(m maps) asm.Instructions {
 	for _, p := range []struct {
 		label string
 		ctr   int
-	}{{"pass_not_ipv4", CtrPassNotIPv4}, {"pass_local", CtrPassLocal}, {"malformed", CtrPassMalformed}, {"pass_broadcast", CtrPassBroadcast}} {
+	}{{"pass_not_ipv4", CtrPassNotIPv4}, {"pass_local", CtrPassLocal}, {"malformed", CtrPassMalformed}, {"pass_broadcast", CtrPassBroadcast}, {"pass_vlan", CtrPassVLAN}} {
 		b.label(p.label)
 		b.count(p.ctr)
 		b.add(asm.Mov.Imm(R0, xdpPass), asm.Return())

@@ -543,7 +543,7 @@ func (s Stats) Redirected() uint64 {
 
 // Passed counts packets passed to the kernel, for any reason.
 func (s Stats) Passed() uint64 {
-	return s.Counters[CtrPassNotIPv4] + s.Counters[CtrPassLocal] + s.Counters[CtrPassMalformed] + s.Counters[CtrPassBroadcast]
+	return s.Counters[CtrPassNotIPv4] + s.Counters[CtrPassLocal] + s.Counters[CtrPassMalformed] + s.Counters[CtrPassBroadcast] + s.Counters[CtrPassVLAN]
 }
 
 // RedirectFailed counts packets meant for xnat that found no socket on

@@ -220,6 +220,7 @@ func TestBranches(t *testing.T) {
 	pb := []int{CtrPassBroadcast}
 	bad := []int{CtrPassMalformed}
 	other := []int{CtrPassNotIPv4}
+	pv := []int{CtrPassVLAN}
 	tcp := func(dst [4]byte, dport uint16) []byte {
 		return frame{proto: 6, src: remote, dst: dst, l4: ports(50000, dport, 20)}.bytes()
 	}
@@ -230,9 +231,10 @@ func TestBranches(t *testing.T) {
 	for _, c := range []branchCase{
 		{"arp", frame{etherType: 0x0806}.bytes(), other},
 		{"ipv6", frame{etherType: 0x86dd}.bytes(), other},
-		{"vlan arp", frame{vlan: true, etherType: 0x0806}.bytes(), other},
+		{"vlan arp", frame{vlan: true, etherType: 0x0806}.bytes(), pv},
+		{"802.1ad", frame{etherType: 0x88a8}.bytes(), pv},
 		{"forward udp", udp([4]byte{8, 8, 8, 8}, 53), fwd},
-		{"forward vlan", frame{vlan: true, proto: 6, src: remote, dst: [4]byte{8, 8, 4, 4}, l4: ports(1, 443, 20)}.bytes(), fwd},
+		{"vlan, to forward", frame{vlan: true, proto: 6, src: remote, dst: [4]byte{8, 8, 4, 4}, l4: ports(1, 443, 20)}.bytes(), pv},
 		{"forward gre", frame{proto: 47, src: remote, dst: [4]byte{8, 8, 4, 4}}.bytes(), fwd},
 		{"forward l4 cut short", frame{proto: 6, src: remote, dst: [4]byte{8, 8, 4, 4}, l4: ports(1, 2, 2)}.bytes(), fwd},
 		{"forward non-first fragment", frame{proto: 17, src: remote, dst: [4]byte{8, 8, 8, 8}, fragOff: 100, l4: make([]byte, 8)}.bytes(), fwd},
@@ -269,7 +271,7 @@ func TestBranches(t *testing.T) {
 		{"address with every port, tcp", tcp(local4, 1), loc},
 		{"address with every port, echo reply", icmp(local4, icmpEcho(0, 4242)), loc},
 		{"address with every port, echo request", icmp(local4, icmpEcho(8, 4242)), pl},
-		{"vlan held port", frame{vlan: true, proto: 6, src: remote, dst: local, l4: ports(80, 40000, 20)}.bytes(), loc},
+		{"vlan, held port", frame{vlan: true, proto: 6, src: remote, dst: local, l4: ports(80, 40000, 20)}.bytes(), pv},
 		{"ip options held port", frame{ihl: 6, proto: 6, src: remote, dst: local, l4: ports(80, 40001, 20)}.bytes(), loc},
 		{"max ip options held port", frame{ihl: 15, proto: 17, src: remote, dst: local2, l4: ports(80, 5353, 8)}.bytes(), loc},
 
@@ -315,7 +317,7 @@ func TestBranches(t *testing.T) {
 
 		// Malformed.
 		{"ethernet only", frame{etherType: 0x0800}.bytes()[:14], bad},
-		{"vlan tag cut", append(frame{etherType: 0x0806}.bytes()[:12], 0x81, 0x00, 0x00)[:15], bad},
+		{"vlan tag cut", append(frame{etherType: 0x0806}.bytes()[:12], 0x81, 0x00, 0x00)[:15], pv},
 		{"ipv4 header cut", udp(local, 5353)[:30], bad},
 		{"ip version 6 in ipv4", frame{version: 6, proto: 17, src: remote, dst: local, l4: ports(1, 5353, 8)}.bytes(), bad},
 		{"ihl 4", frame{ihl: 4, proto: 17, src: remote, dst: local}.bytes(), bad},
