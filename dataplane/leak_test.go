@@ -26,8 +26,8 @@ func TestICMPErrorOtherDestination(t *testing.T) {
 			t.Errorf("error to %v not counted invalid", netIP(dst))
 		}
 	}
-	// The one to the external address goes to A.
-	r, _ = tb.run(icmpPkt(macGW, macOut0, router, addrExt, 3, 1, 0, 0, quote).bytes(t), portIn)
+	// The one to the external address, from outside, goes to A.
+	r, _ = tb.run(icmpPkt(macGW, macOut0, router, addrExt, 3, 1, 0, 0, quote).bytes(t), portOut)
 	expect(t, r, ActForward, portIn)
 }
 
@@ -43,7 +43,16 @@ func TestICMPErrorSpoofedSourceFromInside(t *testing.T) {
 	r, out = tb.run(udpPkt(macGW, macOut0, remote, 7000, addrExt, uint16(ext)).bytes(t), portOut)
 	expect(t, r, ActForward, portIn)
 	quote := append([]byte(nil), out[offIP:offL4+header.UDPLen]...) // what A received: remote:7000 -> A:5000
-	for _, src := range []uint32{ip4(198, 51, 100, 99), addrB, addrA} {
+	// A forged source from outside the inside network is refused by the
+	// strict reverse-path filter, as Linux's rp_filter=1 refuses it;
+	// with the filter off it leaves rewritten like the others.
+	forged := ip4(198, 51, 100, 99)
+	r, _ = tb.run(icmpPkt(macB, macIn0, forged, remote, 3, 3, 0, 0, quote).bytes(t), portIn)
+	if r.Action != ActDrop || r.Reason != ReasonRPFilter {
+		t.Fatalf("forged source: %v (reason %v), want a drop as rp_filter", r.Action, r.Reason)
+	}
+	tb.dp.Settings.RPFilter.All.Store(RPFilterOff)
+	for _, src := range []uint32{forged, addrB, addrA} {
 		r, out = tb.run(icmpPkt(macB, macIn0, src, remote, 3, 3, 0, 0, quote).bytes(t), portIn)
 		expect(t, r, ActForward, portOut)
 		d := decode(t, out)
