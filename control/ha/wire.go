@@ -432,6 +432,21 @@ func ParseConn(body []byte) (Conn, error) {
 	if !have.ipv4 || !have.proto {
 		return c, ErrMissing
 	}
+	// Keep only what the protocol has: another protocol's fields are
+	// ignored, as the kernel ignores them.
+	if c.Proto != protoTCP {
+		c.TCPState, c.Has = 0, c.Has&^HasTCPState
+	}
+	if c.Proto != protoICMP {
+		c.ICMPType, c.ICMPCode, c.Has = 0, 0, c.Has&^HasICMP
+	}
+	switch c.Proto {
+	case protoTCP, protoUDP:
+	case protoICMP:
+		c.DstPort = 0
+	default:
+		c.SrcPort, c.DstPort = 0, 0
+	}
 	switch c.Proto {
 	case protoTCP, protoUDP:
 		if !have.port {
