@@ -77,9 +77,9 @@ type Session struct {
 	seq          uint32 // the next sequence number
 	sayHello     bool   // until the peer's HELLO_BACK
 	sayHelloBack bool
-	resend       []sentMsg // data messages awaiting an ACK, oldest first
+	resend       []sentMsg                  // data messages awaiting an ACK, oldest first
 	latest       map[flowtable.Tuple]uint32 // each held connection's newest message
-	dropped      bool      // the resend queue has dropped messages, up to droppedTo
+	dropped      bool                       // the resend queue has dropped messages, up to droppedTo
 	droppedTo    uint32
 	cur          []byte   // the datagram being filled
 	out          [][]byte // full datagrams

@@ -229,7 +229,7 @@ func TestSessionBadInput(t *testing.T) {
 		hex  string
 		want error
 	}{
-		{"1a00000800000001", ErrType},                 // control without a flag
+		{"1a00000800000001", ErrType},                    // control without a flag
 		{"1a08001000000002000000050000000100", ErrRange}, // ACK 5..1
 		{"10000008000000", ErrShort},
 		{"1000000c00000003000c0000", ErrAttr},
