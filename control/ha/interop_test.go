@@ -1,0 +1,324 @@
+package ha
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"xnat/flowtable"
+	"xnat/internal/netns"
+)
+
+// The interoperability tests run a real conntrackd (Debian's conntrackd
+// package; scripts/deps.sh installs it) in a namespace, with a FTFW UDP
+// link to xnat's Link in another.
+
+const syncPort = 3780
+
+func needTools(t *testing.T) {
+	t.Helper()
+	for _, c := range []string{"conntrackd", "conntrack", "iptables", "ip"} {
+		if _, err := exec.LookPath(c); err != nil {
+			t.Fatalf("%s not found (run scripts/deps.sh as root): %v", c, err)
+		}
+	}
+}
+
+func run(t *testing.T, ns *netns.NS, name string, args ...string) string {
+	t.Helper()
+	out, err := ns.Run(name, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out)
+}
+
+// conntrackd is a conntrackd process in a namespace.
+type conntrackd struct {
+	ns   *netns.NS
+	conf string
+	log  string
+}
+
+// startConntrackd writes a FTFW UDP configuration and starts conntrackd
+// in ns, in the foreground, stopped by the test's cleanup.
+func startConntrackd(t *testing.T, ns *netns.NS, local, peer, dev string) *conntrackd {
+	t.Helper()
+	dir := t.TempDir()
+	cd := &conntrackd{ns: ns, conf: filepath.Join(dir, "conntrackd.conf"), log: filepath.Join(dir, "conntrackd.log")}
+	conf := fmt.Sprintf(`Sync {
+	Mode FTFW {
+		ResendQueueSize 131072
+		ACKWindowSize 20
+	}
+	UDP {
+		IPv4_address %s
+		IPv4_Destination_Address %s
+		Port %d
+		Interface %s
+		Checksum on
+	}
+}
+General {
+	HashSize 8192
+	HashLimit 65536
+	LogFile %s
+	Syslog off
+	LockFile %s
+	UNIX { Path %s }
+	NetlinkBufferSize 2097152
+	NetlinkBufferSizeMaxGrowth 8388608
+	Filter From Userspace {
+		Address Ignore {
+			IPv4_address 127.0.0.1
+			IPv4_address %s
+			IPv4_address %s
+		}
+	}
+}
+`, local, peer, syncPort, dev, cd.log, filepath.Join(dir, "lock"), filepath.Join(dir, "ctl"), local, peer)
+	if err := os.WriteFile(cd.conf, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var cmd *exec.Cmd
+	if err := ns.Do(func() error {
+		cmd = exec.Command("conntrackd", "-C", cd.conf)
+		return cmd.Start()
+	}); err != nil {
+		t.Fatalf("start conntrackd: %v", err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+		if t.Failed() {
+			if b, err := os.ReadFile(cd.log); err == nil {
+				t.Logf("conntrackd log:\n%s", b)
+			}
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "ctl")); err == nil {
+			return cd
+		}
+		select {
+		case <-exited:
+			b, _ := os.ReadFile(cd.log)
+			t.Fatalf("conntrackd exited: %s", b)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("conntrackd did not open its control socket")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// ctl runs conntrackd's client against the daemon (conntrackd -C conf args).
+func (cd *conntrackd) ctl(t *testing.T, args ...string) string {
+	t.Helper()
+	return run(t, cd.ns, "conntrackd", append([]string{"-C", cd.conf}, args...)...)
+}
+
+// waitFor polls f until it reports true.
+func waitFor(t *testing.T, what string, f func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		ok, last := f()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s; last seen:\n%s", what, last)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// recorder is a Handler that keeps what it receives in a cache and
+// answers a resync with its own table.
+type recorder struct {
+	cache *Cache
+	mu    sync.Mutex
+	link  *Link
+	table []Conn
+	asked int
+}
+
+func (r *recorder) Conn(t MsgType, c *Conn) { r.cache.Apply(t, c) }
+func (r *recorder) Resync() {
+	r.mu.Lock()
+	table := append([]Conn(nil), r.table...)
+	r.asked++
+	r.mu.Unlock()
+	for i := range table {
+		r.link.Send(TypeUpdate, &table[i])
+	}
+	_ = r.link.Flush()
+}
+
+// openLink opens xnat's end of the sync link inside ns and runs it until
+// the test ends.
+func openLink(t *testing.T, ns *netns.NS, local, peer, dev string, rec *recorder) *Link {
+	t.Helper()
+	var l *Link
+	if err := ns.Do(func() error {
+		var err error
+		l, err = Listen(LinkConfig{
+			Local:     netip.AddrPortFrom(netip.MustParseAddr(local), syncPort),
+			Peer:      netip.AddrPortFrom(netip.MustParseAddr(peer), syncPort),
+			Interface: dev,
+			Session:   Config{Window: 20},
+		}, rec)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	rec.link = l
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("link: %v", err)
+		}
+	})
+	return l
+}
+
+func addr(t *testing.T, ns *netns.NS, dev, cidr string) {
+	t.Helper()
+	run(t, ns, "ip", "addr", "add", cidr, "dev", dev)
+}
+
+func a4(s string) uint32 {
+	b := netip.MustParseAddr(s).As4()
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
+
+// TestInteropToConntrackd: xnat's connections, sent on the link, land in
+// conntrackd's external cache with their translation (conntrackd -e),
+// go when xnat deletes them, come back when conntrackd asks for a resync
+// (conntrackd -n), and conntrackd -c commits them to its kernel's table
+// (conntrack -L).
+func TestInteropToConntrackd(t *testing.T) {
+	needTools(t)
+	tp := netns.New(t)
+	lnx, x := tp.NS("lnx"), tp.NS("x")
+	tp.Veth(lnx, "s0", x, "s1")
+	addr(t, lnx, "s0", "10.9.0.1/24")
+	addr(t, x, "s1", "10.9.0.2/24")
+	// NAT loaded in conntrackd's namespace, so committed connections keep
+	// their translation.
+	run(t, lnx, "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "s0", "-j", "MASQUERADE")
+	cd := startConntrackd(t, lnx, "10.9.0.1", "10.9.0.2", "s0")
+	rec := &recorder{cache: NewCache()}
+	l := openLink(t, x, "10.9.0.2", "10.9.0.1", "s1", rec)
+
+	flows := []flowtable.FlowInfo{
+		{ // TCP, masqueraded to a new port
+			Orig:    flowtable.MakeTuple(6, a4("10.1.0.2"), 40000, a4("198.51.100.2"), 80),
+			Reply:   flowtable.MakeTuple(6, a4("198.51.100.2"), 80, a4("198.51.100.1"), 20001),
+			Status:  uint32(flowtable.TCPEstablished) | flowtable.FlagSeenReply | flowtable.FlagAssured | flowtable.FlagSrcNAT,
+			Expires: 3000 * time.Second,
+		},
+		{ // UDP, source address kept its port
+			Orig:    flowtable.MakeTuple(17, a4("10.1.0.3"), 5353, a4("198.51.100.9"), 53),
+			Reply:   flowtable.MakeTuple(17, a4("198.51.100.9"), 53, a4("198.51.100.1"), 5353),
+			Status:  uint32(flowtable.UDPStream) | flowtable.FlagSeenReply | flowtable.FlagAssured | flowtable.FlagSrcNAT,
+			Mark:    42,
+			Expires: 100 * time.Second,
+		},
+		{ // UDP, DNAT'd to an inside server
+			Orig:    flowtable.MakeTuple(17, a4("203.0.113.7"), 33000, a4("198.51.100.1"), 8053),
+			Reply:   flowtable.MakeTuple(17, a4("10.1.0.10"), 53, a4("203.0.113.7"), 33000),
+			Status:  uint32(flowtable.UDP) | flowtable.FlagDstNAT,
+			Expires: 25 * time.Second,
+		},
+	}
+	// conntrackd -e prints the original tuple, state, flags and mark (its
+	// external cache keeps the translation as NAT attributes, which it does
+	// not print); the commit below shows the translation in the kernel.
+	want := []string{
+		"tcp      6 ESTABLISHED src=10.1.0.2 dst=198.51.100.2 sport=40000 dport=80 [ASSURED] ",
+		"udp      17 src=10.1.0.3 dst=198.51.100.9 sport=5353 dport=53 [ASSURED] mark=42 ",
+		"udp      17 src=203.0.113.7 dst=198.51.100.1 sport=33000 dport=8053 [UNREPLIED] ",
+	}
+	for i := range flows {
+		c := FromFlow(&flows[i])
+		rec.mu.Lock()
+		rec.table = append(rec.table, c)
+		rec.mu.Unlock()
+		l.Send(TypeNew, &c)
+	}
+	if err := l.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	external := func(n int) func() (bool, string) {
+		return func() (bool, string) {
+			out := cd.ctl(t, "-e")
+			for _, w := range want[:n] {
+				if !strings.Contains(out, w) {
+					return false, out
+				}
+			}
+			return strings.Count(out, "\n") == n, out
+		}
+	}
+	waitFor(t, "conntrackd's external cache to hold xnat's connections", external(3))
+	waitFor(t, "conntrackd's ACKs", func() (bool, string) {
+		st := l.Stats()
+		return st.Unacked == 0 && st.AckRecv > 0, fmt.Sprintf("%+v", st)
+	})
+
+	// A delete removes the connection from conntrackd's external cache.
+	last := FromFlow(&flows[2])
+	rec.mu.Lock()
+	rec.table = rec.table[:2]
+	rec.mu.Unlock()
+	l.Send(TypeDelete, &last)
+	if err := l.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the delete", external(2))
+	if out := cd.ctl(t, "-e"); strings.Contains(out, "sport=33000") {
+		t.Fatalf("deleted connection still in conntrackd's external cache:\n%s", out)
+	}
+
+	// conntrackd -f external empties its cache; -n asks xnat for
+	// everything again.
+	waitFor(t, "an empty external cache", func() (bool, string) {
+		cd.ctl(t, "-f", "external")
+		out := cd.ctl(t, "-e")
+		return strings.TrimSpace(out) == "", out
+	})
+	cd.ctl(t, "-n")
+	waitFor(t, "the resync", external(2))
+	if st := l.Stats(); st.ResyncRecv == 0 || st.Malformed != 0 {
+		t.Fatalf("stats after resync: %+v", st)
+	}
+	// Commit to the kernel (the last thing: conntrackd 1.4.7 ignores a
+	// flush after a commit): conntrack -L shows the translations.
+	cd.ctl(t, "-c")
+	waitFor(t, "the committed connections in the kernel", func() (bool, string) {
+		out := run(t, lnx, "conntrack", "-L")
+		ok := strings.Contains(out, "src=10.1.0.2 dst=198.51.100.2 sport=40000 dport=80 src=198.51.100.2 dst=198.51.100.1 sport=80 dport=20001") &&
+			strings.Contains(out, "src=10.1.0.3 dst=198.51.100.9 sport=5353 dport=53 src=198.51.100.9 dst=198.51.100.1 sport=53 dport=5353")
+		return ok, out
+	})
+
+	if out := run(t, lnx, "conntrack", "-L"); strings.Contains(out, "sport=33000") {
+		t.Fatalf("deleted connection committed:\n%s", out)
+	}
+}
