@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -320,5 +321,200 @@ func TestInteropToConntrackd(t *testing.T) {
 
 	if out := run(t, lnx, "conntrack", "-L"); strings.Contains(out, "sport=33000") {
 		t.Fatalf("deleted connection committed:\n%s", out)
+	}
+}
+
+// TestInteropFromConntrackd: Linux NATs real traffic (MASQUERADE to a
+// port range, DNAT, a connmark), conntrackd sends the kernel's
+// connections, and xnat's link turns them into flow-table records whose
+// reply tuple is the translation the server saw; a kernel delete removes
+// one; a resync request brings them all back.
+func TestInteropFromConntrackd(t *testing.T) {
+	needTools(t)
+	tp := netns.New(t)
+	in, lnx, out, x := tp.NS("in"), tp.NS("lnx"), tp.NS("out"), tp.NS("x")
+	tp.Veth(in, "i0", lnx, "l0")
+	tp.Veth(lnx, "l1", out, "o0")
+	tp.Veth(lnx, "s0", x, "s1")
+	addr(t, in, "i0", "10.1.0.2/24")
+	addr(t, lnx, "l0", "10.1.0.1/24")
+	addr(t, lnx, "l1", "198.51.100.1/24")
+	addr(t, out, "o0", "198.51.100.2/24")
+	addr(t, lnx, "s0", "10.9.0.1/24")
+	addr(t, x, "s1", "10.9.0.2/24")
+	run(t, in, "ip", "route", "add", "default", "via", "10.1.0.1")
+	if err := lnx.SetSysctl("net.ipv4.ip_forward", "1"); err != nil {
+		t.Fatal(err)
+	}
+	for _, rule := range [][]string{
+		{"-t", "nat", "-A", "POSTROUTING", "-o", "l1", "-p", "udp", "-j", "MASQUERADE", "--to-ports", "20000-20010"},
+		{"-t", "nat", "-A", "POSTROUTING", "-o", "l1", "-p", "tcp", "-j", "MASQUERADE", "--to-ports", "21000-21010"},
+		{"-t", "nat", "-A", "PREROUTING", "-i", "l0", "-p", "udp", "--dport", "5353", "-j", "DNAT", "--to-destination", "198.51.100.2:5000"},
+		{"-t", "mangle", "-A", "PREROUTING", "-i", "l0", "-p", "udp", "-j", "CONNMARK", "--set-mark", "7"},
+	} {
+		run(t, lnx, "iptables", rule...)
+	}
+	cd := startConntrackd(t, lnx, "10.9.0.1", "10.9.0.2", "s0")
+	rec := &recorder{cache: NewCache()}
+	l := openLink(t, x, "10.9.0.2", "10.9.0.1", "s1", rec)
+
+	// The server: UDP echo and a TCP listener, each noting the address it
+	// saw the client as.
+	var srvU *net.UDPConn
+	var srvT *net.TCPListener
+	if err := out.Do(func() error {
+		var err error
+		if srvU, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(198, 51, 100, 2), Port: 5000}); err != nil {
+			return err
+		}
+		srvT, err = net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(198, 51, 100, 2), Port: 80})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srvU.Close(); srvT.Close() })
+	seen := make(chan netip.AddrPort, 8)
+	go func() {
+		buf := make([]byte, 100)
+		for {
+			n, from, err := srvU.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			seen <- from
+			_, _ = srvU.WriteToUDPAddrPort(buf[:n], from)
+		}
+	}()
+	go func() {
+		for {
+			c, err := srvT.AcceptTCP()
+			if err != nil {
+				return
+			}
+			seen <- c.RemoteAddr().(*net.TCPAddr).AddrPort()
+			t.Cleanup(func() { c.Close() })
+		}
+	}()
+
+	// The client: one masqueraded UDP flow, one DNAT'd, one TCP connection
+	// left open.
+	type flow struct {
+		name   string
+		local  netip.AddrPort
+		server netip.AddrPort // what the server saw
+	}
+	var flows []flow
+	for _, dst := range []string{"198.51.100.2:5000", "10.1.0.1:5353"} {
+		var c *net.UDPConn
+		if err := in.Do(func() error {
+			var err error
+			c, err = net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.MustParseAddrPort(dst)))
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if _, err := c.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 10)); err != nil {
+			t.Fatalf("udp echo via %s: %v", dst, err)
+		}
+		flows = append(flows, flow{"udp " + dst, c.LocalAddr().(*net.UDPAddr).AddrPort(), <-seen})
+	}
+	var tc *net.TCPConn
+	if err := in.Do(func() error {
+		c, err := net.DialTimeout("tcp4", "198.51.100.2:80", 5*time.Second)
+		if err == nil {
+			tc = c.(*net.TCPConn)
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tc.Close() })
+	flows = append(flows, flow{"tcp", tc.LocalAddr().(*net.TCPAddr).AddrPort(), <-seen})
+
+	check := func(cache *Cache) (bool, string) {
+		var report strings.Builder
+		ok := true
+		for _, f := range flows {
+			var got *Conn
+			for _, c := range cache.List() {
+				if c.Src == a4(f.local.Addr().String()) && c.SrcPort == f.local.Port() {
+					got = &c
+					break
+				}
+			}
+			if got == nil {
+				fmt.Fprintf(&report, "%s: not received\n", f.name)
+				ok = false
+				continue
+			}
+			nf, err := got.NewFlow()
+			if err != nil {
+				fmt.Fprintf(&report, "%s: %v\n", f.name, err)
+				ok = false
+				continue
+			}
+			fmt.Fprintf(&report, "%s: %s\n", f.name, got)
+			r := nf.Reply
+			if r.Dst != a4(f.server.Addr().String()) || r.DstPort != f.server.Port() || r.Src != a4("198.51.100.2") || nf.Status&flowtable.FlagSeenReply == 0 || nf.Status&flowtable.FlagSrcNAT == 0 {
+				ok = false
+				fmt.Fprintf(&report, "  reply %v, server saw %v, status %#x\n", r, f.server, nf.Status)
+			}
+			switch f.name {
+			case "tcp":
+				if flowtable.StatusState(nf.Status) != flowtable.TCPEstablished || r.SrcPort != 80 || nf.Mark != 0 {
+					ok = false
+				}
+			case "udp 10.1.0.1:5353":
+				if nf.Status&flowtable.FlagDstNAT == 0 || r.SrcPort != 5000 || nf.Mark != 7 || nf.Orig.Dst != a4("10.1.0.1") {
+					ok = false
+				}
+			default:
+				if nf.Status&flowtable.FlagDstNAT != 0 || r.SrcPort != 5000 || nf.Mark != 7 {
+					ok = false
+				}
+			}
+		}
+		return ok, report.String()
+	}
+	waitFor(t, "xnat to hold Linux's connections with their translation", func() (bool, string) { return check(rec.cache) })
+	_, report := check(rec.cache)
+	t.Logf("received from conntrackd:\n%s", report)
+
+	// The kernel forgets the masqueraded UDP flow: conntrackd sends the
+	// delete.
+	u := flows[0].local
+	run(t, lnx, "conntrack", "-D", "-p", "udp", "--orig-port-src", fmt.Sprint(u.Port()))
+	waitFor(t, "the delete", func() (bool, string) {
+		for _, c := range rec.cache.List() {
+			if c.SrcPort == u.Port() && c.Proto == 17 {
+				return false, c.String()
+			}
+		}
+		return true, ""
+	})
+
+	// A resync request: conntrackd sends its whole table again.
+	rec.cache.Flush()
+	if err := l.RequestResync(); err != nil {
+		t.Fatal(err)
+	}
+	flows = flows[1:]
+	waitFor(t, "the resync", func() (bool, string) { return check(rec.cache) })
+	// xnat acknowledges on its timer what fell short of a window.
+	waitFor(t, "xnat's ACK", func() (bool, string) {
+		st := l.Stats()
+		return st.AckSent > 0, fmt.Sprintf("%+v", st)
+	})
+	st := l.Stats()
+	if st.Malformed != 0 || st.Unsupported != 0 || st.MsgRecv == 0 || st.Lost != 0 {
+		t.Fatalf("link stats: %+v", st)
+	}
+	if s := cd.ctl(t, "-s"); !strings.Contains(s, "0 Malformed msgs") {
+		t.Fatalf("conntrackd counted malformed messages from xnat:\n%s", s)
 	}
 }
