@@ -3,8 +3,8 @@ package ha
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
