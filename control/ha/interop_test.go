@@ -52,6 +52,18 @@ type conntrackd struct {
 // in ns, in the foreground, stopped by the test's cleanup.
 func startConntrackd(t *testing.T, ns *netns.NS, local, peer, dev string) *conntrackd {
 	t.Helper()
+	return startConntrackdWith(t, ns, local, peer, fmt.Sprintf(`UDP {
+		IPv4_address %s
+		IPv4_Destination_Address %s
+		Port %d
+		Interface %s
+		Checksum on
+	}`, local, peer, syncPort, dev))
+}
+
+// startConntrackdWith starts conntrackd with the given transport section.
+func startConntrackdWith(t *testing.T, ns *netns.NS, local, peer, transport string) *conntrackd {
+	t.Helper()
 	dir := t.TempDir()
 	cd := &conntrackd{ns: ns, conf: filepath.Join(dir, "conntrackd.conf"), log: filepath.Join(dir, "conntrackd.log")}
 	conf := fmt.Sprintf(`Sync {
@@ -59,13 +71,7 @@ func startConntrackd(t *testing.T, ns *netns.NS, local, peer, dev string) *connt
 		ResendQueueSize 131072
 		ACKWindowSize 20
 	}
-	UDP {
-		IPv4_address %s
-		IPv4_Destination_Address %s
-		Port %d
-		Interface %s
-		Checksum on
-	}
+	%s
 }
 General {
 	HashSize 8192
@@ -84,7 +90,7 @@ General {
 		}
 	}
 }
-`, local, peer, syncPort, dev, cd.log, filepath.Join(dir, "lock"), filepath.Join(dir, "ctl"), local, peer)
+`, transport, cd.log, filepath.Join(dir, "lock"), filepath.Join(dir, "ctl"), local, peer)
 	if err := os.WriteFile(cd.conf, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -172,15 +178,20 @@ func (r *recorder) Resync() {
 // the test ends.
 func openLink(t *testing.T, ns *netns.NS, local, peer, dev string, rec *recorder) *Link {
 	t.Helper()
+	return openLinkWith(t, ns, LinkConfig{
+		Local:     netip.AddrPortFrom(netip.MustParseAddr(local), syncPort),
+		Peer:      netip.AddrPortFrom(netip.MustParseAddr(peer), syncPort),
+		Interface: dev,
+		Session:   Config{Window: 20},
+	}, rec)
+}
+
+func openLinkWith(t *testing.T, ns *netns.NS, cfg LinkConfig, rec *recorder) *Link {
+	t.Helper()
 	var l *Link
 	if err := ns.Do(func() error {
 		var err error
-		l, err = Listen(LinkConfig{
-			Local:     netip.AddrPortFrom(netip.MustParseAddr(local), syncPort),
-			Peer:      netip.AddrPortFrom(netip.MustParseAddr(peer), syncPort),
-			Interface: dev,
-			Session:   Config{Window: 20},
-		}, rec)
+		l, err = Listen(cfg, rec)
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -517,4 +528,58 @@ func TestInteropFromConntrackd(t *testing.T) {
 	if s := cd.ctl(t, "-s"); !strings.Contains(s, "0 Malformed msgs") {
 		t.Fatalf("conntrackd counted malformed messages from xnat:\n%s", s)
 	}
+}
+
+// TestInteropMulticast runs the link over multicast, both ways, with a
+// real conntrackd configured with Sync { Multicast { ... } }.
+func TestInteropMulticast(t *testing.T) {
+	needTools(t)
+	tp := netns.New(t)
+	lnx, x := tp.NS("lnx"), tp.NS("x")
+	tp.Veth(lnx, "s0", x, "s1")
+	addr(t, lnx, "s0", "10.9.0.1/24")
+	addr(t, x, "s1", "10.9.0.2/24")
+	cd := startConntrackdWith(t, lnx, "10.9.0.1", "10.9.0.2", fmt.Sprintf(`Multicast {
+		IPv4_address 225.0.0.50
+		Group %d
+		IPv4_interface 10.9.0.1
+		Interface s0
+		Checksum on
+	}`, syncPort))
+	rec := &recorder{cache: NewCache()}
+	l := openLinkWith(t, x, LinkConfig{
+		Local:     netip.AddrPortFrom(netip.MustParseAddr("10.9.0.2"), syncPort),
+		Peer:      netip.AddrPortFrom(netip.MustParseAddr("10.9.0.1"), 0),
+		Group:     netip.MustParseAddr("225.0.0.50"),
+		Interface: "s1",
+	}, rec)
+
+	// xnat to conntrackd.
+	fi := flowtable.FlowInfo{
+		Orig:    flowtable.MakeTuple(6, a4("10.1.0.2"), 40000, a4("198.51.100.2"), 443),
+		Reply:   flowtable.MakeTuple(6, a4("198.51.100.2"), 443, a4("198.51.100.1"), 20001),
+		Status:  uint32(flowtable.TCPEstablished) | flowtable.FlagSeenReply | flowtable.FlagAssured | flowtable.FlagSrcNAT,
+		Expires: time.Hour,
+	}
+	c := FromFlow(&fi)
+	l.Send(TypeNew, &c)
+	if err := l.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "conntrackd's external cache", func() (bool, string) {
+		out := cd.ctl(t, "-e")
+		return strings.Contains(out, "tcp      6 ESTABLISHED src=10.1.0.2 dst=198.51.100.2 sport=40000 dport=443 [ASSURED]"), out
+	})
+
+	// conntrackd to xnat: a connection put in its kernel's table.
+	run(t, lnx, "conntrack", "-I", "-p", "udp", "-s", "10.1.0.5", "-d", "198.51.100.7", "--sport", "1234", "--dport", "53",
+		"-t", "100", "-u", "SEEN_REPLY")
+	waitFor(t, "xnat's cache", func() (bool, string) {
+		got, ok := rec.cache.Get(flowtable.MakeTuple(17, a4("10.1.0.5"), 1234, a4("198.51.100.7"), 53))
+		return ok && got.Status&IPSSeenReply != 0 && got.Timeout > 0, fmt.Sprintf("%v %+v\nlink %+v\n%s%s", ok, got, l.Stats(), cd.ctl(t, "-s"), run(t, lnx, "conntrack", "-L"))
+	})
+	waitFor(t, "both sides acknowledged", func() (bool, string) {
+		st := l.Stats()
+		return st.Unacked == 0 && st.AckSent > 0 && st.Malformed == 0, fmt.Sprintf("%+v", st)
+	})
 }

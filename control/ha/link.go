@@ -28,6 +28,12 @@ type LinkConfig struct {
 	// Interface, when set, binds the link to one device (Interface):
 	// datagrams arriving on any other are not seen.
 	Interface string
+	// Group, when set, makes the link multicast, as conntrackd's Sync {
+	// Multicast { IPv4_address Group; Group Port; IPv4_interface Local } }:
+	// datagrams go to Group at Local's port, sent from and received on
+	// the interface that has Local's address; Peer's port is not used,
+	// its address still is the only one accepted.
+	Group netip.Addr
 	// Session tunes the FTFW layer.
 	Session Config
 	// Tick is the ALIVE and ACK timer (default 1s, as conntrackd).
@@ -37,8 +43,8 @@ type LinkConfig struct {
 // ErrConfig is wrapped by every LinkConfig error.
 var ErrConfig = errors.New("bad sync link configuration")
 
-// Link runs a Session over UDP unicast. Its methods are safe for
-// concurrent use.
+// Link runs a Session over UDP, unicast or multicast. Its methods are
+// safe for concurrent use.
 type Link struct {
 	cfg  LinkConfig
 	h    Handler
@@ -57,32 +63,41 @@ type Link struct {
 // Listen opens the link. Handler methods run on the link's goroutine
 // (Run); Conn must not call the Link, Resync may.
 func Listen(cfg LinkConfig, h Handler) (*Link, error) {
-	if !cfg.Local.Addr().Is4() || !cfg.Peer.Addr().Is4() || cfg.Peer.Port() == 0 {
-		return nil, fmt.Errorf("%w: local %v and peer %v must be IPv4 addresses with a port", ErrConfig, cfg.Local, cfg.Peer)
+	if !cfg.Local.Addr().Is4() || !cfg.Peer.Addr().Is4() {
+		return nil, fmt.Errorf("%w: local %v and peer %v must be IPv4 addresses", ErrConfig, cfg.Local, cfg.Peer)
+	}
+	mcast := cfg.Group.IsValid()
+	if mcast && (!cfg.Group.Is4() || !cfg.Group.IsMulticast() || cfg.Local.Port() == 0) {
+		return nil, fmt.Errorf("%w: multicast group %v must be an IPv4 multicast address, with the local port set", ErrConfig, cfg.Group)
+	}
+	if !mcast && cfg.Peer.Port() == 0 {
+		return nil, fmt.Errorf("%w: peer %v has no port", ErrConfig, cfg.Peer)
 	}
 	if cfg.Tick <= 0 {
 		cfg.Tick = time.Second
 	}
+	local := cfg.Local.Addr().As4()
 	lc := net.ListenConfig{Control: func(network, address string, rc syscall.RawConn) error {
-		if cfg.Interface == "" {
-			return nil
-		}
 		var serr error
 		if err := rc.Control(func(fd uintptr) {
-			serr = unix.SetsockoptString(int(fd), unix.SOL_SOCKET, unix.SO_BINDTODEVICE, cfg.Interface)
+			serr = sockopts(int(fd), &cfg, local)
 		}); err != nil {
 			return err
 		}
-		if serr != nil {
-			return fmt.Errorf("bind to interface %s: %w", cfg.Interface, serr)
-		}
-		return nil
+		return serr
 	}}
-	pc, err := lc.ListenPacket(context.Background(), "udp4", cfg.Local.String())
+	bind, dst := cfg.Local, cfg.Peer
+	if mcast {
+		// Bound to the group, the socket receives the group's datagrams
+		// only (not the host's other UDP traffic to this port).
+		bind = netip.AddrPortFrom(cfg.Group, cfg.Local.Port())
+		dst = bind
+	}
+	pc, err := lc.ListenPacket(context.Background(), "udp4", bind.String())
 	if err != nil {
 		return nil, fmt.Errorf("sync link: %w", err)
 	}
-	l := &Link{cfg: cfg, h: h, conn: pc.(*net.UDPConn), dst: net.UDPAddrFromAddrPort(cfg.Peer)}
+	l := &Link{cfg: cfg, h: h, conn: pc.(*net.UDPConn), dst: net.UDPAddrFromAddrPort(dst)}
 	l.s = NewSession(cfg.Session, linkHandler{l})
 	return l, nil
 }
@@ -207,3 +222,32 @@ func (l *Link) Run(ctx context.Context) error {
 
 // Close closes the link.
 func (l *Link) Close() error { return l.conn.Close() }
+
+// sockopts sets the link socket's options before it is bound: the
+// device, and for multicast address reuse, the group membership on the
+// local address's interface, that interface for sending, and no
+// loopback of this side's own datagrams.
+func sockopts(fd int, cfg *LinkConfig, local [4]byte) error {
+	if cfg.Interface != "" {
+		if err := unix.SetsockoptString(fd, unix.SOL_SOCKET, unix.SO_BINDTODEVICE, cfg.Interface); err != nil {
+			return fmt.Errorf("bind to interface %s: %w", cfg.Interface, err)
+		}
+	}
+	if !cfg.Group.IsValid() {
+		return nil
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+		return fmt.Errorf("SO_REUSEADDR: %w", err)
+	}
+	mreq := &unix.IPMreq{Multiaddr: cfg.Group.As4(), Interface: local}
+	if err := unix.SetsockoptIPMreq(fd, unix.IPPROTO_IP, unix.IP_ADD_MEMBERSHIP, mreq); err != nil {
+		return fmt.Errorf("join %v on %v: %w", cfg.Group, cfg.Local.Addr(), err)
+	}
+	if err := unix.SetsockoptInet4Addr(fd, unix.IPPROTO_IP, unix.IP_MULTICAST_IF, local); err != nil {
+		return fmt.Errorf("IP_MULTICAST_IF %v: %w", cfg.Local.Addr(), err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MULTICAST_LOOP, 0); err != nil {
+		return fmt.Errorf("IP_MULTICAST_LOOP: %w", err)
+	}
+	return nil
+}

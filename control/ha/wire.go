@@ -177,11 +177,10 @@ const (
 	attrWScaleRepl   = 26 //
 	attrHelperName   = 27 // string
 	attrLabels       = 28 // u32 array
-	attrOrigZone     = 29 // u16
-	attrReplZone     = 30 // u16
-	attrSNATIPv6     = 31 //
-	attrDNATIPv6     = 32 //
-	numAttrs         = 33
+	attrSNATIPv6     = 29 //
+	attrDNATIPv6     = 30 //
+	attrSynproxy     = 31 // three u32: isn, its, tsoff
+	numAttrs         = 32
 )
 
 // attrSize is each attribute's exact payload size; -1 is variable.
@@ -193,7 +192,7 @@ var attrSize = [numAttrs]int{
 	attrNATSeqAdj: 24, attrSCTPState: 1, attrSCTPVtagOrig: 4, attrSCTPVtagRepl: 4,
 	attrDCCPState: 1, attrDCCPRole: 1, attrICMPType: 1, attrICMPCode: 1, attrICMPID: 2,
 	attrWScaleOrig: 1, attrWScaleRepl: 1, attrHelperName: -1, attrLabels: -1,
-	attrOrigZone: 2, attrReplZone: 2, attrSNATIPv6: 16, attrDNATIPv6: 16,
+	attrSNATIPv6: 16, attrDNATIPv6: 16, attrSynproxy: 12,
 }
 
 // The NAT port and ICMP identifier attributes are 16-bit values that
@@ -353,9 +352,10 @@ func AppendConn(b []byte, t MsgType, flags Flags, seq uint32, c *Conn) []byte {
 }
 
 // ParseConn decodes the attributes of a connection message (the message
-// after its header). Attributes xnat does not use (window scales, zones,
-// helper names, labels, SCTP and DCCP state) are checked and skipped;
-// IPv6 and expectation attributes make the connection unsupported.
+// after its header). Attributes xnat does not use (window scales, helper
+// names, labels, synproxy, SCTP and DCCP state) are checked and skipped,
+// attributes newer than these are skipped; IPv6 and expectation
+// attributes make the connection unsupported.
 func ParseConn(body []byte) (Conn, error) {
 	var c Conn
 	var have struct{ ipv4, proto, port bool }

@@ -2,6 +2,7 @@ package ha
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"strings"
@@ -23,6 +24,9 @@ var captured = map[string]string{
 	// new udp with mark 7, SNAT to 198.51.100.1 port 20010
 	"udp-spat": "1020004c6b0f4843000c00000a010002c63364020008000500000198000500021100000000080003df3213880008000600" + "00001e00080007000000070008000cc633640100060" + "00e2a4e0000",
 	// new udp 10.1.0.2:40984 -> 10.1.0.1:5353 DNAT to 198.51.100.2:5000, SNAT 198.51.100.1:20005
+	// new udp 10.1.0.5:1234 -> 198.51.100.7:53 put in the kernel's table
+	// with conntrack -I: mark 0 and a synproxy attribute
+	"udp-inserted": "1020004c6b0f4a5c000c00000a010005c63364070008000500" + "00000a000500021100000000080003" + "04d200350008000600000064000800070000000000100" + "01f000000000000000000000000",
 	"udp-dnat": "1020005c6b0f4844000c00000a0100020a0100010008000500000" + "1b8000500021100000000080003a01814e90008000600" + "00001e0008000700000007" + "0008000cc63364010008000dc63364020006000e254e00000006000f88130000",
 }
 
@@ -66,6 +70,11 @@ func TestDecodeConntrackd(t *testing.T) {
 				Has: HasTimeout | HasMark | HasSNAT | HasDNAT | HasSPAT | HasDPAT},
 			flowtable.MakeTuple(17, ip(198, 51, 100, 2), 5000, ip(198, 51, 100, 1), 20005),
 			"udp src=10.1.0.2 dst=10.1.0.1 sport=40984 dport=5353 [UNREPLIED] src=198.51.100.2 dst=198.51.100.1 sport=5000 dport=20005 mark=7"},
+		{"udp-inserted", TypeNew, 0x6b0f4a5c,
+			Conn{Proto: 17, Src: ip(10, 1, 0, 5), Dst: ip(198, 51, 100, 7), SrcPort: 1234, DstPort: 53,
+				Status: 0xa, Timeout: 100, Has: HasTimeout | HasMark},
+			flowtable.MakeTuple(17, ip(198, 51, 100, 7), 53, ip(10, 1, 0, 5), 1234),
+			"udp src=10.1.0.5 dst=198.51.100.7 sport=1234 dport=53 src=198.51.100.7 dst=10.1.0.5 sport=53 dport=1234 mark=0"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -90,7 +99,12 @@ func TestDecodeConntrackd(t *testing.T) {
 			if tc.str != "" && c.String() != tc.str {
 				t.Fatalf("String\n got %s\nwant %s", c.String(), tc.str)
 			}
-			// xnat's encoder writes what conntrackd writes, byte for byte.
+			// xnat's encoder writes what conntrackd writes, byte for byte
+			// (it has no synproxy attribute to send).
+			if tc.name == "udp-inserted" {
+				b = b[:len(b)-16]
+				binary.BigEndian.PutUint16(b[2:], uint16(len(b)))
+			}
 			if enc := AppendConn(nil, h.Type, h.Flags, h.Seq, &c); !bytes.Equal(enc, b) {
 				t.Fatalf("encoded\n%x\nwant\n%x", enc, b)
 			}
