@@ -17,7 +17,16 @@ func (p *Pipeline) handle(frame []byte, size int, m *meta, key *flowtable.Tuple,
 	ctstate := rules.CtNew
 	if ref != 0 {
 		f := tab.Flow(ref)
+		var was uint32
+		if p.sq != nil {
+			was = f.Status()
+		}
 		v, seen := track(f, ref.Dir(), m.proto, m.tcpFlags, p.now, p.nowSec)
+		if p.sq != nil && v != ctReopen {
+			if now := f.Status(); (now^was)&syncVisible != 0 {
+				p.sq.push(SyncUpdate, f.TuplePtr(flowtable.DirOrig), f.TuplePtr(flowtable.DirReply), now, f.Mark())
+			}
+		}
 		switch v {
 		case ctReopen:
 			p.ct.Kill(ref)
