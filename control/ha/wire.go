@@ -244,6 +244,8 @@ const (
 	HasICMP
 )
 
+func (h Has) has(f Has) bool { return h&f == f }
+
 // Conn is one connection as the protocol describes it: the original
 // direction's tuple and the translation, from which the reply tuple
 // follows.
