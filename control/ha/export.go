@@ -2,6 +2,7 @@ package ha
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 
 	"xnat/dataplane"
@@ -32,9 +33,12 @@ type Exporter struct {
 	tab     *flowtable.Table
 	buf     []dataplane.SyncEvent
 	drops   uint64
-	Sent    uint64 // events sent
-	Resends uint64 // whole-table sends after dropped events
+	sent    atomic.Uint64 // events sent
+	resends atomic.Uint64 // whole-table sends after dropped events
 }
+
+// counters returns the events sent and the whole-table sends after drops.
+func (e *Exporter) counters() (sent, resends uint64) { return e.sent.Load(), e.resends.Load() }
 
 // NewExporter returns an exporter from src to out; tab gives the
 // timeouts the messages carry and the table sent after drops.
@@ -60,10 +64,10 @@ func (e *Exporter) Poll() (int, error) {
 	}
 	if d := e.src.SyncDrops(); d != e.drops {
 		e.drops = d
-		e.Resends++
+		e.resends.Add(1)
 		SendTable(e.tab, e.out)
 	}
-	e.Sent += uint64(total)
+	e.sent.Add(uint64(total))
 	return total, e.out.Flush()
 }
 

@@ -90,8 +90,11 @@ func TestExporter(t *testing.T) {
 	}
 	core.Exit()
 	src.drops = 3
-	if _, err := e.Poll(); err != nil || e.Resends != 1 {
-		t.Fatalf("resends %d, %v", e.Resends, err)
+	if _, err := e.Poll(); err != nil {
+		t.Fatal(err)
+	}
+	if sent, resends := e.counters(); sent != 5000 || resends != 1 {
+		t.Fatalf("sent %d, resends %d", sent, resends)
 	}
 	if got, ok := backup.cache.Get(nf.Orig); !ok || got.Reply() != nf.Reply {
 		t.Fatalf("table not sent: %v %+v", ok, got)
