@@ -3,6 +3,7 @@ package ha
 import (
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -88,4 +89,47 @@ func TestLinkLoss(t *testing.T) {
 	}
 	t.Logf("primary sent %d messages, backup lost %d, primary retransmitted %d after %d NACKs, %d full resyncs; %d connections",
 		sa.MsgSent, sb.Lost, sa.Retransmitted, sa.NackRecv, sa.ResendFull, len(table))
+}
+
+// TestLinkForeignPeer: a well-formed message from an address other than
+// the configured peer's is dropped and counted; the same message from the
+// peer is taken.
+func TestLinkForeignPeer(t *testing.T) {
+	needTools(t)
+	tp := netns.New(t)
+	pa, pb := tp.NS("a"), tp.NS("b")
+	tp.Veth(pa, "s0", pb, "s1")
+	addr(t, pa, "s0", "10.9.0.1/24")
+	addr(t, pb, "s1", "10.9.0.2/24")
+	addr(t, pb, "s1", "10.9.0.3/24")
+	rec := &recorder{cache: NewCache()}
+	l := openLink(t, pa, "10.9.0.1", "10.9.0.2", "s0", rec)
+	c := conn(1)
+	msg := AppendConn(nil, TypeNew, FlagHello, 1, &c)
+	send := func(from string) {
+		t.Helper()
+		if err := pb.Do(func() error {
+			u, err := net.DialUDP("udp4", &net.UDPAddr{IP: net.ParseIP(from)}, &net.UDPAddr{IP: net.ParseIP("10.9.0.1"), Port: syncPort})
+			if err != nil {
+				return err
+			}
+			defer u.Close()
+			_, err = u.Write(msg)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send("10.9.0.3")
+	waitFor(t, "the foreign datagram counted", func() (bool, string) {
+		st := l.Stats()
+		return st.Foreign == 1, fmt.Sprintf("%+v", st)
+	})
+	if rec.cache.Len() != 0 || l.Stats().MsgRecv != 0 {
+		t.Fatalf("foreign message taken: %+v", l.Stats())
+	}
+	send("10.9.0.2")
+	waitFor(t, "the peer's message", func() (bool, string) {
+		return rec.cache.Len() == 1, fmt.Sprintf("%+v", l.Stats())
+	})
 }
