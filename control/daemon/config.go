@@ -92,6 +92,8 @@ type Config struct {
 	// which xnatctl sysctl changes at run time.
 	PerSourceMax   int `toml:"per_source_max"`
 	PerSourcePorts int `toml:"per_source_ports"`
+	// HA syncs connections with a peer (an [ha] section; see HAConfig).
+	HA *HAConfig `toml:"ha"`
 }
 
 // LoadFile reads a TOML config file. Unknown keys are errors, so a
@@ -215,6 +217,11 @@ func (c *Config) Validate() error {
 	}
 	if c.PerSourcePorts < 0 || c.PerSourcePorts > portalloc.MaxSourceLimit {
 		return bad("per_source_ports %d (0 to %d)", c.PerSourcePorts, portalloc.MaxSourceLimit)
+	}
+	if c.HA.Enabled() {
+		if _, err := c.HA.linkConfig(); err != nil {
+			return err
+		}
 	}
 	if c.LocalPorts != "warn" && c.LocalPorts != "refuse" {
 		return bad("local_ports %q (warn or refuse)", c.LocalPorts)
