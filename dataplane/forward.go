@@ -17,6 +17,10 @@ func (p *Pipeline) handle(frame []byte, size int, m *meta, key *flowtable.Tuple,
 	ctstate := rules.CtNew
 	if ref != 0 {
 		f := tab.Flow(ref)
+		var was uint32
+		if p.sq != nil {
+			was = f.Status()
+		}
 		var v ctVerdict
 		var seen bool
 		if ps := tab.Proto(ref); ps != nil && m.kind == kTCP {
@@ -25,6 +29,11 @@ func (p *Pipeline) handle(frame []byte, size int, m *meta, key *flowtable.Tuple,
 			v, seen = trackTCP(f, ps, ref.Dir(), &s, &p.tp, p.now)
 		} else {
 			v, seen = track(f, ref.Dir(), m.proto, m.tcpFlags, p.now, p.nowSec)
+		}
+		if p.sq != nil && v != ctReopen {
+			if now := f.Status(); (now^was)&syncVisible != 0 {
+				p.sq.push(SyncUpdate, f.TuplePtr(flowtable.DirOrig), f.TuplePtr(flowtable.DirReply), now, f.Mark())
+			}
 		}
 		switch v {
 		case ctReopen:

@@ -174,6 +174,9 @@ func (p *Pipeline) newConnection(frame []byte, size int, m *meta, key *flowtable
 	switch res {
 	case flowtable.Inserted:
 		p.cnt.Created++
+		if p.sq != nil {
+			p.sq.push(SyncNew, &nf.Orig, &nf.Reply, nf.Status, nf.Mark)
+		}
 	case flowtable.Exists:
 		// Another core created it a moment ago: it is this packet's.
 		if ref == 0 {

@@ -236,6 +236,11 @@ type Pipeline struct {
 	missHead atomic.Uint32
 	missTail atomic.Uint32
 
+	// syncq is the connection-event ring (EnableSync), nil while sync is
+	// off; sq is its value for the current batch.
+	syncq atomic.Pointer[syncQueue]
+	sq    *syncQueue
+
 	// noFast turns the established path off, and fastLast is how many of
 	// the last batch's packets took it: for the tests that hold the path to
 	// handle.

@@ -55,6 +55,7 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 		maxRetrans: uint32(min(max(st.TCPMaxRetrans.Load(), 0), 255))}
 	p.ct.Enter()
 	p.neighCheck()
+	p.sq = p.syncq.Load()
 
 	// Count every frame in and parse it, the common ones on the fast path
 	// and the rest (rest) on the full one; collect the keys to look up.
@@ -137,9 +138,13 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 		budget = max(p.sweepDue(d.Table.Count()/d.Table.Cores()+1), sweepMin)
 	}
 	n := p.ct.Sweep(p.now, budget, p.gone[:])
-	for _, g := range p.gone[:n] {
+	for i := range p.gone[:n] {
+		g := &p.gone[i]
 		if a := d.Pools.allocator(auxPool(g.Aux), p.core); a != nil {
 			a.Release(&g.Orig, &g.Reply)
+		}
+		if p.sq != nil {
+			p.sq.push(SyncDestroy, &g.Orig, &g.Reply, g.Status, g.Mark)
 		}
 	}
 	p.env.Rules.Flush(p.core)

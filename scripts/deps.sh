@@ -11,6 +11,9 @@
 #   sysctl    procps     make demo turns ip_forward off in xnat's namespace
 #   iptables  iptables   the end-to-end bench's kernel baseline (bench/e2e,
 #                        run by make test) is iptables MASQUERADE
+#   conntrackd conntrackd control/ha's interoperability tests run a real
+#                        conntrackd on a sync link to xnat
+#   conntrack conntrack  and check what it committed to the kernel
 #
 # Go itself (1.26, see go.mod) is not installed from apt: Debian's golang
 # package is older. Install it from https://go.dev/dl/.
@@ -24,6 +27,8 @@ declare -A need=(
   [ethtool]=ethtool
   [sysctl]=procps
   [iptables]=iptables
+  [conntrackd]=conntrackd
+  [conntrack]=conntrack
 )
 
 # Root's tools live in the sbin directories, which a user's PATH may lack.

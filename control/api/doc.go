@@ -25,6 +25,11 @@
 //	GET  /v1/sysctl[?name=KEY]        SysctlValues
 //	POST /v1/sysctl                   SysctlRequest → SysctlValues
 //	GET  /v1/events?after=N[&follow=1]  EventList, or with follow JSON lines (one Event each) as they happen
+//	GET  /v1/ha/status                HAStatus (422 without an [ha] section, as every /v1/ha route)
+//	GET  /v1/ha/cache                 HACache: the peer's connections (the external cache)
+//	POST /v1/ha/flush                 HAFlushed: the external cache emptied
+//	POST /v1/ha/resync                the peer asked for its whole table
+//	POST /v1/ha/bulk                  this side's whole table sent to the peer
 //
 // # Streamed answers
 //

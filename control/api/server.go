@@ -120,6 +120,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST "+Version+"/sysctl", s.sysctlSet)
 	mux.HandleFunc("GET "+Version+"/events", s.eventsGet)
 	mux.HandleFunc("GET "+Version+"/top", s.top)
+	s.haRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusNotFound, fmt.Errorf("no route %s %s", r.Method, r.URL.Path))
 	})

@@ -97,6 +97,8 @@ type Config struct {
 	// time); nil takes the kernel's value at start, as the default's and
 	// each interface's own always are.
 	RPFilter *int `toml:"rp_filter"`
+	// HA syncs connections with a peer (an [ha] section; see HAConfig).
+	HA *HAConfig `toml:"ha"`
 }
 
 // LoadFile reads a TOML config file. Unknown keys are errors, so a
@@ -223,6 +225,11 @@ func (c *Config) Validate() error {
 	}
 	if c.RPFilter != nil && (*c.RPFilter < dataplane.RPFilterOff || *c.RPFilter > dataplane.RPFilterLoose) {
 		return bad("rp_filter %d (0 off, 1 strict, 2 loose)", *c.RPFilter)
+	}
+	if c.HA.Enabled() {
+		if _, err := c.HA.linkConfig(); err != nil {
+			return err
+		}
 	}
 	if c.LocalPorts != "warn" && c.LocalPorts != "refuse" {
 		return bad("local_ports %q (warn or refuse)", c.LocalPorts)

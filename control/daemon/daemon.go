@@ -99,6 +99,8 @@ type Daemon struct {
 	lastPorts  string
 
 	flushed, resolves, resolveErrs, reloads, envErrors, ioChanges atomic.Uint64
+
+	ha haState // the sync node (an [ha] section)
 }
 
 // newLimiter makes the per-source limiter with the config's limits
@@ -237,6 +239,9 @@ func Start(plan *Plan, opts Options) (d *Daemon, err error) {
 		return d, err
 	case <-time.After(20 * time.Millisecond):
 	}
+	if err := d.startHA(); err != nil {
+		return d, err
+	}
 	d.ctlStarted = true
 	go d.control()
 	return d, nil
@@ -284,6 +289,7 @@ func (d *Daemon) Stop() error {
 
 func (d *Daemon) teardown() error {
 	var errs []error
+	d.stopHA()
 	close(d.ctlStop)
 	if d.ctlStarted {
 		<-d.ctlDone

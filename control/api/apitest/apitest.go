@@ -36,6 +36,7 @@ type Options struct {
 	MaxConns int    // 0: the capacity
 	Rules    string // "": MasqueradeRules
 	API      api.Options
+	HA       *daemon.HAConfig // nil: no sync
 }
 
 // Bed is a running daemon with its API on a namespace topology.
@@ -66,7 +67,7 @@ func New(t *testing.T, o Options) *Bed {
 	must(t, os.WriteFile(rulesFile, []byte(o.Rules), 0o644))
 	b.Socket = filepath.Join(b.Dir, "xnat.sock")
 	cfg := daemon.Config{Inside: nattest.Inside, Outside: nattest.Outside, Queues: 1, Capacity: 4096,
-		MaxConns: o.MaxConns, Rules: rulesFile, Socket: b.Socket}
+		MaxConns: o.MaxConns, Rules: rulesFile, Socket: b.Socket, HA: o.HA}
 	must(t, b.X.Do(func() error {
 		plan, err := daemon.Prepare(cfg)
 		if err != nil {

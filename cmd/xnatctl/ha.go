@@ -1,0 +1,114 @@
+package main
+
+import (
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"xnat/control/api"
+)
+
+// haCmd runs xnatctl ha VERB: the sync node's state and the operations
+// keepalived's notify scripts call on conntrackd.
+//
+//	status  role-independent state: addresses, sequence numbers, cache size, losses
+//	cache   the external cache (the peer's connections), one per line
+//	flush   empty the external cache            (conntrackd -f external)
+//	resync  ask the peer for its whole table    (conntrackd -n)
+//	bulk    send this side's table to the peer  (conntrackd -B)
+func haCmd(e *env, args []string) int {
+	if len(args) != 1 {
+		return e.failf(2, "usage: xnatctl ha status|cache|flush|resync|bulk")
+	}
+	c := e.client()
+	switch args[0] {
+	case "status":
+		st, err := c.HAStatus(e.ctx)
+		if err != nil {
+			return e.fail(err)
+		}
+		if e.json {
+			return e.printJSON(st)
+		}
+		return e.haStatus(st)
+	case "cache":
+		l, err := c.HACache(e.ctx)
+		if err != nil {
+			return e.fail(err)
+		}
+		if e.json {
+			return e.printJSON(l)
+		}
+		for _, s := range l.Conns {
+			fmt.Fprintln(e.stdout, s)
+		}
+		fmt.Fprintf(e.stderr, "xnat ha: %d connections in the external cache.\n", len(l.Conns))
+	case "flush":
+		n, err := c.HAFlush(e.ctx)
+		if err != nil {
+			return e.fail(err)
+		}
+		if e.json {
+			return e.printJSON(api.HAFlushed{Flushed: n})
+		}
+		fmt.Fprintf(e.stderr, "xnat ha: external cache flushed (%d connections).\n", n)
+	case "resync":
+		if err := c.HAResync(e.ctx); err != nil {
+			return e.fail(err)
+		}
+		fmt.Fprintln(e.stderr, "xnat ha: resync requested from the peer.")
+	case "bulk":
+		if err := c.HABulk(e.ctx); err != nil {
+			return e.fail(err)
+		}
+		fmt.Fprintln(e.stderr, "xnat ha: table sent to the peer.")
+	default:
+		return e.failf(2, "unknown verb %q (status, cache, flush, resync, bulk)", args[0])
+	}
+	return 0
+}
+
+func (e *env) haStatus(st *api.HAStatus) int {
+	w := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	l := &st.Link
+	last := "never"
+	if !l.LastRecv.IsZero() {
+		last = time.Since(l.LastRecv).Round(time.Millisecond).String() + " ago"
+	}
+	peerSeq := "-"
+	if l.PeerSeqSet {
+		peerSeq = fmt.Sprint(l.PeerSeq)
+	}
+	rows := [][2]string{
+		{"local", st.Local},
+		{"peer", st.Peer},
+		{"peer last heard", last},
+		{"sequence (next sent)", fmt.Sprint(l.Seq)},
+		{"peer sequence (last received)", peerSeq},
+		{"awaiting ack", fmt.Sprint(l.Unacked)},
+		{"external cache", fmt.Sprint(st.Cache)},
+		{"messages sent / received", fmt.Sprintf("%d / %d", l.MsgSent, l.MsgRecv)},
+		{"lost (peer's, detected)", fmt.Sprint(l.Lost)},
+		{"retransmitted", fmt.Sprint(l.Retransmitted)},
+		{"malformed / unsupported", fmt.Sprintf("%d / %d", l.Malformed, l.Unsupported)},
+		{"from other addresses", fmt.Sprint(l.Foreign)},
+		{"events sent", fmt.Sprint(st.EventsSent)},
+		{"whole-table sends (bulk / after drops)", fmt.Sprintf("%d / %d", st.Bulks, st.EventResends)},
+	}
+	if st.Group != "" {
+		rows = append(rows[:2], append([][2]string{{"multicast group", st.Group}}, rows[2:]...)...)
+	}
+	for _, r := range rows {
+		fmt.Fprintf(w, "%s\t%s\n", r[0], r[1])
+	}
+	if l.LastRecvError != "" {
+		fmt.Fprintf(w, "last bad message\t%s\n", l.LastRecvError)
+	}
+	if st.ExportError != "" {
+		fmt.Fprintf(w, "exporter\t%s\n", st.ExportError)
+	}
+	if err := w.Flush(); err != nil {
+		return e.failf(1, "%v", err)
+	}
+	return 0
+}

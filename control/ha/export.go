@@ -1,0 +1,127 @@
+package ha
+
+import (
+	"context"
+	"sync/atomic"
+	"time"
+
+	"xnat/dataplane"
+	"xnat/flowtable"
+)
+
+// EventSource is where connection events come from: the dataplane's
+// per-core rings (dataplane.Dataplane).
+type EventSource interface {
+	Cores() int
+	DrainSync(core int, out []dataplane.SyncEvent) int
+	SyncDrops() uint64
+}
+
+// Sender is where messages go: a Link.
+type Sender interface {
+	Send(t MsgType, c *Conn)
+	Flush() error
+}
+
+// Exporter is the primary's sync goroutine: it drains every core's event
+// ring, turns each event into a message and sends them in full datagrams.
+// When a ring has dropped events (it was full), the peer is sent the whole
+// table, as after a resync request.
+type Exporter struct {
+	src     EventSource
+	out     Sender
+	tab     *flowtable.Table
+	buf     []dataplane.SyncEvent
+	drops   uint64
+	sent    atomic.Uint64 // events sent
+	resends atomic.Uint64 // whole-table sends after dropped events
+}
+
+// counters returns the events sent and the whole-table sends after drops.
+func (e *Exporter) counters() (sent, resends uint64) { return e.sent.Load(), e.resends.Load() }
+
+// NewExporter returns an exporter from src to out; tab gives the
+// timeouts the messages carry and the table sent after drops.
+func NewExporter(src EventSource, out Sender, tab *flowtable.Table) *Exporter {
+	return &Exporter{src: src, out: out, tab: tab, buf: make([]dataplane.SyncEvent, 1024)}
+}
+
+// Poll drains every ring once, sends what it found and returns how many
+// events that was.
+func (e *Exporter) Poll() (int, error) {
+	total := 0
+	for c := range e.src.Cores() {
+		for {
+			n := e.src.DrainSync(c, e.buf)
+			for i := range e.buf[:n] {
+				e.send(&e.buf[i])
+			}
+			total += n
+			if n < len(e.buf) {
+				break
+			}
+		}
+	}
+	if d := e.src.SyncDrops(); d != e.drops {
+		e.drops = d
+		e.resends.Add(1)
+		SendTable(e.tab, e.out)
+	}
+	e.sent.Add(uint64(total))
+	return total, e.out.Flush()
+}
+
+func (e *Exporter) send(ev *dataplane.SyncEvent) {
+	fi := flowtable.FlowInfo{Orig: ev.Orig, Reply: ev.Reply, Status: ev.Status, Mark: ev.Mark}
+	t := TypeDelete
+	switch ev.Kind {
+	case dataplane.SyncNew:
+		t = TypeNew
+	case dataplane.SyncUpdate:
+		t = TypeUpdate
+	}
+	if t != TypeDelete && e.tab != nil {
+		fi.Expires = e.tab.StateTimeout(flowtable.StatusState(ev.Status))
+	}
+	c := FromFlow(&fi)
+	e.out.Send(t, &c)
+}
+
+// Run polls every interval until ctx ends.
+func (e *Exporter) Run(ctx context.Context, interval time.Duration) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if _, err := e.Poll(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// SendTable sends every connection of tab as an update (a bulk send: the
+// answer to a resync request).
+func SendTable(tab *flowtable.Table, out Sender) int {
+	if tab == nil {
+		return 0
+	}
+	buf := make([]flowtable.FlowInfo, 256)
+	sent := 0
+	for cursor := 0; ; {
+		n, next := tab.List(cursor, buf)
+		for i := range buf[:n] {
+			c := FromFlow(&buf[i])
+			out.Send(TypeUpdate, &c)
+		}
+		sent += n
+		if next < 0 {
+			break
+		}
+		cursor = next
+	}
+	return sent
+}
