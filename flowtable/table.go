@@ -610,11 +610,18 @@ func (t *Table) kill(idx uint32, why uint32) bool {
 			break
 		}
 	}
+	t.unlinkDead(idx)
+	return true
+}
+
+// unlinkDead unlinks both tuples of a record whose dying bit the caller
+// set, and uncounts it.
+func (t *Table) unlinkDead(idx uint32) {
+	f := &t.recs[idx]
 	po, pr := t.at(&f.orig), t.at(&f.reply)
 	t.unlink(&po, idx)
 	t.unlink(&pr, idx)
 	t.count.Add(-1)
-	return true
 }
 
 // raiseFull records a table-full drop: at most one event per second.
