@@ -446,6 +446,11 @@ const clashShift = 5
 type Options struct {
 	Mode       Mode
 	Persistent bool
+	// Exclusive takes only a port no connection or retained use of this
+	// allocator holds (in a dense pool; a sparse one cannot tell): a
+	// full-cone mapping's port, which must not answer for two inside
+	// endpoints.
+	Exclusive bool
 }
 
 // Allocate picks the external endpoint for a new connection and inserts
@@ -464,7 +469,7 @@ type Options struct {
 // the source holds it already, may serve it: a source at its port limit
 // costs one lookup a connection, not a search.
 func (a *Allocator) Allocate(c *flowtable.Core, nf *flowtable.NewFlow, opt Options, now flowtable.Time) (flowtable.Ref, Result, flowtable.InsertResult) {
-	at := attempt{src: nf.Orig.Src, slot: -1, canNew: true}
+	at := attempt{src: nf.Orig.Src, slot: -1, canNew: true, exclusive: opt.Exclusive}
 	if a.limiter != nil {
 		var why int
 		if at.slot, why = a.limiter.acquire(at.src); why != limOK {
@@ -551,6 +556,7 @@ type attempt struct {
 	retry     bool     // an Insert refused the reply tuple: the original is free
 	canNew    bool     // a port may be one the source does not hold (reserved)
 	newPort   bool     // the inserted connection took a port new to its source
+	exclusive bool     // only ports with no use (Options.Exclusive)
 }
 
 // try's outcomes
@@ -568,7 +574,7 @@ func (a *Allocator) try(c *flowtable.Core, nf *flowtable.NewFlow, at *attempt, o
 	var u *uint16
 	if at.uses != nil {
 		u = &at.uses[off]
-		if *u == maxUses {
+		if *u == maxUses || (*u != 0 && at.exclusive) {
 			return 0, flowtable.ReplyClash, trySkipped
 		}
 	}
