@@ -51,6 +51,7 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 	p.now = flowtable.TimeAt(el)
 	p.nowSec = uint32(el / time.Second)
 	p.ct.Enter()
+	p.mc.Enter()
 	p.neighCheck()
 
 	// Count every frame in and parse it, the common ones on the fast path
@@ -138,11 +139,16 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 		if a := d.Pools.allocator(auxPool(g.Aux), p.core); a != nil {
 			a.Release(&g.Orig, &g.Reply)
 		}
+		if g.Status&(flagMapOut|flagMapIn) != 0 {
+			p.leaveMappings(&g)
+		}
 	}
+	mapsGone := p.sweepMappings()
 	p.env.Rules.Flush(p.core)
+	p.mc.Exit()
 	p.ct.Exit()
 	p.cnt.Batches++
-	if fastPkts == uint64(len(frames)) && p.held.nrel == 0 {
+	if fastPkts == uint64(len(frames)) && p.held.nrel == 0 && !mapsGone {
 		p.pub.storeFast(&p.cnt, len(p.env.Ports))
 	} else {
 		p.pub.store(&p.cnt)
