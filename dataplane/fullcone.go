@@ -54,7 +54,7 @@ const MappingTimeoutMin = 120 * time.Second
 // quarter of its capacity (at least 1024), the same cores. Its limit
 // (Max, xnat.fullcone_max) starts at its capacity.
 func newMappingTable(tab *flowtable.Table) *flowtable.Table {
-	m, err := flowtable.New(flowtable.Config{Capacity: max(tab.Capacity()/4, 1024), Cores: tab.Cores()})
+	m, err := flowtable.New(flowtable.Config{Capacity: max(tab.Capacity()/4, 1024), Cores: tab.Cores(), Start: tab.Start()})
 	if err != nil {
 		// The geometry is within the connection table's, which was made.
 		panic("dataplane: mapping table: " + err.Error())

@@ -34,6 +34,9 @@ type Config struct {
 	Limbo int
 	// Seed fixes the hash secret (tests); 0 draws it from crypto/rand.
 	Seed uint64
+	// Start is the table's time zero (Now, Start); zero means the time of
+	// New. Tables whose callers pass one time to both share it.
+	Start time.Time
 }
 
 // Limits of the geometry.
@@ -249,7 +252,10 @@ func New(cfg Config) (*Table, error) {
 		perCore:  uint32(per),
 		capacity: cfg.Capacity,
 		ep:       newEpochs(cfg.Cores + 1),
-		start:    time.Now(),
+		start:    cfg.Start,
+	}
+	if t.start.IsZero() {
+		t.start = time.Now()
 	}
 	if cfg.Acct {
 		t.acct = make([]acctEntry, nrec)

@@ -110,6 +110,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET "+Version+"/stats", s.stats)
 	mux.HandleFunc("GET "+Version+"/conntrack", s.conntrackList)
 	mux.HandleFunc("GET "+Version+"/conntrack/count", s.conntrackCount)
+	mux.HandleFunc("GET "+Version+"/mappings", s.mappings)
 	mux.HandleFunc("GET "+Version+"/conntrack/stats", s.conntrackStats)
 	mux.HandleFunc("POST "+Version+"/conntrack/delete", s.conntrackDelete)
 	mux.HandleFunc("POST "+Version+"/conntrack/flush", s.conntrackFlush)
