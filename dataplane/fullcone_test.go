@@ -272,3 +272,26 @@ func TestFullConeAllocs(t *testing.T) {
 		t.Fatalf("created %d inbound %d failed %d", c.MapCreated, c.MapInbound, c.MapFailed)
 	}
 }
+
+// TestFullConeLimit: at xnat.fullcone_max a new inside endpoint's
+// connection runs as a MASQUERADE connection, counted failed, and is not
+// admitted inbound.
+func TestFullConeLimit(t *testing.T) {
+	tb := newTestbed(t, fullConeRules, 1500, 1)
+	if err := tb.dp.Mappings.SetMax(1); err != nil {
+		t.Fatal(err)
+	}
+	tb.sendOut(0, macA, addrA, 5000, remote, 3478)
+	ext, p := tb.sendOut(0, macB, addrB, 6000, remote, 3478)
+	c := tb.dp.TotalCounters()
+	if c.MapCreated != 1 || c.MapFailed != 1 || c.Created != 2 {
+		t.Fatalf("created %d failed %d connections %d", c.MapCreated, c.MapFailed, c.Created)
+	}
+	r, _ := tb.run(udpPkt(macGW, macOut0, remote3, 9999, ext, p).bytes(t), portOut)
+	if r.Action != ActDrop || r.Reason != ReasonUnsolicited {
+		t.Fatalf("inbound to an unmapped connection's port: %v %v", r.Action, r.Reason)
+	}
+	// Its answer from the server still comes back.
+	r, _ = tb.run(udpPkt(macGW, macOut0, remote, 3478, ext, p).bytes(t), portOut)
+	expect(t, r, ActForward, portIn)
+}

@@ -496,7 +496,7 @@ func (s *Server) restore(req *RestoreRequest) (*IptablesResponse, error) {
 
 func (s *Server) sysctlTarget() *sysctl.Target {
 	dp := s.d.Dataplane()
-	return &sysctl.Target{Table: s.d.Table(), Settings: dp.Settings, Limiter: dp.Pools.Limiter()}
+	return &sysctl.Target{Table: s.d.Table(), Settings: dp.Settings, Limiter: dp.Pools.Limiter(), Mappings: dp.Mappings}
 }
 
 func (s *Server) sysctlValues(names []string) (SysctlValues, error) {
