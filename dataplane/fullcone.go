@@ -50,11 +50,12 @@ const (
 // (nf_conntrack_udp_timeout_stream), but never below this.
 const MappingTimeoutMin = 120 * time.Second
 
-// newMappingTable makes the mapping table of a dataplane over tab: a
-// quarter of its capacity (at least 1024), the same cores. Its limit
-// (Max, xnat.fullcone_max) starts at its capacity.
+// newMappingTable makes the mapping table of a dataplane over tab: the
+// same capacity (at least 1024: a gateway's clients mostly give each
+// connection its own source port, so each may need its own mapping), the
+// same cores. Its limit (Max, xnat.fullcone_max) starts at its capacity.
 func newMappingTable(tab *flowtable.Table) *flowtable.Table {
-	m, err := flowtable.New(flowtable.Config{Capacity: max(tab.Capacity()/4, 1024), Cores: tab.Cores(), Start: tab.Start()})
+	m, err := flowtable.New(flowtable.Config{Capacity: max(tab.Capacity(), 1024), Cores: tab.Cores(), Start: tab.Start()})
 	if err != nil {
 		// The geometry is within the connection table's, which was made.
 		panic("dataplane: mapping table: " + err.Error())
@@ -196,7 +197,8 @@ func (p *Pipeline) sweepMappings() bool {
 		return false
 	}
 	syncMappingTimeout(p.d.Table, p.d.Mappings)
-	n := p.mc.Sweep(p.now, mapSweepBudget, p.gone[:])
+	mt := p.d.Mappings
+	n := p.mc.Sweep(p.now, max(p.mapSweepDue(mt.Count()/mt.Cores()+1), 1), p.gone[:])
 	for _, g := range p.gone[:n] {
 		if a := p.d.Pools.allocator(auxPool(g.Aux), p.core); a != nil {
 			a.Unretain(g.Orig.Proto, g.Reply.Dst, g.Reply.DstPort)
@@ -208,6 +210,30 @@ func (p *Pipeline) sweepMappings() bool {
 	return n > 0
 }
 
-// mapSweepBudget is how many of its mapping records a core examines a
-// batch, once it has made one.
-const mapSweepBudget = 64
+// A core sweeps its share of the mapping table once every mapSweepPass,
+// paced over its batches as the connection sweep is (sweepDue), and at
+// least one record a batch: the mapping timeout is at least 120 s, so a
+// mapping outlives it by little, and the sweep costs the established path
+// next to nothing.
+const mapSweepPass = 10 * int64(time.Second)
+
+func (p *Pipeline) mapSweepDue(share int) int {
+	el := p.nowNs - p.mapSweptNs
+	if el <= 0 {
+		return 0
+	}
+	if el > mapSweepPass {
+		el = mapSweepPass
+		p.mapSweptNs = p.nowNs - mapSweepPass
+	}
+	due := int64(share) * el / mapSweepPass
+	if due == 0 {
+		return 0
+	}
+	if due >= sweepMax {
+		p.mapSweptNs = p.nowNs
+		return sweepMax
+	}
+	p.mapSweptNs += due * mapSweepPass / int64(share)
+	return int(due)
+}

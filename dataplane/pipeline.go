@@ -168,8 +168,9 @@ type Pipeline struct {
 	mc   *flowtable.Core // this core's handle on Dataplane.Mappings
 	// mapOwner: this core has made a mapping, so it sweeps its share of
 	// the mapping table.
-	mapOwner bool
-	env      *Env
+	mapOwner   bool
+	mapSweptNs int64 // the mapping sweep's pacing (mapSweepDue)
+	env        *Env
 	// envGen is env's generation: the next-hop cache holds what it
 	// resolved under that Env.
 	envGen uint64

@@ -99,7 +99,7 @@ func init() {
 				return rangeCheck(v, 1, int64(t.Mappings.Capacity()))
 			},
 			set: func(t *Target, v int64) { _ = t.Mappings.SetMax(int(v)) }},
-		{Name: "xnat.fullcone_capacity", Help: "full-cone mappings the mapping table was sized for (a quarter of xnat.capacity, at least 1024)", ReadOnly: true,
+		{Name: "xnat.fullcone_capacity", Help: "full-cone mappings the mapping table was sized for (xnat.capacity, at least 1024)", ReadOnly: true,
 			get: func(t *Target) int64 {
 				if t.Mappings == nil {
 					return 0
