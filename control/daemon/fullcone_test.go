@@ -175,3 +175,32 @@ func TestFullConeThirdHost(t *testing.T) {
 		t.Fatalf("B mapped to %v", mb)
 	}
 }
+
+// TestFullConeAddressChange: when the outside address goes away, its
+// mappings go with its connections, and the inside socket gets a new
+// mapping on the new address.
+func TestFullConeAddressChange(t *testing.T) {
+	b := newBed(t, bedOpts{rules: fullConeRules})
+	udpEcho(t, b.sv, ipSrv, 7000)
+	c := udpDial(t, b.insA, &net.UDPAddr{IP: ipA, Port: 5000}, &net.UDPAddr{IP: ipSrv, Port: 7000})
+	if got, err := ask(c, "before", 1); err != nil || !strings.HasPrefix(got, "192.0.2.1:") {
+		t.Fatalf("before the change: %q, %v", got, err)
+	}
+	if n := b.d.Dataplane().Mappings.Count(); n != 1 {
+		t.Fatalf("%d mappings", n)
+	}
+	must(t, b.x.DelAddr("x1", "192.0.2.1/24"))
+	must(t, b.x.AddAddr("x1", "192.0.2.3/24"))
+	eventually(t, "the flush", func() bool { return b.d.Stats().Flushed == 1 && b.d.Dataplane().Mappings.Count() == 0 })
+	if got, err := ask(c, "after", 4); err != nil || !strings.HasPrefix(got, "192.0.2.3:") {
+		t.Fatalf("after the change the server saw %q (%v), want the new address", got, err)
+	}
+	eventually(t, "the new mapping", func() bool {
+		out := make([]flowtable.FlowInfo, 4)
+		n, _ := b.d.Dataplane().Mappings.List(0, out)
+		return n == 1 && flowtable.FormatAddr(out[0].Reply.Dst) == "192.0.2.3"
+	})
+	if c := b.d.Dataplane().TotalCounters(); c.MapCreated != 2 || c.MapFailed != 0 {
+		t.Fatalf("created %d failed %d", c.MapCreated, c.MapFailed)
+	}
+}
