@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"sync"
 	"testing"
 	"time"
 
@@ -294,4 +295,60 @@ func TestFullConeLimit(t *testing.T) {
 	// Its answer from the server still comes back.
 	r, _ = tb.run(udpPkt(macGW, macOut0, remote, 3478, ext, p).bytes(t), portOut)
 	expect(t, r, ActForward, portIn)
+}
+
+// TestFullConeTwoCoresConcurrent: two cores make, join and admit through
+// mappings of the same inside endpoints at once (under -race in make
+// test's race target); once every connection and mapping has expired,
+// no mapping and no port use is left.
+func TestFullConeTwoCoresConcurrent(t *testing.T) {
+	tb := newTestbed(t, fullConeRules, 1500, 2)
+	const endpoints = 200
+	var wg sync.WaitGroup
+	for core := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p := tb.dp.Pipeline(core)
+			dst := []uint32{remote, remote2}[core]
+			frames, sizes, in, res := make([][]byte, 1), []int{0}, []uint16{0}, make([]Result, 1)
+			for i := range endpoints {
+				f := udpPkt(macA, macIn0, addrA, uint16(20000+i), dst, 3478).bytes(t)
+				frames[0], sizes[0], in[0] = f, len(f), portIn
+				p.Process(frames, sizes, in, res)
+				if res[0].Action != ActForward {
+					t.Errorf("core %d: outbound %v %v", core, res[0].Action, res[0].Reason)
+					return
+				}
+				ext := uint16(f[offL4])<<8 | uint16(f[offL4+1])
+				g := udpPkt(macGW, macOut0, remote3, uint16(1000+core), addrExt, ext).bytes(t)
+				frames[0], sizes[0], in[0] = g, len(g), portOut
+				p.Process(frames, sizes, in, res)
+			}
+		}()
+	}
+	wg.Wait()
+	c := tb.dp.TotalCounters()
+	if c.MapCreated+c.MapFailed < endpoints || c.MapCreated > endpoints {
+		t.Fatalf("created %d failed %d for %d endpoints", c.MapCreated, c.MapFailed, endpoints)
+	}
+	t.Logf("created %d reused %d inbound %d failed %d", c.MapCreated, c.MapReused, c.MapInbound, c.MapFailed)
+	tb.dp.start = tb.dp.start.Add(-31 * time.Second)
+	for range 200 {
+		tb.idle(2)
+	}
+	tb.dp.start = tb.dp.start.Add(-121 * time.Second)
+	for range 200 {
+		tb.idle(2)
+	}
+	if n, m := tb.tab.Count(), tb.dp.Mappings.Count(); n != 0 || m != 0 {
+		t.Fatalf("%d connections, %d mappings left", n, m)
+	}
+	for _, pl := range *tb.dp.Pools.list.Load() {
+		for core, a := range pl.allocs {
+			if s := a.Stats(); s.PortsInUse != 0 {
+				t.Fatalf("pool %v core %d: %d ports in use after everything expired", pl.key, core, s.PortsInUse)
+			}
+		}
+	}
 }
