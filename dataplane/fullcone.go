@@ -120,8 +120,19 @@ func (p *Pipeline) fullConeOut(nf *flowtable.NewFlow, pool uint16, opt portalloc
 	}
 	a := p.d.Pools.allocator(pool, p.core)
 	nf.Status |= flowtable.FlagSrcNAT | flagMapOut
-	opt.Exclusive = true
+	opt.Exclusive, opt.Parity = true, true
 	ref, ar, res := a.Allocate(p.ct, nf, opt, p.now)
+	if ar == portalloc.OutOfPorts {
+		// Every port of the pool holds a mapping or a connection: the
+		// connection shares a port, as MASQUERADE's do, unmapped.
+		nf.Status &^= flagMapOut
+		opt.Exclusive, opt.Parity = false, false
+		ref, ar, res = a.Allocate(p.ct, nf, opt, p.now)
+		if ar == portalloc.OK && res == flowtable.Inserted {
+			p.cnt.MapFailed++
+		}
+		return ref, ar, res, true
+	}
 	if ar != portalloc.OK || res != flowtable.Inserted {
 		return ref, ar, res, true
 	}

@@ -352,3 +352,33 @@ func TestFullConeTwoCoresConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// TestFullConePortsExhausted: when every port of the pool holds a
+// mapping, a new inside endpoint's connection still goes out, sharing a
+// port as MASQUERADE's connections do, unmapped and counted failed.
+func TestFullConePortsExhausted(t *testing.T) {
+	const rules = `*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A POSTROUTING -o out0 -p udp -j FULLCONENAT --to-ports 7000-7001
+COMMIT
+`
+	tb := newTestbed(t, rules, 1500, 1)
+	seen := map[uint16]bool{}
+	for i := range 2 {
+		_, p := tb.sendOut(0, macA, addrA, uint16(5000+i), remote, 3478)
+		seen[p] = true
+	}
+	if len(seen) != 2 {
+		t.Fatalf("two mappings on ports %v", seen)
+	}
+	_, p := tb.sendOut(0, macA, addrA, 5002, remote2, 3478)
+	if p != 7000 && p != 7001 {
+		t.Fatalf("third endpoint on port %d", p)
+	}
+	if c := tb.dp.TotalCounters(); c.MapCreated != 2 || c.MapFailed != 1 || c.Drop(ReasonOutOfPorts) != 0 {
+		t.Fatalf("created %d failed %d out_of_ports %d", c.MapCreated, c.MapFailed, c.Drop(ReasonOutOfPorts))
+	}
+}

@@ -451,6 +451,9 @@ type Options struct {
 	// full-cone mapping's port, which must not answer for two inside
 	// endpoints.
 	Exclusive bool
+	// Parity searches first among ports of the original port's parity
+	// (RFC 4787 REQ-4), then, if none is free, among all.
+	Parity bool
 }
 
 // Allocate picks the external endpoint for a new connection and inserts
@@ -523,21 +526,28 @@ func (a *Allocator) Allocate(c *flowtable.Core, nf *flowtable.NewFlow, opt Optio
 		a.st.perSource.Add(1)
 		return 0, PerSourceLimit, flowtable.Inserted
 	}
-	for attempts := min(a.n, 128); attempts > 0; attempts /= 2 {
-		var off uint32
-		if opt.Mode == ModeDefault && attempts == min(a.n, 128) {
-			off = a.searchStart(&nf.Orig)
-		} else {
-			off = uint32(uint64(uint32(a.next())) * uint64(a.n) >> 32)
-		}
-		for i := range attempts {
-			if r, res, st := a.try(c, nf, &at, (off+i)%a.n, now); st == tryDone {
-				if res == flowtable.Inserted {
-					a.settle(&at)
-					return r, OK, res
+	parity := opt.Parity
+	for pass := 0; pass == 0 || (pass == 1 && parity); pass++ {
+		for attempts := min(a.n, 128); attempts > 0; attempts /= 2 {
+			var off uint32
+			if opt.Mode == ModeDefault && attempts == min(a.n, 128) && pass == 0 {
+				off = a.searchStart(&nf.Orig)
+			} else {
+				off = uint32(uint64(uint32(a.next())) * uint64(a.n) >> 32)
+			}
+			for i := range attempts {
+				o := (off + i) % a.n
+				if pass == 0 && parity && uint16(a.port(o))&1 != nf.Orig.SrcPort&1 {
+					continue
 				}
-				a.unacquire(&at)
-				return r, TableRefused, res
+				if r, res, st := a.try(c, nf, &at, o, now); st == tryDone {
+					if res == flowtable.Inserted {
+						a.settle(&at)
+						return r, OK, res
+					}
+					a.unacquire(&at)
+					return r, TableRefused, res
+				}
 			}
 		}
 	}

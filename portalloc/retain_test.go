@@ -53,3 +53,43 @@ func TestRetainAndExclusive(t *testing.T) {
 		t.Fatalf("uses after Unretain %d", a.Uses(flowtable.ProtoUDP, ext, 5000))
 	}
 }
+
+func TestParity(t *testing.T) {
+	tab, err := flowtable.New(flowtable.Config{Capacity: 4096, Cores: 1, Seed: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const ext = 0xCB007101
+	as, err := New(Pool{AddrLo: ext, AddrHi: ext, PortLo: 1024, PortHi: 65535}, 1, NewShared(1, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := as[0]
+	c := tab.Core(0)
+	c.Enter()
+	defer c.Exit()
+	// Source ports below the pool: never kept, always searched for.
+	for i := range 400 {
+		sport := uint16(100 + i)
+		nf := flowtable.NewFlow{Orig: flowtable.MakeTuple(flowtable.ProtoUDP, 0x0A000002, sport, 0xC6336407, 53), Status: uint32(flowtable.UDP)}
+		nf.Reply = flowtable.MakeTuple(flowtable.ProtoUDP, 0xC6336407, 53, 0, 0)
+		if _, res, _ := a.Allocate(c, &nf, Options{Exclusive: true, Parity: true}, 0); res != OK {
+			t.Fatalf("allocation %d: %v", i, res)
+		}
+		if nf.Reply.DstPort&1 != sport&1 {
+			t.Fatalf("source port %d got %d: parity not kept", sport, nf.Reply.DstPort)
+		}
+	}
+	// A pool of two ports, one taken: the other parity serves.
+	as, err = New(Pool{AddrLo: ext, AddrHi: ext, PortLo: 5000, PortHi: 5001}, 1, NewShared(1, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a = as[0]
+	a.Retain(flowtable.ProtoUDP, ext, 5000)
+	nf := flowtable.NewFlow{Orig: flowtable.MakeTuple(flowtable.ProtoUDP, 0x0A000002, 90, 0xC6336407, 53), Status: uint32(flowtable.UDP)}
+	nf.Reply = flowtable.MakeTuple(flowtable.ProtoUDP, 0xC6336407, 53, 0, 0)
+	if _, res, _ := a.Allocate(c, &nf, Options{Exclusive: true, Parity: true}, 0); res != OK || nf.Reply.DstPort != 5001 {
+		t.Fatalf("fallback to the other parity: %v port %d", res, nf.Reply.DstPort)
+	}
+}
