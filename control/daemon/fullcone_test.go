@@ -204,3 +204,56 @@ func TestFullConeAddressChange(t *testing.T) {
 		t.Fatalf("created %d failed %d", c.MapCreated, c.MapFailed)
 	}
 }
+
+// TestFullConeAcrossQueues: a mapping made by one queue's worker admits a
+// datagram that arrives on the other queue's worker. Which queue a flow
+// arrives on is the veth's choice (the sender's transmit queue), so
+// endpoints are tried until one's mapping owner and its inbound datagram's
+// worker differ.
+func TestFullConeAcrossQueues(t *testing.T) {
+	b := stunBed(t, fullConeRules)
+	third := nattest.ListenUDP(t, b.sv, ipThird, 0)
+	dp := b.d.Dataplane()
+	buf := make([]byte, 1500)
+	for i := range 32 {
+		conn := nattest.ListenUDP(t, b.insA, ipA, 0)
+		m, _, ok, err := nattest.STUNBinding(conn, stunPrimary, 0, 3, 300*time.Millisecond)
+		if err != nil || !ok {
+			t.Fatalf("endpoint %d: binding %v %v", i, ok, err)
+		}
+		owner := -1
+		out := make([]flowtable.FlowInfo, 64)
+		n, _ := dp.Mappings.List(0, out)
+		for _, fi := range out[:n] {
+			if int(fi.Reply.DstPort) == m.Port {
+				owner = fi.Owner
+			}
+		}
+		if owner < 0 {
+			t.Fatalf("endpoint %d: mapping %v not listed", i, m)
+		}
+		before := dp.Counters()
+		var got bool
+		for range 4 {
+			if _, err := third.WriteToUDP([]byte("x"), m); err != nil {
+				t.Fatal(err)
+			}
+			must(t, conn.SetReadDeadline(time.Now().Add(500*time.Millisecond)))
+			if _, _, err := conn.ReadFromUDP(buf); err == nil {
+				got = true
+				break
+			}
+		}
+		if !got {
+			t.Fatalf("endpoint %d: the third host's datagram to %v did not arrive", i, m)
+		}
+		after := dp.Counters()
+		for c := range after {
+			if after[c].MapInbound > before[c].MapInbound && c != owner {
+				t.Logf("endpoint %d: mapping made on core %d, inbound admitted on core %d", i, owner, c)
+				return
+			}
+		}
+	}
+	t.Fatal("32 endpoints' inbound datagrams all arrived on the worker that made their mapping")
+}
