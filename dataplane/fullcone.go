@@ -36,6 +36,9 @@ import (
 const (
 	flagMapOut = 1 << flowtable.FlagUserShift       // a user of its source's mapping
 	flagMapIn  = 1 << (flowtable.FlagUserShift + 1) // a user of its destination's mapping
+	// flagJoined: the connection joined its source's mapping without an
+	// allocation, and the per-source limiter counted it (AcquireConn).
+	flagJoined = 1 << (flowtable.FlagUserShift + 2)
 )
 
 // A mapping's states in the mapping table, chosen for their timeouts
@@ -108,7 +111,19 @@ func (p *Pipeline) fullConeOut(nf *flowtable.NewFlow, pool uint16, opt portalloc
 		nf.Reply.Dst, nf.Reply.DstPort = ext.Dst, ext.DstPort
 		nf.Status |= flowtable.FlagSrcNAT | flagMapOut
 		nf.Aux = makeAux(0, p.nowSec) // the port is the mapping's, not this connection's
+		// The per-source limits count the connection as the allocator
+		// would have (its port is one the source holds already).
+		lim := p.d.Pools.Limiter()
+		if lim != nil {
+			if r := lim.AcquireConn(o.Src); r != portalloc.OK {
+				return 0, r, flowtable.Inserted, true
+			}
+			nf.Status |= flagJoined
+		}
 		ref, res := p.ct.Insert(nf, p.now)
+		if res != flowtable.Inserted && lim != nil {
+			lim.ReleaseConn(o.Src)
+		}
 		if res == flowtable.Inserted {
 			if mf.AddUser(p.now, mapHeld) {
 				p.cnt.MapReused++
@@ -183,8 +198,14 @@ func (p *Pipeline) joinInbound(ref, m flowtable.Ref) {
 	}
 }
 
-// leaveMappings drops a gone connection's uses of its mappings.
+// leaveMappings drops a gone connection's uses of its mappings, and its
+// count in the per-source limiter when it joined one.
 func (p *Pipeline) leaveMappings(g *flowtable.Gone) {
+	if g.Status&flagJoined != 0 {
+		if lim := p.d.Pools.Limiter(); lim != nil {
+			lim.ReleaseConn(g.Orig.Src)
+		}
+	}
 	if g.Status&flagMapOut != 0 {
 		p.leave(insideKey(g.Orig.Proto, g.Orig.Src, g.Orig.SrcPort))
 	}

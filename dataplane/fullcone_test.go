@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"xnat/flowtable"
+	"xnat/portalloc"
 )
 
 const fullConeRules = `*nat
@@ -380,5 +381,31 @@ COMMIT
 	}
 	if c := tb.dp.TotalCounters(); c.MapCreated != 2 || c.MapFailed != 1 || c.Drop(ReasonOutOfPorts) != 0 {
 		t.Fatalf("created %d failed %d out_of_ports %d", c.MapCreated, c.MapFailed, c.Drop(ReasonOutOfPorts))
+	}
+}
+
+// TestFullConePerSource: connections that join a mapping count against
+// xnat.per_source_max like any, and give their count back when they end.
+func TestFullConePerSource(t *testing.T) {
+	tb, lim := newLimitedTestbedRules(t, portalloc.LimiterConfig{Cores: 1, Conns: 4096, MaxConns: 2}, fullConeRules)
+	tb.sendOut(0, macA, addrA, 5000, remote, 3478)
+	tb.sendOut(0, macA, addrA, 5000, remote2, 3478) // joins the mapping
+	if c, p := lim.Count(addrA); c != 2 || p != 1 {
+		t.Fatalf("counts %d %d, want 2 connections on 1 port", c, p)
+	}
+	r, _ := tb.run(udpPkt(macA, macIn0, addrA, 5000, remote3, 3478).bytes(t), portIn)
+	if r.Action != ActDrop || r.Reason != ReasonPerSource {
+		t.Fatalf("a third connection through the mapping: %v %v", r.Action, r.Reason)
+	}
+	if !tb.tab.Delete(flowtable.MakeTuple(flowtable.ProtoUDP, addrA, 5000, remote2, 3478)) {
+		t.Fatal("delete")
+	}
+	tb.dp.Pipeline(0).Idle()
+	if c, _ := lim.Count(addrA); c != 1 {
+		t.Fatalf("count after the joined connection ended: %d", c)
+	}
+	tb.sendOut(0, macA, addrA, 5000, remote3, 3478)
+	if c := tb.dp.TotalCounters(); c.MapReused != 2 || c.MapCreated != 1 {
+		t.Fatalf("reused %d created %d", c.MapReused, c.MapCreated)
 	}
 }

@@ -139,7 +139,7 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 		if a := d.Pools.allocator(auxPool(g.Aux), p.core); a != nil {
 			a.Release(&g.Orig, &g.Reply)
 		}
-		if g.Status&(flagMapOut|flagMapIn) != 0 {
+		if g.Status&(flagMapOut|flagMapIn|flagJoined) != 0 {
 			p.leaveMappings(&g)
 		}
 	}

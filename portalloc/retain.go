@@ -52,3 +52,20 @@ func (a *Allocator) Unretain(proto uint8, addr uint32, port uint16) {
 		}
 	}
 }
+
+// AcquireConn counts a connection of src that takes no port from an
+// allocator (one joining the full-cone mapping of an endpoint src already
+// holds): OK, or PerSourceLimit at xnat.per_source_max, or LimiterFull
+// when the limiter has no slot for src. ReleaseConn uncounts it.
+func (l *SourceLimiter) AcquireConn(src uint32) Result {
+	switch _, why := l.acquire(src); why {
+	case limOK:
+		return OK
+	case limFull:
+		return LimiterFull
+	}
+	return PerSourceLimit
+}
+
+// ReleaseConn uncounts a connection AcquireConn counted.
+func (l *SourceLimiter) ReleaseConn(src uint32) { l.release(src, false) }
