@@ -34,6 +34,7 @@ type PipelineResult struct {
 	Impl         string  `json:"impl"` // the flow table implementation measured: avx2 or go
 	Proto        string  `json:"proto"`
 	Ports        string  `json:"ports"`
+	NAT          string  `json:"nat"` // MASQUERADE or FULLCONENAT
 	Batch        int     `json:"batch"`
 	Mpps         float64 `json:"mpps"`
 	NsPerPkt     float64 `json:"ns_per_pkt"`
@@ -56,6 +57,7 @@ func runPipeline(args []string, w io.Writer) error {
 	dur := fs.Duration("time", 2*time.Second, "how long the established-traffic measurement runs")
 	jsonOut := fs.Bool("json", false, "one JSON object per line")
 	impl := implFlag(fs)
+	fullCone := fs.Bool("fullcone", false, "measure each row twice, with MASQUERADE and with FULLCONENAT (endpoint-independent mappings) in POSTROUTING")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -85,31 +87,37 @@ func runPipeline(args []string, w io.Writer) error {
 		if err != nil || n < 1 || n > 4_000_000 {
 			return fmt.Errorf("--flows %q: want a number from 1 to 4000000", f)
 		}
+		nats := []string{NATMasquerade}
+		if *fullCone {
+			nats = append(nats, NATFullCone)
+		}
 		for _, im := range impls {
 			if err := flowtable.SetImpl(im); err != nil {
 				return err
 			}
-			r, err := MeasurePipeline(n, *proto, *ports, *batch, *newConns, *dur)
-			if err != nil {
-				return err
-			}
-			if *jsonOut {
-				if err := WriteJSON(w, r); err != nil {
+			for _, nat := range nats {
+				r, err := MeasurePipelineNAT(n, *proto, *ports, nat, *batch, *newConns, *dur)
+				if err != nil {
 					return err
 				}
-				continue
+				if *jsonOut {
+					if err := WriteJSON(w, r); err != nil {
+						return err
+					}
+					continue
+				}
+				nps := "-"
+				if r.NewPerSec > 0 {
+					nps = humanize.Comma(int64(r.NewPerSec))
+				}
+				rows = append(rows, []string{humanize.Comma(int64(n)), r.Impl, r.Proto, r.NAT, strconv.Itoa(r.Batch), dec2(r.Mpps), dec1(r.NsPerPkt), dec1(r.HarnessNsPerPkt), nps, dec2(r.AllocsPerPkt)})
 			}
-			nps := "-"
-			if r.NewPerSec > 0 {
-				nps = humanize.Comma(int64(r.NewPerSec))
-			}
-			rows = append(rows, []string{humanize.Comma(int64(n)), r.Impl, r.Proto, strconv.Itoa(r.Batch), dec2(r.Mpps), dec1(r.NsPerPkt), dec1(r.HarnessNsPerPkt), nps, dec2(r.AllocsPerPkt)})
 		}
 	}
 	if *jsonOut {
 		return nil
 	}
-	return Table(w, []string{"flows", "impl", "proto", "batch", "Mpps", "ns/pkt", "harness ns/pkt", "new conns/s", "allocs/pkt"}, rows)
+	return Table(w, []string{"flows", "impl", "proto", "nat", "batch", "Mpps", "ns/pkt", "harness ns/pkt", "new conns/s", "allocs/pkt"}, rows)
 }
 
 // PipelineBed is a one-core dataplane with an inside and an outside port,
@@ -142,10 +150,24 @@ var (
 // NewPipelineBed builds the dataplane and the connections' first frames,
 // with shared source ports (see benchFrame).
 func NewPipelineBed(n int, proto string) (*PipelineBed, error) {
-	return newPipelineBed(n, proto, "shared")
+	return newPipelineBed(n, proto, "shared", NATMasquerade)
 }
 
-func newPipelineBed(n int, proto, ports string) (*PipelineBed, error) {
+// The source NAT targets the pipeline scenario compares.
+const (
+	NATMasquerade = "MASQUERADE"
+	// NATFullCone is FULLCONENAT in POSTROUTING and PREROUTING: every
+	// connection of the bed has its own inside endpoint, so each new
+	// connection also makes a mapping.
+	NATFullCone = "FULLCONENAT"
+)
+
+// NewPipelineBedNAT is NewPipelineBed with the given source NAT target.
+func NewPipelineBedNAT(n int, proto, nat string) (*PipelineBed, error) {
+	return newPipelineBed(n, proto, "shared", nat)
+}
+
+func newPipelineBed(n int, proto, ports, nat string) (*PipelineBed, error) {
 	tab, err := flowtable.New(flowtable.Config{Capacity: n + n/4 + 1024, Cores: 1, Proto: true})
 	if err != nil {
 		return nil, err
@@ -162,7 +184,15 @@ func newPipelineBed(n int, proto, ports string) (*PipelineBed, error) {
 		},
 		Neighs: []topo.Neigh{{IfIndex: 3, IP: 0xCB0071FE, MAC: benchMACGW, State: topo.NeighValid}},
 	}
-	m, _, err := iptables.Restore(strings.NewReader("*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -o out0 -j MASQUERADE\nCOMMIT\n"), rules.NewModel(), iptables.RestoreOptions{})
+	ruleText := "*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -o out0 -j MASQUERADE\nCOMMIT\n"
+	switch nat {
+	case NATMasquerade:
+	case NATFullCone:
+		ruleText = "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n-A PREROUTING -i out0 -j FULLCONENAT\n-A POSTROUTING -o out0 -j FULLCONENAT\nCOMMIT\n"
+	default:
+		return nil, fmt.Errorf("bench: source NAT %q: want %s or %s", nat, NATMasquerade, NATFullCone)
+	}
+	m, _, err := iptables.Restore(strings.NewReader(ruleText), rules.NewModel(), iptables.RestoreOptions{})
 	if err != nil {
 		return nil, err
 	}
@@ -292,10 +322,17 @@ func (b *PipelineBed) create(n, batch int, frames [][]byte, sizes []int, in []ui
 	return nil
 }
 
-// MeasurePipeline runs the pipeline scenario at n connections.
+// MeasurePipeline runs the pipeline scenario at n connections, with
+// MASQUERADE.
 func MeasurePipeline(n int, proto, ports string, batch int, measureNew bool, dur time.Duration) (PipelineResult, error) {
-	res := PipelineResult{Flows: n, Impl: flowtable.ActiveImpl().String(), Proto: proto, Ports: ports, Batch: batch}
-	b, err := newPipelineBed(n, proto, ports)
+	return MeasurePipelineNAT(n, proto, ports, NATMasquerade, batch, measureNew, dur)
+}
+
+// MeasurePipelineNAT runs the pipeline scenario at n connections with
+// the source NAT target nat (NATMasquerade or NATFullCone).
+func MeasurePipelineNAT(n int, proto, ports, nat string, batch int, measureNew bool, dur time.Duration) (PipelineResult, error) {
+	res := PipelineResult{Flows: n, Impl: flowtable.ActiveImpl().String(), Proto: proto, Ports: ports, Batch: batch, NAT: nat}
+	b, err := newPipelineBed(n, proto, ports, nat)
 	if err != nil {
 		return res, err
 	}
@@ -323,7 +360,7 @@ func MeasurePipeline(n int, proto, ports string, batch int, measureNew bool, dur
 	}
 	created, spent := n, time.Since(start)
 	for measureNew && spent < newMinTime {
-		fresh, err := newPipelineBed(n, proto, ports)
+		fresh, err := newPipelineBed(n, proto, ports, nat)
 		if err != nil {
 			return res, err
 		}

@@ -111,6 +111,13 @@ type Counters struct {
 	// NeighQueued counts frames held while their next hop was resolved.
 	NeighQueued uint64
 	Batches     uint64
+	// Full-cone mappings (FULLCONENAT): created for an inside endpoint,
+	// reused by a later connection of it, ended after their last
+	// connection (expired), connections admitted inbound through one, and
+	// connections that could not have or join one (mapping table full, a
+	// mapping made by another core at the same moment, its external port
+	// shared): those run as MASQUERADE/SNAT connections.
+	MapCreated, MapReused, MapExpired, MapInbound, MapFailed uint64
 }
 
 // Drop returns the count of one reason.
@@ -142,11 +149,16 @@ func (c *Counters) Add(o *Counters) {
 	c.ToKernel += o.ToKernel
 	c.NeighQueued += o.NeighQueued
 	c.Batches += o.Batches
+	c.MapCreated += o.MapCreated
+	c.MapReused += o.MapReused
+	c.MapExpired += o.MapExpired
+	c.MapInbound += o.MapInbound
+	c.MapFailed += o.MapFailed
 }
 
 // counterWords is the number of words in Counters, which is nothing but
 // uint64s (flat views it as an array of them, for publishing).
-const counterWords = MaxPorts*4 + int(numReasons) + 6
+const counterWords = MaxPorts*4 + int(numReasons) + 11
 
 // published is a core's counters as readers see them: atomic copies made
 // at the end of every batch, on cache lines only this core writes.

@@ -102,7 +102,10 @@
 //     (hold.go). Packets from an outside port need
 //     a DNAT rule or a connection (else `unsolicited`). Hairpinned
 //     connections are source-translated to the outside address the inside
-//     host aimed at.
+//     host aimed at. FULLCONENAT (fullcone.go) gives a connection its
+//     inside endpoint's mapping, shared by every core through a second
+//     flow table, and admits new connections to a mapping's external
+//     endpoint (docs/design.md, "Full-cone mappings").
 //  6. The core's bounded expiry sweep runs (process.go), and the ports of
 //     connections that left go back to their allocators. Rule counters
 //     and pipeline counters are published; the flow table's critical

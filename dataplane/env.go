@@ -77,7 +77,15 @@ type Env struct {
 	// (hairpinTarget).
 	snatPool map[uint16]uint16
 	masqPool map[[2]uint16]uint16
+	// fullCone: the rules have a FULLCONENAT target.
+	fullCone bool
 	gen      uint64
+}
+
+// outsideAddr reports whether a is the address of an outside port.
+func (e *Env) outsideAddr(a uint32) bool {
+	hp, ok := e.local[a]
+	return ok && hp != NoPort && e.Ports[hp].Outside
 }
 
 // EnvConfig says what an Env is built from.
@@ -178,6 +186,25 @@ func NewEnv(cfg EnvConfig) (*Env, error) {
 				return nil, err
 			}
 			env.snatPool[tg.ID] = id
+		case rules.NATFullCone:
+			env.fullCone = true
+			if tg.Range.Flags&rules.NATMapIPs != 0 {
+				id, err := cfg.Pools.get(poolFor(tg.Range.MinAddr, tg.Range.MaxAddr, tg.Range, false))
+				if err != nil {
+					return nil, err
+				}
+				env.snatPool[tg.ID] = id
+				break
+			}
+			for _, p := range env.Ports {
+				if a := p.Primary(); a != 0 {
+					id, err := cfg.Pools.get(poolFor(a, a, tg.Range, true))
+					if err != nil {
+						return nil, err
+					}
+					env.masqPool[[2]uint16{tg.ID, p.ID}] = id
+				}
+			}
 		case rules.NATMasquerade:
 			for _, p := range env.Ports {
 				if a := p.Primary(); a != 0 {

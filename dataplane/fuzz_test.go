@@ -64,11 +64,23 @@ func FuzzPipeline(f *testing.F) {
 	peer := ip4(203, 0, 113, 50)
 	f.Add(tcpPkt(macPeer, macOut0, peer, 4000, addrExt, 8080, 0x02, 1, 0).bytes(f),
 		tcpPkt(macB, macIn0, addrB, 80, peer, 4000, 0x12, 9, 2).bytes(f), byte(1))
+	// With bit 2 of ports, the rules are FULLCONENAT's: the first frame
+	// from inside makes a mapping the second, from outside, may reach.
+	f.Add(udpPkt(macA, macIn0, addrA, 5000, remote, 7000).bytes(f),
+		udpPkt(macGW, macOut0, remote3, 9, addrExt, 5000).bytes(f), byte(6))
+	f.Add(tcpPkt(macA, macIn0, addrA, 40000, remote, 443, 0x02, 1, 0).bytes(f),
+		tcpPkt(macGW, macOut0, remote3, 9, addrExt, 40000, 0x02, 1, 0).bytes(f), byte(6))
+	f.Add(udpPkt(macA, macIn0, addrA, 5000, remote, 7000).bytes(f),
+		udpPkt(macB, macIn0, addrB, 6000, addrExt, 5000).bytes(f), byte(4))
 	f.Fuzz(func(t *testing.T, a, b []byte, ports byte) {
 		if len(a) > 1600 || len(b) > 1600 {
 			return
 		}
-		tb := newTestbed(t, fuzzRules, 1500, 1)
+		ruleText := fuzzRules
+		if ports&4 != 0 {
+			ruleText = fullConeRules
+		}
+		tb := newTestbed(t, ruleText, 1500, 1)
 		frames := [][]byte{make([]byte, len(a), 2048), make([]byte, len(b), 2048)}
 		copy(frames[0], a)
 		copy(frames[1], b)

@@ -79,16 +79,30 @@ func (p *Pipeline) newConnection(frame []byte, size int, m *meta, key *flowtable
 	}
 	dst, dport := key.Dst, key.DstPort
 	dn := rs.NAT(rules.Prerouting, &pk, p.core, p.nowNs)
-	if dn.Kind == rules.NATDNAT {
-		a, port := dn.Pick(backendHash(key, p.backendSeed))
-		dst = a
-		if port != 0 && (m.kind == kTCP || m.kind == kUDP) {
-			dport = port
+	var inMap flowtable.Ref // the mapping an inbound connection is admitted through
+	if env.fullCone && (m.kind == kTCP || m.kind == kUDP) && (dn.Kind == rules.NATFullCone ||
+		(dn.Kind == rules.NATNone && !env.Ports[m.in].Outside && env.outsideAddr(key.Dst))) {
+		// Endpoint-independent filtering: a new connection to a live
+		// mapping's external endpoint goes to its inside endpoint; and
+		// from the inside (no DNAT rule), hairpinning through it.
+		if inMap = p.mappingTo(key); inMap != 0 {
+			in := p.d.Mappings.Flow(inMap).TuplePtr(flowtable.DirOrig)
+			dst, dport = in.Src, in.SrcPort
+			nf.Status |= flowtable.FlagDstNAT | flagMapIn
 		}
-		nf.Status |= flowtable.FlagDstNAT
-	} else if p.env.Ports[m.in].Outside {
-		p.finish(out, ActDrop, ReasonUnsolicited, 0, 0)
-		return
+	}
+	if inMap == 0 {
+		if dn.Kind == rules.NATDNAT {
+			a, port := dn.Pick(backendHash(key, p.backendSeed))
+			dst = a
+			if port != 0 && (m.kind == kTCP || m.kind == kUDP) {
+				dport = port
+			}
+			nf.Status |= flowtable.FlagDstNAT
+		} else if p.env.Ports[m.in].Outside {
+			p.finish(out, ActDrop, ReasonUnsolicited, 0, 0)
+			return
+		}
 	}
 	// Only the egress port matters here: a next hop being resolved holds
 	// the packet after its connection is created (forwardFirst).
@@ -116,7 +130,16 @@ func (p *Pipeline) newConnection(frame []byte, size int, m *meta, key *flowtable
 	sn := rs.NAT(rules.Postrouting, &pk, p.core, p.nowNs)
 	var pool uint16
 	var opt portalloc.Options
+	fullCone := false
 	switch sn.Kind {
+	case rules.NATFullCone:
+		if sn.Range.Flags&rules.NATMapIPs != 0 {
+			pool = env.snatPool[sn.Target]
+		} else if pool = env.masqPool[[2]uint16{sn.Target, outPort}]; pool == 0 {
+			p.finish(out, ActDrop, ReasonNoAddress, 0, 0)
+			return
+		}
+		fullCone = m.kind == kTCP || m.kind == kUDP
 	case rules.NATSNAT:
 		pool = env.snatPool[sn.Target]
 	case rules.NATMasquerade:
@@ -133,6 +156,9 @@ func (p *Pipeline) newConnection(frame []byte, size int, m *meta, key *flowtable
 		if nf.Status&flowtable.FlagDstNAT != 0 && !p.env.Ports[m.in].Outside && !p.env.Ports[outPort].Outside {
 			if hp, ok := env.local[key.Dst]; ok && hp != NoPort && env.Ports[hp].Outside {
 				pool = env.masqPool[[2]uint16{hairpinTarget, hp}]
+				// Through a mapping, the source appears as its own
+				// mapping (RFC 4787 REQ-9).
+				fullCone = env.fullCone && (m.kind == kTCP || m.kind == kUDP)
 			}
 		}
 	}
@@ -150,7 +176,13 @@ func (p *Pipeline) newConnection(frame []byte, size int, m *meta, key *flowtable
 		nf.Status |= flowtable.FlagSrcNAT
 		a := p.d.Pools.allocator(pool, p.core)
 		var ar portalloc.Result
-		ref, ar, res = a.Allocate(p.ct, &nf, opt, p.now)
+		decided := false
+		if fullCone {
+			ref, ar, res, decided = p.fullConeOut(&nf, pool, opt)
+		}
+		if !decided {
+			ref, ar, res = a.Allocate(p.ct, &nf, opt, p.now)
+		}
 		if ar == portalloc.OK {
 			p.lastExt, p.lastAlloc = nf.Reply.Dst, a
 			if opt.Mode != portalloc.ModeDefault {
@@ -176,6 +208,9 @@ func (p *Pipeline) newConnection(frame []byte, size int, m *meta, key *flowtable
 		p.cnt.Created++
 		if p.sq != nil {
 			p.sq.push(SyncNew, &nf.Orig, &nf.Reply, nf.Status, nf.Mark)
+		}
+		if inMap != 0 {
+			p.joinInbound(ref, inMap)
 		}
 	case flowtable.Exists:
 		// Another core created it a moment ago: it is this packet's.

@@ -9,6 +9,10 @@ import (
 
 // newLimitedTestbed is newTestbed with a per-source limiter.
 func newLimitedTestbed(t *testing.T, cfg portalloc.LimiterConfig) (*testbed, *portalloc.SourceLimiter) {
+	return newLimitedTestbedRules(t, cfg, masqRules)
+}
+
+func newLimitedTestbedRules(t *testing.T, cfg portalloc.LimiterConfig, ruleText string) (*testbed, *portalloc.SourceLimiter) {
 	t.Helper()
 	tab, err := flowtable.New(flowtable.Config{Capacity: 4096, Cores: 1, Seed: 5})
 	if err != nil {
@@ -19,7 +23,7 @@ func newLimitedTestbed(t *testing.T, cfg portalloc.LimiterConfig) (*testbed, *po
 		t.Fatal(err)
 	}
 	pools := NewPools(1, lim)
-	env, err := NewEnv(EnvConfig{Snapshot: testSnapshot(1500), Inside: []string{"in0"}, Outside: []string{"out0"}, Model: model(t, masqRules), Pools: pools})
+	env, err := NewEnv(EnvConfig{Snapshot: testSnapshot(1500), Inside: []string{"in0"}, Outside: []string{"out0"}, Model: model(t, ruleText), Pools: pools})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -110,7 +110,9 @@ func NewSettings() *Settings {
 // Dataplane holds what every core's pipeline shares: the flow table, the
 // current Env, the NAT pools and the settings.
 type Dataplane struct {
-	Table    *flowtable.Table
+	Table *flowtable.Table
+	// Mappings holds the full-cone mappings (fullcone.go).
+	Mappings *flowtable.Table
 	Pools    *Pools
 	Settings *Settings
 	env      atomic.Pointer[Env]
@@ -124,9 +126,10 @@ type Dataplane struct {
 func New(tab *flowtable.Table, pools *Pools, settings *Settings, env *Env) *Dataplane {
 	d := &Dataplane{Table: tab, Pools: pools, Settings: settings, start: tab.Start(), pubs: make([]published, tab.Cores())}
 	d.env.Store(env)
+	d.Mappings = newMappingTable(tab)
 	seed := uint64(time.Now().UnixNano()) | 1
 	for c := range tab.Cores() {
-		p := &Pipeline{d: d, core: c, ct: tab.Core(c), pub: &d.pubs[c],
+		p := &Pipeline{d: d, core: c, ct: tab.Core(c), mc: d.Mappings.Core(c), pub: &d.pubs[c],
 			icmpTokens: settings.ICMPBurst.Load(), backendSeed: seed}
 		p.held.init()
 		d.pipes = append(d.pipes, p)
@@ -178,7 +181,12 @@ type Pipeline struct {
 	d    *Dataplane
 	core int
 	ct   *flowtable.Core
-	env  *Env
+	mc   *flowtable.Core // this core's handle on Dataplane.Mappings
+	// mapOwner: this core has made a mapping, so it sweeps its share of
+	// the mapping table.
+	mapOwner   bool
+	mapSweptNs int64 // the mapping sweep's pacing (mapSweepDue)
+	env        *Env
 	// envGen is env's generation: the next-hop cache holds what it
 	// resolved under that Env.
 	envGen uint64

@@ -54,6 +54,7 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 	p.tp = tcpParams{liberal: st.TCPBeLiberal.Load(), ignoreRst: st.TCPIgnoreInvalidRst.Load(),
 		maxRetrans: uint32(min(max(st.TCPMaxRetrans.Load(), 0), 255))}
 	p.ct.Enter()
+	p.mc.Enter()
 	p.neighCheck()
 	p.sq = p.syncq.Load()
 
@@ -146,11 +147,16 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 		if p.sq != nil {
 			p.sq.push(SyncDestroy, &g.Orig, &g.Reply, g.Status, g.Mark)
 		}
+		if g.Status&(flagMapOut|flagMapIn|flagJoined) != 0 {
+			p.leaveMappings(g)
+		}
 	}
+	mapsGone := p.sweepMappings()
 	p.env.Rules.Flush(p.core)
+	p.mc.Exit()
 	p.ct.Exit()
 	p.cnt.Batches++
-	if fastPkts == uint64(len(frames)) && p.held.nrel == 0 {
+	if fastPkts == uint64(len(frames)) && p.held.nrel == 0 && !mapsGone {
 		p.pub.storeFast(&p.cnt, len(p.env.Ports))
 	} else {
 		p.pub.store(&p.cnt)

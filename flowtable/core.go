@@ -828,9 +828,15 @@ func (c *Core) Sweep(now Time, budget int, out []Gone) int {
 				c.cursor++
 				continue
 			}
-			if t.kill(idx, flagTimedOut) {
-				c.st[stExpired]++
+			// Killed only from the status it was found expired with: a
+			// packet that changed it meanwhile (a state change, a shared
+			// record's new user) keeps it for the next look.
+			if !f.status.CompareAndSwap(s, s|flagDying|flagTimedOut) {
+				c.cursor++
+				continue
 			}
+			t.unlinkDead(idx)
+			c.st[stExpired]++
 			s = f.status.Load()
 		}
 		reason := ReasonKilled

@@ -38,6 +38,9 @@ type Config struct {
 	Limbo int
 	// Seed fixes the hash secret (tests); 0 draws it from crypto/rand.
 	Seed uint64
+	// Start is the table's time zero (Now, Start); zero means the time of
+	// New. Tables whose callers pass one time to both share it.
+	Start time.Time
 }
 
 // Limits of the geometry.
@@ -266,7 +269,10 @@ func New(cfg Config) (*Table, error) {
 		perCore:  uint32(per),
 		capacity: cfg.Capacity,
 		ep:       newEpochs(cfg.Cores + 1),
-		start:    time.Now(),
+		start:    cfg.Start,
+	}
+	if t.start.IsZero() {
+		t.start = time.Now()
 	}
 	if cfg.Acct {
 		t.acct = make([]acctEntry, nrec)
@@ -646,11 +652,18 @@ func (t *Table) kill(idx uint32, why uint32) bool {
 			break
 		}
 	}
+	t.unlinkDead(idx)
+	return true
+}
+
+// unlinkDead unlinks both tuples of a record whose dying bit the caller
+// set, and uncounts it.
+func (t *Table) unlinkDead(idx uint32) {
+	f := &t.recs[idx]
 	po, pr := t.at(&f.orig), t.at(&f.reply)
 	t.unlink(&po, idx)
 	t.unlink(&pr, idx)
 	t.count.Add(-1)
-	return true
 }
 
 // raiseFull records a table-full drop: at most one event per second.

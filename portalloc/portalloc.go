@@ -446,6 +446,14 @@ const clashShift = 5
 type Options struct {
 	Mode       Mode
 	Persistent bool
+	// Exclusive takes only a port no connection or retained use of this
+	// allocator holds (in a dense pool; a sparse one cannot tell): a
+	// full-cone mapping's port, which must not answer for two inside
+	// endpoints.
+	Exclusive bool
+	// Parity searches first among ports of the original port's parity
+	// (RFC 4787 REQ-4), then, if none is free, among all.
+	Parity bool
 }
 
 // Allocate picks the external endpoint for a new connection and inserts
@@ -464,7 +472,7 @@ type Options struct {
 // the source holds it already, may serve it: a source at its port limit
 // costs one lookup a connection, not a search.
 func (a *Allocator) Allocate(c *flowtable.Core, nf *flowtable.NewFlow, opt Options, now flowtable.Time) (flowtable.Ref, Result, flowtable.InsertResult) {
-	at := attempt{src: nf.Orig.Src, slot: -1, canNew: true}
+	at := attempt{src: nf.Orig.Src, slot: -1, canNew: true, exclusive: opt.Exclusive}
 	if a.limiter != nil {
 		var why int
 		if at.slot, why = a.limiter.acquire(at.src); why != limOK {
@@ -518,21 +526,28 @@ func (a *Allocator) Allocate(c *flowtable.Core, nf *flowtable.NewFlow, opt Optio
 		a.st.perSource.Add(1)
 		return 0, PerSourceLimit, flowtable.Inserted
 	}
-	for attempts := min(a.n, 128); attempts > 0; attempts /= 2 {
-		var off uint32
-		if opt.Mode == ModeDefault && attempts == min(a.n, 128) {
-			off = a.searchStart(&nf.Orig)
-		} else {
-			off = uint32(uint64(uint32(a.next())) * uint64(a.n) >> 32)
-		}
-		for i := range attempts {
-			if r, res, st := a.try(c, nf, &at, (off+i)%a.n, now); st == tryDone {
-				if res == flowtable.Inserted {
-					a.settle(&at)
-					return r, OK, res
+	parity := opt.Parity
+	for pass := 0; pass == 0 || (pass == 1 && parity); pass++ {
+		for attempts := min(a.n, 128); attempts > 0; attempts /= 2 {
+			var off uint32
+			if opt.Mode == ModeDefault && attempts == min(a.n, 128) && pass == 0 {
+				off = a.searchStart(&nf.Orig)
+			} else {
+				off = uint32(uint64(uint32(a.next())) * uint64(a.n) >> 32)
+			}
+			for i := range attempts {
+				o := (off + i) % a.n
+				if pass == 0 && parity && uint16(a.port(o))&1 != nf.Orig.SrcPort&1 {
+					continue
 				}
-				a.unacquire(&at)
-				return r, TableRefused, res
+				if r, res, st := a.try(c, nf, &at, o, now); st == tryDone {
+					if res == flowtable.Inserted {
+						a.settle(&at)
+						return r, OK, res
+					}
+					a.unacquire(&at)
+					return r, TableRefused, res
+				}
 			}
 		}
 	}
@@ -551,6 +566,7 @@ type attempt struct {
 	retry     bool     // an Insert refused the reply tuple: the original is free
 	canNew    bool     // a port may be one the source does not hold (reserved)
 	newPort   bool     // the inserted connection took a port new to its source
+	exclusive bool     // only ports with no use (Options.Exclusive)
 }
 
 // try's outcomes
@@ -568,7 +584,7 @@ func (a *Allocator) try(c *flowtable.Core, nf *flowtable.NewFlow, at *attempt, o
 	var u *uint16
 	if at.uses != nil {
 		u = &at.uses[off]
-		if *u == maxUses {
+		if *u == maxUses || (*u != 0 && at.exclusive) {
 			return 0, flowtable.ReplyClash, trySkipped
 		}
 	}

@@ -115,6 +115,7 @@ func init() {
 		"iptables-restore": {"load a rules file [-c] [-n] [FILE]; --test [--print] validates offline", iptablesRestore},
 		"sysctl":           {"[-a] [NAME[=VALUE]]...: conntrack sysctls and xnat.* keys", sysctlCmd},
 		"events":           {"[--follow] [--after N]: table full, out of ports, rules replaced ...", events},
+		"mappings":         {"[-L]: the full-cone mappings (FULLCONENAT): inside and external endpoints, connections, timeout", mappingsCmd},
 		"top":              {"[-n N]: inside addresses with the most connections, ports and refusals", topCmd},
 		"ha":               {"status|cache|flush|resync|bulk: connection sync with the peer ([ha] section)", haCmd},
 	}

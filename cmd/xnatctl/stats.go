@@ -84,6 +84,9 @@ func writeStats(w io.Writer, s *api.Stats, perCore bool) {
 	n := s.NAT
 	line(w, "nat", "allocated", num(n.Allocated, ""), "preserved", num(n.Preserved, ""), "released", num(n.Released, ""),
 		"out_of_ports", num(n.OutOfPorts, ""), "per_source_limit", num(n.PerSourceLimit, ""), "per_source_full", num(n.PerSourceFull, ""), "ports_in_use", num(n.PortsInUse, ""))
+	mp := s.Mappings
+	line(w, "mappings", "entries", fmt.Sprint(mp.Entries), "max", fmt.Sprint(mp.Max), "created", num(mp.Created, ""),
+		"reused", num(mp.Reused, ""), "expired", num(mp.Expired, ""), "inbound", num(mp.Inbound, ""), "failed", num(mp.Failed, ""))
 	for _, x := range s.XDP {
 		line(w, "xdp", x.Interface, "("+x.Mode+")", "to_xnat_forward", num(x.ToXnatForward, ""), "to_xnat_local", num(x.ToXnatLocal, ""),
 			"redirect_failed", num(x.RedirectFailed, ""), "pass_not_ipv4", num(x.PassNotIPv4, ""), "pass_local", num(x.PassLocal, ""), "pass_broadcast", num(x.PassBroadcast, ""),

@@ -19,6 +19,7 @@
 //	GET  /v1/conntrack/stats          ConntrackStats
 //	POST /v1/conntrack/delete?FILTER  ConntrackDeleted
 //	POST /v1/conntrack/flush          ConntrackDeleted
+//	GET  /v1/mappings                 MappingList (full-cone mappings, FULLCONENAT)
 //	POST /v1/iptables                 IptablesRequest → IptablesResponse
 //	GET  /v1/iptables/save?counters=1&table=nat  text/plain, iptables-save format
 //	POST /v1/iptables/restore         RestoreRequest → IptablesResponse

@@ -26,6 +26,7 @@ type collector struct {
 
 	ifPackets, ifBytes          *prometheus.Desc
 	conns, connsMax, connsCap   *prometheus.Desc
+	mappings, mappingsMax       *prometheus.Desc
 	table                       []tableMetric
 	drops                       *prometheus.Desc
 	pipeline                    []pipelineMetric
@@ -65,6 +66,8 @@ func newCollector(d *daemon.Daemon, names []string, nInside int) *collector {
 		ifBytes:      desc("interface_bytes_total", "Bytes (IP total length) through xnat by interface and direction.", "interface", "role", "direction"),
 		conns:        desc("connections", "Connections in the table (nf_conntrack_count)."),
 		connsMax:     desc("connections_max", "The connection limit (nf_conntrack_max)."),
+		mappings:     desc("mappings", "Full-cone mappings (FULLCONENAT) live."),
+		mappingsMax:  desc("mappings_max", "The full-cone mapping limit (xnat.fullcone_max)."),
 		connsCap:     desc("connections_capacity", "The table's fixed capacity."),
 		drops:        desc("drops_total", "Packets dropped, by reason.", "reason"),
 		xdp:          desc("xdp_packets_total", "Packets seen by the XDP program, by what it did.", "interface", "mode", "action"),
@@ -89,6 +92,11 @@ func newCollector(d *daemon.Daemon, names []string, nInside int) *collector {
 		{desc("to_kernel_total", "Frames handed to the kernel."), func(p *dataplane.Counters) uint64 { return p.ToKernel }},
 		{desc("neigh_queued_total", "Frames held while their next hop was resolved."), func(p *dataplane.Counters) uint64 { return p.NeighQueued }},
 		{desc("batches_total", "Pipeline batches."), func(p *dataplane.Counters) uint64 { return p.Batches }},
+		{desc("mappings_created_total", "Full-cone mappings created."), func(p *dataplane.Counters) uint64 { return p.MapCreated }},
+		{desc("mappings_reused_total", "Connections that reused their inside endpoint's full-cone mapping."), func(p *dataplane.Counters) uint64 { return p.MapReused }},
+		{desc("mappings_expired_total", "Full-cone mappings that timed out after their last connection."), func(p *dataplane.Counters) uint64 { return p.MapExpired }},
+		{desc("mappings_inbound_total", "Connections admitted inbound through a full-cone mapping."), func(p *dataplane.Counters) uint64 { return p.MapInbound }},
+		{desc("mappings_failed_total", "Connections that could not have or join a full-cone mapping."), func(p *dataplane.Counters) uint64 { return p.MapFailed }},
 	}
 	c.nat = []natMetric{
 		{desc("nat_allocations_total", "Connections given an external endpoint."), false, func(s *daemon.Stats) uint64 { return s.Ports.Allocated }},
@@ -133,7 +141,7 @@ var xdpActions = [xdpprog.NumCounters]string{
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.ifPackets, c.ifBytes, c.conns, c.connsMax, c.connsCap, c.drops, c.xdp,
+	for _, d := range []*prometheus.Desc{c.ifPackets, c.ifBytes, c.conns, c.connsMax, c.connsCap, c.mappings, c.mappingsMax, c.drops, c.xdp,
 		c.replacements, c.flushed, c.envs} {
 		ch <- d
 	}
@@ -172,6 +180,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(c.conns, float64(s.Conns))
 	gauge(c.connsMax, float64(s.Max))
+	gauge(c.mappings, float64(s.Mappings))
+	gauge(c.mappingsMax, float64(s.MappingsMax))
 	gauge(c.connsCap, float64(s.Capacity))
 	for _, m := range c.table {
 		counter(m.desc, m.get(&s))

@@ -110,6 +110,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET "+Version+"/stats", s.stats)
 	mux.HandleFunc("GET "+Version+"/conntrack", s.conntrackList)
 	mux.HandleFunc("GET "+Version+"/conntrack/count", s.conntrackCount)
+	mux.HandleFunc("GET "+Version+"/mappings", s.mappings)
 	mux.HandleFunc("GET "+Version+"/conntrack/stats", s.conntrackStats)
 	mux.HandleFunc("POST "+Version+"/conntrack/delete", s.conntrackDelete)
 	mux.HandleFunc("POST "+Version+"/conntrack/flush", s.conntrackFlush)
@@ -496,7 +497,7 @@ func (s *Server) restore(req *RestoreRequest) (*IptablesResponse, error) {
 
 func (s *Server) sysctlTarget() *sysctl.Target {
 	dp := s.d.Dataplane()
-	return &sysctl.Target{Table: s.d.Table(), Settings: dp.Settings, Limiter: dp.Pools.Limiter(), Ifaces: s.names}
+	return &sysctl.Target{Table: s.d.Table(), Settings: dp.Settings, Limiter: dp.Pools.Limiter(), Ifaces: s.names, Mappings: dp.Mappings}
 }
 
 func (s *Server) sysctlValues(names []string) (SysctlValues, error) {

@@ -20,6 +20,9 @@ func StatsOf(s *daemon.Stats, names []string, nInside int, now time.Time) Stats 
 	out.Drops = drops(&s.Pipeline)
 	out.NAT = NATStats{Allocated: s.Ports.Allocated, Preserved: s.Ports.Preserved, Released: s.Ports.Released,
 		OutOfPorts: s.Ports.OutOfPorts, PerSourceLimit: s.Ports.PerSourceLimit, PerSourceFull: s.Ports.LimiterFull, PortsInUse: s.Ports.PortsInUse}
+	p := &s.Pipeline
+	out.Mappings = MappingStats{Entries: s.Mappings, Max: s.MappingsMax, Created: p.MapCreated, Reused: p.MapReused,
+		Expired: p.MapExpired, Inbound: p.MapInbound, Failed: p.MapFailed}
 	for _, p := range s.Programs {
 		c := p.Counters
 		out.XDP = append(out.XDP, XDPStats{Interface: p.Interface, Mode: p.Mode,

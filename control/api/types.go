@@ -23,6 +23,7 @@ type Stats struct {
 	Pipeline    PipelineStats   `json:"pipeline"`
 	Drops       []Count         `json:"drops"` // every drop reason, in dataplane order
 	NAT         NATStats        `json:"nat"`
+	Mappings    MappingStats    `json:"mappings"`
 	XDP         []XDPStats      `json:"xdp"`
 	Rings       []RingStats     `json:"rings"`
 	Workers     []WorkerStats   `json:"workers"`
@@ -83,6 +84,21 @@ type NATStats struct {
 	PerSourceLimit uint64 `json:"per_source_limit"`
 	PerSourceFull  uint64 `json:"per_source_full"`
 	PortsInUse     uint64 `json:"ports_in_use"`
+}
+
+// MappingStats are the full-cone mappings' (FULLCONENAT) gauges and
+// counters: mappings created for an inside endpoint, reused by a later
+// connection of it, expired after their last connection, connections
+// admitted inbound through one, and connections that could not have or
+// join one (they ran as MASQUERADE/SNAT connections).
+type MappingStats struct {
+	Entries int    `json:"entries"`
+	Max     int    `json:"max"`
+	Created uint64 `json:"created"`
+	Reused  uint64 `json:"reused"`
+	Expired uint64 `json:"expired"`
+	Inbound uint64 `json:"inbound"`
+	Failed  uint64 `json:"failed"`
 }
 
 // XDPStats are one interface's XDP program counters.

@@ -456,8 +456,11 @@ type Stats struct {
 	Conns    int
 	Max      int
 	Capacity int
-	Ports    portalloc.Stats
-	Workers  []worker.Stats
+	// Mappings and MappingsMax are the full-cone mappings (FULLCONENAT)
+	// live and their limit.
+	Mappings, MappingsMax int
+	Ports                 portalloc.Stats
+	Workers               []worker.Stats
 	// Sockets are per worker, per interface (port ID order).
 	Sockets  [][]ring.SocketStats
 	Programs []ProgramStats
@@ -486,6 +489,7 @@ type ProgramStats struct {
 func (d *Daemon) Stats() Stats {
 	s := Stats{Cores: d.dp.Counters(), Table: d.tab.TotalStats(), Conns: d.tab.Count(), Max: d.tab.Max(),
 		Capacity: d.tab.Capacity(), Ports: d.dp.Pools.Stats(),
+		Mappings: d.dp.Mappings.Count(), MappingsMax: d.dp.Mappings.Max(),
 		Flushed: d.flushed.Load(), Resolves: d.resolves.Load(), ResolveErrors: d.resolveErrs.Load(),
 		RuleReplacements: d.reloads.Load(), EnvErrors: d.envErrors.Load()}
 	for i := range s.Cores {

@@ -79,11 +79,13 @@ func (d *Daemon) onSnapshot(s *topo.Snapshot) {
 
 // flushMasqueraded deletes the source-translated connections whose
 // external address is addr, as Linux does when a masquerading address
-// goes away or its device goes down.
+// goes away or its device goes down; and the full-cone mappings on it
+// (their ports go back to their allocators as their owners sweep them).
 func (d *Daemon) flushMasqueraded(addr uint32) int {
 	n := d.tab.DeleteMatching(func(fi *flowtable.FlowInfo) bool {
 		return fi.Status&flowtable.FlagSrcNAT != 0 && fi.Reply.Dst == addr
 	})
+	d.dp.Mappings.DeleteMatching(func(fi *flowtable.FlowInfo) bool { return fi.Reply.Dst == addr })
 	d.flushed.Add(uint64(n))
 	return n
 }

@@ -128,7 +128,7 @@ func poolAddrs(s *topo.Snapshot, m *rules.Model, ifaces []string, locals []uint3
 	for _, ch := range m.Tables[rules.NAT].Chains {
 		for i := range ch.Rules {
 			t := &ch.Rules[i].Target
-			if t.Kind != rules.TargetSNAT {
+			if t.Kind != rules.TargetSNAT && (t.Kind != rules.TargetFullCone || t.NAT.Flags&rules.NATMapIPs == 0) {
 				continue
 			}
 			for _, a := range locals {
@@ -163,6 +163,17 @@ func localPoolPorts(m *rules.Model, locals []uint32) []kernel.PortRange {
 			switch t.Kind {
 			case rules.TargetMasquerade:
 				add(t.NAT)
+			case rules.TargetFullCone:
+				if t.NAT.Flags&rules.NATMapIPs == 0 {
+					add(t.NAT)
+					break
+				}
+				for _, a := range locals {
+					if a >= t.NAT.MinAddr && a <= t.NAT.MaxAddr {
+						add(t.NAT)
+						break
+					}
+				}
 			case rules.TargetSNAT:
 				for _, a := range locals {
 					if a >= t.NAT.MinAddr && a <= t.NAT.MaxAddr {

@@ -94,6 +94,35 @@ func natRange(r rules.NATRange) string {
 	return b.String()
 }
 
+// fullConeOpts formats a FULLCONENAT target's options in the order the
+// xt_FULLCONENAT extension prints them: the address range (persistent
+// only beside it), the ports, then the port randomisation flags.
+func fullConeOpts(r rules.NATRange, to, persistent, ports, pfx string) string {
+	var b strings.Builder
+	if r.Flags&rules.NATMapIPs != 0 {
+		b.WriteString(" " + to + fmtIP(r.MinAddr))
+		if r.MaxAddr != r.MinAddr {
+			b.WriteString("-" + fmtIP(r.MaxAddr))
+		}
+		if r.Flags&rules.NATPersistent != 0 {
+			b.WriteString(" " + persistent)
+		}
+	}
+	if r.Flags&rules.NATProtoSpecified != 0 {
+		fmt.Fprintf(&b, " %s%d", ports, r.MinPort)
+		if r.MaxPort != r.MinPort {
+			fmt.Fprintf(&b, "-%d", r.MaxPort)
+		}
+	}
+	if r.Flags&rules.NATRandom != 0 {
+		b.WriteString(" " + pfx + "random")
+	}
+	if r.Flags&rules.NATRandomFully != 0 {
+		b.WriteString(" " + pfx + "random-fully")
+	}
+	return b.String()
+}
+
 func natFlags(r rules.NATRange, pfx string) string {
 	s := ""
 	if r.Flags&rules.NATRandom != 0 {
@@ -225,6 +254,8 @@ func targetSave(b *strings.Builder, t *rules.Target) {
 			b.WriteString(" --to-ports " + strings.TrimPrefix(natRange(t.NAT), ":"))
 		}
 		b.WriteString(natFlags(t.NAT, "--"))
+	case rules.TargetFullCone:
+		b.WriteString(fullConeOpts(t.NAT, "--to-source ", "--persistent", "--to-ports ", "--"))
 	}
 }
 
@@ -561,6 +592,8 @@ func targetList(b *strings.Builder, t *rules.Target, numeric bool) {
 			b.WriteString(" masq ports: " + strings.TrimPrefix(natRange(t.NAT), ":"))
 		}
 		b.WriteString(natFlags(t.NAT, ""))
+	case rules.TargetFullCone:
+		b.WriteString(fullConeOpts(t.NAT, "to:", "persistent", "masq ports: ", ""))
 	}
 }
 

@@ -24,6 +24,10 @@ func FuzzParseLine(f *testing.F) {
 	f.Add("iptables -A FORWARD -p tcp --dport=22 -j ACCEPT")
 	f.Add("iptables -L -n -v -x --line-numbers")
 	f.Add("iptables -t nat -S POSTROUTING 1")
+	for _, g := range fullConeRules {
+		f.Add(g.cmd)
+		f.Add("iptables -t nat " + g.save)
+	}
 	f.Add("iptables -A FORWARD -p 0x2f -j ACCEPT")
 	f.Add("iptables -A FORWARD ! -p ax.25 -j DROP")
 	f.Add("iptables -A FORWARD -p IPv6-ICMP -j ACCEPT")
@@ -76,6 +80,7 @@ func FuzzRestore(f *testing.F) {
 	}
 	f.Add("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j ACCEPT\nCOMMIT\n")
 	f.Add("*nat\n:x - [0:0]\n-A x -j SNAT --to-source 1.2.3.4\n-A PREROUTING -j x\nCOMMIT\n")
+	f.Add("*nat\n:x - [0:0]\n-A x -j FULLCONENAT --to-source 1.2.3.4-1.2.3.9 --persistent\n-A POSTROUTING -p udp -j FULLCONENAT --to-ports 2000-3000 --random\n-A PREROUTING -j FULLCONENAT\nCOMMIT\n")
 	f.Fuzz(func(t *testing.T, data string) {
 		m, tabs, err := Restore(strings.NewReader(data), rules.NewModel(), RestoreOptions{Counters: true})
 		if err != nil {

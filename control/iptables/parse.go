@@ -81,6 +81,7 @@ var targetOptDefs = map[rules.TargetKind][]optDef{
 	rules.TargetSNAT:       {{"to-source", 1}, {"random", 0}, {"random-fully", 0}, {"persistent", 0}},
 	rules.TargetDNAT:       {{"to-destination", 1}, {"random", 0}, {"random-fully", 0}, {"persistent", 0}},
 	rules.TargetMasquerade: {{"to-ports", 1}, {"random", 0}, {"random-fully", 0}},
+	rules.TargetFullCone:   {{"to-source", 1}, {"persistent", 0}, {"to-ports", 1}, {"random", 0}, {"random-fully", 0}},
 }
 
 // Targets and matches iptables has that xnat rejects by name.
@@ -992,14 +993,20 @@ func (p *parser) targetOpt(name string, args []string, inv bool, word string) er
 		if !conn && t.ConnmarkMode != 0 {
 			t.ConnmarkMode = 0
 		}
-	case rules.TargetSNAT, rules.TargetDNAT, rules.TargetMasquerade:
+	case rules.TargetSNAT, rules.TargetDNAT, rules.TargetMasquerade, rules.TargetFullCone:
 		switch name {
 		case "to-source", "to-destination":
+			if t.Kind == rules.TargetFullCone && strings.Contains(args[0], ":") {
+				return bad(fmt.Errorf("FULLCONENAT --to-source takes addresses only (ports go in --to-ports): %w", ErrBadValue))
+			}
 			nr, err := parseNATRange(args[0])
 			if err != nil {
 				return bad(err)
 			}
-			t.NAT.MinAddr, t.NAT.MaxAddr, t.NAT.MinPort, t.NAT.MaxPort = nr.MinAddr, nr.MaxAddr, nr.MinPort, nr.MaxPort
+			t.NAT.MinAddr, t.NAT.MaxAddr = nr.MinAddr, nr.MaxAddr
+			if t.Kind != rules.TargetFullCone {
+				t.NAT.MinPort, t.NAT.MaxPort = nr.MinPort, nr.MaxPort
+			}
 			t.NAT.Flags |= nr.Flags
 		case "to-ports":
 			pr, err := parsePortDash(args[0])

@@ -30,6 +30,9 @@ type Target struct {
 	// its own net.ipv4.conf.IF.rp_filter key (a dot in a name is written
 	// as a slash, as Linux writes eth0.100's keys: net.ipv4.conf.eth0/100).
 	Ifaces []string
+	// Mappings is the full-cone mapping table (may be nil: the
+	// xnat.fullcone_* keys then read 0 and refuse changes).
+	Mappings *flowtable.Table
 }
 
 // Errors.
@@ -101,6 +104,34 @@ func init() {
 			},
 			check: limiterCheck,
 			set:   func(t *Target, v int64) { _ = t.Limiter.SetPortLimit(int(v)) }},
+		{Name: "xnat.fullcone_max", Help: "full-cone mappings (FULLCONENAT) held at most (up to xnat.fullcone_capacity); at the limit a new inside endpoint's connection runs as MASQUERADE/SNAT, counted mappings failed",
+			get: func(t *Target) int64 {
+				if t.Mappings == nil {
+					return 0
+				}
+				return int64(t.Mappings.Max())
+			},
+			check: func(t *Target, v int64) error {
+				if t.Mappings == nil {
+					return fmt.Errorf("%w: no mapping table", ErrReadOnly)
+				}
+				return rangeCheck(v, 1, int64(t.Mappings.Capacity()))
+			},
+			set: func(t *Target, v int64) { _ = t.Mappings.SetMax(int(v)) }},
+		{Name: "xnat.fullcone_capacity", Help: "full-cone mappings the mapping table was sized for (xnat.capacity, at least 1024)", ReadOnly: true,
+			get: func(t *Target) int64 {
+				if t.Mappings == nil {
+					return 0
+				}
+				return int64(t.Mappings.Capacity())
+			}},
+		{Name: "xnat.fullcone_count", Help: "full-cone mappings now", ReadOnly: true,
+			get: func(t *Target) int64 {
+				if t.Mappings == nil {
+					return 0
+				}
+				return int64(t.Mappings.Count())
+			}},
 		{Name: "xnat.tcp_loose", Help: "the same as net.netfilter.nf_conntrack_tcp_loose",
 			get:   func(t *Target) int64 { return b2i(t.Settings.TCPLoose.Load()) },
 			check: func(_ *Target, v int64) error { return rangeCheck(v, 0, 1) },

@@ -190,3 +190,32 @@ func TestRPFilterKeys(t *testing.T) {
 		t.Errorf("key %s", RPFilterKey("eth0.100"))
 	}
 }
+
+func TestFullConeKeys(t *testing.T) {
+	tg := target(t)
+	if v, err := Get(tg, "xnat.fullcone_max"); err != nil || v != 0 {
+		t.Fatalf("without a mapping table: %d %v", v, err)
+	}
+	if err := Set(tg, []Assignment{{"xnat.fullcone_max", 5}}); err == nil {
+		t.Fatal("xnat.fullcone_max set without a mapping table")
+	}
+	m, err := flowtable.New(flowtable.Config{Capacity: 2048, Cores: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg.Mappings = m
+	if v, _ := Get(tg, "xnat.fullcone_capacity"); v != 2048 {
+		t.Fatalf("capacity %d", v)
+	}
+	if err := Set(tg, []Assignment{{"xnat.fullcone_max", 100}}); err != nil || m.Max() != 100 {
+		t.Fatalf("set: %v, max %d", err, m.Max())
+	}
+	for _, bad := range []int64{0, 2049, -1} {
+		if err := Set(tg, []Assignment{{"xnat.fullcone_max", bad}}); !errors.Is(err, ErrValue) {
+			t.Errorf("xnat.fullcone_max=%d: %v", bad, err)
+		}
+	}
+	if err := Set(tg, []Assignment{{"xnat.fullcone_count", 1}}); !errors.Is(err, ErrReadOnly) {
+		t.Errorf("xnat.fullcone_count set: %v", err)
+	}
+}

@@ -356,8 +356,8 @@ func (rs *Ruleset) compileRule(t TableID, r *Rule, natIDs *natIDs) (crule, error
 		ct.val, ct.mask = tg.MarkValue, tg.MarkMask
 	case TargetConnmark:
 		ct.cmode, ct.val, ct.mask, ct.nfmask, ct.ctmask = tg.ConnmarkMode, tg.MarkValue, tg.MarkMask, tg.NfMask, tg.CtMask
-	case TargetSNAT, TargetDNAT, TargetMasquerade:
-		kind := map[TargetKind]NATKind{TargetSNAT: NATSNAT, TargetDNAT: NATDNAT, TargetMasquerade: NATMasquerade}[tg.Kind]
+	case TargetSNAT, TargetDNAT, TargetMasquerade, TargetFullCone:
+		kind := map[TargetKind]NATKind{TargetSNAT: NATSNAT, TargetDNAT: NATDNAT, TargetMasquerade: NATMasquerade, TargetFullCone: NATFullCone}[tg.Kind]
 		id, err := natIDs.get(kind, tg.NAT)
 		if err != nil {
 			return cr, err

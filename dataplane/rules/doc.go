@@ -19,7 +19,8 @@
 // Validate enforces what iptables and the kernel enforce: jumps to
 // existing user chains, no loops, nesting of at most MaxDepth, DROP and
 // REJECT not in nat, DNAT only reachable from PREROUTING/OUTPUT, SNAT
-// from INPUT/POSTROUTING, MASQUERADE from POSTROUTING, REJECT from
+// from INPUT/POSTROUTING, MASQUERADE from POSTROUTING, FULLCONENAT from
+// PREROUTING/POSTROUTING (--persistent only with --to-source), REJECT from
 // INPUT/FORWARD/OUTPUT, -m mac from PREROUTING/INPUT/FORWARD, no -i on
 // OUTPUT/POSTROUTING and no -o on PREROUTING/INPUT (also through user
 // chains), port matches and port ranges only with -p tcp/udp.
@@ -118,6 +119,11 @@
 //     the decision is stored with the connection and applied to every
 //     later packet in both directions. MASQUERADE takes the egress
 //     interface's address when the connection starts.
+//   - FULLCONENAT (xt_FULLCONENAT): nat only, as MASQUERADE (or SNAT with
+//     --to-source) in POSTROUTING; the NAT decision NATFullCone tells the
+//     dataplane to give the connection its inside endpoint's
+//     endpoint-independent mapping, and in PREROUTING to admit a new
+//     connection to a live mapping's external endpoint.
 //
 // xnat forwards: filter FORWARD and nat PREROUTING/POSTROUTING carry the
 // traffic. filter INPUT/OUTPUT and nat INPUT/OUTPUT are kept, listed and

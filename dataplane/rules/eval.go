@@ -63,7 +63,7 @@ func (rs *Ruleset) natEval(h Hook, p *Packet, core int, now int64, fast bool) NA
 	}
 	r := &rs.rules[ri]
 	switch kind {
-	case TargetSNAT, TargetDNAT, TargetMasquerade:
+	case TargetSNAT, TargetDNAT, TargetMasquerade, TargetFullCone:
 		t := &rs.nat[r.t.nat]
 		return NATDecision{Kind: t.Kind, Target: t.ID, Range: t.Range, RuleID: r.id}
 	case TargetAccept:

@@ -303,13 +303,14 @@ const (
 	TargetSNAT
 	TargetDNAT
 	TargetMasquerade
+	TargetFullCone // FULLCONENAT (xt_FULLCONENAT): endpoint-independent mapping and filtering
 )
 
 var targetNames = [...]string{
 	TargetNone: "", TargetAccept: "ACCEPT", TargetDrop: "DROP", TargetReturn: "RETURN",
 	TargetJump: "jump", TargetGoto: "goto", TargetReject: "REJECT", TargetLog: "LOG",
 	TargetMark: "MARK", TargetConnmark: "CONNMARK", TargetSNAT: "SNAT", TargetDNAT: "DNAT",
-	TargetMasquerade: "MASQUERADE",
+	TargetMasquerade: "MASQUERADE", TargetFullCone: "FULLCONENAT",
 }
 
 func (k TargetKind) String() string {
@@ -377,7 +378,7 @@ type Target struct {
 // Terminal reports whether the target ends the traversal of the table.
 func (k TargetKind) Terminal() bool {
 	switch k {
-	case TargetAccept, TargetDrop, TargetReject, TargetSNAT, TargetDNAT, TargetMasquerade:
+	case TargetAccept, TargetDrop, TargetReject, TargetSNAT, TargetDNAT, TargetMasquerade, TargetFullCone:
 		return true
 	}
 	return false

@@ -68,9 +68,10 @@ const (
 	NATSNAT                      // translate the source to Range
 	NATDNAT                      // translate the destination to Range
 	NATMasquerade                // translate the source to the egress interface's address, ports in Range
+	NATFullCone                  // FULLCONENAT: in POSTROUTING an endpoint-independent mapping (Range, or the egress address), in PREROUTING the inbound side of live mappings
 )
 
-var natKindNames = [...]string{"none", "ACCEPT", "SNAT", "DNAT", "MASQUERADE"}
+var natKindNames = [...]string{"none", "ACCEPT", "SNAT", "DNAT", "MASQUERADE", "FULLCONENAT"}
 
 func (k NATKind) String() string {
 	if int(k) < len(natKindNames) {

@@ -72,12 +72,12 @@ func CheckRule(t TableID, chain string, builtin bool, hook Hook, r *Rule) error 
 		if int(tg.RejectWith) >= len(rejectNames) {
 			return fmt.Errorf("bad reject type: %w", ErrInvalid)
 		}
-	case TargetSNAT, TargetDNAT, TargetMasquerade:
+	case TargetSNAT, TargetDNAT, TargetMasquerade, TargetFullCone:
 		if t != NAT {
 			return fmt.Errorf("%s target: only valid in nat table, not %s: %w", tg.Kind, t, ErrInvalid)
 		}
 		nr := &tg.NAT
-		if tg.Kind != TargetMasquerade && nr.Flags&NATMapIPs == 0 {
+		if tg.Kind != TargetMasquerade && tg.Kind != TargetFullCone && nr.Flags&NATMapIPs == 0 {
 			opt := "--to-source"
 			if tg.Kind == TargetDNAT {
 				opt = "--to-destination"
@@ -97,6 +97,9 @@ func CheckRule(t TableID, chain string, builtin bool, hook Hook, r *Rule) error 
 			if nr.MinPort > nr.MaxPort {
 				return fmt.Errorf("port range %d-%d is reversed: %w", nr.MinPort, nr.MaxPort, ErrInvalid)
 			}
+		}
+		if tg.Kind == TargetFullCone && nr.Flags&NATPersistent != 0 && nr.Flags&NATMapIPs == 0 {
+			return fmt.Errorf("FULLCONENAT --persistent goes with --to-source: %w", ErrInvalid)
 		}
 		if tg.Kind == TargetDNAT && nr.Flags&NATRandomFully != 0 {
 			return fmt.Errorf("DNAT --random-fully: %w", ErrUnsupported)
@@ -230,6 +233,8 @@ func targetHooks(k TargetKind) []Hook {
 		return []Hook{Input, Postrouting}
 	case TargetMasquerade:
 		return []Hook{Postrouting}
+	case TargetFullCone:
+		return []Hook{Prerouting, Postrouting}
 	case TargetReject:
 		return []Hook{Input, Forward, Output}
 	}
