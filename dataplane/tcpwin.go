@@ -64,9 +64,6 @@ const (
 	twlSimOpen   = 1 << 3 // simultaneous open
 )
 
-// tcpNoIndex is last_index before any segment was tracked.
-const tcpNoIndex = tcpNone
-
 // maxWScale is the largest window scale RFC 7323 allows.
 const maxWScale = 14
 
