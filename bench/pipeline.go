@@ -34,7 +34,8 @@ type PipelineResult struct {
 	Impl         string  `json:"impl"` // the flow table implementation measured: avx2 or go
 	Proto        string  `json:"proto"`
 	Ports        string  `json:"ports"`
-	NAT          string  `json:"nat"` // MASQUERADE or FULLCONENAT
+	NAT          string  `json:"nat"`        // MASQUERADE or FULLCONENAT
+	TCPWindow    bool    `json:"tcp_window"` // TCP window tracking on (as in xnatd)
 	Batch        int     `json:"batch"`
 	Mpps         float64 `json:"mpps"`
 	NsPerPkt     float64 `json:"ns_per_pkt"`
@@ -57,6 +58,7 @@ func runPipeline(args []string, w io.Writer) error {
 	dur := fs.Duration("time", 2*time.Second, "how long the established-traffic measurement runs")
 	jsonOut := fs.Bool("json", false, "one JSON object per line")
 	impl := implFlag(fs)
+	window := fs.String("tcp-window", "on", "TCP window tracking (Linux's tcp_in_window): on (as xnatd runs), off, or both (each row twice)")
 	fullCone := fs.Bool("fullcone", false, "measure each row twice, with MASQUERADE and with FULLCONENAT (endpoint-independent mappings) in POSTROUTING")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -75,6 +77,17 @@ func runPipeline(args []string, w io.Writer) error {
 	}
 	if *dur <= 0 {
 		return fmt.Errorf("--time %v: want a positive duration", *dur)
+	}
+	var windows []bool
+	switch *window {
+	case "on":
+		windows = []bool{true}
+	case "off":
+		windows = []bool{false}
+	case "both":
+		windows = []bool{true, false}
+	default:
+		return fmt.Errorf("--tcp-window %q: want on, off or both", *window)
 	}
 	impls, restore, err := parseImpls(*impl)
 	if err != nil {
@@ -96,28 +109,34 @@ func runPipeline(args []string, w io.Writer) error {
 				return err
 			}
 			for _, nat := range nats {
-				r, err := MeasurePipelineNAT(n, *proto, *ports, nat, *batch, *newConns, *dur)
-				if err != nil {
-					return err
-				}
-				if *jsonOut {
-					if err := WriteJSON(w, r); err != nil {
+				for _, win := range windows {
+					r, err := MeasurePipelineOpts(n, *proto, *ports, nat, win, *batch, *newConns, *dur)
+					if err != nil {
 						return err
 					}
-					continue
+					if *jsonOut {
+						if err := WriteJSON(w, r); err != nil {
+							return err
+						}
+						continue
+					}
+					nps := "-"
+					if r.NewPerSec > 0 {
+						nps = humanize.Comma(int64(r.NewPerSec))
+					}
+					win := "on"
+					if !r.TCPWindow {
+						win = "off"
+					}
+					rows = append(rows, []string{humanize.Comma(int64(n)), r.Impl, r.Proto, r.NAT, win, strconv.Itoa(r.Batch), dec2(r.Mpps), dec1(r.NsPerPkt), dec1(r.HarnessNsPerPkt), nps, dec2(r.AllocsPerPkt)})
 				}
-				nps := "-"
-				if r.NewPerSec > 0 {
-					nps = humanize.Comma(int64(r.NewPerSec))
-				}
-				rows = append(rows, []string{humanize.Comma(int64(n)), r.Impl, r.Proto, r.NAT, strconv.Itoa(r.Batch), dec2(r.Mpps), dec1(r.NsPerPkt), dec1(r.HarnessNsPerPkt), nps, dec2(r.AllocsPerPkt)})
 			}
 		}
 	}
 	if *jsonOut {
 		return nil
 	}
-	return Table(w, []string{"flows", "impl", "proto", "nat", "batch", "Mpps", "ns/pkt", "harness ns/pkt", "new conns/s", "allocs/pkt"}, rows)
+	return Table(w, []string{"flows", "impl", "proto", "nat", "tcp window", "batch", "Mpps", "ns/pkt", "harness ns/pkt", "new conns/s", "allocs/pkt"}, rows)
 }
 
 // PipelineBed is a one-core dataplane with an inside and an outside port,
@@ -150,7 +169,7 @@ var (
 // NewPipelineBed builds the dataplane and the connections' first frames,
 // with shared source ports (see benchFrame).
 func NewPipelineBed(n int, proto string) (*PipelineBed, error) {
-	return newPipelineBed(n, proto, "shared", NATMasquerade)
+	return newPipelineBed(n, proto, "shared", NATMasquerade, true)
 }
 
 // The source NAT targets the pipeline scenario compares.
@@ -164,11 +183,11 @@ const (
 
 // NewPipelineBedNAT is NewPipelineBed with the given source NAT target.
 func NewPipelineBedNAT(n int, proto, nat string) (*PipelineBed, error) {
-	return newPipelineBed(n, proto, "shared", nat)
+	return newPipelineBed(n, proto, "shared", nat, true)
 }
 
-func newPipelineBed(n int, proto, ports, nat string) (*PipelineBed, error) {
-	tab, err := flowtable.New(flowtable.Config{Capacity: n + n/4 + 1024, Cores: 1, Proto: true})
+func newPipelineBed(n int, proto, ports, nat string, window bool) (*PipelineBed, error) {
+	tab, err := flowtable.New(flowtable.Config{Capacity: n + n/4 + 1024, Cores: 1, Proto: window})
 	if err != nil {
 		return nil, err
 	}
@@ -325,14 +344,20 @@ func (b *PipelineBed) create(n, batch int, frames [][]byte, sizes []int, in []ui
 // MeasurePipeline runs the pipeline scenario at n connections, with
 // MASQUERADE.
 func MeasurePipeline(n int, proto, ports string, batch int, measureNew bool, dur time.Duration) (PipelineResult, error) {
-	return MeasurePipelineNAT(n, proto, ports, NATMasquerade, batch, measureNew, dur)
+	return MeasurePipelineOpts(n, proto, ports, NATMasquerade, true, batch, measureNew, dur)
 }
 
 // MeasurePipelineNAT runs the pipeline scenario at n connections with
 // the source NAT target nat (NATMasquerade or NATFullCone).
 func MeasurePipelineNAT(n int, proto, ports, nat string, batch int, measureNew bool, dur time.Duration) (PipelineResult, error) {
-	res := PipelineResult{Flows: n, Impl: flowtable.ActiveImpl().String(), Proto: proto, Ports: ports, Batch: batch, NAT: nat}
-	b, err := newPipelineBed(n, proto, ports, nat)
+	return MeasurePipelineOpts(n, proto, ports, nat, true, batch, measureNew, dur)
+}
+
+// MeasurePipelineOpts runs the pipeline scenario at n connections with
+// the source NAT target nat, and TCP window tracking on or off (window).
+func MeasurePipelineOpts(n int, proto, ports, nat string, window bool, batch int, measureNew bool, dur time.Duration) (PipelineResult, error) {
+	res := PipelineResult{Flows: n, Impl: flowtable.ActiveImpl().String(), Proto: proto, Ports: ports, Batch: batch, NAT: nat, TCPWindow: window}
+	b, err := newPipelineBed(n, proto, ports, nat, window)
 	if err != nil {
 		return res, err
 	}
@@ -360,7 +385,7 @@ func MeasurePipelineNAT(n int, proto, ports, nat string, batch int, measureNew b
 	}
 	created, spent := n, time.Since(start)
 	for measureNew && spent < newMinTime {
-		fresh, err := newPipelineBed(n, proto, ports, nat)
+		fresh, err := newPipelineBed(n, proto, ports, nat, window)
 		if err != nil {
 			return res, err
 		}

@@ -114,7 +114,7 @@ func TestPipelineBedPorts(t *testing.T) {
 	}
 	sizes, in, out := make([]int, 64), make([]uint16, 64), make([]dataplane.Result, 64)
 	for _, ports := range []string{"shared", "distinct"} {
-		b, err := newPipelineBed(n, "udp", ports, NATMasquerade)
+		b, err := newPipelineBed(n, "udp", ports, NATMasquerade, true)
 		if err != nil {
 			t.Fatal(err)
 		}
