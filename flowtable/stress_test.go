@@ -209,9 +209,11 @@ func stressAgainstModel(t *testing.T, nb int) {
 		for id := range cores {
 			c := tab.Core(id)
 			var gone [64]Gone
-			for range 3 {
+			// One critical section retires at most a limbo's worth, and
+			// a core may own every record.
+			for range 2 + tab.RecordsPerCore()/len(c.limbo) {
 				c.Enter()
-				for range 2 * int(tab.perCore) {
+				for range 2 * tab.RecordsPerCore() {
 					n := c.Sweep(now, 64, gone[:])
 					for _, g := range gone[:n] {
 						f := Flow{orig: g.Orig, reply: g.Reply}
@@ -224,6 +226,7 @@ func stressAgainstModel(t *testing.T, nb int) {
 		}
 	}
 	drain(now)
+	checkRecords(t, tab)
 	live := map[int]bool{}
 	var buf [64]FlowInfo
 	for cur := 0; cur >= 0; {
@@ -272,36 +275,129 @@ func stressAgainstModel(t *testing.T, nb int) {
 	}
 }
 
-// checkRecords verifies each core's record accounting after quiescence:
-// every used record is exactly one of free, in limbo, or live, and no
-// record is on the free list twice.
+// checkRecords verifies the record accounting after quiescence: every
+// chunk is held by one core or in the common reserve, never both; a held
+// chunk's records are each exactly one of free (on its free list once),
+// never used, in limbo, or in use; a core's list of chunks with free
+// records is exactly its chunks with a free record; and every record of
+// the reserve is free.
 func checkRecords(t *testing.T, tab *Table) {
 	t.Helper()
-	for _, c := range tab.cores {
-		onFree := map[uint32]bool{}
-		for f := c.free; f != 0; f = tab.recs[f-1].aux.Load() {
-			idx := f - 1
-			if onFree[idx] {
-				t.Fatalf("core %d: record %d on the free list twice", c.id, idx)
-			}
-			if idx < c.lo || idx >= c.bump {
-				t.Fatalf("core %d: free record %d outside its share", c.id, idx)
-			}
-			if tab.recs[idx].status.Load() != 0 {
-				t.Fatalf("core %d: free record %d has status %#x", c.id, idx, tab.recs[idx].status.Load())
-			}
-			onFree[idx] = true
+	inPool := map[uint32]bool{}
+	for h := tab.pool.head.Load(); uint32(h) != 0; h = uint64(tab.chunks[uint32(h)-1].poolNext.Load()) {
+		ch := uint32(h) - 1
+		if inPool[ch] {
+			t.Fatalf("chunk %d in the reserve twice", ch)
 		}
-		inUse := 0
-		for i := c.lo; i < c.bump; i++ {
-			if s := tab.recs[i].status.Load(); s != 0 && s&flagRetired == 0 {
-				inUse++
-			}
+		inPool[ch] = true
+		if o := tab.chunks[ch].owner.Load(); o != 0 {
+			t.Fatalf("chunk %d in the reserve and held by core %d", ch, o-1)
 		}
-		if got, want := len(onFree)+c.limboCount+inUse, int(c.bump-c.lo); got != want {
-			t.Errorf("core %d: free %d + limbo %d + in use %d != used %d", c.id, len(onFree), c.limboCount, inUse, want)
+		for i := ch << chunkShift; i < (ch+1)<<chunkShift; i++ {
+			if s := tab.recs[i].status.Load(); s != 0 {
+				t.Fatalf("record %d of reserve chunk %d has status %#x", i, ch, s)
+			}
 		}
 	}
+	heldBy := map[uint32]int{}
+	for _, c := range tab.cores {
+		inLimbo := map[uint32]bool{}
+		for i := range c.limboCount {
+			inLimbo[c.limbo[(c.limboHead+i)%len(c.limbo)].idx] = true
+		}
+		avail := map[uint32]bool{}
+		for ch := c.avail; ch != 0; ch = tab.chunks[ch-1].availNext {
+			if avail[ch-1] {
+				t.Fatalf("core %d: chunk %d twice on the free-record list", c.id, ch-1)
+			}
+			avail[ch-1] = true
+		}
+		n, limbo := 0, 0
+		for ch := c.held; ch != 0; {
+			k := &tab.chunks[ch-1]
+			if _, ok := heldBy[ch-1]; ok {
+				t.Fatalf("core %d: chunk %d held twice", c.id, ch-1)
+			}
+			heldBy[ch-1] = c.id
+			n++
+			if k.owner.Load() != uint32(c.id)+1 {
+				t.Fatalf("core %d holds chunk %d owned by %d", c.id, ch-1, int(k.owner.Load())-1)
+			}
+			if inPool[ch-1] {
+				t.Fatalf("core %d holds chunk %d of the reserve", c.id, ch-1)
+			}
+			base := (ch - 1) << chunkShift
+			onFree := map[uint32]bool{}
+			for f := k.free; f != 0; f = tab.recs[f-1].aux.Load() {
+				idx := f - 1
+				if onFree[idx] {
+					t.Fatalf("core %d: record %d on the free list twice", c.id, idx)
+				}
+				if idx < base || idx >= base+uint32(k.fill) {
+					t.Fatalf("core %d: free record %d outside the used part of chunk %d", c.id, idx, ch-1)
+				}
+				if s := tab.recs[idx].status.Load(); s != 0 {
+					t.Fatalf("core %d: free record %d has status %#x", c.id, idx, s)
+				}
+				onFree[idx] = true
+			}
+			inUse := 0
+			for i := base; i < base+uint32(k.fill); i++ {
+				s := tab.recs[i].status.Load()
+				switch {
+				case inLimbo[i]:
+					limbo++
+					if s&flagRetired == 0 {
+						t.Errorf("core %d: record %d in limbo, not retired", c.id, i)
+					}
+				case s != 0:
+					inUse++
+				}
+			}
+			for i := base + uint32(k.fill); i < base+chunkSize; i++ {
+				if s := tab.recs[i].status.Load(); s != 0 {
+					t.Fatalf("core %d: never-used record %d has status %#x", c.id, i, s)
+				}
+			}
+			if got := len(onFree) + int(k.used); got != int(k.fill) {
+				t.Errorf("core %d chunk %d: free %d + used %d != filled %d", c.id, ch-1, len(onFree), k.used, k.fill)
+			}
+			if int(k.used) != inUse+countIn(inLimbo, base) {
+				t.Errorf("core %d chunk %d: used %d, in use %d + in limbo %d", c.id, ch-1, k.used, inUse, countIn(inLimbo, base))
+			}
+			if avail[ch-1] != (k.used < chunkSize) {
+				t.Errorf("core %d chunk %d: %d used, on the free-record list %v", c.id, ch-1, k.used, avail[ch-1])
+			}
+			if ch = k.heldNext; ch == c.held {
+				break
+			}
+		}
+		if n != int(c.nheld) {
+			t.Errorf("core %d: holds %d chunks, counts %d", c.id, n, c.nheld)
+		}
+		if limbo != c.limboCount {
+			t.Errorf("core %d: %d of %d records in limbo are in its chunks", c.id, limbo, c.limboCount)
+		}
+		for ch := range avail {
+			if heldBy[ch] != c.id || tab.chunks[ch].owner.Load() != uint32(c.id)+1 {
+				t.Errorf("core %d: chunk %d on its free-record list, not held", c.id, ch)
+			}
+		}
+	}
+	if len(heldBy)+len(inPool) != len(tab.chunks) {
+		t.Errorf("%d chunks held + %d in the reserve != %d", len(heldBy), len(inPool), len(tab.chunks))
+	}
+}
+
+// countIn counts the records of the chunk at base in set.
+func countIn(set map[uint32]bool, base uint32) int {
+	n := 0
+	for i := range uint32(chunkSize) {
+		if set[base+i] {
+			n++
+		}
+	}
+	return n
 }
 
 // TestStressExactPerKey serialises the mutations of each key with a
@@ -436,7 +532,7 @@ func stressExactPerKey(t *testing.T, nb int) {
 	var gone [64]Gone
 	for id := range cores {
 		c := tab.Core(id)
-		for range 4 * int(tab.perCore) / 64 {
+		for range 4 * tab.RecordsPerCore() / 64 {
 			c.Enter()
 			c.Sweep(0, 64, gone[:])
 			c.Exit()

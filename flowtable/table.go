@@ -192,7 +192,7 @@ type Table struct {
 	nb       uint64 // number of buckets
 	idxBits  uint32
 	idxMask  uint32
-	perCore  uint32
+	chunks   []chunk // per chunk of records: its owner and bookkeeping
 	capacity int
 	timeouts timeouts
 	toMu     sync.Mutex // serialises timeout changes; guards toSet
@@ -219,6 +219,8 @@ type Table struct {
 	// that two movers never copy one entry at once.
 	relocating atomic.Uint32
 	_          [cacheLine - 12]byte
+	// pool is the common reserve: the chunks of records no core holds.
+	pool chunkPool
 
 	fullLast   atomic.Uint32 // Time of the last table-full event
 	fullEvents atomic.Uint64 // rate-limited table-full events raised
@@ -247,11 +249,13 @@ func New(cfg Config) (*Table, error) {
 	if cfg.Limbo < 16 {
 		return nil, fmt.Errorf("%w: limbo=%d (at least 16)", ErrConfig, cfg.Limbo)
 	}
-	per := (cfg.Capacity+cfg.Cores-1)/cfg.Cores + cfg.Limbo
-	nrec := uint64(per) * uint64(cfg.Cores)
+	// Capacity, plus Limbo records a core for records waiting out their
+	// grace period, in whole chunks: the records any core takes its chunks
+	// from.
+	nrec := (uint64(cfg.Capacity) + uint64(cfg.Limbo)*uint64(cfg.Cores) + chunkSize - 1) &^ (chunkSize - 1)
 	idxBits := uint32(bits.Len64(nrec))
 	if idxBits > 32-minTagBits {
-		return nil, fmt.Errorf("%w: capacity=%d is too large (at most %d)", ErrConfig, cfg.Capacity, 1<<(32-minTagBits)-1-cfg.Limbo*cfg.Cores)
+		return nil, fmt.Errorf("%w: capacity=%d is too large (at most %d)", ErrConfig, cfg.Capacity, 1<<(32-minTagBits)-chunkSize-cfg.Limbo*cfg.Cores)
 	}
 	nb := uint64(float64(2*cfg.Capacity)/(slotsPerBucket*indexLoad)) + 1
 	if nb < 2 {
@@ -263,7 +267,7 @@ func New(cfg Config) (*Table, error) {
 		nb:       nb,
 		idxBits:  idxBits,
 		idxMask:  1<<idxBits - 1,
-		perCore:  uint32(per),
+		chunks:   make([]chunk, nrec/chunkSize),
 		capacity: cfg.Capacity,
 		ep:       newEpochs(cfg.Cores + 1),
 		start:    time.Now(),
@@ -301,13 +305,18 @@ func New(cfg Config) (*Table, error) {
 	t.toSet.defaults()
 	t.timeouts.publish(&t.toSet)
 	t.max.Store(int64(cfg.Max))
+	// Every chunk starts in the common reserve; lowest first, so a small
+	// load stays in the first records.
+	for i := len(t.chunks) - 1; i >= 0; i-- {
+		t.pool.push(t.chunks, uint32(i))
+	}
 	t.cores = make([]*Core, cfg.Cores)
 	for i := range t.cores {
-		t.cores[i] = newCore(t, i, uint32(i)*uint32(per), uint32(per), cfg.Limbo)
+		t.cores[i] = newCore(t, i, cfg.Limbo)
 	}
-	// The control plane is one more participant with its own share-less
-	// handle: it looks up, lists and kills, never inserts.
-	t.ctlCore = newCore(t, cfg.Cores, 0, 0, 0)
+	// The control plane is one more participant with a handle that holds
+	// no records: it looks up, lists and kills, never inserts.
+	t.ctlCore = newCore(t, cfg.Cores, 0)
 	return t, nil
 }
 
@@ -317,11 +326,12 @@ func (t *Table) Core(i int) *Core { return t.cores[i] }
 // Cores returns the number of worker cores.
 func (t *Table) Cores() int { return len(t.cores) }
 
-// Capacity returns the capacity the table was built with.
-// RecordsPerCore is the number of records in each core's share: its part
-// of the capacity and its records awaiting their grace period.
-func (t *Table) RecordsPerCore() int { return int(t.perCore) }
+// RecordsPerCore is the most records one core may own at once: all of
+// them (Capacity connections and the records awaiting their grace
+// period), as every core takes its records from one common reserve.
+func (t *Table) RecordsPerCore() int { return len(t.recs) }
 
+// Capacity returns the capacity the table was built with.
 func (t *Table) Capacity() int { return t.capacity }
 
 // Max returns the run-time limit.
@@ -360,7 +370,11 @@ func TimeAt(el time.Duration) Time { return Time(el / Tick) }
 func (t *Table) Flow(r Ref) *Flow { return &t.recs[r.idx()] }
 
 // Owner returns the core that owns (created, and expires) a connection.
-func (t *Table) Owner(r Ref) int { return int(r.idx() / t.perCore) }
+func (t *Table) Owner(r Ref) int { return t.owner(r.idx()) }
+
+// owner returns the core that owns record idx, or -1 if it is in the
+// common reserve.
+func (t *Table) owner(idx uint32) int { return int(t.chunks[idx>>chunkShift].owner.Load()) - 1 }
 
 // HasProto reports whether the table keeps protocol state (Config.Proto).
 func (t *Table) HasProto() bool { return t.proto != nil }
