@@ -64,8 +64,8 @@ type limboEntry struct {
 	epoch uint32
 }
 
-// Core is one worker core's handle on the table: its share of the
-// records, its free list and limbo, its sweep cursor and its counters.
+// Core is one worker core's handle on the table: the chunks of records it
+// holds, their free lists, its limbo, its sweep cursor and its counters.
 // Exactly one goroutine uses a Core; every record access happens between
 // Enter and Exit.
 type Core struct {
@@ -302,8 +302,9 @@ const (
 	// Full: the table is at its limit and no unassured connection near the
 	// new one could be evicted. Counted as drop and raised as an event.
 	Full
-	// NoRecord: this core's share of the capacity is used up (records are
-	// waiting to be swept or for their grace period). Counted as drop.
+	// NoRecord: no free record in this core's chunks nor in the common
+	// reserve (records are waiting to be swept or for their grace period).
+	// Counted as drop.
 	NoRecord
 	// IndexFull: both index buckets of a tuple are full. Counted as
 	// insert_failed.
@@ -318,7 +319,7 @@ var (
 	ErrExists     = errors.New("connection exists")
 	ErrReplyClash = errors.New("reply tuple in use")
 	ErrFull       = errors.New("table full, dropping packet")
-	ErrNoRecord   = errors.New("core's share of the table is used up")
+	ErrNoRecord   = errors.New("no free record: records await their sweep or grace period")
 	ErrIndexFull  = errors.New("index buckets full")
 	ErrBadFlow    = errors.New("bad flow: equal tuples or no state")
 )
@@ -673,11 +674,20 @@ func (c *Core) evictScan(now Time) room {
 }
 
 // alloc takes a record from this core's chunks, or a chunk from the
-// common reserve when they have no free record.
+// common reserve when they have no free record and its limbo has room.
 func (c *Core) alloc() (uint32, bool) {
 	t := c.t
 	ch := c.avail
 	if ch == 0 {
+		// A full limbo means the grace period is held up (a participant
+		// stalled in a critical section): while it is, this core's dead
+		// records pile up in its own chunks, and it takes no more from
+		// the reserve, which stays for the other cores.
+		if c.limboCount == len(c.limbo) {
+			if c.reclaim(); c.limboCount == len(c.limbo) {
+				return 0, false
+			}
+		}
 		if ch = c.take(); ch == 0 {
 			return 0, false
 		}

@@ -2,6 +2,7 @@ package flowtable
 
 import (
 	"math/rand/v2"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -546,5 +547,184 @@ func stressExactPerKey(t *testing.T, nb int) {
 	}
 	if nb > 0 && tab.relocs.Load() < 100 {
 		t.Errorf("squeezed to %d buckets, only %d relocations", nb, tab.relocs.Load())
+	}
+}
+
+// skewFlow is connection k of core id's key space in TestStressSkewed.
+func skewFlow(id, k int, assured bool) NewFlow {
+	o := MakeTuple(ProtoUDP, ip(10, byte(id+1), byte(k>>8), byte(k)), 1000, ip(198, 51, 100, 2), 53)
+	r := MakeTuple(ProtoUDP, ip(198, 51, 100, 2), 53, ip(203, 0, 113, byte(id+1)), uint16(k))
+	nf := NewFlow{Orig: o, Reply: r, Status: uint32(UDP)}
+	if assured {
+		nf.Status = uint32(UDPStream) | FlagSeenReply | FlagAssured
+	}
+	return nf
+}
+
+// TestStressSkewed: one core gets every new long-lived connection (RSS
+// hashing all of them to one queue) while the other cores churn a few
+// short-lived ones of their own, inserting, looking up and deleting at the
+// same time; then the skew moves to another core. Each time the hot core
+// must fill the table to exactly its limit, the count must equal what List
+// finds, and once everything is flushed every record must be back: in the
+// common reserve, or free in the one chunk a core keeps.
+func TestStressSkewed(t *testing.T) {
+	const (
+		cores    = 4
+		capacity = 2048
+		churnMax = 16 // live connections a churning core keeps at most
+	)
+	churnOps := 20000
+	if raceEnabled {
+		churnOps = 4000
+	}
+	tab := newTable(t, Config{Capacity: capacity, Cores: cores, Limbo: 256})
+	for phase := range cores {
+		hot := (phase + 1) % cores
+		var churn sync.WaitGroup
+		var refused, inserted atomic.Int64
+		for id := range cores {
+			if id == hot {
+				continue
+			}
+			churn.Add(1)
+			go func() {
+				defer churn.Done()
+				c := tab.Core(id)
+				rng := rand.New(rand.NewPCG(uint64(phase), uint64(id)))
+				var gone [32]Gone
+				for range churnOps / 8 {
+					c.Enter()
+					for range 8 {
+						nf := skewFlow(id, rng.IntN(churnMax), false)
+						if r := c.Lookup(&nf.Orig, 0); r != 0 {
+							if f := tab.Flow(r); r.Dir() != DirOrig || f.Orig() != nf.Orig || f.Reply() != nf.Reply {
+								t.Errorf("core %d: lookup of %v found %v / %v", id, nf.Orig, f.Orig(), f.Reply())
+							}
+							c.Kill(r) // false if the hot core evicted it meanwhile
+							continue
+						}
+						switch _, res := c.Insert(&nf, 0); res {
+						case Inserted:
+							inserted.Add(1)
+						case Full, NoRecord:
+							refused.Add(1)
+						case Exists: // inserted by this core, evicted and not yet unlinked
+						default:
+							t.Errorf("core %d: insert: %v", id, res)
+						}
+					}
+					c.Sweep(0, 32, gone[:])
+					c.Exit()
+				}
+				// Done: sweep whole passes until every record this core
+				// retired is free, as a worker keeps sweeping.
+				// Others may be preempted inside their critical sections
+				// (four goroutines share two CPUs here): yield to them.
+				for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+					c.Enter()
+					n := c.Sweep(0, int(c.nheld)*chunkSize+1, gone[:])
+					c.Exit()
+					if n == 0 && c.limboCount == 0 {
+						break
+					}
+					runtime.Gosched()
+				}
+			}()
+		}
+		// The hot core inserts long-lived connections meanwhile, and goes
+		// on after the churn stops until the table is at its limit.
+		c := tab.Core(hot)
+		churnDone := make(chan struct{})
+		go func() { churn.Wait(); close(churnDone) }()
+		// While the churn runs, the hot core churns too, near the limit:
+		// when the table is full it deletes its oldest connection.
+		var gone [64]Gone
+		k, oldest, fulls, noRecs := 0, 0, 0, 0
+		stopped := false
+		for tries := 0; tries < 1000*capacity; tries++ {
+			if !stopped {
+				select {
+				case <-churnDone:
+					stopped = true
+				default:
+				}
+			}
+			c.Enter()
+			nf := skewFlow(hot, k%60000, true)
+			_, res := c.Insert(&nf, 0)
+			if res == Full && !stopped && oldest < k {
+				old := skewFlow(hot, oldest%60000, true)
+				if r := c.Lookup(&old.Orig, 0); r == 0 || !c.Kill(r) {
+					t.Errorf("hot core %d: connection %d gone", hot, oldest)
+				}
+				oldest++
+			}
+			c.Sweep(0, 64, gone[:])
+			c.Exit()
+			switch res {
+			case Inserted:
+				k++
+				continue
+			case Full:
+				fulls++
+			case NoRecord:
+				noRecs++
+			default:
+				t.Fatalf("hot core %d: insert %d: %v", hot, k, res)
+			}
+			if stopped && res == Full && tab.Count() == capacity {
+				break
+			}
+		}
+		if !stopped {
+			<-churnDone
+		}
+		if tab.Count() != capacity {
+			for _, c := range tab.cores {
+				used, dying := 0, 0
+				for ch := c.held; ch != 0; {
+					k := &tab.chunks[ch-1]
+					used += int(k.used)
+					for i := (ch - 1) << chunkShift; i < ch<<chunkShift; i++ {
+						if s := tab.recs[i].status.Load(); s&flagDying != 0 && s&flagRetired == 0 {
+							dying++
+						}
+					}
+					if ch = k.heldNext; ch == c.held {
+						break
+					}
+				}
+				t.Logf("core %d: %d chunks, %d records used, %d dying, limbo %d (oldest epoch %d), slot %#x, global %d", c.id, c.nheld, used, dying, c.limboCount, c.limbo[c.limboHead].epoch, tab.ep.slots[c.id].v.Load(), tab.ep.global.Load())
+			}
+			t.Fatalf("phase %d: hot core %d stopped at %d of %d (%d inserted, %d full, %d without a record)", phase, hot, tab.Count(), capacity, k, fulls, noRecs)
+		}
+		if n := listed(tab); n != tab.Count() {
+			t.Fatalf("phase %d: %d listed, count %d", phase, n, tab.Count())
+		}
+		t.Logf("phase %d: hot core %d inserted %d (%d full, %d without a record); churn inserted %d, refused %d",
+			phase, hot, k, fulls, noRecs, inserted.Load(), refused.Load())
+		// Flush, then every core sweeps until all is free again.
+		if n := tab.Flush(); n != capacity {
+			t.Errorf("phase %d: flushed %d", phase, n)
+		}
+		for id := range cores {
+			c := tab.Core(id)
+			for range 4 * tab.RecordsPerCore() / 64 {
+				c.Enter()
+				c.Sweep(0, 64, gone[:])
+				c.Exit()
+			}
+		}
+		if tab.Count() != 0 {
+			t.Fatalf("phase %d: count %d after the flush", phase, tab.Count())
+		}
+		checkRecords(t, tab)
+		checkIndex(t, tab)
+		for _, c := range tab.cores {
+			if c.nheld > 1 {
+				t.Errorf("phase %d: core %d holds %d chunks with nothing in use", phase, c.id, c.nheld)
+			}
+		}
 	}
 }
