@@ -22,11 +22,12 @@
 //
 // # Memory layout
 //
-// Records live in one array, split into equal shares, one per core: core
-// i creates connections only in its share and is their owner — it alone
-// expires, retires and frees them, and gives back their NAT ports. Each
-// share has Config.Limbo records more than Capacity/Cores, for records
-// waiting out their grace period.
+// Records live in one array of Capacity + Cores·Config.Limbo records (the
+// Limbo records a core for records waiting out their grace period), cut
+// into chunks of 64. A core takes whole chunks from a common reserve and
+// creates connections only in the chunks it holds; it is their owner — it
+// alone expires, retires and frees them, and gives back their NAT ports.
+// See "Shares and the common reserve" below.
 //
 // The index is an array of 64-byte buckets of sixteen 32-bit slots. A
 // slot holds a record number (plus one; 0 is empty) in its low bits and a
@@ -44,7 +45,8 @@
 // below) and takes the freed slot. Only if no entry of either bucket can
 // move does the insert fail and count insert_failed. A
 // connection thus costs 48 bytes of record and about 11 bytes of index:
-// 59 bytes, against some 320 for Linux's nf_conn with its NAT extension.
+// 59 bytes (half a byte more for the chunks' bookkeeping, 32 bytes a 64
+// records), against some 320 for Linux's nf_conn with its NAT extension.
 // Tuples are compared as two 64-bit words.
 //
 // The record and index arrays are advised onto transparent huge pages
@@ -204,6 +206,10 @@
 //     setting dying; the owner sets retired with an atomic OR.
 //   - Last-seen, mark, caller word: any core, atomic stores. The caller word is
 //     the free-list link while the record is free.
+//   - Chunks: the owner field by the core taking the chunk (before it
+//     writes any record of it) and by the core giving it back (after its
+//     last record is freed); the reserve's head by CAS, from any core; the
+//     rest of a chunk's bookkeeping by its owner alone.
 //   - Count of live connections: one atomic counter on its own cache line,
 //     incremented before an insert publishes, decremented by the single core
 //     whose CAS set dying. The limit (Max) is checked against it exactly.
@@ -213,8 +219,9 @@
 //
 // # Life of a record
 //
-// An insert takes a record from its core's free list (or the never-used
-// tail of its share), writes it, then publishes its original and reply
+// An insert takes a record from one of its core's chunks (from the
+// chunk's free list, or its never-used tail; failing both, a chunk from
+// the reserve), counts it against the limit, writes it, then publishes its original and reply
 // tuples by CAS into empty slots. It then looks for a rival: another
 // record, not dying, holding either tuple. All Go atomics are sequentially
 // consistent, so of two cores inserting the same tuple at once at least
@@ -242,6 +249,40 @@
 // for its next sweep, so churn does not wait for the cursor to come round.
 // Every confirmed connection is reported exactly once, by its owner,
 // whoever killed it.
+//
+// # Shares and the common reserve
+//
+// A core's share is the chunks it holds, not a fixed slice of the array,
+// so one core may own every record: the table admits up to Max whatever
+// the RSS spread, all connections on one core included. The reserve is a
+// lock-free stack of the chunks no core holds (a Treiber stack; its head
+// word carries a version bumped at every push and pop, so a pop that read
+// a stale next link fails its CAS: no ABA). A core pops a chunk when none
+// of its own has a free record, once every 64 allocations at most; no
+// core waits for another. Within its chunks a core keeps, per chunk, a
+// free list and a count of records in use, and a list of the chunks with
+// a free record, all written by the owner alone. When a release leaves a
+// chunk with no record in use (every record free and past its grace
+// period), the owner pushes it back, unless it is the one chunk it has
+// free records in (an idle core keeps one chunk, 64 records). The next
+// owner's plain writes to the chunk's bookkeeping and records follow the
+// CAS that took it, which follows the CAS that gave it back: the pool's
+// atomics order the hand-over, as the epochs order a record's reuse.
+//
+// Ownership is per chunk (one atomic word, read by Table.Owner, the
+// eviction walk and List), and a chunk changes hands only when no record
+// in it is in use, so a connection's owner never changes while it lives:
+// the owner sweeps it, retires it and gives back its port, as before.
+//
+// An insert takes its record before it counts the connection, so at the
+// limit it never evicts a connection (makeRoom) and then fails for want
+// of a record. It fails for want of one (NoRecord, counted drop) only
+// when the reserve is empty and its core has no free record: the records
+// not live — in limbo, killed but not yet swept, free in a chunk another
+// core holds — then fill the Cores·Limbo spare records. A core whose
+// limbo is full (the grace period held up by a stalled participant) takes
+// no chunk from the reserve, so its dead records pile up in its own
+// chunks, not in the others' way.
 //
 // # Reclamation: epochs
 //
@@ -274,7 +315,8 @@
 // there, no record retired after it entered can be freed. If that happens
 // anyway (a preempted goroutine, a stalled control-plane walk), limbo fills,
 // the owner's sweep pauses, and new connections on that core are refused
-// and counted as drop (result NoRecord) until the participant exits;
+// and counted as drop (result NoRecord) once its chunks are used up, until
+// the participant exits;
 // nothing is lost and nothing is reused early. The control plane's walks
 // (List, DeleteMatching, Flush) therefore work in short critical sections
 // of a few hundred records.
@@ -288,8 +330,8 @@
 // far below the capacity those buckets are mostly empty — Linux then
 // refuses although unassured connections fill the table — so failing
 // that, a bounded walk (256 records a try, resumed where the last one
-// stopped) over the used records of every share looks for the same two
-// kinds. Failing that, it refuses (counted drop) and raises a "table full, dropping packet" event,
+// stopped) over the records of every chunk a core holds looks for the
+// same two kinds. Failing that, it refuses (counted drop) and raises a "table full, dropping packet" event,
 // at most one a second, which the control plane reads with FullEvents.
 // ASSURED connections are never evicted.
 //

@@ -16,8 +16,8 @@ import (
 // Config sizes a table.
 type Config struct {
 	// Capacity is the number of connections the table can ever hold; it
-	// sizes all memory at creation. It is split evenly between the cores:
-	// each core creates connections in its own share.
+	// sizes all memory at creation. Cores take records in chunks from one
+	// common reserve, so any core may hold up to all of them.
 	Capacity int
 	// Max is the initial run-time limit (nf_conntrack_max), at most
 	// Capacity; 0 means Capacity.
@@ -32,8 +32,8 @@ type Config struct {
 	// tracking); they cost 64 bytes per connection.
 	Proto bool
 	// Limbo is how many retired records each core may hold waiting for
-	// the grace period; 0 means an eighth of a core's share, from 256 to
-	// 4096. The records are added to each core's share, so they do not eat
+	// the grace period; 0 means an eighth of Capacity/Cores, from 256 to
+	// 4096. Cores·Limbo records are added to the table, so they do not eat
 	// into Capacity.
 	Limbo int
 	// Seed fixes the hash secret (tests); 0 draws it from crypto/rand.
