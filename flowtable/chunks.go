@@ -144,6 +144,10 @@ func (c *Core) unlinkAvail(ch uint32) {
 	k.availNext, k.availPrev = 0, 0
 }
 
+// Held returns how many records this core holds, in whole chunks: what
+// one pass of its Sweep walks. Only the core's own goroutine may call it.
+func (c *Core) Held() int { return int(c.nheld) * chunkSize }
+
 // owns reports whether this core owns record idx.
 func (c *Core) owns(idx uint32) bool {
 	return c.t.chunks[idx>>chunkShift].owner.Load() == uint32(c.id)+1

@@ -240,7 +240,7 @@
 // and treats an expired record as absent even before anyone sweeps it.
 //
 // The owner's sweep (Core.Sweep, a bounded number of records per call, so
-// no core ever stalls) walks its share from where it last stopped: it kills
+// no core ever stalls) walks its chunks from where it last stopped: it kills
 // what has expired, and retires what is dying — puts it in limbo, tagged
 // with the global epoch — and reports it (Gone) so the caller can give back
 // its NAT port. When the owner itself kills one of its records (a delete

@@ -574,6 +574,9 @@ func TestOneCoreAdmitsToMax(t *testing.T) {
 		if n := listed(tab); n != capacity {
 			t.Fatalf("core %d: %d listed", id, n)
 		}
+		if h := c.Held(); h < capacity || h >= capacity+chunkSize {
+			t.Fatalf("core %d holds %d records for %d connections", id, h, capacity)
+		}
 		c.Exit()
 		if got := tab.Flush(); got != capacity {
 			t.Fatalf("flushed %d", got)
@@ -584,8 +587,8 @@ func TestOneCoreAdmitsToMax(t *testing.T) {
 	// Every chunk is back in the common reserve but the one each core keeps
 	// to allocate from.
 	for _, c := range tab.cores {
-		if c.nheld > 1 {
-			t.Errorf("core %d holds %d chunks with nothing in use", c.id, c.nheld)
+		if c.Held() > chunkSize {
+			t.Errorf("core %d holds %d records with nothing in use", c.id, c.Held())
 		}
 	}
 }
