@@ -684,12 +684,15 @@ func (c *Core) alloc() (uint32, bool) {
 		// records pile up in its own chunks, and it takes no more from
 		// the reserve, which stays for the other cores.
 		if c.limboCount == len(c.limbo) {
-			if c.reclaim(); c.limboCount == len(c.limbo) {
+			c.reclaim() // may free records of this core's chunks
+			if ch = c.avail; ch == 0 && c.limboCount == len(c.limbo) {
 				return 0, false
 			}
 		}
-		if ch = c.take(); ch == 0 {
-			return 0, false
+		if ch == 0 {
+			if ch = c.take(); ch == 0 {
+				return 0, false
+			}
 		}
 	}
 	k := &t.chunks[ch-1]

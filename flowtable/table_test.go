@@ -1033,3 +1033,47 @@ func TestProtoState(t *testing.T) {
 		t.Fatal("a table without Proto returned state")
 	}
 }
+
+// TestStalledEpochKeepsReserve: while a participant stalls inside its
+// critical section, a core that churns connections fills its limbo and
+// then its own chunks with dead records, and is refused (NoRecord); it
+// takes nothing more from the reserve, which stays for the other cores.
+// Once the participant leaves, the core's records come back.
+func TestStalledEpochKeepsReserve(t *testing.T) {
+	tab := newTable(t, Config{Capacity: 1024, Cores: 2, Limbo: 16})
+	c, stalled := tab.Core(0), tab.Core(1)
+	stalled.Enter()
+	var res InsertResult
+	n := 0
+	for ; n < 1000; n++ {
+		c.Enter()
+		nf := snatFlow(uint16(n), uint16(n), TCPSynSent)
+		var r Ref
+		if r, res = c.Insert(&nf, 0); res != Inserted {
+			c.Exit()
+			break
+		}
+		c.Kill(r)
+		c.Exit()
+	}
+	if res != NoRecord || c.Held() != chunkSize {
+		t.Fatalf("after %d connections: %v, core holds %d records", n, res, c.Held())
+	}
+	if n != chunkSize {
+		t.Errorf("%d connections in one chunk of %d", n, chunkSize)
+	}
+	// The reserve is intact: the stalled core may fill the table.
+	for i := range uint16(1024) {
+		mustInsert(t, stalled, snatFlow(5000+i, 5000+i, TCPSynSent), 0)
+	}
+	stalled.Exit()
+	if got := tab.Flush(); got != 1024 {
+		t.Fatalf("flushed %d", got)
+	}
+	drainCore(t, tab, 1, 1024)
+	drainCore(t, tab, 0, chunkSize)
+	c.Enter()
+	mustInsert(t, c, snatFlow(9000, 9000, TCPSynSent), 0)
+	c.Exit()
+	checkRecords(t, tab)
+}
