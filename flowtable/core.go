@@ -695,7 +695,7 @@ func (c *Core) alloc() (uint32, bool) {
 			}
 		}
 	}
-	k := &t.chunks[ch-1]
+	k := t.meta(ch)
 	var idx uint32
 	if k.free != 0 {
 		idx = k.free - 1
@@ -705,7 +705,7 @@ func (c *Core) alloc() (uint32, bool) {
 		k.fill++
 	}
 	k.used++
-	if k.used == chunkSize {
+	if k.used == chunkRecs {
 		c.unlinkAvail(ch)
 	}
 	return idx, true
@@ -720,10 +720,10 @@ func (c *Core) release(idx uint32) {
 	f := &t.recs[idx]
 	f.status.Store(0)
 	ch := idx>>chunkShift + 1
-	k := &t.chunks[ch-1]
+	k := t.meta(ch)
 	f.aux.Store(k.free)
 	k.free = idx + 1
-	if k.used == chunkSize {
+	if k.used == chunkRecs {
 		c.pushAvail(ch)
 	}
 	k.used--
@@ -850,11 +850,11 @@ func (c *Core) Sweep(now Time, budget int, out []Gone) int {
 	c.reclaim()
 	for ; budget > 0 && n < len(out) && c.held != 0; budget-- {
 		if c.cursor == 0 {
-			c.cursor, c.cursorOff = c.held, 0
+			c.cursor, c.cursorOff = c.held, 1
 		}
-		k := &t.chunks[c.cursor-1]
+		k := t.meta(c.cursor)
 		if c.cursorOff >= uint32(k.fill) {
-			c.cursor, c.cursorOff = k.heldNext, 0
+			c.cursor, c.cursorOff = k.heldNext, 1
 			continue
 		}
 		idx := (c.cursor-1)<<chunkShift + c.cursorOff

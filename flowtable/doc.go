@@ -24,7 +24,8 @@
 //
 // Records live in one array of Capacity + Cores·Config.Limbo records (the
 // Limbo records a core for records waiting out their grace period), cut
-// into chunks of 64. A core takes whole chunks from a common reserve and
+// into chunks of 64: 63 for connections and one for the chunk's
+// bookkeeping. A core takes whole chunks from a common reserve and
 // creates connections only in the chunks it holds; it is their owner — it
 // alone expires, retires and frees them, and gives back their NAT ports.
 // See "Shares and the common reserve" below.
@@ -45,8 +46,8 @@
 // below) and takes the freed slot. Only if no entry of either bucket can
 // move does the insert fail and count insert_failed. A
 // connection thus costs 48 bytes of record and about 11 bytes of index:
-// 59 bytes (half a byte more for the chunks' bookkeeping, 32 bytes a 64
-// records), against some 320 for Linux's nf_conn with its NAT extension.
+// 59 bytes (under a byte more for the chunks' bookkeeping, one record in
+// 64), against some 320 for Linux's nf_conn with its NAT extension.
 // Tuples are compared as two 64-bit words.
 //
 // The record and index arrays are advised onto transparent huge pages
@@ -258,24 +259,28 @@
 // lock-free stack of the chunks no core holds (a Treiber stack; its head
 // word carries a version bumped at every push and pop, so a pop that read
 // a stale next link fails its CAS: no ABA). A core pops a chunk when none
-// of its own has a free record, once every 64 allocations at most; no
+// of its own has a free record, once every 63 allocations at most; no
 // core waits for another. Within its chunks a core keeps, per chunk, a
 // free list and a count of records in use, and a list of the chunks with
-// a free record, all written by the owner alone. When a release leaves a
-// chunk with no record in use (every record free and past its grace
-// period), the owner pushes it back, unless it is the one chunk it has
+// a free record, all written by the owner alone, in the tuples of the
+// chunk's first record: a core writes its bookkeeping in its own chunks'
+// memory, never on a cache line another core's bookkeeping shares (that
+// record never holds a connection: no slot names it, its status stays 0,
+// so no walk reads its tuples). When a release leaves a chunk with no
+// record in use (every record free and past its grace period), the owner
+// pushes it back, unless it is the one chunk it has
 // free records in (an idle core keeps one chunk, 64 records). The next
 // owner's plain writes to the chunk's bookkeeping and records follow the
 // CAS that took it, which follows the CAS that gave it back: the pool's
 // atomics order the hand-over, as the epochs order a record's reuse. The
-// bookkeeping costs about 55 instructions an insert and delete, 1% of
-// them (callgrind, BenchmarkInsertDelete and BenchmarkChurnAtCapacity,
-// from a thousand connections to a million).
+// bookkeeping costs about 1% of the instructions of an insert and delete
+// (callgrind, BenchmarkInsertDelete and BenchmarkChurnAtCapacity, from a
+// thousand connections to a million).
 //
 // Ownership is per chunk (one atomic word, read by Table.Owner, the
 // eviction walk and List), and a chunk changes hands only when no record
 // in it is in use, so a connection's owner never changes while it lives:
-// the owner sweeps it, retires it and gives back its port, as before.
+// the owner sweeps it, retires it and gives back its port.
 //
 // An insert takes its record before it counts the connection, so at the
 // limit it never evicts a connection (makeRoom) and then fails for want

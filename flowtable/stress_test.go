@@ -307,7 +307,7 @@ func checkRecords(t *testing.T, tab *Table) {
 			inLimbo[c.limbo[(c.limboHead+i)%len(c.limbo)].idx] = true
 		}
 		avail := map[uint32]bool{}
-		for ch := c.avail; ch != 0; ch = tab.chunks[ch-1].availNext {
+		for ch := c.avail; ch != 0; ch = tab.meta(ch).availNext {
 			if avail[ch-1] {
 				t.Fatalf("core %d: chunk %d twice on the free-record list", c.id, ch-1)
 			}
@@ -315,14 +315,14 @@ func checkRecords(t *testing.T, tab *Table) {
 		}
 		n, limbo := 0, 0
 		for ch := c.held; ch != 0; {
-			k := &tab.chunks[ch-1]
+			k := tab.meta(ch)
 			if _, ok := heldBy[ch-1]; ok {
 				t.Fatalf("core %d: chunk %d held twice", c.id, ch-1)
 			}
 			heldBy[ch-1] = c.id
 			n++
-			if k.owner.Load() != uint32(c.id)+1 {
-				t.Fatalf("core %d holds chunk %d owned by %d", c.id, ch-1, int(k.owner.Load())-1)
+			if o := tab.chunks[ch-1].owner.Load(); o != uint32(c.id)+1 {
+				t.Fatalf("core %d holds chunk %d owned by %d", c.id, ch-1, int(o)-1)
 			}
 			if inPool[ch-1] {
 				t.Fatalf("core %d holds chunk %d of the reserve", c.id, ch-1)
@@ -334,7 +334,7 @@ func checkRecords(t *testing.T, tab *Table) {
 				if onFree[idx] {
 					t.Fatalf("core %d: record %d on the free list twice", c.id, idx)
 				}
-				if idx < base || idx >= base+uint32(k.fill) {
+				if idx <= base || idx >= base+uint32(k.fill) {
 					t.Fatalf("core %d: free record %d outside the used part of chunk %d", c.id, idx, ch-1)
 				}
 				if s := tab.recs[idx].status.Load(); s != 0 {
@@ -343,7 +343,10 @@ func checkRecords(t *testing.T, tab *Table) {
 				onFree[idx] = true
 			}
 			inUse := 0
-			for i := base; i < base+uint32(k.fill); i++ {
+			if s := tab.recs[base].status.Load(); s != 0 || k.fill < 1 {
+				t.Fatalf("core %d chunk %d: bookkeeping record has status %#x, fill %d", c.id, ch-1, s, k.fill)
+			}
+			for i := base + 1; i < base+uint32(k.fill); i++ {
 				s := tab.recs[i].status.Load()
 				switch {
 				case inLimbo[i]:
@@ -360,13 +363,13 @@ func checkRecords(t *testing.T, tab *Table) {
 					t.Fatalf("core %d: never-used record %d has status %#x", c.id, i, s)
 				}
 			}
-			if got := len(onFree) + int(k.used); got != int(k.fill) {
-				t.Errorf("core %d chunk %d: free %d + used %d != filled %d", c.id, ch-1, len(onFree), k.used, k.fill)
+			if got := len(onFree) + int(k.used); got != int(k.fill)-1 {
+				t.Errorf("core %d chunk %d: free %d + used %d != filled %d", c.id, ch-1, len(onFree), k.used, k.fill-1)
 			}
 			if int(k.used) != inUse+countIn(inLimbo, base) {
 				t.Errorf("core %d chunk %d: used %d, in use %d + in limbo %d", c.id, ch-1, k.used, inUse, countIn(inLimbo, base))
 			}
-			if avail[ch-1] != (k.used < chunkSize) {
+			if avail[ch-1] != (k.used < chunkRecs) {
 				t.Errorf("core %d chunk %d: %d used, on the free-record list %v", c.id, ch-1, k.used, avail[ch-1])
 			}
 			if ch = k.heldNext; ch == c.held {
@@ -684,7 +687,7 @@ func TestStressSkewed(t *testing.T) {
 			for _, c := range tab.cores {
 				used, dying := 0, 0
 				for ch := c.held; ch != 0; {
-					k := &tab.chunks[ch-1]
+					k := tab.meta(ch)
 					used += int(k.used)
 					for i := (ch - 1) << chunkShift; i < ch<<chunkShift; i++ {
 						if s := tab.recs[i].status.Load(); s&flagDying != 0 && s&flagRetired == 0 {

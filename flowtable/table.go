@@ -192,7 +192,7 @@ type Table struct {
 	nb       uint64 // number of buckets
 	idxBits  uint32
 	idxMask  uint32
-	chunks   []chunk // per chunk of records: its owner and bookkeeping
+	chunks   []chunk // per chunk of records: its owner and reserve link
 	capacity int
 	timeouts timeouts
 	toMu     sync.Mutex // serialises timeout changes; guards toSet
@@ -250,12 +250,13 @@ func New(cfg Config) (*Table, error) {
 		return nil, fmt.Errorf("%w: limbo=%d (at least 16)", ErrConfig, cfg.Limbo)
 	}
 	// Capacity, plus Limbo records a core for records waiting out their
-	// grace period, in whole chunks: the records any core takes its chunks
-	// from.
-	nrec := (uint64(cfg.Capacity) + uint64(cfg.Limbo)*uint64(cfg.Cores) + chunkSize - 1) &^ (chunkSize - 1)
+	// grace period, in whole chunks (each with one record of bookkeeping):
+	// the records any core takes its chunks from.
+	nchunks := (uint64(cfg.Capacity) + uint64(cfg.Limbo)*uint64(cfg.Cores) + chunkRecs - 1) / chunkRecs
+	nrec := nchunks * chunkSize
 	idxBits := uint32(bits.Len64(nrec))
 	if idxBits > 32-minTagBits {
-		return nil, fmt.Errorf("%w: capacity=%d is too large (at most %d)", ErrConfig, cfg.Capacity, 1<<(32-minTagBits)-chunkSize-cfg.Limbo*cfg.Cores)
+		return nil, fmt.Errorf("%w: capacity=%d is too large (at most %d)", ErrConfig, cfg.Capacity, (1<<(32-minTagBits)-1)/chunkSize*chunkRecs-cfg.Limbo*cfg.Cores)
 	}
 	nb := uint64(float64(2*cfg.Capacity)/(slotsPerBucket*indexLoad)) + 1
 	if nb < 2 {
@@ -267,7 +268,7 @@ func New(cfg Config) (*Table, error) {
 		nb:       nb,
 		idxBits:  idxBits,
 		idxMask:  1<<idxBits - 1,
-		chunks:   make([]chunk, nrec/chunkSize),
+		chunks:   make([]chunk, nchunks),
 		capacity: cfg.Capacity,
 		ep:       newEpochs(cfg.Cores + 1),
 		start:    time.Now(),
@@ -329,7 +330,7 @@ func (t *Table) Cores() int { return len(t.cores) }
 // RecordsPerCore is the most records one core may own at once: all of
 // them (Capacity connections and the records awaiting their grace
 // period), as every core takes its records from one common reserve.
-func (t *Table) RecordsPerCore() int { return len(t.recs) }
+func (t *Table) RecordsPerCore() int { return len(t.chunks) * chunkRecs }
 
 // Capacity returns the capacity the table was built with.
 func (t *Table) Capacity() int { return t.capacity }

@@ -574,7 +574,7 @@ func TestOneCoreAdmitsToMax(t *testing.T) {
 		if n := listed(tab); n != capacity {
 			t.Fatalf("core %d: %d listed", id, n)
 		}
-		if h := c.Held(); h < capacity || h >= capacity+chunkSize {
+		if h := c.Held(); h < capacity || h >= capacity+chunkRecs {
 			t.Fatalf("core %d holds %d records for %d connections", id, h, capacity)
 		}
 		c.Exit()
@@ -587,7 +587,7 @@ func TestOneCoreAdmitsToMax(t *testing.T) {
 	// Every chunk is back in the common reserve but the one each core keeps
 	// to allocate from.
 	for _, c := range tab.cores {
-		if c.Held() > chunkSize {
+		if c.Held() > chunkRecs {
 			t.Errorf("core %d holds %d records with nothing in use", c.id, c.Held())
 		}
 	}
@@ -631,8 +631,9 @@ func drainCore(t *testing.T, tab *Table, id, want int) {
 // connection without making room for it first, even at the limit, where
 // making room would evict someone else's connection for nothing.
 func TestNoRecordEvictsNothing(t *testing.T) {
-	// 96 + 2·16 records: two chunks of 64.
-	tab := newTable(t, Config{Capacity: 96, Cores: 2, Limbo: 16})
+	// 94 + 2·16 records: two chunks of 63.
+	const capacity = 2*chunkRecs - 32
+	tab := newTable(t, Config{Capacity: capacity, Cores: 2, Limbo: 16})
 	if len(tab.chunks) != 2 {
 		t.Fatalf("%d chunks", len(tab.chunks))
 	}
@@ -640,46 +641,52 @@ func TestNoRecordEvictsNothing(t *testing.T) {
 	a.Enter()
 	b.Enter()
 	defer a.Exit()
-	for i := range uint16(64) {
+	for i := range uint16(chunkRecs) {
 		mustInsert(t, a, snatFlow(i, i, TCPSynSent), 0) // not assured: evictable
 	}
-	for i := range uint16(32) {
-		mustInsert(t, b, snatFlow(1000+i, 1000+i, TCPSynSent), 0)
+	var live []NewFlow
+	for i := range uint16(capacity - chunkRecs) {
+		nf := snatFlow(1000+i, 1000+i, TCPSynSent)
+		mustInsert(t, b, nf, 0)
+		live = append(live, nf)
 	}
-	// b kills 32 of its connections; its critical section keeps their
-	// records from being reused, and it fills their place in the count.
-	for i := range uint16(32) {
-		k := snatFlow(1000+i, 1000+i, TCPSynSent)
-		if !b.Kill(b.Lookup(&k.Orig, 0)) {
+	// b replaces its oldest connection with a new one until its chunk is
+	// used up: its critical section keeps the killed ones' records from
+	// being reused, and the count stays at the limit.
+	killed := 0
+	for i := uint16(0); b.Held() != chunkRecs || killed < chunkRecs-(capacity-chunkRecs); i++ {
+		if !b.Kill(b.Lookup(&live[0].Orig, 0)) {
 			t.Fatal("kill")
 		}
-	}
-	for i := range uint16(32) {
-		mustInsert(t, b, snatFlow(2000+i, 2000+i, TCPSynSent), 0)
+		killed++
+		live = live[1:]
+		nf := snatFlow(2000+i, 2000+i, TCPSynSent)
+		mustInsert(t, b, nf, 0)
+		live = append(live, nf)
 	}
 	// At the limit, and every record in use: refused, nothing evicted.
 	nf := snatFlow(3000, 3000, TCPSynSent)
 	if _, res := b.Insert(&nf, 0); res != NoRecord {
 		t.Fatalf("insert with no record: %v", res)
 	}
-	if tab.Count() != 96 || a.st[stEarlyDrop]+b.st[stEarlyDrop] != 0 || b.st[stDrop] != 1 {
+	if tab.Count() != capacity || a.st[stEarlyDrop]+b.st[stEarlyDrop] != 0 || b.st[stDrop] != 1 {
 		t.Errorf("count %d, early_drop %d, drop %d", tab.Count(), a.st[stEarlyDrop]+b.st[stEarlyDrop], b.st[stDrop])
 	}
-	if n := listed(tab); n != 96 {
+	if n := listed(tab); n != capacity {
 		t.Errorf("%d listed", n)
 	}
 	// Once the killed connections' records are free, the same insert at
 	// the limit evicts one and gets in.
 	b.Exit()
 	a.Exit()
-	drainCore(t, tab, 1, 32)
+	drainCore(t, tab, 1, killed)
 	a.Enter()
 	b.Enter()
 	defer b.Exit()
 	if _, res := b.Insert(&nf, 0); res != Inserted {
 		t.Fatalf("insert at the limit with a record: %v", res)
 	}
-	if tab.Count() != 96 || a.st[stEarlyDrop]+b.st[stEarlyDrop] != 1 {
+	if tab.Count() != capacity || a.st[stEarlyDrop]+b.st[stEarlyDrop] != 1 {
 		t.Errorf("count %d, early_drop %d", tab.Count(), a.st[stEarlyDrop]+b.st[stEarlyDrop])
 	}
 }
@@ -1056,22 +1063,23 @@ func TestStalledEpochKeepsReserve(t *testing.T) {
 		c.Kill(r)
 		c.Exit()
 	}
-	if res != NoRecord || c.Held() != chunkSize {
+	if res != NoRecord || c.Held() != chunkRecs {
 		t.Fatalf("after %d connections: %v, core holds %d records", n, res, c.Held())
 	}
-	if n != chunkSize {
-		t.Errorf("%d connections in one chunk of %d", n, chunkSize)
+	if n != chunkRecs {
+		t.Errorf("%d connections in one chunk of %d", n, chunkRecs)
 	}
-	// The reserve is intact: the stalled core may fill the table.
-	for i := range uint16(1024) {
+	// The reserve is intact: the stalled core may take every other record.
+	rest := tab.RecordsPerCore() - chunkRecs
+	for i := range uint16(rest) {
 		mustInsert(t, stalled, snatFlow(5000+i, 5000+i, TCPSynSent), 0)
 	}
 	stalled.Exit()
-	if got := tab.Flush(); got != 1024 {
-		t.Fatalf("flushed %d", got)
+	if got := tab.Flush(); got != rest {
+		t.Fatalf("flushed %d of %d", got, rest)
 	}
-	drainCore(t, tab, 1, 1024)
-	drainCore(t, tab, 0, chunkSize)
+	drainCore(t, tab, 1, rest)
+	drainCore(t, tab, 0, chunkRecs)
 	c.Enter()
 	mustInsert(t, c, snatFlow(9000, 9000, TCPSynSent), 0)
 	c.Exit()
