@@ -77,7 +77,7 @@ type Settings struct {
 	UnresQlenBytes atomic.Int64
 	// SweepBudget is how many records a core's expiry sweep examines per
 	// batch; 0 (the default) paces it by the clock instead: each core
-	// passes over its connections once a second (sweepPass), whatever the
+	// passes over the records it holds (Core.Held) once a second (sweepPass), whatever the
 	// packet rate, taking per batch the records due since its last sweep,
 	// from sweepMin to sweepMax. An expired connection is invisible to lookups at
 	// once; the sweep only hands back its record and its port, so a

@@ -136,7 +136,7 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 	// Expire connections and give their ports back.
 	budget := int(d.Settings.SweepBudget.Load())
 	if budget <= 0 {
-		budget = max(p.sweepDue(d.Table.Count()/d.Table.Cores()+1), sweepMin)
+		budget = max(p.sweepDue(p.ct.Held()+1), sweepMin)
 	}
 	n := p.ct.Sweep(p.now, budget, p.gone[:])
 	for i := range p.gone[:n] {

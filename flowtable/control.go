@@ -39,7 +39,7 @@ func (t *Table) info(idx uint32, now Time) FlowInfo {
 	fi := FlowInfo{
 		Orig: f.orig, Reply: f.reply, Status: s,
 		Mark: f.mark.Load(), Aux: f.aux.Load(),
-		Owner: int(idx / t.perCore),
+		Owner: t.owner(idx),
 	}
 	to := Time(t.timeouts[timeoutIndex(s)].Load())
 	if d, ok := since(now, Time(f.last.Load())); !ok {
@@ -78,10 +78,10 @@ func (t *Table) List(cursor int, out []FlowInfo) (n, next int) {
 				next = i
 				return
 			}
-			// Skip the never-used tail of each core's share.
-			core := t.cores[i/int(t.perCore)]
-			if used := int(core.used.Load()); i >= used {
-				i = int(core.hi) - 1
+			// Skip the chunks in the common reserve: all their records
+			// are free.
+			if t.owner(uint32(i)) < 0 {
+				i |= chunkSize - 1
 				continue
 			}
 			if t.liveAt(&t.recs[i], now) {

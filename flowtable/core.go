@@ -64,19 +64,20 @@ type limboEntry struct {
 	epoch uint32
 }
 
-// Core is one worker core's handle on the table: its share of the
-// records, its free list and limbo, its sweep cursor and its counters.
+// Core is one worker core's handle on the table: the chunks of records it
+// holds, their free lists, its limbo, its sweep cursor and its counters.
 // Exactly one goroutine uses a Core; every record access happens between
 // Enter and Exit.
 type Core struct {
-	t           *Table
-	id          int
-	lo, hi      uint32        // this core's share of records: [lo, hi)
-	bump        uint32        // records [lo, bump) have been used at least once
-	free        uint32        // head of the free list, idx+1; 0 when empty
-	cursor      uint32        // sweep position in [lo, bump)
-	evictCursor uint32        // where the fallback eviction scan goes on
-	used        atomic.Uint32 // bump, published for the control plane's walks
+	t  *Table
+	id int
+	// The chunks this core holds (chunks.go): a ring of all of them, and
+	// a list of those with free records, allocated from front to back.
+	held, nheld      uint32
+	avail, availTail uint32
+	cursor           uint32 // sweep position: chunk+1 and offset in it
+	cursorOff        uint32
+	evictCursor      uint32 // where the fallback eviction scan goes on
 
 	limbo      []limboEntry // ring of retired records, oldest first
 	limboHead  int
@@ -96,15 +97,13 @@ type Core struct {
 	sink uint32
 }
 
-func newCore(t *Table, id int, lo, n uint32, limbo int) *Core {
-	c := &Core{
-		t: t, id: id, lo: lo, hi: lo + n, bump: lo, cursor: lo,
+func newCore(t *Table, id int, limbo int) *Core {
+	return &Core{
+		t: t, id: id,
 		limbo: make([]limboEntry, limbo),
 		gone:  make([]Gone, min(limbo, goneQueue)),
 		pub:   new(pubStats),
 	}
-	c.used.Store(lo)
-	return c
 }
 
 // ID returns the core's index.
@@ -303,8 +302,9 @@ const (
 	// Full: the table is at its limit and no unassured connection near the
 	// new one could be evicted. Counted as drop and raised as an event.
 	Full
-	// NoRecord: this core's share of the capacity is used up (records are
-	// waiting to be swept or for their grace period). Counted as drop.
+	// NoRecord: no free record in this core's chunks nor in the common
+	// reserve (records are waiting to be swept or for their grace period).
+	// Counted as drop.
 	NoRecord
 	// IndexFull: both index buckets of a tuple are full. Counted as
 	// insert_failed.
@@ -319,7 +319,7 @@ var (
 	ErrExists     = errors.New("connection exists")
 	ErrReplyClash = errors.New("reply tuple in use")
 	ErrFull       = errors.New("table full, dropping packet")
-	ErrNoRecord   = errors.New("core's share of the table is used up")
+	ErrNoRecord   = errors.New("no free record: records await their sweep or grace period")
 	ErrIndexFull  = errors.New("index buckets full")
 	ErrBadFlow    = errors.New("bad flow: equal tuples or no state")
 )
@@ -401,14 +401,17 @@ func (c *Core) insert(nf *NewFlow, now Time, checkOrig bool) (Ref, InsertResult)
 		}
 		return 0, ReplyClash
 	}
-	if !c.admit(&nf.Orig, now) {
-		return 0, Full
-	}
+	// The record first, then the count: at the limit, admit may evict a
+	// connection, and it must not do so for an insert that then finds no
+	// record.
 	idx, ok := c.alloc()
 	if !ok {
-		t.count.Add(-1)
 		c.st[stDrop]++
 		return 0, NoRecord
+	}
+	if !c.admit(&nf.Orig, now) {
+		c.release(idx)
+		return 0, Full
 	}
 	f := &t.recs[idx]
 	f.orig, f.reply = nf.Orig, nf.Reply
@@ -634,18 +637,17 @@ const evictScanBudget = 256
 // evictScan is the fallback when nothing near the new tuple can go: when
 // the limit is far below the capacity the buckets are sparse, and Linux's
 // neighbourhood-only search would refuse the connection although
-// unassured ones fill the table. It walks the used records of every share
-// from where its last walk stopped, at most evictScanBudget of them, for
+// unassured ones fill the table. It walks the records of every core's
+// chunks from where its last walk stopped, at most evictScanBudget of them, for
 // an expired or an unassured connection.
 func (c *Core) evictScan(now Time) room {
 	t := c.t
 	n := uint32(len(t.recs))
 	i := c.evictCursor % n
 	for budget := evictScanBudget; budget > 0; budget-- {
-		share := t.cores[i/t.perCore]
-		if used := share.used.Load(); i >= used {
-			// Skip the never-used tail of this share.
-			i = (share.hi) % n
+		if t.chunks[i>>chunkShift].owner.Load() == 0 {
+			// Skip a chunk in the common reserve: all its records are free.
+			i = ((i | (chunkSize - 1)) + 1) % n
 			continue
 		}
 		idx := i
@@ -671,29 +673,63 @@ func (c *Core) evictScan(now Time) room {
 	return roomNone
 }
 
-// alloc takes a record from this core's share.
+// alloc takes a record from this core's chunks, or a chunk from the
+// common reserve when they have no free record and its limbo has room.
 func (c *Core) alloc() (uint32, bool) {
-	if c.free != 0 {
-		idx := c.free - 1
-		c.free = c.t.recs[idx].aux.Load()
-		return idx, true
+	t := c.t
+	ch := c.avail
+	if ch == 0 {
+		// A full limbo means the grace period is held up (a participant
+		// stalled in a critical section): while it is, this core's dead
+		// records pile up in its own chunks, and it takes no more from
+		// the reserve, which stays for the other cores.
+		if c.limboCount == len(c.limbo) {
+			c.reclaim() // may free records of this core's chunks
+			if ch = c.avail; ch == 0 && c.limboCount == len(c.limbo) {
+				return 0, false
+			}
+		}
+		if ch == 0 {
+			if ch = c.take(); ch == 0 {
+				return 0, false
+			}
+		}
 	}
-	if c.bump < c.hi {
-		idx := c.bump
-		c.bump++
-		c.used.Store(c.bump)
-		return idx, true
+	k := t.meta(ch)
+	var idx uint32
+	if k.free != 0 {
+		idx = k.free - 1
+		k.free = t.recs[idx].aux.Load()
+	} else {
+		idx = (ch-1)<<chunkShift + uint32(k.fill)
+		k.fill++
 	}
-	return 0, false
+	k.used++
+	if k.used == chunkRecs {
+		c.unlinkAvail(ch)
+	}
+	return idx, true
 }
 
 // release puts a record that no other core can have seen (never
-// published, or past its grace period) on the free list.
+// published, or past its grace period) on its chunk's free list. A chunk
+// left with no record in use goes back to the common reserve, unless it
+// is the only one this core has free records in.
 func (c *Core) release(idx uint32) {
-	f := &c.t.recs[idx]
+	t := c.t
+	f := &t.recs[idx]
 	f.status.Store(0)
-	f.aux.Store(c.free)
-	c.free = idx + 1
+	ch := idx>>chunkShift + 1
+	k := t.meta(ch)
+	f.aux.Store(k.free)
+	k.free = idx + 1
+	if k.used == chunkRecs {
+		c.pushAvail(ch)
+	}
+	k.used--
+	if k.used == 0 && (c.avail != ch || k.availNext != 0) {
+		c.giveBack(ch)
+	}
 }
 
 // withdraw abandons a record that was published but never confirmed:
@@ -752,7 +788,7 @@ func (c *Core) killOwn(idx uint32, why uint32) bool {
 	if !t.kill(idx, why) {
 		return false
 	}
-	if idx-c.lo >= c.hi-c.lo || c.goneCount == len(c.gone) {
+	if c.goneCount == len(c.gone) || !c.owns(idx) {
 		return true
 	}
 	f := &t.recs[idx]
@@ -812,20 +848,25 @@ func (c *Core) Sweep(now Time, budget int, out []Gone) int {
 		c.goneCount--
 	}
 	c.reclaim()
-	for ; budget > 0 && n < len(out) && c.bump > c.lo; budget-- {
-		if c.cursor >= c.bump {
-			c.cursor = c.lo
+	for ; budget > 0 && n < len(out) && c.held != 0; budget-- {
+		if c.cursor == 0 {
+			c.cursor, c.cursorOff = c.held, 1
 		}
-		idx := c.cursor
+		k := t.meta(c.cursor)
+		if c.cursorOff >= uint32(k.fill) {
+			c.cursor, c.cursorOff = k.heldNext, 1
+			continue
+		}
+		idx := (c.cursor-1)<<chunkShift + c.cursorOff
 		f := &t.recs[idx]
 		s := f.status.Load()
 		if s == 0 || s&flagRetired != 0 {
-			c.cursor++
+			c.cursorOff++
 			continue
 		}
 		if s&flagDying == 0 {
 			if s&flagConfirmed == 0 || !t.expired(s, Time(f.last.Load()), now) {
-				c.cursor++
+				c.cursorOff++
 				continue
 			}
 			// Killed only from the status it was found expired with: a
@@ -847,7 +888,7 @@ func (c *Core) Sweep(now Time, budget int, out []Gone) int {
 			return n // limbo full: try again after the next grace period
 		}
 		f.status.Or(flagRetired)
-		c.cursor++
+		c.cursorOff++
 		if s&flagConfirmed != 0 {
 			out[n] = Gone{Orig: f.orig, Reply: f.reply, Status: s, Mark: f.mark.Load(), Aux: f.aux.Load(), Reason: reason}
 			n++

@@ -22,9 +22,13 @@
 //
 // # Shares, index and cost
 //
-// Records live in one array split into equal shares, one per core. Core i
-// creates connections only in its share and is their owner: it alone
-// expires, retires and frees them, and gives back their NAT ports. The
+// Records live in one array cut into chunks of 64 (63 for connections,
+// one for the chunk's bookkeeping). A core takes whole chunks from a
+// common lock-free reserve and creates connections only in the chunks it
+// holds, so one core may own every record and the table admits up to Max
+// whatever the RSS spread. A core is the owner of its connections: it
+// alone expires, retires and frees them, and gives back their NAT ports;
+// a chunk changes hands only when no record in it is in use. The
 // index holds every connection under its original and its reply tuple, in
 // 64-byte buckets of sixteen 32-bit slots (record number and tag); each
 // tuple has two candidate buckets, chosen by a hash keyed from
@@ -72,6 +76,10 @@
 //     setting dying; the owner sets retired with an atomic OR.
 //   - Last-seen, mark, caller word: any core, atomic stores. The caller word is
 //     the free-list link while the record is free.
+//   - Chunks: the owner field by the core taking the chunk (before it
+//     writes any record of it) and by the core giving it back (after its
+//     last record is freed); the reserve's head by CAS, from any core; the
+//     rest of a chunk's bookkeeping by its owner alone.
 //   - Count of live connections: one atomic counter on its own cache line,
 //     incremented before an insert publishes, decremented by the single core
 //     whose CAS set dying. The limit (Max) is checked against it exactly.
@@ -88,8 +96,8 @@
 // far below the capacity those buckets are mostly empty — Linux then
 // refuses although unassured connections fill the table — so failing
 // that, a bounded walk (256 records a try, resumed where the last one
-// stopped) over the used records of every share looks for the same two
-// kinds. Failing that, it refuses (counted drop) and raises a "table full, dropping packet" event,
+// stopped) over the records of every chunk a core holds looks for the
+// same two kinds. Failing that, it refuses (counted drop) and raises a "table full, dropping packet" event,
 // at most one a second, which the control plane reads with FullEvents.
 // ASSURED connections are never evicted.
 //

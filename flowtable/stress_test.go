@@ -2,6 +2,7 @@ package flowtable
 
 import (
 	"math/rand/v2"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -209,9 +210,11 @@ func stressAgainstModel(t *testing.T, nb int) {
 		for id := range cores {
 			c := tab.Core(id)
 			var gone [64]Gone
-			for range 3 {
+			// One critical section retires at most a limbo's worth, and
+			// a core may own every record.
+			for range 2 + tab.RecordsPerCore()/len(c.limbo) {
 				c.Enter()
-				for range 2 * int(tab.perCore) {
+				for range 2 * tab.RecordsPerCore() {
 					n := c.Sweep(now, 64, gone[:])
 					for _, g := range gone[:n] {
 						f := Flow{orig: g.Orig, reply: g.Reply}
@@ -224,6 +227,7 @@ func stressAgainstModel(t *testing.T, nb int) {
 		}
 	}
 	drain(now)
+	checkRecords(t, tab)
 	live := map[int]bool{}
 	var buf [64]FlowInfo
 	for cur := 0; cur >= 0; {
@@ -272,36 +276,132 @@ func stressAgainstModel(t *testing.T, nb int) {
 	}
 }
 
-// checkRecords verifies each core's record accounting after quiescence:
-// every used record is exactly one of free, in limbo, or live, and no
-// record is on the free list twice.
+// checkRecords verifies the record accounting after quiescence: every
+// chunk is held by one core or in the common reserve, never both; a held
+// chunk's records are each exactly one of free (on its free list once),
+// never used, in limbo, or in use; a core's list of chunks with free
+// records is exactly its chunks with a free record; and every record of
+// the reserve is free.
 func checkRecords(t *testing.T, tab *Table) {
 	t.Helper()
-	for _, c := range tab.cores {
-		onFree := map[uint32]bool{}
-		for f := c.free; f != 0; f = tab.recs[f-1].aux.Load() {
-			idx := f - 1
-			if onFree[idx] {
-				t.Fatalf("core %d: record %d on the free list twice", c.id, idx)
-			}
-			if idx < c.lo || idx >= c.bump {
-				t.Fatalf("core %d: free record %d outside its share", c.id, idx)
-			}
-			if tab.recs[idx].status.Load() != 0 {
-				t.Fatalf("core %d: free record %d has status %#x", c.id, idx, tab.recs[idx].status.Load())
-			}
-			onFree[idx] = true
+	inPool := map[uint32]bool{}
+	for h := tab.pool.head.Load(); uint32(h) != 0; h = uint64(tab.chunks[uint32(h)-1].poolNext.Load()) {
+		ch := uint32(h) - 1
+		if inPool[ch] {
+			t.Fatalf("chunk %d in the reserve twice", ch)
 		}
-		inUse := 0
-		for i := c.lo; i < c.bump; i++ {
-			if s := tab.recs[i].status.Load(); s != 0 && s&flagRetired == 0 {
-				inUse++
-			}
+		inPool[ch] = true
+		if o := tab.chunks[ch].owner.Load(); o != 0 {
+			t.Fatalf("chunk %d in the reserve and held by core %d", ch, o-1)
 		}
-		if got, want := len(onFree)+c.limboCount+inUse, int(c.bump-c.lo); got != want {
-			t.Errorf("core %d: free %d + limbo %d + in use %d != used %d", c.id, len(onFree), c.limboCount, inUse, want)
+		for i := ch << chunkShift; i < (ch+1)<<chunkShift; i++ {
+			if s := tab.recs[i].status.Load(); s != 0 {
+				t.Fatalf("record %d of reserve chunk %d has status %#x", i, ch, s)
+			}
 		}
 	}
+	heldBy := map[uint32]int{}
+	for _, c := range tab.cores {
+		inLimbo := map[uint32]bool{}
+		for i := range c.limboCount {
+			inLimbo[c.limbo[(c.limboHead+i)%len(c.limbo)].idx] = true
+		}
+		avail := map[uint32]bool{}
+		for ch := c.avail; ch != 0; ch = tab.meta(ch).availNext {
+			if avail[ch-1] {
+				t.Fatalf("core %d: chunk %d twice on the free-record list", c.id, ch-1)
+			}
+			avail[ch-1] = true
+		}
+		n, limbo := 0, 0
+		for ch := c.held; ch != 0; {
+			k := tab.meta(ch)
+			if _, ok := heldBy[ch-1]; ok {
+				t.Fatalf("core %d: chunk %d held twice", c.id, ch-1)
+			}
+			heldBy[ch-1] = c.id
+			n++
+			if o := tab.chunks[ch-1].owner.Load(); o != uint32(c.id)+1 {
+				t.Fatalf("core %d holds chunk %d owned by %d", c.id, ch-1, int(o)-1)
+			}
+			if inPool[ch-1] {
+				t.Fatalf("core %d holds chunk %d of the reserve", c.id, ch-1)
+			}
+			base := (ch - 1) << chunkShift
+			onFree := map[uint32]bool{}
+			for f := k.free; f != 0; f = tab.recs[f-1].aux.Load() {
+				idx := f - 1
+				if onFree[idx] {
+					t.Fatalf("core %d: record %d on the free list twice", c.id, idx)
+				}
+				if idx <= base || idx >= base+uint32(k.fill) {
+					t.Fatalf("core %d: free record %d outside the used part of chunk %d", c.id, idx, ch-1)
+				}
+				if s := tab.recs[idx].status.Load(); s != 0 {
+					t.Fatalf("core %d: free record %d has status %#x", c.id, idx, s)
+				}
+				onFree[idx] = true
+			}
+			inUse := 0
+			if s := tab.recs[base].status.Load(); s != 0 || k.fill < 1 {
+				t.Fatalf("core %d chunk %d: bookkeeping record has status %#x, fill %d", c.id, ch-1, s, k.fill)
+			}
+			for i := base + 1; i < base+uint32(k.fill); i++ {
+				s := tab.recs[i].status.Load()
+				switch {
+				case inLimbo[i]:
+					limbo++
+					if s&flagRetired == 0 {
+						t.Errorf("core %d: record %d in limbo, not retired", c.id, i)
+					}
+				case s != 0:
+					inUse++
+				}
+			}
+			for i := base + uint32(k.fill); i < base+chunkSize; i++ {
+				if s := tab.recs[i].status.Load(); s != 0 {
+					t.Fatalf("core %d: never-used record %d has status %#x", c.id, i, s)
+				}
+			}
+			if got := len(onFree) + int(k.used); got != int(k.fill)-1 {
+				t.Errorf("core %d chunk %d: free %d + used %d != filled %d", c.id, ch-1, len(onFree), k.used, k.fill-1)
+			}
+			if int(k.used) != inUse+countIn(inLimbo, base) {
+				t.Errorf("core %d chunk %d: used %d, in use %d + in limbo %d", c.id, ch-1, k.used, inUse, countIn(inLimbo, base))
+			}
+			if avail[ch-1] != (k.used < chunkRecs) {
+				t.Errorf("core %d chunk %d: %d used, on the free-record list %v", c.id, ch-1, k.used, avail[ch-1])
+			}
+			if ch = k.heldNext; ch == c.held {
+				break
+			}
+		}
+		if n != int(c.nheld) {
+			t.Errorf("core %d: holds %d chunks, counts %d", c.id, n, c.nheld)
+		}
+		if limbo != c.limboCount {
+			t.Errorf("core %d: %d of %d records in limbo are in its chunks", c.id, limbo, c.limboCount)
+		}
+		for ch := range avail {
+			if heldBy[ch] != c.id || tab.chunks[ch].owner.Load() != uint32(c.id)+1 {
+				t.Errorf("core %d: chunk %d on its free-record list, not held", c.id, ch)
+			}
+		}
+	}
+	if len(heldBy)+len(inPool) != len(tab.chunks) {
+		t.Errorf("%d chunks held + %d in the reserve != %d", len(heldBy), len(inPool), len(tab.chunks))
+	}
+}
+
+// countIn counts the records of the chunk at base in set.
+func countIn(set map[uint32]bool, base uint32) int {
+	n := 0
+	for i := range uint32(chunkSize) {
+		if set[base+i] {
+			n++
+		}
+	}
+	return n
 }
 
 // TestStressExactPerKey serialises the mutations of each key with a
@@ -436,7 +536,7 @@ func stressExactPerKey(t *testing.T, nb int) {
 	var gone [64]Gone
 	for id := range cores {
 		c := tab.Core(id)
-		for range 4 * int(tab.perCore) / 64 {
+		for range 4 * tab.RecordsPerCore() / 64 {
 			c.Enter()
 			c.Sweep(0, 64, gone[:])
 			c.Exit()
@@ -450,5 +550,184 @@ func stressExactPerKey(t *testing.T, nb int) {
 	}
 	if nb > 0 && tab.relocs.Load() < 100 {
 		t.Errorf("squeezed to %d buckets, only %d relocations", nb, tab.relocs.Load())
+	}
+}
+
+// skewFlow is connection k of core id's key space in TestStressSkewed.
+func skewFlow(id, k int, assured bool) NewFlow {
+	o := MakeTuple(ProtoUDP, ip(10, byte(id+1), byte(k>>8), byte(k)), 1000, ip(198, 51, 100, 2), 53)
+	r := MakeTuple(ProtoUDP, ip(198, 51, 100, 2), 53, ip(203, 0, 113, byte(id+1)), uint16(k))
+	nf := NewFlow{Orig: o, Reply: r, Status: uint32(UDP)}
+	if assured {
+		nf.Status = uint32(UDPStream) | FlagSeenReply | FlagAssured
+	}
+	return nf
+}
+
+// TestStressSkewed: one core gets every new long-lived connection (RSS
+// hashing all of them to one queue) while the other cores churn a few
+// short-lived ones of their own, inserting, looking up and deleting at the
+// same time; then the skew moves to another core. Each time the hot core
+// must fill the table to exactly its limit, the count must equal what List
+// finds, and once everything is flushed every record must be back: in the
+// common reserve, or free in the one chunk a core keeps.
+func TestStressSkewed(t *testing.T) {
+	const (
+		cores    = 4
+		capacity = 2048
+		churnMax = 16 // live connections a churning core keeps at most
+	)
+	churnOps := 20000
+	if raceEnabled {
+		churnOps = 4000
+	}
+	tab := newTable(t, Config{Capacity: capacity, Cores: cores, Limbo: 256})
+	for phase := range cores {
+		hot := (phase + 1) % cores
+		var churn sync.WaitGroup
+		var refused, inserted atomic.Int64
+		for id := range cores {
+			if id == hot {
+				continue
+			}
+			churn.Add(1)
+			go func() {
+				defer churn.Done()
+				c := tab.Core(id)
+				rng := rand.New(rand.NewPCG(uint64(phase), uint64(id)))
+				var gone [32]Gone
+				for range churnOps / 8 {
+					c.Enter()
+					for range 8 {
+						nf := skewFlow(id, rng.IntN(churnMax), false)
+						if r := c.Lookup(&nf.Orig, 0); r != 0 {
+							if f := tab.Flow(r); r.Dir() != DirOrig || f.Orig() != nf.Orig || f.Reply() != nf.Reply {
+								t.Errorf("core %d: lookup of %v found %v / %v", id, nf.Orig, f.Orig(), f.Reply())
+							}
+							c.Kill(r) // false if the hot core evicted it meanwhile
+							continue
+						}
+						switch _, res := c.Insert(&nf, 0); res {
+						case Inserted:
+							inserted.Add(1)
+						case Full, NoRecord:
+							refused.Add(1)
+						case Exists: // inserted by this core, evicted and not yet unlinked
+						default:
+							t.Errorf("core %d: insert: %v", id, res)
+						}
+					}
+					c.Sweep(0, 32, gone[:])
+					c.Exit()
+				}
+				// Done: sweep whole passes until every record this core
+				// retired is free, as a worker keeps sweeping.
+				// Others may be preempted inside their critical sections
+				// (four goroutines share two CPUs here): yield to them.
+				for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+					c.Enter()
+					n := c.Sweep(0, int(c.nheld)*chunkSize+1, gone[:])
+					c.Exit()
+					if n == 0 && c.limboCount == 0 {
+						break
+					}
+					runtime.Gosched()
+				}
+			}()
+		}
+		// The hot core inserts long-lived connections meanwhile, and goes
+		// on after the churn stops until the table is at its limit.
+		c := tab.Core(hot)
+		churnDone := make(chan struct{})
+		go func() { churn.Wait(); close(churnDone) }()
+		// While the churn runs, the hot core churns too, near the limit:
+		// when the table is full it deletes its oldest connection.
+		var gone [64]Gone
+		k, oldest, fulls, noRecs := 0, 0, 0, 0
+		stopped := false
+		for tries := 0; tries < 1000*capacity; tries++ {
+			if !stopped {
+				select {
+				case <-churnDone:
+					stopped = true
+				default:
+				}
+			}
+			c.Enter()
+			nf := skewFlow(hot, k%60000, true)
+			_, res := c.Insert(&nf, 0)
+			if res == Full && !stopped && oldest < k {
+				old := skewFlow(hot, oldest%60000, true)
+				if r := c.Lookup(&old.Orig, 0); r == 0 || !c.Kill(r) {
+					t.Errorf("hot core %d: connection %d gone", hot, oldest)
+				}
+				oldest++
+			}
+			c.Sweep(0, 64, gone[:])
+			c.Exit()
+			switch res {
+			case Inserted:
+				k++
+				continue
+			case Full:
+				fulls++
+			case NoRecord:
+				noRecs++
+			default:
+				t.Fatalf("hot core %d: insert %d: %v", hot, k, res)
+			}
+			if stopped && res == Full && tab.Count() == capacity {
+				break
+			}
+		}
+		if !stopped {
+			<-churnDone
+		}
+		if tab.Count() != capacity {
+			for _, c := range tab.cores {
+				used, dying := 0, 0
+				for ch := c.held; ch != 0; {
+					k := tab.meta(ch)
+					used += int(k.used)
+					for i := (ch - 1) << chunkShift; i < ch<<chunkShift; i++ {
+						if s := tab.recs[i].status.Load(); s&flagDying != 0 && s&flagRetired == 0 {
+							dying++
+						}
+					}
+					if ch = k.heldNext; ch == c.held {
+						break
+					}
+				}
+				t.Logf("core %d: %d chunks, %d records used, %d dying, limbo %d (oldest epoch %d), slot %#x, global %d", c.id, c.nheld, used, dying, c.limboCount, c.limbo[c.limboHead].epoch, tab.ep.slots[c.id].v.Load(), tab.ep.global.Load())
+			}
+			t.Fatalf("phase %d: hot core %d stopped at %d of %d (%d inserted, %d full, %d without a record)", phase, hot, tab.Count(), capacity, k, fulls, noRecs)
+		}
+		if n := listed(tab); n != tab.Count() {
+			t.Fatalf("phase %d: %d listed, count %d", phase, n, tab.Count())
+		}
+		t.Logf("phase %d: hot core %d inserted %d (%d full, %d without a record); churn inserted %d, refused %d",
+			phase, hot, k, fulls, noRecs, inserted.Load(), refused.Load())
+		// Flush, then every core sweeps until all is free again.
+		if n := tab.Flush(); n != capacity {
+			t.Errorf("phase %d: flushed %d", phase, n)
+		}
+		for id := range cores {
+			c := tab.Core(id)
+			for range 4 * tab.RecordsPerCore() / 64 {
+				c.Enter()
+				c.Sweep(0, 64, gone[:])
+				c.Exit()
+			}
+		}
+		if tab.Count() != 0 {
+			t.Fatalf("phase %d: count %d after the flush", phase, tab.Count())
+		}
+		checkRecords(t, tab)
+		checkIndex(t, tab)
+		for _, c := range tab.cores {
+			if c.nheld > 1 {
+				t.Errorf("phase %d: core %d holds %d chunks with nothing in use", phase, c.id, c.nheld)
+			}
+		}
 	}
 }

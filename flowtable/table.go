@@ -16,8 +16,8 @@ import (
 // Config sizes a table.
 type Config struct {
 	// Capacity is the number of connections the table can ever hold; it
-	// sizes all memory at creation. It is split evenly between the cores:
-	// each core creates connections in its own share.
+	// sizes all memory at creation. Cores take records in chunks from one
+	// common reserve, so any core may hold up to all of them.
 	Capacity int
 	// Max is the initial run-time limit (nf_conntrack_max), at most
 	// Capacity; 0 means Capacity.
@@ -32,8 +32,8 @@ type Config struct {
 	// tracking); they cost 64 bytes per connection.
 	Proto bool
 	// Limbo is how many retired records each core may hold waiting for
-	// the grace period; 0 means an eighth of a core's share, from 256 to
-	// 4096. The records are added to each core's share, so they do not eat
+	// the grace period; 0 means an eighth of Capacity/Cores, from 256 to
+	// 4096. Cores·Limbo records are added to the table, so they do not eat
 	// into Capacity.
 	Limbo int
 	// Seed fixes the hash secret (tests); 0 draws it from crypto/rand.
@@ -195,7 +195,7 @@ type Table struct {
 	nb       uint64 // number of buckets
 	idxBits  uint32
 	idxMask  uint32
-	perCore  uint32
+	chunks   []chunk // per chunk of records: its owner and reserve link
 	capacity int
 	timeouts timeouts
 	toMu     sync.Mutex // serialises timeout changes; guards toSet
@@ -222,6 +222,8 @@ type Table struct {
 	// that two movers never copy one entry at once.
 	relocating atomic.Uint32
 	_          [cacheLine - 12]byte
+	// pool is the common reserve: the chunks of records no core holds.
+	pool chunkPool
 
 	fullLast   atomic.Uint32 // Time of the last table-full event
 	fullEvents atomic.Uint64 // rate-limited table-full events raised
@@ -250,11 +252,14 @@ func New(cfg Config) (*Table, error) {
 	if cfg.Limbo < 16 {
 		return nil, fmt.Errorf("%w: limbo=%d (at least 16)", ErrConfig, cfg.Limbo)
 	}
-	per := (cfg.Capacity+cfg.Cores-1)/cfg.Cores + cfg.Limbo
-	nrec := uint64(per) * uint64(cfg.Cores)
+	// Capacity, plus Limbo records a core for records waiting out their
+	// grace period, in whole chunks (each with one record of bookkeeping):
+	// the records any core takes its chunks from.
+	nchunks := (uint64(cfg.Capacity) + uint64(cfg.Limbo)*uint64(cfg.Cores) + chunkRecs - 1) / chunkRecs
+	nrec := nchunks * chunkSize
 	idxBits := uint32(bits.Len64(nrec))
 	if idxBits > 32-minTagBits {
-		return nil, fmt.Errorf("%w: capacity=%d is too large (at most %d)", ErrConfig, cfg.Capacity, 1<<(32-minTagBits)-1-cfg.Limbo*cfg.Cores)
+		return nil, fmt.Errorf("%w: capacity=%d is too large (at most %d)", ErrConfig, cfg.Capacity, (1<<(32-minTagBits)-1)/chunkSize*chunkRecs-cfg.Limbo*cfg.Cores)
 	}
 	nb := uint64(float64(2*cfg.Capacity)/(slotsPerBucket*indexLoad)) + 1
 	if nb < 2 {
@@ -266,7 +271,7 @@ func New(cfg Config) (*Table, error) {
 		nb:       nb,
 		idxBits:  idxBits,
 		idxMask:  1<<idxBits - 1,
-		perCore:  uint32(per),
+		chunks:   make([]chunk, nchunks),
 		capacity: cfg.Capacity,
 		ep:       newEpochs(cfg.Cores + 1),
 		start:    cfg.Start,
@@ -307,13 +312,18 @@ func New(cfg Config) (*Table, error) {
 	t.toSet.defaults()
 	t.timeouts.publish(&t.toSet)
 	t.max.Store(int64(cfg.Max))
+	// Every chunk starts in the common reserve; lowest first, so a small
+	// load stays in the first records.
+	for i := len(t.chunks) - 1; i >= 0; i-- {
+		t.pool.push(t.chunks, uint32(i))
+	}
 	t.cores = make([]*Core, cfg.Cores)
 	for i := range t.cores {
-		t.cores[i] = newCore(t, i, uint32(i)*uint32(per), uint32(per), cfg.Limbo)
+		t.cores[i] = newCore(t, i, cfg.Limbo)
 	}
-	// The control plane is one more participant with its own share-less
-	// handle: it looks up, lists and kills, never inserts.
-	t.ctlCore = newCore(t, cfg.Cores, 0, 0, 0)
+	// The control plane is one more participant with a handle that holds
+	// no records: it looks up, lists and kills, never inserts.
+	t.ctlCore = newCore(t, cfg.Cores, 0)
 	return t, nil
 }
 
@@ -323,11 +333,12 @@ func (t *Table) Core(i int) *Core { return t.cores[i] }
 // Cores returns the number of worker cores.
 func (t *Table) Cores() int { return len(t.cores) }
 
-// Capacity returns the capacity the table was built with.
-// RecordsPerCore is the number of records in each core's share: its part
-// of the capacity and its records awaiting their grace period.
-func (t *Table) RecordsPerCore() int { return int(t.perCore) }
+// RecordsPerCore is the most records one core may own at once: all of
+// them (Capacity connections and the records awaiting their grace
+// period), as every core takes its records from one common reserve.
+func (t *Table) RecordsPerCore() int { return len(t.chunks) * chunkRecs }
 
+// Capacity returns the capacity the table was built with.
 func (t *Table) Capacity() int { return t.capacity }
 
 // Max returns the run-time limit.
@@ -366,7 +377,11 @@ func TimeAt(el time.Duration) Time { return Time(el / Tick) }
 func (t *Table) Flow(r Ref) *Flow { return &t.recs[r.idx()] }
 
 // Owner returns the core that owns (created, and expires) a connection.
-func (t *Table) Owner(r Ref) int { return int(r.idx() / t.perCore) }
+func (t *Table) Owner(r Ref) int { return t.owner(r.idx()) }
+
+// owner returns the core that owns record idx, or -1 if it is in the
+// common reserve.
+func (t *Table) owner(idx uint32) int { return int(t.chunks[idx>>chunkShift].owner.Load()) - 1 }
 
 // HasProto reports whether the table keeps protocol state (Config.Proto).
 func (t *Table) HasProto() bool { return t.proto != nil }

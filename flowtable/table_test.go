@@ -544,28 +544,151 @@ func TestReclaimWaitsForReaders(t *testing.T) {
 	}
 }
 
-func TestShareExhausted(t *testing.T) {
-	// Capacity 20 over 2 cores: each core has 10 records plus 16 of limbo.
-	// With the limit lifted out of the way, core 0 can create 26.
-	tab := newTable(t, Config{Capacity: 20, Cores: 2, Limbo: 16})
-	tab.max.Store(1 << 20)
-	c := tab.Core(0)
+// TestOneCoreAdmitsToMax: with every connection on one core (RSS hashing
+// all flows to one queue), the table still admits up to its limit, and
+// then, when that core's connections are gone, another core does too.
+func TestOneCoreAdmitsToMax(t *testing.T) {
+	const capacity = 1000
+	tab := newTable(t, Config{Capacity: capacity, Cores: 4, Limbo: 16})
+	for round, id := range []int{0, 3} {
+		c := tab.Core(id)
+		c.Enter()
+		base := uint16(round * 10000)
+		for i := range uint16(capacity) {
+			nf := snatFlow(base+i, base+i, TCPEstablished)
+			nf.Status |= FlagAssured
+			mustInsert(t, c, nf, 0)
+		}
+		if tab.Count() != capacity {
+			t.Fatalf("core %d: count %d", id, tab.Count())
+		}
+		// At the limit, with nothing evictable: refused as full, nothing
+		// killed.
+		nf := snatFlow(base+capacity, base+capacity, TCPEstablished)
+		if _, res := c.Insert(&nf, 0); res != Full {
+			t.Fatalf("core %d: insert beyond the limit: %v", id, res)
+		}
+		if tab.Count() != capacity || c.st[stEarlyDrop] != 0 || c.st[stDrop] != 1 {
+			t.Fatalf("core %d: count %d, early_drop %d, drop %d", id, tab.Count(), c.st[stEarlyDrop], c.st[stDrop])
+		}
+		if n := listed(tab); n != capacity {
+			t.Fatalf("core %d: %d listed", id, n)
+		}
+		if h := c.Held(); h < capacity || h >= capacity+chunkRecs {
+			t.Fatalf("core %d holds %d records for %d connections", id, h, capacity)
+		}
+		c.Exit()
+		if got := tab.Flush(); got != capacity {
+			t.Fatalf("flushed %d", got)
+		}
+		drainCore(t, tab, id, capacity)
+	}
+	checkRecords(t, tab)
+	// Every chunk is back in the common reserve but the one each core keeps
+	// to allocate from.
+	for _, c := range tab.cores {
+		if c.Held() > chunkRecs {
+			t.Errorf("core %d holds %d records with nothing in use", c.id, c.Held())
+		}
+	}
+}
+
+// listed counts the live connections List returns.
+func listed(tab *Table) int {
+	var buf [256]FlowInfo
+	n := 0
+	for cur := 0; cur >= 0; {
+		var k int
+		k, cur = tab.List(cur, buf[:])
+		n += k
+	}
+	return n
+}
+
+// drainCore sweeps core id, in separate critical sections, until it has
+// reported want connections and every retired record is free again.
+func drainCore(t *testing.T, tab *Table, id, want int) {
+	t.Helper()
+	c := tab.Core(id)
+	var gone [64]Gone
+	got := 0
+	for range 10 * tab.RecordsPerCore() {
+		c.Enter()
+		got += c.Sweep(0, 64, gone[:])
+		c.Exit()
+		if got == want && c.limboCount == 0 && c.goneCount == 0 {
+			break
+		}
+	}
 	c.Enter()
-	defer c.Exit()
-	for i := range 26 {
-		mustInsert(t, c, snatFlow(uint16(100+i), uint16(200+i), TCPEstablished), 0)
+	c.Exit()
+	if got != want || c.limboCount != 0 {
+		t.Fatalf("core %d: reported %d of %d, %d in limbo", id, got, want, c.limboCount)
 	}
-	if _, res := c.Insert(new(snatFlow(999, 999, TCPEstablished)), 0); res != NoRecord {
-		t.Fatalf("insert beyond the share: %v", res)
+}
+
+// TestNoRecordEvictsNothing: an insert that finds no record refuses the
+// connection without making room for it first, even at the limit, where
+// making room would evict someone else's connection for nothing.
+func TestNoRecordEvictsNothing(t *testing.T) {
+	// 94 + 2·16 records: two chunks of 63.
+	const capacity = 2*chunkRecs - 32
+	tab := newTable(t, Config{Capacity: capacity, Cores: 2, Limbo: 16})
+	if len(tab.chunks) != 2 {
+		t.Fatalf("%d chunks", len(tab.chunks))
 	}
-	if c.st[stDrop] != 1 || tab.Count() != 26 {
-		t.Errorf("drop=%d count=%d", c.st[stDrop], tab.Count())
+	a, b := tab.Core(0), tab.Core(1)
+	a.Enter()
+	b.Enter()
+	defer a.Exit()
+	for i := range uint16(chunkRecs) {
+		mustInsert(t, a, snatFlow(i, i, TCPSynSent), 0) // not assured: evictable
 	}
-	// The other core's share is untouched.
-	o := tab.Core(1)
-	o.Enter()
-	mustInsert(t, o, snatFlow(999, 999, TCPEstablished), 0)
-	o.Exit()
+	var live []NewFlow
+	for i := range uint16(capacity - chunkRecs) {
+		nf := snatFlow(1000+i, 1000+i, TCPSynSent)
+		mustInsert(t, b, nf, 0)
+		live = append(live, nf)
+	}
+	// b replaces its oldest connection with a new one until its chunk is
+	// used up: its critical section keeps the killed ones' records from
+	// being reused, and the count stays at the limit.
+	killed := 0
+	for i := uint16(0); b.Held() != chunkRecs || killed < chunkRecs-(capacity-chunkRecs); i++ {
+		if !b.Kill(b.Lookup(&live[0].Orig, 0)) {
+			t.Fatal("kill")
+		}
+		killed++
+		live = live[1:]
+		nf := snatFlow(2000+i, 2000+i, TCPSynSent)
+		mustInsert(t, b, nf, 0)
+		live = append(live, nf)
+	}
+	// At the limit, and every record in use: refused, nothing evicted.
+	nf := snatFlow(3000, 3000, TCPSynSent)
+	if _, res := b.Insert(&nf, 0); res != NoRecord {
+		t.Fatalf("insert with no record: %v", res)
+	}
+	if tab.Count() != capacity || a.st[stEarlyDrop]+b.st[stEarlyDrop] != 0 || b.st[stDrop] != 1 {
+		t.Errorf("count %d, early_drop %d, drop %d", tab.Count(), a.st[stEarlyDrop]+b.st[stEarlyDrop], b.st[stDrop])
+	}
+	if n := listed(tab); n != capacity {
+		t.Errorf("%d listed", n)
+	}
+	// Once the killed connections' records are free, the same insert at
+	// the limit evicts one and gets in.
+	b.Exit()
+	a.Exit()
+	drainCore(t, tab, 1, killed)
+	a.Enter()
+	b.Enter()
+	defer b.Exit()
+	if _, res := b.Insert(&nf, 0); res != Inserted {
+		t.Fatalf("insert at the limit with a record: %v", res)
+	}
+	if tab.Count() != capacity || a.st[stEarlyDrop]+b.st[stEarlyDrop] != 1 {
+		t.Errorf("count %d, early_drop %d", tab.Count(), a.st[stEarlyDrop]+b.st[stEarlyDrop])
+	}
 }
 
 // TestLookupBatchMatchesLookup: LookupBatch answers as lookup does, in
@@ -715,6 +838,7 @@ func TestNoAllocs(t *testing.T) {
 	refs := make([]Ref, 64)
 	var out [64]Gone
 	port := uint16(50000)
+	chunkFails := 0
 	cases := map[string]func(){
 		"lookup": func() {
 			c.Enter()
@@ -725,6 +849,31 @@ func TestNoAllocs(t *testing.T) {
 			c.Enter()
 			c.LookupBatch(keys, refs, 1)
 			c.Exit()
+		},
+		// Enough connections to take chunks from the reserve, and give
+		// them back once freed.
+		"chunks": func() {
+			c.Enter()
+			var rs [3 * chunkSize]Ref
+			for i := range rs {
+				nf := snatFlow(60000+uint16(i), 60000+uint16(i), TCPSynSent)
+				var res InsertResult
+				if rs[i], res = c.Insert(&nf, 1); res != Inserted {
+					chunkFails++
+				}
+			}
+			for _, r := range rs {
+				if r == 0 || !c.Kill(r) {
+					chunkFails++
+				}
+			}
+			c.Exit()
+			for range 4 {
+				c.Enter()
+				for c.Sweep(1, 64, out[:]) > 0 {
+				}
+				c.Exit()
+			}
 		},
 		"insert-kill-sweep": func() {
 			c.Enter()
@@ -740,6 +889,9 @@ func TestNoAllocs(t *testing.T) {
 		if a := testing.AllocsPerRun(200, fn); a != 0 {
 			t.Errorf("%s: %v allocations", name, a)
 		}
+	}
+	if chunkFails != 0 {
+		t.Errorf("chunks: %d inserts or kills failed", chunkFails)
 	}
 }
 
@@ -887,4 +1039,49 @@ func TestProtoState(t *testing.T) {
 	if newTable(t, Config{Capacity: 10}).Proto(r) != nil {
 		t.Fatal("a table without Proto returned state")
 	}
+}
+
+// TestStalledEpochKeepsReserve: while a participant stalls inside its
+// critical section, a core that churns connections fills its limbo and
+// then its own chunks with dead records, and is refused (NoRecord); it
+// takes nothing more from the reserve, which stays for the other cores.
+// Once the participant leaves, the core's records come back.
+func TestStalledEpochKeepsReserve(t *testing.T) {
+	tab := newTable(t, Config{Capacity: 1024, Cores: 2, Limbo: 16})
+	c, stalled := tab.Core(0), tab.Core(1)
+	stalled.Enter()
+	var res InsertResult
+	n := 0
+	for ; n < 1000; n++ {
+		c.Enter()
+		nf := snatFlow(uint16(n), uint16(n), TCPSynSent)
+		var r Ref
+		if r, res = c.Insert(&nf, 0); res != Inserted {
+			c.Exit()
+			break
+		}
+		c.Kill(r)
+		c.Exit()
+	}
+	if res != NoRecord || c.Held() != chunkRecs {
+		t.Fatalf("after %d connections: %v, core holds %d records", n, res, c.Held())
+	}
+	if n != chunkRecs {
+		t.Errorf("%d connections in one chunk of %d", n, chunkRecs)
+	}
+	// The reserve is intact: the stalled core may take every other record.
+	rest := tab.RecordsPerCore() - chunkRecs
+	for i := range uint16(rest) {
+		mustInsert(t, stalled, snatFlow(5000+i, 5000+i, TCPSynSent), 0)
+	}
+	stalled.Exit()
+	if got := tab.Flush(); got != rest {
+		t.Fatalf("flushed %d of %d", got, rest)
+	}
+	drainCore(t, tab, 1, rest)
+	drainCore(t, tab, 0, chunkRecs)
+	c.Enter()
+	mustInsert(t, c, snatFlow(9000, 9000, TCPSynSent), 0)
+	c.Exit()
+	checkRecords(t, tab)
 }

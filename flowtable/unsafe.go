@@ -56,3 +56,12 @@ func (f *Flow) tupleAt(d Dir) *Tuple {
 
 // The reply tuple follows the original one (tupleAt).
 const _ = -uint(unsafe.Offsetof(Flow{}.reply) - unsafe.Sizeof(Tuple{}))
+
+// meta returns chunk ch's bookkeeping (ch is chunk+1): the tuples of the
+// chunk's first record, which never holds a connection.
+func (t *Table) meta(ch uint32) *chunkMeta {
+	return (*chunkMeta)(unsafe.Pointer(&t.recs[(ch-1)<<chunkShift].orig))
+}
+
+// chunkMeta fits in a record's two tuples (a negative length otherwise).
+var _ [2*unsafe.Sizeof(Tuple{}) - unsafe.Sizeof(chunkMeta{})]byte

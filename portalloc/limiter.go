@@ -79,8 +79,9 @@ type LimiterConfig struct {
 	// Cores is the number of worker cores (one table of source and port
 	// pairs each).
 	Cores int
-	// Conns is the most connections one core holds at once: its share
-	// of the flow table's records (flowtable.Table.Records / Cores).
+	// Conns is the most connections one core holds at once:
+	// flowtable.Table.RecordsPerCore, every record of the flow table, as
+	// any core may take them all from its common reserve.
 	Conns int
 	// Sources is how many inside addresses may have connections at once
 	// (0: Cores·Conns, as many as there can be connections).

@@ -106,10 +106,12 @@ type Daemon struct {
 // newLimiter makes the per-source limiter with the config's limits
 // (xnat.per_source_max, xnat.per_source_ports; xnatctl sysctl changes
 // them at run time). It can count as many connections a core as the
-// core has records in tab, from as many inside addresses.
+// core may own records in tab (every record: cores take them from one
+// common reserve), from as many inside addresses as tab has records
+// (at most the limiter's 1<<26).
 func newLimiter(c *Config, tab *flowtable.Table) (*portalloc.SourceLimiter, error) {
 	l, err := portalloc.NewSourceLimiter(portalloc.LimiterConfig{Cores: tab.Cores(), Conns: tab.RecordsPerCore(),
-		MaxConns: c.PerSourceMax, MaxPorts: c.PerSourcePorts})
+		Sources: min(tab.RecordsPerCore(), 1<<26), MaxConns: c.PerSourceMax, MaxPorts: c.PerSourcePorts})
 	if err != nil {
 		return nil, fmt.Errorf("per-source limiter: %w", err)
 	}
