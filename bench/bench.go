@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 )
@@ -80,6 +81,45 @@ func WriteJSON(w io.Writer, v any) error {
 	b = append(b, '\n')
 	_, err = w.Write(b)
 	return err
+}
+
+// report writes each result of a scenario as a line of JSON as soon as
+// it is measured (--json), or gathers its rows for one table at the end.
+type report struct {
+	w    io.Writer
+	json bool
+	rows [][]string
+}
+
+// add reports result v, shown in the table as rows.
+func (r *report) add(v any, rows ...[]string) error {
+	if r.json {
+		return WriteJSON(r.w, v)
+	}
+	r.rows = append(r.rows, rows...)
+	return nil
+}
+
+// table writes the gathered rows under header; with --json, nothing.
+func (r *report) table(header []string) error {
+	if r.json {
+		return nil
+	}
+	return Table(r.w, header, r.rows)
+}
+
+// parseFlows reads a --flows list: comma-separated numbers, each from lo
+// to hi.
+func parseFlows(list string, lo, hi int) ([]int, error) {
+	var ns []int
+	for _, f := range strings.Split(list, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < lo || n > hi {
+			return nil, fmt.Errorf("--flows %q: want a number from %d to %d", f, lo, hi)
+		}
+		ns = append(ns, n)
+	}
+	return ns, nil
 }
 
 // Table writes rows under a header, aligned, for people.

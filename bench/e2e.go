@@ -238,7 +238,7 @@ func runFlood(o E2EOptions, w io.Writer) error {
 			return err
 		}
 	}
-	var rows [][]string
+	rep := report{w: w, json: o.JSON}
 	for _, t := range o.Config.Targets {
 		fc := *o.Flood
 		fc.Target, fc.Placement = t, o.Config.Placement
@@ -246,16 +246,9 @@ func runFlood(o E2EOptions, w io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("flood %s: %w", t, err)
 		}
-		if o.JSON {
-			if err := WriteJSON(w, r); err != nil {
-				return err
-			}
-			continue
+		if err := rep.add(r, r.Row()); err != nil {
+			return err
 		}
-		rows = append(rows, r.Row())
 	}
-	if o.JSON {
-		return nil
-	}
-	return Table(w, e2e.FloodHeader, rows)
+	return rep.table(e2e.FloodHeader)
 }
