@@ -42,6 +42,18 @@ var (
 	Outside = []string{"x1"}
 )
 
+// FullConeRules map and filter endpoint-independently (FULLCONENAT) on
+// the outside interface, x1.
+const FullConeRules = `*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A PREROUTING -i x1 -j FULLCONENAT
+-A POSTROUTING -o x1 -j FULLCONENAT
+COMMIT
+`
+
 // Options shape a Topology.
 type Options struct {
 	// Queues per veth end (0: 1). XDP on a veth needs as many RX queues as
