@@ -20,6 +20,7 @@ import (
 
 	"xnat/control/conntrack"
 	"xnat/flowtable"
+	"xnat/internal/nattest"
 )
 
 // fakeTable is a connLister of n made-up connections (TCP and UDP in
@@ -519,21 +520,7 @@ func TestManyClients(t *testing.T) {
 // after the timeout of silence, however long it has been going; an event
 // stream stays open past the timeout while heartbeats come.
 func TestClientTimeouts(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "mute.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close()
-		}
-	}()
+	sock := nattest.MuteSocket(t)
 	c := NewClient(sock)
 	c.SetTimeout(200 * time.Millisecond)
 	start := time.Now()

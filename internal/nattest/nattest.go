@@ -20,6 +20,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -288,4 +289,37 @@ func RoundTrip(c net.Conn, msg []byte) error {
 		return errors.New("echo differs")
 	}
 	return nil
+}
+
+// MuteSocket is a Unix socket, in a temporary directory, that accepts
+// every connection and never answers: a daemon gone silent. It is closed,
+// and its connections with it, when the test ends.
+func MuteSocket(t testing.TB) string {
+	sock := filepath.Join(t.TempDir(), "mute.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+	})
+	go func() {
+		defer close(done)
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c)
+		}
+	}()
+	return sock
 }
