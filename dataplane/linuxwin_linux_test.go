@@ -69,19 +69,27 @@ func newLinuxRouter(t *testing.T) *linuxRouter {
 	return lr
 }
 
-// send writes a frame into the router from the client (in0) or the
-// server (out0) side.
-func (lr *linuxRouter) send(fromClient bool, frame []byte) {
+// link is the client's (c0) or the server's (s0) end of its link to the
+// router: its namespace and interface index.
+func (lr *linuxRouter) link(client bool) (*netns.NS, int) {
 	lr.t.Helper()
 	ns, link := lr.s, "s0"
-	if fromClient {
+	if client {
 		ns, link = lr.c, "c0"
 	}
 	idx, err := ns.Index(link)
 	if err != nil {
 		lr.t.Fatal(err)
 	}
-	err = ns.Do(func() error {
+	return ns, idx
+}
+
+// send writes a frame into the router from the client (in0) or the
+// server (out0) side.
+func (lr *linuxRouter) send(fromClient bool, frame []byte) {
+	lr.t.Helper()
+	ns, idx := lr.link(fromClient)
+	err := ns.Do(func() error {
 		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, 0)
 		if err != nil {
 			return err
@@ -381,16 +389,9 @@ func (lr *linuxRouter) timeout(sport uint16) time.Duration {
 // link, for frames the router forwards there; it is closed with the test.
 func (lr *linuxRouter) capture(client bool) int {
 	lr.t.Helper()
-	ns, link := lr.s, "s0"
-	if client {
-		ns, link = lr.c, "c0"
-	}
-	idx, err := ns.Index(link)
-	if err != nil {
-		lr.t.Fatal(err)
-	}
+	ns, idx := lr.link(client)
 	fd := -1
-	err = ns.Do(func() error {
+	err := ns.Do(func() error {
 		var err error
 		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_IP)))
 		if err != nil {
