@@ -187,13 +187,7 @@ func TestTCPSysctlsLinux(t *testing.T) {
 			c := handshake(t, dropInvalid, masqClient, masqServer)
 			c.tb.dp.Settings.TCPBeLiberal.Store(i == 0)
 			c.tb.dp.Settings.TCPIgnoreInvalidRst.Store(i == 1)
-			before := c.tb.tab.TotalStats().Invalid
-			from := c.server
-			if wc.fromClient {
-				from = c.client
-			}
-			r := c.send(from, wc.flags, wc.seq, wc.ack, wc.win, wc.n, noOpt)
-			invalid := c.tb.tab.TotalStats().Invalid - before
+			r, invalid := c.sendCase(wc)
 			if (wc.verdict == winInvalid) != (r.Action == ActDrop && r.Reason == ReasonInvalid && invalid == 1) {
 				t.Errorf("%s: xnat %v %v, invalid +%d", wc.name, r.Action, r.Reason, invalid)
 			}
