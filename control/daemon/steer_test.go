@@ -224,22 +224,8 @@ func TestBoxOwnTraffic(t *testing.T) {
 
 			// Broadcasts to the box: the subnet's and the limited one.
 			bsock := nattest.ListenUDP(t, b.x, nil, 6767)
-			must(t, b.insA.Do(func() error {
-				fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-				if err != nil {
-					return err
-				}
-				defer unix.Close(fd)
-				if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_BROADCAST, 1); err != nil {
-					return err
-				}
-				for _, dst := range [][4]byte{{10, 0, 1, 255}, {255, 255, 255, 255}} {
-					if err := unix.Sendto(fd, []byte("broadcast"), 0, &unix.SockaddrInet4{Port: 6767, Addr: dst}); err != nil {
-						return fmt.Errorf("to %v: %w", dst, err)
-					}
-				}
-				return nil
-			}))
+			sendUDP(t, b.insA, net.IPv4(10, 0, 1, 255), 6767)
+			sendUDP(t, b.insA, net.IPv4bcast, 6767)
 			for i := range 2 {
 				must(t, bsock.SetReadDeadline(time.Now().Add(time.Second)))
 				if _, _, err := bsock.ReadFrom(make([]byte, 64)); err != nil {
