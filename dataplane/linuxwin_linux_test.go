@@ -133,6 +133,17 @@ func (lr *linuxRouter) invalid() int {
 // sport, or "" when there is none.
 func (lr *linuxRouter) state(sport uint16) string {
 	lr.t.Helper()
+	if f := lr.entry(sport); f != nil {
+		return f[5]
+	}
+	return ""
+}
+
+// entry is the fields of the nf_conntrack line of the TCP connection
+// from client port sport (the timeout left at 4, the state at 5), or nil
+// when there is none.
+func (lr *linuxRouter) entry(sport uint16) []string {
+	lr.t.Helper()
 	b, err := lr.r.ReadFile("/proc/thread-self/net/nf_conntrack")
 	if err != nil {
 		lr.t.Fatal(err)
@@ -140,10 +151,10 @@ func (lr *linuxRouter) state(sport uint16) string {
 	key := []byte(fmt.Sprintf("sport=%d dport=443 ", sport))
 	for _, line := range bytes.Split(b, []byte("\n")) {
 		if f := strings.Fields(string(line)); len(f) > 5 && f[2] == "tcp" && bytes.Contains(line, key) {
-			return f[5]
+			return f
 		}
 	}
-	return ""
+	return nil
 }
 
 // settle waits for the frames sent to be through the router (a veth
@@ -361,22 +372,15 @@ func TestTCPTimeoutsLinux(t *testing.T) {
 // timeout is the time left of the TCP connection from client port sport.
 func (lr *linuxRouter) timeout(sport uint16) time.Duration {
 	lr.t.Helper()
-	b, err := lr.r.ReadFile("/proc/thread-self/net/nf_conntrack")
+	f := lr.entry(sport)
+	if f == nil {
+		lr.t.Fatalf("no connection from port %d", sport)
+	}
+	s, err := strconv.Atoi(f[4])
 	if err != nil {
-		lr.t.Fatal(err)
+		lr.t.Fatalf("timeout %q: %v", f[4], err)
 	}
-	key := []byte(fmt.Sprintf("sport=%d dport=443 ", sport))
-	for _, line := range bytes.Split(b, []byte("\n")) {
-		if f := strings.Fields(string(line)); len(f) > 5 && f[2] == "tcp" && bytes.Contains(line, key) {
-			s, err := strconv.Atoi(f[4])
-			if err != nil {
-				lr.t.Fatalf("timeout %q: %v", f[4], err)
-			}
-			return time.Duration(s) * time.Second
-		}
-	}
-	lr.t.Fatalf("no connection from port %d", sport)
-	return 0
+	return time.Duration(s) * time.Second
 }
 
 // capture opens a packet socket on the client's (c0) or the server's (s0)
