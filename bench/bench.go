@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"io"
 	"sort"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 )
@@ -106,20 +105,6 @@ func (r *report) table(header []string) error {
 		return nil
 	}
 	return Table(r.w, header, r.rows)
-}
-
-// parseFlows reads a --flows list: comma-separated numbers, each from lo
-// to hi.
-func parseFlows(list string, lo, hi int) ([]int, error) {
-	var ns []int
-	for _, f := range strings.Split(list, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < lo || n > hi {
-			return nil, fmt.Errorf("--flows %q: want a number from %d to %d", f, lo, hi)
-		}
-		ns = append(ns, n)
-	}
-	return ns, nil
 }
 
 // Table writes rows under a header, aligned, for people.

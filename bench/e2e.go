@@ -148,6 +148,7 @@ func contains(list []string, s string) bool {
 	return false
 }
 
+// intList reads a comma-separated list of numbers, each from lo to hi.
 func intList(s string, lo, hi int) ([]int, error) {
 	var out []int
 	for _, f := range strings.Split(s, ",") {

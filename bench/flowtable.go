@@ -66,9 +66,9 @@ func runFlowtable(args []string, w io.Writer) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	ns, err := parseFlows(*flows, 64, 10_000_000)
+	ns, err := intList(*flows, 64, 10_000_000)
 	if err != nil {
-		return err
+		return fmt.Errorf("--flows: %w", err)
 	}
 	if *workers < 1 || *workers > 255 {
 		return fmt.Errorf("--workers %d: want 1 to 255", *workers)

@@ -81,9 +81,9 @@ func runPipeline(args []string, w io.Writer) error {
 		return err
 	}
 	defer restore()
-	ns, err := parseFlows(*flows, 1, 4_000_000)
+	ns, err := intList(*flows, 1, 4_000_000)
 	if err != nil {
-		return err
+		return fmt.Errorf("--flows: %w", err)
 	}
 	rep := report{w: w, json: *jsonOut}
 	for _, n := range ns {
