@@ -31,7 +31,8 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
 # make instructions: the established path's instructions per packet (and per new connection), counted
-# by callgrind (scripts/instructions.sh): a figure timing noise cannot move.
+# by callgrind (scripts/instructions.sh; `bash scripts/instructions.sh --fullcone` puts FULLCONENAT
+# beside MASQUERADE): a figure timing noise cannot move.
 instructions:
 	bash scripts/instructions.sh
 

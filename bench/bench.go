@@ -82,6 +82,31 @@ func WriteJSON(w io.Writer, v any) error {
 	return err
 }
 
+// report writes each result of a scenario as a line of JSON as soon as
+// it is measured (--json), or gathers its rows for one table at the end.
+type report struct {
+	w    io.Writer
+	json bool
+	rows [][]string
+}
+
+// add reports result v, shown in the table as rows.
+func (r *report) add(v any, rows ...[]string) error {
+	if r.json {
+		return WriteJSON(r.w, v)
+	}
+	r.rows = append(r.rows, rows...)
+	return nil
+}
+
+// table writes the gathered rows under header; with --json, nothing.
+func (r *report) table(header []string) error {
+	if r.json {
+		return nil
+	}
+	return Table(r.w, header, r.rows)
+}
+
 // Table writes rows under a header, aligned, for people.
 func Table(w io.Writer, header []string, rows [][]string) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)

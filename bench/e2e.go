@@ -148,6 +148,7 @@ func contains(list []string, s string) bool {
 	return false
 }
 
+// intList reads a comma-separated list of numbers, each from lo to hi.
 func intList(s string, lo, hi int) ([]int, error) {
 	var out []int
 	for _, f := range strings.Split(s, ",") {
@@ -238,7 +239,7 @@ func runFlood(o E2EOptions, w io.Writer) error {
 			return err
 		}
 	}
-	var rows [][]string
+	rep := report{w: w, json: o.JSON}
 	for _, t := range o.Config.Targets {
 		fc := *o.Flood
 		fc.Target, fc.Placement = t, o.Config.Placement
@@ -246,16 +247,9 @@ func runFlood(o E2EOptions, w io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("flood %s: %w", t, err)
 		}
-		if o.JSON {
-			if err := WriteJSON(w, r); err != nil {
-				return err
-			}
-			continue
+		if err := rep.add(r, r.Row()); err != nil {
+			return err
 		}
-		rows = append(rows, r.Row())
 	}
-	if o.JSON {
-		return nil
-	}
-	return Table(w, e2e.FloodHeader, rows)
+	return rep.table(e2e.FloodHeader)
 }

@@ -66,13 +66,9 @@ func runFlowtable(args []string, w io.Writer) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	var ns []int
-	for _, f := range strings.Split(*flows, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 64 || n > 10_000_000 {
-			return fmt.Errorf("--flows %q: want a number from 64 to 10000000", f)
-		}
-		ns = append(ns, n)
+	ns, err := intList(*flows, 64, 10_000_000)
+	if err != nil {
+		return fmt.Errorf("--flows: %w", err)
 	}
 	if *workers < 1 || *workers > 255 {
 		return fmt.Errorf("--workers %d: want 1 to 255", *workers)
@@ -85,7 +81,7 @@ func runFlowtable(args []string, w io.Writer) error {
 		return err
 	}
 	defer restore()
-	var rows [][]string
+	rep := report{w: w, json: *jsonOut}
 	for _, n := range ns {
 		for _, im := range impls {
 			if err := flowtable.SetImpl(im); err != nil {
@@ -95,22 +91,15 @@ func runFlowtable(args []string, w io.Writer) error {
 			if err != nil {
 				return err
 			}
-			if *jsonOut {
-				if err := WriteJSON(w, r); err != nil {
-					return err
-				}
-				continue
-			}
-			rows = append(rows,
+			if err := rep.add(r,
 				[]string{humanize.Comma(int64(n)), "xnat flowtable (" + r.Impl + ")", dec1(r.BytesPerFlow), dec1(r.LookupNs), dec1(r.LookupBatchNs), dec1(r.InsertDeleteNs), fmt.Sprintf("%.2fx", r.ParallelSpeedup), dec2(r.MixedMops), fmt.Sprintf("%.1fx", r.VsMutexMap), dec2(r.MixedBatchMops), fmt.Sprintf("%.1fx", r.VsMutexMapBatched)},
 				[]string{"", "map+RWMutex", dec1(r.PeerBytesPerFlow), dec1(r.PeerLookupNs), "-", dec1(r.PeerInsertDeleteNs), "-", dec2(r.PeerMixedMops), "1.0x", dec2(r.PeerMixedBatchMops), "1.0x"},
-			)
+			); err != nil {
+				return err
+			}
 		}
 	}
-	if *jsonOut {
-		return nil
-	}
-	return Table(w, []string{"flows", "table", "B/conn", "lookup ns", "batch ns/key", "ins+del ns", fmt.Sprintf("lookup x%d cores", *workers), "mixed Mops", "vs peer", "batched Mops", "vs peer"}, rows)
+	return rep.table([]string{"flows", "table", "B/conn", "lookup ns", "batch ns/key", "ins+del ns", fmt.Sprintf("lookup x%d cores", *workers), "mixed Mops", "vs peer", "batched Mops", "vs peer"})
 }
 
 // implFlag adds --impl to a scenario's flags.

@@ -94,12 +94,12 @@ func runPipeline(args []string, w io.Writer) error {
 		return err
 	}
 	defer restore()
-	var rows [][]string
-	for _, f := range strings.Split(*flows, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 || n > 4_000_000 {
-			return fmt.Errorf("--flows %q: want a number from 1 to 4000000", f)
-		}
+	ns, err := intList(*flows, 1, 4_000_000)
+	if err != nil {
+		return fmt.Errorf("--flows: %w", err)
+	}
+	rep := report{w: w, json: *jsonOut}
+	for _, n := range ns {
 		nats := []string{NATMasquerade}
 		if *fullCone {
 			nats = append(nats, NATFullCone)
@@ -114,29 +114,22 @@ func runPipeline(args []string, w io.Writer) error {
 					if err != nil {
 						return err
 					}
-					if *jsonOut {
-						if err := WriteJSON(w, r); err != nil {
-							return err
-						}
-						continue
-					}
 					nps := "-"
 					if r.NewPerSec > 0 {
 						nps = humanize.Comma(int64(r.NewPerSec))
 					}
-					win := "on"
+					wt := "on"
 					if !r.TCPWindow {
-						win = "off"
+						wt = "off"
 					}
-					rows = append(rows, []string{humanize.Comma(int64(n)), r.Impl, r.Proto, r.NAT, win, strconv.Itoa(r.Batch), dec2(r.Mpps), dec1(r.NsPerPkt), dec1(r.HarnessNsPerPkt), nps, dec2(r.AllocsPerPkt)})
+					if err := rep.add(r, []string{humanize.Comma(int64(n)), r.Impl, r.Proto, r.NAT, wt, strconv.Itoa(r.Batch), dec2(r.Mpps), dec1(r.NsPerPkt), dec1(r.HarnessNsPerPkt), nps, dec2(r.AllocsPerPkt)}); err != nil {
+						return err
+					}
 				}
 			}
 		}
 	}
-	if *jsonOut {
-		return nil
-	}
-	return Table(w, []string{"flows", "impl", "proto", "nat", "tcp window", "batch", "Mpps", "ns/pkt", "harness ns/pkt", "new conns/s", "allocs/pkt"}, rows)
+	return rep.table([]string{"flows", "impl", "proto", "nat", "tcp window", "batch", "Mpps", "ns/pkt", "harness ns/pkt", "new conns/s", "allocs/pkt"})
 }
 
 // PipelineBed is a one-core dataplane with an inside and an outside port,

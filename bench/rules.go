@@ -204,7 +204,7 @@ func runRules(args []string, w io.Writer) error {
 		}
 	}
 	sort.Ints(sizes)
-	var rows [][]string
+	rep := report{w: w, json: *jsonOut}
 	var results []RulesResult
 	for _, n := range sizes {
 		r, err := RunRules(n, *dur)
@@ -212,18 +212,11 @@ func runRules(args []string, w io.Writer) error {
 			return err
 		}
 		results = append(results, r)
-		if *jsonOut {
-			if err := WriteJSON(w, r); err != nil {
-				return err
-			}
-			continue
+		if err := rep.add(r, []string{strconv.Itoa(n), rulesF1(r.NewNs), rulesF1(r.EstablishedNs), rulesF1(r.LinearNewNs), rulesF1(r.LinearEstablishedNs)}); err != nil {
+			return err
 		}
-		rows = append(rows, []string{strconv.Itoa(n), rulesF1(r.NewNs), rulesF1(r.EstablishedNs), rulesF1(r.LinearNewNs), rulesF1(r.LinearEstablishedNs)})
 	}
-	if *jsonOut {
-		return nil
-	}
-	if err := Table(w, []string{"rules", "new_ns", "established_ns", "linear_new_ns", "linear_established_ns"}, rows); err != nil {
+	if err := rep.table([]string{"rules", "new_ns", "established_ns", "linear_new_ns", "linear_established_ns"}); err != nil || *jsonOut {
 		return err
 	}
 	var at10, atMax *RulesResult

@@ -179,54 +179,56 @@ func NewEnv(cfg EnvConfig) (*Env, error) {
 	// through the port it came in on), and hairpinning on every outside
 	// address.
 	for _, tg := range rs.NATTargets() {
+		var err error
 		switch tg.Kind {
 		case rules.NATSNAT:
-			id, err := cfg.Pools.get(poolFor(tg.Range.MinAddr, tg.Range.MaxAddr, tg.Range, false))
-			if err != nil {
-				return nil, err
-			}
-			env.snatPool[tg.ID] = id
+			err = env.addSNATPool(cfg.Pools, tg)
 		case rules.NATFullCone:
+			// With --to-source, FULLCONENAT takes its range as SNAT
+			// does; without, each port's address as MASQUERADE does.
 			env.fullCone = true
 			if tg.Range.Flags&rules.NATMapIPs != 0 {
-				id, err := cfg.Pools.get(poolFor(tg.Range.MinAddr, tg.Range.MaxAddr, tg.Range, false))
-				if err != nil {
-					return nil, err
-				}
-				env.snatPool[tg.ID] = id
-				break
-			}
-			for _, p := range env.Ports {
-				if a := p.Primary(); a != 0 {
-					id, err := cfg.Pools.get(poolFor(a, a, tg.Range, true))
-					if err != nil {
-						return nil, err
-					}
-					env.masqPool[[2]uint16{tg.ID, p.ID}] = id
-				}
+				err = env.addSNATPool(cfg.Pools, tg)
+			} else {
+				err = env.addMasqPools(cfg.Pools, tg.ID, tg.Range, false)
 			}
 		case rules.NATMasquerade:
-			for _, p := range env.Ports {
-				if a := p.Primary(); a != 0 {
-					id, err := cfg.Pools.get(poolFor(a, a, tg.Range, true))
-					if err != nil {
-						return nil, err
-					}
-					env.masqPool[[2]uint16{tg.ID, p.ID}] = id
-				}
-			}
+			err = env.addMasqPools(cfg.Pools, tg.ID, tg.Range, false)
+		}
+		if err != nil {
+			return nil, err
 		}
 	}
-	for _, p := range env.Ports {
-		if a := p.Primary(); a != 0 && p.Outside {
-			id, err := cfg.Pools.get(poolFor(a, a, rules.NATRange{}, true))
-			if err != nil {
-				return nil, err
-			}
-			env.masqPool[[2]uint16{hairpinTarget, p.ID}] = id
-		}
+	if err := env.addMasqPools(cfg.Pools, hairpinTarget, rules.NATRange{}, true); err != nil {
+		return nil, err
 	}
 	return env, nil
+}
+
+// addSNATPool gives target tg the pool of its address range.
+func (e *Env) addSNATPool(pools *Pools, tg rules.NATTarget) error {
+	id, err := pools.get(poolFor(tg.Range.MinAddr, tg.Range.MaxAddr, tg.Range, false))
+	if err != nil {
+		return err
+	}
+	e.snatPool[tg.ID] = id
+	return nil
+}
+
+// addMasqPools gives target id, on every port with an address (only the
+// outside ones when outsideOnly), the pool of that address with r's
+// ports.
+func (e *Env) addMasqPools(pools *Pools, id uint16, r rules.NATRange, outsideOnly bool) error {
+	for _, p := range e.Ports {
+		if a := p.Primary(); a != 0 && (p.Outside || !outsideOnly) {
+			pid, err := pools.get(poolFor(a, a, r, true))
+			if err != nil {
+				return err
+			}
+			e.masqPool[[2]uint16{id, p.ID}] = pid
+		}
+	}
+	return nil
 }
 
 func poolFor(lo, hi uint32, r rules.NATRange, masq bool) poolKey {

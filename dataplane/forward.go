@@ -174,15 +174,11 @@ func (p *Pipeline) translate(frame []byte, m *meta, other *flowtable.Tuple) {
 	l4 := frame[m.l4:]
 	switch m.kind {
 	case kICMPQuery:
-		c := header.ICMPv4(l4)
 		id := other.SrcPort
 		if header.ICMPIsRequest(m.icmpType) {
 			id = other.DstPort
 		}
-		if old := c.ID(); old != id {
-			c.SetID(id)
-			c.SetChecksum(header.Delta(0).Add16(old, id).Apply(c.Checksum()))
-		}
+		setICMPID(header.ICMPv4(l4), id)
 	}
 }
 

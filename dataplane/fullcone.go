@@ -230,7 +230,7 @@ func (p *Pipeline) sweepMappings() bool {
 	}
 	syncMappingTimeout(p.d.Table, p.d.Mappings)
 	mt := p.d.Mappings
-	n := p.mc.Sweep(p.now, max(p.mapSweepDue(mt.Count()/mt.Cores()+1), 1), p.gone[:])
+	n := p.mc.Sweep(p.now, max(paceDue(&p.mapSweptNs, p.nowNs, mapSweepPass, mt.Count()/mt.Cores()+1), 1), p.gone[:])
 	for _, g := range p.gone[:n] {
 		if a := p.d.Pools.allocator(auxPool(g.Aux), p.core); a != nil {
 			a.Unretain(g.Orig.Proto, g.Reply.Dst, g.Reply.DstPort)
@@ -243,29 +243,8 @@ func (p *Pipeline) sweepMappings() bool {
 }
 
 // A core sweeps its share of the mapping table once every mapSweepPass,
-// paced over its batches as the connection sweep is (sweepDue), and at
+// paced over its batches as the connection sweep is (paceDue), and at
 // least one record a batch: the mapping timeout is at least 120 s, so a
 // mapping outlives it by little, and the sweep costs the established path
 // next to nothing.
 const mapSweepPass = 10 * int64(time.Second)
-
-func (p *Pipeline) mapSweepDue(share int) int {
-	el := p.nowNs - p.mapSweptNs
-	if el <= 0 {
-		return 0
-	}
-	if el > mapSweepPass {
-		el = mapSweepPass
-		p.mapSweptNs = p.nowNs - mapSweepPass
-	}
-	due := int64(share) * el / mapSweepPass
-	if due == 0 {
-		return 0
-	}
-	if due >= sweepMax {
-		p.mapSweptNs = p.nowNs
-		return sweepMax
-	}
-	p.mapSweptNs += due * mapSweepPass / int64(share)
-	return int(due)
-}

@@ -4,7 +4,6 @@ import (
 	"testing"
 
 	"xnat/bench"
-	"xnat/dataplane"
 )
 
 // BenchmarkPipelineCountedNAT and BenchmarkNewConnectionsNAT are
@@ -19,15 +18,7 @@ func BenchmarkPipelineCountedNAT(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			bed.DP.Settings.SweepBudget.Store(8)
-			frames := make([][]byte, 64)
-			for i := range frames {
-				frames[i] = make([]byte, 0, 2048)
-			}
-			sizes, in, out := make([]int, 64), make([]uint16, 64), make([]dataplane.Result, 64)
-			bed.Run(0, 1000, 64, frames, sizes, in, out, false)
-			b.ResetTimer()
-			bed.Run(0, b.N, 64, frames, sizes, in, out, false)
+			runCounted(b, bed)
 		})
 	}
 }
@@ -39,16 +30,7 @@ func BenchmarkNewConnectionsNAT(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			frames := make([][]byte, 64)
-			for i := range frames {
-				frames[i] = make([]byte, 0, 2048)
-			}
-			sizes, in, out := make([]int, 64), make([]uint16, 64), make([]dataplane.Result, 64)
-			b.ReportAllocs()
-			b.ResetTimer()
-			if got := bed.Run(0, b.N, 64, frames, sizes, in, out, false); got != b.N {
-				b.Fatalf("forwarded %d of %d", got, b.N)
-			}
+			runNewConns(b, bed)
 			if c := bed.DP.TotalCounters(); nat == bench.NATFullCone && c.MapCreated != uint64(b.N) {
 				b.Fatalf("%d mappings for %d connections", c.MapCreated, b.N)
 			}

@@ -282,19 +282,7 @@ func (p *Pipeline) failHeld(i int16) {
 // identifier) back to its tuple as received, with incremental checksum
 // updates; its TTL stays decremented, as in the datagram Linux quotes.
 func untranslate(frame []byte, m *meta, k *flowtable.Tuple) {
-	ip := header.IPv4(frame[m.l3:])
-	var d header.Delta
-	if s := ip.Src(); s != k.Src {
-		d = d.Add32(s, k.Src)
-		ip.SetSrc(k.Src)
-	}
-	if s := ip.Dst(); s != k.Dst {
-		d = d.Add32(s, k.Dst)
-		ip.SetDst(k.Dst)
-	}
-	if d != 0 {
-		ip.SetChecksum(d.Apply(ip.Checksum()))
-	}
+	d := setAddrs(header.IPv4(frame[m.l3:]), k.Src, k.Dst)
 	l4 := frame[m.l4 : int(m.l3)+int(m.ipLen)]
 	switch m.kind {
 	case kTCP:
@@ -302,15 +290,11 @@ func untranslate(frame []byte, m *meta, k *flowtable.Tuple) {
 	case kUDP:
 		rewritePorts(l4, header.UDPChecksum, true, k.SrcPort, k.DstPort, d)
 	case kICMPQuery:
-		c := header.ICMPv4(l4)
 		id := k.DstPort
 		if header.ICMPIsRequest(m.icmpType) {
 			id = k.SrcPort
 		}
-		if old := c.ID(); old != id {
-			c.SetID(id)
-			c.SetChecksum(header.Delta(0).Add16(old, id).Apply(c.Checksum()))
-		}
+		setICMPID(header.ICMPv4(l4), id)
 	}
 }
 

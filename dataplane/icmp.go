@@ -84,19 +84,7 @@ func (p *Pipeline) handleICMPError(frame []byte, size int, m *meta, ref flowtabl
 	}
 	end := int(m.l3) + int(m.ipLen)
 	// The quoted datagram: it went the other way, so it is N reversed.
-	eip := header.IPv4(frame[m.eL3:end])
-	var d header.Delta
-	if s := eip.Src(); s != n.Dst {
-		d = d.Add32(s, n.Dst)
-		eip.SetSrc(n.Dst)
-	}
-	if s := eip.Dst(); s != n.Src {
-		d = d.Add32(s, n.Src)
-		eip.SetDst(n.Src)
-	}
-	if d != 0 {
-		eip.SetChecksum(d.Apply(eip.Checksum()))
-	}
+	d := setAddrs(header.IPv4(frame[m.eL3:end]), n.Dst, n.Src)
 	el4 := frame[m.eL4:end]
 	switch m.eProto {
 	case header.ProtoTCP:
@@ -105,34 +93,47 @@ func (p *Pipeline) handleICMPError(frame []byte, size int, m *meta, ref flowtabl
 	case header.ProtoUDP:
 		rewritePorts(el4, header.UDPChecksum, true, n.DstPort, n.SrcPort, d)
 	case header.ProtoICMP:
-		c := header.ICMPv4(el4)
 		id := n.DstPort // a quoted request went out with the id in its SrcPort slot
 		if m.eQuery == 2 {
 			id = n.SrcPort
 		}
-		if old := c.ID(); old != id {
-			c.SetID(id)
-			c.SetChecksum(header.Delta(0).Add16(old, id).Apply(c.Checksum()))
-		}
+		setICMPID(header.ICMPv4(el4), id)
 	}
 	// The outer header, then the ICMP checksum over the whole message.
-	var od header.Delta
-	if s := ip.Src(); s != newSrc {
-		od = od.Add32(s, newSrc)
-		ip.SetSrc(newSrc)
-	}
-	if s := ip.Dst(); s != newDst {
-		od = od.Add32(s, newDst)
-		ip.SetDst(newDst)
-	}
-	if od != 0 {
-		ip.SetChecksum(od.Apply(ip.Checksum()))
-	}
+	setAddrs(ip, newSrc, newDst)
 	icmp := header.ICMPv4(frame[m.l4:end])
 	icmp.SetChecksum(0)
 	icmp.SetChecksum(header.Checksum(icmp, 0))
 	ip.DecTTL()
 	p.deliver(frame, size, m, nh, out)
+}
+
+// setAddrs sets an IPv4 header's source and destination addresses, with
+// an incremental update of its checksum, and returns the change to their
+// sum, which a TCP, UDP or ICMP checksum over the pseudo-header folds in.
+func setAddrs(ip header.IPv4, src, dst uint32) header.Delta {
+	var d header.Delta
+	if s := ip.Src(); s != src {
+		d = d.Add32(s, src)
+		ip.SetSrc(src)
+	}
+	if s := ip.Dst(); s != dst {
+		d = d.Add32(s, dst)
+		ip.SetDst(dst)
+	}
+	if d != 0 {
+		ip.SetChecksum(d.Apply(ip.Checksum()))
+	}
+	return d
+}
+
+// setICMPID sets an ICMP query's identifier, with an incremental update
+// of its checksum.
+func setICMPID(c header.ICMPv4, id uint16) {
+	if old := c.ID(); old != id {
+		c.SetID(id)
+		c.SetChecksum(header.Delta(0).Add16(old, id).Apply(c.Checksum()))
+	}
 }
 
 // rewritePorts sets a quoted TCP or UDP header's ports and folds their

@@ -69,19 +69,27 @@ func newLinuxRouter(t *testing.T) *linuxRouter {
 	return lr
 }
 
-// send writes a frame into the router from the client (in0) or the
-// server (out0) side.
-func (lr *linuxRouter) send(fromClient bool, frame []byte) {
+// link is the client's (c0) or the server's (s0) end of its link to the
+// router: its namespace and interface index.
+func (lr *linuxRouter) link(client bool) (*netns.NS, int) {
 	lr.t.Helper()
 	ns, link := lr.s, "s0"
-	if fromClient {
+	if client {
 		ns, link = lr.c, "c0"
 	}
 	idx, err := ns.Index(link)
 	if err != nil {
 		lr.t.Fatal(err)
 	}
-	err = ns.Do(func() error {
+	return ns, idx
+}
+
+// send writes a frame into the router from the client (in0) or the
+// server (out0) side.
+func (lr *linuxRouter) send(fromClient bool, frame []byte) {
+	lr.t.Helper()
+	ns, idx := lr.link(fromClient)
+	err := ns.Do(func() error {
 		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, 0)
 		if err != nil {
 			return err
@@ -125,6 +133,17 @@ func (lr *linuxRouter) invalid() int {
 // sport, or "" when there is none.
 func (lr *linuxRouter) state(sport uint16) string {
 	lr.t.Helper()
+	if f := lr.entry(sport); f != nil {
+		return f[5]
+	}
+	return ""
+}
+
+// entry is the fields of the nf_conntrack line of the TCP connection
+// from client port sport (the timeout left at 4, the state at 5), or nil
+// when there is none.
+func (lr *linuxRouter) entry(sport uint16) []string {
+	lr.t.Helper()
 	b, err := lr.r.ReadFile("/proc/thread-self/net/nf_conntrack")
 	if err != nil {
 		lr.t.Fatal(err)
@@ -132,10 +151,10 @@ func (lr *linuxRouter) state(sport uint16) string {
 	key := []byte(fmt.Sprintf("sport=%d dport=443 ", sport))
 	for _, line := range bytes.Split(b, []byte("\n")) {
 		if f := strings.Fields(string(line)); len(f) > 5 && f[2] == "tcp" && bytes.Contains(line, key) {
-			return f[5]
+			return f
 		}
 	}
-	return ""
+	return nil
 }
 
 // settle waits for the frames sent to be through the router (a veth
@@ -179,13 +198,7 @@ func TestTCPSysctlsLinux(t *testing.T) {
 			c := handshake(t, dropInvalid, masqClient, masqServer)
 			c.tb.dp.Settings.TCPBeLiberal.Store(i == 0)
 			c.tb.dp.Settings.TCPIgnoreInvalidRst.Store(i == 1)
-			before := c.tb.tab.TotalStats().Invalid
-			from := c.server
-			if wc.fromClient {
-				from = c.client
-			}
-			r := c.send(from, wc.flags, wc.seq, wc.ack, wc.win, wc.n, noOpt)
-			invalid := c.tb.tab.TotalStats().Invalid - before
+			r, invalid := c.sendCase(wc)
 			if (wc.verdict == winInvalid) != (r.Action == ActDrop && r.Reason == ReasonInvalid && invalid == 1) {
 				t.Errorf("%s: xnat %v %v, invalid +%d", wc.name, r.Action, r.Reason, invalid)
 			}
@@ -359,38 +372,24 @@ func TestTCPTimeoutsLinux(t *testing.T) {
 // timeout is the time left of the TCP connection from client port sport.
 func (lr *linuxRouter) timeout(sport uint16) time.Duration {
 	lr.t.Helper()
-	b, err := lr.r.ReadFile("/proc/thread-self/net/nf_conntrack")
+	f := lr.entry(sport)
+	if f == nil {
+		lr.t.Fatalf("no connection from port %d", sport)
+	}
+	s, err := strconv.Atoi(f[4])
 	if err != nil {
-		lr.t.Fatal(err)
+		lr.t.Fatalf("timeout %q: %v", f[4], err)
 	}
-	key := []byte(fmt.Sprintf("sport=%d dport=443 ", sport))
-	for _, line := range bytes.Split(b, []byte("\n")) {
-		if f := strings.Fields(string(line)); len(f) > 5 && f[2] == "tcp" && bytes.Contains(line, key) {
-			s, err := strconv.Atoi(f[4])
-			if err != nil {
-				lr.t.Fatalf("timeout %q: %v", f[4], err)
-			}
-			return time.Duration(s) * time.Second
-		}
-	}
-	lr.t.Fatalf("no connection from port %d", sport)
-	return 0
+	return time.Duration(s) * time.Second
 }
 
 // capture opens a packet socket on the client's (c0) or the server's (s0)
 // link, for frames the router forwards there; it is closed with the test.
 func (lr *linuxRouter) capture(client bool) int {
 	lr.t.Helper()
-	ns, link := lr.s, "s0"
-	if client {
-		ns, link = lr.c, "c0"
-	}
-	idx, err := ns.Index(link)
-	if err != nil {
-		lr.t.Fatal(err)
-	}
+	ns, idx := lr.link(client)
 	fd := -1
-	err = ns.Do(func() error {
+	err := ns.Do(func() error {
 		var err error
 		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_IP)))
 		if err != nil {

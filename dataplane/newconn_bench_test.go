@@ -15,16 +15,7 @@ func BenchmarkNewConnections(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	frames := make([][]byte, 64)
-	for i := range frames {
-		frames[i] = make([]byte, 0, 2048)
-	}
-	sizes, in, out := make([]int, 64), make([]uint16, 64), make([]dataplane.Result, 64)
-	b.ReportAllocs()
-	b.ResetTimer()
-	if got := bed.Run(0, b.N, 64, frames, sizes, in, out, false); got != b.N {
-		b.Fatalf("forwarded %d of %d", got, b.N)
-	}
+	runNewConns(b, bed)
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "conns/s")
 }
 
@@ -37,17 +28,13 @@ func BenchmarkNewConnectionsSync(b *testing.B) {
 		b.Fatal(err)
 	}
 	bed.DP.EnableSync()
-	frames := make([][]byte, 64)
-	for i := range frames {
-		frames[i] = make([]byte, 0, 2048)
-	}
-	sizes, in, out := make([]int, 64), make([]uint16, 64), make([]dataplane.Result, 64)
+	bt := newBatch()
 	evs := make([]dataplane.SyncEvent, 8192)
 	b.ReportAllocs()
 	b.ResetTimer()
 	got, events := 0, 0
 	for from := 0; from < b.N; from += 8192 {
-		got += bed.Run(from, min(8192, b.N-from), 64, frames, sizes, in, out, false)
+		got += bt.run(bed, from, min(8192, b.N-from))
 		events += bed.DP.DrainSync(0, evs)
 	}
 	if got != b.N || events != b.N || bed.DP.SyncDrops() != 0 {

@@ -185,7 +185,7 @@ type Pipeline struct {
 	// mapOwner: this core has made a mapping, so it sweeps its share of
 	// the mapping table.
 	mapOwner   bool
-	mapSweptNs int64 // the mapping sweep's pacing (mapSweepDue)
+	mapSweptNs int64 // the mapping sweep's pacing (paceDue)
 	env        *Env
 	// envGen is env's generation: the next-hop cache holds what it
 	// resolved under that Env.

@@ -203,22 +203,31 @@ const (
 // records that has fallen due since the last sweep. Time short of a whole
 // record stays due for the next batch.
 func (p *Pipeline) sweepDue(share int) int {
-	el := p.nowNs - p.sweptNs
+	return paceDue(&p.sweptNs, p.nowNs, sweepPass, share)
+}
+
+// paceDue is the part of a pass over share records, taking pass
+// nanoseconds, that has fallen due between *swept and now, at most
+// sweepMax; it moves *swept on by the time the records it hands out
+// stand for, so time short of a whole record stays due. The connection
+// sweep (sweepDue) and the mapping sweep (fullcone.go) pace with it.
+func paceDue(swept *int64, now, pass int64, share int) int {
+	el := now - *swept
 	if el <= 0 {
 		return 0
 	}
-	if el > sweepPass { // after a long gap, one pass is due at most
-		el = sweepPass
-		p.sweptNs = p.nowNs - sweepPass
+	if el > pass { // after a long gap, one pass is due at most
+		el = pass
+		*swept = now - pass
 	}
-	due := int64(share) * el / sweepPass
+	due := int64(share) * el / pass
 	if due == 0 {
 		return 0
 	}
 	if due >= sweepMax {
-		p.sweptNs = p.nowNs
+		*swept = now
 		return sweepMax
 	}
-	p.sweptNs += due * sweepPass / int64(share)
+	*swept += due * pass / int64(share)
 	return int(due)
 }

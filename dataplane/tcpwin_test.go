@@ -103,6 +103,18 @@ func handshake(t *testing.T, rules string, client, server tcpEnd) *tcpConv {
 	return c
 }
 
+// sendCase sends wc's segment from its side, with no options, and
+// returns the result and how many packets the table counted INVALID.
+func (c *tcpConv) sendCase(wc winCase) (Result, uint64) {
+	before := c.tb.tab.TotalStats().Invalid
+	from := c.server
+	if wc.fromClient {
+		from = c.client
+	}
+	r := c.send(from, wc.flags, wc.seq, wc.ack, wc.win, wc.n, noOpt)
+	return r, c.tb.tab.TotalStats().Invalid - before
+}
+
 // send runs one segment and returns the result.
 func (c *tcpConv) send(e tcpEnd, flags uint8, seq, ack uint32, win uint16, n int, o tcpOpt) Result {
 	c.t.Helper()
@@ -402,13 +414,7 @@ func TestTCPWindowCases(t *testing.T) {
 		for _, fast := range []bool{false, true} {
 			c := handshake(t, dropInvalid, masqClient, masqServer)
 			c.tb.dp.Pipeline(0).noFast = !fast
-			before := c.tb.tab.TotalStats().Invalid
-			from := c.server
-			if wc.fromClient {
-				from = c.client
-			}
-			r := c.send(from, wc.flags, wc.seq, wc.ack, wc.win, wc.n, noOpt)
-			invalid := c.tb.tab.TotalStats().Invalid - before
+			r, invalid := c.sendCase(wc)
 			switch wc.verdict {
 			case winInvalid:
 				if r.Action != ActDrop || r.Reason != ReasonInvalid || invalid != 1 {

@@ -527,20 +527,7 @@ func TestAllocateConcurrentCounts(t *testing.T) {
 	if tab.Count() != total {
 		t.Errorf("table %d, counted %d", tab.Count(), total)
 	}
-	var gone [256]flowtable.Gone
-	for id := range cores {
-		c := tab.Core(id)
-		for range 200 {
-			c.Enter()
-			n := c.Sweep(flowtable.Ticks(time.Hour), 256, gone[:])
-			for _, g := range gone[:n] {
-				if !as[id].Release(&g.Orig, &g.Reply) {
-					t.Errorf("core %d could not release %v", id, g.Reply)
-				}
-			}
-			c.Exit()
-		}
-	}
+	expireAll(t, tab, as)
 	if top := lim.Top(1); top.Sources != 0 || top.Conns != 0 || top.Ports != 0 {
 		t.Errorf("after expiry: %+v", top)
 	}

@@ -285,11 +285,10 @@ func TestICMPAndOtherProtocols(t *testing.T) {
 	}
 }
 
-func TestNoAllocs(t *testing.T) {
-	tab := table(t, 1, 100000)
-	lim := limiter(t, 1, 100000, 0, 0)
-	as, _ := New(Pool{AddrLo: extA, AddrHi: extA}, 1, NewShared(1, lim))
-	a, c := as[0], tab.Core(0)
+// noAllocs checks that a connection's allocation, its end and its
+// release by the sweep allocate nothing.
+func noAllocs(t *testing.T, a *Allocator, c *flowtable.Core) {
+	t.Helper()
 	var gone [64]flowtable.Gone
 	i := 0
 	allocs := testing.AllocsPerRun(1000, func() {
@@ -309,6 +308,33 @@ func TestNoAllocs(t *testing.T) {
 	if allocs != 0 {
 		t.Errorf("%v allocations per allocate/release", allocs)
 	}
+}
+
+// expireAll sweeps each core of tab 200 times, an hour on, releasing
+// what ends through the core's allocator in as, and checks each release.
+func expireAll(t *testing.T, tab *flowtable.Table, as []*Allocator) {
+	t.Helper()
+	var gone [256]flowtable.Gone
+	for id := range as {
+		c := tab.Core(id)
+		for range 200 {
+			c.Enter()
+			n := c.Sweep(flowtable.Ticks(time.Hour), 256, gone[:])
+			for _, g := range gone[:n] {
+				if !as[id].Release(&g.Orig, &g.Reply) {
+					t.Errorf("core %d could not release %v", id, g.Reply)
+				}
+			}
+			c.Exit()
+		}
+	}
+}
+
+func TestNoAllocs(t *testing.T) {
+	tab := table(t, 1, 100000)
+	lim := limiter(t, 1, 100000, 0, 0)
+	as, _ := New(Pool{AddrLo: extA, AddrHi: extA}, 1, NewShared(1, lim))
+	noAllocs(t, as[0], tab.Core(0))
 }
 
 // TestConcurrentCores allocates on every core at once into one shared
@@ -354,20 +380,7 @@ func TestConcurrentCores(t *testing.T) {
 	if tab.Count() != len(replies) {
 		t.Errorf("table %d, allocated %d", tab.Count(), len(replies))
 	}
-	var gone [256]flowtable.Gone
-	for id := range cores {
-		c := tab.Core(id)
-		for range 200 {
-			c.Enter()
-			n := c.Sweep(flowtable.Ticks(time.Hour), 256, gone[:])
-			for _, g := range gone[:n] {
-				if !as[id].Release(&g.Orig, &g.Reply) {
-					t.Errorf("core %d could not release %v", id, g.Reply)
-				}
-			}
-			c.Exit()
-		}
-	}
+	expireAll(t, tab, as)
 	var total Stats
 	for _, a := range as {
 		total.Add(a.Stats())

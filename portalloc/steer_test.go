@@ -253,26 +253,8 @@ func TestNoAllocsSteering(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, c := as[0], tab.Core(0)
-	var gone [64]flowtable.Gone
-	i := 0
-	allocs := testing.AllocsPerRun(1000, func() {
-		c.Enter()
-		i++
-		nf := conn(flowtable.ProtoUDP, ip(10, 0, byte(i>>8), byte(i)), uint16(i), remote, 53)
-		r, res, _ := a.Allocate(c, &nf, Options{}, 0)
-		if res == OK {
-			c.Kill(r)
-		}
-		n := c.Sweep(0, 64, gone[:])
-		for _, g := range gone[:n] {
-			a.Release(&g.Orig, &g.Reply)
-		}
-		c.Exit()
-	})
-	if allocs != 0 {
-		t.Errorf("%v allocations per allocate/release", allocs)
-	}
+	a := as[0]
+	noAllocs(t, a, tab.Core(0))
 	if a.Stats().PortsInUse == 0 && st.SlotHeld(0) {
 		t.Fatal("ports held with none in use")
 	}

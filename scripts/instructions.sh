@@ -6,12 +6,23 @@
 # such as a connection's last-seen stamp written when the clock has
 # moved, follows the emulation's speed; runs of one build differ by a few
 # instructions a packet and a few tens a new connection.)
-# Two runs of BenchmarkPipelineCounted/udp, then /tcp, with different b.N;
-# the difference of their totals over the difference of their packets
-# leaves out the set-up both share.
-#   scripts/instructions.sh [test binary]   (default: builds ./dataplane)
+# Each figure is two runs of a benchmark with different b.N: the
+# difference of their totals over the difference of their packets (or
+# connections) leaves out the set-up both share.
+#   scripts/instructions.sh [--fullcone] [test binary]   (default: builds ./dataplane)
+# Without --fullcone: BenchmarkPipelineCounted/udp and /tcp, then
+# BenchmarkNewConnections. With --fullcone: MASQUERADE and FULLCONENAT
+# side by side, established (BenchmarkPipelineCountedNAT, UDP) and new
+# connections (BenchmarkNewConnectionsNAT); those stay below 64,512 (the
+# pool's ports): every FULLCONENAT connection of the bed is its own inside
+# endpoint and takes a port of its own.
 set -euo pipefail
 command -v valgrind >/dev/null || { echo "instructions.sh: needs valgrind (apt-get install valgrind)" >&2; exit 2; }
+fullcone=
+if [ "${1:-}" = --fullcone ]; then
+	fullcone=1
+	shift
+fi
 bin=${1:-}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -26,15 +37,29 @@ count() { # benchmark pattern, b.N
 		-test.bench "$1" -test.benchtime "${2}x" 2>&1 |
 		sed -n 's/.*Collected : //p'
 }
-a=64000 b=320000
-for proto in udp tcp; do
-	x=$(count "^BenchmarkPipelineCounted\$/^$proto\$" $a) y=$(count "^BenchmarkPipelineCounted\$/^$proto\$" $b)
+per() { # benchmark pattern, smaller b.N, larger b.N: instructions per b.N
+	local x y
+	x=$(count "$1" "$2") y=$(count "$1" "$3")
 	[ -n "$x" ] && [ -n "$y" ] || { echo "instructions.sh: callgrind gave no count" >&2; exit 1; }
-	echo "pipeline $proto/1000 established: $(( (y - x) / (b - a) )) instructions per packet (callgrind, BenchmarkPipelineCounted/$proto)"
-done
-# New connections: BenchmarkNewConnections makes b.N connections, and its
-# set-up (each connection's template frame, the table) grows with b.N, so
-# this count includes that set-up's share.
-x=$(count '^BenchmarkNewConnections$' 20000) y=$(count '^BenchmarkNewConnections$' 100000)
-[ -n "$x" ] && [ -n "$y" ] || { echo "instructions.sh: callgrind gave no count" >&2; exit 1; }
-echo "new connections: $(( (y - x) / 80000 )) instructions per connection, the bench's set-up included (callgrind, BenchmarkNewConnections)"
+	echo $(( (y - x) / ($3 - $2) ))
+}
+if [ -z "$fullcone" ]; then
+	for proto in udp tcp; do
+		n=$(per "^BenchmarkPipelineCounted\$/^$proto\$" 64000 320000)
+		echo "pipeline $proto/1000 established: $n instructions per packet (callgrind, BenchmarkPipelineCounted/$proto)"
+	done
+	# New connections: BenchmarkNewConnections makes b.N connections, and its
+	# set-up (each connection's template frame, the table) grows with b.N, so
+	# this count includes that set-up's share.
+	n=$(per '^BenchmarkNewConnections$' 20000 100000)
+	echo "new connections: $n instructions per connection, the bench's set-up included (callgrind, BenchmarkNewConnections)"
+else
+	for nat in MASQUERADE FULLCONENAT; do
+		n=$(per "^BenchmarkPipelineCountedNAT\$/^$nat\$" 64000 320000)
+		echo "established udp/1000 $nat: $n instructions per packet (callgrind, BenchmarkPipelineCountedNAT/$nat)"
+	done
+	for nat in MASQUERADE FULLCONENAT; do
+		n=$(per "^BenchmarkNewConnectionsNAT\$/^$nat\$" 20000 50000)
+		echo "new connections $nat: $n instructions per connection, the bench's set-up included (callgrind, BenchmarkNewConnectionsNAT/$nat)"
+	done
+fi

@@ -182,13 +182,9 @@ func RunFlood(cfg FloodConfig) (res *FloodResult, err error) {
 	if err != nil {
 		return nil, err
 	}
-	var closers []func() error
+	closers := undo{tp.Close}
 	defer func() {
-		for i := len(closers) - 1; i >= 0; i-- {
-			err = errors.Join(err, closers[i]())
-		}
-		err = errors.Join(err, tp.Close())
-		if err != nil {
+		if err = errors.Join(err, closers.run()); err != nil {
 			res = nil
 		}
 	}()
@@ -211,25 +207,25 @@ func RunFlood(cfg FloodConfig) (res *FloodResult, err error) {
 	if err := target.Setup(tp, tcfg); err != nil {
 		return nil, errors.Join(err, target.Teardown())
 	}
-	closers = append(closers, target.Teardown)
+	closers.add(target.Teardown)
 
 	// Servers: the echo server on srv, the DNAT'd service on gen.
 	echo, err := listenEcho(tp.Srv, SrvAddr, EchoPort)
 	if err != nil {
 		return nil, err
 	}
-	closers = append(closers, echo.Close)
+	closers.add(echo.Close)
 	svc, err := listenEcho(tp.Gen, GenAddr, DNATPort)
 	if err != nil {
 		return nil, err
 	}
-	closers = append(closers, svc.Close)
+	closers.add(svc.Close)
 
 	est, err := dialEstablished(tp, cfg.Established, cfg.LegitTimeout)
 	if err != nil {
 		return nil, err
 	}
-	closers = append(closers, est.Close)
+	closers.add(est.Close)
 	// The RST spray's targets: the masqueraded connections' external
 	// ports as the echo server sees them, answered from its port; the
 	// DNAT'd connections' client ports, from the client's address to
@@ -258,17 +254,17 @@ func RunFlood(cfg FloodConfig) (res *FloodResult, err error) {
 	if err != nil {
 		return nil, err
 	}
-	closers = append(closers, synTx.Close)
+	closers.add(synTx.Close)
 	rstTx, err := openRaw(tp.Srv, SrvIf)
 	if err != nil {
 		return nil, err
 	}
-	closers = append(closers, rstTx.Close)
+	closers.add(rstTx.Close)
 	udpTx, err := openRaw(tp.Gen, GenIf)
 	if err != nil {
 		return nil, err
 	}
-	closers = append(closers, udpTx.Close)
+	closers.add(udpTx.Close)
 
 	est.start(cfg.EchoEvery, cfg.LegitTimeout)
 	stop := make(chan struct{})

@@ -3,9 +3,6 @@ package e2e
 import (
 	"encoding/binary"
 	"encoding/json"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"runtime"
 	"testing"
 	"time"
@@ -111,12 +108,7 @@ func TestFloodFrames(t *testing.T) {
 // client can miss them.
 func TestFloodBothTargets(t *testing.T) {
 	netns.RequireRoot(t)
-	dir := t.TempDir()
-	build := exec.Command("go", "build", "-o", filepath.Join(dir, "xnatd"), "xnat/cmd/xnatd")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building xnatd: %v\n%s", err, out)
-	}
-	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	xnatdOnPath(t)
 	const maxConns = 8192
 	for _, target := range []string{"kernel", "xnat"} {
 		r, err := RunFlood(FloodConfig{

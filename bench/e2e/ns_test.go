@@ -199,6 +199,18 @@ func TestXnatTargetNeedsDaemon(t *testing.T) {
 	}
 }
 
+// xnatdOnPath builds xnatd for the test and puts it first on PATH, where
+// the xnat target finds it.
+func xnatdOnPath(t *testing.T) {
+	t.Helper()
+	dir := t.TempDir()
+	build := exec.Command("go", "build", "-o", filepath.Join(dir, "xnatd"), "xnat/cmd/xnatd")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building xnatd: %v\n%s", err, out)
+	}
+	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+}
+
 // TestScenariosSmokeXnat runs the throughput and table-full scenarios
 // through a real xnatd, built for the test: every frame is accounted for
 // with the daemon's own drop counters (read over its control socket), the
@@ -206,12 +218,7 @@ func TestXnatTargetNeedsDaemon(t *testing.T) {
 // connection is one xnat counted table_full.
 func TestScenariosSmokeXnat(t *testing.T) {
 	netns.RequireRoot(t)
-	dir := t.TempDir()
-	build := exec.Command("go", "build", "-o", filepath.Join(dir, "xnatd"), "xnat/cmd/xnatd")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building xnatd: %v\n%s", err, out)
-	}
-	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	xnatdOnPath(t)
 	const flows = 200
 	rs, err := RunScenarios(Config{
 		Targets: []string{"xnat"}, Scenarios: []string{ScThroughput, ScNewConn},

@@ -139,6 +139,22 @@ func (p *Point) defaults() error {
 
 const numFrames = 4096
 
+// undo is the teardown of what a run has set up: each step's undoing,
+// in the order the steps were taken.
+type undo []func() error
+
+// add appends a step's undoing.
+func (u *undo) add(f func() error) { *u = append(*u, f) }
+
+// run undoes every step, the last first, and joins their errors.
+func (u undo) run() error {
+	var err error
+	for i := len(u) - 1; i >= 0; i-- {
+		err = errors.Join(err, u[i]())
+	}
+	return err
+}
+
 // Run measures the point. Everything it creates is removed before it
 // returns.
 func Run(p Point) (o *Outcome, err error) {
@@ -150,13 +166,9 @@ func Run(p Point) (o *Outcome, err error) {
 	if err != nil {
 		return nil, err
 	}
-	var closers []func() error
+	closers := undo{tp.Close}
 	defer func() {
-		for i := len(closers) - 1; i >= 0; i-- {
-			err = errors.Join(err, closers[i]())
-		}
-		err = errors.Join(err, tp.Close())
-		if err != nil {
+		if err = errors.Join(err, closers.run()); err != nil {
 			o = nil
 		}
 	}()
@@ -168,7 +180,7 @@ func Run(p Point) (o *Outcome, err error) {
 		if err != nil {
 			return o, err
 		}
-		closers = append(closers, d.Close)
+		closers.add(d.Close)
 	} else {
 		if target, err = NewTarget(p.Target); err != nil {
 			return o, err
@@ -176,12 +188,12 @@ func Run(p Point) (o *Outcome, err error) {
 		if err := target.Setup(tp, TargetConfig{MaxConns: p.MaxConns, CPUs: p.Placement.dut(p.Queues), RPS: p.KernelRPS}); err != nil {
 			return o, errors.Join(err, target.Teardown())
 		}
-		closers = append(closers, target.Teardown)
+		closers.add(target.Teardown)
 		cfg := ring.Config{NumFrames: uint32(numFrames * p.Queues), FillSize: 2048, RxSize: 2048, TxSize: 2048, CompletionSize: 2048}
 		if sink, err = openXSK(tp.Srv, tp.SrvIndex, p.Queues, cfg, true); err != nil {
 			return o, err
 		}
-		closers = append(closers, sink.Close)
+		closers.add(sink.Close)
 	}
 	tmpl, err := NewTemplate(p.Proto, o.FrameLen, Endpoints{SrcMAC: tp.GenMAC, DstMAC: tp.DUTInMAC, SrcBase: FlowBase, Dst: SrvAddr})
 	if err != nil {
@@ -195,7 +207,7 @@ func Run(p Point) (o *Outcome, err error) {
 		if err != nil {
 			return o, err
 		}
-		closers = append(closers, g.Close)
+		closers.add(g.Close)
 		gens[q] = g
 	}
 	if p.Reflect {
@@ -204,7 +216,7 @@ func Run(p Point) (o *Outcome, err error) {
 		if err != nil {
 			return o, err
 		}
-		closers = append(closers, st.Close)
+		closers.add(st.Close)
 	}
 
 	sinkCfg := SinkConfig{

@@ -1,60 +1,22 @@
 package main
 
 import (
-	"context"
-	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 
 	"xnat/control/api"
 	"xnat/control/api/apitest"
-	"xnat/control/daemon"
 	"xnat/control/ha"
 )
-
-type haPeer struct {
-	mu     sync.Mutex
-	cache  *ha.Cache
-	resync int
-}
-
-func (p *haPeer) Conn(t ha.MsgType, c *ha.Conn) { p.cache.Apply(t, c) }
-func (p *haPeer) Resync() {
-	p.mu.Lock()
-	p.resync++
-	p.mu.Unlock()
-}
-func (p *haPeer) resyncs() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.resync
-}
 
 // TestHACommands: xnatctl ha status, cache, flush, resync and bulk
 // against xnatd with an [ha] section and a peer link, text and JSON, and
 // their usage errors.
 func TestHACommands(t *testing.T) {
-	b := apitest.New(t, apitest.Options{HA: &daemon.HAConfig{Local: "10.0.1.1", Peer: "10.0.1.2", Interface: "x0a"}})
+	b := apitest.New(t, apitest.Options{HA: apitest.HASync()})
 	sock := b.Socket
-	peer := &haPeer{cache: ha.NewCache()}
-	var link *ha.Link
-	if err := b.InsA.Do(func() error {
-		var err error
-		link, err = ha.Listen(ha.LinkConfig{Local: netip.MustParseAddrPort("10.0.1.2:3780"), Peer: netip.MustParseAddrPort("10.0.1.1:3780"), Interface: "a0"}, peer)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- link.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("peer link: %v", err)
-		}
-	})
+	peer := b.StartHAPeer()
+	link := peer.Link
 
 	c := ha.Conn{Proto: 17, Src: 0x0a000905, Dst: 0xc6336402, SrcPort: 5353, DstPort: 53, Status: ha.IPSSeenReply,
 		SNAT: 0xc6336401, Has: ha.HasSNAT}
@@ -88,7 +50,7 @@ func TestHACommands(t *testing.T) {
 		t.Fatalf("flush %+v", f)
 	}
 	ok(t, sock, "ha", "resync")
-	apitest.Eventually(t, "the resync request at the peer", func() bool { return peer.resyncs() == 1 })
+	apitest.Eventually(t, "the resync request at the peer", func() bool { return peer.Resyncs() == 1 })
 	ok(t, sock, "ha", "bulk")
 	for _, args := range [][]string{{"ha"}, {"ha", "promote"}, {"ha", "status", "extra"}} {
 		if r := xnatctl(t, append([]string{"--socket", sock}, args...)...); r.code != 2 {

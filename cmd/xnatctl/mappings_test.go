@@ -7,22 +7,13 @@ import (
 
 	"xnat/control/api"
 	"xnat/control/api/apitest"
+	"xnat/internal/nattest"
 )
-
-const fullConeRules = `*nat
-:PREROUTING ACCEPT [0:0]
-:INPUT ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
-:POSTROUTING ACCEPT [0:0]
--A PREROUTING -i x1 -j FULLCONENAT
--A POSTROUTING -o x1 -j FULLCONENAT
-COMMIT
-`
 
 // TestMappingsCommand: xnatctl mappings lists a live full-cone mapping
 // with its connections, as text and JSON, and stats counts it.
 func TestMappingsCommand(t *testing.T) {
-	b := apitest.New(t, apitest.Options{Rules: fullConeRules})
+	b := apitest.New(t, apitest.Options{Rules: nattest.FullConeRules})
 	sock := b.Socket
 	b.UDPEcho(7000)
 	ca := b.UDPDial(b.InsA, apitest.IPA, 40000, 7000)

@@ -15,6 +15,7 @@ import (
 	"xnat/control/api"
 	"xnat/control/conntrack"
 	"xnat/flowtable"
+	"xnat/internal/nattest"
 )
 
 func listing(n int, acct bool) api.ConntrackList {
@@ -104,21 +105,7 @@ func TestTimeoutFlag(t *testing.T) {
 		}
 	}
 
-	sock := filepath.Join(t.TempDir(), "mute.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close()
-		}
-	}()
+	sock := nattest.MuteSocket(t)
 	for _, args := range [][]string{
 		{"--socket", sock, "--timeout", "200ms", "conntrack", "-C"},
 		{"--socket", sock, "conntrack", "--timeout=0.2", "-L"},

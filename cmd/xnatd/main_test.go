@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -21,6 +20,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"xnat/internal/nattest"
 	"xnat/internal/netns"
 )
 
@@ -242,39 +242,14 @@ func TestXnatdProcess(t *testing.T) {
 
 	// SIGHUP with a DNAT rule added: the server reaches the client's
 	// port 80 through 198.51.100.1:8080.
-	var ln net.Listener
-	must(t, o.cli.Do(func() error {
-		var err error
-		ln, err = net.Listen("tcp4", "10.9.1.2:80")
-		return err
-	}))
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_, _ = io.WriteString(c, "hello from inside")
-			c.Close()
-		}
-	}()
+	nattest.TCPGreeter(t, o.cli, "10.9.1.2:80", "inside")
 	o.write(t, "rules.v4", "*nat\n-A PREROUTING -d 198.51.100.1/32 -p tcp --dport 8080 -j DNAT --to-destination 10.9.1.2:80\n-A POSTROUTING -o x1 -j MASQUERADE\nCOMMIT\n")
 	must(t, p.cmd.Process.Signal(syscall.SIGHUP))
 	p.wait(t, "msg=\"rules reloaded\"")
 	p.wait(t, "msg=\"rule set replaced\"", "kind=rules_replaced", "(SIGHUP)")
-	var got []byte
-	must(t, o.srv.Do(func() error {
-		c, err := net.DialTimeout("tcp4", "198.51.100.1:8080", 2*time.Second)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-		got, err = io.ReadAll(c)
-		return err
-	}))
-	if string(got) != "hello from inside" {
+	got, err := nattest.Greeting(o.srv, "198.51.100.1:8080")
+	must(t, err)
+	if got != "hello from inside" {
 		t.Fatalf("through the reloaded DNAT rule: %q", got)
 	}
 

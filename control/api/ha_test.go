@@ -2,57 +2,20 @@ package api_test
 
 import (
 	"context"
-	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 
 	"xnat/control/api/apitest"
-	"xnat/control/daemon"
 	"xnat/control/ha"
 )
-
-// haPeer is the other side of the daemon's sync link: a ha.Link in the
-// inside host's namespace, keeping what it receives.
-type haPeer struct {
-	mu     sync.Mutex
-	cache  *ha.Cache
-	resync int
-}
-
-func (p *haPeer) Conn(t ha.MsgType, c *ha.Conn) { p.cache.Apply(t, c) }
-func (p *haPeer) Resync() {
-	p.mu.Lock()
-	p.resync++
-	p.mu.Unlock()
-}
-func (p *haPeer) resyncs() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.resync
-}
 
 // TestHA: xnatd with an [ha] section sends its connections to the peer
 // as they are made, shows the peer's in its external cache, and takes
 // flush, resync and bulk requests; without the section the routes refuse.
 func TestHA(t *testing.T) {
-	b := apitest.New(t, apitest.Options{HA: &daemon.HAConfig{Local: "10.0.1.1", Peer: "10.0.1.2", Interface: "x0a"}})
-	peer := &haPeer{cache: ha.NewCache()}
-	var link *ha.Link
-	must(t, b.InsA.Do(func() error {
-		var err error
-		link, err = ha.Listen(ha.LinkConfig{Local: netip.MustParseAddrPort("10.0.1.2:3780"), Peer: netip.MustParseAddrPort("10.0.1.1:3780"), Interface: "a0"}, peer)
-		return err
-	}))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- link.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("peer link: %v", err)
-		}
-	})
+	b := apitest.New(t, apitest.Options{HA: apitest.HASync()})
+	peer := b.StartHAPeer()
+	link := peer.Link
 
 	// A connection through the daemon reaches the peer, translated.
 	b.UDPEcho(7000)
@@ -62,7 +25,7 @@ func TestHA(t *testing.T) {
 	}
 	var synced ha.Conn
 	apitest.Eventually(t, "the connection at the peer", func() bool {
-		for _, c := range peer.cache.List() {
+		for _, c := range peer.Cache.List() {
 			if c.Proto == 17 && c.DstPort == 7000 {
 				synced = c
 				return c.Status&ha.IPSSeenReply != 0
@@ -100,11 +63,11 @@ func TestHA(t *testing.T) {
 
 	// Resync asks the peer; bulk sends the table again.
 	must(t, cl.HAResync(bg))
-	apitest.Eventually(t, "the peer asked for its table", func() bool { return peer.resyncs() == 1 })
-	peer.cache.Flush()
+	apitest.Eventually(t, "the peer asked for its table", func() bool { return peer.Resyncs() == 1 })
+	peer.Cache.Flush()
 	must(t, cl.HABulk(bg))
 	apitest.Eventually(t, "the bulk send at the peer", func() bool {
-		_, ok := peer.cache.Get(synced.Orig())
+		_, ok := peer.Cache.Get(synced.Orig())
 		return ok
 	})
 	if st, _ := cl.HAStatus(bg); st.Bulks != 1 || st.Link.Malformed != 0 {

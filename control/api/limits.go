@@ -42,24 +42,20 @@ const (
 )
 
 func (o *Options) setDefaults() {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d <= 0 {
-			*d = v
-		}
-	}
-	def(&o.ReadHeaderTimeout, DefaultReadHeaderTimeout)
-	def(&o.ReadTimeout, DefaultReadTimeout)
-	def(&o.WriteTimeout, DefaultWriteTimeout)
-	def(&o.IdleTimeout, DefaultIdleTimeout)
-	def(&o.Heartbeat, FollowHeartbeat)
-	if o.MaxConns <= 0 {
-		o.MaxConns = DefaultMaxConns
-	}
-	if o.MaxBody <= 0 {
-		o.MaxBody = MaxBody
-	}
-	if o.MaxRestoreBody <= 0 {
-		o.MaxRestoreBody = MaxRestoreBody
+	orDefault(&o.ReadHeaderTimeout, DefaultReadHeaderTimeout)
+	orDefault(&o.ReadTimeout, DefaultReadTimeout)
+	orDefault(&o.WriteTimeout, DefaultWriteTimeout)
+	orDefault(&o.IdleTimeout, DefaultIdleTimeout)
+	orDefault(&o.Heartbeat, FollowHeartbeat)
+	orDefault(&o.MaxConns, DefaultMaxConns)
+	orDefault(&o.MaxBody, MaxBody)
+	orDefault(&o.MaxRestoreBody, MaxRestoreBody)
+}
+
+// orDefault sets an option left at zero (or below) to its default.
+func orDefault[T int | int64 | time.Duration](v *T, d T) {
+	if *v <= 0 {
+		*v = d
 	}
 }
 

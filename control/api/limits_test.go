@@ -20,6 +20,7 @@ import (
 
 	"xnat/control/conntrack"
 	"xnat/flowtable"
+	"xnat/internal/nattest"
 )
 
 // fakeTable is a connLister of n made-up connections (TCP and UDP in
@@ -276,25 +277,14 @@ func TestSlowClientCutOff(t *testing.T) {
 	fmt.Fprintf(slow, "GET %s/conntrack HTTP/1.1\r\nHost: xnatd\r\n\r\n", Version)
 
 	// Others are served while the slow one is stuck.
-	var wg sync.WaitGroup
-	errs := make(chan error, 8)
-	for range 8 {
-		wg.Go(func() {
-			t0 := time.Now()
-			_, err := NewClient(sock).Events(context.Background(), 0)
-			if err == nil && time.Since(t0) > 2*time.Second {
-				err = fmt.Errorf("served after %v", time.Since(t0))
-			}
-			if err != nil {
-				errs <- err
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+	concurrently(t, 8, func(int) error {
+		t0 := time.Now()
+		_, err := NewClient(sock).Events(context.Background(), 0)
+		if err == nil && time.Since(t0) > 2*time.Second {
+			err = fmt.Errorf("served after %v", time.Since(t0))
+		}
+		return err
+	})
 
 	// The server stops walking the table soon after the deadline...
 	var calls int64
@@ -487,30 +477,34 @@ func TestManyClients(t *testing.T) {
 		n = 1000
 	}
 	_, sock := newTestServer(t, &fakeTable{n: n}, Options{})
+	concurrently(t, 32, func(i int) error {
+		c := NewClient(sock)
+		if i%2 == 0 {
+			_, err := c.Events(context.Background(), 0)
+			return err
+		}
+		l, err := c.Conntrack(context.Background(), &conntrack.Filter{})
+		if err == nil && len(l.Conns) != n {
+			err = fmt.Errorf("%d connections, want %d", len(l.Conns), n)
+		}
+		return err
+	})
+}
+
+// concurrently runs f(0) to f(n-1) at once and reports the errors they
+// return.
+func concurrently(t *testing.T, n int, f func(i int) error) {
+	t.Helper()
+	errs := make([]error, n)
 	var wg sync.WaitGroup
-	errs := make(chan error, 64)
-	for i := range 32 {
-		wg.Go(func() {
-			c := NewClient(sock)
-			if i%2 == 0 {
-				if _, err := c.Events(context.Background(), 0); err != nil {
-					errs <- err
-				}
-				return
-			}
-			l, err := c.Conntrack(context.Background(), &conntrack.Filter{})
-			if err == nil && len(l.Conns) != n {
-				err = fmt.Errorf("%d connections, want %d", len(l.Conns), n)
-			}
-			if err != nil {
-				errs <- err
-			}
-		})
+	for i := range n {
+		wg.Go(func() { errs[i] = f(i) })
 	}
 	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
+	for _, err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
 	}
 }
 
@@ -519,21 +513,7 @@ func TestManyClients(t *testing.T) {
 // after the timeout of silence, however long it has been going; an event
 // stream stays open past the timeout while heartbeats come.
 func TestClientTimeouts(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "mute.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close()
-		}
-	}()
+	sock := nattest.MuteSocket(t)
 	c := NewClient(sock)
 	c.SetTimeout(200 * time.Millisecond)
 	start := time.Now()

@@ -10,16 +10,6 @@ import (
 	"xnat/internal/nattest"
 )
 
-const fullConeRules = `*nat
-:PREROUTING ACCEPT [0:0]
-:INPUT ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
-:POSTROUTING ACCEPT [0:0]
--A PREROUTING -i x1 -j FULLCONENAT
--A POSTROUTING -o x1 -j FULLCONENAT
-COMMIT
-`
-
 var (
 	ipAlt   = net.IPv4(192, 0, 2, 3) // the STUN server's alternate address
 	ipThird = net.IPv4(192, 0, 2, 4) // a host the inside socket never contacts
@@ -56,7 +46,7 @@ func TestFullConeBehaviourDiscovery(t *testing.T) {
 	for _, c := range []struct {
 		name, rules, mapping, filtering string
 	}{
-		{"FULLCONENAT", fullConeRules, nattest.EndpointIndependent, nattest.EndpointIndependent},
+		{"FULLCONENAT", nattest.FullConeRules, nattest.EndpointIndependent, nattest.EndpointIndependent},
 		{"MASQUERADE", baseRules, "", nattest.AddressAndPortDependent},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -82,7 +72,7 @@ func TestFullConeBehaviourDiscovery(t *testing.T) {
 // its connections. A second inside host reaches the first through its
 // mapping (hairpinning), seen as its own mapping.
 func TestFullConeThirdHost(t *testing.T) {
-	b := stunBed(t, fullConeRules)
+	b := stunBed(t, nattest.FullConeRules)
 	conn := nattest.ListenUDP(t, b.insA, ipA, 0)
 	m1, _, ok, err := nattest.STUNBinding(conn, stunPrimary, 0, 3, 300*time.Millisecond)
 	if err != nil || !ok {
@@ -180,7 +170,7 @@ func TestFullConeThirdHost(t *testing.T) {
 // mappings go with its connections, and the inside socket gets a new
 // mapping on the new address.
 func TestFullConeAddressChange(t *testing.T) {
-	b := newBed(t, bedOpts{rules: fullConeRules})
+	b := newBed(t, bedOpts{rules: nattest.FullConeRules})
 	udpEcho(t, b.sv, ipSrv, 7000)
 	c := udpDial(t, b.insA, &net.UDPAddr{IP: ipA, Port: 5000}, &net.UDPAddr{IP: ipSrv, Port: 7000})
 	if got, err := ask(c, "before", 1); err != nil || !strings.HasPrefix(got, "192.0.2.1:") {
@@ -211,7 +201,7 @@ func TestFullConeAddressChange(t *testing.T) {
 // endpoints are tried until one's mapping owner and its inbound datagram's
 // worker differ.
 func TestFullConeAcrossQueues(t *testing.T) {
-	b := stunBed(t, fullConeRules)
+	b := stunBed(t, nattest.FullConeRules)
 	third := nattest.ListenUDP(t, b.sv, ipThird, 0)
 	dp := b.d.Dataplane()
 	buf := make([]byte, 1500)

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"xnat/internal/nattest"
 	"xnat/internal/netns"
 )
 
@@ -58,7 +59,7 @@ func TestFullConeTCPSimultaneousOpen(t *testing.T) {
 	}
 	startNAT := func(ns *netns.NS, in, out string) {
 		rules := t.TempDir() + "/rules.v4"
-		must(t, writeFile(rules, strings.NewReplacer("x1", out).Replace(fullConeRules)))
+		must(t, writeFile(rules, strings.NewReplacer("x1", out).Replace(nattest.FullConeRules)))
 		var d *Daemon
 		must(t, ns.Do(func() error {
 			plan, err := Prepare(Config{Inside: []string{in}, Outside: []string{out}, Queues: 1, Capacity: 4096, Rules: rules})

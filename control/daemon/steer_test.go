@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"strings"
 	"sync"
@@ -66,45 +65,6 @@ func (b *bed) iptables(line string) {
 	m, err := iptables.Apply(b.d.Rules(), cmd)
 	must(b.t, err)
 	must(b.t, b.d.ReplaceRules(m))
-}
-
-// listenTCP serves "hello from <name>" on ns's addr to every connection.
-func listenTCP(t *testing.T, ns *netns.NS, addr, name string) {
-	t.Helper()
-	var ln net.Listener
-	must(t, ns.Do(func() error {
-		var err error
-		ln, err = net.Listen("tcp4", addr)
-		return err
-	}))
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_, _ = io.WriteString(c, "hello from "+name)
-			c.Close()
-		}
-	}()
-}
-
-// greeting connects from ns to addr and returns what the server says.
-func greeting(t *testing.T, ns *netns.NS, addr string) (string, error) {
-	t.Helper()
-	var got []byte
-	err := ns.Do(func() error {
-		c, err := net.DialTimeout("tcp4", addr, 2*time.Second)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-		got, err = io.ReadAll(c)
-		return err
-	})
-	return string(got), err
 }
 
 // pingOnce sends one echo request of size bytes of payload from ns to
@@ -263,29 +223,9 @@ func TestBoxOwnTraffic(t *testing.T) {
 			}
 
 			// Broadcasts to the box: the subnet's and the limited one.
-			var bsock *net.UDPConn
-			must(t, b.x.Do(func() error {
-				var err error
-				bsock, err = net.ListenUDP("udp4", &net.UDPAddr{Port: 6767})
-				return err
-			}))
-			defer bsock.Close()
-			must(t, b.insA.Do(func() error {
-				fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-				if err != nil {
-					return err
-				}
-				defer unix.Close(fd)
-				if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_BROADCAST, 1); err != nil {
-					return err
-				}
-				for _, dst := range [][4]byte{{10, 0, 1, 255}, {255, 255, 255, 255}} {
-					if err := unix.Sendto(fd, []byte("broadcast"), 0, &unix.SockaddrInet4{Port: 6767, Addr: dst}); err != nil {
-						return fmt.Errorf("to %v: %w", dst, err)
-					}
-				}
-				return nil
-			}))
+			bsock := nattest.ListenUDP(t, b.x, nil, 6767)
+			sendUDP(t, b.insA, net.IPv4(10, 0, 1, 255), 6767)
+			sendUDP(t, b.insA, net.IPv4bcast, 6767)
 			for i := range 2 {
 				must(t, bsock.SetReadDeadline(time.Now().Add(time.Second)))
 				if _, _, err := bsock.ReadFrom(make([]byte, 64)); err != nil {
@@ -295,12 +235,12 @@ func TestBoxOwnTraffic(t *testing.T) {
 
 			// The box's own TCP service on its inside address, port 2222,
 			// reached from inside; the same port from outside is DNAT's.
-			listenTCP(t, b.x, fmtAddr(ipGwA, 2222), "the box")
-			listenTCP(t, b.insA, fmtAddr(ipA, 22), "insA")
-			if got, err := greeting(t, b.insA, fmtAddr(ipGwA, 2222)); err != nil || got != "hello from the box" {
+			nattest.TCPGreeter(t, b.x, fmtAddr(ipGwA, 2222), "the box")
+			nattest.TCPGreeter(t, b.insA, fmtAddr(ipA, 22), "insA")
+			if got, err := nattest.Greeting(b.insA, fmtAddr(ipGwA, 2222)); err != nil || got != "hello from the box" {
 				t.Fatalf("the box's service on its inside address from inside: %q, %v", got, err)
 			}
-			if got, err := greeting(t, b.sv, fmtAddr(ipExt, 2222)); err != nil || got != "hello from insA" {
+			if got, err := nattest.Greeting(b.sv, fmtAddr(ipExt, 2222)); err != nil || got != "hello from insA" {
 				t.Fatalf("the DNAT port from outside: %q, %v", got, err)
 			}
 			if b.d == nil {
@@ -338,18 +278,18 @@ func TestDNATRuleChange(t *testing.T) {
 	for _, gw := range gateways {
 		t.Run(gw, func(t *testing.T) {
 			b := newGateway(t, gw, rulesText)
-			listenTCP(t, b.x, fmtAddr(ipExt, 2222), "the box")
-			listenTCP(t, b.insA, fmtAddr(ipA, 22), "insA")
-			if got, err := greeting(t, b.sv, fmtAddr(ipExt, 2222)); err != nil || got != "hello from the box" {
+			nattest.TCPGreeter(t, b.x, fmtAddr(ipExt, 2222), "the box")
+			nattest.TCPGreeter(t, b.insA, fmtAddr(ipA, 22), "insA")
+			if got, err := nattest.Greeting(b.sv, fmtAddr(ipExt, 2222)); err != nil || got != "hello from the box" {
 				t.Fatalf("before the rule: %q, %v", got, err)
 			}
 			const rule = "-t nat -A PREROUTING -i x1 -p tcp --dport 2222 -j DNAT --to-destination 10.0.1.2:22"
 			b.iptables(rule)
-			if got, err := greeting(t, b.sv, fmtAddr(ipExt, 2222)); err != nil || got != "hello from insA" {
+			if got, err := nattest.Greeting(b.sv, fmtAddr(ipExt, 2222)); err != nil || got != "hello from insA" {
 				t.Fatalf("right after the rule was added: %q, %v", got, err)
 			}
 			b.iptables(strings.Replace(rule, "-A", "-D", 1))
-			if got, err := greeting(t, b.sv, fmtAddr(ipExt, 2222)); err != nil || got != "hello from the box" {
+			if got, err := nattest.Greeting(b.sv, fmtAddr(ipExt, 2222)); err != nil || got != "hello from the box" {
 				t.Fatalf("right after the rule was deleted: %q, %v", got, err)
 			}
 		})
@@ -500,13 +440,7 @@ func TestUnservedQueue(t *testing.T) {
 	}))
 	t.Cleanup(func() { must(t, b.d.Stop()) })
 
-	var sink *net.UDPConn
-	must(t, b.sv.Do(func() error {
-		var err error
-		sink, err = net.ListenUDP("udp4", &net.UDPAddr{IP: ipSrv, Port: 9999})
-		return err
-	}))
-	defer sink.Close()
+	sink := nattest.ListenUDP(t, b.sv, ipSrv, 9999)
 	const flows = 48
 	for i := range flows {
 		c := udpDial(t, b.insA, &net.UDPAddr{IP: ipA, Port: 20000 + i}, &net.UDPAddr{IP: ipSrv, Port: 9999})

@@ -20,6 +20,7 @@ import (
 	"xnat/dataplane"
 	"xnat/dataplane/header"
 	"xnat/flowtable"
+	"xnat/internal/nattest"
 	"xnat/internal/netns"
 )
 
@@ -347,13 +348,7 @@ COMMIT
 `
 	b := newBed(t, bedOpts{rules: withSource})
 	// An inside listener on the same ports proves nothing leaks inwards.
-	var inner *net.UDPConn
-	must(t, b.insA.Do(func() error {
-		var err error
-		inner, err = net.ListenUDP("udp4", &net.UDPAddr{IP: ipA, Port: 40000})
-		return err
-	}))
-	defer inner.Close()
+	inner := nattest.ListenUDP(t, b.insA, ipA, 40000)
 	c := udpDial(t, b.sv, nil, &net.UDPAddr{IP: ipExt, Port: 40000})
 	if _, err := c.Write([]byte{1}); err != nil {
 		t.Fatal(err)
@@ -438,13 +433,7 @@ func TestTableFullEarlyDrop(t *testing.T) {
 	const limit = 4
 	b := newBed(t, bedOpts{maxConns: limit})
 	// A sink that never answers keeps its connections unreplied.
-	var sink *net.UDPConn
-	must(t, b.sv.Do(func() error {
-		var err error
-		sink, err = net.ListenUDP("udp4", &net.UDPAddr{IP: ipSrv, Port: 9999})
-		return err
-	}))
-	defer sink.Close()
+	nattest.ListenUDP(t, b.sv, ipSrv, 9999)
 	for i := range limit {
 		c := udpDial(t, b.insA, &net.UDPAddr{IP: ipA, Port: 20000 + i}, &net.UDPAddr{IP: ipSrv, Port: 9999})
 		if _, err := c.Write([]byte("unanswered")); err != nil {

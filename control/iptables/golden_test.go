@@ -171,23 +171,30 @@ func lastRule(m *rules.Model, t rules.TableID, chain string) rules.Rule {
 	return c.Rules[len(c.Rules)-1]
 }
 
+// wantRefused checks that line, parsed and applied to an empty model, is
+// refused with an *Error whose text contains want.
+func wantRefused(t *testing.T, line, want string) {
+	t.Helper()
+	cmd, err := ParseLine(line)
+	if err == nil {
+		_, err = Apply(rules.NewModel(), cmd)
+	}
+	if err == nil {
+		t.Errorf("%s: accepted", line)
+		return
+	}
+	if !strings.Contains(err.Error(), want) {
+		t.Errorf("%s:\n error %q\n want it to contain %q", line, err, want)
+	}
+	var ie *Error
+	if !errors.As(err, &ie) {
+		t.Errorf("%s: error %T is not *Error", line, err)
+	}
+}
+
 func TestSeedErrors(t *testing.T) {
 	for _, e := range seedErrors {
-		cmd, err := ParseLine(e.cmd)
-		if err == nil {
-			_, err = Apply(rules.NewModel(), cmd)
-		}
-		if err == nil {
-			t.Errorf("%s: accepted", e.cmd)
-			continue
-		}
-		if !strings.Contains(err.Error(), e.want) {
-			t.Errorf("%s:\n error %q\n want it to contain %q", e.cmd, err, e.want)
-		}
-		var ie *Error
-		if !errors.As(err, &ie) {
-			t.Errorf("%s: error %T is not *Error", e.cmd, err)
-		}
+		wantRefused(t, e.cmd, e.want)
 	}
 	// Unsupported features are told apart with errors.Is.
 	_, err := ParseLine("iptables -t nat -A PREROUTING -p tcp -j REDIRECT --to-ports 8080")

@@ -418,6 +418,27 @@ func vethPair(t *testing.T) (a, b *netns.NS, b0 int) {
 	return a, b, b0
 }
 
+// registerXSK opens an AF_XDP socket of frames frames (rings of a
+// quarter of that) on queue 0 of interface b0 in ns, and registers it
+// with p for queue 0; it is closed when the test ends.
+func registerXSK(t *testing.T, p *Program, ns *netns.NS, b0, frames int) *ring.UMEM {
+	t.Helper()
+	var u *ring.UMEM
+	if err := ns.Do(func() error {
+		var err error
+		q := uint32(frames / 4)
+		u, err = ring.Open(ring.Config{NumFrames: uint32(frames), FillSize: q, CompletionSize: q, RxSize: q, TxSize: q}, ring.Endpoint{Ifindex: b0})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { u.Close() })
+	if err := p.Register(0, u.Socket(0).FD()); err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
 // TestRedirectVerdict registers a bound AF_XDP socket for queue 0 and
 // checks that BPF_PROG_TEST_RUN now returns XDP_REDIRECT for the frames
 // meant for xnat and still XDP_PASS for the others.
@@ -425,18 +446,7 @@ func TestRedirectVerdict(t *testing.T) {
 	f := newFilter(t)
 	p := load(t, f)
 	_, b, b0 := vethPair(t)
-	var u *ring.UMEM
-	if err := b.Do(func() error {
-		var err error
-		u, err = ring.Open(ring.Config{NumFrames: 64, FillSize: 16, CompletionSize: 16, RxSize: 16, TxSize: 16}, ring.Endpoint{Ifindex: b0})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer u.Close()
-	if err := p.Register(0, u.Socket(0).FD()); err != nil {
-		t.Fatal(err)
-	}
+	registerXSK(t, p, b, b0, 64)
 	runCase(t, p, "forward", frame{proto: 17, src: remote, dst: [4]byte{8, 8, 8, 8}, l4: ports(1, 53, 8)}.bytes(), xdpRedirect, CtrToXnatForward)
 	runCase(t, p, "local pool", frame{proto: 6, src: remote, dst: local, l4: ports(80, 40003, 20)}.bytes(), xdpRedirect, CtrToXnatLocal)
 	runCase(t, p, "local other", frame{proto: 6, src: remote, dst: local, l4: ports(80, 22, 20)}.bytes(), xdpPass, CtrPassLocal)
@@ -460,14 +470,10 @@ func TestOnVeth(t *testing.T) {
 	addUse(t, f, 2, UDP, 6000, 1)
 	p := load(t, f)
 	var mode AttachMode
-	var u *ring.UMEM
 	var svc *net.UDPConn
 	if err := b.Do(func() error {
 		var err error
 		if mode, err = p.Attach(b0, AttachAuto, false); err != nil {
-			return err
-		}
-		if u, err = ring.Open(ring.Config{NumFrames: 256, FillSize: 64, CompletionSize: 64, RxSize: 64, TxSize: 64}, ring.Endpoint{Ifindex: b0}); err != nil {
 			return err
 		}
 		svc, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(10, 0, 1, 1), Port: 7777})
@@ -475,15 +481,12 @@ func TestOnVeth(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	defer u.Close()
 	defer svc.Close()
 	t.Logf("attached in %v mode", mode)
 	if mode != AttachNative {
 		t.Errorf("veth took XDP in %v mode; native expected on Linux 6.x", mode)
 	}
-	if err := p.Register(0, u.Socket(0).FD()); err != nil {
-		t.Fatal(err)
-	}
+	u := registerXSK(t, p, b, b0, 256)
 	send := func(dst string, port int) {
 		t.Helper()
 		if err := a.Do(func() error {
@@ -764,21 +767,13 @@ func TestUnservedQueueDrops(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := load(t, f)
-	var u *ring.UMEM
 	if err := b.Do(func() error {
-		if _, err := p.Attach(b0, AttachAuto, false); err != nil {
-			return err
-		}
-		var err error
-		u, err = ring.Open(ring.Config{NumFrames: 256, FillSize: 64, CompletionSize: 64, RxSize: 64, TxSize: 64}, ring.Endpoint{Ifindex: b0, Queue: 0})
+		_, err := p.Attach(b0, AttachAuto, false)
 		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
-	defer u.Close()
-	if err := p.Register(0, u.Socket(0).FD()); err != nil {
-		t.Fatal(err)
-	}
+	u := registerXSK(t, p, b, b0, 256)
 	send(flows)
 	if n := received(500 * time.Millisecond); n != 0 {
 		t.Fatalf("%d datagrams were forwarded by the kernel, untranslated, while xnat's program was attached", n)

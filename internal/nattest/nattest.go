@@ -20,6 +20,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -41,6 +42,18 @@ var (
 	Inside  = []string{"x0a", "x0b"}
 	Outside = []string{"x1"}
 )
+
+// FullConeRules map and filter endpoint-independently (FULLCONENAT) on
+// the outside interface, x1.
+const FullConeRules = `*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A PREROUTING -i x1 -j FULLCONENAT
+-A POSTROUTING -o x1 -j FULLCONENAT
+COMMIT
+`
 
 // Options shape a Topology.
 type Options struct {
@@ -132,7 +145,7 @@ func Eventually(t testing.TB, what string, timeout time.Duration, cond func() bo
 // UDPEcho answers every datagram on ns's ip:port with "<source>|<payload>".
 func UDPEcho(t testing.TB, ns *netns.NS, ip net.IP, port int) {
 	t.Helper()
-	conn := listenUDP(t, ns, ip, port)
+	conn := ListenUDP(t, ns, ip, port)
 	go func() {
 		buf := make([]byte, 65536)
 		for {
@@ -150,7 +163,7 @@ func UDPEcho(t testing.TB, ns *netns.NS, ip net.IP, port int) {
 // UDPSink receives datagrams on ns's ip:port and never answers.
 func UDPSink(t testing.TB, ns *netns.NS, ip net.IP, port int) {
 	t.Helper()
-	conn := listenUDP(t, ns, ip, port)
+	conn := ListenUDP(t, ns, ip, port)
 	go func() {
 		buf := make([]byte, 65536)
 		for {
@@ -161,7 +174,9 @@ func UDPSink(t testing.TB, ns *netns.NS, ip net.IP, port int) {
 	}()
 }
 
-func listenUDP(t testing.TB, ns *netns.NS, ip net.IP, port int) *net.UDPConn {
+// ListenUDP opens an unconnected UDP socket on ns's ip:port (port 0:
+// any), closed when the test ends.
+func ListenUDP(t testing.TB, ns *netns.NS, ip net.IP, port int) *net.UDPConn {
 	t.Helper()
 	var conn *net.UDPConn
 	Must(t, ns.Do(func() error {
@@ -276,4 +291,77 @@ func RoundTrip(c net.Conn, msg []byte) error {
 		return errors.New("echo differs")
 	}
 	return nil
+}
+
+// MuteSocket is a Unix socket, in a temporary directory, that accepts
+// every connection and never answers: a daemon gone silent. It is closed,
+// and its connections with it, when the test ends.
+func MuteSocket(t testing.TB) string {
+	sock := filepath.Join(t.TempDir(), "mute.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+	})
+	go func() {
+		defer close(done)
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c)
+		}
+	}()
+	return sock
+}
+
+// TCPGreeter serves "hello from <name>" on addr in ns to every
+// connection, until the test ends.
+func TCPGreeter(t testing.TB, ns *netns.NS, addr, name string) {
+	t.Helper()
+	var ln net.Listener
+	Must(t, ns.Do(func() error {
+		var err error
+		ln, err = net.Listen("tcp4", addr)
+		return err
+	}))
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = io.WriteString(c, "hello from "+name)
+			c.Close()
+		}
+	}()
+}
+
+// Greeting connects from ns to addr and returns what the server says
+// before it closes the connection (TCPGreeter's greeting).
+func Greeting(ns *netns.NS, addr string) (string, error) {
+	var got []byte
+	err := ns.Do(func() error {
+		c, err := net.DialTimeout("tcp4", addr, 2*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		got, err = io.ReadAll(c)
+		return err
+	})
+	return string(got), err
 }

@@ -36,7 +36,7 @@ func STUNServer(t testing.TB, ns *netns.NS, ip1, ip2 net.IP, port1, port2 int) {
 	var socks [2][2]*net.UDPConn
 	for i := range 2 {
 		for j := range 2 {
-			socks[i][j] = listenUDP(t, ns, ips[i], ports[j])
+			socks[i][j] = ListenUDP(t, ns, ips[i], ports[j])
 		}
 	}
 	other := &net.UDPAddr{IP: ip2, Port: port2}
@@ -236,10 +236,4 @@ func Discover(conn *net.UDPConn, primary, alternate *net.UDPAddr) (Behaviour, er
 	}
 	b.Filtering = AddressAndPortDependent
 	return b, nil
-}
-
-// ListenUDP opens an unconnected UDP socket on ns's ip:port (port 0: any).
-func ListenUDP(t testing.TB, ns *netns.NS, ip net.IP, port int) *net.UDPConn {
-	t.Helper()
-	return listenUDP(t, ns, ip, port)
 }

@@ -7,7 +7,9 @@
 package apitest
 
 import (
+	"context"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -16,6 +18,7 @@ import (
 
 	"xnat/control/api"
 	"xnat/control/daemon"
+	"xnat/control/ha"
 	"xnat/internal/nattest"
 	"xnat/internal/netns"
 )
@@ -131,3 +134,59 @@ func (b *Bed) UDPDial(ns *netns.NS, src net.IP, lport, port int) *net.UDPConn {
 
 // Ask sends msg and returns the answer (up to four tries).
 func Ask(conn *net.UDPConn, msg string) (string, error) { return nattest.Ask(conn, msg, 4) }
+
+// HASync is the daemon's [ha] section for a bed whose sync peer is
+// StartHAPeer's: local 10.0.1.1 on x0a, the peer 10.0.1.2.
+func HASync() *daemon.HAConfig {
+	return &daemon.HAConfig{Local: "10.0.1.1", Peer: "10.0.1.2", Interface: "x0a"}
+}
+
+// HAPeer is the other side of the daemon's sync link: a ha.Link in the
+// inside host A's namespace, keeping what it receives in Cache and
+// counting the resync requests.
+type HAPeer struct {
+	Link  *ha.Link
+	Cache *ha.Cache
+
+	mu     sync.Mutex
+	resync int
+}
+
+// Conn keeps a connection the daemon sent (ha.Handler).
+func (p *HAPeer) Conn(t ha.MsgType, c *ha.Conn) { p.Cache.Apply(t, c) }
+
+// Resync counts a resync request (ha.Handler).
+func (p *HAPeer) Resync() {
+	p.mu.Lock()
+	p.resync++
+	p.mu.Unlock()
+}
+
+// Resyncs is how many resync requests the peer has had.
+func (p *HAPeer) Resyncs() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.resync
+}
+
+// StartHAPeer runs the sync peer of a bed made with Options.HA: HASync()
+// until the test ends.
+func (b *Bed) StartHAPeer() *HAPeer {
+	t := b.T
+	peer := &HAPeer{Cache: ha.NewCache()}
+	must(t, b.InsA.Do(func() error {
+		var err error
+		peer.Link, err = ha.Listen(ha.LinkConfig{Local: netip.MustParseAddrPort("10.0.1.2:3780"), Peer: netip.MustParseAddrPort("10.0.1.1:3780"), Interface: "a0"}, peer)
+		return err
+	}))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- peer.Link.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("peer link: %v", err)
+		}
+	})
+	return peer
+}
