@@ -9,7 +9,8 @@
 # Each figure is two runs of a benchmark with different b.N: the
 # difference of their totals over the difference of their packets (or
 # connections) leaves out the set-up both share.
-#   scripts/instructions.sh [--fullcone] [test binary]   (default: builds ./dataplane)
+#   scripts/instructions.sh [--fullcone] [--impl go|avx2|auto] [test binary]
+#   (default: the Go flow table, the portable reference; builds ./dataplane)
 # Without --fullcone: BenchmarkPipelineCounted/udp and /tcp, then
 # BenchmarkNewConnections. With --fullcone: MASQUERADE and FULLCONENAT
 # side by side, established (BenchmarkPipelineCountedNAT, UDP) and new
@@ -19,10 +20,14 @@
 set -euo pipefail
 command -v valgrind >/dev/null || { echo "instructions.sh: needs valgrind (apt-get install valgrind)" >&2; exit 2; }
 fullcone=
-if [ "${1:-}" = --fullcone ]; then
-	fullcone=1
-	shift
-fi
+impl=go
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--fullcone) fullcone=1; shift ;;
+	--impl) impl=$2; shift 2 ;;
+	*) break ;;
+	esac
+done
 bin=${1:-}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -33,7 +38,7 @@ fi
 count() { # benchmark pattern, b.N
 	# Go's preemption signals upset callgrind: one P, no async preemption.
 	GOGC=off GODEBUG=asyncpreemptoff=1 GOMAXPROCS=1 valgrind --tool=callgrind \
-		--callgrind-out-file="$tmp/cg.out" "$bin" -test.run '^$' \
+		--callgrind-out-file="$tmp/cg.out" "$bin" -test.run '^$' -impl "$impl" \
 		-test.bench "$1" -test.benchtime "${2}x" 2>&1 |
 		sed -n 's/.*Collected : //p'
 }
@@ -46,20 +51,20 @@ per() { # benchmark pattern, smaller b.N, larger b.N: instructions per b.N
 if [ -z "$fullcone" ]; then
 	for proto in udp tcp; do
 		n=$(per "^BenchmarkPipelineCounted\$/^$proto\$" 64000 320000)
-		echo "pipeline $proto/1000 established: $n instructions per packet (callgrind, BenchmarkPipelineCounted/$proto)"
+		echo "pipeline $proto/1000 established ($impl): $n instructions per packet (callgrind, BenchmarkPipelineCounted/$proto)"
 	done
 	# New connections: BenchmarkNewConnections makes b.N connections, and its
 	# set-up (each connection's template frame, the table) grows with b.N, so
 	# this count includes that set-up's share.
 	n=$(per '^BenchmarkNewConnections$' 20000 100000)
-	echo "new connections: $n instructions per connection, the bench's set-up included (callgrind, BenchmarkNewConnections)"
+	echo "new connections ($impl): $n instructions per connection, the bench's set-up included (callgrind, BenchmarkNewConnections)"
 else
 	for nat in MASQUERADE FULLCONENAT; do
 		n=$(per "^BenchmarkPipelineCountedNAT\$/^$nat\$" 64000 320000)
-		echo "established udp/1000 $nat: $n instructions per packet (callgrind, BenchmarkPipelineCountedNAT/$nat)"
+		echo "established udp/1000 $nat ($impl): $n instructions per packet (callgrind, BenchmarkPipelineCountedNAT/$nat)"
 	done
 	for nat in MASQUERADE FULLCONENAT; do
 		n=$(per "^BenchmarkNewConnectionsNAT\$/^$nat\$" 20000 50000)
-		echo "new connections $nat: $n instructions per connection, the bench's set-up included (callgrind, BenchmarkNewConnectionsNAT/$nat)"
+		echo "new connections $nat ($impl): $n instructions per connection, the bench's set-up included (callgrind, BenchmarkNewConnectionsNAT/$nat)"
 	done
 fi
