@@ -116,7 +116,7 @@ func init() {
 		"sysctl":           {"[-a] [NAME[=VALUE]]...: conntrack sysctls and xnat.* keys", sysctlCmd},
 		"events":           {"[--follow] [--after N]: table full, out of ports, rules replaced ...", events},
 		"top":              {"[-n N]: inside addresses with the most connections, ports and refusals", topCmd},
-		"ha":               {"status|cache|flush|resync|bulk: connection sync with the peer ([ha] section)", haCmd},
+		"ha":               {"status|cache|flush|resync|bulk|commit: connection sync with the peer ([ha] section)", haCmd},
 	}
 }
 

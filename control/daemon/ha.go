@@ -103,7 +103,7 @@ func (d *Daemon) startHA() error {
 	if err != nil {
 		return err
 	}
-	n, err := ha.NewNode(ha.NodeConfig{Link: lc}, d.dp, d.tab)
+	n, err := ha.NewNode(ha.NodeConfig{Link: lc, Committer: d.dp}, d.dp, d.tab)
 	if err != nil {
 		return fmt.Errorf("ha: %w", err)
 	}
