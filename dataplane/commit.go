@@ -14,8 +14,14 @@ type CommitResult struct {
 	// Committed: inserted with its translation, its external port marked
 	// used in the allocator of the core that owns it.
 	Committed int
-	// Exists: the table had the connection already (same original tuple).
+	// Exists: the table had the connection already (same original tuple)
+	// with the same translation.
 	Exists int
+	// Replaced: the table had the connection with another translation
+	// (its packets reached this box after the addresses moved and before
+	// the commit, and it was given a port of its own): the peer's record,
+	// the one both ends know, replaced it. Counted in Committed too.
+	Replaced int
 	// NoPool: the connection's external endpoint is in none of this box's
 	// NAT pools (its rules or pools differ from the peer's).
 	NoPool int
@@ -38,7 +44,7 @@ type commitJob struct {
 	stop  atomic.Bool
 	done  chan struct{}
 
-	committed, exists, refused atomic.Int64
+	committed, exists, replaced, refused atomic.Int64
 }
 
 type commitFlow struct {
@@ -124,6 +130,7 @@ func (d *Dataplane) Commit(ctx context.Context, flows []flowtable.NewFlow) (Comm
 	for _, j := range jobs {
 		res.Committed += int(j.committed.Load())
 		res.Exists += int(j.exists.Load())
+		res.Replaced += int(j.replaced.Load())
 		res.Refused += int(j.refused.Load())
 	}
 	return res, err
@@ -149,24 +156,42 @@ func (p *Pipeline) commitStep(j *commitJob) {
 func (p *Pipeline) commitOne(cf *commitFlow, j *commitJob) {
 	nf := &cf.nf
 	nf.Aux = makeAux(cf.pool, p.nowSec)
-	var res flowtable.InsertResult
-	if cf.pool != 0 {
-		a := p.d.Pools.allocator(cf.pool, p.core)
-		var ar portalloc.Result
-		_, ar, res = a.Reserve(p.ct, nf, p.now)
-		if ar != portalloc.OK && ar != portalloc.TableRefused {
-			j.refused.Add(1)
-			return
+	for try := 0; ; try++ {
+		var ref flowtable.Ref
+		var res flowtable.InsertResult
+		if cf.pool != 0 {
+			a := p.d.Pools.allocator(cf.pool, p.core)
+			var ar portalloc.Result
+			ref, ar, res = a.Reserve(p.ct, nf, p.now)
+			if ar != portalloc.OK && ar != portalloc.TableRefused {
+				j.refused.Add(1)
+				return
+			}
+		} else {
+			ref, res = p.ct.Insert(nf, p.now)
 		}
-	} else {
-		_, res = p.ct.Insert(nf, p.now)
-	}
-	switch res {
-	case flowtable.Inserted:
-		j.committed.Add(1)
-	case flowtable.Exists:
-		j.exists.Add(1)
-	default:
-		j.refused.Add(1)
+		switch res {
+		case flowtable.Inserted:
+			j.committed.Add(1)
+			if try > 0 {
+				j.replaced.Add(1)
+			}
+		case flowtable.Exists:
+			// Created here meanwhile: kept if it has the peer's
+			// translation, else replaced by the peer's record (its own
+			// port goes back when the sweep takes the killed record).
+			if f := p.d.Table.Flow(ref); try == 0 && ref != 0 && f.Orig() == nf.Orig && f.Reply() != nf.Reply && p.ct.Kill(ref) {
+				continue
+			}
+			// Its port may have been given out before the address was
+			// the box's, and so be held by nobody: hold it now.
+			if cf.pool != 0 {
+				p.d.Pools.allocator(cf.pool, p.core).Rehold(nf.Orig.Proto, nf.Reply.Dst, nf.Reply.DstPort)
+			}
+			j.exists.Add(1)
+		default:
+			j.refused.Add(1)
+		}
+		return
 	}
 }

@@ -212,3 +212,34 @@ func TestCommitConcurrentTraffic(t *testing.T) {
 		t.Fatalf("%d connections in the table, want %d", n, len(flows)+2)
 	}
 }
+
+// TestCommitReplaces: a connection its packets created on this box
+// before the commit, with a port of its own, gives way to the peer's
+// record: its packets then leave with the peer's port.
+func TestCommitReplaces(t *testing.T) {
+	tb := newTestbed(t, masqRules, 1500, 1)
+	out := udpPkt(macA, macIn0, addrA, 40500, remote, 80).bytes(t)
+	r, f := tb.run(out, portIn)
+	expect(t, r, ActForward, portOut)
+	if p := uint16(decode(t, f).udp.SrcPort); p != 40500 {
+		t.Fatalf("created with port %d", p)
+	}
+	nf := flowtable.NewFlow{Orig: flowtable.MakeTuple(flowtable.ProtoUDP, addrA, 40500, remote, 80),
+		Reply: flowtable.MakeTuple(flowtable.ProtoUDP, remote, 80, addrExt, 41000), Status: uint32(flowtable.UDP) | flowtable.FlagSrcNAT}
+	same := nf
+	same.Orig.SrcPort, same.Reply.DstPort = 40501, 40501
+	tb.run(udpPkt(macA, macIn0, addrA, 40501, remote, 80).bytes(t), portIn)
+	stop := make(chan struct{})
+	wg := runCores(tb.dp, stop)
+	res, err := tb.dp.Commit(context.Background(), []flowtable.NewFlow{nf, same})
+	close(stop)
+	wg.Wait()
+	if err != nil || res != (CommitResult{Committed: 1, Replaced: 1, Exists: 1}) {
+		t.Fatalf("commit: %+v %v", res, err)
+	}
+	r, f = tb.run(out, portIn)
+	expect(t, r, ActForward, portOut)
+	if p := uint16(decode(t, f).udp.SrcPort); p != 41000 {
+		t.Fatalf("after the commit the flow leaves with port %d, want the peer's 41000", p)
+	}
+}

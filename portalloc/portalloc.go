@@ -631,6 +631,26 @@ func (a *Allocator) Reserve(c *flowtable.Core, nf *flowtable.NewFlow, now flowta
 	return r, TableRefused, res
 }
 
+// Rehold holds a port in use on addr in the Steering if it is not held
+// yet: a port given out while the address had no steering slot (it was
+// not one of the box's then, as an HA pair's NAT address is not on the
+// backup until keepalived moves it) is held by nobody, so its replies
+// would go to the kernel once the address is the box's. It reports
+// whether the port is held now. Only this core's goroutine may call it.
+func (a *Allocator) Rehold(proto uint8, addr uint32, port uint16) bool {
+	cl := class(proto)
+	off, ok := a.offset(uint32(port))
+	if cl == classNone || a.steer == nil || addr-a.addrLo >= a.naddrs || !ok {
+		return false
+	}
+	i := uint64(addr-a.addrLo)*uint64(a.n) + uint64(off)
+	if a.uses[cl][i] == 0 {
+		return false
+	}
+	a.hold(cl, i, addr, proto, port)
+	return a.held[cl][i>>6]&(1<<(i&63)) != 0
+}
+
 // attempt is one Allocate's state, on its stack.
 type attempt struct {
 	src, addr uint32

@@ -117,3 +117,37 @@ func TestReserveNoAllocs(t *testing.T) {
 		t.Fatalf("%v allocations per reserve", n)
 	}
 }
+
+// TestRehold: a port given out while its address had no steering slot
+// is held once Rehold is called after the address got one.
+func TestRehold(t *testing.T) {
+	st := newSteering(t, 1)
+	tab := table(t, 1, 1000)
+	as, err := New(Pool{AddrLo: extA, AddrHi: extA, PortLo: 5000, PortHi: 5009, Steering: st}, 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := tab.Core(0)
+	c.Enter()
+	defer c.Exit()
+	nf := conn(flowtable.ProtoUDP, ip(10, 0, 0, 1), 5003, remote, 53)
+	if _, res, _ := as[0].Allocate(c, &nf, Options{}, 0); res != OK {
+		t.Fatal(res)
+	}
+	if as[0].Rehold(flowtable.ProtoUDP, extA, nf.Reply.DstPort) || st.Count(extA, flowtable.ProtoUDP, nf.Reply.DstPort) != 0 {
+		t.Fatal("held without a slot")
+	}
+	if err := st.SetAddrs(map[uint32]uint32{extA: 0}); err != nil {
+		t.Fatal(err)
+	}
+	if !as[0].Rehold(flowtable.ProtoUDP, extA, nf.Reply.DstPort) || !as[0].Rehold(flowtable.ProtoUDP, extA, nf.Reply.DstPort) ||
+		st.Count(extA, flowtable.ProtoUDP, nf.Reply.DstPort) != 1 {
+		t.Fatalf("after the slot: %d holders, want 1 however often Rehold is called", st.Count(extA, flowtable.ProtoUDP, nf.Reply.DstPort))
+	}
+	if as[0].Rehold(flowtable.ProtoUDP, extA, 5009) {
+		t.Fatal("held a port in use by nobody")
+	}
+	if !as[0].Release(&nf.Orig, &nf.Reply) || st.SlotHeld(0) {
+		t.Fatal("release left the port held")
+	}
+}

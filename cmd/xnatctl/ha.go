@@ -73,9 +73,9 @@ func haCmd(e *env, args []string) int {
 			return e.printJSON(res)
 		}
 		fmt.Fprintf(e.stderr, "xnat ha: %d connections committed", res.Committed)
-		if n := res.Exists + res.NoPool + res.Refused + res.Invalid; n > 0 {
-			fmt.Fprintf(e.stderr, "; %d already in the table, %d outside this box's NAT pools, %d refused, %d invalid",
-				res.Exists, res.NoPool, res.Refused, res.Invalid)
+		if n := res.Exists + res.Replaced + res.NoPool + res.Refused + res.Invalid; n > 0 {
+			fmt.Fprintf(e.stderr, "; %d already in the table, %d replaced, %d outside this box's NAT pools, %d refused, %d invalid",
+				res.Exists, res.Replaced, res.NoPool, res.Refused, res.Invalid)
 		}
 		fmt.Fprintln(e.stderr, ".")
 	default:
@@ -113,8 +113,8 @@ func (e *env) haStatus(st *api.HAStatus) int {
 		{"commits", fmt.Sprint(st.Commits)},
 	}
 	if lc := st.LastCommit; lc != nil {
-		rows = append(rows, [2]string{"last commit", fmt.Sprintf("%d committed, %d existed, %d outside the pools, %d refused, %d invalid",
-			lc.Committed, lc.Exists, lc.NoPool, lc.Refused, lc.Invalid)})
+		rows = append(rows, [2]string{"last commit", fmt.Sprintf("%d committed (%d replacing), %d existed, %d outside the pools, %d refused, %d invalid",
+			lc.Committed, lc.Replaced, lc.Exists, lc.NoPool, lc.Refused, lc.Invalid)})
 	}
 	if st.Group != "" {
 		rows = append(rows[:2], append([][2]string{{"multicast group", st.Group}}, rows[2:]...)...)
