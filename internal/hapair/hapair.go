@@ -789,4 +789,3 @@ func (p *pair) failover() (Result, error) {
 	}
 	return res, nil
 }
-
