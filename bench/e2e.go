@@ -31,6 +31,8 @@ type E2EOptions struct {
 	// Flood is set for --scenario flood (Target and Placement are set per
 	// run from Config).
 	Flood *e2e.FloodConfig
+	// Failover is set for --scenario failover (target xnat).
+	Failover *FailoverOptions
 }
 
 // ParseE2E parses the e2e scenario's flags.
@@ -38,7 +40,7 @@ func ParseE2E(args []string, w io.Writer) (E2EOptions, error) {
 	fs := flag.NewFlagSet("e2e", flag.ContinueOnError)
 	fs.SetOutput(w)
 	target := fs.String("target", "kernel", "xnat, kernel or both (in turn, with the ratio)")
-	scenario := fs.String("scenario", "throughput", "throughput, loss, latency, newconn, scaling, headroom, all (these six) or flood")
+	scenario := fs.String("scenario", "throughput", "throughput, loss, latency, newconn, scaling, headroom, all (these six), flood or failover")
 	flows := fs.String("flows", "1,1000,100000,1000000", "active connections: one number or a comma-separated list")
 	size := fs.String("size", "64", "Ethernet frame size with FCS: 64, 1500, or a list (64,1500)")
 	proto := fs.String("proto", "udp", "udp or tcp")
@@ -62,6 +64,10 @@ func ParseE2E(args []string, w io.Writer) (E2EOptions, error) {
 	synSources := fs.Int("syn-sources", e2e.DefaultSynSources, "flood: spoofed outside sources of the SYN flood")
 	maxConns := fs.Int("max-conns", e2e.DefaultFloodMaxConn, "flood: the device under test's connection limit (nf_conntrack_max)")
 	settle := fs.Duration("settle", time.Second, "flood: how long the established connections keep echoing after the floods stop")
+	foDownload := fs.Int("download", 20<<20, "failover: the TCP download's size in bytes (xnatd is killed a fifth into it)")
+	foRate := fs.Int("rate", 4<<20, "failover: the download's pace in bytes per second")
+	foUDP := fs.Int("udp-flows", 200, "failover: UDP flows with replies through the primary")
+	foDist := fs.String("dist", "dist", "failover: the directory with keepalived.conf and xnat-ha-notify.sh")
 	var o E2EOptions
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -96,8 +102,16 @@ func ParseE2E(args []string, w io.Writer) (E2EOptions, error) {
 		if err := o.Flood.Validate(); err != nil {
 			return o, err
 		}
+	case "failover":
+		if *target != "xnat" {
+			return o, fmt.Errorf("--scenario failover: the target is xnat (an HA pair of xnatd with keepalived), not %q", *target)
+		}
+		o.Failover = &FailoverOptions{Download: *foDownload, Rate: *foRate, UDPFlows: *foUDP, Dist: *foDist}
+		if err := validFailover(o.Failover); err != nil {
+			return o, err
+		}
 	default:
-		return o, fmt.Errorf("--scenario %q: want throughput, loss, latency, newconn, scaling, headroom, all or flood", *scenario)
+		return o, fmt.Errorf("--scenario %q: want throughput, loss, latency, newconn, scaling, headroom, all, flood or failover", *scenario)
 	}
 	var err error
 	if c.Flows, err = intList(*flows, 1, e2e.MaxFlows/2); err != nil {
@@ -168,6 +182,9 @@ func runE2E(args []string, w io.Writer) error {
 	}
 	if o.Flood != nil {
 		return runFlood(o, w)
+	}
+	if o.Failover != nil {
+		return runFailover(*o.Failover, o.JSON, w)
 	}
 	if o.JSON {
 		// With one target each result is written as soon as it is

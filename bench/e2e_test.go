@@ -103,3 +103,24 @@ func TestE2EJSONRun(t *testing.T) {
 		t.Fatalf("%d results, want 1", n)
 	}
 }
+
+func TestParseE2EFailover(t *testing.T) {
+	o, err := ParseE2E([]string{"--target", "xnat", "--scenario", "failover", "--udp-flows", "50", "--download", "10485760", "--json"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Failover == nil || o.Failover.UDPFlows != 50 || o.Failover.Download != 10<<20 || o.Failover.Rate != 4<<20 || o.Failover.Dist != "dist" || !o.JSON {
+		t.Fatalf("%+v", o.Failover)
+	}
+	for _, bad := range [][]string{
+		{"--scenario", "failover"}, // target kernel
+		{"--target", "both", "--scenario", "failover"},
+		{"--target", "xnat", "--scenario", "failover", "--udp-flows", "0"},
+		{"--target", "xnat", "--scenario", "failover", "--download", "10"},
+		{"--target", "xnat", "--scenario", "failover", "--rate", "-1"},
+	} {
+		if _, err := ParseE2E(bad, io.Discard); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}

@@ -371,3 +371,17 @@ func (p *Pools) Stats() portalloc.Stats {
 	}
 	return s
 }
+
+// owner finds the pool and the core whose allocator owns the external
+// endpoint (addr, port) of a connection of protocol proto: the first pool
+// whose addresses and ports hold it. ok is false when none does.
+func (p *Pools) owner(proto uint8, addr uint32, port uint16) (id uint16, core int, ok bool) {
+	for i, pl := range *p.list.Load() {
+		for c, a := range pl.allocs {
+			if a.Owns(proto, addr, port) {
+				return uint16(i + 1), c, true
+			}
+		}
+	}
+	return 0, 0, false
+}

@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -116,6 +117,7 @@ type Dataplane struct {
 	Pools    *Pools
 	Settings *Settings
 	env      atomic.Pointer[Env]
+	commitMu sync.Mutex // one Commit at a time
 	neigh    *NeighTable
 	start    time.Time
 	pubs     []published
@@ -248,6 +250,9 @@ type Pipeline struct {
 	// off; sq is its value for the current batch.
 	syncq atomic.Pointer[syncQueue]
 	sq    *syncQueue
+	// commitq is the HA commit this core has yet to insert (commit.go),
+	// nil when there is none.
+	commitq atomic.Pointer[commitJob]
 
 	// noFast turns the established path off, and fastLast is how many of
 	// the last batch's packets took it: for the tests that hold the path to

@@ -57,6 +57,9 @@ func (p *Pipeline) process(frames [][]byte, sizes []int, in []uint16, out []Resu
 	p.mc.Enter()
 	p.neighCheck()
 	p.sq = p.syncq.Load()
+	if j := p.commitq.Load(); j != nil {
+		p.commitStep(j)
+	}
 
 	// Count every frame in and parse it, the common ones on the fast path
 	// and the rest (rest) on the full one; collect the keys to look up.

@@ -195,4 +195,18 @@
 // core's table of source and port pairs. Its statistics are atomics on
 // its own cache lines, read by anyone. The SourceLimiter is safe for
 // concurrent use.
+//
+// # Reserving a given endpoint
+//
+// Reserve inserts a connection whose external endpoint was decided
+// elsewhere (an HA peer's connection, committed with the port it has
+// there) and counts the port as Allocate would: the per-port count, the
+// steering hold on the box's own addresses, the limiter. Owns tells which
+// core's allocator holds a (pool, address, port); only that core's
+// goroutine may call its Reserve, like Allocate. The dataplane does it
+// from the core's batch (dataplane.Dataplane.Commit hands each core its
+// share on a one-slot queue that the core takes between packets), so no
+// allocator is ever touched by two goroutines. Rehold holds, on the
+// owning core, a port in use that was given out while its address had no
+// steering slot.
 package portalloc

@@ -66,6 +66,9 @@ const (
 	// LimiterFull: the per-source limiter had no slot for the inside
 	// host, so could not count the connection.
 	LimiterFull
+	// NotOwned: Reserve was given an endpoint outside this allocator's
+	// slice (another core's port, or another pool's address).
+	NotOwned
 )
 
 func (r Result) String() string {
@@ -78,6 +81,8 @@ func (r Result) String() string {
 		return "per-source limit"
 	case LimiterFull:
 		return "per-source limiter full"
+	case NotOwned:
+		return "endpoint not in this slice"
 	}
 	return "refused by the flow table"
 }
@@ -554,6 +559,111 @@ func (a *Allocator) Allocate(c *flowtable.Core, nf *flowtable.NewFlow, opt Optio
 	a.st.outOfPorts.Add(1)
 	a.unacquire(&at)
 	return 0, OutOfPorts, flowtable.ReplyClash
+}
+
+// Owns reports whether the external endpoint (addr, port) of a
+// connection of protocol proto lies in this allocator's slice: the
+// allocator that Reserve must be called on. For a protocol without ports
+// the address alone decides, and every core's allocator owns it. Safe from
+// any goroutine.
+func (a *Allocator) Owns(proto uint8, addr uint32, port uint16) bool {
+	if addr-a.addrLo >= a.naddrs {
+		return false
+	}
+	if class(proto) == classNone {
+		return true
+	}
+	_, ok := a.offset(uint32(port))
+	return ok
+}
+
+// Reserve inserts a connection whose external endpoint is already
+// decided (nf.Reply's destination address and port: a connection synced
+// from an HA peer, committed with the translation it has there), and
+// marks the port used exactly as Allocate does: the per-port count, the
+// port held in the Steering on the box's own addresses, and the
+// per-source limiter's counts, so that Release gives it back like any
+// other. The endpoint must be in this slice (Owns), else NotOwned; a
+// port taken for the same remote endpoint is TableRefused with
+// ReplyClash, and a per-source limit refuses as in Allocate.
+//
+// Allocators are core-owned plain memory: like Allocate, Reserve may only
+// be called from its core's goroutine (the dataplane runs it from the
+// core's batch, see dataplane.Dataplane.Commit).
+func (a *Allocator) Reserve(c *flowtable.Core, nf *flowtable.NewFlow, now flowtable.Time) (flowtable.Ref, Result, flowtable.InsertResult) {
+	if !a.Owns(nf.Orig.Proto, nf.Reply.Dst, nf.Reply.DstPort) {
+		return 0, NotOwned, flowtable.Inserted
+	}
+	at := attempt{src: nf.Orig.Src, addr: nf.Reply.Dst, cl: class(nf.Orig.Proto), slot: -1, canNew: true}
+	if a.limiter != nil {
+		var why int
+		if at.slot, why = a.limiter.acquire(at.src); why != limOK {
+			if why == limFull {
+				a.st.full.Add(1)
+				return 0, LimiterFull, flowtable.Inserted
+			}
+			a.st.perSource.Add(1)
+			return 0, PerSourceLimit, flowtable.Inserted
+		}
+	}
+	if at.cl == classNone {
+		r, res := c.Insert(nf, now)
+		if res != flowtable.Inserted {
+			a.unacquire(&at)
+			return r, TableRefused, res
+		}
+		a.st.allocated.Add(1)
+		return r, OK, res
+	}
+	off, _ := a.offset(uint32(nf.Reply.DstPort))
+	at.base = uint64(at.addr-a.addrLo) * uint64(a.n)
+	if u := a.uses[at.cl]; u != nil {
+		at.uses = u[at.base:][:a.n]
+	}
+	if a.limiter != nil {
+		at.canNew = a.limiter.reservePort(at.slot)
+	}
+	r, res, st := a.try(c, nf, &at, off, now)
+	switch {
+	case st == trySkipped:
+		// The port carries maxUses connections, or the source is at its
+		// port limit and does not hold this one.
+		a.unacquire(&at)
+		if at.uses != nil && at.uses[off] == maxUses {
+			a.st.outOfPorts.Add(1)
+			return 0, OutOfPorts, flowtable.ReplyClash
+		}
+		if a.limiter != nil {
+			a.limiter.refusePorts(at.src)
+		}
+		a.st.perSource.Add(1)
+		return 0, PerSourceLimit, flowtable.Inserted
+	case res == flowtable.Inserted:
+		a.settle(&at)
+		return r, OK, res
+	}
+	a.unacquire(&at)
+	return r, TableRefused, res
+}
+
+// Rehold holds a port in use on addr in the Steering if it is not held
+// yet: a port given out while the address had no steering slot (it was
+// not one of the box's then, as an HA pair's NAT address is not on the
+// backup until keepalived moves it) is held by nobody, so its replies
+// would go to the kernel once the address is the box's. It reports
+// whether the port is held now. Only this core's goroutine may call it.
+func (a *Allocator) Rehold(proto uint8, addr uint32, port uint16) bool {
+	cl := class(proto)
+	off, ok := a.offset(uint32(port))
+	if cl == classNone || a.steer == nil || addr-a.addrLo >= a.naddrs || !ok {
+		return false
+	}
+	i := uint64(addr-a.addrLo)*uint64(a.n) + uint64(off)
+	if a.uses[cl][i] == 0 {
+		return false
+	}
+	a.hold(cl, i, addr, proto, port)
+	return a.held[cl][i>>6]&(1<<(i&63)) != 0
 }
 
 // attempt is one Allocate's state, on its stack.

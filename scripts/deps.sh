@@ -14,6 +14,8 @@
 #   conntrackd conntrackd control/ha's interoperability tests run a real
 #                        conntrackd on a sync link to xnat
 #   conntrack conntrack  and check what it committed to the kernel
+#   keepalived keepalived cmd/xnatd's failover test runs VRRP (dist/keepalived.conf)
+#                        between two xnatd
 #
 # Go itself (1.26, see go.mod) is not installed from apt: Debian's golang
 # package is older. Install it from https://go.dev/dl/.
@@ -29,6 +31,7 @@ declare -A need=(
   [iptables]=iptables
   [conntrackd]=conntrackd
   [conntrack]=conntrack
+  [keepalived]=keepalived
 )
 
 # Root's tools live in the sbin directories, which a user's PATH may lack.

@@ -16,9 +16,11 @@ import (
 //	flush   empty the external cache            (conntrackd -f external)
 //	resync  ask the peer for its whole table    (conntrackd -n)
 //	bulk    send this side's table to the peer  (conntrackd -B)
+//	commit  move the external cache into the flow table, each connection
+//	        with its translation and external port (conntrackd -c)
 func haCmd(e *env, args []string) int {
 	if len(args) != 1 {
-		return e.failf(2, "usage: xnatctl ha status|cache|flush|resync|bulk")
+		return e.failf(2, "usage: xnatctl ha status|cache|flush|resync|bulk|commit")
 	}
 	c := e.client()
 	switch args[0] {
@@ -62,8 +64,22 @@ func haCmd(e *env, args []string) int {
 			return e.fail(err)
 		}
 		fmt.Fprintln(e.stderr, "xnat ha: table sent to the peer.")
+	case "commit":
+		res, err := c.HACommit(e.ctx)
+		if err != nil {
+			return e.fail(err)
+		}
+		if e.json {
+			return e.printJSON(res)
+		}
+		fmt.Fprintf(e.stderr, "xnat ha: %d connections committed", res.Committed)
+		if n := res.Exists + res.Replaced + res.NoPool + res.Refused + res.Invalid; n > 0 {
+			fmt.Fprintf(e.stderr, "; %d already in the table, %d replaced, %d outside this box's NAT pools, %d refused, %d invalid",
+				res.Exists, res.Replaced, res.NoPool, res.Refused, res.Invalid)
+		}
+		fmt.Fprintln(e.stderr, ".")
 	default:
-		return e.failf(2, "unknown verb %q (status, cache, flush, resync, bulk)", args[0])
+		return e.failf(2, "unknown verb %q (status, cache, flush, resync, bulk, commit)", args[0])
 	}
 	return 0
 }
@@ -94,6 +110,11 @@ func (e *env) haStatus(st *api.HAStatus) int {
 		{"from other addresses", fmt.Sprint(l.Foreign)},
 		{"events sent", fmt.Sprint(st.EventsSent)},
 		{"whole-table sends (bulk / after drops)", fmt.Sprintf("%d / %d", st.Bulks, st.EventResends)},
+		{"commits", fmt.Sprint(st.Commits)},
+	}
+	if lc := st.LastCommit; lc != nil {
+		rows = append(rows, [2]string{"last commit", fmt.Sprintf("%d committed (%d replacing), %d existed, %d outside the pools, %d refused, %d invalid",
+			lc.Committed, lc.Replaced, lc.Exists, lc.NoPool, lc.Refused, lc.Invalid)})
 	}
 	if st.Group != "" {
 		rows = append(rows[:2], append([][2]string{{"multicast group", st.Group}}, rows[2:]...)...)

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"encoding/binary"
 	"strings"
 	"testing"
 
 	"xnat/control/api"
 	"xnat/control/api/apitest"
 	"xnat/control/ha"
+	"xnat/internal/nattest"
 )
 
 // TestHACommands: xnatctl ha status, cache, flush, resync and bulk
@@ -56,5 +58,54 @@ func TestHACommands(t *testing.T) {
 		if r := xnatctl(t, append([]string{"--socket", sock}, args...)...); r.code != 2 {
 			t.Errorf("%q: exit %d, stderr %q", args, r.code, r.stderr)
 		}
+	}
+}
+
+// TestHACommit: xnatctl ha commit takes a connection the peer synced (a
+// masquerade to the outside address's port 20123) into xnatd's table;
+// the inside host's next datagrams of that connection leave with port
+// 20123, and the answers, steered to xnat on the box's own address, come
+// back to it.
+func TestHACommit(t *testing.T) {
+	b := apitest.New(t, apitest.Options{HA: apitest.HASync()})
+	sock := b.Socket
+	link := b.StartHAPeer().Link
+	b.UDPEcho(7000)
+	ext := binary.BigEndian.Uint32(apitest.IPExt.To4())
+	c := ha.Conn{Proto: 17, Src: binary.BigEndian.Uint32(apitest.IPA.To4()), Dst: binary.BigEndian.Uint32(apitest.IPSrv.To4()),
+		SrcPort: 5353, DstPort: 7000, Status: ha.IPSSeenReply | ha.IPSAssured | ha.IPSSrcNAT,
+		SNAT: ext, SPAT: 20123, Has: ha.HasSNAT | ha.HasSPAT}
+	link.Send(ha.TypeNew, &c)
+	if err := link.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	apitest.Eventually(t, "the peer's connection in the cache", func() bool {
+		return strings.Contains(xnatctl(t, "--socket", sock, "ha", "cache").stdout, "dport=20123")
+	})
+	r := ok(t, sock, "ha", "commit")
+	if !strings.Contains(r.stderr, "1 connections committed.") {
+		t.Fatalf("commit: %q", r.stderr)
+	}
+	if l := ok(t, sock, "conntrack", "-L").stdout; !strings.Contains(l, "sport=5353 dport=7000") || !strings.Contains(l, "dport=20123") {
+		t.Fatalf("committed connection not in the table:\n%s", l)
+	}
+	conn := b.UDPDial(b.InsA, apitest.IPA, 5353, 7000)
+	got, err := nattest.Ask(conn, "after commit", 5)
+	if err != nil {
+		t.Fatalf("no answer through the committed connection: %v", err)
+	}
+	if want := apitest.IPExt.String() + ":20123|after commit"; got != want {
+		t.Fatalf("answer %q, want %q", got, want)
+	}
+	// Committing again finds it there.
+	var res api.HACommitted
+	decodeJSON(t, ok(t, sock, "--json", "ha", "commit").stdout, &res)
+	if res.Committed != 0 || res.Exists != 1 {
+		t.Fatalf("second commit %+v", res)
+	}
+	var st api.HAStatus
+	decodeJSON(t, ok(t, sock, "--json", "ha", "status").stdout, &st)
+	if st.Commits != 2 || st.LastCommit == nil || st.LastCommit.Exists != 1 {
+		t.Fatalf("status %+v", st)
 	}
 }

@@ -31,6 +31,7 @@
 //	POST /v1/ha/flush                 HAFlushed: the external cache emptied
 //	POST /v1/ha/resync                the peer asked for its whole table
 //	POST /v1/ha/bulk                  this side's whole table sent to the peer
+//	POST /v1/ha/commit                HACommitted: the external cache moved into the flow table
 //
 // # Streamed answers
 //

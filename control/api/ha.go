@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"time"
 
 	"xnat/control/ha"
 )
@@ -16,6 +17,7 @@ import (
 //	POST /v1/ha/flush    HAFlushed: empty the external cache
 //	POST /v1/ha/resync   ask the peer for its whole table
 //	POST /v1/ha/bulk     send this side's whole table to the peer
+//	POST /v1/ha/commit   HACommitted: move the external cache into the flow table
 
 // HAStatus is the sync node's state (ha.Status).
 type HAStatus = ha.Status
@@ -40,6 +42,7 @@ func (s *Server) haRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST "+Version+"/ha/flush", s.haFlush)
 	mux.HandleFunc("POST "+Version+"/ha/resync", s.haResync)
 	mux.HandleFunc("POST "+Version+"/ha/bulk", s.haBulk)
+	mux.HandleFunc("POST "+Version+"/ha/commit", s.haCommit)
 }
 
 func (s *Server) haNode() (*ha.Node, error) {
@@ -97,6 +100,32 @@ func (s *Server) haBulk(w http.ResponseWriter, r *http.Request) {
 		err = n.SendBulk()
 	}
 	reply(w, struct{}{}, err)
+}
+
+// commitTimeout bounds a commit: the cores take it between their batches.
+const commitTimeout = 30 * time.Second
+
+func (s *Server) haCommit(w http.ResponseWriter, r *http.Request) {
+	n, err := s.haNode()
+	if err != nil {
+		reply(w, nil, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), commitTimeout)
+	defer cancel()
+	res, err := n.Commit(ctx)
+	reply(w, &res, err)
+}
+
+// HACommitted is what a commit did (ha.CommitResult).
+type HACommitted = ha.CommitResult
+
+// HACommit moves the external cache into the flow table, each connection
+// with its translation and external port.
+func (c *Client) HACommit(ctx context.Context) (*HACommitted, error) {
+	var res HACommitted
+	err := c.do(ctx, http.MethodPost, "/ha/commit", nil, nil, &res)
+	return &res, err
 }
 
 // HAStatus returns the sync node's state.

@@ -81,4 +81,7 @@ func TestHANotConfigured(t *testing.T) {
 	if !refusedErr(err) || !strings.Contains(err.Error(), "not configured") {
 		t.Fatalf("%v", err)
 	}
+	if _, err := b.Client().HACommit(context.Background()); !refusedErr(err) || !strings.Contains(err.Error(), "not configured") {
+		t.Fatalf("commit: %v", err)
+	}
 }

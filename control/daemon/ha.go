@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"xnat/control/ha"
+	"xnat/dataplane"
+	"xnat/flowtable"
 )
 
 // HAConfig is the [ha] section: connection sync with a peer in
@@ -103,7 +105,7 @@ func (d *Daemon) startHA() error {
 	if err != nil {
 		return err
 	}
-	n, err := ha.NewNode(ha.NodeConfig{Link: lc}, d.dp, d.tab)
+	n, err := ha.NewNode(ha.NodeConfig{Link: lc, Committer: committer{d}}, d.dp, d.tab)
 	if err != nil {
 		return fmt.Errorf("ha: %w", err)
 	}
@@ -128,6 +130,20 @@ func (d *Daemon) stopHA() {
 	}
 	d.ha.stop()
 	<-d.ha.done
+}
+
+// committer commits an HA peer's connections into the dataplane once the
+// daemon's view of the kernel is current: keepalived adds the NAT
+// address and calls the notify script at once, and a committed port on
+// one of the box's addresses is steered to xnat only if the address has
+// its steering slot already.
+type committer struct{ d *Daemon }
+
+func (c committer) Commit(ctx context.Context, flows []flowtable.NewFlow) (dataplane.CommitResult, error) {
+	if err := c.d.mirror.Refresh(); err != nil {
+		return dataplane.CommitResult{}, fmt.Errorf("kernel view before commit: %w", err)
+	}
+	return c.d.dp.Commit(ctx, flows)
 }
 
 // HA returns the sync node, nil when sync is not configured.

@@ -22,7 +22,10 @@
 // Cache (cache.go) is the backup's external cache: the peer's
 // connections, kept apart from the flow table until committed. Conn
 // converts between the wire's view of a connection and the flow table's
-// (flowtable.NewFlow and flowtable.FlowInfo).
+// (flowtable.NewFlow and flowtable.FlowInfo). Node.Commit (conntrackd -c)
+// hands the cache to a Committer (the dataplane), which inserts each
+// connection with its translation and external port on the core that
+// owns the port.
 //
 // Nothing here panics on bad input: a malformed datagram, message or
 // attribute is an error, and Session counts it.

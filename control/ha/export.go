@@ -83,6 +83,14 @@ func (e *Exporter) send(ev *dataplane.SyncEvent) {
 	if t != TypeDelete && e.tab != nil {
 		fi.Expires = e.tab.StateTimeout(flowtable.StatusState(ev.Status))
 	}
+	if t == TypeDelete && e.tab != nil {
+		// The peer keys connections by original tuple: a record killed
+		// while another with the same original tuple lives (an HA commit
+		// replaced it) must not delete the live one there.
+		if live, _, ok := e.tab.Get(ev.Orig); ok && live.Orig == ev.Orig {
+			return
+		}
+	}
 	c := FromFlow(&fi)
 	e.out.Send(t, &c)
 }

@@ -100,3 +100,49 @@ func TestExporter(t *testing.T) {
 		t.Fatalf("table not sent: %v %+v", ok, got)
 	}
 }
+
+// TestExporterReplacedRecord: the destroy of a record that a commit
+// replaced (same original tuple, another reply tuple, the new one live)
+// does not delete the live connection at the peer.
+func TestExporterReplacedRecord(t *testing.T) {
+	tab, err := flowtable.New(flowtable.Config{Capacity: 1024, Cores: 1, Seed: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	backup := newPeer(t, Config{})
+	out := &pipe{t: t, s: NewSession(Config{}, backup), to: backup}
+	src := &fakeSource{q: make([][]dataplane.SyncEvent, 1)}
+	e := NewExporter(src, out, tab)
+	ext := a4("198.51.100.1")
+	nf := flowtable.NewFlow{Orig: flowtable.MakeTuple(17, a4("10.0.0.9"), 53, a4("192.0.2.2"), 53),
+		Reply: flowtable.MakeTuple(17, a4("192.0.2.2"), 53, ext, 40000), Status: uint32(flowtable.UDP) | flowtable.FlagSrcNAT}
+	old := nf.Reply
+	old.DstPort = 53
+	src.q[0] = append(src.q[0], dataplane.SyncEvent{Kind: dataplane.SyncNew, Orig: nf.Orig, Reply: nf.Reply, Status: nf.Status})
+	if _, err := e.Poll(); err != nil {
+		t.Fatal(err)
+	}
+	core := tab.Core(0)
+	core.Enter()
+	if _, res := core.Insert(&nf, tab.Now()); res != flowtable.Inserted {
+		t.Fatal(res)
+	}
+	core.Exit()
+	src.q[0] = append(src.q[0], dataplane.SyncEvent{Kind: dataplane.SyncDestroy, Orig: nf.Orig, Reply: old, Status: nf.Status})
+	if _, err := e.Poll(); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := backup.cache.Get(nf.Orig); !ok || got.Reply() != nf.Reply {
+		t.Fatalf("the live connection was deleted at the peer: %v %+v", ok, got)
+	}
+	if !tab.Delete(nf.Orig) {
+		t.Fatal("delete")
+	}
+	src.q[0] = append(src.q[0], dataplane.SyncEvent{Kind: dataplane.SyncDestroy, Orig: nf.Orig, Reply: nf.Reply, Status: nf.Status})
+	if _, err := e.Poll(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := backup.cache.Get(nf.Orig); ok {
+		t.Fatal("a connection gone from the table is still at the peer")
+	}
+}

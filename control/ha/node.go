@@ -2,9 +2,12 @@ package ha
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync"
 	"time"
 
+	"xnat/dataplane"
 	"xnat/flowtable"
 )
 
@@ -14,7 +17,27 @@ type NodeConfig struct {
 	// Poll is how often the exporter drains the cores' event rings
 	// (default 10ms).
 	Poll time.Duration
+	// Committer takes the external cache into the flow table on Commit
+	// (the dataplane); nil: Commit is refused.
+	Committer Committer
 }
+
+// Committer inserts connections with their translation kept
+// (dataplane.Dataplane.Commit).
+type Committer interface {
+	Commit(ctx context.Context, flows []flowtable.NewFlow) (dataplane.CommitResult, error)
+}
+
+// CommitResult is what a Commit did: the dataplane's counts, and the
+// cache's entries that could not become flow-table records (Invalid: a
+// TCP connection without a state).
+type CommitResult struct {
+	dataplane.CommitResult
+	Invalid int
+}
+
+// ErrNoCommitter is Commit's error on a node without a Committer.
+var ErrNoCommitter = errors.New("ha: this node has no table to commit to")
 
 // Node is one side of an HA pair, as conntrackd is: it sends its own
 // connections (events from the dataplane, the whole table on request)
@@ -30,6 +53,8 @@ type Node struct {
 
 	mu      sync.Mutex
 	bulks   uint64
+	commits uint64
+	last    *CommitResult
 	expErr  error
 	started time.Time
 }
@@ -91,6 +116,37 @@ func (n *Node) SendBulk() error {
 	return n.link.Flush()
 }
 
+// Commit moves the external cache into the flow table, as conntrackd -c
+// commits it to the kernel's: each connection keeps its exact
+// translation and external port (Committer). The cache keeps its
+// entries; the notify scripts flush it next, as they do conntrackd's.
+func (n *Node) Commit(ctx context.Context) (CommitResult, error) {
+	if n.cfg.Committer == nil {
+		return CommitResult{}, ErrNoCommitter
+	}
+	list := n.cache.List()
+	flows := make([]flowtable.NewFlow, 0, len(list))
+	var res CommitResult
+	for i := range list {
+		nf, err := list[i].NewFlow()
+		if err != nil {
+			res.Invalid++
+			continue
+		}
+		flows = append(flows, nf)
+	}
+	var err error
+	res.CommitResult, err = n.cfg.Committer.Commit(ctx, flows)
+	n.mu.Lock()
+	n.commits++
+	n.last = &res
+	n.mu.Unlock()
+	if err != nil {
+		return res, fmt.Errorf("ha: commit: %w", err)
+	}
+	return res, nil
+}
+
 // Status is what xnatctl ha status shows.
 type Status struct {
 	Local, Peer   string
@@ -98,10 +154,12 @@ type Status struct {
 	Link          LinkStats
 	Cache         int
 	CacheCounters CacheCounters
-	EventsSent    uint64 // dataplane events sent
-	EventResends  uint64 // whole-table sends after the event rings dropped events
-	Bulks         uint64 // whole-table sends on request
-	ExportError   string `json:",omitempty"`
+	EventsSent    uint64        // dataplane events sent
+	EventResends  uint64        // whole-table sends after the event rings dropped events
+	Bulks         uint64        // whole-table sends on request
+	Commits       uint64        // commits of the external cache
+	LastCommit    *CommitResult `json:",omitempty"`
+	ExportError   string        `json:",omitempty"`
 }
 
 // Status returns the node's state and counters.
@@ -114,6 +172,11 @@ func (n *Node) Status() Status {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	st.Bulks = n.bulks
+	st.Commits = n.commits
+	if n.last != nil {
+		lc := *n.last
+		st.LastCommit = &lc
+	}
 	if n.expErr != nil {
 		st.ExportError = n.expErr.Error()
 	}

@@ -64,6 +64,8 @@ type Mirror struct {
 	once    sync.Once
 	resyncs atomic.Uint64
 	dumps   atomic.Uint64
+	// pubMu orders publications: the mirror's goroutine's and Refresh's.
+	pubMu sync.Mutex
 }
 
 // Start dumps the kernel's state, subscribes to its changes and returns
@@ -107,6 +109,20 @@ func Start(opts Options) (*Mirror, error) {
 	return m, nil
 }
 
+// Refresh dumps the kernel's state now and publishes it (OnChange) if it
+// changed, without waiting for the notifications' debounce: for a caller
+// that must act on what the kernel has at this moment (an HA commit
+// right after keepalived added the addresses).
+func (m *Mirror) Refresh() error {
+	snap, err := Dump(m.h)
+	if err != nil {
+		return err
+	}
+	m.dumps.Add(1)
+	m.publish(snap, false)
+	return nil
+}
+
 // Snapshot returns the latest snapshot.
 func (m *Mirror) Snapshot() *topo.Snapshot { return m.snap.Load() }
 
@@ -144,6 +160,8 @@ func (m *Mirror) Resolve(ifindex int, ip uint32) error {
 // whose OnChange lets the caller catch up with neighbours it may have
 // missed).
 func (m *Mirror) publish(s *topo.Snapshot, force bool) {
+	m.pubMu.Lock()
+	defer m.pubMu.Unlock()
 	if prev := m.snap.Load(); !force && prev != nil && reflect.DeepEqual(prev, s) {
 		return
 	}

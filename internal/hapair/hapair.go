@@ -1,0 +1,791 @@
+// Package hapair runs an xnat HA pair's failover in network namespaces:
+// two xnatd between an inside and an outside bridge, keepalived in each
+// with dist/keepalived.conf and dist/xnat-ha-notify.sh, a dedicated sync
+// link; a load through the primary (a paced TCP download, a TCP echo
+// session, UDP flows with replies, a probe flow); then SIGKILL to the
+// primary's xnatd in the middle of the download. It measures what the
+// failover cost. cmd/xnatd's TestFailover and xnat-bench e2e --scenario
+// failover run it.
+//
+//	cli c0 10.9.1.10 ── brin (bridge) ─┬─ x0 10.9.1.2  [xnat a] x1 198.51.100.2 ─┬─ brout (bridge) ── s0 198.51.100.10 srv
+//	                                    └─ x0 10.9.1.3  [xnat b] x1 198.51.100.3 ─┘
+//	                       a h0 10.99.0.1 ──── sync link ──── b h0 10.99.0.2
+//
+// keepalived moves the inside gateway 10.9.1.1 and the NAT address
+// 198.51.100.1; cli routes through 10.9.1.1, both xnatd SNAT to
+// 198.51.100.1, and each box's kernel drops what comes to that address.
+package hapair
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"xnat/control/api"
+	"xnat/internal/netns"
+)
+
+// Addresses of the topology.
+const (
+	VIPIn  = "10.9.1.1"
+	VIPOut = "198.51.100.1"
+	SrvIP  = "198.51.100.10"
+	CliIP  = "10.9.1.10"
+)
+
+// Config is a failover run.
+type Config struct {
+	// Xnatd returns the command that runs xnatd with args (started
+	// inside a box's namespace).
+	Xnatd func(args ...string) *exec.Cmd
+	// Xnatctl is the xnatctl binary keepalived's check and notify
+	// scripts run.
+	Xnatctl string
+	// KeepalivedConf and Notify are dist/keepalived.conf and
+	// dist/xnat-ha-notify.sh.
+	KeepalivedConf, Notify string
+	// Download is the download's size in bytes, paced at Rate bytes a
+	// second; UDPFlows the UDP flows with replies.
+	Download, Rate, UDPFlows int
+	// Dir holds the run's files.
+	Dir string
+}
+
+// Result is what a failover cost.
+type Result struct {
+	// EstablishedLost: connections that did not survive (the download,
+	// the echo session, the UDP flows: no answer, or another external
+	// port).
+	EstablishedLost int `json:"established_lost"`
+	// Resets: TCP resets either end received.
+	Resets int `json:"resets"`
+	// RecoverMS: from the kill to the first answer to a probe datagram
+	// sent after it (one every 10 ms), through the backup.
+	RecoverMS float64 `json:"recover_ms"`
+	// SyncedConns: the connections in the backup's cache at the kill.
+	SyncedConns int `json:"synced_conns"`
+	// SyncLagMS: from a new connection's first answer through the
+	// primary to its appearance in the backup's cache (median of 20).
+	SyncLagMS float64 `json:"sync_lag_ms"`
+	// SyncMsgsPerSec: the sync messages the primary sent per second
+	// while the UDP flows were being set up.
+	SyncMsgsPerSec float64 `json:"sync_msgs_per_sec"`
+	// Committed, CommitExisting: the backup's commit.
+	Committed      int `json:"committed"`
+	CommitExisting int `json:"commit_existing"`
+	// DownloadOK: the download completed with the right checksum.
+	DownloadOK bool `json:"download_ok"`
+	// Echoes: echo round trips, EchoesAfter of them after the kill.
+	Echoes      int `json:"echoes"`
+	EchoesAfter int `json:"echoes_after"`
+	// Problems lists what went wrong, in words.
+	Problems []string `json:"problems,omitempty"`
+}
+
+type pair struct {
+	cfg            Config
+	tp             *netns.Topology
+	cli, srv, a, b *netns.NS
+	procs          []*exec.Cmd
+	kas            []*keepalived
+}
+
+type keepalived struct {
+	cmd  *exec.Cmd
+	out  *lockedBuffer
+	done chan struct{}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func run(ns *netns.NS, name string, args ...string) error {
+	_, err := ns.Run(name, args...)
+	return err
+}
+
+func (p *pair) build() error {
+	var err error
+	mk := func(name string) *netns.NS {
+		if err != nil {
+			return nil
+		}
+		var n *netns.NS
+		n, err = p.tp.CreateNS(name)
+		return n
+	}
+	p.cli, p.srv, p.a, p.b = mk("cli"), mk("srv"), mk("xa"), mk("xb")
+	brin, brout := mk("brin"), mk("brout")
+	if err != nil {
+		return err
+	}
+	for _, br := range []*netns.NS{brin, brout} {
+		if err := run(br, "ip", "link", "add", "br0", "type", "bridge", "stp_state", "0", "mcast_snooping", "0"); err != nil {
+			return err
+		}
+		if err := br.SetLinkUp("br0", true); err != nil {
+			return err
+		}
+	}
+	for _, v := range []struct {
+		a     *netns.NS
+		an    string
+		b     *netns.NS
+		bn    string
+		inBr  bool
+		outBr bool
+	}{
+		{p.cli, "c0", brin, "pc", true, false}, {p.a, "x0", brin, "pa", true, false}, {p.b, "x0", brin, "pb", true, false},
+		{p.a, "x1", brout, "qa", false, true}, {p.b, "x1", brout, "qb", false, true}, {p.srv, "s0", brout, "qs", false, true},
+		{p.a, "h0", p.b, "h0", false, false},
+	} {
+		if err := p.tp.AddVeth(v.a, v.an, v.b, v.bn, 1); err != nil {
+			return err
+		}
+		if v.inBr || v.outBr {
+			if err := run(v.b, "ip", "link", "set", v.bn, "master", "br0"); err != nil {
+				return err
+			}
+		}
+	}
+	steps := []func() error{
+		func() error { return p.cli.AddAddr("c0", CliIP+"/24") },
+		func() error { return p.cli.AddRoute("0.0.0.0/0", VIPIn, "c0") },
+		func() error { return p.srv.AddAddr("s0", SrvIP+"/24") },
+		func() error { return p.cli.SetTxChecksum("c0", false) },
+		func() error { return p.srv.SetTxChecksum("s0", false) },
+	}
+	for i, x := range []*netns.NS{p.a, p.b} {
+		steps = append(steps,
+			func() error { return x.SetSysctl("net.ipv4.ip_forward", "0") },
+			func() error { return x.AddAddr("x0", fmt.Sprintf("10.9.1.%d/24", 2+i)) },
+			func() error { return x.AddAddr("x1", fmt.Sprintf("198.51.100.%d/24", 2+i)) },
+			func() error { return x.AddAddr("h0", fmt.Sprintf("10.99.0.%d/24", 1+i)) },
+			// The NAT address is xnat's: the kernel drops what xnat does
+			// not take (between a crash and the move it would answer
+			// with resets).
+			func() error { return run(x, "iptables", "-A", "INPUT", "-d", VIPOut, "-j", "DROP") })
+	}
+	// Every reset either end receives is counted.
+	for _, ns := range []*netns.NS{p.cli, p.srv} {
+		steps = append(steps, func() error { return run(ns, "iptables", "-A", "INPUT", "-p", "tcp", "--tcp-flags", "RST", "RST") })
+	}
+	for _, s := range steps {
+		if err := s(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+var resetRE = regexp.MustCompile(`(?m)^\s*(\d+)\s+\d+\s.*tcp flags:0x04/0x04`)
+
+func resets(ns *netns.NS) (int, error) {
+	out, err := ns.Run("iptables", "-nvxL", "INPUT")
+	if err != nil {
+		return 0, err
+	}
+	m := resetRE.FindStringSubmatch(string(out))
+	if m == nil {
+		return 0, fmt.Errorf("hapair: no reset counter in %s", out)
+	}
+	return strconv.Atoi(m[1])
+}
+
+// startBox starts xnatd in x with an [ha] section towards the peer and
+// waits until it runs.
+func (p *pair) startBox(x *netns.NS, name, local, peer string) (*exec.Cmd, string, error) {
+	dir := p.cfg.Dir
+	rules := filepath.Join(dir, name+".rules")
+	if err := os.WriteFile(rules, []byte("*nat\n-A POSTROUTING -o x1 -j SNAT --to-source "+VIPOut+"\nCOMMIT\n"), 0o644); err != nil {
+		return nil, "", err
+	}
+	sock := filepath.Join(dir, name+".sock")
+	cfg := filepath.Join(dir, name+".toml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("inside = [\"x0\"]\noutside = [\"x1\"]\nrules = %q\ncapacity = 65536\nqueues = 1\nsocket = %q\n\n[ha]\nlocal = %q\npeer = %q\ninterface = \"h0\"\n",
+		rules, sock, local, peer)), 0o644); err != nil {
+		return nil, "", err
+	}
+	cmd := p.cfg.Xnatd("--config", cfg)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, "", err
+	}
+	if err := x.Do(cmd.Start); err != nil {
+		return nil, "", fmt.Errorf("hapair: starting xnatd %s: %w", name, err)
+	}
+	p.procs = append(p.procs, cmd)
+	running := make(chan struct{})
+	var log lockedBuffer
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		once := sync.Once{}
+		for sc.Scan() {
+			log.Write([]byte(sc.Text() + "\n"))
+			if strings.Contains(sc.Text(), "msg=running") {
+				once.Do(func() { close(running) })
+			}
+		}
+		_ = cmd.Wait()
+	}()
+	select {
+	case <-running:
+	case <-time.After(20 * time.Second):
+		return nil, "", fmt.Errorf("hapair: xnatd %s did not start: %s", name, log.String())
+	}
+	return cmd, sock, nil
+}
+
+// keepalived runs the dist keepalived.conf in x, with this topology's
+// interfaces, addresses, priority and paths.
+func (p *pair) keepalived(x *netns.NS, name, prio, sock string) error {
+	text, err := os.ReadFile(p.cfg.KeepalivedConf)
+	if err != nil {
+		return err
+	}
+	conf := string(text)
+	for _, r := range [][2]string{
+		{"router_id xnat-a", "router_id xnat-" + name},
+		// The run's scripts may live under a directory others can write
+		// to (/tmp): keepalived's script security would refuse them.
+		{"    enable_script_security\n", ""},
+		{"/usr/sbin/xnatctl --socket /run/xnat/xnat.sock", p.cfg.Xnatctl + " --socket " + sock},
+		{"/usr/local/sbin/xnat-ha-notify.sh --socket /run/xnat/xnat.sock", p.cfg.Notify + " --xnatctl " + p.cfg.Xnatctl + " --socket " + sock},
+		{"interface eth1", "interface x0"}, {"dev eth1", "dev x0"},
+		{"interface eth0", "interface x1"}, {"dev eth0", "dev x1"},
+		{"10.0.0.1/24", VIPIn + "/24"}, {"203.0.113.1/24", VIPOut + "/24"},
+		{"priority 150", "priority " + prio},
+	} {
+		if !strings.Contains(conf, r[0]) {
+			return fmt.Errorf("hapair: %s lacks %q", p.cfg.KeepalivedConf, r[0])
+		}
+		conf = strings.ReplaceAll(conf, r[0], r[1])
+	}
+	dir := p.cfg.Dir
+	path := filepath.Join(dir, name+".keepalived.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		return err
+	}
+	k := &keepalived{out: &lockedBuffer{}, done: make(chan struct{})}
+	k.cmd = exec.Command("keepalived", "-n", "-l", "-D", "-P", "-f", path,
+		"-p", filepath.Join(dir, name+".ka.pid"), "-r", filepath.Join(dir, name+".vrrp.pid"), "-c", filepath.Join(dir, name+".chk.pid"))
+	k.cmd.Stdout, k.cmd.Stderr = k.out, k.out
+	if err := x.Do(k.cmd.Start); err != nil {
+		return fmt.Errorf("hapair: starting keepalived %s: %w", name, err)
+	}
+	go func() { _ = k.cmd.Wait(); close(k.done) }()
+	p.kas = append(p.kas, k)
+	return nil
+}
+
+func (p *pair) close() error {
+	for _, k := range p.kas {
+		_ = k.cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-k.done:
+		case <-time.After(5 * time.Second):
+			_ = k.cmd.Process.Kill()
+			<-k.done
+		}
+	}
+	for _, c := range p.procs {
+		_ = c.Process.Kill()
+	}
+	return p.tp.Close()
+}
+
+// KeepalivedLogs returns what the keepalived processes wrote, for a
+// failed run's report.
+func (p *pair) keepalivedLogs() string {
+	var b strings.Builder
+	for i, k := range p.kas {
+		fmt.Fprintf(&b, "keepalived %c:\n%s\n", 'a'+i, k.out.String())
+	}
+	return b.String()
+}
+
+func hasAddr(x *netns.NS, addr string) bool {
+	out, err := x.Run("ip", "-4", "-o", "addr", "show")
+	return err == nil && strings.Contains(string(out), " "+addr+"/")
+}
+
+func haStatus(sock string) (*api.HAStatus, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	return api.NewClient(sock).HAStatus(ctx)
+}
+
+func eventually(what string, timeout time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("hapair: timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return nil
+}
+
+func dialUDP(ns *netns.NS, lport int, raddr *net.UDPAddr) (*net.UDPConn, error) {
+	var c *net.UDPConn
+	err := ns.Do(func() error {
+		var err error
+		c, err = net.DialUDP("udp4", &net.UDPAddr{IP: net.ParseIP(CliIP), Port: lport}, raddr)
+		return err
+	})
+	return c, err
+}
+
+// ask sends msg and returns the source the echo server saw.
+func ask(c *net.UDPConn, msg string, attempts int) (string, error) {
+	buf := make([]byte, 512)
+	var err error
+	for range attempts {
+		if _, err = c.Write([]byte(msg)); err != nil {
+			continue
+		}
+		_ = c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		var n int
+		if n, err = c.Read(buf); err == nil {
+			src, _, _ := strings.Cut(string(buf[:n]), "|")
+			return src, nil
+		}
+	}
+	return "", err
+}
+
+// Run builds the topology, runs the failover and removes everything. An
+// error means the run could not be made; what the failover broke is in
+// the Result (EstablishedLost, Resets, Problems).
+func Run(cfg Config) (res Result, err error) {
+	for _, tool := range []string{"keepalived", "iptables"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return res, fmt.Errorf("hapair: needs %s (scripts/deps.sh installs it): %w", tool, err)
+		}
+	}
+	tp, err := netns.Open()
+	if err != nil {
+		return res, err
+	}
+	p := &pair{cfg: cfg, tp: tp}
+	defer func() {
+		if len(res.Problems) > 0 || err != nil {
+			res.Problems = append(res.Problems, p.keepalivedLogs())
+		}
+		if cerr := p.close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	if err := p.build(); err != nil {
+		return res, err
+	}
+	return p.failover()
+}
+
+func (p *pair) failover() (Result, error) {
+	var res Result
+	problem := func(f string, a ...any) { res.Problems = append(res.Problems, fmt.Sprintf(f, a...)) }
+	pa, sockA, err := p.startBox(p.a, "a", "10.99.0.1", "10.99.0.2")
+	if err != nil {
+		return res, err
+	}
+	_, sockB, err := p.startBox(p.b, "b", "10.99.0.2", "10.99.0.1")
+	if err != nil {
+		return res, err
+	}
+	if err := p.keepalived(p.a, "a", "150", sockA); err != nil {
+		return res, err
+	}
+	if err := eventually("box a master", 15*time.Second, func() bool { return hasAddr(p.a, VIPIn) && hasAddr(p.a, VIPOut) }); err != nil {
+		return res, err
+	}
+	if err := p.keepalived(p.b, "b", "100", sockB); err != nil {
+		return res, err
+	}
+	time.Sleep(1500 * time.Millisecond) // b hears a's adverts and stays backup
+	if hasAddr(p.b, VIPIn) || hasAddr(p.b, VIPOut) {
+		return res, errors.New("hapair: box b took an address while a is master")
+	}
+
+	// The servers: a UDP echo naming the source, a paced download, an
+	// echo session.
+	var srvErr atomic.Value
+	var udpSrv *net.UDPConn
+	var dl, echo net.Listener
+	if err := p.srv.Do(func() error {
+		var err error
+		if udpSrv, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(SrvIP), Port: 9000}); err != nil {
+			return err
+		}
+		if dl, err = net.Listen("tcp4", SrvIP+":8080"); err != nil {
+			return err
+		}
+		echo, err = net.Listen("tcp4", SrvIP+":8081")
+		return err
+	}); err != nil {
+		return res, err
+	}
+	defer udpSrv.Close()
+	defer dl.Close()
+	defer echo.Close()
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := udpSrv.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			_, _ = udpSrv.WriteToUDP(append([]byte(from.String()+"|"), buf[:n]...), from)
+		}
+	}()
+	data := make([]byte, p.cfg.Download)
+	_, _ = rand.NewChaCha8([32]byte{1}).Read(data)
+	want := sha256.Sum256(data)
+	go func() {
+		c, err := dl.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		const chunk = 32 << 10
+		begin := time.Now()
+		for off := 0; off < len(data); off += chunk {
+			if _, err := c.Write(data[off:min(off+chunk, len(data))]); err != nil {
+				srvErr.Store(fmt.Sprintf("download server: %v", err))
+				return
+			}
+			time.Sleep(time.Until(begin.Add(time.Duration(off+chunk) * time.Second / time.Duration(p.cfg.Rate))))
+		}
+	}()
+	go func() {
+		c, err := echo.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		if _, err := io.Copy(c, c); err != nil {
+			srvErr.Store(fmt.Sprintf("echo server: %v", err))
+		}
+	}()
+	srvUDP := &net.UDPAddr{IP: net.ParseIP(SrvIP), Port: 9000}
+
+	// The UDP flows, each with its external port; the sync messages they
+	// cost the primary per second.
+	stA0, err := haStatus(sockA)
+	if err != nil {
+		return res, err
+	}
+	t0 := time.Now()
+	flows := make([]*net.UDPConn, p.cfg.UDPFlows)
+	before := make([]string, len(flows))
+	for i := range flows {
+		c, err := dialUDP(p.cli, 20000+i, srvUDP)
+		if err != nil {
+			return res, err
+		}
+		defer c.Close()
+		flows[i] = c
+		if before[i], err = ask(c, "x", 5); err != nil || !strings.HasPrefix(before[i], VIPOut+":") {
+			return res, fmt.Errorf("hapair: udp flow %d through the primary: %q %v", i, before[i], err)
+		}
+	}
+	if err := eventually("the flows in the backup's cache", 10*time.Second, func() bool {
+		st, err := haStatus(sockB)
+		return err == nil && st.Cache >= len(flows)
+	}); err != nil {
+		return res, err
+	}
+	stA1, err := haStatus(sockA)
+	if err != nil {
+		return res, err
+	}
+	res.SyncMsgsPerSec = float64(stA1.Link.MsgSent-stA0.Link.MsgSent) / time.Since(t0).Seconds()
+
+	// Sync lag: new flows, each from its first answer to the backup's
+	// cache holding it.
+	var lags []time.Duration
+	for i := range 20 {
+		n0, err := haStatus(sockB)
+		if err != nil {
+			return res, err
+		}
+		c, err := dialUDP(p.cli, 31000+i, srvUDP)
+		if err != nil {
+			return res, err
+		}
+		if _, err := ask(c, "lag", 5); err != nil {
+			c.Close()
+			return res, fmt.Errorf("hapair: lag flow %d: %w", i, err)
+		}
+		start := time.Now()
+		if err := eventually("a lag flow in the backup's cache", 5*time.Second, func() bool {
+			st, err := haStatus(sockB)
+			return err == nil && st.Cache > n0.Cache
+		}); err != nil {
+			c.Close()
+			return res, err
+		}
+		lags = append(lags, time.Since(start))
+		c.Close()
+	}
+	slices.Sort(lags)
+	res.SyncLagMS = float64(lags[len(lags)/2]) / float64(time.Millisecond)
+
+	// The TCP sessions.
+	dialTCP := func(addr string) (net.Conn, error) {
+		var c net.Conn
+		err := p.cli.Do(func() error {
+			var err error
+			c, err = net.DialTimeout("tcp4", addr, 5*time.Second)
+			return err
+		})
+		return c, err
+	}
+	ec, err := dialTCP(SrvIP + ":8081")
+	if err != nil {
+		return res, err
+	}
+	defer ec.Close()
+	roundTrip := func(i int) error {
+		msg := []byte(fmt.Sprintf("echo %d\n", i))
+		if err := ec.SetDeadline(time.Now().Add(15 * time.Second)); err != nil {
+			return err
+		}
+		if _, err := ec.Write(msg); err != nil {
+			return err
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(ec, got); err != nil {
+			return err
+		}
+		if !bytes.Equal(got, msg) {
+			return fmt.Errorf("echoed %q for %q", got, msg)
+		}
+		return nil
+	}
+	if err := roundTrip(0); err != nil {
+		return res, fmt.Errorf("hapair: echo through the primary: %w", err)
+	}
+	dc, err := dialTCP(SrvIP + ":8080")
+	if err != nil {
+		return res, err
+	}
+	defer dc.Close()
+	type dlResult struct {
+		n   int
+		sum [32]byte
+		err error
+	}
+	dlDone := make(chan dlResult, 1)
+	var dlGot atomic.Int64
+	go func() {
+		h := sha256.New()
+		buf := make([]byte, 64<<10)
+		var r dlResult
+		for r.n < len(data) {
+			_ = dc.SetReadDeadline(time.Now().Add(20 * time.Second))
+			n, err := dc.Read(buf)
+			h.Write(buf[:n])
+			r.n += n
+			dlGot.Store(int64(r.n))
+			if err != nil {
+				if !errors.Is(err, io.EOF) || r.n < len(data) {
+					r.err = err
+				}
+				break
+			}
+		}
+		copy(r.sum[:], h.Sum(nil))
+		dlDone <- r
+	}()
+	echoStop := make(chan struct{})
+	echoErr := make(chan error, 1)
+	var echoes, echoesAfter atomic.Int64
+	var killedAt atomic.Int64 // unix nanoseconds
+	go func() {
+		for i := 1; ; i++ {
+			select {
+			case <-echoStop:
+				echoErr <- nil
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			if err := roundTrip(i); err != nil {
+				echoErr <- fmt.Errorf("echo %d: %w", i, err)
+				return
+			}
+			echoes.Add(1)
+			if killedAt.Load() != 0 {
+				echoesAfter.Add(1)
+			}
+		}
+	}()
+	// The probe: a datagram every 10 ms on a flow of its own; each
+	// answer names its datagram, so the first answer to one sent after
+	// the kill times the outage.
+	probe, err := dialUDP(p.cli, 30000, srvUDP)
+	if err != nil {
+		return res, err
+	}
+	defer probe.Close()
+	if _, err := ask(probe, "p-1", 5); err != nil {
+		return res, fmt.Errorf("hapair: probe: %w", err)
+	}
+	var recovered atomic.Int64
+	probeStop := make(chan struct{})
+	defer close(probeStop)
+	var sent sync.Map
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-probeStop:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			sent.Store(i, time.Now().UnixNano())
+			_, _ = probe.Write([]byte("p" + strconv.Itoa(i)))
+		}
+	}()
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			_ = probe.SetReadDeadline(time.Now().Add(30 * time.Second))
+			n, err := probe.Read(buf)
+			if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) {
+				return
+			}
+			if err != nil {
+				continue // an ICMP error on the connected socket
+			}
+			now := time.Now().UnixNano()
+			_, msg, _ := strings.Cut(string(buf[:n]), "|")
+			i, err := strconv.Atoi(strings.TrimPrefix(msg, "p"))
+			if err != nil {
+				continue
+			}
+			at, ok := sent.Load(i)
+			if k := killedAt.Load(); ok && k != 0 && at.(int64) > k {
+				recovered.CompareAndSwap(0, now-k)
+			}
+		}
+	}()
+
+	// The backup holds every connection before the kill, the TCP ones
+	// established.
+	// (the lag flows, and the probe, echo and download).
+	total := len(flows) + 20 + 3
+	established := func(st []string) int { return strings.Count(strings.Join(st, "\n"), "tcp ESTABLISHED") }
+	var cached []string
+	if err := eventually("the backup's cache", 10*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		c, err := api.NewClient(sockB).HACache(ctx)
+		if err != nil {
+			return false
+		}
+		cached = c.Conns
+		return len(cached) >= total && established(cached) == 2
+	}); err != nil {
+		return res, fmt.Errorf("%w: %d connections, %d TCP established, want %d and 2", err, len(cached), established(cached), total)
+	}
+	if err := eventually("the download under way", 20*time.Second, func() bool { return dlGot.Load() > int64(len(data)/5) }); err != nil {
+		return res, err
+	}
+	if dlGot.Load() >= int64(len(data))*3/4 {
+		return res, fmt.Errorf("hapair: the download is nearly done (%d bytes) before the kill: the pacing is too fast", dlGot.Load())
+	}
+	stB, err := haStatus(sockB)
+	if err != nil {
+		return res, err
+	}
+	res.SyncedConns = stB.Cache
+
+	// kill -9 the primary's xnatd.
+	killedAt.Store(time.Now().UnixNano())
+	if err := pa.Process.Kill(); err != nil {
+		return res, err
+	}
+	if err := eventually("box b master", 15*time.Second, func() bool { return hasAddr(p.b, VIPIn) && hasAddr(p.b, VIPOut) }); err != nil {
+		return res, err
+	}
+	select {
+	case r := <-dlDone:
+		res.DownloadOK = r.err == nil && r.n == len(data) && r.sum == want
+		if !res.DownloadOK {
+			res.EstablishedLost++
+			problem("download: %d of %d bytes, error %v, checksum match %v", r.n, len(data), r.err, r.sum == want)
+		}
+	case <-time.After(60 * time.Second):
+		res.EstablishedLost++
+		problem("the download stalled at %d bytes", dlGot.Load())
+	}
+	if err := eventually("the probe's answer after the kill", 10*time.Second, func() bool { return recovered.Load() != 0 }); err != nil {
+		problem("no probe answer within 10 s of the kill")
+	}
+	res.RecoverMS = float64(recovered.Load()) / float64(time.Millisecond)
+	n := echoesAfter.Load()
+	_ = eventually("echoes after the download", 10*time.Second, func() bool { return echoesAfter.Load() >= n+10 })
+	close(echoStop)
+	if err := <-echoErr; err != nil {
+		res.EstablishedLost++
+		problem("echo session: %v", err)
+	}
+	res.Echoes, res.EchoesAfter = int(echoes.Load()), int(echoesAfter.Load())
+	for i, c := range flows {
+		src, err := ask(c, "y", 5)
+		if err != nil || src != before[i] {
+			res.EstablishedLost++
+			problem("udp flow %d: left as %s before the failover, %q after (%v)", i, before[i], src, err)
+		}
+	}
+	if e := srvErr.Load(); e != nil {
+		problem("%s", e)
+	}
+	for _, ns := range []*netns.NS{p.cli, p.srv} {
+		n, err := resets(ns)
+		if err != nil {
+			return res, err
+		}
+		res.Resets += n
+	}
+	st, err := haStatus(sockB)
+	if err != nil {
+		return res, err
+	}
+	if st.LastCommit == nil {
+		problem("the backup never committed")
+	} else {
+		res.Committed, res.CommitExisting = st.LastCommit.Committed, st.LastCommit.Exists
+	}
+	return res, nil
+}
