@@ -299,6 +299,13 @@ func (x *Xnat) Setup(tp *Topology, cfg TargetConfig) error {
 	if cfg.MaxConns <= 0 {
 		return fmt.Errorf("%w: connection limit %d", ErrConfig, cfg.MaxConns)
 	}
+	// The gateway makes no connections of its own: its kernel's ephemeral
+	// ports are reserved for xnat, as the README tells an administrator
+	// to, so MASQUERADE has the whole 1024–65535 on dut1's address
+	// (otherwise xnat leaves the kernel's 32768–60999 to it).
+	if err := tp.DUT.SetSysctl("net.ipv4.ip_local_reserved_ports", "32768-60999"); err != nil {
+		return err
+	}
 	if x.dir, err = os.MkdirTemp("", "xnat-e2e-"); err != nil {
 		return fmt.Errorf("e2e: %w", err)
 	}
