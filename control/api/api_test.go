@@ -463,6 +463,12 @@ func TestAddressEventAndMetrics(t *testing.T) {
 		fmt.Sprintf("xnat_interface_packets_total{direction=\"rx\",interface=\"x0b\",role=\"inside\"} %d\n", st.Pipeline.Ports[1].RxPackets),
 		"xnat_xdp_packets_total{action=\"to_xnat_forward\",interface=\"x0b\",mode=\"native\"}",
 		"xnat_xsk_rx_total{interface=\"x1\",queue=\"0\"}",
+		"xnat_xdp_packets_total{action=\"pass_broadcast\",interface=\"x0b\",mode=\"native\"}",
+		"xnat_mappings_created_total 0\n",
+		"xnat_neigh_queued_total ",
+		"xnat_mappings_inbound_total 0\n",
+		"xnat_drops_total{reason=\"rp_filter\"}",
+		"xnat_drops_total{reason=\"neigh_failed\"}",
 		"go_goroutines",
 	} {
 		if !strings.Contains(text, want) {
