@@ -140,8 +140,9 @@ func TestRehold(t *testing.T) {
 	if err := st.SetAddrs(map[uint32]uint32{extA: 0}); err != nil {
 		t.Fatal(err)
 	}
-	if !as[0].Rehold(flowtable.ProtoUDP, extA, nf.Reply.DstPort) || !as[0].Rehold(flowtable.ProtoUDP, extA, nf.Reply.DstPort) ||
-		st.Count(extA, flowtable.ProtoUDP, nf.Reply.DstPort) != 1 {
+	first := as[0].Rehold(flowtable.ProtoUDP, extA, nf.Reply.DstPort)
+	second := as[0].Rehold(flowtable.ProtoUDP, extA, nf.Reply.DstPort)
+	if !first || !second || st.Count(extA, flowtable.ProtoUDP, nf.Reply.DstPort) != 1 {
 		t.Fatalf("after the slot: %d holders, want 1 however often Rehold is called", st.Count(extA, flowtable.ProtoUDP, nf.Reply.DstPort))
 	}
 	if as[0].Rehold(flowtable.ProtoUDP, extA, 5009) {

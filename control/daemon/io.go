@@ -9,6 +9,7 @@ import (
 
 	vnetns "github.com/vishvananda/netns"
 
+	"xnat/dataplane/kernel"
 	"xnat/dataplane/topo"
 	"xnat/dataplane/worker"
 	"xnat/dataplane/xdpprog"
@@ -347,4 +348,13 @@ func (d *Daemon) reconcileIO() {
 	d.installIO(next, cur)
 	d.ioChanges.Add(1)
 	d.emit(info("interfaces re-attached", "frame_size", frame, "workers", len(next.workers)))
+	// The kernel's view, neighbours included, is applied again to the new
+	// sockets: a snapshot taken while the interface was coming back may
+	// have been applied before they existed, and nothing else would
+	// bring it again until the kernel changes.
+	go func() {
+		if err := d.mirror.Refresh(); err != nil && !errors.Is(err, kernel.ErrClosed) {
+			d.emit(warn("refreshing the kernel's view after re-attaching", "err", err))
+		}
+	}()
 }

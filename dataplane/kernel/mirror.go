@@ -109,17 +109,24 @@ func Start(opts Options) (*Mirror, error) {
 	return m, nil
 }
 
-// Refresh dumps the kernel's state now and publishes it (OnChange) if it
-// changed, without waiting for the notifications' debounce: for a caller
-// that must act on what the kernel has at this moment (an HA commit
-// right after keepalived added the addresses).
+// Refresh dumps the kernel's state now and publishes it (OnChange), even
+// when it equals the last snapshot, without waiting for the
+// notifications' debounce: for a caller that must act on what the kernel
+// has at this moment (an HA commit right after keepalived added the
+// addresses; interfaces just attached again, whose environment and
+// neighbours must be rebuilt against the new sockets).
 func (m *Mirror) Refresh() error {
+	select {
+	case <-m.stop:
+		return ErrClosed
+	default:
+	}
 	snap, err := Dump(m.h)
 	if err != nil {
 		return err
 	}
 	m.dumps.Add(1)
-	m.publish(snap, false)
+	m.publish(snap, true)
 	return nil
 }
 
@@ -138,6 +145,10 @@ func (m *Mirror) Close() error {
 	m.once.Do(func() {
 		close(m.stop)
 		<-m.done
+		// A Refresh publishing now finishes before Close returns.
+		m.pubMu.Lock()
+		//lint:ignore SA2001 the empty critical section waits for an in-flight publish
+		m.pubMu.Unlock()
 		m.h.Close()
 		m.ns.Close()
 	})
@@ -162,6 +173,11 @@ func (m *Mirror) Resolve(ifindex int, ip uint32) error {
 func (m *Mirror) publish(s *topo.Snapshot, force bool) {
 	m.pubMu.Lock()
 	defer m.pubMu.Unlock()
+	select {
+	case <-m.stop:
+		return // closed: OnChange is not called after Close
+	default:
+	}
 	if prev := m.snap.Load(); !force && prev != nil && reflect.DeepEqual(prev, s) {
 		return
 	}
