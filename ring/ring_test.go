@@ -154,6 +154,10 @@ func TestForwardSharedUMEM(t *testing.T) {
 			window := 48
 			r := f.listen(t, window)
 			w := newForwarder(t, f, u)
+			// The fill ring is full before the first datagram leaves: a
+			// worker goroutine scheduled late (under -race, on a loaded
+			// machine) must not find the kernel dropping for want of frames.
+			w.in.Fill()
 			done := make(chan error, 1)
 			go w.loop(done)
 			go r.run(c.frames, 60*time.Second)

@@ -144,7 +144,15 @@ func TestScenariosSmokeKernel(t *testing.T) {
 				t.Errorf("latency: p50 %v p99 %v p999 %v", r.P50, r.P99, r.P999)
 			}
 		case ScNewConn:
-			if r.NewPerSec <= 0 || r.Conns != flows || r.Received != flows {
+			// The kernel's conntrack limit is host-wide: a kernel run of
+			// another test process at the same moment may lower it, and
+			// the kernel then early-drops some of these unreplied flows
+			// (every packet still forwarded). xnat's own table is exact.
+			minConns := flows
+			if r.Target == "kernel" {
+				minConns = flows * 9 / 10
+			}
+			if r.NewPerSec <= 0 || r.Conns < minConns || r.Conns > flows || r.Received != flows {
 				t.Errorf("newconn: %v/s, %d conns, %d received; want %d", r.NewPerSec, r.Conns, r.Received, flows)
 			}
 		case ScTableFull:
