@@ -19,13 +19,17 @@ deps:
 	GO=$(GO) bash scripts/deps.sh
 
 # make test: unit, golden, fuzz-corpus, stress and namespace tests (root),
-# then all of them again under the race detector.
+# then all of them again under the race detector. One package at a time
+# (-p 1): the namespace tests of several packages share the host's
+# kernel-wide state (nf_conntrack_max, conntrack events, the CPUs the
+# AF_XDP workers are pinned to), and one package's kernel run must not
+# change another's.
 test:
 	GO=$(GO) bash scripts/deps.sh test
 	@$(MAKE) --no-print-directory build
 	$(GO) vet ./...
-	$(GO) test -count=1 ./...
-	$(GO) test -count=1 -race ./...
+	$(GO) test -count=1 -p 1 ./...
+	$(GO) test -count=1 -p 1 -race ./...
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
