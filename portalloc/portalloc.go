@@ -461,6 +461,25 @@ type Options struct {
 	Parity bool
 }
 
+// admitSource counts a new connection of at.src in the per-source
+// limiter, if there is one, and keeps its slot in at; a refusal is
+// counted and returned (LimiterFull or PerSourceLimit), else OK.
+func (a *Allocator) admitSource(at *attempt) Result {
+	if a.limiter == nil {
+		return OK
+	}
+	var why int
+	if at.slot, why = a.limiter.acquire(at.src); why != limOK {
+		if why == limFull {
+			a.st.full.Add(1)
+			return LimiterFull
+		}
+		a.st.perSource.Add(1)
+		return PerSourceLimit
+	}
+	return OK
+}
+
 // Allocate picks the external endpoint for a new connection and inserts
 // it into the flow table through this core's handle. nf.Orig is the
 // connection's original tuple; nf.Reply must hold the reply tuple with
@@ -478,16 +497,8 @@ type Options struct {
 // costs one lookup a connection, not a search.
 func (a *Allocator) Allocate(c *flowtable.Core, nf *flowtable.NewFlow, opt Options, now flowtable.Time) (flowtable.Ref, Result, flowtable.InsertResult) {
 	at := attempt{src: nf.Orig.Src, slot: -1, canNew: true, exclusive: opt.Exclusive}
-	if a.limiter != nil {
-		var why int
-		if at.slot, why = a.limiter.acquire(at.src); why != limOK {
-			if why == limFull {
-				a.st.full.Add(1)
-				return 0, LimiterFull, flowtable.Inserted
-			}
-			a.st.perSource.Add(1)
-			return 0, PerSourceLimit, flowtable.Inserted
-		}
+	if r := a.admitSource(&at); r != OK {
+		return 0, r, flowtable.Inserted
 	}
 	nf.Reply.Dst = a.pickAddr(at.src, nf.Orig.Dst, opt.Persistent)
 	at.addr = nf.Reply.Dst
@@ -595,16 +606,8 @@ func (a *Allocator) Reserve(c *flowtable.Core, nf *flowtable.NewFlow, now flowta
 		return 0, NotOwned, flowtable.Inserted
 	}
 	at := attempt{src: nf.Orig.Src, addr: nf.Reply.Dst, cl: class(nf.Orig.Proto), slot: -1, canNew: true}
-	if a.limiter != nil {
-		var why int
-		if at.slot, why = a.limiter.acquire(at.src); why != limOK {
-			if why == limFull {
-				a.st.full.Add(1)
-				return 0, LimiterFull, flowtable.Inserted
-			}
-			a.st.perSource.Add(1)
-			return 0, PerSourceLimit, flowtable.Inserted
-		}
+	if r := a.admitSource(&at); r != OK {
+		return 0, r, flowtable.Inserted
 	}
 	if at.cl == classNone {
 		r, res := c.Insert(nf, now)
