@@ -397,7 +397,7 @@ func TestSlowloris(t *testing.T) {
 	start := time.Now()
 	io.WriteString(c, "GET "+Version+"/events HTTP/1.1\r\nHost: xnatd\r\nX-Slow: ")
 	closed := make(chan time.Duration, 1)
-	go func() {
+	go func(start time.Time) { // its own start: the test's is reused below
 		b := make([]byte, 512)
 		for {
 			if _, err := c.Read(b); err != nil {
@@ -405,7 +405,7 @@ func TestSlowloris(t *testing.T) {
 				return
 			}
 		}
-	}()
+	}(start)
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	var took time.Duration
