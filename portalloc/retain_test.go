@@ -67,7 +67,7 @@ func TestParity(t *testing.T) {
 	a := as[0]
 	c := tab.Core(0)
 	c.Enter()
-	defer c.Exit()
+	defer func() { c.Exit() }()
 	// Source ports below the pool: never kept, always searched for.
 	for i := range 400 {
 		sport := uint16(100 + i)
@@ -80,7 +80,16 @@ func TestParity(t *testing.T) {
 			t.Fatalf("source port %d got %d: parity not kept", sport, nf.Reply.DstPort)
 		}
 	}
-	// A pool of two ports, one taken: the other parity serves.
+	// A pool of two ports, one taken: the other parity serves. A table
+	// of its own: the 400 connections above hold random ports of the
+	// same remote endpoint, 5001 among them now and then.
+	tab, err = flowtable.New(flowtable.Config{Capacity: 64, Cores: 1, Seed: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Exit()
+	c = tab.Core(0)
+	c.Enter()
 	as, err = New(Pool{AddrLo: ext, AddrHi: ext, PortLo: 5000, PortHi: 5001}, 1, NewShared(1, nil))
 	if err != nil {
 		t.Fatal(err)
