@@ -112,10 +112,17 @@ General {
 			}
 		}
 	})
+	// Ready is the log's "initialization completed", written once the
+	// kernel's events are subscribed to. The control socket comes
+	// earlier: a connection made between the two is in conntrackd's
+	// startup dump, which it keeps without sending, and never in an
+	// event (a loaded machine hit that window).
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if _, err := os.Stat(filepath.Join(dir, "ctl")); err == nil {
-			return cd
+		if b, err := os.ReadFile(cd.log); err == nil && strings.Contains(string(b), "initialization completed") {
+			if _, err := os.Stat(filepath.Join(dir, "ctl")); err == nil {
+				return cd
+			}
 		}
 		select {
 		case <-exited:
@@ -124,7 +131,7 @@ General {
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("conntrackd did not open its control socket")
+			t.Fatal("conntrackd did not complete its initialization")
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
