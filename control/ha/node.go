@@ -20,6 +20,18 @@ type NodeConfig struct {
 	// Committer takes the external cache into the flow table on Commit
 	// (the dataplane); nil: Commit is refused.
 	Committer Committer
+	// Filter says which of this side's connections are sent (events and
+	// whole-table sends); nil sends all.
+	Filter *Filter
+	// Check is the pool check with the peer (check.go).
+	Check CheckConfig
+	// Owns reports whether an external endpoint (a source-NAT
+	// connection's translated address and port) is in this side's NAT
+	// pools; a peer's connection outside them is refused. nil: no check.
+	Owns func(proto uint8, addr uint32, port uint16) bool
+	// OnPeer, when set, is called when the pool check's view of the peer
+	// changes (for the daemon's log). It must not call the Node.
+	OnPeer func(old, new PeerState)
 }
 
 // Committer inserts connections with their translation kept
@@ -50,18 +62,30 @@ type Node struct {
 	cache *Cache
 	exp   *Exporter
 	tab   *flowtable.Table
+	out   *FilteredSender
+	check *poolCheck
 
-	mu      sync.Mutex
-	bulks   uint64
-	commits uint64
-	last    *CommitResult
-	expErr  error
-	started time.Time
+	// peerMu orders the peer's messages against the pool check's
+	// verdict: a message is refused or applied whole under it, and a
+	// verdict that the peer differs empties the cache under it.
+	peerMu        sync.Mutex
+	peer          PeerState
+	refusedDiffer uint64 // messages of a peer whose pools or rules differ
+	refusedPool   uint64 // connections outside this side's NAT pools
+	flushedDiffer uint64 // cache entries dropped when the peer was found to differ
+
+	mu       sync.Mutex
+	bulks    uint64
+	commits  uint64
+	last     *CommitResult
+	expErr   error
+	checkErr error
+	started  time.Time
 }
 
 type nodeHandler struct{ n *Node }
 
-func (h nodeHandler) Conn(t MsgType, c *Conn) { h.n.cache.Apply(t, c) }
+func (h nodeHandler) Conn(t MsgType, c *Conn) { h.n.receive(t, c) }
 func (h nodeHandler) Resync()                 { _ = h.n.SendBulk() }
 
 // NewNode opens the sync link. src (the dataplane) may be nil for a node
@@ -77,14 +101,90 @@ func NewNode(cfg NodeConfig, src EventSource, tab *flowtable.Table) (*Node, erro
 		return nil, err
 	}
 	n.link = l
+	n.out = &FilteredSender{Out: l, Filter: cfg.Filter}
+	n.check, err = listenCheck(cfg.Check, &cfg.Link, n.peerChanged)
+	if err != nil {
+		l.Close()
+		return nil, err
+	}
+	n.peer = n.check.State()
 	if src != nil {
-		n.exp = NewExporter(src, l, tab)
+		n.exp = NewExporter(src, n.out, tab)
 	}
 	return n, nil
 }
 
-// Run runs the link and the exporter until ctx ends.
+// receive applies one of the peer's connection messages, unless the
+// peer's pools or rules differ from this side's, or the connection's
+// external endpoint is outside this side's NAT pools: such a connection
+// could not be committed with its translation, so it is refused (and
+// counted) rather than kept. Deletes of connections the cache holds are
+// always applied.
+func (n *Node) receive(t MsgType, c *Conn) {
+	n.peerMu.Lock()
+	defer n.peerMu.Unlock()
+	if n.peer == PeerDiffers {
+		n.refusedDiffer++
+		return
+	}
+	if t != TypeDelete && n.outsidePools(c) {
+		n.refusedPool++
+		return
+	}
+	n.cache.Apply(t, c)
+}
+
+// outsidePools reports whether c is a source-NAT connection whose
+// external endpoint no NAT pool of this side holds.
+func (n *Node) outsidePools(c *Conn) bool {
+	if n.cfg.Owns == nil {
+		return false
+	}
+	nf, err := c.NewFlow()
+	if err != nil || nf.Status&flowtable.FlagSrcNAT == 0 {
+		return false
+	}
+	return !n.cfg.Owns(nf.Orig.Proto, nf.Reply.Dst, nf.Reply.DstPort)
+}
+
+// peerChanged takes the pool check's new verdict: a peer found to differ
+// has its connections dropped from the cache; one found the same again
+// (its rules were fixed) is asked for its table.
+func (n *Node) peerChanged(old, cur PeerState) {
+	n.peerMu.Lock()
+	n.peer = cur
+	if cur == PeerDiffers {
+		n.flushedDiffer += uint64(n.cache.Flush())
+	}
+	n.peerMu.Unlock()
+	if old == PeerDiffers && cur == PeerSame && n.link != nil {
+		_ = n.link.RequestResync()
+	}
+	if n.cfg.OnPeer != nil {
+		n.cfg.OnPeer(old, cur)
+	}
+}
+
+// SetFingerprint changes this side's pool-check fingerprint (its rules
+// changed) and announces it to the peer.
+func (n *Node) SetFingerprint(f Fingerprint) { n.check.setFingerprint(f) }
+
+// PeerState returns the pool check's view of the peer.
+func (n *Node) PeerState() PeerState {
+	n.peerMu.Lock()
+	defer n.peerMu.Unlock()
+	return n.peer
+}
+
+// Run runs the link, the pool check and the exporter until ctx ends.
 func (n *Node) Run(ctx context.Context) error {
+	go func() {
+		if err := n.check.run(ctx); err != nil {
+			n.mu.Lock()
+			n.checkErr = err
+			n.mu.Unlock()
+		}
+	}()
 	if n.exp != nil {
 		go func() {
 			if err := n.exp.Run(ctx, n.cfg.Poll); err != nil {
@@ -109,7 +209,7 @@ func (n *Node) RequestResync() error { return n.link.RequestResync() }
 
 // SendBulk sends this side's whole table to the peer.
 func (n *Node) SendBulk() error {
-	SendTable(n.tab, n.link)
+	SendTable(n.tab, n.out)
 	n.mu.Lock()
 	n.bulks++
 	n.mu.Unlock()
@@ -160,12 +260,27 @@ type Status struct {
 	Commits       uint64        // commits of the external cache
 	LastCommit    *CommitResult `json:",omitempty"`
 	ExportError   string        `json:",omitempty"`
+	// Filtered counts this side's messages the filter kept from the peer.
+	Filtered uint64
+	// Check is the pool check; RefusedPeerDiffers the peer's messages
+	// refused because its pools or rules differ, FlushedPeerDiffers the
+	// cache entries dropped when that was found; RefusedOutsidePools the
+	// peer's connections refused because their external endpoint is in
+	// none of this side's NAT pools.
+	Check               CheckStatus
+	RefusedPeerDiffers  uint64
+	FlushedPeerDiffers  uint64
+	RefusedOutsidePools uint64
+	CheckError          string `json:",omitempty"`
 }
 
 // Status returns the node's state and counters.
 func (n *Node) Status() Status {
 	st := Status{Local: n.cfg.Link.Local.String(), Peer: n.cfg.Link.Peer.Addr().String(), Link: n.link.Stats(),
-		Cache: n.cache.Len(), CacheCounters: n.cache.Counters()}
+		Cache: n.cache.Len(), CacheCounters: n.cache.Counters(), Filtered: n.out.Filtered(), Check: n.check.status()}
+	n.peerMu.Lock()
+	st.RefusedPeerDiffers, st.FlushedPeerDiffers, st.RefusedOutsidePools = n.refusedDiffer, n.flushedDiffer, n.refusedPool
+	n.peerMu.Unlock()
 	if n.cfg.Link.Group.IsValid() {
 		st.Group = n.cfg.Link.Group.String()
 	}
@@ -180,6 +295,9 @@ func (n *Node) Status() Status {
 	if n.expErr != nil {
 		st.ExportError = n.expErr.Error()
 	}
+	if n.checkErr != nil {
+		st.CheckError = n.checkErr.Error()
+	}
 	if n.exp != nil {
 		// The exporter's counters are written by its goroutine alone;
 		// they are read here as a snapshot.
@@ -188,5 +306,11 @@ func (n *Node) Status() Status {
 	return st
 }
 
-// Close closes the link.
-func (n *Node) Close() error { return n.link.Close() }
+// Close closes the link and the pool check's socket.
+func (n *Node) Close() error {
+	err := n.link.Close()
+	if cerr := n.check.close(); err == nil {
+		err = cerr
+	}
+	return err
+}
