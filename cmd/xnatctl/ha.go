@@ -111,6 +111,14 @@ func (e *env) haStatus(st *api.HAStatus) int {
 		{"events sent", fmt.Sprint(st.EventsSent)},
 		{"whole-table sends (bulk / after drops)", fmt.Sprintf("%d / %d", st.Bulks, st.EventResends)},
 		{"commits", fmt.Sprint(st.Commits)},
+		{"filtered (not sent)", fmt.Sprint(st.Filtered)},
+		{"pool check", st.Check.Peer},
+		{"pools and rules (this box)", short(st.Check.Fingerprint)},
+		{"pools and rules (peer)", short(st.Check.PeerFingerprint)},
+		{"refused (peer differs / outside the pools)", fmt.Sprintf("%d / %d", st.RefusedPeerDiffers, st.RefusedOutsidePools)},
+	}
+	if st.FlushedPeerDiffers > 0 {
+		rows = append(rows, [2]string{"dropped from the cache (peer differs)", fmt.Sprint(st.FlushedPeerDiffers)})
 	}
 	if lc := st.LastCommit; lc != nil {
 		rows = append(rows, [2]string{"last commit", fmt.Sprintf("%d committed (%d replacing), %d existed, %d outside the pools, %d refused, %d invalid",
@@ -128,8 +136,23 @@ func (e *env) haStatus(st *api.HAStatus) int {
 	if st.ExportError != "" {
 		fmt.Fprintf(w, "exporter\t%s\n", st.ExportError)
 	}
+	if st.CheckError != "" {
+		fmt.Fprintf(w, "pool check error\t%s\n", st.CheckError)
+	}
 	if err := w.Flush(); err != nil {
 		return e.failf(1, "%v", err)
 	}
 	return 0
+}
+
+// short abbreviates a fingerprint for the status table (--json has it
+// whole); "-" when there is none.
+func short(fp string) string {
+	if fp == "" {
+		return "-"
+	}
+	if len(fp) > 16 {
+		return fp[:16]
+	}
+	return fp
 }

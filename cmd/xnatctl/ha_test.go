@@ -21,12 +21,12 @@ func TestHACommands(t *testing.T) {
 	link := peer.Link
 
 	c := ha.Conn{Proto: 17, Src: 0x0a000905, Dst: 0xc6336402, SrcPort: 5353, DstPort: 53, Status: ha.IPSSeenReply,
-		SNAT: 0xc6336401, Has: ha.HasSNAT}
+		SNAT: 0xc0000201, Has: ha.HasSNAT}
 	link.Send(ha.TypeNew, &c)
 	if err := link.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	want := "udp src=10.0.9.5 dst=198.51.100.2 sport=5353 dport=53 src=198.51.100.2 dst=198.51.100.1 sport=53 dport=5353\n"
+	want := "udp src=10.0.9.5 dst=198.51.100.2 sport=5353 dport=53 src=198.51.100.2 dst=192.0.2.1 sport=53 dport=5353\n"
 	apitest.Eventually(t, "the peer's connection", func() bool {
 		return xnatctl(t, "--socket", sock, "ha", "cache").stdout == want
 	})

@@ -47,10 +47,10 @@ func TestHA(t *testing.T) {
 
 	// The peer's connection in the daemon's external cache.
 	c := ha.Conn{Proto: 6, Src: 0x0a000905, Dst: 0xc6336402, SrcPort: 40000, DstPort: 443, Status: ha.IPSSeenReply | ha.IPSAssured,
-		TCPState: 3, SNAT: 0xc6336401, SPAT: 20001, Has: ha.HasTCPState | ha.HasSNAT | ha.HasSPAT}
+		TCPState: 3, SNAT: 0xc0000201, SPAT: 20001, Has: ha.HasTCPState | ha.HasSNAT | ha.HasSPAT}
 	link.Send(ha.TypeNew, &c)
 	must(t, link.Flush())
-	want := "tcp ESTABLISHED src=10.0.9.5 dst=198.51.100.2 sport=40000 dport=443 src=198.51.100.2 dst=198.51.100.1 sport=443 dport=20001 [ASSURED]"
+	want := "tcp ESTABLISHED src=10.0.9.5 dst=198.51.100.2 sport=40000 dport=443 src=198.51.100.2 dst=192.0.2.1 sport=443 dport=20001 [ASSURED]"
 	apitest.Eventually(t, "the peer's connection in the cache", func() bool {
 		l, err := cl.HACache(bg)
 		return err == nil && len(l.Conns) == 1 && l.Conns[0] == want

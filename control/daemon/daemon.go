@@ -395,6 +395,7 @@ func (d *Daemon) ReplaceRules(model *rules.Model) error {
 	}
 	d.model = model
 	d.setEnv(env)
+	d.haRulesChanged(model)
 	d.reloads.Add(1)
 	d.reportPorts(facts)
 	return nil

@@ -32,6 +32,10 @@ type HAConfig struct {
 	Interface string `toml:"interface"`
 	// Group is the multicast group (transport "multicast").
 	Group string `toml:"group"`
+	// CheckPort is the UDP port of the pool check between two xnatd
+	// (0: Port+1); Filter, which connections are sent ([ha.filter]).
+	CheckPort int             `toml:"check_port"`
+	Filter    *HAFilterConfig `toml:"filter"`
 }
 
 // DefaultHAPort is conntrackd's usual sync port.
@@ -85,6 +89,12 @@ func (h *HAConfig) linkConfig() (ha.LinkConfig, error) {
 	default:
 		return bad("transport %q (udp or multicast)", h.Transport)
 	}
+	if _, err := h.checkPort(port); err != nil {
+		return ha.LinkConfig{}, err
+	}
+	if _, err := h.Filter.filter(); err != nil {
+		return ha.LinkConfig{}, err
+	}
 	return lc, nil
 }
 
@@ -105,7 +115,11 @@ func (d *Daemon) startHA() error {
 	if err != nil {
 		return err
 	}
-	n, err := ha.NewNode(ha.NodeConfig{Link: lc, Committer: committer{d}}, d.dp, d.tab)
+	nc, err := d.haNodeConfig(lc)
+	if err != nil {
+		return err
+	}
+	n, err := ha.NewNode(nc, d.dp, d.tab)
 	if err != nil {
 		return fmt.Errorf("ha: %w", err)
 	}
@@ -119,7 +133,8 @@ func (d *Daemon) startHA() error {
 			d.emit(Event{Level: slog.LevelError, Msg: "ha sync link stopped", Args: []any{"err", err}})
 		}
 	}()
-	d.emit(info("ha", "local", lc.Local.String(), "peer", lc.Peer.Addr().String(), "interface", lc.Interface))
+	d.emit(info("ha", "local", lc.Local.String(), "peer", lc.Peer.Addr().String(), "interface", lc.Interface,
+		"pool_check_port", nc.Check.Port, "fingerprint", nc.Check.Fingerprint.String()))
 	return nil
 }
 
