@@ -198,7 +198,7 @@ func run(args []string, stderr io.Writer) int {
 		log.Info("takeover", "from_pid", r.From, "conns", r.Conns, "committed", r.Commit.Committed,
 			"exists", r.Commit.Exists, "no_pool", r.Commit.NoPool, "refused", r.Commit.Refused,
 			"bad", r.Bad, "expired", r.Expired, "xdp_links_adopted", r.Adopted,
-			"gap_ms", float64(r.Gap.Microseconds())/1000)
+			"gap_ms", ms(r.Gap), "received_ms", ms(r.Received), "workers_ms", ms(r.Started), "committed_ms", ms(r.Committed))
 	}
 	srv, err := serveAPI(d, log, plan.Config)
 	if err != nil {
@@ -268,6 +268,9 @@ func run(args []string, stderr io.Writer) int {
 		}
 	}
 }
+
+// ms formats a duration in milliseconds, to the microsecond.
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // serveAPI serves the control API on the configured socket (default
 // /run/xnat/xnat.sock) and, when configured, the Prometheus endpoint; the

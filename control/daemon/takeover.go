@@ -300,8 +300,10 @@ type TakeOverResult struct {
 	// without a detach.
 	Adopted int
 	// Gap is from the old process's workers stopping to this one's
-	// forwarding.
-	Gap time.Duration
+	// forwarding; Received, Started and Committed are its milestones,
+	// measured from the same start: the hand-over read, the workers
+	// running on their sockets, the connections committed.
+	Gap, Received, Started, Committed time.Duration
 }
 
 // TakeOver returns what the takeover at start did (ok false without
@@ -339,7 +341,8 @@ func (d *Daemon) takeOverIO(io *ioSet, ports []dataplane.Port, receive func() (*
 		return err
 	}
 	defer in.Close()
-	res := TakeOverResult{From: in.Load.Header.PID, Conns: in.Load.Header.Conns, Bad: in.Load.Bad, Expired: in.Load.Expired}
+	since := func() time.Duration { return time.Since(time.Unix(0, in.Load.Header.Stopped)) }
+	res := TakeOverResult{Received: since(), From: in.Load.Header.PID, Conns: in.Load.Header.Conns, Bad: in.Load.Bad, Expired: in.Load.Expired}
 	d.ioReadMu.Lock()
 	err = d.openQueues(io)
 	d.ioReadMu.Unlock()
@@ -348,9 +351,11 @@ func (d *Daemon) takeOverIO(io *ioSet, ports []dataplane.Port, receive func() (*
 	}
 	d.installIO(io, io)
 	d.runWorkers(io, errc)
+	res.Started = since()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	res.Commit, err = committer{d}.Commit(ctx, in.Load.Flows)
 	cancel()
+	res.Committed = since()
 	if err != nil {
 		return fmt.Errorf("takeover: committing the connections: %w", err)
 	}
@@ -388,7 +393,7 @@ func (d *Daemon) takeOverIO(io *ioSet, ports []dataplane.Port, receive func() (*
 		args := []any{"interface", name, "ifindex", p.IfIndex, "mode", xdpModeName(prog.Mode()), "adopted", adopted}
 		d.emit(info("xdp attached", args...))
 	}
-	res.Gap = time.Since(time.Unix(0, in.Load.Header.Stopped))
+	res.Gap = since()
 	d.mu.Lock()
 	d.takeover = &res
 	d.mu.Unlock()

@@ -77,9 +77,11 @@ type RestartResult struct {
 	HandedOver int `json:"handed_over"`
 	Committed  int `json:"committed"`
 	// Adopted is the interfaces whose XDP link the new xnatd took over.
-	Adopted    int  `json:"xdp_links_adopted"`
-	DownloadOK bool `json:"download_ok"`
-	Echoes     int  `json:"echoes"`
+	Adopted int `json:"xdp_links_adopted"`
+	// TakeoverLog is the new xnatd's takeover line (the gap's milestones).
+	TakeoverLog string `json:"takeover_log"`
+	DownloadOK  bool   `json:"download_ok"`
+	Echoes      int    `json:"echoes"`
 	// EchoesAfter are the echoes after the takeover.
 	EchoesAfter int      `json:"echoes_after"`
 	Problems    []string `json:"problems,omitempty"`
@@ -138,7 +140,7 @@ func (p *xnatdProc) wait(timeout time.Duration) error {
 }
 
 var (
-	gapRE   = regexp.MustCompile(`msg=takeover .*conns=(\d+) committed=(\d+).* xdp_links_adopted=(\d+) gap_ms=([0-9.]+)`)
+	gapRE   = regexp.MustCompile(`msg=takeover .*?conns=(\d+) committed=(\d+).* xdp_links_adopted=(\d+) gap_ms=([0-9.]+).*`)
 	countRE = regexp.MustCompile(`(?m)^\s*(\d+)\s+\d+\s+(?:\S+\s+)?--\s+\*\s+\*\s+10\.9\.1\.0/24`)
 )
 
@@ -282,6 +284,7 @@ func Restart(cfg RestartConfig) (res RestartResult, err error) {
 		res.Committed, _ = strconv.Atoi(m[2])
 		res.Adopted, _ = strconv.Atoi(m[3])
 		res.GapMS, _ = strconv.ParseFloat(m[4], 64)
+		res.TakeoverLog = m[0]
 	}
 	l.finish(&res)
 	out, err := srv.Run("iptables", "-nvxL", "INPUT")
