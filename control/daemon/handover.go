@@ -181,6 +181,9 @@ func readHandOverConns(r *bufio.Reader, h *HandOverHeader, age time.Duration) (H
 		if n < ha.HeaderLen {
 			return ld, fmt.Errorf("%w: message %d of %d: length %d", ErrHandOver, i, h.Conns, n)
 		}
+		if n > cap(msg) {
+			msg = make([]byte, 0, n)
+		}
 		msg = append(msg[:0], hdr[:]...)
 		msg = msg[:n]
 		if _, err := io.ReadFull(r, msg[ha.HeaderLen:]); err != nil {
