@@ -6,6 +6,7 @@
 //	      [--socket PATH] [--poll sleep|busy] [--bind auto|copy|zerocopy]
 //	      [--xdp-mode auto|native|generic] [--local-ports warn|refuse]
 //	      [--replace-xdp] [--check-config] [--log-level debug|info|warn|error]
+//	      [--takeover] [--pin-dir DIR]
 //
 // It starts from a TOML config file (see package control/daemon), from
 // flags alone, or both, flags overriding the file (a repeated flag such as
@@ -19,6 +20,17 @@
 // file (parsed and compiled first; on error the rules in force stay);
 // SIGINT and SIGTERM stop it cleanly (workers stopped, XDP programs
 // detached, sockets closed) with exit status 0.
+//
+// With --takeover it takes over from the xnatd running with the same
+// config (through the hand-over socket, the control socket's path with
+// ".takeover"), or from the hand-over file a stopped one left (".handover"):
+// every connection keeps its translation and external port, and the
+// interfaces keep an xnat program throughout; the takeover's log line
+// gives the gap (gap_ms). Started so, SIGTERM writes the hand-over file
+// and pins the XDP links under --pin-dir for the next xnatd (systemctl
+// restart); SIGINT stops without it. A running xnatd hands over to any
+// xnatd --takeover that asks with the same interfaces and rules, and
+// exits 0. See docs/ha.md.
 //
 // It serves the control API (package control/api, for xnatctl) on a unix
 // socket, /run/xnat/xnat.sock unless --socket or the config's socket says
