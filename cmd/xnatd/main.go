@@ -6,6 +6,7 @@
 //	      [--socket PATH] [--poll sleep|busy] [--bind auto|copy|zerocopy]
 //	      [--xdp-mode auto|native|generic] [--local-ports warn|refuse]
 //	      [--replace-xdp] [--check-config] [--log-level debug|info|warn|error]
+//	      [--takeover] [--pin-dir DIR]
 //
 // It starts from a TOML config file (see package control/daemon), from
 // flags alone, or both, flags overriding the file (a repeated flag such as
@@ -19,6 +20,17 @@
 // file (parsed and compiled first; on error the rules in force stay);
 // SIGINT and SIGTERM stop it cleanly (workers stopped, XDP programs
 // detached, sockets closed) with exit status 0.
+//
+// With --takeover it takes over from the xnatd running with the same
+// config (through the hand-over socket, the control socket's path with
+// ".takeover"), or from the hand-over file a stopped one left (".handover"):
+// every connection keeps its translation and external port, and the
+// interfaces keep an xnat program throughout; the takeover's log line
+// gives the gap (gap_ms). Started so, SIGTERM writes the hand-over file
+// and pins the XDP links under --pin-dir for the next xnatd (systemctl
+// restart); SIGINT stops without it. A running xnatd hands over to any
+// xnatd --takeover that asks with the same interfaces and rules, and
+// exits 0. See docs/ha.md.
 //
 // It serves the control API (package control/api, for xnatctl) on a unix
 // socket, /run/xnat/xnat.sock unless --socket or the config's socket says
@@ -38,6 +50,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"xnat/control/api"
 	"xnat/control/daemon"
@@ -62,7 +75,8 @@ func run(args []string, stderr io.Writer) int {
 		configFile, rulesFile, cpus, socket    string
 		poll, bind, xdpMode, localPorts, level string
 		queues, maxConns, capacity             int
-		checkOnly, replaceXDP                  bool
+		checkOnly, replaceXDP, takeover        bool
+		pinDir                                 string
 	)
 	fs.StringVar(&configFile, "config", "", "TOML config file")
 	fs.Var(&inside, "inside", "inside interface (repeat for more)")
@@ -80,6 +94,8 @@ func run(args []string, stderr io.Writer) int {
 	fs.BoolVar(&replaceXDP, "replace-xdp", false, "replace an XDP program another program left on an xnat interface")
 	fs.BoolVar(&checkOnly, "check-config", false, "validate the configuration against the system and exit")
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	fs.BoolVar(&takeover, "takeover", false, "take over from the xnatd running with this config, or from the hand-over file a stopped one left; hand over on SIGTERM")
+	fs.StringVar(&pinDir, "pin-dir", defaultPinDir, "bpffs directory where a hand-over on SIGTERM pins the XDP links")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -155,7 +171,12 @@ func run(args []string, stderr io.Writer) int {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
-	d, err := daemon.Start(plan, daemon.Options{OnEvent: func(e daemon.Event) {
+	sock := plan.Config.Socket
+	if sock == "" {
+		sock = api.DefaultSocket
+	}
+	var to *takeOver
+	opts := daemon.Options{OnEvent: func(e daemon.Event) {
 		// The control API reports the table-full condition with its drop
 		// count (KindTableFull below); the daemon's bare event would
 		// repeat it.
@@ -163,12 +184,33 @@ func run(args []string, stderr io.Writer) int {
 			return
 		}
 		log.Log(ctx, e.Level, e.Msg, e.Args...)
-	}})
+	}}
+	if takeover {
+		if to, err = prepareTakeOver(log, &plan.Config, sock, pinDir); err != nil {
+			return fail(1, err)
+		}
+		opts.TakeOver = to.receive
+	}
+	d, err := daemon.Start(plan, opts)
+	if to != nil && to.client != nil {
+		// The old xnatd closes the hand-over connection when it has
+		// stopped and left its control socket.
+		if werr := to.client.Wait(10 * time.Second); werr != nil && err == nil {
+			log.Warn("takeover: the old xnatd did not end within 10s", "err", werr)
+		}
+		to.client.Close()
+	}
 	if err != nil {
 		if errors.Is(err, daemon.ErrConfig) {
 			return fail(2, err)
 		}
 		return fail(1, err)
+	}
+	if r, ok := d.TakeOver(); ok {
+		log.Info("takeover", "from_pid", r.From, "conns", r.Conns, "committed", r.Commit.Committed,
+			"exists", r.Commit.Exists, "no_pool", r.Commit.NoPool, "refused", r.Commit.Refused,
+			"bad", r.Bad, "expired", r.Expired, "xdp_links_adopted", r.Adopted,
+			"gap_ms", ms(r.Gap), "received_ms", ms(r.Received), "workers_ms", ms(r.Started), "committed_ms", ms(r.Committed))
 	}
 	srv, err := serveAPI(d, log, plan.Config)
 	if err != nil {
@@ -177,28 +219,70 @@ func run(args []string, stderr io.Writer) int {
 		}
 		return fail(1, err)
 	}
+	handovers, hln, err := listenHandOver(daemon.HandOverSocket(sock))
+	if err != nil {
+		log.Warn("hand-over socket: xnatd --takeover cannot take over from this process", "err", err)
+	} else {
+		defer hln.Close()
+		log.Info("hand-over socket", "path", daemon.HandOverSocket(sock))
+	}
 	log.Info("running", "pid", os.Getpid())
-	for sig := range sigs {
-		if sig == syscall.SIGHUP {
-			if err := srv.ReloadRules(); err != nil {
-				log.Error("rules not reloaded; the rules in force stay", "err", err)
-			}
-			continue
+	stop := func() int {
+		if err := srv.Close(); err != nil {
+			log.Error("closing the control API", "err", err)
 		}
-		log.Info("stopping", "signal", sig.String())
-		break
+		s := d.Stats()
+		if err := d.Stop(); err != nil {
+			log.Error("stopping", "err", err)
+			return 1
+		}
+		log.Info("stopped", "forwarded", s.Pipeline.Forwarded, "connections_created", s.Pipeline.Created)
+		return 0
 	}
-	if err := srv.Close(); err != nil {
-		log.Error("closing the control API", "err", err)
+	for {
+		select {
+		case c := <-handovers:
+			fp, err := daemon.Fingerprint(&plan.Config)
+			_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+			if err == nil {
+				err = daemon.CheckTakeOverRequest(c, fp)
+			}
+			if err != nil {
+				log.Warn("takeover refused", "err", err)
+				daemon.RefuseTakeOver(c, err)
+				c.Close()
+				continue
+			}
+			h, err := d.HandOverTo(c, fp)
+			if err != nil {
+				log.Error("hand-over", "err", err)
+			}
+			log.Info("handed over", "conns", h.Conns, "xdp_links", strings.Join(h.Links, ","))
+			if hln != nil {
+				hln.Close()
+			}
+			code := stop()
+			// Closing the connection tells the new xnatd this one is gone.
+			c.Close()
+			return code
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				if err := srv.ReloadRules(); err != nil {
+					log.Error("rules not reloaded; the rules in force stay", "err", err)
+				}
+				continue
+			}
+			log.Info("stopping", "signal", sig.String())
+			if takeover && sig == syscall.SIGTERM {
+				handOverFile(log, d, &plan.Config, sock, pinDir)
+			}
+			return stop()
+		}
 	}
-	s := d.Stats()
-	if err := d.Stop(); err != nil {
-		log.Error("stopping", "err", err)
-		return 1
-	}
-	log.Info("stopped", "forwarded", s.Pipeline.Forwarded, "connections_created", s.Pipeline.Created)
-	return 0
 }
+
+// ms formats a duration in milliseconds, to the microsecond.
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // serveAPI serves the control API on the configured socket (default
 // /run/xnat/xnat.sock) and, when configured, the Prometheus endpoint; the

@@ -9,7 +9,8 @@ import (
 )
 
 // TestDistConfig: the shipped example config loads with every key known
-// and validates; the unit file starts xnatd with it and reloads by SIGHUP.
+// and validates; the unit file starts xnatd with it (taking over from the
+// xnatd it restarts) and reloads by SIGHUP.
 func TestDistConfig(t *testing.T) {
 	c, err := daemon.LoadFile("../../dist/xnatd.toml")
 	must(t, err)
@@ -21,7 +22,8 @@ func TestDistConfig(t *testing.T) {
 	unit, err := os.ReadFile("../../dist/xnatd.service")
 	must(t, err)
 	for _, want := range []string{
-		"ExecStart=/usr/local/sbin/xnatd --config /etc/xnat/xnatd.toml\n",
+		"ExecStart=/usr/local/sbin/xnatd --config /etc/xnat/xnatd.toml --takeover\n",
+		"RuntimeDirectoryPreserve=restart\n",
 		"ExecReload=/bin/kill -HUP $MAINPID\n",
 		"Type=simple\n", "Restart=on-failure\n", "RuntimeDirectory=xnat\n", "LimitMEMLOCK=infinity\n",
 		"AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW CAP_BPF CAP_SYS_ADMIN CAP_IPC_LOCK CAP_SYS_NICE\n",

@@ -39,6 +39,12 @@ type Options struct {
 	// PollTimeout is the longest sleep of an idle worker (and so the
 	// longest Stop waits for it); 0 means 50 ms.
 	PollTimeout time.Duration
+	// TakeOver, when set, makes Start take over from an earlier xnatd
+	// (xnatd --takeover): once everything but the interfaces is ready,
+	// it is called for the hand-over (DialTakeOver's Receive, or a
+	// hand-over file), whose connections are committed before the
+	// interfaces are switched to this daemon. The sync link starts after.
+	TakeOver func() (*Incoming, error)
 }
 
 // Daemon is a running xnat: the flow table, the dataplane, the XDP
@@ -101,6 +107,12 @@ type Daemon struct {
 	flushed, resolves, resolveErrs, reloads, envErrors, ioChanges atomic.Uint64
 
 	ha haState // the sync node (an [ha] section)
+
+	// handed: the daemon handed its table and interfaces over to another
+	// xnatd and only stops (guarded by mu); takeover is what the takeover
+	// at start did.
+	handed   bool
+	takeover *TakeOverResult
 }
 
 // newLimiter makes the per-source limiter with the config's limits
@@ -210,26 +222,32 @@ func Start(plan *Plan, opts Options) (d *Daemon, err error) {
 	io := &ioSet{progs: make([]*xdpprog.Program, len(d.names)), ifindex: make([]int, len(d.names)), frameSize: plan.FrameSize}
 	// Installed as it grows, so that teardown finds what is there.
 	d.installIO(io, nil)
-	for i, p := range env.Ports {
-		prog, err := d.attach(i, p.IfIndex)
+	errc := make(chan error, c.Queues)
+	if opts.TakeOver != nil {
+		if err := d.takeOverIO(io, env.Ports, opts.TakeOver, errc); err != nil {
+			return d, err
+		}
+	} else {
+		for i, p := range env.Ports {
+			prog, err := d.attach(i, p.IfIndex)
+			if err != nil {
+				return d, err
+			}
+			d.ioReadMu.Lock()
+			d.mu.Lock()
+			io.progs[i], io.ifindex[i] = prog, p.IfIndex
+			d.mu.Unlock()
+			d.ioReadMu.Unlock()
+		}
+		d.ioReadMu.Lock()
+		err = d.openQueues(io)
+		d.ioReadMu.Unlock()
 		if err != nil {
 			return d, err
 		}
-		d.ioReadMu.Lock()
-		d.mu.Lock()
-		io.progs[i], io.ifindex[i] = prog, p.IfIndex
-		d.mu.Unlock()
-		d.ioReadMu.Unlock()
+		d.installIO(io, io)
+		d.runWorkers(io, errc)
 	}
-	d.ioReadMu.Lock()
-	err = d.openQueues(io)
-	d.ioReadMu.Unlock()
-	if err != nil {
-		return d, err
-	}
-	d.installIO(io, io)
-	errc := make(chan error, len(io.workers))
-	d.runWorkers(io, errc)
 	cpus := "unpinned"
 	if len(c.CPUs) > 0 {
 		cpus = fmt.Sprint(c.CPUs)

@@ -93,9 +93,9 @@ func (d *Daemon) inNS(f func() error) error {
 	return <-errc
 }
 
-// attach loads and attaches the XDP program of port i on ifindex, with
-// the DNAT groups in force. Called in the daemon's namespace.
-func (d *Daemon) attach(i, ifindex int) (*xdpprog.Program, error) {
+// load loads the XDP program of port i, with the DNAT groups in force,
+// not attached.
+func (d *Daemon) load(i int) (*xdpprog.Program, error) {
 	name := d.names[i]
 	prog, err := d.filter.Load()
 	if err != nil {
@@ -111,6 +111,17 @@ func (d *Daemon) attach(i, ifindex int) (*xdpprog.Program, error) {
 	if err != nil {
 		prog.Close()
 		return nil, fmt.Errorf("DNAT steering of %s: %w", name, err)
+	}
+	return prog, nil
+}
+
+// attach loads and attaches the XDP program of port i on ifindex, with
+// the DNAT groups in force. Called in the daemon's namespace.
+func (d *Daemon) attach(i, ifindex int) (*xdpprog.Program, error) {
+	name := d.names[i]
+	prog, err := d.load(i)
+	if err != nil {
+		return nil, err
 	}
 	mode, _ := d.cfg.attachMode()
 	got, err := prog.Attach(ifindex, mode, d.cfg.ReplaceXDP)
@@ -268,7 +279,7 @@ func (d *Daemon) reconcileIO() {
 	d.ioMu.Lock()
 	defer d.ioMu.Unlock()
 	d.mu.Lock()
-	if d.stopped || d.snap == nil {
+	if d.stopped || d.handed || d.snap == nil {
 		d.mu.Unlock()
 		return
 	}

@@ -256,6 +256,7 @@ type Program struct {
 	mode       AttachMode
 	replaced   uint32 // id of a program replaced at attach, 0 if none
 	ns         vnetns.NsHandle
+	handed     bool // the link was handed to another process (HandedOver)
 }
 
 // Load loads a program instance for one interface, with no DNAT groups.
@@ -587,7 +588,8 @@ func (p *Program) Run(frame []byte) (uint32, error) {
 const detachTimeout = 2 * time.Second
 
 // Close detaches the program (closing its BPF link) and releases it and
-// its maps. It waits at most two seconds for the kernel to report the
+// its maps; a link handed over (HandedOver) stays attached, held by the
+// process it went to. It waits at most two seconds for the kernel to report the
 // interface without the program; it never hangs.
 func (p *Program) Close() error {
 	p.mu.Lock()
@@ -596,6 +598,8 @@ func (p *Program) Close() error {
 	if p.link != nil {
 		if err := p.link.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("xdpprog: detaching from ifindex %d: %w", p.ifindex, err))
+		} else if p.handed {
+			// Another process holds the link: the program stays.
 		} else if err := waitDetached(p.ns, p.ifindex, detachTimeout); err != nil {
 			errs = append(errs, err)
 		}

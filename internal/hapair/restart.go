@@ -1,0 +1,580 @@
+package hapair
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"xnat/internal/netns"
+)
+
+// A restart runs one xnatd between an inside client and an outside
+// server, the same load as the failover (a paced TCP download, a TCP
+// echo session, UDP flows with replies, a probe flow), and replaces the
+// xnatd in the middle of the download:
+//
+//	cli c0 10.9.1.10 ── x0 10.9.1.1 [xnat] x1 198.51.100.1 ── s0 198.51.100.10 srv
+//
+// RestartBeside starts xnatd --takeover beside the running one, which
+// hands its table and XDP links over on the hand-over socket.
+// RestartFile stops the running one with SIGTERM (it writes the
+// hand-over file and pins its XDP links on a bpffs mounted for the run)
+// and starts xnatd --takeover after it has exited, as systemctl restart
+// does.
+//
+// The box's kernel forwards (ip_forward 1) and has no rule for the NAT
+// address: were xnat's packets to reach it, it would forward them
+// untranslated (the server counts packets from the inside subnet:
+// Leaked) or answer them with resets (Resets).
+const (
+	RestartBeside = "beside"
+	RestartFile   = "file"
+)
+
+// RestartConfig is a restart run.
+type RestartConfig struct {
+	// Xnatd returns the command that runs xnatd with args.
+	Xnatd func(args ...string) *exec.Cmd
+	// Mode is RestartBeside or RestartFile.
+	Mode string
+	// Download bytes paced at Rate bytes a second; UDPFlows flows.
+	Download, Rate, UDPFlows int
+	// Dir holds the run's files.
+	Dir string
+}
+
+// RestartResult is what a restart cost.
+type RestartResult struct {
+	EstablishedLost int `json:"established_lost"`
+	Resets          int `json:"resets"`
+	// Leaked counts packets from the inside subnet the server received
+	// (untranslated).
+	Leaked int `json:"leaked"`
+	// GapMS is the new xnatd's own measure: from the old one's workers
+	// stopping to its forwarding. OutageMS is the longest time the probe
+	// flow (a datagram every 10 ms) went without an answer.
+	GapMS    float64 `json:"gap_ms"`
+	OutageMS float64 `json:"outage_ms"`
+	// HandedOver is the connections the new xnatd received, Committed
+	// those it committed.
+	HandedOver int `json:"handed_over"`
+	Committed  int `json:"committed"`
+	// Adopted is the interfaces whose XDP link the new xnatd took over.
+	Adopted int `json:"xdp_links_adopted"`
+	// TakeoverLog is the new xnatd's takeover line (the gap's milestones).
+	TakeoverLog string `json:"takeover_log"`
+	DownloadOK  bool   `json:"download_ok"`
+	Echoes      int    `json:"echoes"`
+	// EchoesAfter are the echoes after the takeover.
+	EchoesAfter int      `json:"echoes_after"`
+	Problems    []string `json:"problems,omitempty"`
+}
+
+type xnatdProc struct {
+	cmd     *exec.Cmd
+	log     *lockedBuffer
+	running chan struct{}
+	done    chan struct{}
+	err     error
+}
+
+func startXnatd(ns *netns.NS, mk func(args ...string) *exec.Cmd, args ...string) (*xnatdProc, error) {
+	p := &xnatdProc{cmd: mk(args...), log: &lockedBuffer{}, running: make(chan struct{}), done: make(chan struct{})}
+	stderr, err := p.cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := ns.Do(p.cmd.Start); err != nil {
+		return nil, fmt.Errorf("hapair: starting xnatd: %w", err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		once := sync.Once{}
+		for sc.Scan() {
+			p.log.Write([]byte(sc.Text() + "\n"))
+			if strings.Contains(sc.Text(), "msg=running") {
+				once.Do(func() { close(p.running) })
+			}
+		}
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+func (p *xnatdProc) waitRunning(timeout time.Duration) error {
+	select {
+	case <-p.running:
+		return nil
+	case <-p.done:
+		return fmt.Errorf("hapair: xnatd exited (%v):\n%s", p.err, p.log.String())
+	case <-time.After(timeout):
+		return fmt.Errorf("hapair: xnatd did not start within %v:\n%s", timeout, p.log.String())
+	}
+}
+
+func (p *xnatdProc) wait(timeout time.Duration) error {
+	select {
+	case <-p.done:
+		return p.err
+	case <-time.After(timeout):
+		return fmt.Errorf("hapair: xnatd did not exit within %v:\n%s", timeout, p.log.String())
+	}
+}
+
+var (
+	gapRE   = regexp.MustCompile(`msg=takeover .*?conns=(\d+) committed=(\d+).* xdp_links_adopted=(\d+) gap_ms=([0-9.]+).*`)
+	countRE = regexp.MustCompile(`(?m)^\s*(\d+)\s+\d+\s+(?:\S+\s+)?--\s+\*\s+\*\s+10\.9\.1\.0/24`)
+)
+
+// Restart builds the topology, runs the restart and removes everything.
+// An error means the run could not be made; what the restart broke is
+// in the result.
+func Restart(cfg RestartConfig) (res RestartResult, err error) {
+	if cfg.Mode != RestartBeside && cfg.Mode != RestartFile {
+		return res, fmt.Errorf("hapair: restart mode %q", cfg.Mode)
+	}
+	if _, err := exec.LookPath("iptables"); err != nil {
+		return res, fmt.Errorf("hapair: needs iptables: %w", err)
+	}
+	tp, err := netns.Open()
+	if err != nil {
+		return res, err
+	}
+	var procs []*xnatdProc
+	var pinDir string
+	defer func() {
+		for _, p := range procs {
+			_ = p.cmd.Process.Kill()
+			<-p.done
+		}
+		if len(res.Problems) > 0 || err != nil {
+			for i, p := range procs {
+				res.Problems = append(res.Problems, fmt.Sprintf("xnatd %d:\n%s", i, p.log.String()))
+			}
+		}
+		if pinDir != "" {
+			_ = unix.Unmount(pinDir, unix.MNT_DETACH)
+		}
+		if cerr := tp.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	var cli, srv, box *netns.NS
+	for _, n := range []struct {
+		p    **netns.NS
+		name string
+	}{{&cli, "rcli"}, {&srv, "rsrv"}, {&box, "rbox"}} {
+		if *n.p, err = tp.CreateNS(n.name); err != nil {
+			return res, err
+		}
+	}
+	if err := tp.AddVeth(cli, "c0", box, "x0", 1); err != nil {
+		return res, err
+	}
+	if err := tp.AddVeth(box, "x1", srv, "s0", 1); err != nil {
+		return res, err
+	}
+	for _, s := range []func() error{
+		func() error { return cli.AddAddr("c0", CliIP+"/24") },
+		func() error { return cli.AddRoute("0.0.0.0/0", "10.9.1.1", "c0") },
+		func() error { return srv.AddAddr("s0", SrvIP+"/24") },
+		func() error { return box.AddAddr("x0", "10.9.1.1/24") },
+		func() error { return box.AddAddr("x1", VIPOut+"/24") },
+		func() error { return box.SetSysctl("net.ipv4.ip_forward", "1") },
+		func() error { return cli.SetTxChecksum("c0", false) },
+		func() error { return srv.SetTxChecksum("s0", false) },
+		func() error { return run(cli, "iptables", "-A", "INPUT", "-p", "tcp", "--tcp-flags", "RST", "RST") },
+		func() error { return run(srv, "iptables", "-A", "INPUT", "-p", "tcp", "--tcp-flags", "RST", "RST") },
+		func() error { return run(srv, "iptables", "-A", "INPUT", "-s", "10.9.1.0/24") },
+	} {
+		if err := s(); err != nil {
+			return res, err
+		}
+	}
+	dir := cfg.Dir
+	rules := filepath.Join(dir, "restart.rules")
+	if err := os.WriteFile(rules, []byte("*nat\n-A POSTROUTING -o x1 -j SNAT --to-source "+VIPOut+"\nCOMMIT\n"), 0o644); err != nil {
+		return res, err
+	}
+	sock := filepath.Join(dir, "restart.sock")
+	conf := filepath.Join(dir, "restart.toml")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf("inside = [\"x0\"]\noutside = [\"x1\"]\nrules = %q\ncapacity = 65536\nqueues = 1\nsocket = %q\n", rules, sock)), 0o644); err != nil {
+		return res, err
+	}
+	args := []string{"--config", conf, "--takeover"}
+	if cfg.Mode == RestartFile {
+		pinDir = filepath.Join(dir, "bpf")
+		if err := os.MkdirAll(pinDir, 0o700); err != nil {
+			return res, err
+		}
+		if err := unix.Mount("bpf", pinDir, "bpf", 0, ""); err != nil {
+			pinDir = ""
+			return res, fmt.Errorf("hapair: mounting a bpffs for the XDP pins: %w", err)
+		}
+		args = append(args, "--pin-dir", filepath.Join(pinDir, "xnat"))
+	}
+	old, err := startXnatd(box, cfg.Xnatd, args...)
+	if err != nil {
+		return res, err
+	}
+	procs = append(procs, old)
+	if err := old.waitRunning(20 * time.Second); err != nil {
+		return res, err
+	}
+	l, err := startLoad(cli, srv, cfg.Download, cfg.Rate, cfg.UDPFlows)
+	if err != nil {
+		return res, err
+	}
+	defer l.close()
+	if err := eventually("the download under way", 20*time.Second, func() bool { return l.dlGot.Load() > int64(cfg.Download/5) }); err != nil {
+		return res, err
+	}
+	if l.dlGot.Load() >= int64(cfg.Download)*3/4 {
+		return res, fmt.Errorf("hapair: the download is nearly done (%d bytes) before the restart: the pacing is too fast", l.dlGot.Load())
+	}
+
+	l.takenAt.Store(time.Now().UnixNano())
+	var next *xnatdProc
+	switch cfg.Mode {
+	case RestartBeside:
+		if next, err = startXnatd(box, cfg.Xnatd, args...); err != nil {
+			return res, err
+		}
+		procs = append(procs, next)
+		if err := old.wait(20 * time.Second); err != nil {
+			res.Problems = append(res.Problems, fmt.Sprintf("the old xnatd: %v", err))
+		}
+	case RestartFile:
+		if err := old.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			return res, err
+		}
+		if err := old.wait(20 * time.Second); err != nil {
+			res.Problems = append(res.Problems, fmt.Sprintf("the old xnatd: %v", err))
+		}
+		if next, err = startXnatd(box, cfg.Xnatd, args...); err != nil {
+			return res, err
+		}
+		procs = append(procs, next)
+	}
+	if err := next.waitRunning(20 * time.Second); err != nil {
+		return res, err
+	}
+	if m := gapRE.FindStringSubmatch(next.log.String()); m == nil {
+		res.Problems = append(res.Problems, "the new xnatd logged no takeover")
+	} else {
+		res.HandedOver, _ = strconv.Atoi(m[1])
+		res.Committed, _ = strconv.Atoi(m[2])
+		res.Adopted, _ = strconv.Atoi(m[3])
+		res.GapMS, _ = strconv.ParseFloat(m[4], 64)
+		res.TakeoverLog = m[0]
+	}
+	l.finish(&res)
+	out, err := srv.Run("iptables", "-nvxL", "INPUT")
+	if err != nil {
+		return res, err
+	}
+	if m := countRE.FindStringSubmatch(string(out)); m == nil {
+		return res, fmt.Errorf("hapair: no leak counter in %s", out)
+	} else {
+		res.Leaked, _ = strconv.Atoi(m[1])
+	}
+	for _, ns := range []*netns.NS{cli, srv} {
+		n, err := resets(ns)
+		if err != nil {
+			return res, err
+		}
+		res.Resets += n
+	}
+	return res, nil
+}
+
+// load is the traffic through the box: its servers and clients.
+type load struct {
+	data    []byte
+	want    [32]byte
+	udpSrv  *net.UDPConn
+	lns     []net.Listener
+	conns   []io.Closer
+	flows   []*net.UDPConn
+	before  []string
+	ec      net.Conn
+	dlGot   atomic.Int64
+	dlDone  chan dlResult
+	srvErr  atomic.Value
+	takenAt atomic.Int64 // unix nanoseconds
+
+	echoStop            chan struct{}
+	echoErr             chan error
+	echoes, echoesAfter atomic.Int64
+	probe               *net.UDPConn
+	probeStop           chan struct{}
+	lastAnswer, outage  atomic.Int64 // unix nanoseconds; nanoseconds
+	closeOnce           sync.Once
+}
+
+type dlResult struct {
+	n   int
+	sum [32]byte
+	err error
+}
+
+func startLoad(cli, srv *netns.NS, size, rate, nflows int) (*load, error) {
+	l := &load{dlDone: make(chan dlResult, 1), echoStop: make(chan struct{}), echoErr: make(chan error, 1), probeStop: make(chan struct{})}
+	var dl, echo net.Listener
+	if err := srv.Do(func() error {
+		var err error
+		if l.udpSrv, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(SrvIP), Port: 9000}); err != nil {
+			return err
+		}
+		if dl, err = net.Listen("tcp4", SrvIP+":8080"); err != nil {
+			return err
+		}
+		echo, err = net.Listen("tcp4", SrvIP+":8081")
+		return err
+	}); err != nil {
+		l.close()
+		return nil, err
+	}
+	l.lns = []net.Listener{dl, echo}
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := l.udpSrv.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			_, _ = l.udpSrv.WriteToUDP(append([]byte(from.String()+"|"), buf[:n]...), from)
+		}
+	}()
+	l.data = make([]byte, size)
+	_, _ = rand.NewChaCha8([32]byte{2}).Read(l.data)
+	l.want = sha256.Sum256(l.data)
+	go func() {
+		c, err := dl.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		const chunk = 32 << 10
+		begin := time.Now()
+		for off := 0; off < len(l.data); off += chunk {
+			if _, err := c.Write(l.data[off:min(off+chunk, len(l.data))]); err != nil {
+				l.srvErr.Store(fmt.Sprintf("download server: %v", err))
+				return
+			}
+			time.Sleep(time.Until(begin.Add(time.Duration(off+chunk) * time.Second / time.Duration(rate))))
+		}
+	}()
+	go func() {
+		c, err := echo.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		if _, err := io.Copy(c, c); err != nil {
+			l.srvErr.Store(fmt.Sprintf("echo server: %v", err))
+		}
+	}()
+	srvUDP := &net.UDPAddr{IP: net.ParseIP(SrvIP), Port: 9000}
+	fail := func(err error) (*load, error) { l.close(); return nil, err }
+	for i := range nflows {
+		c, err := dialUDP(cli, 20000+i, srvUDP)
+		if err != nil {
+			return fail(err)
+		}
+		l.flows = append(l.flows, c)
+		src, err := ask(c, "x", 5)
+		if err != nil || !strings.HasPrefix(src, VIPOut+":") {
+			return fail(fmt.Errorf("hapair: udp flow %d: %q %v", i, src, err))
+		}
+		l.before = append(l.before, src)
+	}
+	dialTCP := func(addr string) (net.Conn, error) {
+		var c net.Conn
+		err := cli.Do(func() error {
+			var err error
+			c, err = net.DialTimeout("tcp4", addr, 5*time.Second)
+			return err
+		})
+		return c, err
+	}
+	var err error
+	if l.ec, err = dialTCP(SrvIP + ":8081"); err != nil {
+		return fail(err)
+	}
+	l.conns = append(l.conns, l.ec)
+	if err := l.roundTrip(0); err != nil {
+		return fail(fmt.Errorf("hapair: echo: %w", err))
+	}
+	dc, err := dialTCP(SrvIP + ":8080")
+	if err != nil {
+		return fail(err)
+	}
+	l.conns = append(l.conns, dc)
+	go func() {
+		h := sha256.New()
+		buf := make([]byte, 64<<10)
+		var r dlResult
+		for r.n < len(l.data) {
+			_ = dc.SetReadDeadline(time.Now().Add(20 * time.Second))
+			n, err := dc.Read(buf)
+			h.Write(buf[:n])
+			r.n += n
+			l.dlGot.Store(int64(r.n))
+			if err != nil {
+				if !errors.Is(err, io.EOF) || r.n < len(l.data) {
+					r.err = err
+				}
+				break
+			}
+		}
+		copy(r.sum[:], h.Sum(nil))
+		l.dlDone <- r
+	}()
+	go func() {
+		for i := 1; ; i++ {
+			select {
+			case <-l.echoStop:
+				l.echoErr <- nil
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			if err := l.roundTrip(i); err != nil {
+				l.echoErr <- fmt.Errorf("echo %d: %w", i, err)
+				return
+			}
+			l.echoes.Add(1)
+			if l.takenAt.Load() != 0 {
+				l.echoesAfter.Add(1)
+			}
+		}
+	}()
+	if l.probe, err = dialUDP(cli, 30000, srvUDP); err != nil {
+		return fail(err)
+	}
+	if _, err := ask(l.probe, "p", 5); err != nil {
+		return fail(fmt.Errorf("hapair: probe: %w", err))
+	}
+	l.lastAnswer.Store(time.Now().UnixNano())
+	go func() {
+		for {
+			select {
+			case <-l.probeStop:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			_, _ = l.probe.Write([]byte("p"))
+		}
+	}()
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			_ = l.probe.SetReadDeadline(time.Now().Add(30 * time.Second))
+			_, err := l.probe.Read(buf)
+			if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) {
+				return
+			}
+			if err != nil {
+				continue
+			}
+			now := time.Now().UnixNano()
+			if d := now - l.lastAnswer.Swap(now); d > l.outage.Load() {
+				l.outage.Store(d)
+			}
+		}
+	}()
+	return l, nil
+}
+
+func (l *load) roundTrip(i int) error {
+	msg := []byte(fmt.Sprintf("echo %d\n", i))
+	if err := l.ec.SetDeadline(time.Now().Add(15 * time.Second)); err != nil {
+		return err
+	}
+	if _, err := l.ec.Write(msg); err != nil {
+		return err
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(l.ec, got); err != nil {
+		return err
+	}
+	if !bytes.Equal(got, msg) {
+		return fmt.Errorf("echoed %q for %q", got, msg)
+	}
+	return nil
+}
+
+// finish waits for the download, stops the echo session and checks
+// every UDP flow's external port.
+func (l *load) finish(res *RestartResult) {
+	problem := func(f string, a ...any) { res.Problems = append(res.Problems, fmt.Sprintf(f, a...)) }
+	select {
+	case r := <-l.dlDone:
+		res.DownloadOK = r.err == nil && r.n == len(l.data) && r.sum == l.want
+		if !res.DownloadOK {
+			res.EstablishedLost++
+			problem("download: %d of %d bytes, error %v, checksum match %v", r.n, len(l.data), r.err, r.sum == l.want)
+		}
+	case <-time.After(60 * time.Second):
+		res.EstablishedLost++
+		problem("the download stalled at %d bytes", l.dlGot.Load())
+	}
+	n := l.echoesAfter.Load()
+	_ = eventually("echoes after the download", 10*time.Second, func() bool { return l.echoesAfter.Load() >= n+10 })
+	close(l.echoStop)
+	if err := <-l.echoErr; err != nil {
+		res.EstablishedLost++
+		problem("echo session: %v", err)
+	}
+	res.Echoes, res.EchoesAfter = int(l.echoes.Load()), int(l.echoesAfter.Load())
+	for i, c := range l.flows {
+		src, err := ask(c, "y", 5)
+		if err != nil || src != l.before[i] {
+			res.EstablishedLost++
+			problem("udp flow %d: left as %s before the restart, %q after (%v)", i, l.before[i], src, err)
+		}
+	}
+	res.OutageMS = float64(l.outage.Load()) / float64(time.Millisecond)
+	if e := l.srvErr.Load(); e != nil {
+		problem("%s", e)
+	}
+}
+
+func (l *load) close() {
+	l.closeOnce.Do(func() {
+		close(l.probeStop)
+		if l.probe != nil {
+			l.probe.Close()
+		}
+		for _, c := range l.flows {
+			c.Close()
+		}
+		for _, c := range l.conns {
+			c.Close()
+		}
+		for _, ln := range l.lns {
+			ln.Close()
+		}
+		if l.udpSrv != nil {
+			l.udpSrv.Close()
+		}
+	})
+}
