@@ -64,9 +64,9 @@ func ParseE2E(args []string, w io.Writer) (E2EOptions, error) {
 	synSources := fs.Int("syn-sources", e2e.DefaultSynSources, "flood: spoofed outside sources of the SYN flood")
 	maxConns := fs.Int("max-conns", e2e.DefaultFloodMaxConn, "flood: the device under test's connection limit (nf_conntrack_max)")
 	settle := fs.Duration("settle", time.Second, "flood: how long the established connections keep echoing after the floods stop")
-	foDownload := fs.Int("download", 20<<20, "failover: the TCP download's size in bytes (xnatd is killed a fifth into it)")
-	foRate := fs.Int("rate", 4<<20, "failover: the download's pace in bytes per second")
-	foUDP := fs.Int("udp-flows", 200, "failover: UDP flows with replies through the primary")
+	foDownload := fs.Int("download", 100<<20, "failover: the TCP download's size in bytes (xnatd is killed a fifth into it)")
+	foRate := fs.Int("rate", 25<<20, "failover: the download's pace in bytes per second")
+	foUDP := fs.Int("udp-flows", 1000, "failover: UDP flows with replies through the primary")
 	foDist := fs.String("dist", "dist", "failover: the directory with keepalived.conf and xnat-ha-notify.sh")
 	var o E2EOptions
 	if err := fs.Parse(args); err != nil {

@@ -109,7 +109,7 @@ func TestParseE2EFailover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.Failover == nil || o.Failover.UDPFlows != 50 || o.Failover.Download != 10<<20 || o.Failover.Rate != 4<<20 || o.Failover.Dist != "dist" || !o.JSON {
+	if o.Failover == nil || o.Failover.UDPFlows != 50 || o.Failover.Download != 10<<20 || o.Failover.Rate != 25<<20 || o.Failover.Dist != "dist" || !o.JSON {
 		t.Fatalf("%+v", o.Failover)
 	}
 	for _, bad := range [][]string{
