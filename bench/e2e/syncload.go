@@ -134,8 +134,9 @@ func firstAt(samples []SyncSample, k uint64, v func(*SyncSample) uint64) (time.D
 // SyncOutcome is what a Point with Sync measured on the sync link.
 type SyncOutcome struct {
 	// Synced: connections the peer took in during the measurement, the
-	// last of them Done after its start (the sampler's resolution is
-	// about a millisecond).
+	// last of them Done after the sink saw the first frame (the
+	// sampler's resolution is about a millisecond; the generators'
+	// start-up is not counted).
 	Synced uint64
 	Done   time.Duration
 	// Samples as read during the measurement and until the peer caught
@@ -210,8 +211,10 @@ func (sp *syncProbe) finish(conns int) (*SyncOutcome, error) {
 	}
 	if n := len(o.Samples); n > 0 {
 		o.Synced = o.Samples[n-1].Peer
-		if at, ok := firstAt(o.Samples, o.Synced, func(s *SyncSample) uint64 { return s.Peer }); ok {
-			o.Done = at
+		first, ok1 := firstAt(o.Samples, 1, func(s *SyncSample) uint64 { return s.Sink })
+		last, ok2 := firstAt(o.Samples, o.Synced, func(s *SyncSample) uint64 { return s.Peer })
+		if ok1 && ok2 && last > first {
+			o.Done = last - first
 		}
 	}
 	st := sp.peer.node.Status().Link.Stats
@@ -252,8 +255,8 @@ type SyncLoadResult struct {
 	NewPerSec float64 `json:"new_per_sec"`
 	Conns     int     `json:"conns"`
 	// SyncedConns reached the peer's external cache, at
-	// SyncedConnsPerSec: from the first new connection offered to the
-	// last one held by the peer.
+	// SyncedConnsPerSec: from the sink seeing the first new connection
+	// through xnat to the peer holding the last one.
 	SyncedConns       uint64  `json:"synced_conns"`
 	SyncedConnsPerSec float64 `json:"synced_conns_per_sec"`
 	// SyncLagMS, SyncLagMaxMS: median and maximum, over each tenth of
