@@ -33,6 +33,8 @@ type E2EOptions struct {
 	Flood *e2e.FloodConfig
 	// Failover is set for --scenario failover (target xnat).
 	Failover *FailoverOptions
+	// SyncLoad is set for --scenario sync-load (target xnat).
+	SyncLoad *e2e.SyncLoadConfig
 }
 
 // ParseE2E parses the e2e scenario's flags.
@@ -40,8 +42,8 @@ func ParseE2E(args []string, w io.Writer) (E2EOptions, error) {
 	fs := flag.NewFlagSet("e2e", flag.ContinueOnError)
 	fs.SetOutput(w)
 	target := fs.String("target", "kernel", "xnat, kernel or both (in turn, with the ratio)")
-	scenario := fs.String("scenario", "throughput", "throughput, loss, latency, newconn, scaling, headroom, all (these six), flood or failover")
-	flows := fs.String("flows", "1,1000,100000,1000000", "active connections: one number or a comma-separated list")
+	scenario := fs.String("scenario", "throughput", "throughput, loss, latency, newconn, scaling, headroom, all (these six), flood, failover or sync-load")
+	flows := fs.String("flows", "1,1000,100000,1000000", "active connections: one number or a comma-separated list (sync-load: its established flows, default 1000)")
 	size := fs.String("size", "64", "Ethernet frame size with FCS: 64, 1500, or a list (64,1500)")
 	proto := fs.String("proto", "udp", "udp or tcp")
 	dur := fs.Duration("time", 2*time.Second, "how long each measurement runs")
@@ -64,10 +66,11 @@ func ParseE2E(args []string, w io.Writer) (E2EOptions, error) {
 	synSources := fs.Int("syn-sources", e2e.DefaultSynSources, "flood: spoofed outside sources of the SYN flood")
 	maxConns := fs.Int("max-conns", e2e.DefaultFloodMaxConn, "flood: the device under test's connection limit (nf_conntrack_max)")
 	settle := fs.Duration("settle", time.Second, "flood: how long the established connections keep echoing after the floods stop")
-	foDownload := fs.Int("download", 20<<20, "failover: the TCP download's size in bytes (xnatd is killed a fifth into it)")
-	foRate := fs.Int("rate", 4<<20, "failover: the download's pace in bytes per second")
-	foUDP := fs.Int("udp-flows", 200, "failover: UDP flows with replies through the primary")
+	foDownload := fs.Int("download", 100<<20, "failover: the TCP download's size in bytes (xnatd is killed a fifth into it)")
+	foRate := fs.Int("rate", 25<<20, "failover: the download's pace in bytes per second")
+	foUDP := fs.Int("udp-flows", 1000, "failover: UDP flows with replies through the primary")
 	foDist := fs.String("dist", "dist", "failover: the directory with keepalived.conf and xnat-ha-notify.sh")
+	newConns := fs.Int("new-conns", 500000, "sync-load: new connections offered as fast as possible, synced to the peer")
 	var o E2EOptions
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -110,8 +113,16 @@ func ParseE2E(args []string, w io.Writer) (E2EOptions, error) {
 		if err := validFailover(o.Failover); err != nil {
 			return o, err
 		}
+	case e2e.ScSyncLoad:
+		if *target != "xnat" {
+			return o, fmt.Errorf("--scenario sync-load: the target is xnat (with a sync peer), not %q", *target)
+		}
+		c.Scenarios = []string{*scenario}
 	default:
-		return o, fmt.Errorf("--scenario %q: want throughput, loss, latency, newconn, scaling, headroom, all, flood or failover", *scenario)
+		return o, fmt.Errorf("--scenario %q: want throughput, loss, latency, newconn, scaling, headroom, all, flood, failover or sync-load", *scenario)
+	}
+	if *scenario == e2e.ScSyncLoad && !isSet(fs, "flows") {
+		*flows = "1000"
 	}
 	var err error
 	if c.Flows, err = intList(*flows, 1, e2e.MaxFlows/2); err != nil {
@@ -146,11 +157,27 @@ func ParseE2E(args []string, w io.Writer) (E2EOptions, error) {
 		}
 		c.KernelRPS = true
 	}
+	if *scenario == e2e.ScSyncLoad {
+		if len(c.Flows) != 1 || len(c.Sizes) != 1 {
+			return o, errors.New("--scenario sync-load: one --flows (its established flows) and one --size")
+		}
+		o.SyncLoad = &e2e.SyncLoadConfig{Proto: c.Proto, Size: c.Sizes[0], NewConns: *newConns, Established: c.Flows[0], Time: c.Time, Placement: c.Placement}
+		if err := o.SyncLoad.Validate(); err != nil {
+			return o, fmt.Errorf("--new-conns, --flows: %w", err)
+		}
+	}
 	o.JSON, o.Plot = *jsonOut, *plot
 	if o.Plot != "" && !contains(c.Scenarios, e2e.ScThroughput) {
 		return o, errors.New("--plot needs the throughput scenario (--scenario throughput or all)")
 	}
 	return o, nil
+}
+
+// isSet reports whether the flag was given on the command line.
+func isSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 func contains(list []string, s string) bool {
@@ -185,6 +212,17 @@ func runE2E(args []string, w io.Writer) error {
 	}
 	if o.Failover != nil {
 		return runFailover(*o.Failover, o.JSON, w)
+	}
+	if o.SyncLoad != nil {
+		r, err := e2e.RunSyncLoad(*o.SyncLoad)
+		if err != nil {
+			return err
+		}
+		rep := report{w: w, json: o.JSON}
+		if err := rep.add(r, r.Row()); err != nil {
+			return err
+		}
+		return rep.table(e2e.SyncLoadHeader)
 	}
 	if o.JSON {
 		// With one target each result is written as soon as it is

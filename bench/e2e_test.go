@@ -5,6 +5,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -109,7 +112,7 @@ func TestParseE2EFailover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.Failover == nil || o.Failover.UDPFlows != 50 || o.Failover.Download != 10<<20 || o.Failover.Rate != 4<<20 || o.Failover.Dist != "dist" || !o.JSON {
+	if o.Failover == nil || o.Failover.UDPFlows != 50 || o.Failover.Download != 10<<20 || o.Failover.Rate != 25<<20 || o.Failover.Dist != "dist" || !o.JSON {
 		t.Fatalf("%+v", o.Failover)
 	}
 	for _, bad := range [][]string{
@@ -122,5 +125,70 @@ func TestParseE2EFailover(t *testing.T) {
 		if _, err := ParseE2E(bad, io.Discard); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
+	}
+}
+
+func TestParseE2ESyncLoad(t *testing.T) {
+	o, err := ParseE2E([]string{"--target", "xnat", "--scenario", "sync-load", "--new-conns", "20000", "--time", "500ms", "--proto", "tcp", "--json"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := o.SyncLoad
+	if s == nil || s.NewConns != 20000 || s.Established != 1000 || s.Time != 500*time.Millisecond || s.Proto != e2e.TCP || s.Size != 64 || !o.JSON {
+		t.Fatalf("%+v", s)
+	}
+	if o, err := ParseE2E([]string{"--target", "xnat", "--scenario", "sync-load", "--flows", "50"}, io.Discard); err != nil || o.SyncLoad.Established != 50 || o.SyncLoad.NewConns != 500000 {
+		t.Fatalf("defaults: %+v, %v", o.SyncLoad, err)
+	}
+	if o, err := ParseE2E([]string{"--scenario", "throughput"}, io.Discard); err != nil || o.SyncLoad != nil {
+		t.Fatalf("throughput: %+v, %v", o.SyncLoad, err)
+	}
+	for _, bad := range [][]string{
+		{"--scenario", "sync-load"}, // target kernel
+		{"--target", "both", "--scenario", "sync-load"},
+		{"--target", "xnat", "--scenario", "sync-load", "--new-conns", "0"},
+		{"--target", "xnat", "--scenario", "sync-load", "--new-conns", "-3"},
+		{"--target", "xnat", "--scenario", "sync-load", "--new-conns", "99999999"},
+		{"--target", "xnat", "--scenario", "sync-load", "--flows", "1,1000"},
+		{"--target", "xnat", "--scenario", "sync-load", "--size", "64,1500"},
+		{"--target", "xnat", "--scenario", "sync-load", "--time", "0s"},
+	} {
+		if _, err := ParseE2E(bad, io.Discard); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+// xnat-bench e2e --scenario sync-load --json, in a short run through a
+// real xnatd built for the test: one line with the documented keys;
+// every connection xnat created reached the peer's cache, and the
+// established path ran with sync off and on.
+func TestE2ESyncLoadRun(t *testing.T) {
+	netns.RequireRoot(t)
+	dir := t.TempDir()
+	if out, err := exec.Command("go", "build", "-o", filepath.Join(dir, "xnatd"), "xnat/cmd/xnatd").CombinedOutput(); err != nil {
+		t.Fatalf("building xnatd: %v\n%s", err, out)
+	}
+	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	var out bytes.Buffer
+	if err := runE2E([]string{"--target", "xnat", "--scenario", "sync-load", "--new-conns", "20000", "--flows", "100", "--time", "300ms", "--json"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(bytes.TrimSpace(out.Bytes()), &m); err != nil {
+		t.Fatalf("%q: %v", out.String(), err)
+	}
+	t.Logf("%s", out.String())
+	for _, k := range []string{"target", "scenario", "new_per_sec", "conns", "synced_conns", "synced_conns_per_sec", "sync_lag_ms", "sync_lag_max_ms",
+		"sync_msgs_per_sec", "sync_datagrams_per_sec", "sync_lost", "sync_retransmitted", "sync_table_resends",
+		"established_pps_sync_on", "established_pps_sync_off", "established_ratio"} {
+		if _, ok := m[k]; !ok {
+			t.Errorf("key %q missing", k)
+		}
+	}
+	num := func(k string) float64 { v, _ := m[k].(float64); return v }
+	if m["scenario"] != "sync-load" || num("conns") <= 0 || num("synced_conns") != num("conns") || num("synced_conns_per_sec") <= 0 ||
+		num("sync_msgs_per_sec") < num("synced_conns_per_sec") || num("established_pps_sync_on") <= 0 || num("established_pps_sync_off") <= 0 {
+		t.Errorf("result %s", out.String())
 	}
 }

@@ -40,6 +40,10 @@ type Point struct {
 	KernelRPS bool
 	// Count ends the measurement after this many frames (0: Duration).
 	Count uint64
+	// Sync configures the target (xnat) to sync its connections to a
+	// peer in a namespace of its own over a dedicated veth (see
+	// SyncOutcome).
+	Sync bool
 }
 
 // Outcome is what a Point measured, with its accounting.
@@ -62,6 +66,8 @@ type Outcome struct {
 	NoTargetCounters     bool
 	Latency, RTT         Histogram
 	GenDropRx, GenDropTx uint64
+	// Sync is what the sync link carried (Point.Sync).
+	Sync *SyncOutcome
 }
 
 // Counted is every frame lost at a counted place.
@@ -134,6 +140,9 @@ func (p *Point) defaults() error {
 	if p.MaxConns == 0 {
 		p.MaxConns = 2*(p.Flows+p.NewLimit) + 1024
 	}
+	if p.Sync && p.Target != "xnat" {
+		return fmt.Errorf("%w: sync needs the xnat target, not %q", ErrConfig, p.Target)
+	}
 	return nil
 }
 
@@ -175,6 +184,14 @@ func Run(p Point) (o *Outcome, err error) {
 
 	var target Target
 	var sink *xskPort
+	var peer *syncPeer
+	var haLink *HALink
+	if p.Sync {
+		if peer, haLink, err = startSyncPeer(tp); err != nil {
+			return o, err
+		}
+		closers.add(peer.Close)
+	}
 	if p.Target == "xdp_drop" {
 		d, err := attachDrop(tp.DUT, tp.DUTInIndex)
 		if err != nil {
@@ -185,7 +202,7 @@ func Run(p Point) (o *Outcome, err error) {
 		if target, err = NewTarget(p.Target); err != nil {
 			return o, err
 		}
-		if err := target.Setup(tp, TargetConfig{MaxConns: p.MaxConns, CPUs: p.Placement.dut(p.Queues), RPS: p.KernelRPS}); err != nil {
+		if err := target.Setup(tp, TargetConfig{MaxConns: p.MaxConns, CPUs: p.Placement.dut(p.Queues), RPS: p.KernelRPS, HA: haLink}); err != nil {
 			return o, errors.Join(err, target.Teardown())
 		}
 		closers.add(target.Teardown)
@@ -274,9 +291,31 @@ func Run(p Point) (o *Outcome, err error) {
 	if err != nil {
 		return o, err
 	}
+	var probe *syncProbe
+	if peer != nil {
+		if snk == nil {
+			return o, errNoSink
+		}
+		if probe, err = peer.probe(target, snk.Seen, p.NewLimit > 0); err != nil {
+			return o, err
+		}
+	}
 	gst, sst, err := runAll(snk, generators, p.Reflect, p.Placement)
 	if err != nil {
+		if probe != nil {
+			probe.stop.Store(true)
+			<-probe.samples
+		}
 		return o, err
+	}
+	if probe != nil {
+		n, err := target.Conns()
+		if err != nil {
+			return o, err
+		}
+		if o.Sync, err = probe.finish(n); err != nil {
+			return o, err
+		}
 	}
 	after, err := pathCounters(tp, sink, gens, target)
 	if err != nil {

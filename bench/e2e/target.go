@@ -54,6 +54,17 @@ type TargetConfig struct {
 	// --to-destination 10.0.0.2:8080"): the kernel runs iptables with
 	// them, xnat puts them in its rules file.
 	NATRules []string
+	// HA, when set, syncs the target's connections to a peer over a
+	// dedicated link (xnat: an [ha] section); the kernel target refuses
+	// it.
+	HA *HALink
+}
+
+// HALink is the device under test's end of a sync link: its address
+// (Local), the peer's (Peer), the UDP port and the link's interface.
+type HALink struct {
+	Local, Peer, Interface string
+	Port                   int
 }
 
 // ErrNoXnatd is returned by the xnat target while the daemon does not
@@ -95,6 +106,9 @@ const ctMaxPath = "/proc/sys/net/netfilter/nf_conntrack_max"
 func (k *Kernel) Setup(tp *Topology, cfg TargetConfig) error {
 	if cfg.MaxConns <= 0 {
 		return fmt.Errorf("%w: connection limit %d", ErrConfig, cfg.MaxConns)
+	}
+	if cfg.HA != nil {
+		return fmt.Errorf("%w: the kernel target has no connection sync", ErrConfig)
 	}
 	if _, err := exec.LookPath("iptables"); err != nil {
 		return fmt.Errorf("e2e: the kernel target needs iptables (Debian package iptables): %w", err)
@@ -322,6 +336,14 @@ func (x *Xnat) Setup(tp *Topology, cfg TargetConfig) error {
 	if len(cfg.CPUs) > 0 {
 		x.cmd.Args = append(x.cmd.Args, "--cpus", cpuset.Format(cfg.CPUs))
 	}
+	if h := cfg.HA; h != nil {
+		conf := filepath.Join(x.dir, "xnat.toml")
+		text := fmt.Sprintf("[ha]\nlocal = %q\npeer = %q\nport = %d\ninterface = %q\n", h.Local, h.Peer, h.Port, h.Interface)
+		if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
+			return fmt.Errorf("e2e: %w", err)
+		}
+		x.cmd.Args = append(x.cmd.Args, "--config", conf)
+	}
 	x.cmd.Stdout, x.cmd.Stderr = x.stderr, x.stderr
 	// Started from a thread inside dut: the process lives there.
 	if err := tp.DUT.Do(x.cmd.Start); err != nil {
@@ -402,6 +424,21 @@ func (x *Xnat) Conns() (int, error) {
 		return 0, fmt.Errorf("e2e: xnatd connection count: %w", err)
 	}
 	return n, nil
+}
+
+// HAStatus returns xnatd's sync node's state (an [ha] section is
+// configured).
+func (x *Xnat) HAStatus() (*api.HAStatus, error) {
+	if x.client == nil {
+		return nil, fmt.Errorf("e2e: xnatd is not running")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := x.client.HAStatus(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("e2e: xnatd ha status: %w", err)
+	}
+	return st, nil
 }
 
 type lockedBuffer struct {

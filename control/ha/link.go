@@ -223,11 +223,28 @@ func (l *Link) Run(ctx context.Context) error {
 // Close closes the link.
 func (l *Link) Close() error { return l.conn.Close() }
 
+// socketBuffer is the link socket's send and receive buffer size, as
+// conntrackd's SndSocketBuffer and RcvSocketBuffer set it: a burst of new
+// connections is sent in bursts of datagrams, and what overflows the
+// receiver's buffer is lost and must be sent again (a NACK's round
+// trip). 4 MiB holds a few thousand full datagrams.
+const socketBuffer = 4 << 20
+
+// setBuffer sets a socket buffer's size beyond the system's limit
+// (net.core.rmem_max, wmem_max) with CAP_NET_ADMIN, within it without.
+func setBuffer(fd, force, plain int) {
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, force, socketBuffer) != nil {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, plain, socketBuffer)
+	}
+}
+
 // sockopts sets the link socket's options before it is bound: the
-// device, and for multicast address reuse, the group membership on the
-// local address's interface, that interface for sending, and no
-// loopback of this side's own datagrams.
+// buffers, the device, and for multicast address reuse, the group
+// membership on the local address's interface, that interface for
+// sending, and no loopback of this side's own datagrams.
 func sockopts(fd int, cfg *LinkConfig, local [4]byte) error {
+	setBuffer(fd, unix.SO_RCVBUFFORCE, unix.SO_RCVBUF)
+	setBuffer(fd, unix.SO_SNDBUFFORCE, unix.SO_SNDBUF)
 	if cfg.Interface != "" {
 		if err := unix.SetsockoptString(fd, unix.SOL_SOCKET, unix.SO_BINDTODEVICE, cfg.Interface); err != nil {
 			return fmt.Errorf("bind to interface %s: %w", cfg.Interface, err)
