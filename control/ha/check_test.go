@@ -195,9 +195,7 @@ func TestPoolCheckPair(t *testing.T) {
 			return st.Cache == n, fmt.Sprintf("%+v", st)
 		}
 	}
-	if err := backup.RequestResync(); err != nil {
-		t.Fatal(err)
-	}
+	// The backup asks for the table once it knows the peer is the same.
 	waitFor(t, "the primary's table", cacheLen(20))
 
 	// The backup's rules change: both sides see the difference.
@@ -246,6 +244,7 @@ func TestPoolCheckConntrackdPeer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	rec.link = l
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- l.Run(ctx) }()
@@ -256,6 +255,12 @@ func TestPoolCheckConntrackdPeer(t *testing.T) {
 		}
 	}()
 	waitState(t, n, PeerUnchecked)
+	// Once unchecked, the node asks the peer for its table.
+	waitFor(t, "the node's resync request", func() (bool, string) {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		return rec.asked > 0, fmt.Sprintf("asked %d", rec.asked)
+	})
 	in := Conn{Proto: 17, Src: a4("10.0.0.2"), Dst: a4("192.0.2.1"), SrcPort: 1000, DstPort: 53, SNAT: ext, SPAT: 20001, Has: HasSNAT | HasSPAT}
 	outPort := in
 	outPort.SrcPort, outPort.SPAT = 1001, 40000

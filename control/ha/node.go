@@ -148,8 +148,12 @@ func (n *Node) outsidePools(c *Conn) bool {
 }
 
 // peerChanged takes the pool check's new verdict: a peer found to differ
-// has its connections dropped from the cache; one found the same again
-// (its rules were fixed) is asked for its table.
+// has its connections dropped from the cache; one found acceptable (an
+// xnat with the same pools and rules, or a conntrackd once the grace
+// period ends) is asked for its table. A node that starts thus fills its
+// cache at once — a backup restarted (xnatd --takeover) or started after
+// its primary does not wait for the primary's next events, or for
+// keepalived to ask.
 func (n *Node) peerChanged(old, cur PeerState) {
 	n.peerMu.Lock()
 	n.peer = cur
@@ -157,7 +161,7 @@ func (n *Node) peerChanged(old, cur PeerState) {
 		n.flushedDiffer += uint64(n.cache.Flush())
 	}
 	n.peerMu.Unlock()
-	if old == PeerDiffers && cur == PeerSame && n.link != nil {
+	if cur != old && (cur == PeerSame || cur == PeerUnchecked) && n.link != nil {
 		_ = n.link.RequestResync()
 	}
 	if n.cfg.OnPeer != nil {
