@@ -16,6 +16,7 @@
 #   conntrack conntrack  and check what it committed to the kernel
 #   keepalived keepalived cmd/xnatd's failover test runs VRRP (dist/keepalived.conf)
 #                        between two xnatd
+#   systemd-analyze systemd control/api's test verifies dist/xnatd.service
 #
 # Go itself (1.26, see go.mod) is not installed from apt: Debian's golang
 # package is older. Install it from https://go.dev/dl/.
@@ -32,6 +33,7 @@ declare -A need=(
   [conntrackd]=conntrackd
   [conntrack]=conntrack
   [keepalived]=keepalived
+  [systemd-analyze]=systemd
 )
 
 # Root's tools live in the sbin directories, which a user's PATH may lack.

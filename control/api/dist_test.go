@@ -2,6 +2,8 @@ package api_test
 
 import (
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -31,5 +33,19 @@ func TestDistConfig(t *testing.T) {
 		if !strings.Contains(string(unit), want) {
 			t.Errorf("unit lacks %q", want)
 		}
+	}
+	// systemd's own check of the unit (its directives, values and
+	// sections), with the binary's path pointed at an executable here.
+	analyze, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Fatalf("systemd-analyze not found (run scripts/deps.sh as root): %v", err)
+	}
+	exe, err := os.Executable()
+	must(t, err)
+	copied := filepath.Join(t.TempDir(), "xnatd.service")
+	must(t, os.WriteFile(copied, []byte(strings.ReplaceAll(string(unit), "/usr/local/sbin/xnatd", exe)), 0o644))
+	out, err := exec.Command(analyze, "verify", copied).CombinedOutput()
+	if err != nil || len(strings.TrimSpace(string(out))) > 0 {
+		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
 	}
 }
