@@ -51,15 +51,18 @@ type PortRange struct{ Lo, Hi uint16 }
 // back what it took by address, through the same table.
 //
 // A Steering also says which ports the kernel may give its own sockets
-// (SetKernelPorts): a pool with one of the box's addresses is created
-// without them, so that the box's own connections and xnat's never meet
-// on a port.
+// (SetKernelPorts): a pool with one of the box's addresses (any pool,
+// with SetKernelPortsEverywhere) is created without them, so that the
+// box's own connections and xnat's never meet on a port.
 type Steering struct {
 	words  []uint32
 	nslots int
 	le     bool
 	table  atomic.Pointer[slotTable]
 	kernel atomic.Pointer[[]PortRange]
+	// everywhere: pools leave the kernel's ports out whether or not
+	// their addresses are the box's (SetKernelPortsEverywhere).
+	everywhere atomic.Bool
 }
 
 type slotTable struct {
@@ -126,6 +129,21 @@ func (s *Steering) local(lo, hi uint32) bool {
 func (s *Steering) SetKernelPorts(ranges []PortRange) {
 	r := slices.Clone(ranges)
 	s.kernel.Store(&r)
+}
+
+// SetKernelPortsEverywhere makes the pools created afterwards leave the
+// kernel's ports out whether or not their addresses are the box's at
+// that moment. An HA pair needs it: its NAT address moves between the
+// boxes, and a pool split one way on the box that has the address and
+// another on the one that has not (or on an xnatd started before the
+// address came and one started after) could not take each other's
+// connections with their ports.
+func (s *Steering) SetKernelPortsEverywhere(on bool) { s.everywhere.Store(on) }
+
+// leaveKernelPorts reports whether a pool of lo..hi is created without
+// the kernel's ports.
+func (s *Steering) leaveKernelPorts(lo, hi uint32) bool {
+	return s.everywhere.Load() || s.local(lo, hi)
 }
 
 // KernelPorts returns what SetKernelPorts set.
