@@ -51,8 +51,8 @@ type PortRange struct{ Lo, Hi uint16 }
 // back what it took by address, through the same table.
 //
 // A Steering also says which ports the kernel may give its own sockets
-// (SetKernelPorts): a pool with one of the box's addresses (any pool,
-// with SetKernelPortsEverywhere) is created without them, so that the
+// (SetKernelPorts): a pool with one of the box's addresses is created
+// without them (unless its addresses float: SetFloating), so that the
 // box's own connections and xnat's never meet on a port.
 type Steering struct {
 	words  []uint32
@@ -60,9 +60,9 @@ type Steering struct {
 	le     bool
 	table  atomic.Pointer[slotTable]
 	kernel atomic.Pointer[[]PortRange]
-	// everywhere: pools leave the kernel's ports out whether or not
-	// their addresses are the box's (SetKernelPortsEverywhere).
-	everywhere atomic.Bool
+	// floating: pools keep the kernel's ports whether or not their
+	// addresses are the box's (SetFloating).
+	floating atomic.Bool
 }
 
 type slotTable struct {
@@ -131,19 +131,23 @@ func (s *Steering) SetKernelPorts(ranges []PortRange) {
 	s.kernel.Store(&r)
 }
 
-// SetKernelPortsEverywhere makes the pools created afterwards leave the
-// kernel's ports out whether or not their addresses are the box's at
-// that moment. An HA pair needs it: its NAT address moves between the
-// boxes, and a pool split one way on the box that has the address and
-// another on the one that has not (or on an xnatd started before the
-// address came and one started after) could not take each other's
-// connections with their ports.
-func (s *Steering) SetKernelPortsEverywhere(on bool) { s.everywhere.Store(on) }
+// SetFloating says that the pools' addresses move between boxes (an HA
+// pair's NAT address, which keepalived gives the primary): pools created
+// afterwards keep every port of their range whether or not their
+// addresses are the box's at that moment. Both boxes, and an xnatd
+// --takeover started while the box has the address as the xnatd it
+// replaces that started before, split a pool alike and can take each
+// other's connections with their ports; a connection keeps its source
+// port on either box, so a segment that reaches the new primary before
+// its commit gets the translation the peer gave it. The kernel's own
+// sockets on such an address are kept off xnat's ports by reserving
+// them (net.ipv4.ip_local_reserved_ports).
+func (s *Steering) SetFloating(on bool) { s.floating.Store(on) }
 
 // leaveKernelPorts reports whether a pool of lo..hi is created without
 // the kernel's ports.
 func (s *Steering) leaveKernelPorts(lo, hi uint32) bool {
-	return s.everywhere.Load() || s.local(lo, hi)
+	return !s.floating.Load() && s.local(lo, hi)
 }
 
 // KernelPorts returns what SetKernelPorts set.

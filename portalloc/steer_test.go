@@ -122,44 +122,41 @@ func TestPoolLeavesKernelPorts(t *testing.T) {
 	}
 }
 
-// TestPoolLeavesKernelPortsEverywhere: with SetKernelPortsEverywhere (an
-// HA pair), a pool on an address that is not the box's is split as if it
-// were, so its slices are those of the same pool made while the address
-// is the box's; without it, it keeps every port.
-func TestPoolLeavesKernelPortsEverywhere(t *testing.T) {
+// TestPoolFloating: with SetFloating (an HA pair), a pool made while its
+// address is the box's keeps the kernel's ports, and is split as the same
+// pool made while the address is elsewhere; without it, it leaves them
+// out.
+func TestPoolFloating(t *testing.T) {
 	st := newSteering(t, 2)
 	st.SetKernelPorts([]PortRange{{32768, 60999}})
-	if err := st.SetAddrs(map[uint32]uint32{extA: 0}); err != nil {
-		t.Fatal(err)
-	}
 	const cores = 4
-	local, err := New(Pool{AddrLo: extA, AddrHi: extA, Steering: st}, cores, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.SetAddrs(map[uint32]uint32{}); err != nil {
-		t.Fatal(err)
-	}
 	away, err := New(Pool{AddrLo: extA, AddrHi: extA, Steering: st}, cores, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if lo, _ := away[2].Slice(); lo < 32768 || lo > 60999 {
-		t.Fatalf("without it, the pool made while the address is away starts core 2 at %d, want a kernel port", lo)
+	if err := st.SetAddrs(map[uint32]uint32{extA: 0}); err != nil {
+		t.Fatal(err)
 	}
-	st.SetKernelPortsEverywhere(true)
-	away, err = New(Pool{AddrLo: extA, AddrHi: extA, Steering: st}, cores, nil)
+	local, err := New(Pool{AddrLo: extA, AddrHi: extA, Steering: st}, cores, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if local[2].Owns(flowtable.ProtoUDP, extA, 45000) || local[3].Owns(flowtable.ProtoUDP, extA, 45000) {
+		t.Fatal("without SetFloating, a pool made while the address is the box's owns a kernel port")
+	}
+	st.SetFloating(true)
+	floating, err := New(Pool{AddrLo: extA, AddrHi: extA, Steering: st}, cores, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for c := range cores {
 		for _, port := range []uint16{1024, 20000, 32767, 32768, 45000, 60999, 61000, 65535} {
-			if l, a := local[c].Owns(flowtable.ProtoUDP, extA, port), away[c].Owns(flowtable.ProtoUDP, extA, port); l != a {
-				t.Fatalf("core %d port %d: owned %v by the pool made with the address, %v by the one made without", c, port, l, a)
+			if a, f := away[c].Owns(flowtable.ProtoUDP, extA, port), floating[c].Owns(flowtable.ProtoUDP, extA, port); a != f {
+				t.Fatalf("core %d port %d: owned %v by the pool made with the address away, %v by the floating one made with it", c, port, a, f)
 			}
 		}
-		if l, a := local[c].n, away[c].n; l != a {
-			t.Fatalf("core %d: %d ports with the address, %d without", c, l, a)
+		if a, f := away[c].n, floating[c].n; a != f {
+			t.Fatalf("core %d: %d ports with the address away, %d floating", c, a, f)
 		}
 	}
 }
