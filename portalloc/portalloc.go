@@ -251,7 +251,7 @@ func New(pool Pool, cores int, sh *Shared) ([]*Allocator, error) {
 	ranges := []PortRange{{pool.PortLo, pool.PortHi}}
 	st := pool.Steering
 	local := st != nil && st.local(pool.AddrLo, pool.AddrHi)
-	if local {
+	if st != nil && st.leaveKernelPorts(pool.AddrLo, pool.AddrHi) {
 		ranges = usable(pool.PortLo, pool.PortHi, st.KernelPorts())
 	}
 	var span uint32

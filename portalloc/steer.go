@@ -52,14 +52,17 @@ type PortRange struct{ Lo, Hi uint16 }
 //
 // A Steering also says which ports the kernel may give its own sockets
 // (SetKernelPorts): a pool with one of the box's addresses is created
-// without them, so that the box's own connections and xnat's never meet
-// on a port.
+// without them (unless its addresses float: SetFloating), so that the
+// box's own connections and xnat's never meet on a port.
 type Steering struct {
 	words  []uint32
 	nslots int
 	le     bool
 	table  atomic.Pointer[slotTable]
 	kernel atomic.Pointer[[]PortRange]
+	// floating: pools keep the kernel's ports whether or not their
+	// addresses are the box's (SetFloating).
+	floating atomic.Bool
 }
 
 type slotTable struct {
@@ -126,6 +129,25 @@ func (s *Steering) local(lo, hi uint32) bool {
 func (s *Steering) SetKernelPorts(ranges []PortRange) {
 	r := slices.Clone(ranges)
 	s.kernel.Store(&r)
+}
+
+// SetFloating says that the pools' addresses move between boxes (an HA
+// pair's NAT address, which keepalived gives the primary): pools created
+// afterwards keep every port of their range whether or not their
+// addresses are the box's at that moment. Both boxes, and an xnatd
+// --takeover started while the box has the address as the xnatd it
+// replaces that started before, split a pool alike and can take each
+// other's connections with their ports; a connection keeps its source
+// port on either box, so a segment that reaches the new primary before
+// its commit gets the translation the peer gave it. The kernel's own
+// sockets on such an address are kept off xnat's ports by reserving
+// them (net.ipv4.ip_local_reserved_ports).
+func (s *Steering) SetFloating(on bool) { s.floating.Store(on) }
+
+// leaveKernelPorts reports whether a pool of lo..hi is created without
+// the kernel's ports.
+func (s *Steering) leaveKernelPorts(lo, hi uint32) bool {
+	return !s.floating.Load() && s.local(lo, hi)
 }
 
 // KernelPorts returns what SetKernelPorts set.

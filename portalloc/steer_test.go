@@ -122,6 +122,45 @@ func TestPoolLeavesKernelPorts(t *testing.T) {
 	}
 }
 
+// TestPoolFloating: with SetFloating (an HA pair), a pool made while its
+// address is the box's keeps the kernel's ports, and is split as the same
+// pool made while the address is elsewhere; without it, it leaves them
+// out.
+func TestPoolFloating(t *testing.T) {
+	st := newSteering(t, 2)
+	st.SetKernelPorts([]PortRange{{32768, 60999}})
+	const cores = 4
+	away, err := New(Pool{AddrLo: extA, AddrHi: extA, Steering: st}, cores, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SetAddrs(map[uint32]uint32{extA: 0}); err != nil {
+		t.Fatal(err)
+	}
+	local, err := New(Pool{AddrLo: extA, AddrHi: extA, Steering: st}, cores, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if local[2].Owns(flowtable.ProtoUDP, extA, 45000) || local[3].Owns(flowtable.ProtoUDP, extA, 45000) {
+		t.Fatal("without SetFloating, a pool made while the address is the box's owns a kernel port")
+	}
+	st.SetFloating(true)
+	floating, err := New(Pool{AddrLo: extA, AddrHi: extA, Steering: st}, cores, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for c := range cores {
+		for _, port := range []uint16{1024, 20000, 32767, 32768, 45000, 60999, 61000, 65535} {
+			if a, f := away[c].Owns(flowtable.ProtoUDP, extA, port), floating[c].Owns(flowtable.ProtoUDP, extA, port); a != f {
+				t.Fatalf("core %d port %d: owned %v by the pool made with the address away, %v by the floating one made with it", c, port, a, f)
+			}
+		}
+		if a, f := away[c].n, floating[c].n; a != f {
+			t.Fatalf("core %d: %d ports with the address away, %d floating", c, a, f)
+		}
+	}
+}
+
 // TestSteeringCounts: a port is held while any connection uses it, by
 // each pool that uses it; the counts go back to 0 when they all end.
 func TestSteeringCounts(t *testing.T) {

@@ -192,12 +192,9 @@ func run(args []string, stderr io.Writer) int {
 		opts.TakeOver = to.receive
 	}
 	d, err := daemon.Start(plan, opts)
-	if to != nil && to.client != nil {
-		// The old xnatd closes the hand-over connection when it has
-		// stopped and left its control socket.
-		if werr := to.client.Wait(10 * time.Second); werr != nil && err == nil {
-			log.Warn("takeover: the old xnatd did not end within 10s", "err", werr)
-		}
+	beside := to != nil && to.client != nil
+	if beside && err != nil {
+		// The old xnatd stops when the connection closes.
 		to.client.Close()
 	}
 	if err != nil {
@@ -212,7 +209,19 @@ func run(args []string, stderr io.Writer) int {
 			"bad", r.Bad, "expired", r.Expired, "xdp_links_adopted", r.Adopted,
 			"gap_ms", ms(r.Gap), "received_ms", ms(r.Received), "workers_ms", ms(r.Started), "committed_ms", ms(r.Committed))
 	}
-	srv, err := serveAPI(d, log, plan.Config)
+	// Taking over from a running xnatd, the control socket replaces the
+	// old one's, which answered until then (keepalived's check never
+	// finds the box without an xnatd); the old one stops next.
+	srv, err := serveAPI(d, log, plan.Config, beside)
+	if beside {
+		if serr := to.client.Serving(); serr != nil {
+			log.Warn("takeover: telling the old xnatd", "err", serr)
+		}
+		if werr := to.client.Wait(10 * time.Second); werr != nil {
+			log.Warn("takeover: the old xnatd did not end within 10s", "err", werr)
+		}
+		to.client.Close()
+	}
 	if err != nil {
 		if serr := d.Stop(); serr != nil {
 			log.Error("stopping", "err", serr)
@@ -261,6 +270,11 @@ func run(args []string, stderr io.Writer) int {
 			if hln != nil {
 				hln.Close()
 			}
+			// The control socket answers until the new xnatd's
+			// replaces it: it closes its side of the connection then
+			// (or when it fails).
+			_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+			_, _ = io.Copy(io.Discard, c)
 			code := stop()
 			// Closing the connection tells the new xnatd this one is gone.
 			c.Close()
@@ -287,7 +301,7 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // serveAPI serves the control API on the configured socket (default
 // /run/xnat/xnat.sock) and, when configured, the Prometheus endpoint; the
 // API's events are logged.
-func serveAPI(d *daemon.Daemon, log *slog.Logger, cfg daemon.Config) (*api.Server, error) {
+func serveAPI(d *daemon.Daemon, log *slog.Logger, cfg daemon.Config, replace bool) (*api.Server, error) {
 	ctx := context.Background()
 	srv := api.New(d, api.Options{OnEvent: func(e api.Event) {
 		lvl := slog.LevelInfo
@@ -317,7 +331,11 @@ func serveAPI(d *daemon.Daemon, log *slog.Logger, cfg daemon.Config) (*api.Serve
 	if sock == "" {
 		sock = api.DefaultSocket
 	}
-	if err := srv.Listen(sock); err != nil {
+	listen := srv.Listen
+	if replace {
+		listen = srv.ListenReplacing
+	}
+	if err := listen(sock); err != nil {
 		srv.Close()
 		return nil, err
 	}

@@ -11,8 +11,9 @@ import (
 )
 
 // testRestart runs a restart (internal/hapair) with this binary as
-// xnatd: a 12 MB download paced at 3 MB/s, an echo session and 100 UDP
-// flows through one xnatd, replaced mid-download. Expected: the download
+// xnatd and the HA issue's load, as TestFailover: a 100 MB download paced
+// at 25 MB/s (the restart lands a fifth in), an echo session and 1,000
+// UDP flows with replies through one xnatd, replaced mid-download. Expected: the download
 // completes with its checksum, the echo session keeps echoing, no reset
 // at either end, nothing reaches the server untranslated, every UDP flow
 // keeps its external port, and the new xnatd adopted both interfaces' XDP
@@ -27,7 +28,7 @@ func testRestart(t *testing.T, mode string) {
 			cmd.Env = append(os.Environ(), "XNATD_TEST_MAIN=1")
 			return cmd
 		},
-		Mode: mode, Download: 12 << 20, Rate: 3 << 20, UDPFlows: 100, Dir: t.TempDir(),
+		Mode: mode, Download: 100 << 20, Rate: 25 << 20, UDPFlows: 1000, Dir: t.TempDir(),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -40,7 +41,7 @@ func testRestart(t *testing.T, mode string) {
 		t.Fatalf("lost %d, resets %d, leaked %d, download ok %v, %d echoes after", res.EstablishedLost, res.Resets, res.Leaked, res.DownloadOK, res.EchoesAfter)
 	}
 	// The flows, the echo session, the download and the probe.
-	if want := 100 + 3; res.HandedOver < want || res.Committed < want {
+	if want := 1000 + 3; res.HandedOver < want || res.Committed < want {
 		t.Fatalf("handed over %d, committed %d, want at least %d", res.HandedOver, res.Committed, want)
 	}
 	if res.Adopted != 2 {

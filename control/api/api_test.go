@@ -481,7 +481,8 @@ func TestAddressEventAndMetrics(t *testing.T) {
 }
 
 // TestSocket: the socket is mode 0600; a live socket is not replaced by a
-// second server; a stale one is; a client of a missing socket is told
+// second server, but by ListenReplacing (whose socket the first server's
+// Close leaves); a stale one is; a client of a missing socket is told
 // xnatd is not running.
 func TestSocket(t *testing.T) {
 	b := apitest.New(t, apitest.Options{})
@@ -505,6 +506,18 @@ func TestSocket(t *testing.T) {
 	_, err = api.NewClient(b.Dir + "/none.sock").Stats(ctx)
 	if !errors.Is(err, api.ErrNotRunning) || err.Error() != "xnatd is not running: no socket at "+b.Dir+"/none.sock" {
 		t.Fatalf("missing socket: %v", err)
+	}
+	// A takeover's server replaces the live socket; the old server's
+	// Close leaves the new one's in place, and the new one's removes it.
+	next := api.New(b.D, api.Options{})
+	must(t, next.ListenReplacing(b.Socket))
+	must(t, b.S.Close())
+	if _, err := api.NewClient(b.Socket).ConntrackCount(ctx); err != nil {
+		t.Fatalf("on the replacing socket after the old server closed: %v", err)
+	}
+	must(t, next.Close())
+	if _, err := os.Lstat(b.Socket); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the replacing server's Close left its socket: %v", err)
 	}
 	plain := b.Dir + "/plain"
 	must(t, os.WriteFile(plain, nil, 0o600))

@@ -78,7 +78,7 @@ type Server struct {
 
 	hmu     sync.Mutex
 	servers []*http.Server
-	sockets []string
+	sockets []socketFile
 	closed  bool
 }
 
@@ -128,11 +128,31 @@ func (s *Server) Handler() http.Handler {
 	return mux
 }
 
+// socketFile is a socket the server put in place, removed on Close
+// unless another server's has replaced it since.
+type socketFile struct {
+	path string
+	fi   os.FileInfo
+}
+
 // Listen serves the API on a unix socket at path: it creates the socket's
 // directory (0755) if needed, replaces a stale socket (one nothing answers
 // on; a live one is an error), and makes the socket mode 0600 before it
 // appears at path, so only its owner can ever connect.
 func (s *Server) Listen(path string) error {
+	return s.listen(path, false)
+}
+
+// ListenReplacing is Listen for a daemon taking over from the one serving
+// on path (xnatd --takeover): the new socket replaces the old one at path
+// in one rename, so that a client (keepalived's check) finds an answer
+// at every moment — the old daemon's until then, this one's after. The
+// old daemon's Close leaves the new socket in place.
+func (s *Server) ListenReplacing(path string) error {
+	return s.listen(path, true)
+}
+
+func (s *Server) listen(path string, replace bool) error {
 	if path == "" {
 		path = DefaultSocket
 	}
@@ -144,12 +164,14 @@ func (s *Server) Listen(path string) error {
 		if fi.Mode()&os.ModeSocket == 0 {
 			return fmt.Errorf("control socket %s: exists and is not a socket", path)
 		}
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return fmt.Errorf("control socket %s: another daemon is serving on it", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return fmt.Errorf("removing the stale control socket: %w", err)
+		if !replace {
+			if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+				c.Close()
+				return fmt.Errorf("control socket %s: another daemon is serving on it", path)
+			}
+			if err := os.Remove(path); err != nil {
+				return fmt.Errorf("removing the stale control socket: %w", err)
+			}
 		}
 	}
 	// Bind in a private directory, restrict the socket, then move it into
@@ -169,17 +191,41 @@ func (s *Server) Listen(path string) error {
 		ln.Close()
 		return fmt.Errorf("control socket: %w", err)
 	}
+	fi, err := os.Lstat(tmpPath)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("control socket: %w", err)
+	}
 	if err := os.Rename(tmpPath, path); err != nil {
 		ln.Close()
 		return fmt.Errorf("control socket: %w", err)
 	}
+	sf := socketFile{path: path, fi: fi}
 	if err := s.serve(ln); err != nil {
-		os.Remove(path)
+		sf.remove()
 		return err
 	}
 	s.hmu.Lock()
-	s.sockets = append(s.sockets, path)
+	s.sockets = append(s.sockets, sf)
 	s.hmu.Unlock()
+	return nil
+}
+
+// remove removes the socket file if it is still this one.
+func (f socketFile) remove() error {
+	cur, err := os.Lstat(f.path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	if !os.SameFile(cur, f.fi) {
+		return nil
+	}
+	if err := os.Remove(f.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
 	return nil
 }
 
@@ -203,7 +249,8 @@ func (s *Server) serveHandler(ln net.Listener, h http.Handler) error {
 }
 
 // Close stops serving (followers of the event stream are cut off), stops
-// the monitor and removes the sockets.
+// the monitor and removes its sockets (but one another server has
+// replaced since: ListenReplacing).
 func (s *Server) Close() error {
 	s.hmu.Lock()
 	if s.closed {
@@ -223,8 +270,8 @@ func (s *Server) Close() error {
 		}
 		cancel()
 	}
-	for _, p := range sockets {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+	for _, f := range sockets {
+		if err := f.remove(); err != nil {
 			errs = append(errs, err)
 		}
 	}

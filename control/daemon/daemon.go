@@ -185,6 +185,10 @@ func Start(plan *Plan, opts Options) (d *Daemon, err error) {
 	if d.steer, err = portalloc.NewSteering(d.filter.UseCounts(), d.filter.Slots()); err != nil {
 		return d, fmt.Errorf("XDP maps: %w", err)
 	}
+	// An HA pair's NAT addresses move between its boxes: its pools are
+	// split alike on both, and in an xnatd --takeover's as in the
+	// xnatd it replaces, whichever box has the addresses.
+	d.steer.SetFloating(c.HA != nil)
 	pools := dataplane.NewPools(c.Queues, limiter)
 	pools.SetSteering(d.steer)
 	// The mirror's first snapshot arrives before Start returns; later

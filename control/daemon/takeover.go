@@ -277,8 +277,13 @@ func (t *TakeOverClient) Receive(fingerprint string) (*Incoming, error) {
 	return in, nil
 }
 
+// Serving tells the old xnatd that this one serves the control socket
+// now (it has replaced the old one's at the same path): the old one
+// answers on it until then, stops and closes the connection.
+func (t *TakeOverClient) Serving() error { return t.c.CloseWrite() }
+
 // Wait waits until the old xnatd has closed the connection (it has
-// stopped and released its control socket), at most timeout.
+// stopped), at most timeout.
 func (t *TakeOverClient) Wait(timeout time.Duration) error {
 	_ = t.c.SetReadDeadline(time.Now().Add(timeout))
 	_, err := io.Copy(io.Discard, t.c)

@@ -17,7 +17,6 @@
 package hapair
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -65,6 +64,9 @@ type Config struct {
 	Download, Rate, UDPFlows int
 	// Dir holds the run's files.
 	Dir string
+	// Upgrade replaces the backup's, then the primary's xnatd with
+	// xnatd --takeover before the kill (upgrade.go).
+	Upgrade bool
 }
 
 // Result is what a failover cost.
@@ -94,6 +96,9 @@ type Result struct {
 	// Echoes: echo round trips, EchoesAfter of them after the kill.
 	Echoes      int `json:"echoes"`
 	EchoesAfter int `json:"echoes_after"`
+	// Upgrade is what the takeovers before the kill cost (with
+	// Config.Upgrade).
+	Upgrade *UpgradeResult `json:"upgrade,omitempty"`
 	// Problems lists what went wrong, in words.
 	Problems []string `json:"problems,omitempty"`
 }
@@ -102,7 +107,7 @@ type pair struct {
 	cfg            Config
 	tp             *netns.Topology
 	cli, srv, a, b *netns.NS
-	procs          []*exec.Cmd
+	procs          []*xnatdProc
 	kas            []*keepalived
 }
 
@@ -224,46 +229,35 @@ func resets(ns *netns.NS) (int, error) {
 
 // startBox starts xnatd in x with an [ha] section towards the peer and
 // waits until it runs.
-func (p *pair) startBox(x *netns.NS, name, local, peer string) (*exec.Cmd, string, error) {
+func (p *pair) startBox(x *netns.NS, name, local, peer string) (*xnatdProc, string, error) {
 	dir := p.cfg.Dir
 	rules := filepath.Join(dir, name+".rules")
 	if err := os.WriteFile(rules, []byte("*nat\n-A POSTROUTING -o x1 -j SNAT --to-source "+VIPOut+"\nCOMMIT\n"), 0o644); err != nil {
 		return nil, "", err
 	}
 	sock := filepath.Join(dir, name+".sock")
-	cfg := filepath.Join(dir, name+".toml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("inside = [\"x0\"]\noutside = [\"x1\"]\nrules = %q\ncapacity = 65536\nqueues = 1\nsocket = %q\n\n[ha]\nlocal = %q\npeer = %q\ninterface = \"h0\"\n",
+	if err := os.WriteFile(p.boxConf(name), []byte(fmt.Sprintf("inside = [\"x0\"]\noutside = [\"x1\"]\nrules = %q\ncapacity = 65536\nqueues = 1\nsocket = %q\n\n[ha]\nlocal = %q\npeer = %q\ninterface = \"h0\"\n",
 		rules, sock, local, peer)), 0o644); err != nil {
 		return nil, "", err
 	}
-	cmd := p.cfg.Xnatd("--config", cfg)
-	stderr, err := cmd.StderrPipe()
+	proc, err := p.startXnatd(x, name, "--config", p.boxConf(name))
+	return proc, sock, err
+}
+
+// boxConf is the path of box name's xnatd configuration.
+func (p *pair) boxConf(name string) string { return filepath.Join(p.cfg.Dir, name+".toml") }
+
+// startXnatd starts xnatd in x with args and waits until it runs.
+func (p *pair) startXnatd(x *netns.NS, name string, args ...string) (*xnatdProc, error) {
+	proc, err := startXnatd(x, p.cfg.Xnatd, args...)
 	if err != nil {
-		return nil, "", err
+		return nil, fmt.Errorf("hapair: xnatd %s: %w", name, err)
 	}
-	if err := x.Do(cmd.Start); err != nil {
-		return nil, "", fmt.Errorf("hapair: starting xnatd %s: %w", name, err)
+	p.procs = append(p.procs, proc)
+	if err := proc.waitRunning(20 * time.Second); err != nil {
+		return nil, fmt.Errorf("hapair: xnatd %s: %w", name, err)
 	}
-	p.procs = append(p.procs, cmd)
-	running := make(chan struct{})
-	var log lockedBuffer
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		once := sync.Once{}
-		for sc.Scan() {
-			log.Write([]byte(sc.Text() + "\n"))
-			if strings.Contains(sc.Text(), "msg=running") {
-				once.Do(func() { close(running) })
-			}
-		}
-		_ = cmd.Wait()
-	}()
-	select {
-	case <-running:
-	case <-time.After(20 * time.Second):
-		return nil, "", fmt.Errorf("hapair: xnatd %s did not start: %s", name, log.String())
-	}
-	return cmd, sock, nil
+	return proc, nil
 }
 
 // keepalived runs the dist keepalived.conf in x, with this topology's
@@ -319,7 +313,8 @@ func (p *pair) close() error {
 		}
 	}
 	for _, c := range p.procs {
-		_ = c.Process.Kill()
+		_ = c.cmd.Process.Kill()
+		<-c.done
 	}
 	return p.tp.Close()
 }
@@ -401,6 +396,9 @@ func Run(cfg Config) (res Result, err error) {
 	defer func() {
 		if len(res.Problems) > 0 || err != nil {
 			res.Problems = append(res.Problems, p.keepalivedLogs())
+			for _, x := range p.procs {
+				res.Problems = append(res.Problems, fmt.Sprintf("xnatd (%s):\n%s", strings.Join(x.cmd.Args[1:], " "), x.log.String()))
+			}
 		}
 		if cerr := p.close(); cerr != nil && err == nil {
 			err = cerr
@@ -419,7 +417,7 @@ func (p *pair) failover() (Result, error) {
 	if err != nil {
 		return res, err
 	}
-	_, sockB, err := p.startBox(p.b, "b", "10.99.0.2", "10.99.0.1")
+	pb, sockB, err := p.startBox(p.b, "b", "10.99.0.2", "10.99.0.1")
 	if err != nil {
 		return res, err
 	}
@@ -718,7 +716,19 @@ func (p *pair) failover() (Result, error) {
 	}); err != nil {
 		return res, fmt.Errorf("%w: %d connections, %d TCP established, want %d and 2", err, len(cached), established(cached), total)
 	}
-	if err := eventually("the download under way", 20*time.Second, func() bool { return dlGot.Load() > int64(len(data)/5) }); err != nil {
+	underWay := func() bool { return dlGot.Load() > int64(len(data)/5) }
+	if p.cfg.Upgrade {
+		up := &upgradeLoad{sockA: sockA, sockB: sockB, total: total, flows: flows, before: before, srvUDP: srvUDP, underWay: underWay}
+		na, post, srcs, err := p.upgrade(&res, pa, pb, up)
+		if err != nil {
+			return res, err
+		}
+		for _, c := range post {
+			defer c.Close()
+		}
+		pa, flows, before = na, append(flows, post...), append(before, srcs...)
+	}
+	if err := eventually("the download under way", 20*time.Second, underWay); err != nil {
 		return res, err
 	}
 	if dlGot.Load() >= int64(len(data))*3/4 {
@@ -732,7 +742,7 @@ func (p *pair) failover() (Result, error) {
 
 	// kill -9 the primary's xnatd.
 	killedAt.Store(time.Now().UnixNano())
-	if err := pa.Process.Kill(); err != nil {
+	if err := pa.cmd.Process.Kill(); err != nil {
 		return res, err
 	}
 	if err := eventually("box b master", 15*time.Second, func() bool { return hasAddr(p.b, VIPIn) && hasAddr(p.b, VIPOut) }); err != nil {
