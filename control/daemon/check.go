@@ -169,7 +169,7 @@ func Prepare(cfg Config) (*Plan, error) {
 		return nil, fmt.Errorf("reading the kernel's local port range: %w", err)
 	}
 	p.PoolPorts = localPoolPorts(p.Model, localAddrs(p.Snapshot))
-	facts, err := checkLocalPorts(p.PoolPorts, p.LocalPorts, c.LocalPorts, c.Queues)
+	facts, err := checkLocalPorts(p.PoolPorts, p.LocalPorts, c.LocalPorts, c.Queues, c.HA.Enabled())
 	if err != nil {
 		return nil, err
 	}

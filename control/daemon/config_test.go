@@ -175,18 +175,23 @@ func TestPoolAddrs(t *testing.T) {
 		t.Fatalf("pools on local addresses: %v", got)
 	}
 	lp := kernel.LocalPorts{Range: kernel.PortRange{Lo: 32768, Hi: 60999}}
-	if _, err := checkLocalPorts([]kernel.PortRange{{Lo: 40000, Hi: 50000}}, lp, "warn", 2); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "ip_local_reserved_ports=40000-50000") {
+	if _, err := checkLocalPorts([]kernel.PortRange{{Lo: 40000, Hi: 50000}}, lp, "warn", 2, false); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "ip_local_reserved_ports=40000-50000") {
 		t.Fatalf("a pool within the kernel's ports: %v", err)
 	}
-	facts, err := checkLocalPorts([]kernel.PortRange{{Lo: 1024, Hi: 65535}}, lp, "warn", 2)
+	facts, err := checkLocalPorts([]kernel.PortRange{{Lo: 1024, Hi: 65535}}, lp, "warn", 2, false)
 	if err != nil || len(facts) != 2 || facts[1].Level != slog.LevelWarn || !strings.Contains(facts[1].Msg, overlapMsg) {
 		t.Fatalf("default pool: %v %v", facts, err)
 	}
-	if _, err := checkLocalPorts([]kernel.PortRange{{Lo: 1024, Hi: 65535}}, lp, "refuse", 2); !errors.Is(err, ErrConfig) {
+	if _, err := checkLocalPorts([]kernel.PortRange{{Lo: 1024, Hi: 65535}}, lp, "refuse", 2, false); !errors.Is(err, ErrConfig) {
 		t.Fatalf("refuse: %v", err)
 	}
+	// An HA pair's floating pool keeps every port: no error for a pool
+	// within the kernel's ports, and the warning says to reserve them.
+	if facts, err := checkLocalPorts([]kernel.PortRange{{Lo: 40000, Hi: 50000}}, lp, "warn", 2, true); err != nil || len(facts) != 2 || facts[1].Level != slog.LevelWarn || !strings.Contains(facts[1].Msg, "keeps the whole pool") {
+		t.Fatalf("floating pool: %v %v", facts, err)
+	}
 	lp.Reserved = []kernel.PortRange{{Lo: 32768, Hi: 60999}}
-	if facts, err := checkLocalPorts([]kernel.PortRange{{Lo: 1024, Hi: 65535}}, lp, "refuse", 2); err != nil || facts[1].Level != slog.LevelInfo {
+	if facts, err := checkLocalPorts([]kernel.PortRange{{Lo: 1024, Hi: 65535}}, lp, "refuse", 2, false); err != nil || facts[1].Level != slog.LevelInfo {
 		t.Fatalf("every kernel port reserved: %v %v", facts, err)
 	}
 }

@@ -188,7 +188,7 @@ func Start(plan *Plan, opts Options) (d *Daemon, err error) {
 	// An HA pair's NAT addresses move between its boxes: its pools are
 	// split alike on both, and in an xnatd --takeover's as in the
 	// xnatd it replaces, whichever box has the addresses.
-	d.steer.SetFloating(c.HA != nil)
+	d.steer.SetFloating(c.HA.Enabled())
 	pools := dataplane.NewPools(c.Queues, limiter)
 	pools.SetSteering(d.steer)
 	// The mirror's first snapshot arrives before Start returns; later

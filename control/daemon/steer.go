@@ -59,7 +59,7 @@ func (d *Daemon) planSteering(s *topo.Snapshot, m *rules.Model, kernelChange boo
 	if kernelChange {
 		mode = "warn"
 	}
-	facts, err := checkLocalPorts(localPoolPorts(m, p.locals), lp, mode, d.cfg.Queues)
+	facts, err := checkLocalPorts(localPoolPorts(m, p.locals), lp, mode, d.cfg.Queues, d.cfg.HA.Enabled())
 	if err != nil {
 		if !kernelChange {
 			return nil, nil, err
@@ -195,10 +195,12 @@ const overlapMsg = "NAT pool overlaps the kernel's ephemeral ports"
 
 // checkLocalPorts compares the pools on the box's own addresses with the
 // ports the kernel may pick for its own sockets. Those ports are left to
-// the kernel: a pool is created without them. With local_ports "refuse"
-// any overlap is an error; a pool left with fewer ports than cores is an
-// error either way.
-func checkLocalPorts(pools []kernel.PortRange, lp kernel.LocalPorts, mode string, cores int) ([]Event, error) {
+// the kernel: a pool is created without them, unless its addresses float
+// (an HA pair's, floating): both boxes then keep the whole pool, and the
+// box's own sockets must be kept off it by reserving its ports. With
+// local_ports "refuse" any overlap is an error; a pool left with fewer
+// ports than cores is an error either way.
+func checkLocalPorts(pools []kernel.PortRange, lp kernel.LocalPorts, mode string, cores int, floating bool) ([]Event, error) {
 	var overlaps []string
 	for _, r := range pools {
 		ov := lp.Overlap(r)
@@ -207,7 +209,7 @@ func checkLocalPorts(pools []kernel.PortRange, lp kernel.LocalPorts, mode string
 			overlaps = append(overlaps, o.String())
 			n -= int(o.Hi) - int(o.Lo) + 1
 		}
-		if n < cores {
+		if n < cores && !floating {
 			return nil, fmt.Errorf("%w: NAT pool %s on the box's own address lies within the kernel's ephemeral ports (ip_local_port_range %s), which xnat leaves to the box's own sockets: %d ports remain for %d cores; reserve the pool's ports for xnat with net.ipv4.ip_local_reserved_ports=%s or choose other --to-ports",
 				ErrConfig, r, lp.Range, n, cores, r)
 		}
@@ -223,6 +225,10 @@ func checkLocalPorts(pools []kernel.PortRange, lp kernel.LocalPorts, mode string
 	if mode == "refuse" {
 		return nil, fmt.Errorf("%w: %s on the box's own addresses (ip_local_port_range %s, overlap %s; local_ports = \"warn\" accepts it, and xnat then leaves those ports to the kernel)",
 			ErrConfig, overlapMsg, lp.Range, strings.Join(overlaps, ","))
+	}
+	if floating {
+		return append(facts, warn(overlapMsg+": in an HA pair xnat keeps the whole pool on both boxes, so that each takes the other's connections with their ports; reserve these ports with net.ipv4.ip_local_reserved_ports to keep the box's own sockets off them",
+			"ip_local_port_range", lp.Range.String(), "overlap", strings.Join(overlaps, ","))), nil
 	}
 	return append(facts, warn(overlapMsg+": xnat leaves these ports to the box's own sockets on its addresses and uses the rest of the pool; reserve them with net.ipv4.ip_local_reserved_ports to give them to xnat",
 		"ip_local_port_range", lp.Range.String(), "overlap", strings.Join(overlaps, ","))), nil
