@@ -136,6 +136,11 @@ func (d *Dataplane) Commit(ctx context.Context, flows []flowtable.NewFlow) (Comm
 	return res, err
 }
 
+// CommitPending reports whether this core has a commit's connections yet
+// to insert: its worker, idle, runs Idle again at once rather than
+// sleeping a poll timeout between two commitPerBatch steps.
+func (p *Pipeline) CommitPending() bool { return p.commitq.Load() != nil }
+
 // commitStep inserts the next commitPerBatch connections of a commit, at
 // the start of a batch (inside the table's critical section), and
 // signals the end of the core's share.

@@ -39,7 +39,9 @@
 //  5. When nothing was received: Pipeline.Idle (the expiry sweep and port
 //     release still run without traffic; a busy-polling worker does it on
 //     every 256th idle iteration only), then UMEM.Wait — poll(2) with a
-//     timeout, or busy, per the ring configuration (ring.Config.Poll).
+//     timeout, or busy, per the ring configuration (ring.Config.Poll) —
+//     unless an HA commit still has connections for this core
+//     (Pipeline.CommitPending): the loop then goes round without waiting.
 //
 // An iteration allocates nothing, takes no lock and makes no interface call;
 // the tests assert zero allocations per iteration with frames flowing.

@@ -166,6 +166,9 @@ func (w *Worker) Run() error {
 		}
 		if w.cnt.idleWaits&idleMask == 0 {
 			w.idle()
+			if w.pipe.CommitPending() {
+				continue // the rest of an HA commit, without a poll timeout's sleep
+			}
 		}
 		w.cnt.idleWaits++
 		if err := w.u.Wait(); err != nil {
