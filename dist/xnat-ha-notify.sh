@@ -20,7 +20,10 @@
 #                                                         (conntrackd -n)
 # fault    nothing to move (xnatd may be down); logged.
 #
-# Every step runs even if one fails; the exit status is 1 if any failed.
+# Each state is first recorded with xnatctl ha role (primary, backup,
+# fault), which xnatctl ha status shows. Every step runs even if one
+# fails; the exit status is 1 if any failed (for fault, where xnatd may be
+# down, recording the role may fail without that).
 set -u
 
 xnatctl=${XNATCTL:-xnatctl}
@@ -61,17 +64,22 @@ ha() {
 case $state in
 primary | master | MASTER)
 	log "becoming primary"
+	ha role primary
 	ha commit
 	ha flush
 	ha bulk
 	;;
 backup | BACKUP)
 	log "becoming backup"
+	ha role backup
 	ha flush
 	ha resync
 	;;
 fault | FAULT | stop | STOP)
 	log "fault ($state): this box gave its addresses up"
+	saved=$rc
+	ha role fault
+	rc=$saved
 	;;
 *)
 	log "unknown state '$state'"

@@ -5,6 +5,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/dustin/go-humanize"
+
 	"xnat/control/api"
 )
 
@@ -18,9 +20,23 @@ import (
 //	bulk    send this side's table to the peer  (conntrackd -B)
 //	commit  move the external cache into the flow table, each connection
 //	        with its translation and external port (conntrackd -c)
+//	role R  record the role keepalived gave this box: primary, backup or
+//	        fault (the notify hook calls it; ha status shows it)
 func haCmd(e *env, args []string) int {
-	if len(args) != 1 {
-		return e.failf(2, "usage: xnatctl ha status|cache|flush|resync|bulk|commit")
+	const usage = "usage: xnatctl ha status|cache|flush|resync|bulk|commit|role primary|backup|fault"
+	if len(args) == 2 && args[0] == "role" {
+		res, err := e.client().HASetRole(e.ctx, args[1])
+		if err != nil {
+			return e.fail(err)
+		}
+		if e.json {
+			return e.printJSON(res)
+		}
+		fmt.Fprintf(e.stderr, "xnat ha: role %s.\n", res.Role)
+		return 0
+	}
+	if len(args) != 1 || args[0] == "role" {
+		return e.failf(2, usage)
 	}
 	c := e.client()
 	switch args[0] {
@@ -79,7 +95,7 @@ func haCmd(e *env, args []string) int {
 		}
 		fmt.Fprintln(e.stderr, ".")
 	default:
-		return e.failf(2, "unknown verb %q (status, cache, flush, resync, bulk, commit)", args[0])
+		return e.failf(2, "unknown verb %q (status, cache, flush, resync, bulk, commit, role)", args[0])
 	}
 	return 0
 }
@@ -95,7 +111,14 @@ func (e *env) haStatus(st *api.HAStatus) int {
 	if l.PeerSeqSet {
 		peerSeq = fmt.Sprint(l.PeerSeq)
 	}
+	role := st.Role
+	if !st.RoleSince.IsZero() {
+		role += fmt.Sprintf(" (since %s, %s)", st.RoleSince.Format(time.RFC3339), humanize.Time(st.RoleSince))
+	} else {
+		role += " (keepalived's notify hook has not reported one: xnatctl ha role)"
+	}
 	rows := [][2]string{
+		{"role", role},
 		{"local", st.Local},
 		{"peer", st.Peer},
 		{"peer last heard", last},
@@ -125,7 +148,7 @@ func (e *env) haStatus(st *api.HAStatus) int {
 			lc.Committed, lc.Replaced, lc.Exists, lc.NoPool, lc.Refused, lc.Invalid)})
 	}
 	if st.Group != "" {
-		rows = append(rows[:2], append([][2]string{{"multicast group", st.Group}}, rows[2:]...)...)
+		rows = append(rows[:3], append([][2]string{{"multicast group", st.Group}}, rows[3:]...)...)
 	}
 	for _, r := range rows {
 		fmt.Fprintf(w, "%s\t%s\n", r[0], r[1])

@@ -51,10 +51,31 @@ func TestHACommands(t *testing.T) {
 	if f.Flushed != 1 || ok(t, sock, "ha", "cache").stdout != "" {
 		t.Fatalf("flush %+v", f)
 	}
+	// (The node asks for the peer's table by itself too, once the pool
+	// check's grace period ends: count from here.)
+	before := peer.Resyncs()
 	ok(t, sock, "ha", "resync")
-	apitest.Eventually(t, "the resync request at the peer", func() bool { return peer.Resyncs() == 1 })
+	apitest.Eventually(t, "the resync request at the peer", func() bool { return peer.Resyncs() > before })
 	ok(t, sock, "ha", "bulk")
-	for _, args := range [][]string{{"ha"}, {"ha", "promote"}, {"ha", "status", "extra"}} {
+
+	// The role keepalived's notify hook records.
+	if r := ok(t, sock, "ha", "status"); !strings.Contains(r.stdout, "role") || !strings.Contains(r.stdout, "unknown") {
+		t.Errorf("status before a role was recorded:\n%s", r.stdout)
+	}
+	ok(t, sock, "ha", "role", "MASTER")
+	decodeJSON(t, ok(t, sock, "--json", "ha", "status").stdout, &st)
+	if st.Role != "primary" || st.RoleSince.IsZero() {
+		t.Fatalf("role after MASTER: %q since %v", st.Role, st.RoleSince)
+	}
+	var role api.HARole
+	decodeJSON(t, ok(t, sock, "--json", "ha", "role", "backup").stdout, &role)
+	if role.Role != "backup" || !strings.Contains(ok(t, sock, "ha", "status").stdout, "backup (since") {
+		t.Fatalf("role %+v", role)
+	}
+	if r := xnatctl(t, "--socket", sock, "ha", "role", "leader"); r.code != 2 || !strings.Contains(r.stderr, "unknown HA role") {
+		t.Errorf("ha role leader: exit %d, stderr %q", r.code, r.stderr)
+	}
+	for _, args := range [][]string{{"ha"}, {"ha", "promote"}, {"ha", "status", "extra"}, {"ha", "role"}, {"ha", "role", "primary", "extra"}} {
 		if r := xnatctl(t, append([]string{"--socket", sock}, args...)...); r.code != 2 {
 			t.Errorf("%q: exit %d, stderr %q", args, r.code, r.stderr)
 		}

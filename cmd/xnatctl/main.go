@@ -117,7 +117,7 @@ func init() {
 		"events":           {"[--follow] [--after N]: table full, out of ports, rules replaced ...", events},
 		"mappings":         {"[-L]: the full-cone mappings (FULLCONENAT): inside and external endpoints, connections, timeout", mappingsCmd},
 		"top":              {"[-n N]: inside addresses with the most connections, ports and refusals", topCmd},
-		"ha":               {"status|cache|flush|resync|bulk|commit: connection sync with the peer ([ha] section)", haCmd},
+		"ha":               {"status|cache|flush|resync|bulk|commit|role R: connection sync with the peer ([ha] section)", haCmd},
 	}
 }
 

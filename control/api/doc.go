@@ -32,6 +32,7 @@
 //	POST /v1/ha/resync                the peer asked for its whole table
 //	POST /v1/ha/bulk                  this side's whole table sent to the peer
 //	POST /v1/ha/commit                HACommitted: the external cache moved into the flow table
+//	POST /v1/ha/role                  HARole: the role keepalived gave this box (primary, backup, fault)
 //
 // # Streamed answers
 //

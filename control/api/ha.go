@@ -18,6 +18,7 @@ import (
 //	POST /v1/ha/resync   ask the peer for its whole table
 //	POST /v1/ha/bulk     send this side's whole table to the peer
 //	POST /v1/ha/commit   HACommitted: move the external cache into the flow table
+//	POST /v1/ha/role     HARole: the role keepalived gave this box
 
 // HAStatus is the sync node's state (ha.Status).
 type HAStatus = ha.Status
@@ -43,6 +44,7 @@ func (s *Server) haRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST "+Version+"/ha/resync", s.haResync)
 	mux.HandleFunc("POST "+Version+"/ha/bulk", s.haBulk)
 	mux.HandleFunc("POST "+Version+"/ha/commit", s.haCommit)
+	mux.HandleFunc("POST "+Version+"/ha/role", s.haRole)
 }
 
 func (s *Server) haNode() (*ha.Node, error) {
@@ -100,6 +102,39 @@ func (s *Server) haBulk(w http.ResponseWriter, r *http.Request) {
 		err = n.SendBulk()
 	}
 	reply(w, struct{}{}, err)
+}
+
+// HARole is a role as keepalived's notify hook reports it: primary,
+// backup or fault (keepalived's MASTER, BACKUP, FAULT, STOP too).
+type HARole struct {
+	Role string `json:"role"`
+}
+
+func (s *Server) haRole(w http.ResponseWriter, r *http.Request) {
+	n, err := s.haNode()
+	if err != nil {
+		reply(w, nil, err)
+		return
+	}
+	var req HARole
+	if err := decode(w, r, &req); err != nil {
+		reply(w, nil, err)
+		return
+	}
+	role, err := ha.ParseRole(req.Role)
+	if err != nil {
+		reply(w, nil, badRequest(err))
+		return
+	}
+	n.SetRole(role)
+	reply(w, &HARole{Role: role.String()}, nil)
+}
+
+// HASetRole tells the daemon the role keepalived gave this box.
+func (c *Client) HASetRole(ctx context.Context, role string) (*HARole, error) {
+	var res HARole
+	err := c.do(ctx, http.MethodPost, "/ha/role", nil, HARole{Role: role}, &res)
+	return &res, err
 }
 
 // commitTimeout bounds a commit: the cores take it between their batches.

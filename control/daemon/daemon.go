@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"xnat/control/ha"
 	"xnat/dataplane"
 	"xnat/dataplane/kernel"
 	"xnat/dataplane/rules"
@@ -113,6 +114,10 @@ type Daemon struct {
 	// at start did.
 	handed   bool
 	takeover *TakeOverResult
+	// handedRole is the HA role the process taken over from had recorded
+	// (set by takeOverIO, read by startHA, both in Start).
+	handedRole      ha.Role
+	handedRoleSince time.Time
 }
 
 // newLimiter makes the per-source limiter with the config's limits

@@ -123,6 +123,9 @@ func (d *Daemon) startHA() error {
 	if err != nil {
 		return fmt.Errorf("ha: %w", err)
 	}
+	if d.handedRole != ha.RoleUnknown {
+		n.RestoreRole(d.handedRole, d.handedRoleSince)
+	}
 	d.dp.EnableSync()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

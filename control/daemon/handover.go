@@ -59,6 +59,11 @@ type HandOverHeader struct {
 	// Pins maps an interface to the bpffs path its XDP link is pinned at
 	// (the hand-over file).
 	Pins map[string]string `json:"pins,omitempty"`
+	// HARole is the HA role keepalived's notify hook last recorded
+	// (xnatctl ha role), and HARoleSince when (Unix nanoseconds): the
+	// new process reports it until keepalived's next transition.
+	HARole      string `json:"ha_role,omitempty"`
+	HARoleSince int64  `json:"ha_role_since,omitempty"`
 }
 
 // Fingerprint identifies what a hand-over depends on: the interfaces and

@@ -35,7 +35,8 @@ func encodeTestHandOver(t testing.TB, fp string, stopped time.Time, conns []flow
 		c := ha.FromFlow(&conns[i])
 		s.Send(ha.TypeUpdate, &c)
 	}
-	b, err := encodeHandOverFile(&HandOverHeader{PID: 42, Stopped: stopped.UnixNano(), Fingerprint: fp, Conns: s.n}, s.buf)
+	b, err := encodeHandOverFile(&HandOverHeader{PID: 42, Stopped: stopped.UnixNano(), Fingerprint: fp, Conns: s.n,
+		HARole: "primary", HARoleSince: stopped.Add(-time.Hour).UnixNano()}, s.buf)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +51,8 @@ func TestHandOverFileRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ld.Header.PID != 42 || ld.Bad != 0 || ld.Expired != 0 || len(ld.Flows) != 2 {
+	if ld.Header.PID != 42 || ld.Bad != 0 || ld.Expired != 0 || len(ld.Flows) != 2 || ld.Header.HARole != "primary" ||
+		ld.Header.HARoleSince != now.Add(-time.Second-time.Hour).UnixNano() {
 		t.Fatalf("header %+v, bad %d, expired %d, %d flows", ld.Header, ld.Bad, ld.Expired, len(ld.Flows))
 	}
 	for i, nf := range ld.Flows {

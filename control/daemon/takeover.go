@@ -55,6 +55,11 @@ func (d *Daemon) handOff(fingerprint, pinDir string) (*handOff, error) {
 	d.handed = true
 	cur := d.io
 	d.mu.Unlock()
+	var role ha.Role
+	var roleSince time.Time
+	if d.ha.node != nil {
+		role, roleSince = d.ha.node.Role()
+	}
 	d.stopHA()
 	idle := &ioSet{progs: slices.Clone(cur.progs), ifindex: slices.Clone(cur.ifindex), frameSize: cur.frameSize}
 	d.installIO(idle, cur)
@@ -65,6 +70,9 @@ func (d *Daemon) handOff(fingerprint, pinDir string) (*handOff, error) {
 		errs = append(errs, err)
 	}
 	h := &handOff{header: HandOverHeader{PID: os.Getpid(), Stopped: stopped.UnixNano(), Fingerprint: fingerprint}}
+	if role != ha.RoleUnknown {
+		h.header.HARole, h.header.HARoleSince = role.String(), roleSince.UnixNano()
+	}
 	for i, p := range idle.progs {
 		if p == nil {
 			continue
@@ -348,6 +356,14 @@ func (d *Daemon) takeOverIO(io *ioSet, ports []dataplane.Port, receive func() (*
 	defer in.Close()
 	since := func() time.Duration { return time.Since(time.Unix(0, in.Load.Header.Stopped)) }
 	res := TakeOverResult{Received: since(), From: in.Load.Header.PID, Conns: in.Load.Header.Conns, Bad: in.Load.Bad, Expired: in.Load.Expired}
+	if hr := in.Load.Header.HARole; hr != "" {
+		// Recorded on the node startHA makes next.
+		if r, err := ha.ParseRole(hr); err == nil {
+			d.handedRole, d.handedRoleSince = r, time.Unix(0, in.Load.Header.HARoleSince)
+		} else {
+			d.emit(warn("takeover: the HA role handed over is not one", "err", err))
+		}
+	}
 	d.ioReadMu.Lock()
 	err = d.openQueues(io)
 	d.ioReadMu.Unlock()

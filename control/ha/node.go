@@ -74,13 +74,15 @@ type Node struct {
 	refusedPool   uint64 // connections outside this side's NAT pools
 	flushedDiffer uint64 // cache entries dropped when the peer was found to differ
 
-	mu       sync.Mutex
-	bulks    uint64
-	commits  uint64
-	last     *CommitResult
-	expErr   error
-	checkErr error
-	started  time.Time
+	mu        sync.Mutex
+	role      Role
+	roleSince time.Time
+	bulks     uint64
+	commits   uint64
+	last      *CommitResult
+	expErr    error
+	checkErr  error
+	started   time.Time
 }
 
 type nodeHandler struct{ n *Node }
@@ -253,6 +255,10 @@ func (n *Node) Commit(ctx context.Context) (CommitResult, error) {
 
 // Status is what xnatctl ha status shows.
 type Status struct {
+	// Role is what keepalived's notify hook last reported (SetRole), and
+	// RoleSince when.
+	Role          string
+	RoleSince     time.Time `json:",omitzero"`
 	Local, Peer   string
 	Group         string `json:",omitempty"`
 	Link          LinkStats
@@ -290,6 +296,7 @@ func (n *Node) Status() Status {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	st.Role, st.RoleSince = n.role.String(), n.roleSince
 	st.Bulks = n.bulks
 	st.Commits = n.commits
 	if n.last != nil {

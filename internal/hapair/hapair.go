@@ -739,6 +739,12 @@ func (p *pair) failover() (Result, error) {
 		return res, err
 	}
 	res.SyncedConns = stB.Cache
+	// The roles keepalived's notify hook recorded.
+	if stA, err := haStatus(sockA); err != nil {
+		problem("box a's status before the kill: %v", err)
+	} else if stA.Role != "primary" || stB.Role != "backup" {
+		problem("roles before the kill: a %q, b %q, want primary and backup", stA.Role, stB.Role)
+	}
 
 	// kill -9 the primary's xnatd.
 	killedAt.Store(time.Now().UnixNano())
@@ -791,6 +797,9 @@ func (p *pair) failover() (Result, error) {
 	st, err := haStatus(sockB)
 	if err != nil {
 		return res, err
+	}
+	if st.Role != "primary" {
+		problem("box b's role after the failover: %q, want primary", st.Role)
 	}
 	if st.LastCommit == nil {
 		problem("the backup never committed")
