@@ -160,27 +160,8 @@ func waitState(t *testing.T, n *loopNode, want PeerState) {
 // again, the backup asks for the table and holds it whole.
 func TestPoolCheckPair(t *testing.T) {
 	port := freePort(t)
-	tab, err := flowtable.New(flowtable.Config{Capacity: 4096, Cores: 1, Seed: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ext := a4("198.51.100.1")
-	flow := func(i int) flowtable.NewFlow {
-		return flowtable.NewFlow{
-			Orig:   flowtable.MakeTuple(17, a4("10.0.0.2"), uint16(1000+i), a4("192.0.2.1"), 53),
-			Reply:  flowtable.MakeTuple(17, a4("192.0.2.1"), 53, ext, uint16(20000+i)),
-			Status: uint32(flowtable.UDPStream) | flowtable.FlagSeenReply | flowtable.FlagAssured | flowtable.FlagSrcNAT,
-		}
-	}
-	core := tab.Core(0)
-	core.Enter()
-	for i := range 20 {
-		nf := flow(i)
-		if _, res := core.Insert(&nf, tab.Now()); res != flowtable.Inserted {
-			t.Fatal(res)
-		}
-	}
-	core.Exit()
+	tab, flow := natTable(t, ext, 20)
 	fpA := Fingerprint(sha256.Sum256([]byte("rules A")))
 	fpB := Fingerprint(sha256.Sum256([]byte("rules B")))
 	owns := func(proto uint8, addr uint32, port uint16) bool { return addr == ext }

@@ -72,27 +72,8 @@ func TestNodePair(t *testing.T) {
 	addr(t, pa, "s0", "10.9.0.1/24")
 	addr(t, pb, "s1", "10.9.0.2/24")
 
-	tab, err := flowtable.New(flowtable.Config{Capacity: 4096, Cores: 1, Seed: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ext := a4("198.51.100.1")
-	flow := func(i int) flowtable.NewFlow {
-		return flowtable.NewFlow{
-			Orig:   flowtable.MakeTuple(17, a4("10.0.0.2"), uint16(1000+i), a4("192.0.2.1"), 53),
-			Reply:  flowtable.MakeTuple(17, a4("192.0.2.1"), 53, ext, uint16(20000+i)),
-			Status: uint32(flowtable.UDPStream) | flowtable.FlagSeenReply | flowtable.FlagAssured | flowtable.FlagSrcNAT,
-		}
-	}
-	core := tab.Core(0)
-	core.Enter()
-	for i := range 100 {
-		nf := flow(i)
-		if _, res := core.Insert(&nf, tab.Now()); res != flowtable.Inserted {
-			t.Fatal(res)
-		}
-	}
-	core.Exit()
+	tab, flow := natTable(t, ext, 100)
 	src := &lockedSource{f: fakeSource{q: make([][]dataplane.SyncEvent, 1)}}
 	primary := startNode(t, pa, "10.9.0.1", "10.9.0.2", "s0", src, tab)
 	backup := startNode(t, pb, "10.9.0.2", "10.9.0.1", "s1", nil, nil)
@@ -131,4 +112,32 @@ func TestNodePair(t *testing.T) {
 	if bst.Link.Malformed != 0 || bst.Link.Lost != 0 || bst.CacheCounters.Created != 250 {
 		t.Fatalf("backup status %+v", bst)
 	}
+}
+
+// natTable returns a one-core table holding n assured UDP connections
+// masqueraded to ext (flow(i): 10.0.0.2:1000+i to 192.0.2.1:53, external
+// port 20000+i), and flow to make more.
+func natTable(t *testing.T, ext uint32, n int) (*flowtable.Table, func(int) flowtable.NewFlow) {
+	t.Helper()
+	tab, err := flowtable.New(flowtable.Config{Capacity: 4096, Cores: 1, Seed: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	flow := func(i int) flowtable.NewFlow {
+		return flowtable.NewFlow{
+			Orig:   flowtable.MakeTuple(17, a4("10.0.0.2"), uint16(1000+i), a4("192.0.2.1"), 53),
+			Reply:  flowtable.MakeTuple(17, a4("192.0.2.1"), 53, ext, uint16(20000+i)),
+			Status: uint32(flowtable.UDPStream) | flowtable.FlagSeenReply | flowtable.FlagAssured | flowtable.FlagSrcNAT,
+		}
+	}
+	core := tab.Core(0)
+	core.Enter()
+	defer core.Exit()
+	for i := range n {
+		nf := flow(i)
+		if _, res := core.Insert(&nf, tab.Now()); res != flowtable.Inserted {
+			t.Fatal(res)
+		}
+	}
+	return tab, flow
 }
