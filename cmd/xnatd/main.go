@@ -213,6 +213,9 @@ func run(args []string, stderr io.Writer) int {
 	// old one's, which answered until then (keepalived's check never
 	// finds the box without an xnatd); the old one stops next.
 	srv, err := serveAPI(d, log, plan.Config, beside)
+	if err == nil {
+		to.done(log)
+	}
 	if beside {
 		if serr := to.client.Serving(); serr != nil {
 			log.Warn("takeover: telling the old xnatd", "err", serr)

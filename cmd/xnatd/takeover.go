@@ -24,6 +24,22 @@ const defaultPinDir = "/sys/fs/bpf/xnat"
 type takeOver struct {
 	client  *daemon.TakeOverClient
 	receive func() (*daemon.Incoming, error)
+	// file is the hand-over file taken, removed once the control socket
+	// is served (done): until then a client (keepalived's check) that
+	// finds no socket waits for this xnatd (api.RestartWait).
+	file string
+}
+
+// done removes the hand-over file taken, if any: a hand-over is used
+// once.
+func (t *takeOver) done(log *slog.Logger) {
+	if t == nil || t.file == "" {
+		return
+	}
+	if err := os.Remove(t.file); err != nil && !errors.Is(err, os.ErrNotExist) {
+		log.Warn("takeover: removing the hand-over file", "file", t.file, "err", err)
+	}
+	t.file = ""
 }
 
 // prepareTakeOver finds what to take over from: the xnatd answering on
@@ -51,14 +67,14 @@ func prepareTakeOver(log *slog.Logger, cfg *daemon.Config, sock, pinDir string) 
 		releasePins(log, cfg, pinDir, nil)
 		return &takeOver{receive: func() (*daemon.Incoming, error) { return &daemon.Incoming{}, nil }}, nil
 	}
-	return &takeOver{receive: func() (*daemon.Incoming, error) {
+	t := &takeOver{}
+	t.receive = func() (*daemon.Incoming, error) {
 		defer f.Close()
 		ld, err := daemon.LoadHandOverFile(f, fp, time.Now())
-		// A hand-over is used once.
-		if rerr := os.Remove(file); rerr != nil {
-			log.Warn("takeover: removing the hand-over file", "file", file, "err", rerr)
-		}
 		if err != nil {
+			if rerr := os.Remove(file); rerr != nil {
+				log.Warn("takeover: removing the hand-over file", "file", file, "err", rerr)
+			}
 			log.Warn("takeover: hand-over file refused; starting afresh", "file", file, "err", err,
 				"conns_read", len(ld.Flows), "bad", ld.Bad, "expired", ld.Expired)
 			releasePins(log, cfg, pinDir, ld.Header.Pins)
@@ -73,8 +89,10 @@ func prepareTakeOver(log *slog.Logger, cfg *daemon.Config, sock, pinDir string) 
 			}
 		}
 		releasePins(log, cfg, pinDir, nil, keys(pins)...)
+		t.file = file
 		return &daemon.Incoming{Load: ld, Pins: pins}, nil
-	}}, nil
+	}
+	return t, nil
 }
 
 func keys(m map[string]string) []string {

@@ -44,6 +44,10 @@ func testRestart(t *testing.T, mode string) {
 	if want := 1000 + 3; res.HandedOver < want || res.Committed < want {
 		t.Fatalf("handed over %d, committed %d, want at least %d", res.HandedOver, res.Committed, want)
 	}
+	// keepalived's check would have seen xnatd answer throughout.
+	if res.Checks < 5 || res.CheckFailures != 0 {
+		t.Fatalf("%d of %d control-socket checks failed through the restart", res.CheckFailures, res.Checks)
+	}
 	if res.Adopted != 2 {
 		t.Fatalf("%d XDP links adopted, want 2", res.Adopted)
 	}

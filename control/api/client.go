@@ -11,11 +11,13 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"syscall"
 	"time"
 
 	"xnat/control/conntrack"
+	"xnat/control/daemon"
 )
 
 // ErrNotRunning is wrapped by the client's error when nothing serves the
@@ -58,8 +60,7 @@ func NewClient(path string) *Client {
 	c := &Client{socket: path}
 	c.tr = &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			d := net.Dialer{Timeout: c.timeout}
-			return d.DialContext(ctx, "unix", path)
+			return c.dial(ctx)
 		},
 		DisableCompression: true,
 	}
@@ -86,6 +87,37 @@ func (c *Client) Socket() string { return c.socket }
 
 func (c *Client) timeoutError(what string, d time.Duration) error {
 	return fmt.Errorf("xnatd on %s: %s: no answer within %v: %w", c.socket, what, d, ErrTimeout)
+}
+
+// RestartWait bounds how long a client waits for xnatd to come back
+// when a restart is under way: the socket is gone, and the hand-over
+// file a stopping xnatd --takeover writes (daemon.HandOverFile) is
+// younger than this. The next xnatd removes the file once it serves the
+// socket. keepalived's check (xnatctl ha status) thus sees a restart as
+// one slow answer, not a dead xnatd; after a systemctl stop the file
+// stays, and is too old to wait for once RestartWait has passed.
+const RestartWait = 5 * time.Second
+
+// dial connects to the socket, waiting through a restart (RestartWait).
+func (c *Client) dial(ctx context.Context) (net.Conn, error) {
+	d := net.Dialer{Timeout: c.timeout}
+	for {
+		conn, err := d.DialContext(ctx, "unix", c.socket)
+		if err == nil || !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.ECONNREFUSED) {
+			return conn, err
+		}
+		fi, serr := os.Stat(daemon.HandOverFile(c.socket))
+		if serr != nil || time.Since(fi.ModTime()) > RestartWait {
+			return nil, err
+		}
+		t := time.NewTimer(10 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		case <-t.C:
+		}
+	}
 }
 
 // dialError turns a failed connection into the message a shell user

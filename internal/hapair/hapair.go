@@ -273,7 +273,7 @@ func (p *pair) keepalived(x *netns.NS, name, prio, sock string) error {
 		// The run's scripts may live under a directory others can write
 		// to (/tmp): keepalived's script security would refuse them.
 		{"    enable_script_security\n", ""},
-		{"/usr/sbin/xnatctl --socket /run/xnat/xnat.sock", p.cfg.Xnatctl + " --socket " + sock},
+		{"/usr/local/bin/xnatctl --socket /run/xnat/xnat.sock", p.cfg.Xnatctl + " --socket " + sock},
 		{"/usr/local/sbin/xnat-ha-notify.sh --socket /run/xnat/xnat.sock", p.cfg.Notify + " --xnatctl " + p.cfg.Xnatctl + " --socket " + sock},
 		{"interface eth1", "interface x0"}, {"dev eth1", "dev x0"},
 		{"interface eth0", "interface x1"}, {"dev eth0", "dev x1"},

@@ -3,6 +3,7 @@ package hapair
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -22,6 +23,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"xnat/control/api"
 	"xnat/internal/netns"
 )
 
@@ -83,8 +85,14 @@ type RestartResult struct {
 	DownloadOK  bool   `json:"download_ok"`
 	Echoes      int    `json:"echoes"`
 	// EchoesAfter are the echoes after the takeover.
-	EchoesAfter int      `json:"echoes_after"`
-	Problems    []string `json:"problems,omitempty"`
+	EchoesAfter int `json:"echoes_after"`
+	// Checks are the control-socket requests made every 50 ms through
+	// the restart, with keepalived's check's 1 s timeout, and
+	// CheckFailures those that failed: a failure is what would make
+	// keepalived fail the box over.
+	Checks        int      `json:"checks"`
+	CheckFailures int      `json:"check_failures"`
+	Problems      []string `json:"problems,omitempty"`
 }
 
 type xnatdProc struct {
@@ -251,6 +259,29 @@ func Restart(cfg RestartConfig) (res RestartResult, err error) {
 		return res, fmt.Errorf("hapair: the download is nearly done (%d bytes) before the restart: the pacing is too fast", l.dlGot.Load())
 	}
 
+	// keepalived's check through the restart: the control socket asked
+	// every 50 ms, each request given 1 s.
+	checkStop := make(chan struct{})
+	checkDone := make(chan [2]int, 1)
+	go func() {
+		var n, failed int
+		c := api.NewClient(sock)
+		c.SetTimeout(time.Second)
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-checkStop:
+				checkDone <- [2]int{n, failed}
+				return
+			case <-tick.C:
+			}
+			n++
+			if _, err := c.Stats(context.Background()); err != nil {
+				failed++
+			}
+		}
+	}()
 	l.takenAt.Store(time.Now().UnixNano())
 	var next *xnatdProc
 	switch cfg.Mode {
@@ -274,7 +305,12 @@ func Restart(cfg RestartConfig) (res RestartResult, err error) {
 		}
 		procs = append(procs, next)
 	}
-	if err := next.waitRunning(20 * time.Second); err != nil {
+	err = next.waitRunning(20 * time.Second)
+	time.Sleep(200 * time.Millisecond)
+	close(checkStop)
+	cr := <-checkDone
+	res.Checks, res.CheckFailures = cr[0], cr[1]
+	if err != nil {
 		return res, err
 	}
 	if m := gapRE.FindStringSubmatch(next.log.String()); m == nil {
