@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"xnat/internal/hapair"
 	"xnat/internal/netns"
@@ -28,7 +29,7 @@ func testRestart(t *testing.T, mode string) {
 			cmd.Env = append(os.Environ(), "XNATD_TEST_MAIN=1")
 			return cmd
 		},
-		Mode: mode, Download: 100 << 20, Rate: 25 << 20, UDPFlows: 1000, Dir: t.TempDir(),
+		Mode: mode, CheckTimeout: raceSlowdown * time.Second, Download: 100 << 20, Rate: 25 << 20, UDPFlows: 1000, Dir: t.TempDir(),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -3,6 +3,7 @@ package hapair
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -56,6 +57,10 @@ type RestartConfig struct {
 	Xnatd func(args ...string) *exec.Cmd
 	// Mode is RestartBeside or RestartFile.
 	Mode string
+	// CheckTimeout is the time each control-socket check through the
+	// restart is given (default 1 s, keepalived's check timeout in
+	// dist/keepalived.conf).
+	CheckTimeout time.Duration
 	// Download bytes paced at Rate bytes a second; UDPFlows flows.
 	Download, Rate, UDPFlows int
 	// Dir holds the run's files.
@@ -87,7 +92,7 @@ type RestartResult struct {
 	// EchoesAfter are the echoes after the takeover.
 	EchoesAfter int `json:"echoes_after"`
 	// Checks are the control-socket requests made every 50 ms through
-	// the restart, with keepalived's check's 1 s timeout, and
+	// the restart, with keepalived's check's timeout (CheckTimeout), and
 	// CheckFailures those that failed: a failure is what would make
 	// keepalived fail the box over.
 	Checks        int      `json:"checks"`
@@ -266,7 +271,7 @@ func Restart(cfg RestartConfig) (res RestartResult, err error) {
 	go func() {
 		var n, failed int
 		c := api.NewClient(sock)
-		c.SetTimeout(time.Second)
+		c.SetTimeout(cmp.Or(cfg.CheckTimeout, time.Second))
 		tick := time.NewTicker(50 * time.Millisecond)
 		defer tick.Stop()
 		for {
