@@ -92,7 +92,7 @@ func TestInteropFilterConntrackd(t *testing.T) {
 		src.add(dataplane.SyncEvent{Kind: dataplane.SyncNew, Orig: nf.Orig, Reply: nf.Reply, Status: nf.Status})
 	}
 	external := func() (bool, string) {
-		out := cd.ctl(t, "-e")
+		out := cd.Ctl(t, "-e")
 		ok := strings.Count(out, "\n") == 2 && strings.Contains(out, "sport=40000") && strings.Contains(out, "sport=40001")
 		return ok, out
 	}
@@ -103,11 +103,11 @@ func TestInteropFilterConntrackd(t *testing.T) {
 
 	// conntrackd asks for everything: the whole-table send is filtered too.
 	waitFor(t, "an empty external cache", func() (bool, string) {
-		cd.ctl(t, "-f", "external")
-		out := cd.ctl(t, "-e")
+		cd.Ctl(t, "-f", "external")
+		out := cd.Ctl(t, "-e")
 		return strings.TrimSpace(out) == "", out
 	})
-	cd.ctl(t, "-n")
+	cd.Ctl(t, "-n")
 	waitFor(t, "the resync", external)
 	waitFor(t, "conntrackd taken as unchecked", func() (bool, string) {
 		st := n.Status()
@@ -116,7 +116,7 @@ func TestInteropFilterConntrackd(t *testing.T) {
 	if st := n.Status(); st.Check.Sent == 0 || st.Check.Received != 0 || st.Link.Malformed != 0 || st.CheckError != "" {
 		t.Fatalf("node %+v", st)
 	}
-	if s := cd.ctl(t, "-s"); !strings.Contains(s, "0 Malformed msgs") {
+	if s := cd.Ctl(t, "-s"); !strings.Contains(s, "0 Malformed msgs") {
 		t.Fatalf("conntrackd counted malformed messages from xnat:\n%s", s)
 	}
 }

@@ -5,15 +5,13 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"xnat/flowtable"
+	"xnat/internal/conntrackd"
 	"xnat/internal/netns"
 )
 
@@ -21,16 +19,9 @@ import (
 // package; scripts/deps.sh installs it) in a namespace, with a FTFW UDP
 // link to xnat's Link in another.
 
-const syncPort = 3780
+const syncPort = conntrackd.Port
 
-func needTools(t *testing.T) {
-	t.Helper()
-	for _, c := range []string{"conntrackd", "conntrack", "iptables", "ip"} {
-		if _, err := exec.LookPath(c); err != nil {
-			t.Fatalf("%s not found (run scripts/deps.sh as root): %v", c, err)
-		}
-	}
-}
+func needTools(t *testing.T) { conntrackd.RequireTools(t) }
 
 func run(t *testing.T, ns *netns.NS, name string, args ...string) string {
 	t.Helper()
@@ -41,106 +32,10 @@ func run(t *testing.T, ns *netns.NS, name string, args ...string) string {
 	return string(out)
 }
 
-// conntrackd is a conntrackd process in a namespace.
-type conntrackd struct {
-	ns   *netns.NS
-	conf string
-	log  string
-}
-
-// startConntrackd writes a FTFW UDP configuration and starts conntrackd
-// in ns, in the foreground, stopped by the test's cleanup.
-func startConntrackd(t *testing.T, ns *netns.NS, local, peer, dev string) *conntrackd {
+// startConntrackd starts conntrackd in ns with a FTFW UDP link.
+func startConntrackd(t *testing.T, ns *netns.NS, local, peer, dev string) *conntrackd.Daemon {
 	t.Helper()
-	return startConntrackdWith(t, ns, local, peer, fmt.Sprintf(`UDP {
-		IPv4_address %s
-		IPv4_Destination_Address %s
-		Port %d
-		Interface %s
-		Checksum on
-	}`, local, peer, syncPort, dev))
-}
-
-// startConntrackdWith starts conntrackd with the given transport section.
-func startConntrackdWith(t *testing.T, ns *netns.NS, local, peer, transport string) *conntrackd {
-	t.Helper()
-	dir := t.TempDir()
-	cd := &conntrackd{ns: ns, conf: filepath.Join(dir, "conntrackd.conf"), log: filepath.Join(dir, "conntrackd.log")}
-	conf := fmt.Sprintf(`Sync {
-	Mode FTFW {
-		ResendQueueSize 131072
-		ACKWindowSize 20
-	}
-	%s
-}
-General {
-	HashSize 8192
-	HashLimit 65536
-	LogFile %s
-	Syslog off
-	LockFile %s
-	UNIX { Path %s }
-	NetlinkBufferSize 2097152
-	NetlinkBufferSizeMaxGrowth 8388608
-	Filter From Userspace {
-		Address Ignore {
-			IPv4_address 127.0.0.1
-			IPv4_address %s
-			IPv4_address %s
-		}
-	}
-}
-`, transport, cd.log, filepath.Join(dir, "lock"), filepath.Join(dir, "ctl"), local, peer)
-	if err := os.WriteFile(cd.conf, []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	var cmd *exec.Cmd
-	if err := ns.Do(func() error {
-		cmd = exec.Command("conntrackd", "-C", cd.conf)
-		return cmd.Start()
-	}); err != nil {
-		t.Fatalf("start conntrackd: %v", err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-		if t.Failed() {
-			if b, err := os.ReadFile(cd.log); err == nil {
-				t.Logf("conntrackd log:\n%s", b)
-			}
-		}
-	})
-	// Ready is the log's "initialization completed", written once the
-	// kernel's events are subscribed to. The control socket comes
-	// earlier: a connection made between the two is in conntrackd's
-	// startup dump, which it keeps without sending, and never in an
-	// event (a loaded machine hit that window).
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if b, err := os.ReadFile(cd.log); err == nil && strings.Contains(string(b), "initialization completed") {
-			if _, err := os.Stat(filepath.Join(dir, "ctl")); err == nil {
-				return cd
-			}
-		}
-		select {
-		case <-exited:
-			b, _ := os.ReadFile(cd.log)
-			t.Fatalf("conntrackd exited: %s", b)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("conntrackd did not complete its initialization")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// ctl runs conntrackd's client against the daemon (conntrackd -C conf args).
-func (cd *conntrackd) ctl(t *testing.T, args ...string) string {
-	t.Helper()
-	return run(t, cd.ns, "conntrackd", append([]string{"-C", cd.conf}, args...)...)
+	return conntrackd.Start(t, ns, local, peer, conntrackd.UDP(local, peer, dev))
 }
 
 // waitFor polls f until it reports true.
@@ -286,7 +181,7 @@ func TestInteropToConntrackd(t *testing.T) {
 	}
 	external := func(n int) func() (bool, string) {
 		return func() (bool, string) {
-			out := cd.ctl(t, "-e")
+			out := cd.Ctl(t, "-e")
 			for _, w := range want[:n] {
 				if !strings.Contains(out, w) {
 					return false, out
@@ -311,25 +206,25 @@ func TestInteropToConntrackd(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the delete", external(2))
-	if out := cd.ctl(t, "-e"); strings.Contains(out, "sport=33000") {
+	if out := cd.Ctl(t, "-e"); strings.Contains(out, "sport=33000") {
 		t.Fatalf("deleted connection still in conntrackd's external cache:\n%s", out)
 	}
 
 	// conntrackd -f external empties its cache; -n asks xnat for
 	// everything again.
 	waitFor(t, "an empty external cache", func() (bool, string) {
-		cd.ctl(t, "-f", "external")
-		out := cd.ctl(t, "-e")
+		cd.Ctl(t, "-f", "external")
+		out := cd.Ctl(t, "-e")
 		return strings.TrimSpace(out) == "", out
 	})
-	cd.ctl(t, "-n")
+	cd.Ctl(t, "-n")
 	waitFor(t, "the resync", external(2))
 	if st := l.Stats(); st.ResyncRecv == 0 || st.Malformed != 0 {
 		t.Fatalf("stats after resync: %+v", st)
 	}
 	// Commit to the kernel (the last thing: conntrackd 1.4.7 ignores a
 	// flush after a commit): conntrack -L shows the translations.
-	cd.ctl(t, "-c")
+	cd.Ctl(t, "-c")
 	waitFor(t, "the committed connections in the kernel", func() (bool, string) {
 		out := run(t, lnx, "conntrack", "-L")
 		ok := strings.Contains(out, "src=10.1.0.2 dst=198.51.100.2 sport=40000 dport=80 src=198.51.100.2 dst=198.51.100.1 sport=80 dport=20001") &&
@@ -532,7 +427,7 @@ func TestInteropFromConntrackd(t *testing.T) {
 	if st.Malformed != 0 || st.Unsupported != 0 || st.MsgRecv == 0 || st.Lost != 0 {
 		t.Fatalf("link stats: %+v", st)
 	}
-	if s := cd.ctl(t, "-s"); !strings.Contains(s, "0 Malformed msgs") {
+	if s := cd.Ctl(t, "-s"); !strings.Contains(s, "0 Malformed msgs") {
 		t.Fatalf("conntrackd counted malformed messages from xnat:\n%s", s)
 	}
 }
@@ -546,7 +441,7 @@ func TestInteropMulticast(t *testing.T) {
 	tp.Veth(lnx, "s0", x, "s1")
 	addr(t, lnx, "s0", "10.9.0.1/24")
 	addr(t, x, "s1", "10.9.0.2/24")
-	cd := startConntrackdWith(t, lnx, "10.9.0.1", "10.9.0.2", fmt.Sprintf(`Multicast {
+	cd := conntrackd.Start(t, lnx, "10.9.0.1", "10.9.0.2", fmt.Sprintf(`Multicast {
 		IPv4_address 225.0.0.50
 		Group %d
 		IPv4_interface 10.9.0.1
@@ -574,7 +469,7 @@ func TestInteropMulticast(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "conntrackd's external cache", func() (bool, string) {
-		out := cd.ctl(t, "-e")
+		out := cd.Ctl(t, "-e")
 		return strings.Contains(out, "tcp      6 ESTABLISHED src=10.1.0.2 dst=198.51.100.2 sport=40000 dport=443 [ASSURED]"), out
 	})
 
@@ -583,7 +478,7 @@ func TestInteropMulticast(t *testing.T) {
 		"-t", "100", "-u", "SEEN_REPLY")
 	waitFor(t, "xnat's cache", func() (bool, string) {
 		got, ok := rec.cache.Get(flowtable.MakeTuple(17, a4("10.1.0.5"), 1234, a4("198.51.100.7"), 53))
-		return ok && got.Status&IPSSeenReply != 0 && got.Timeout > 0, fmt.Sprintf("%v %+v\nlink %+v\n%s%s", ok, got, l.Stats(), cd.ctl(t, "-s"), run(t, lnx, "conntrack", "-L"))
+		return ok && got.Status&IPSSeenReply != 0 && got.Timeout > 0, fmt.Sprintf("%v %+v\nlink %+v\n%s%s", ok, got, l.Stats(), cd.Ctl(t, "-s"), run(t, lnx, "conntrack", "-L"))
 	})
 	waitFor(t, "both sides acknowledged", func() (bool, string) {
 		st := l.Stats()
