@@ -14,7 +14,8 @@ import (
 // keepalived's notify scripts call on conntrackd.
 //
 //	status  role-independent state: addresses, sequence numbers, cache size, losses
-//	cache   the external cache (the peer's connections), one per line
+//	cache   the external cache (the peer's connections), one per line, as
+//	        conntrack -L prints them (-L may be given)
 //	flush   empty the external cache            (conntrackd -f external)
 //	resync  ask the peer for its whole table    (conntrackd -n)
 //	bulk    send this side's table to the peer  (conntrackd -B)
@@ -23,7 +24,7 @@ import (
 //	role R  record the role keepalived gave this box: primary, backup or
 //	        fault (the notify hook calls it; ha status shows it)
 func haCmd(e *env, args []string) int {
-	const usage = "usage: xnatctl ha status|cache|flush|resync|bulk|commit|role primary|backup|fault"
+	const usage = "usage: xnatctl ha status|cache [-L]|flush|resync|bulk|commit|role primary|backup|fault"
 	if len(args) == 2 && args[0] == "role" {
 		res, err := e.client().HASetRole(e.ctx, args[1])
 		if err != nil {
@@ -34,6 +35,11 @@ func haCmd(e *env, args []string) int {
 		}
 		fmt.Fprintf(e.stderr, "xnat ha: role %s.\n", res.Role)
 		return 0
+	}
+	// ha cache -L (--dump): conntrack's spelling of a listing, as
+	// conntrackd's external cache is listed.
+	if len(args) == 2 && args[0] == "cache" && (args[1] == "-L" || args[1] == "--dump") {
+		args = args[:1]
 	}
 	if len(args) != 1 || args[0] == "role" {
 		return e.failf(2, usage)

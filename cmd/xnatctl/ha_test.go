@@ -2,12 +2,14 @@ package main
 
 import (
 	"encoding/binary"
+	"net"
 	"strings"
 	"testing"
 
 	"xnat/control/api"
 	"xnat/control/api/apitest"
 	"xnat/control/ha"
+	"xnat/internal/conntrackd"
 	"xnat/internal/nattest"
 )
 
@@ -75,7 +77,7 @@ func TestHACommands(t *testing.T) {
 	if r := xnatctl(t, "--socket", sock, "ha", "role", "leader"); r.code != 2 || !strings.Contains(r.stderr, "unknown HA role") {
 		t.Errorf("ha role leader: exit %d, stderr %q", r.code, r.stderr)
 	}
-	for _, args := range [][]string{{"ha"}, {"ha", "promote"}, {"ha", "status", "extra"}, {"ha", "role"}, {"ha", "role", "primary", "extra"}} {
+	for _, args := range [][]string{{"ha"}, {"ha", "promote"}, {"ha", "status", "extra"}, {"ha", "role"}, {"ha", "role", "primary", "extra"}, {"ha", "cache", "-x"}} {
 		if r := xnatctl(t, append([]string{"--socket", sock}, args...)...); r.code != 2 {
 			t.Errorf("%q: exit %d, stderr %q", args, r.code, r.stderr)
 		}
@@ -129,4 +131,72 @@ func TestHACommit(t *testing.T) {
 	if st.Commits != 2 || st.LastCommit == nil || st.LastCommit.Exists != 1 {
 		t.Fatalf("status %+v", st)
 	}
+}
+
+// TestHAConntrackdPeer: xnatd's sync peer is a real conntrackd (in the
+// inside host A's namespace, on the sync link). A connection through xnat
+// reaches conntrackd's external cache (conntrackd -e) and, committed
+// (conntrackd -c), that kernel's table with xnat's translation (conntrack
+// -L); a connection in that kernel's table reaches xnat's external cache
+// (xnatctl ha cache -L).
+func TestHAConntrackdPeer(t *testing.T) {
+	conntrackd.RequireTools(t)
+	b := apitest.New(t, apitest.Options{HA: apitest.HASync()})
+	sock := b.Socket
+	// NAT loaded in conntrackd's namespace, so that a commit keeps the
+	// translation.
+	if out, err := b.InsA.Run("iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "a0", "-j", "MASQUERADE"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	// conntrackd's configuration reads "a0" as a number: it is given
+	// the interface by an alternative name.
+	if out, err := b.InsA.Run("ip", "link", "property", "add", "dev", "a0", "altname", "sync0"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	cd := conntrackd.Start(t, b.InsA, "10.0.1.2", "10.0.1.1", conntrackd.UDP("10.0.1.2", "10.0.1.1", "sync0"))
+
+	// xnat to conntrackd: a datagram from inside host B, masqueraded.
+	b.UDPEcho(7001)
+	conn := b.UDPDial(b.InsB, apitest.IPB, 41001, 7001)
+	if got, err := apitest.Ask(conn, "hello"); err != nil || !strings.HasPrefix(got, "192.0.2.1:") {
+		t.Fatalf("echo through xnat: %q %v", got, err)
+	}
+	ext := strings.TrimPrefix(strings.SplitN(mustAsk(t, conn), "|", 2)[0], "192.0.2.1:")
+	orig := "src=10.0.2.2 dst=192.0.2.2 sport=41001 dport=7001"
+	apitest.Eventually(t, "xnat's connection in conntrackd's external cache", func() bool {
+		return strings.Contains(cd.Ctl(t, "-e"), orig)
+	})
+	cd.Ctl(t, "-c")
+	reply := "src=192.0.2.2 dst=192.0.2.1 sport=7001 dport=" + ext
+	apitest.Eventually(t, "the committed connection in that kernel's table", func() bool {
+		out, err := b.InsA.Run("conntrack", "-L", "-p", "udp")
+		return err == nil && strings.Contains(string(out), orig+" "+reply)
+	})
+
+	// conntrackd to xnat: a connection put in its kernel's table.
+	if out, err := b.InsA.Run("conntrack", "-I", "-p", "udp", "-s", "10.1.0.5", "-d", "198.51.100.7", "--sport", "1234", "--dport", "53",
+		"-t", "100", "-u", "SEEN_REPLY"); err != nil {
+		t.Fatalf("conntrack -I: %v\n%s", err, out)
+	}
+	want := "udp src=10.1.0.5 dst=198.51.100.7 sport=1234 dport=53 src=198.51.100.7 dst=10.1.0.5 sport=53 dport=1234"
+	apitest.Eventually(t, "conntrackd's connection in xnat's external cache", func() bool {
+		return strings.Contains(xnatctl(t, "--socket", sock, "ha", "cache", "-L").stdout, want)
+	})
+	var st api.HAStatus
+	decodeJSON(t, ok(t, sock, "--json", "ha", "status").stdout, &st)
+	if st.Link.Malformed != 0 || st.Link.Unsupported != 0 || st.Link.MsgRecv == 0 {
+		t.Fatalf("link %+v", st.Link)
+	}
+	if s := cd.Ctl(t, "-s"); !strings.Contains(s, "0 Malformed msgs") {
+		t.Fatalf("conntrackd counted malformed messages from xnat:\n%s", s)
+	}
+}
+
+func mustAsk(t *testing.T, conn *net.UDPConn) string {
+	t.Helper()
+	got, err := apitest.Ask(conn, "again")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
 }

@@ -5,6 +5,7 @@
 package conntrackd
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
@@ -38,7 +39,9 @@ type Daemon struct {
 }
 
 // UDP is the Sync section's unicast transport from local to peer through
-// dev, on Port.
+// dev, on Port. (conntrackd's configuration lexer takes a name that reads
+// as hexadecimal, such as a0, for a number and refuses it: give such an
+// interface an alternative name.)
 func UDP(local, peer, dev string) string {
 	return fmt.Sprintf(`UDP {
 		IPv4_address %s
@@ -87,8 +90,10 @@ General {
 		t.Fatal(err)
 	}
 	var cmd *exec.Cmd
+	var out bytes.Buffer // before its log file is open, it writes here
 	if err := ns.Do(func() error {
 		cmd = exec.Command("conntrackd", "-C", d.Conf)
+		cmd.Stdout, cmd.Stderr = &out, &out
 		return cmd.Start()
 	}); err != nil {
 		t.Fatalf("start conntrackd: %v", err)
@@ -119,7 +124,7 @@ General {
 		select {
 		case <-exited:
 			b, _ := os.ReadFile(d.Log)
-			t.Fatalf("conntrackd exited: %s", b)
+			t.Fatalf("conntrackd exited: %s%s", b, out.Bytes())
 		default:
 		}
 		if time.Now().After(deadline) {
