@@ -132,15 +132,7 @@ func startLoopNode(t *testing.T, local, peer string, port uint16, cfg NodeConfig
 		t.Fatal(err)
 	}
 	ln.Node = n
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- n.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("node: %v", err)
-		}
-	})
+	runNode(t, n)
 	return ln
 }
 

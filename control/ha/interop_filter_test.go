@@ -1,7 +1,6 @@
 package ha
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -78,15 +77,7 @@ func TestInteropFilterConntrackd(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- n.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("node: %v", err)
-		}
-	})
+	runNode(t, n)
 
 	for _, nf := range flows {
 		src.add(dataplane.SyncEvent{Kind: dataplane.SyncNew, Orig: nf.Orig, Reply: nf.Reply, Status: nf.Status})

@@ -49,15 +49,7 @@ func startNode(t *testing.T, ns *netns.NS, local, peer, dev string, src EventSou
 	}); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- n.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("node: %v", err)
-		}
-	})
+	runNode(t, n)
 	return n
 }
 
@@ -140,4 +132,18 @@ func natTable(t *testing.T, ext uint32, n int) (*flowtable.Table, func(int) flow
 		}
 	}
 	return tab, flow
+}
+
+// runNode runs n until the test ends.
+func runNode(t *testing.T, n *Node) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("node: %v", err)
+		}
+	})
 }
