@@ -438,17 +438,23 @@ func TestTableFullEarlyDrop(t *testing.T) {
 	for i := range conns {
 		conns[i] = udpDial(t, b.insA, &net.UDPAddr{IP: ipA, Port: 20000 + i}, &net.UDPAddr{IP: ipSrv, Port: 9999})
 	}
-	// Each flow's datagram is sent again until the table holds it (the
-	// same tuple makes no second connection): a datagram lost before
-	// xnat on a loaded machine must not stand for an early-drop failure.
+	// A flow's datagram is sent again while the table lacks its
+	// connection: a datagram lost before xnat on a loaded machine must not
+	// stand for an early-drop failure. The table full, the last ones sent
+	// are given time to arrive: one arriving after the new connection
+	// evicted its flow's would evict another.
 	eventually(t, "the table to fill", func() bool {
-		for _, c := range conns {
+		for i, c := range conns {
+			if _, _, ok := b.d.Table().Get(flowtable.MakeTuple(flowtable.ProtoUDP, ip4(ipA), uint16(20000+i), ip4(ipSrv), 9999)); ok {
+				continue
+			}
 			if _, err := c.Write([]byte("unanswered")); err != nil {
 				t.Fatal(err)
 			}
 		}
 		return b.d.Table().Count() == limit
 	})
+	time.Sleep(100 * time.Millisecond)
 	udpEcho(t, b.sv, ipSrv, 7000)
 	c := udpDial(t, b.insA, &net.UDPAddr{IP: ipA, Port: 21000}, &net.UDPAddr{IP: ipSrv, Port: 7000})
 	got, err := ask(c, "new", 1)
