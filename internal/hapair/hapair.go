@@ -40,6 +40,14 @@ import (
 	"xnat/internal/netns"
 )
 
+// epoch is the package's start: mono measures from it.
+var epoch = time.Now()
+
+// mono is a monotonic clock reading in nanoseconds (positive): the
+// failover's and restart's times are differences of these, which a
+// wall-clock step (a VM's clock being set) does not move.
+func mono() int64 { return int64(time.Since(epoch)) + 1 }
+
 // Addresses of the topology.
 const (
 	VIPIn  = "10.9.1.1"
@@ -629,7 +637,7 @@ func (p *pair) failover() (Result, error) {
 	echoStop := make(chan struct{})
 	echoErr := make(chan error, 1)
 	var echoes, echoesAfter atomic.Int64
-	var killedAt atomic.Int64 // unix nanoseconds
+	var killedAt atomic.Int64 // mono()
 	go func() {
 		for i := 1; ; i++ {
 			select {
@@ -670,7 +678,7 @@ func (p *pair) failover() (Result, error) {
 				return
 			case <-time.After(10 * time.Millisecond):
 			}
-			sent.Store(i, time.Now().UnixNano())
+			sent.Store(i, mono())
 			_, _ = probe.Write([]byte("p" + strconv.Itoa(i)))
 		}
 	}()
@@ -685,7 +693,7 @@ func (p *pair) failover() (Result, error) {
 			if err != nil {
 				continue // an ICMP error on the connected socket
 			}
-			now := time.Now().UnixNano()
+			now := mono()
 			_, msg, _ := strings.Cut(string(buf[:n]), "|")
 			i, err := strconv.Atoi(strings.TrimPrefix(msg, "p"))
 			if err != nil {
@@ -747,7 +755,7 @@ func (p *pair) failover() (Result, error) {
 	}
 
 	// kill -9 the primary's xnatd.
-	killedAt.Store(time.Now().UnixNano())
+	killedAt.Store(mono())
 	if err := pa.cmd.Process.Kill(); err != nil {
 		return res, err
 	}

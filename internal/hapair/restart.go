@@ -287,7 +287,7 @@ func Restart(cfg RestartConfig) (res RestartResult, err error) {
 			}
 		}
 	}()
-	l.takenAt.Store(time.Now().UnixNano())
+	l.takenAt.Store(mono())
 	var next *xnatdProc
 	switch cfg.Mode {
 	case RestartBeside:
@@ -360,14 +360,14 @@ type load struct {
 	dlGot   atomic.Int64
 	dlDone  chan dlResult
 	srvErr  atomic.Value
-	takenAt atomic.Int64 // unix nanoseconds
+	takenAt atomic.Int64 // mono()
 
 	echoStop            chan struct{}
 	echoErr             chan error
 	echoes, echoesAfter atomic.Int64
 	probe               *net.UDPConn
 	probeStop           chan struct{}
-	lastAnswer, outage  atomic.Int64 // unix nanoseconds; nanoseconds
+	lastAnswer, outage  atomic.Int64 // mono(); nanoseconds
 	closeOnce           sync.Once
 }
 
@@ -514,7 +514,7 @@ func startLoad(cli, srv *netns.NS, size, rate, nflows int) (*load, error) {
 	if _, err := ask(l.probe, "p", 5); err != nil {
 		return fail(fmt.Errorf("hapair: probe: %w", err))
 	}
-	l.lastAnswer.Store(time.Now().UnixNano())
+	l.lastAnswer.Store(mono())
 	go func() {
 		for {
 			select {
@@ -536,7 +536,7 @@ func startLoad(cli, srv *netns.NS, size, rate, nflows int) (*load, error) {
 			if err != nil {
 				continue
 			}
-			now := time.Now().UnixNano()
+			now := mono()
 			if d := now - l.lastAnswer.Swap(now); d > l.outage.Load() {
 				l.outage.Store(d)
 			}
