@@ -19,11 +19,8 @@ package hapair
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io"
-	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -33,7 +30,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"xnat/control/api"
@@ -443,91 +439,24 @@ func (p *pair) failover() (Result, error) {
 		return res, errors.New("hapair: box b took an address while a is master")
 	}
 
-	// The servers: a UDP echo naming the source, a paced download, an
-	// echo session.
-	var srvErr atomic.Value
-	var udpSrv *net.UDPConn
-	var dl, echo net.Listener
-	if err := p.srv.Do(func() error {
-		var err error
-		if udpSrv, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(SrvIP), Port: 9000}); err != nil {
-			return err
-		}
-		if dl, err = net.Listen("tcp4", SrvIP+":8080"); err != nil {
-			return err
-		}
-		echo, err = net.Listen("tcp4", SrvIP+":8081")
-		return err
-	}); err != nil {
+	// The servers; the UDP flows, each with its external port, and the
+	// sync messages they cost the primary per second.
+	l, err := newLoad(p.srv, p.cfg.Download, p.cfg.Rate)
+	if err != nil {
 		return res, err
 	}
-	defer udpSrv.Close()
-	defer dl.Close()
-	defer echo.Close()
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := udpSrv.ReadFromUDP(buf)
-			if err != nil {
-				return
-			}
-			_, _ = udpSrv.WriteToUDP(append([]byte(from.String()+"|"), buf[:n]...), from)
-		}
-	}()
-	data := make([]byte, p.cfg.Download)
-	_, _ = rand.NewChaCha8([32]byte{1}).Read(data)
-	want := sha256.Sum256(data)
-	go func() {
-		c, err := dl.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		const chunk = 32 << 10
-		begin := time.Now()
-		for off := 0; off < len(data); off += chunk {
-			if _, err := c.Write(data[off:min(off+chunk, len(data))]); err != nil {
-				srvErr.Store(fmt.Sprintf("download server: %v", err))
-				return
-			}
-			time.Sleep(time.Until(begin.Add(time.Duration(off+chunk) * time.Second / time.Duration(p.cfg.Rate))))
-		}
-	}()
-	go func() {
-		c, err := echo.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		if _, err := io.Copy(c, c); err != nil {
-			srvErr.Store(fmt.Sprintf("echo server: %v", err))
-		}
-	}()
-	srvUDP := &net.UDPAddr{IP: net.ParseIP(SrvIP), Port: 9000}
-
-	// The UDP flows, each with its external port; the sync messages they
-	// cost the primary per second.
+	defer l.close()
 	stA0, err := haStatus(sockA)
 	if err != nil {
 		return res, err
 	}
 	t0 := time.Now()
-	flows := make([]*net.UDPConn, p.cfg.UDPFlows)
-	before := make([]string, len(flows))
-	for i := range flows {
-		c, err := dialUDP(p.cli, 20000+i, srvUDP)
-		if err != nil {
-			return res, err
-		}
-		defer c.Close()
-		flows[i] = c
-		if before[i], err = ask(c, "x", 5); err != nil || !strings.HasPrefix(before[i], VIPOut+":") {
-			return res, fmt.Errorf("hapair: udp flow %d through the primary: %q %v", i, before[i], err)
-		}
+	if err := l.dialFlows(p.cli, p.cfg.UDPFlows); err != nil {
+		return res, err
 	}
 	if err := eventually("the flows in the backup's cache", 10*time.Second, func() bool {
 		st, err := haStatus(sockB)
-		return err == nil && st.Cache >= len(flows)
+		return err == nil && st.Cache >= len(l.flows)
 	}); err != nil {
 		return res, err
 	}
@@ -545,7 +474,7 @@ func (p *pair) failover() (Result, error) {
 		if err != nil {
 			return res, err
 		}
-		c, err := dialUDP(p.cli, 31000+i, srvUDP)
+		c, err := dialUDP(p.cli, 31000+i, l.srvUDP)
 		if err != nil {
 			return res, err
 		}
@@ -567,149 +496,15 @@ func (p *pair) failover() (Result, error) {
 	slices.Sort(lags)
 	res.SyncLagMS = float64(lags[len(lags)/2]) / float64(time.Millisecond)
 
-	// The TCP sessions.
-	dialTCP := func(addr string) (net.Conn, error) {
-		var c net.Conn
-		err := p.cli.Do(func() error {
-			var err error
-			c, err = net.DialTimeout("tcp4", addr, 5*time.Second)
-			return err
-		})
-		return c, err
-	}
-	ec, err := dialTCP(SrvIP + ":8081")
-	if err != nil {
+	// The TCP sessions and the probe.
+	if err := l.startSessions(p.cli); err != nil {
 		return res, err
 	}
-	defer ec.Close()
-	roundTrip := func(i int) error {
-		msg := []byte(fmt.Sprintf("echo %d\n", i))
-		if err := ec.SetDeadline(time.Now().Add(15 * time.Second)); err != nil {
-			return err
-		}
-		if _, err := ec.Write(msg); err != nil {
-			return err
-		}
-		got := make([]byte, len(msg))
-		if _, err := io.ReadFull(ec, got); err != nil {
-			return err
-		}
-		if !bytes.Equal(got, msg) {
-			return fmt.Errorf("echoed %q for %q", got, msg)
-		}
-		return nil
-	}
-	if err := roundTrip(0); err != nil {
-		return res, fmt.Errorf("hapair: echo through the primary: %w", err)
-	}
-	dc, err := dialTCP(SrvIP + ":8080")
-	if err != nil {
-		return res, err
-	}
-	defer dc.Close()
-	type dlResult struct {
-		n   int
-		sum [32]byte
-		err error
-	}
-	dlDone := make(chan dlResult, 1)
-	var dlGot atomic.Int64
-	go func() {
-		h := sha256.New()
-		buf := make([]byte, 64<<10)
-		var r dlResult
-		for r.n < len(data) {
-			_ = dc.SetReadDeadline(time.Now().Add(20 * time.Second))
-			n, err := dc.Read(buf)
-			h.Write(buf[:n])
-			r.n += n
-			dlGot.Store(int64(r.n))
-			if err != nil {
-				if !errors.Is(err, io.EOF) || r.n < len(data) {
-					r.err = err
-				}
-				break
-			}
-		}
-		copy(r.sum[:], h.Sum(nil))
-		dlDone <- r
-	}()
-	echoStop := make(chan struct{})
-	echoErr := make(chan error, 1)
-	var echoes, echoesAfter atomic.Int64
-	var killedAt atomic.Int64 // mono()
-	go func() {
-		for i := 1; ; i++ {
-			select {
-			case <-echoStop:
-				echoErr <- nil
-				return
-			case <-time.After(50 * time.Millisecond):
-			}
-			if err := roundTrip(i); err != nil {
-				echoErr <- fmt.Errorf("echo %d: %w", i, err)
-				return
-			}
-			echoes.Add(1)
-			if killedAt.Load() != 0 {
-				echoesAfter.Add(1)
-			}
-		}
-	}()
-	// The probe: a datagram every 10 ms on a flow of its own; each
-	// answer names its datagram, so the first answer to one sent after
-	// the kill times the outage.
-	probe, err := dialUDP(p.cli, 30000, srvUDP)
-	if err != nil {
-		return res, err
-	}
-	defer probe.Close()
-	if _, err := ask(probe, "p-1", 5); err != nil {
-		return res, fmt.Errorf("hapair: probe: %w", err)
-	}
-	var recovered atomic.Int64
-	probeStop := make(chan struct{})
-	defer close(probeStop)
-	var sent sync.Map
-	go func() {
-		for i := 0; ; i++ {
-			select {
-			case <-probeStop:
-				return
-			case <-time.After(10 * time.Millisecond):
-			}
-			sent.Store(i, mono())
-			_, _ = probe.Write([]byte("p" + strconv.Itoa(i)))
-		}
-	}()
-	go func() {
-		buf := make([]byte, 512)
-		for {
-			_ = probe.SetReadDeadline(time.Now().Add(30 * time.Second))
-			n, err := probe.Read(buf)
-			if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) {
-				return
-			}
-			if err != nil {
-				continue // an ICMP error on the connected socket
-			}
-			now := mono()
-			_, msg, _ := strings.Cut(string(buf[:n]), "|")
-			i, err := strconv.Atoi(strings.TrimPrefix(msg, "p"))
-			if err != nil {
-				continue
-			}
-			at, ok := sent.Load(i)
-			if k := killedAt.Load(); ok && k != 0 && at.(int64) > k {
-				recovered.CompareAndSwap(0, now-k)
-			}
-		}
-	}()
 
 	// The backup holds every connection before the kill, the TCP ones
 	// established.
 	// (the lag flows, and the probe, echo and download).
-	total := len(flows) + 20 + 3
+	total := len(l.flows) + 20 + 3
 	established := func(st []string) int { return strings.Count(strings.Join(st, "\n"), "tcp ESTABLISHED") }
 	var cached []string
 	if err := eventually("the backup's cache", 10*time.Second, func() bool {
@@ -724,23 +519,20 @@ func (p *pair) failover() (Result, error) {
 	}); err != nil {
 		return res, fmt.Errorf("%w: %d connections, %d TCP established, want %d and 2", err, len(cached), established(cached), total)
 	}
-	underWay := func() bool { return dlGot.Load() > int64(len(data)/5) }
+	underWay := func() bool { return l.dlGot.Load() > int64(len(l.data)/5) }
 	if p.cfg.Upgrade {
-		up := &upgradeLoad{sockA: sockA, sockB: sockB, total: total, flows: flows, before: before, srvUDP: srvUDP, underWay: underWay}
+		up := &upgradeLoad{sockA: sockA, sockB: sockB, total: total, flows: l.flows, before: l.before, srvUDP: l.srvUDP, underWay: underWay}
 		na, post, srcs, err := p.upgrade(&res, pa, pb, up)
 		if err != nil {
 			return res, err
 		}
-		for _, c := range post {
-			defer c.Close()
-		}
-		pa, flows, before = na, append(flows, post...), append(before, srcs...)
+		pa, l.flows, l.before = na, append(l.flows, post...), append(l.before, srcs...)
 	}
 	if err := eventually("the download under way", 20*time.Second, underWay); err != nil {
 		return res, err
 	}
-	if dlGot.Load() >= int64(len(data))*3/4 {
-		return res, fmt.Errorf("hapair: the download is nearly done (%d bytes) before the kill: the pacing is too fast", dlGot.Load())
+	if l.dlGot.Load() >= int64(len(l.data))*3/4 {
+		return res, fmt.Errorf("hapair: the download is nearly done (%d bytes) before the kill: the pacing is too fast", l.dlGot.Load())
 	}
 	stB, err := haStatus(sockB)
 	if err != nil {
@@ -755,46 +547,21 @@ func (p *pair) failover() (Result, error) {
 	}
 
 	// kill -9 the primary's xnatd.
-	killedAt.Store(mono())
+	l.mark()
 	if err := pa.cmd.Process.Kill(); err != nil {
 		return res, err
 	}
 	if err := eventually("box b master", 15*time.Second, func() bool { return hasAddr(p.b, VIPIn) && hasAddr(p.b, VIPOut) }); err != nil {
 		return res, err
 	}
-	select {
-	case r := <-dlDone:
-		res.DownloadOK = r.err == nil && r.n == len(data) && r.sum == want
-		if !res.DownloadOK {
-			res.EstablishedLost++
-			problem("download: %d of %d bytes, error %v, checksum match %v", r.n, len(data), r.err, r.sum == want)
-		}
-	case <-time.After(60 * time.Second):
-		res.EstablishedLost++
-		problem("the download stalled at %d bytes", dlGot.Load())
-	}
-	if err := eventually("the probe's answer after the kill", 10*time.Second, func() bool { return recovered.Load() != 0 }); err != nil {
+	if err := eventually("the probe's answer after the kill", 10*time.Second, func() bool { return l.recovered.Load() != 0 }); err != nil {
 		problem("no probe answer within 10 s of the kill")
 	}
-	res.RecoverMS = float64(recovered.Load()) / float64(time.Millisecond)
-	n := echoesAfter.Load()
-	_ = eventually("echoes after the download", 10*time.Second, func() bool { return echoesAfter.Load() >= n+10 })
-	close(echoStop)
-	if err := <-echoErr; err != nil {
-		res.EstablishedLost++
-		problem("echo session: %v", err)
-	}
-	res.Echoes, res.EchoesAfter = int(echoes.Load()), int(echoesAfter.Load())
-	for i, c := range flows {
-		src, err := ask(c, "y", 5)
-		if err != nil || src != before[i] {
-			res.EstablishedLost++
-			problem("udp flow %d: left as %s before the failover, %q after (%v)", i, before[i], src, err)
-		}
-	}
-	if e := srvErr.Load(); e != nil {
-		problem("%s", e)
-	}
+	res.RecoverMS = float64(l.recovered.Load()) / float64(time.Millisecond)
+	o := l.finish("failover")
+	res.EstablishedLost += o.lost
+	res.DownloadOK, res.Echoes, res.EchoesAfter = o.downloadOK, o.echoes, o.echoesAfter
+	res.Problems = append(res.Problems, o.problems...)
 	for _, ns := range []*netns.NS{p.cli, p.srv} {
 		n, err := resets(ns)
 		if err != nil {

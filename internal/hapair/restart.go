@@ -2,15 +2,9 @@ package hapair
 
 import (
 	"bufio"
-	"bytes"
 	"cmp"
 	"context"
-	"crypto/sha256"
-	"errors"
 	"fmt"
-	"io"
-	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -287,7 +280,7 @@ func Restart(cfg RestartConfig) (res RestartResult, err error) {
 			}
 		}
 	}()
-	l.takenAt.Store(mono())
+	l.mark()
 	var next *xnatdProc
 	switch cfg.Mode {
 	case RestartBeside:
@@ -327,7 +320,11 @@ func Restart(cfg RestartConfig) (res RestartResult, err error) {
 		res.GapMS, _ = strconv.ParseFloat(m[4], 64)
 		res.TakeoverLog = m[0]
 	}
-	l.finish(&res)
+	o := l.finish("restart")
+	res.EstablishedLost += o.lost
+	res.DownloadOK, res.Echoes, res.EchoesAfter = o.downloadOK, o.echoes, o.echoesAfter
+	res.Problems = append(res.Problems, o.problems...)
+	res.OutageMS = float64(l.outage.Load()) / float64(time.Millisecond)
 	out, err := srv.Run("iptables", "-nvxL", "INPUT")
 	if err != nil {
 		return res, err
@@ -345,277 +342,4 @@ func Restart(cfg RestartConfig) (res RestartResult, err error) {
 		res.Resets += n
 	}
 	return res, nil
-}
-
-// load is the traffic through the box: its servers and clients.
-type load struct {
-	data    []byte
-	want    [32]byte
-	udpSrv  *net.UDPConn
-	lns     []net.Listener
-	conns   []io.Closer
-	flows   []*net.UDPConn
-	before  []string
-	ec      net.Conn
-	dlGot   atomic.Int64
-	dlDone  chan dlResult
-	srvErr  atomic.Value
-	takenAt atomic.Int64 // mono()
-
-	echoStop            chan struct{}
-	echoErr             chan error
-	echoes, echoesAfter atomic.Int64
-	probe               *net.UDPConn
-	probeStop           chan struct{}
-	lastAnswer, outage  atomic.Int64 // mono(); nanoseconds
-	closeOnce           sync.Once
-}
-
-type dlResult struct {
-	n   int
-	sum [32]byte
-	err error
-}
-
-func startLoad(cli, srv *netns.NS, size, rate, nflows int) (*load, error) {
-	l := &load{dlDone: make(chan dlResult, 1), echoStop: make(chan struct{}), echoErr: make(chan error, 1), probeStop: make(chan struct{})}
-	var dl, echo net.Listener
-	if err := srv.Do(func() error {
-		var err error
-		if l.udpSrv, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(SrvIP), Port: 9000}); err != nil {
-			return err
-		}
-		if dl, err = net.Listen("tcp4", SrvIP+":8080"); err != nil {
-			return err
-		}
-		echo, err = net.Listen("tcp4", SrvIP+":8081")
-		return err
-	}); err != nil {
-		l.close()
-		return nil, err
-	}
-	l.lns = []net.Listener{dl, echo}
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := l.udpSrv.ReadFromUDP(buf)
-			if err != nil {
-				return
-			}
-			_, _ = l.udpSrv.WriteToUDP(append([]byte(from.String()+"|"), buf[:n]...), from)
-		}
-	}()
-	l.data = make([]byte, size)
-	_, _ = rand.NewChaCha8([32]byte{2}).Read(l.data)
-	l.want = sha256.Sum256(l.data)
-	go func() {
-		c, err := dl.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		const chunk = 32 << 10
-		begin := time.Now()
-		for off := 0; off < len(l.data); off += chunk {
-			if _, err := c.Write(l.data[off:min(off+chunk, len(l.data))]); err != nil {
-				l.srvErr.Store(fmt.Sprintf("download server: %v", err))
-				return
-			}
-			time.Sleep(time.Until(begin.Add(time.Duration(off+chunk) * time.Second / time.Duration(rate))))
-		}
-	}()
-	go func() {
-		c, err := echo.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		if _, err := io.Copy(c, c); err != nil {
-			l.srvErr.Store(fmt.Sprintf("echo server: %v", err))
-		}
-	}()
-	srvUDP := &net.UDPAddr{IP: net.ParseIP(SrvIP), Port: 9000}
-	fail := func(err error) (*load, error) { l.close(); return nil, err }
-	for i := range nflows {
-		c, err := dialUDP(cli, 20000+i, srvUDP)
-		if err != nil {
-			return fail(err)
-		}
-		l.flows = append(l.flows, c)
-		src, err := ask(c, "x", 5)
-		if err != nil || !strings.HasPrefix(src, VIPOut+":") {
-			return fail(fmt.Errorf("hapair: udp flow %d: %q %v", i, src, err))
-		}
-		l.before = append(l.before, src)
-	}
-	dialTCP := func(addr string) (net.Conn, error) {
-		var c net.Conn
-		err := cli.Do(func() error {
-			var err error
-			c, err = net.DialTimeout("tcp4", addr, 5*time.Second)
-			return err
-		})
-		return c, err
-	}
-	var err error
-	if l.ec, err = dialTCP(SrvIP + ":8081"); err != nil {
-		return fail(err)
-	}
-	l.conns = append(l.conns, l.ec)
-	if err := l.roundTrip(0); err != nil {
-		return fail(fmt.Errorf("hapair: echo: %w", err))
-	}
-	dc, err := dialTCP(SrvIP + ":8080")
-	if err != nil {
-		return fail(err)
-	}
-	l.conns = append(l.conns, dc)
-	go func() {
-		h := sha256.New()
-		buf := make([]byte, 64<<10)
-		var r dlResult
-		for r.n < len(l.data) {
-			_ = dc.SetReadDeadline(time.Now().Add(20 * time.Second))
-			n, err := dc.Read(buf)
-			h.Write(buf[:n])
-			r.n += n
-			l.dlGot.Store(int64(r.n))
-			if err != nil {
-				if !errors.Is(err, io.EOF) || r.n < len(l.data) {
-					r.err = err
-				}
-				break
-			}
-		}
-		copy(r.sum[:], h.Sum(nil))
-		l.dlDone <- r
-	}()
-	go func() {
-		for i := 1; ; i++ {
-			select {
-			case <-l.echoStop:
-				l.echoErr <- nil
-				return
-			case <-time.After(50 * time.Millisecond):
-			}
-			if err := l.roundTrip(i); err != nil {
-				l.echoErr <- fmt.Errorf("echo %d: %w", i, err)
-				return
-			}
-			l.echoes.Add(1)
-			if l.takenAt.Load() != 0 {
-				l.echoesAfter.Add(1)
-			}
-		}
-	}()
-	if l.probe, err = dialUDP(cli, 30000, srvUDP); err != nil {
-		return fail(err)
-	}
-	if _, err := ask(l.probe, "p", 5); err != nil {
-		return fail(fmt.Errorf("hapair: probe: %w", err))
-	}
-	l.lastAnswer.Store(mono())
-	go func() {
-		for {
-			select {
-			case <-l.probeStop:
-				return
-			case <-time.After(10 * time.Millisecond):
-			}
-			_, _ = l.probe.Write([]byte("p"))
-		}
-	}()
-	go func() {
-		buf := make([]byte, 512)
-		for {
-			_ = l.probe.SetReadDeadline(time.Now().Add(30 * time.Second))
-			_, err := l.probe.Read(buf)
-			if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) {
-				return
-			}
-			if err != nil {
-				continue
-			}
-			now := mono()
-			if d := now - l.lastAnswer.Swap(now); d > l.outage.Load() {
-				l.outage.Store(d)
-			}
-		}
-	}()
-	return l, nil
-}
-
-func (l *load) roundTrip(i int) error {
-	msg := []byte(fmt.Sprintf("echo %d\n", i))
-	if err := l.ec.SetDeadline(time.Now().Add(15 * time.Second)); err != nil {
-		return err
-	}
-	if _, err := l.ec.Write(msg); err != nil {
-		return err
-	}
-	got := make([]byte, len(msg))
-	if _, err := io.ReadFull(l.ec, got); err != nil {
-		return err
-	}
-	if !bytes.Equal(got, msg) {
-		return fmt.Errorf("echoed %q for %q", got, msg)
-	}
-	return nil
-}
-
-// finish waits for the download, stops the echo session and checks
-// every UDP flow's external port.
-func (l *load) finish(res *RestartResult) {
-	problem := func(f string, a ...any) { res.Problems = append(res.Problems, fmt.Sprintf(f, a...)) }
-	select {
-	case r := <-l.dlDone:
-		res.DownloadOK = r.err == nil && r.n == len(l.data) && r.sum == l.want
-		if !res.DownloadOK {
-			res.EstablishedLost++
-			problem("download: %d of %d bytes, error %v, checksum match %v", r.n, len(l.data), r.err, r.sum == l.want)
-		}
-	case <-time.After(60 * time.Second):
-		res.EstablishedLost++
-		problem("the download stalled at %d bytes", l.dlGot.Load())
-	}
-	n := l.echoesAfter.Load()
-	_ = eventually("echoes after the download", 10*time.Second, func() bool { return l.echoesAfter.Load() >= n+10 })
-	close(l.echoStop)
-	if err := <-l.echoErr; err != nil {
-		res.EstablishedLost++
-		problem("echo session: %v", err)
-	}
-	res.Echoes, res.EchoesAfter = int(l.echoes.Load()), int(l.echoesAfter.Load())
-	for i, c := range l.flows {
-		src, err := ask(c, "y", 5)
-		if err != nil || src != l.before[i] {
-			res.EstablishedLost++
-			problem("udp flow %d: left as %s before the restart, %q after (%v)", i, l.before[i], src, err)
-		}
-	}
-	res.OutageMS = float64(l.outage.Load()) / float64(time.Millisecond)
-	if e := l.srvErr.Load(); e != nil {
-		problem("%s", e)
-	}
-}
-
-func (l *load) close() {
-	l.closeOnce.Do(func() {
-		close(l.probeStop)
-		if l.probe != nil {
-			l.probe.Close()
-		}
-		for _, c := range l.flows {
-			c.Close()
-		}
-		for _, c := range l.conns {
-			c.Close()
-		}
-		for _, ln := range l.lns {
-			ln.Close()
-		}
-		if l.udpSrv != nil {
-			l.udpSrv.Close()
-		}
-	})
 }
