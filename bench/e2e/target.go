@@ -11,12 +11,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"xnat/control/api"
 	"xnat/internal/cpuset"
+	"xnat/internal/logbuf"
 )
 
 // Target is a device under test set up in the topology's dut namespace:
@@ -282,7 +282,7 @@ var ErrNoCounters = errors.New("e2e: the target serves no counters")
 type Xnat struct {
 	cmd    *exec.Cmd
 	dir    string
-	stderr *lockedBuffer
+	stderr *logbuf.Buffer
 	done   chan error
 	client *api.Client
 }
@@ -327,7 +327,7 @@ func (x *Xnat) Setup(tp *Topology, cfg TargetConfig) error {
 	if err := os.WriteFile(rules, []byte(xnatRules(cfg.NATRules)), 0o600); err != nil {
 		return fmt.Errorf("e2e: %w", err)
 	}
-	x.stderr = &lockedBuffer{}
+	x.stderr = &logbuf.Buffer{}
 	sock := filepath.Join(x.dir, "xnat.sock")
 	x.client = api.NewClient(sock)
 	x.cmd = exec.Command(bin, "--inside", DUTInIf, "--outside", DUTOutIf, "--rules", rules,
@@ -439,23 +439,6 @@ func (x *Xnat) HAStatus() (*api.HAStatus, error) {
 		return nil, fmt.Errorf("e2e: xnatd ha status: %w", err)
 	}
 	return st, nil
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func findXnatd() (string, error) {

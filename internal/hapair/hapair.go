@@ -17,7 +17,6 @@
 package hapair
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -29,10 +28,10 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"xnat/control/api"
+	"xnat/internal/logbuf"
 	"xnat/internal/netns"
 )
 
@@ -117,25 +116,8 @@ type pair struct {
 
 type keepalived struct {
 	cmd  *exec.Cmd
-	out  *lockedBuffer
+	out  *logbuf.Buffer
 	done chan struct{}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func run(ns *netns.NS, name string, args ...string) error {
@@ -294,7 +276,7 @@ func (p *pair) keepalived(x *netns.NS, name, prio, sock string) error {
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return err
 	}
-	k := &keepalived{out: &lockedBuffer{}, done: make(chan struct{})}
+	k := &keepalived{out: &logbuf.Buffer{}, done: make(chan struct{})}
 	k.cmd = exec.Command("keepalived", "-n", "-l", "-D", "-P", "-f", path,
 		"-p", filepath.Join(dir, name+".ka.pid"), "-r", filepath.Join(dir, name+".vrrp.pid"), "-c", filepath.Join(dir, name+".chk.pid"))
 	k.cmd.Stdout, k.cmd.Stderr = k.out, k.out

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"xnat/control/api"
+	"xnat/internal/logbuf"
 	"xnat/internal/netns"
 )
 
@@ -95,14 +96,14 @@ type RestartResult struct {
 
 type xnatdProc struct {
 	cmd     *exec.Cmd
-	log     *lockedBuffer
+	log     *logbuf.Buffer
 	running chan struct{}
 	done    chan struct{}
 	err     error
 }
 
 func startXnatd(ns *netns.NS, mk func(args ...string) *exec.Cmd, args ...string) (*xnatdProc, error) {
-	p := &xnatdProc{cmd: mk(args...), log: &lockedBuffer{}, running: make(chan struct{}), done: make(chan struct{})}
+	p := &xnatdProc{cmd: mk(args...), log: &logbuf.Buffer{}, running: make(chan struct{}), done: make(chan struct{})}
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {
 		return nil, err
