@@ -9,7 +9,6 @@ import (
 
 	"xnat/dataplane"
 	"xnat/flowtable"
-	"xnat/internal/netns"
 )
 
 // TestInteropFilterConntrackd: an xnat node with a filter (TCP and UDP
@@ -21,12 +20,7 @@ import (
 // it as unchecked, and conntrackd counts no malformed message (the check
 // goes to a port it does not listen on).
 func TestInteropFilterConntrackd(t *testing.T) {
-	needTools(t)
-	tp := netns.New(t)
-	lnx, x := tp.NS("lnx"), tp.NS("x")
-	tp.Veth(lnx, "s0", x, "s1")
-	addr(t, lnx, "s0", "10.9.0.1/24")
-	addr(t, x, "s1", "10.9.0.2/24")
+	lnx, x := syncLink(t, "lnx", "x")
 	cd := startConntrackd(t, lnx, "10.9.0.1", "10.9.0.2", "s0")
 
 	ext := a4("198.51.100.1")

@@ -38,6 +38,20 @@ func startConntrackd(t *testing.T, ns *netns.NS, local, peer, dev string) *connt
 	return conntrackd.Start(t, ns, local, peer, conntrackd.UDP(local, peer, dev))
 }
 
+// syncLink checks the tools the namespace tests need and makes two
+// namespaces, named a and b, joined by a sync link: s0 10.9.0.1/24 in the
+// first, s1 10.9.0.2/24 in the second.
+func syncLink(t *testing.T, a, b string) (*netns.NS, *netns.NS) {
+	t.Helper()
+	needTools(t)
+	tp := netns.New(t)
+	na, nb := tp.NS(a), tp.NS(b)
+	tp.Veth(na, "s0", nb, "s1")
+	addr(t, na, "s0", "10.9.0.1/24")
+	addr(t, nb, "s1", "10.9.0.2/24")
+	return na, nb
+}
+
 // waitFor polls f until it reports true.
 func waitFor(t *testing.T, what string, f func() (bool, string)) {
 	t.Helper()
@@ -127,12 +141,7 @@ func a4(s string) uint32 {
 // (conntrackd -n), and conntrackd -c commits them to its kernel's table
 // (conntrack -L).
 func TestInteropToConntrackd(t *testing.T) {
-	needTools(t)
-	tp := netns.New(t)
-	lnx, x := tp.NS("lnx"), tp.NS("x")
-	tp.Veth(lnx, "s0", x, "s1")
-	addr(t, lnx, "s0", "10.9.0.1/24")
-	addr(t, x, "s1", "10.9.0.2/24")
+	lnx, x := syncLink(t, "lnx", "x")
 	// NAT loaded in conntrackd's namespace, so committed connections keep
 	// their translation.
 	run(t, lnx, "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "s0", "-j", "MASQUERADE")
@@ -435,12 +444,7 @@ func TestInteropFromConntrackd(t *testing.T) {
 // TestInteropMulticast runs the link over multicast, both ways, with a
 // real conntrackd configured with Sync { Multicast { ... } }.
 func TestInteropMulticast(t *testing.T) {
-	needTools(t)
-	tp := netns.New(t)
-	lnx, x := tp.NS("lnx"), tp.NS("x")
-	tp.Veth(lnx, "s0", x, "s1")
-	addr(t, lnx, "s0", "10.9.0.1/24")
-	addr(t, x, "s1", "10.9.0.2/24")
+	lnx, x := syncLink(t, "lnx", "x")
 	cd := conntrackd.Start(t, lnx, "10.9.0.1", "10.9.0.2", fmt.Sprintf(`Multicast {
 		IPv4_address 225.0.0.50
 		Group %d

@@ -17,12 +17,7 @@ import (
 // connections come, change and go on the primary, and once the load ends
 // FTFW has brought the backup's cache to the primary's table.
 func TestLinkLoss(t *testing.T) {
-	needTools(t)
-	tp := netns.New(t)
-	pa, pb := tp.NS("a"), tp.NS("b")
-	tp.Veth(pa, "s0", pb, "s1")
-	addr(t, pa, "s0", "10.9.0.1/24")
-	addr(t, pb, "s1", "10.9.0.2/24")
+	pa, pb := syncLink(t, "a", "b")
 	for _, ns := range []*netns.NS{pa, pb} {
 		run(t, ns, "iptables", "-A", "INPUT", "-p", "udp", "--dport", fmt.Sprint(syncPort),
 			"-m", "statistic", "--mode", "random", "--probability", "0.1", "-j", "DROP")
@@ -95,12 +90,7 @@ func TestLinkLoss(t *testing.T) {
 // the configured peer's is dropped and counted; the same message from the
 // peer is taken.
 func TestLinkForeignPeer(t *testing.T) {
-	needTools(t)
-	tp := netns.New(t)
-	pa, pb := tp.NS("a"), tp.NS("b")
-	tp.Veth(pa, "s0", pb, "s1")
-	addr(t, pa, "s0", "10.9.0.1/24")
-	addr(t, pb, "s1", "10.9.0.2/24")
+	pa, pb := syncLink(t, "a", "b")
 	addr(t, pb, "s1", "10.9.0.3/24")
 	rec := &recorder{cache: NewCache()}
 	l := openLink(t, pa, "10.9.0.1", "10.9.0.2", "s0", rec)

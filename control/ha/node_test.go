@@ -57,12 +57,7 @@ func startNode(t *testing.T, ns *netns.NS, local, peer, dev string, src EventSou
 // backup that keeps them in its external cache; the backup's resync
 // request, the primary's events and bulk send, and a cache flush.
 func TestNodePair(t *testing.T) {
-	needTools(t)
-	tp := netns.New(t)
-	pa, pb := tp.NS("a"), tp.NS("b")
-	tp.Veth(pa, "s0", pb, "s1")
-	addr(t, pa, "s0", "10.9.0.1/24")
-	addr(t, pb, "s1", "10.9.0.2/24")
+	pa, pb := syncLink(t, "a", "b")
 
 	ext := a4("198.51.100.1")
 	tab, flow := natTable(t, ext, 100)
