@@ -461,6 +461,18 @@ type Options struct {
 	Parity bool
 }
 
+// insertNoPorts inserts a connection of a protocol without ports
+// (address only: the reply tuple keeps the ports it has).
+func (a *Allocator) insertNoPorts(c *flowtable.Core, nf *flowtable.NewFlow, at *attempt, now flowtable.Time) (flowtable.Ref, Result, flowtable.InsertResult) {
+	r, res := c.Insert(nf, now)
+	if res != flowtable.Inserted {
+		a.unacquire(at)
+		return r, TableRefused, res
+	}
+	a.st.allocated.Add(1)
+	return r, OK, res
+}
+
 // admitSource counts a new connection of at.src in the per-source
 // limiter, if there is one, and keeps its slot in at; a refusal is
 // counted and returned (LimiterFull or PerSourceLimit), else OK.
@@ -504,14 +516,7 @@ func (a *Allocator) Allocate(c *flowtable.Core, nf *flowtable.NewFlow, opt Optio
 	at.addr = nf.Reply.Dst
 	at.cl = class(nf.Orig.Proto)
 	if at.cl == classNone {
-		// Address only: the reply tuple keeps the ports it has.
-		r, res := c.Insert(nf, now)
-		if res != flowtable.Inserted {
-			a.unacquire(&at)
-			return r, TableRefused, res
-		}
-		a.st.allocated.Add(1)
-		return r, OK, res
+		return a.insertNoPorts(c, nf, &at, now)
 	}
 	at.base = uint64(at.addr-a.addrLo) * uint64(a.n)
 	if u := a.uses[at.cl]; u != nil {
@@ -610,13 +615,7 @@ func (a *Allocator) Reserve(c *flowtable.Core, nf *flowtable.NewFlow, now flowta
 		return 0, r, flowtable.Inserted
 	}
 	if at.cl == classNone {
-		r, res := c.Insert(nf, now)
-		if res != flowtable.Inserted {
-			a.unacquire(&at)
-			return r, TableRefused, res
-		}
-		a.st.allocated.Add(1)
-		return r, OK, res
+		return a.insertNoPorts(c, nf, &at, now)
 	}
 	off, _ := a.offset(uint32(nf.Reply.DstPort))
 	at.base = uint64(at.addr-a.addrLo) * uint64(a.n)
