@@ -108,6 +108,7 @@ func (d *Dataplane) Commit(ctx context.Context, flows []flowtable.NewFlow) (Comm
 	for c, j := range jobs {
 		if len(j.flows) > 0 {
 			d.pipes[c].commitq.Store(j)
+			d.pipes[c].wake()
 		} else {
 			close(j.done)
 		}

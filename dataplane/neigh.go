@@ -29,6 +29,11 @@ type NeighTable struct {
 	slots atomic.Pointer[neighSlots]
 	gen   atomic.Uint64
 	keys  int // keys in slots, under mu
+	// wake, when set (Dataplane.UseNeighbours), is called after a change
+	// that may let a core send or answer frames it holds: a neighbour
+	// resolved or failed. It wakes the sleeping workers, so held frames
+	// leave when the kernel reports the address, not at a poll timeout.
+	wake atomic.Pointer[func()]
 }
 
 type neighSlots struct {
@@ -116,19 +121,35 @@ func (s *neighSlots) lookup(ifindex int, ip uint32) (int, uint64) {
 // deleted). Safe for concurrent use with the cores' reads.
 func (t *NeighTable) Update(n topo.Neigh, present bool) {
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.set(n, present)
+	release := t.set(n, present)
+	t.mu.Unlock()
+	if release {
+		t.notify()
+	}
+}
+
+// notify calls the wake function, if any.
+func (t *NeighTable) notify() {
+	if f := t.wake.Load(); f != nil {
+		(*f)()
+	}
 }
 
 // Sync makes the table what a full dump of the kernel's neighbours says:
 // every neighbour of the list is set, every other one is gone.
 func (t *NeighTable) Sync(list []topo.Neigh) {
+	release := false
+	defer func() {
+		if release {
+			t.notify()
+		}
+	}()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	in := make(map[uint64]bool, len(list))
 	for _, n := range list {
 		in[neighKey64(n.IfIndex, n.IP)] = true
-		t.set(n, true)
+		release = t.set(n, true) || release
 	}
 	s := t.slots.Load()
 	for i := range s.s {
@@ -158,10 +179,12 @@ func (t *NeighTable) Lookup(ifindex int, ip uint32) (topo.Neigh, bool) {
 	return n, true
 }
 
-// set is Update under mu.
-func (t *NeighTable) set(n topo.Neigh, present bool) {
+// set is Update under mu. It reports whether the change may release
+// held frames: the neighbour is now valid or failed, and was not before
+// (every failure counts).
+func (t *NeighTable) set(n topo.Neigh, present bool) bool {
 	if n.IfIndex <= 0 || n.IfIndex > 0xffffffff {
-		return
+		return false
 	}
 	state := uint64(neighGone)
 	if present {
@@ -179,7 +202,7 @@ func (t *NeighTable) set(n topo.Neigh, present bool) {
 	i := s.find(key)
 	if i < 0 {
 		if state == neighGone {
-			return
+			return false
 		}
 		if (t.keys+1)*4 > len(s.s)*3 {
 			s = t.rebuild(s)
@@ -193,17 +216,18 @@ func (t *NeighTable) set(n topo.Neigh, present bool) {
 		s.s[i].key.Store(key)
 		t.keys++
 		t.gen.Add(1)
-		return
+		return state == neighValid || state == neighFailed
 	}
 	old := s.s[i].val.Load()
 	v := neighVal(n.MAC, (old>>4&0xfff)+1, state)
 	// Every failure counts: the kernel reports one after each round of
 	// probes, and the cores answer the frames held meanwhile.
 	if neighSame(old, v) && state != neighFailed {
-		return
+		return false
 	}
 	s.s[i].val.Store(v)
 	t.gen.Add(1)
+	return state == neighValid || state == neighFailed
 }
 
 // rebuild swaps in a new array holding s's live entries, twice as large

@@ -136,7 +136,7 @@ func New(tab *flowtable.Table, pools *Pools, settings *Settings, env *Env) *Data
 		p.held.init()
 		d.pipes = append(d.pipes, p)
 	}
-	d.neigh = NewNeighTable()
+	d.UseNeighbours(NewNeighTable())
 	d.neigh.Sync(env.neighs)
 	return d
 }
@@ -147,8 +147,42 @@ func (d *Dataplane) Neighbours() *NeighTable { return d.neigh }
 
 // UseNeighbours makes the cores read t: for a caller that keeps the
 // table current from its own start (the daemon, from the kernel's
-// notifications). Call it before any pipeline runs.
-func (d *Dataplane) UseNeighbours(t *NeighTable) { d.neigh = t }
+// notifications). Call it before any pipeline runs. A neighbour that
+// resolves or fails in t wakes the sleeping workers (Wake).
+func (d *Dataplane) UseNeighbours(t *NeighTable) {
+	d.neigh = t
+	wake := d.Wake
+	t.wake.Store(&wake)
+}
+
+// Wake wakes every core's sleeping worker (Pipeline.SetWaker), for work
+// that arrives on no socket. Any goroutine may call it.
+func (d *Dataplane) Wake() {
+	for _, p := range d.pipes {
+		p.wake()
+	}
+}
+
+// SetWaker gives the pipeline the function that wakes its worker from a
+// sleep (ring.UMEM.Wake), or nil for none. The control path calls it
+// when it leaves the core work that arrives on no socket: a commit's
+// connections, a neighbour resolved for frames the core holds. Without
+// one, that work waits for the worker's next wake-up (at most its poll
+// timeout). Any goroutine may call it.
+func (p *Pipeline) SetWaker(f func()) {
+	if f == nil {
+		p.waker.Store(nil)
+		return
+	}
+	p.waker.Store(&f)
+}
+
+// wake calls the waker, if any.
+func (p *Pipeline) wake() {
+	if f := p.waker.Load(); f != nil {
+		(*f)()
+	}
+}
 
 // Env returns the current environment.
 func (d *Dataplane) Env() *Env { return d.env.Load() }
@@ -253,6 +287,8 @@ type Pipeline struct {
 	// commitq is the HA commit this core has yet to insert (commit.go),
 	// nil when there is none.
 	commitq atomic.Pointer[commitJob]
+	// waker wakes this core's sleeping worker (SetWaker); nil for none.
+	waker atomic.Pointer[func()]
 
 	// noFast turns the established path off, and fastLast is how many of
 	// the last batch's packets took it: for the tests that hold the path to

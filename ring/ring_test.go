@@ -343,6 +343,55 @@ func TestWaitWakesOnReceive(t *testing.T) {
 	u.Release(descs[:1])
 }
 
+// TestWaitWakesOnWake: a sleeping Wait returns when another goroutine
+// calls Wake, long before its timeout; a Wake before Wait makes the next
+// Wait return at once; the Wait after that sleeps again (the wake is
+// consumed); Wake after Close does nothing.
+func TestWaitWakesOnWake(t *testing.T) {
+	f := newFwdTopo(t)
+	f.attach(t)
+	u := f.open(t, ring.Config{Poll: ring.PollSleep, PollTimeout: 10 * time.Second})
+	u.Socket(0).Fill()
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		u.Wake()
+	}()
+	start := time.Now()
+	if err := u.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 5*time.Second || d < 40*time.Millisecond {
+		t.Fatalf("Wait returned after %v, want about 50ms (the Wake)", d)
+	}
+	u.Wake()
+	u.Wake()
+	start = time.Now()
+	if err := u.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("Wait after Wake took %v", d)
+	}
+	u.Close()
+	u.Wake()
+
+	f2 := newFwdTopo(t)
+	f2.attach(t)
+	v := f2.open(t, ring.Config{Poll: ring.PollSleep, PollTimeout: 100 * time.Millisecond})
+	v.Socket(0).Fill()
+	v.Wake()
+	if err := v.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	if err := v.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d < 80*time.Millisecond {
+		t.Fatalf("the Wait after a consumed Wake returned after %v, want its 100ms timeout", d)
+	}
+}
+
 // TestZeroAllocs checks that the batch paths — receive, rewrite,
 // transmit, complete, fill, wait — allocate nothing, with packets
 // flowing.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -23,7 +24,7 @@ const (
 //
 // A UMEM, its sockets and its frames belong to one goroutine (a
 // worker): none of their methods may be called concurrently, except
-// Stats and Socket.Stats, which any goroutine may call at any time.
+// Stats, Socket.Stats and Wake, which any goroutine may call at any time.
 type UMEM struct {
 	cfg        Config
 	area       []byte
@@ -39,6 +40,13 @@ type UMEM struct {
 	ts         unix.Timespec // ppoll's argument: the kernel writes the time left into it
 	busy       bool
 	closed     bool
+
+	// wakeFd is an eventfd, the last of pollfds (sleeping mode only):
+	// Wake writes it from any goroutine, under wakeMu so that Close
+	// never closes it under a write; Wait reads it empty.
+	wakeMu  sync.Mutex
+	wakeFd  int
+	wakeBuf [8]byte
 
 	_         [64]byte
 	ownErrors atomic.Uint64
@@ -84,6 +92,7 @@ func Open(cfg Config, eps ...Endpoint) (*UMEM, error) {
 		return nil, err
 	}
 	u := &UMEM{
+		wakeFd:     -1,
 		cfg:        cfg,
 		area:       area,
 		frameShift: uint(bits.TrailingZeros32(cfg.FrameSize)),
@@ -139,9 +148,19 @@ func Open(cfg Config, eps ...Endpoint) (*UMEM, error) {
 		u.stack[i] = uint64(len(u.stack)-1-i) << u.frameShift
 	}
 	u.freeGauge.Store(uint64(len(u.stack)))
-	u.pollfds = make([]unix.PollFd, len(u.socks))
+	u.pollfds = make([]unix.PollFd, len(u.socks), len(u.socks)+1)
 	for i, s := range u.socks {
 		u.pollfds[i] = unix.PollFd{Fd: int32(s.fd), Events: unix.POLLIN}
+	}
+	if !u.busy {
+		fd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+		if err != nil {
+			err = errors.Join(fmt.Errorf("ring: eventfd: %w", err), u.closeSockets())
+			_ = unix.Munmap(u.area)
+			return nil, err
+		}
+		u.wakeFd = fd
+		u.pollfds = append(u.pollfds, unix.PollFd{Fd: int32(fd), Events: unix.POLLIN})
 	}
 	// Stock every fill ring before the caller registers the sockets in
 	// an XSKMAP: a packet redirected to a socket with an empty fill
@@ -186,6 +205,12 @@ func (u *UMEM) Close() error {
 	}
 	u.closed = true
 	err := u.closeSockets()
+	u.wakeMu.Lock()
+	if u.wakeFd >= 0 {
+		err = errors.Join(err, unix.Close(u.wakeFd))
+		u.wakeFd = -1
+	}
+	u.wakeMu.Unlock()
 	if merr := unix.Munmap(u.area); merr != nil {
 		err = errors.Join(err, fmt.Errorf("ring: munmap UMEM: %w", merr))
 	}
@@ -324,9 +349,27 @@ func (u *UMEM) Wait() error {
 		}
 	}
 	u.ts = *ts
-	_, errno := ppoll(u.pollfds, &u.ts)
+	n, errno := ppoll(u.pollfds, &u.ts)
 	if errno != 0 && errno != unix.EINTR {
 		return fmt.Errorf("ring: poll: %w", errno)
 	}
+	if w := &u.pollfds[len(u.pollfds)-1]; n > 0 && w.Revents != 0 && u.wakeFd >= 0 {
+		// Woken: empty the eventfd so that the next Wait sleeps.
+		_, _ = unix.Read(u.wakeFd, u.wakeBuf[:])
+	}
 	return nil
+}
+
+// Wake makes the owner's Wait return at once, or its next Wait if none is
+// sleeping: for work that arrives other than on a socket (a neighbour
+// resolved, connections to commit). Any goroutine may call it, at any
+// time, even after Close (it then does nothing). It is one write(2) to
+// an eventfd; in busy-polling mode, where Wait never sleeps, nothing.
+func (u *UMEM) Wake() {
+	one := [8]byte{1}
+	u.wakeMu.Lock()
+	if u.wakeFd >= 0 {
+		_, _ = unix.Write(u.wakeFd, one[:])
+	}
+	u.wakeMu.Unlock()
 }

@@ -471,6 +471,7 @@ func (d *Daemon) newEnv(s *topo.Snapshot, m *rules.Model) (*dataplane.Env, error
 // once every core has left the previous one. Called with mu held.
 func (d *Daemon) setEnv(env *dataplane.Env) {
 	d.dp.SetEnv(env)
+	d.dp.Wake() // idle workers take the new Env now, not at a poll timeout
 	d.settle = env.Rules
 	d.settleAt = d.settleAt[:0]
 	for _, c := range d.dp.Counters() {

@@ -170,7 +170,8 @@ func logLevel(l uint8) slog.Level {
 // settlePending settles the counters of the last rule set swapped in once
 // every core has passed two batches since (so none uses the previous set
 // and each has flushed its last batch on it). With wait it waits for that,
-// at most a second (the workers pass a batch at least every poll timeout);
+// waking idle workers (Dataplane.Wake) so that each passes its batches at
+// once, for at most a second;
 // a rule set must be settled before the next one is compiled from it, or
 // what the previous set counted after the compile would be lost. Called
 // with mu held.
@@ -192,6 +193,7 @@ func (d *Daemon) settlePending(wait bool) {
 		if !wait {
 			return
 		}
+		d.dp.Wake()
 		time.Sleep(time.Millisecond)
 	}
 	d.settle.Settle()

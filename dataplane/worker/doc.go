@@ -42,6 +42,8 @@
 //     timeout, or busy, per the ring configuration (ring.Config.Poll) —
 //     unless an HA commit still has connections for this core
 //     (Pipeline.CommitPending): the loop then goes round without waiting.
+//     Work that arrives on no socket (a commit, a neighbour resolved)
+//     wakes a sleeping Wait at once (Pipeline.SetWaker, UMEM.Wake).
 //
 // An iteration allocates nothing, takes no lock and makes no interface call;
 // the tests assert zero allocations per iteration with frames flowing.
@@ -68,6 +70,7 @@
 // lock-free single-reader ring per core; the daemon's control goroutine
 // drains it (dataplane.Pipeline.DrainNeighMisses) and asks the kernel to
 // resolve them, while the pipeline holds their frames. The worker does no
-// netlink I/O; a sleeping worker sends held frames at its next wake-up
-// (at most the poll timeout after the neighbour resolves).
+// netlink I/O. When a neighbour resolves or fails, the neighbour table
+// wakes the sleeping workers (Pipeline.SetWaker, ring.UMEM.Wake), which
+// send or answer the frames they hold at once.
 package worker

@@ -144,6 +144,9 @@ func (w *Worker) Run() error {
 		return fmt.Errorf("%w: worker of queue %d already running", ErrConfig, w.cfg.Queue)
 	}
 	defer w.running.Store(false)
+	// Work that arrives on no socket (a neighbour resolved, an HA
+	// commit) wakes this worker's Wait through the UMEM's eventfd.
+	w.pipe.SetWaker(w.u.Wake)
 	runtime.LockOSThread()
 	if w.cfg.CPU >= 0 {
 		var set unix.CPUSet
@@ -193,10 +196,13 @@ func (w *Worker) idle() {
 	w.dispatch(0)
 }
 
-// Stop asks the loop to end; Run returns after the current iteration (at
-// most a poll timeout later). It may be called from any goroutine, and
-// before Run, in which case Run returns at once.
-func (w *Worker) Stop() { w.stop.Store(true) }
+// Stop asks the loop to end; Run returns after the current iteration,
+// a sleeping Wait being woken (UMEM.Wake). It may be called from any
+// goroutine, and before Run, in which case Run returns at once.
+func (w *Worker) Stop() {
+	w.stop.Store(true)
+	w.u.Wake()
+}
 
 // step runs one iteration and returns how many frames it received.
 func (w *Worker) step() int {

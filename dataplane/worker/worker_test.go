@@ -45,6 +45,11 @@ func check(t *testing.T, err error) {
 }
 
 func newBed(t *testing.T, poll ...ring.PollMode) *bed {
+	return newBedConfig(t, ring.Config{Poll: append(poll, ring.PollSleep)[0], PollTimeout: 10 * time.Millisecond})
+}
+
+// newBedConfig is newBed with the UMEM's ring configuration.
+func newBedConfig(t *testing.T, rcfg ring.Config) *bed {
 	tp := netns.New(t)
 	b := &bed{a: tp.NS("a"), x: tp.NS("x"), c: tp.NS("c")}
 	tp.Veth(b.a, "a0", b.x, "x0")
@@ -93,8 +98,7 @@ func newBed(t *testing.T, poll ...ring.PollMode) *bed {
 				return err
 			}
 		}
-		b.u, err = ring.Open(ring.Config{Poll: append(poll, ring.PollSleep)[0], PollTimeout: 10 * time.Millisecond},
-			ring.Endpoint{Ifindex: ifx[0]}, ring.Endpoint{Ifindex: ifx[1]})
+		b.u, err = ring.Open(rcfg, ring.Endpoint{Ifindex: ifx[0]}, ring.Endpoint{Ifindex: ifx[1]})
 		return err
 	}))
 	t.Cleanup(func() {
