@@ -353,6 +353,13 @@ func (u *UMEM) Wait() error {
 	if errno != 0 && errno != unix.EINTR {
 		return fmt.Errorf("ring: poll: %w", errno)
 	}
+	if n > 0 {
+		for i := range u.pollfds {
+			if u.pollfds[i].Revents&unix.POLLNVAL != 0 {
+				return fmt.Errorf("ring: poll: descriptor %d is not open", u.pollfds[i].Fd)
+			}
+		}
+	}
 	if w := &u.pollfds[len(u.pollfds)-1]; n > 0 && w.Revents != 0 && u.wakeFd >= 0 {
 		// Woken: empty the eventfd so that the next Wait sleeps.
 		_, _ = unix.Read(u.wakeFd, u.wakeBuf[:])
