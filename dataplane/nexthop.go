@@ -161,6 +161,9 @@ func (p *Pipeline) neighMiss(ifindex int, ip uint32) {
 	}
 	p.misses[t%uint32(len(p.misses))] = NeighMiss{IfIndex: ifindex, IP: ip}
 	p.missTail.Store(t + 1)
+	if f := p.d.onMiss; f != nil {
+		f()
+	}
 }
 
 // DrainNeighMisses copies next hops waiting for resolution into out; the

@@ -122,6 +122,9 @@ type Dataplane struct {
 	start    time.Time
 	pubs     []published
 	pipes    []*Pipeline
+	// onMiss is told that a pipeline recorded a next hop to resolve
+	// (OnNeighMiss); set before any pipeline runs, read-only after.
+	onMiss func()
 }
 
 // New makes a dataplane over a flow table with one pipeline per core.
@@ -183,6 +186,13 @@ func (p *Pipeline) wake() {
 		(*f)()
 	}
 }
+
+// OnNeighMiss sets f to be called on the core that records a next hop to
+// resolve (DrainNeighMisses has work), so that the control path asks the
+// kernel at once rather than at its next tick. f must not block: a
+// non-blocking send on a buffered channel, say. Call it before any
+// pipeline runs.
+func (d *Dataplane) OnNeighMiss(f func()) { d.onMiss = f }
 
 // Env returns the current environment.
 func (d *Dataplane) Env() *Env { return d.env.Load() }

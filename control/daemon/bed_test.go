@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"fmt"
 	"net"
 	"runtime"
@@ -64,6 +65,9 @@ type bedOpts struct {
 	noNeighbours bool
 	// setup runs on the topology before the daemon starts.
 	setup func(tp *nattest.Topology)
+	// controlInterval and pollTimeout are the daemon's Options (0: 10
+	// ms, the default, and 20 ms).
+	controlInterval, pollTimeout time.Duration
 }
 
 type bed struct {
@@ -102,7 +106,8 @@ func newBed(t *testing.T, o bedOpts) *bed {
 		if err != nil {
 			return err
 		}
-		b.d, err = Start(plan, Options{OnEvent: b.record, PollTimeout: 20 * time.Millisecond})
+		poll := cmp.Or(o.pollTimeout, 20*time.Millisecond)
+		b.d, err = Start(plan, Options{OnEvent: b.record, PollTimeout: poll, ControlInterval: o.controlInterval})
 		return err
 	}))
 	t.Cleanup(func() {

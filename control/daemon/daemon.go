@@ -72,9 +72,12 @@ type Daemon struct {
 	ioReadMu sync.RWMutex
 	io       *ioSet
 	// ioKick wakes the control goroutine to reconcile io with the kernel.
-	ioKick  chan struct{}
-	ioRetry bool // a reconcile failed: try again (control goroutine only)
-	mtuErr  int  // the MTU last reported too large (control goroutine only)
+	ioKick chan struct{}
+	// missKick wakes it to ask the kernel to resolve the next hops a
+	// core is holding frames for (Dataplane.OnNeighMiss).
+	missKick chan struct{}
+	ioRetry  bool // a reconcile failed: try again (control goroutine only)
+	mtuErr   int  // the MTU last reported too large (control goroutine only)
 
 	ctlStop chan struct{}
 	ctlDone chan struct{}
@@ -152,7 +155,7 @@ func Start(plan *Plan, opts Options) (d *Daemon, err error) {
 		opts.PollTimeout = 50 * time.Millisecond
 	}
 	d = &Daemon{cfg: c, opts: opts, names: c.Interfaces(), model: plan.Model, snap: plan.Snapshot,
-		ctlStop: make(chan struct{}), ctlDone: make(chan struct{}), ioKick: make(chan struct{}, 1),
+		ctlStop: make(chan struct{}), ctlDone: make(chan struct{}), ioKick: make(chan struct{}, 1), missKick: make(chan struct{}, 1),
 		slots: map[uint32]uint32{}, dnatHeld: map[heldKey]bool{}}
 	defer func() {
 		if err != nil {
@@ -220,6 +223,12 @@ func Start(plan *Plan, opts Options) (d *Daemon, err error) {
 		settings := dataplane.NewSettings()
 		d.initRPFilter(&settings.RPFilter)
 		d.dp = dataplane.New(d.tab, pools, settings, env)
+		d.dp.OnNeighMiss(func() {
+			select {
+			case d.missKick <- struct{}{}:
+			default:
+			}
+		})
 		d.io = &ioSet{progs: make([]*xdpprog.Program, len(d.names)), ifindex: make([]int, len(d.names))}
 		err = d.commitSteering(sp)
 		d.dp.UseNeighbours(d.neigh)

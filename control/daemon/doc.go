@@ -152,9 +152,12 @@
 //
 // # The control goroutine
 //
-// Every Options.ControlInterval it drains each pipeline's next hops that
-// lacked a neighbour (a lock-free ring per core) and asks the kernel to
-// resolve them (NTF_USE; the pipelines hold their packets meanwhile); it
+// It drains each pipeline's next hops that lacked a neighbour (a
+// lock-free ring per core) and asks the kernel to resolve them (NTF_USE;
+// the pipelines hold their packets meanwhile), woken by the core that
+// records one (Dataplane.OnNeighMiss) and every Options.ControlInterval;
+// when the kernel reports the neighbour, the workers are woken to send
+// what they hold (Dataplane.Wake). Every ControlInterval it also
 // reports the table's "table full, dropping packet" events and LOG records
 // as Events; and once every core has passed two batches on a new rule set it
 // settles the rule counters carried over from the old one.

@@ -108,6 +108,9 @@ func (d *Daemon) control() {
 		case <-d.ioKick:
 			d.reconcileIO()
 			continue
+		case <-d.missKick:
+			d.resolveMisses(misses, &lastResolveErr)
+			continue
 		case <-tick.C:
 		}
 		d.retirePending()
@@ -121,19 +124,8 @@ func (d *Daemon) control() {
 			d.releaseRetired()
 			d.gcSlots()
 		}
-		cores := d.tab.Cores()
-		for c := range cores {
-			n := d.dp.Pipeline(c).DrainNeighMisses(misses)
-			for _, m := range misses[:n] {
-				d.resolves.Add(1)
-				if err := d.mirror.Resolve(m.IfIndex, m.IP); err != nil {
-					d.resolveErrs.Add(1)
-					if time.Since(lastResolveErr) > time.Second {
-						lastResolveErr = time.Now()
-						d.emit(warn("neighbour resolution", "ifindex", m.IfIndex, "ip", flowtable.FormatAddr(m.IP), "err", err))
-					}
-				}
-			}
+		d.resolveMisses(misses, &lastResolveErr)
+		for c := range d.tab.Cores() {
 			for {
 				n := d.dp.Pools.LogRings().Drain(c, logs)
 				for i := range logs[:n] {
@@ -151,6 +143,30 @@ func (d *Daemon) control() {
 		d.mu.Lock()
 		d.settlePending(false)
 		d.mu.Unlock()
+	}
+}
+
+// resolveMisses asks the kernel to resolve the next hops the cores are
+// holding frames for: at every tick, and at once when a core records one
+// (missKick). Errors are counted, and logged at most once a second.
+func (d *Daemon) resolveMisses(misses []dataplane.NeighMiss, lastErr *time.Time) {
+	for c := range d.tab.Cores() {
+		for {
+			n := d.dp.Pipeline(c).DrainNeighMisses(misses)
+			for _, m := range misses[:n] {
+				d.resolves.Add(1)
+				if err := d.mirror.Resolve(m.IfIndex, m.IP); err != nil {
+					d.resolveErrs.Add(1)
+					if time.Since(*lastErr) > time.Second {
+						*lastErr = time.Now()
+						d.emit(warn("neighbour resolution", "ifindex", m.IfIndex, "ip", flowtable.FormatAddr(m.IP), "err", err))
+					}
+				}
+			}
+			if n < len(misses) {
+				break
+			}
+		}
 	}
 }
 
