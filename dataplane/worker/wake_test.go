@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"net"
 	"testing"
 	"time"
 
@@ -18,21 +17,7 @@ import (
 func TestWorkerWokenOffSocket(t *testing.T) {
 	const sleep = 20 * time.Second
 	b := newBedConfig(t, ring.Config{Poll: ring.PollSleep, PollTimeout: sleep})
-	x1, err := b.x.Index("x1")
-	check(t, err)
-	cMAC, err := b.c.MAC("c1")
-	check(t, err)
-	nt := b.dp.Neighbours()
-	c := topo.Neigh{IfIndex: x1, IP: 0x0a020002}
-	nt.Update(c, false)
-	echoServer(t, b.c, 7000)
-	var conn *net.UDPConn
-	check(t, b.a.Do(func() error {
-		var err error
-		conn, err = net.DialUDP("udp4", &net.UDPAddr{IP: net.IPv4(10, 1, 0, 2), Port: 40001}, &net.UDPAddr{IP: net.IPv4(10, 2, 0, 2), Port: 7000})
-		return err
-	}))
-	defer conn.Close()
+	nt, c, conn := b.unresolvedServer(t)
 
 	stopped := make(chan error, 1)
 	go func() { stopped <- b.w.Run() }()
@@ -49,7 +34,7 @@ func TestWorkerWokenOffSocket(t *testing.T) {
 	time.Sleep(100 * time.Millisecond) // the worker is asleep in poll(2) now
 
 	// The neighbour resolves: the held datagram leaves at once.
-	c.MAC, c.State = [6]byte(cMAC), topo.NeighValid
+	c.State = topo.NeighValid
 	start := time.Now()
 	nt.Update(c, true)
 	buf := make([]byte, 2048)

@@ -333,12 +333,10 @@ func TestWorkerIdleSweeps(t *testing.T) {
 	}
 }
 
-// TestWorkerHoldsUntilResolved: datagrams to a next hop the dataplane has
-// no address for are held in their UMEM frames (an audit finds them in
-// the pipeline), sent in order once the neighbour resolves, and a frame
-// still held when the worker stops goes back to the UMEM.
-func TestWorkerHoldsUntilResolved(t *testing.T) {
-	b := newBed(t)
+// unresolvedServer makes the dataplane forget the server's neighbour (c,
+// with its address filled in, resolves it again), starts the echo server
+// on 10.2.0.2:7000 and dials it from 10.1.0.2:40001.
+func (b *bed) unresolvedServer(t *testing.T) (*dataplane.NeighTable, topo.Neigh, *net.UDPConn) {
 	x1, err := b.x.Index("x1")
 	check(t, err)
 	cMAC, err := b.c.MAC("c1")
@@ -346,6 +344,7 @@ func TestWorkerHoldsUntilResolved(t *testing.T) {
 	nt := b.dp.Neighbours()
 	c := topo.Neigh{IfIndex: x1, IP: 0x0a020002}
 	nt.Update(c, false)
+	c.MAC = [6]byte(cMAC)
 	echoServer(t, b.c, 7000)
 	var conn *net.UDPConn
 	check(t, b.a.Do(func() error {
@@ -353,7 +352,17 @@ func TestWorkerHoldsUntilResolved(t *testing.T) {
 		conn, err = net.DialUDP("udp4", &net.UDPAddr{IP: net.IPv4(10, 1, 0, 2), Port: 40001}, &net.UDPAddr{IP: net.IPv4(10, 2, 0, 2), Port: 7000})
 		return err
 	}))
-	defer conn.Close()
+	t.Cleanup(func() { conn.Close() })
+	return nt, c, conn
+}
+
+// TestWorkerHoldsUntilResolved: datagrams to a next hop the dataplane has
+// no address for are held in their UMEM frames (an audit finds them in
+// the pipeline), sent in order once the neighbour resolves, and a frame
+// still held when the worker stops goes back to the UMEM.
+func TestWorkerHoldsUntilResolved(t *testing.T) {
+	b := newBed(t)
+	nt, c, conn := b.unresolvedServer(t)
 	for i := range 3 {
 		if _, err := conn.Write(fmt.Appendf(nil, "held %d", i)); err != nil {
 			t.Fatal(err)
@@ -372,7 +381,7 @@ func TestWorkerHoldsUntilResolved(t *testing.T) {
 	if acc.Pipeline != 3 {
 		t.Fatalf("audit: %+v, want 3 frames in the pipeline", acc)
 	}
-	c.MAC, c.State = [6]byte(cMAC), topo.NeighValid
+	c.State = topo.NeighValid
 	nt.Update(c, true)
 	buf := make([]byte, 2048)
 	got := 0
