@@ -509,20 +509,43 @@ func (c *Core) holder(k *Tuple, at *probe, now Time) Ref {
 			if !ok {
 				continue
 			}
-			s := f.status.Load()
-			if s&(flagConfirmed|flagDying) != flagConfirmed {
-				continue
-			}
-			if t.expired(s, Time(f.last.Load()), now) {
-				if c.killOwn(idx, flagTimedOut) {
-					c.st[stExpired]++
-				}
+			if c.standing(idx, now) != standLive {
 				continue
 			}
 			return makeRef(idx, d)
 		}
 	}
 	return 0
+}
+
+// How a record stands for the insert path (standing).
+const (
+	standGone        = iota // dying, or expired and killed now
+	standLive               // confirmed and not expired
+	standUnconfirmed        // published by an insert not yet confirmed
+)
+
+// standing tells how record idx stands at now, killing it when it has
+// expired: only from the very status found expired (Table.kill), so a
+// record that a packet or a shared record's new user changed meanwhile
+// is looked at again.
+func (c *Core) standing(idx uint32, now Time) int {
+	t := c.t
+	f := &t.recs[idx]
+	for {
+		s := f.status.Load()
+		switch {
+		case s&flagDying != 0:
+			return standGone
+		case s&flagConfirmed == 0:
+			return standUnconfirmed
+		case !t.expired(s, Time(f.last.Load()), now):
+			return standLive
+		case c.killOwn(idx, s, flagTimedOut):
+			c.st[stExpired]++
+			return standGone
+		}
+	}
 }
 
 // rival reports whether a record other than idx, not dying, holds k
@@ -544,17 +567,9 @@ func (c *Core) rival(k *Tuple, at *probe, idx uint32, now Time) bool {
 			if _, ok := match(f, k); !ok {
 				continue
 			}
-			s := f.status.Load()
-			if s&flagDying != 0 {
-				continue
+			if st := c.standing(o, now); st == standLive || st == standUnconfirmed {
+				return true
 			}
-			if s&flagConfirmed != 0 && t.expired(s, Time(f.last.Load()), now) {
-				if c.killOwn(o, flagTimedOut) {
-					c.st[stExpired]++
-				}
-				continue
-			}
-			return true
 		}
 	}
 	return false
@@ -598,7 +613,7 @@ const (
 func (c *Core) makeRoom(orig *Tuple, now Time) room {
 	t := c.t
 	b1, b2, _ := t.place(t.h.hash(orig))
-	victim := ^uint32(0)
+	victim, victimStatus := ^uint32(0), uint32(0)
 	for _, start := range [2]uint64{b1, b2} {
 		for j := uint64(0); j <= earlyDropRange; j++ {
 			b := &t.buckets[(start+j)%t.nb]
@@ -614,18 +629,18 @@ func (c *Core) makeRoom(orig *Tuple, now Time) room {
 					continue
 				}
 				if t.expired(s, Time(f.last.Load()), now) {
-					if c.killOwn(idx, flagTimedOut) {
+					if c.killOwn(idx, s, flagTimedOut) {
 						return roomExpired
 					}
 					continue
 				}
 				if s&FlagAssured == 0 && victim == ^uint32(0) {
-					victim = idx
+					victim, victimStatus = idx, s
 				}
 			}
 		}
 	}
-	if victim != ^uint32(0) && c.killOwn(victim, 0) {
+	if victim != ^uint32(0) && c.killOwn(victim, victimStatus, 0) {
 		return roomEvicted
 	}
 	return c.evictScan(now)
@@ -658,13 +673,13 @@ func (c *Core) evictScan(now Time) room {
 			continue
 		}
 		if t.expired(s, Time(f.last.Load()), now) {
-			if c.killOwn(idx, flagTimedOut) {
+			if c.killOwn(idx, s, flagTimedOut) {
 				c.evictCursor = i
 				return roomExpired
 			}
 			continue
 		}
-		if s&FlagAssured == 0 && c.killOwn(idx, 0) {
+		if s&FlagAssured == 0 && c.killOwn(idx, s, 0) {
 			c.evictCursor = i
 			return roomEvicted
 		}
@@ -780,12 +795,13 @@ func (c *Core) reclaim() {
 	}
 }
 
-// killOwn kills record idx for a packet path of this core; when this core
-// owns it, it is retired at once and its report queued, so it need not
-// wait for the sweep cursor to come round.
-func (c *Core) killOwn(idx uint32, why uint32) bool {
+// killOwn kills record idx (from status from, as Table.kill does) for a
+// packet path of this core; when this core owns it, it is retired at
+// once and its report queued, so it need not wait for the sweep cursor
+// to come round.
+func (c *Core) killOwn(idx, from, why uint32) bool {
 	t := c.t
-	if !t.kill(idx, why) {
+	if !t.kill(idx, from, why) {
 		return false
 	}
 	if c.goneCount == len(c.gone) || !c.owns(idx) {
@@ -810,7 +826,7 @@ func (c *Core) killOwn(idx uint32, why uint32) bool {
 // owner's sweep reports it and frees its record. It returns false if the
 // connection was already gone.
 func (c *Core) Kill(r Ref) bool {
-	if c.killOwn(r.idx(), 0) {
+	if c.killOwn(r.idx(), 0, 0) {
 		c.st[stDeleted]++
 		return true
 	}
@@ -872,11 +888,10 @@ func (c *Core) Sweep(now Time, budget int, out []Gone) int {
 			// Killed only from the status it was found expired with: a
 			// packet that changed it meanwhile (a state change, a shared
 			// record's new user) keeps it for the next look.
-			if !f.status.CompareAndSwap(s, s|flagDying|flagTimedOut) {
+			if !t.kill(idx, s, flagTimedOut) {
 				c.cursor++
 				continue
 			}
-			t.unlinkDead(idx)
 			c.st[stExpired]++
 			s = f.status.Load()
 		}

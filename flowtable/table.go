@@ -654,13 +654,18 @@ func (t *Table) unlink(at *probe, idx uint32) bool {
 }
 
 // kill marks a confirmed live record dying (with flagTimedOut when why
-// says it expired), unlinks it and uncounts it. It reports false when
-// someone else already did, or the record is not confirmed.
-func (t *Table) kill(idx uint32, why uint32) bool {
+// says it expired), unlinks it and uncounts it. from is the status the
+// caller found the record in and decided on (expired, or unassured for
+// an eviction): the record is killed only from that very word, so a
+// packet, a state change or a shared record's new user (AddUser) that
+// changed it meanwhile keeps it. from 0 kills from whatever status the
+// record has (a delete). It reports false when the record is not
+// confirmed, is dying already, or changed from from.
+func (t *Table) kill(idx, from, why uint32) bool {
 	f := &t.recs[idx]
 	for {
 		s := f.status.Load()
-		if s&(flagConfirmed|flagDying) != flagConfirmed {
+		if s&(flagConfirmed|flagDying) != flagConfirmed || from != 0 && s != from {
 			return false
 		}
 		if f.status.CompareAndSwap(s, s|flagDying|why) {
