@@ -889,7 +889,7 @@ func (c *Core) Sweep(now Time, budget int, out []Gone) int {
 			// packet that changed it meanwhile (a state change, a shared
 			// record's new user) keeps it for the next look.
 			if !t.kill(idx, s, flagTimedOut) {
-				c.cursor++
+				c.cursorOff++
 				continue
 			}
 			c.st[stExpired]++
